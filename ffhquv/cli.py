@@ -1,0 +1,105 @@
+"""The ``ffhquv`` command line.
+
+    ffhquv fit PHOTO_OR_DIR... -o OUT [--preset fast|standard|best] [--device cpu|cuda]
+    ffhquv serve <detector|fitter|eyeball|exporter|gateway|all> --port N
+    ffhquv clear OUT
+    ffhquv build-model [--rebuild]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+SERVICES = ("detector", "fitter", "eyeball", "exporter", "gateway", "all")
+
+
+def _add_fit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fit", help="photos in, textured heads out (OUT/<photo stem>/)")
+    p.add_argument("inputs", nargs="+", help="image files (.jpg/.jpeg/.png) or folders of them")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--preset", choices=("fast", "standard", "best"), default="standard")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    p.add_argument("--face-model", default="default", choices=("default", "hifi3dpp"))
+    p.add_argument("--texture-size", type=int, default=1024)
+    p.add_argument("--detector", choices=("hog", "cnn"), default="hog")
+    p.add_argument("--face", default="largest",
+                   help="'largest' (default), 'only' (fail on several faces) or an index")
+    p.add_argument("--formats", default="",
+                   help="comma list of obj,glb,blend,preview,turntable,zip (default: all "
+                        "available but turntable)")
+    p.add_argument("--checkpoints-dir", default=None, help="the paper's checkpoints/ (optional)")
+    p.add_argument("--topo-dir", default=None, help="the paper's topo_assets/ (for hifi3dpp)")
+    p.add_argument("--remote", default=None, metavar="ADDR",
+                   help="send the work to a gateway at ADDR instead of running in process")
+    p.add_argument("--token", default=None, help="bearer token for --remote")
+    p.add_argument("--overwrite", action="store_true", help="replace existing OUT/<stem>/")
+    p.add_argument("--batch-size", type=int, default=0,
+                   help="photos fitted together (0 = 1 on CPU, up to 8 on CUDA)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve one service (or all of them) over gRPC")
+    p.add_argument("service", choices=SERVICES)
+    p.add_argument("--port", type=int, default=50051)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="bind address (0.0.0.0 in containers)")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="Prometheus /metrics port (default: port + 1000; -1 disables)")
+    p.add_argument("--workers", type=int, default=0, help="worker threads (0 = service default)")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    p.add_argument("--detector-addr", default=None)
+    p.add_argument("--fitter-addr", default=None)
+    p.add_argument("--eyeball-addr", default=None)
+    p.add_argument("--exporter-addr", default=None)
+    p.add_argument("--storage-dir", default=None, help="gateway artifact folder")
+    p.add_argument("--max-queue", type=int, default=None, help="gateway queue bound")
+    p.add_argument("--max-concurrent", type=int, default=None, help="gateway fits in parallel")
+    p.add_argument("--token", default=None, help="require this bearer token (gateway)")
+    p.add_argument("--tls-cert", default=None)
+    p.add_argument("--tls-key", default=None)
+    p.add_argument("--tls-ca", default=None, help="CA for client certificates (mTLS)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="ffhquv",
+        description="One face photo in, a textured 3D head out (FFHQ-UV RGB fitting).",
+    )
+    ap.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = ap.add_subparsers(dest="command")
+    _add_fit(sub)
+    _add_serve(sub)
+    p = sub.add_parser("clear", help="empty an output folder made by 'ffhquv fit'")
+    p.add_argument("output")
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask")
+    p = sub.add_parser("build-model", help="build (or check) the cached default face model")
+    p.add_argument("--rebuild", action="store_true", help="rebuild even if cached")
+    p.add_argument("--preview", default=None, metavar="DIR",
+                   help="also render the mean head and random heads to DIR")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if args.version:
+        from ffhquv import __version__
+
+        print(__version__)
+        return 0
+    if args.command is None:
+        ap.print_help()
+        return 0
+    from ffhquv import commands
+
+    try:
+        return int(getattr(commands, "cmd_" + args.command.replace("-", "_"))(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,204 @@
+"""Building blocks shared by every gRPC server: options, health, reflection, error mapping,
+metrics, logging and graceful shutdown (after grpc's own examples).
+
+A service module provides a ``register(server) -> list[str]`` that adds its servicer and
+returns its full service names; :func:`build_server` does the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ffhquv import metrics
+from ffhquv.errors import FfhquvError
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+SERVER_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.so_reuseport", 0),
+]
+
+
+def _split(method: str) -> tuple[str, str]:
+    parts = method.strip("/").split("/")
+    return (parts[0].split(".")[-1], parts[-1]) if len(parts) == 2 else ("?", method)
+
+
+def _abort_for(exc: BaseException, context: grpc.ServicerContext) -> None:
+    if isinstance(exc, FfhquvError):
+        context.abort(exc.code, str(exc))
+    log.exception("unhandled error")
+    context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+
+
+class ServiceInterceptor(grpc.ServerInterceptor):
+    """Maps :class:`FfhquvError` to status codes, records metrics and logs each call."""
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        service, method = _split(handler_call_details.method)
+        if service in ("Health", "ServerReflection"):
+            return handler
+
+        def record(code: grpc.StatusCode, t0: float) -> None:
+            dt = time.perf_counter() - t0
+            metrics.REQUESTS.labels(service, method, code.name).inc()
+            metrics.LATENCY.labels(service, method).observe(dt)
+            log.info("rpc", extra={"service": service, "method": method, "code": code.name,
+                                   "seconds": round(dt, 4)})
+
+        def code_of(context, exc: BaseException | None) -> grpc.StatusCode:
+            if isinstance(exc, FfhquvError):
+                return exc.code
+            c = context.code() if hasattr(context, "code") else None
+            if c is not None and c != grpc.StatusCode.OK:
+                return c
+            return grpc.StatusCode.OK if exc is None else grpc.StatusCode.INTERNAL
+
+        if handler.unary_unary:
+            inner = handler.unary_unary
+
+            def unary_unary(request, context):
+                t0 = time.perf_counter()
+                gauge = metrics.INFLIGHT.labels(service, method)
+                gauge.inc()
+                exc = None
+                try:
+                    return inner(request, context)
+                except Exception as e:  # noqa: BLE001 - mapped to a status below
+                    exc = e
+                    if context.code() is None:
+                        _abort_for(e, context)
+                    raise
+                finally:
+                    gauge.dec()
+                    record(code_of(context, exc), t0)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary, handler.request_deserializer, handler.response_serializer)
+
+        if handler.unary_stream:
+            inner_s = handler.unary_stream
+
+            def unary_stream(request, context):
+                t0 = time.perf_counter()
+                gauge = metrics.INFLIGHT.labels(service, method)
+                gauge.inc()
+                exc = None
+                try:
+                    yield from inner_s(request, context)
+                except Exception as e:  # noqa: BLE001
+                    exc = e
+                    if context.code() is None:
+                        _abort_for(e, context)
+                    raise
+                finally:
+                    gauge.dec()
+                    record(code_of(context, exc), t0)
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream, handler.request_deserializer, handler.response_serializer)
+        return handler
+
+
+class RunningServer:
+    """A started server with its health servicer, bound port and metrics port."""
+
+    def __init__(self, server: grpc.Server, port: int, health_servicer: health.HealthServicer,
+                 service_names: list[str], metrics_port: int | None):
+        self.server = server
+        self.port = port
+        self.health = health_servicer
+        self.service_names = service_names
+        self.metrics_port = metrics_port
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Mark NOT_SERVING, then finish in-flight calls for up to ``grace`` seconds."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def build_server(
+    register: Callable[[grpc.Server], Iterable[str]],
+    port: int = 0,
+    host: str = "127.0.0.1",
+    max_workers: int = 8,
+    metrics_port: int | None = None,
+    credentials: grpc.ServerCredentials | None = None,
+    max_concurrent_rpcs: int | None = None,
+) -> RunningServer:
+    """Create, register and start a sync gRPC server; ``port=0`` picks a free port."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        interceptors=[ServiceInterceptor()],
+        options=SERVER_OPTIONS,
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
+    )
+    names = list(register(server))
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in names:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    target = f"{host}:{port}"
+    bound = (server.add_secure_port(target, credentials) if credentials
+             else server.add_insecure_port(target))
+    if bound == 0:
+        raise OSError(f"could not bind {target}")
+    server.start()
+    mport = metrics.serve_metrics(metrics_port) if metrics_port is not None else None
+    log.info("serving", extra={"services": ",".join(names), "port": bound,
+                               "metrics_port": mport})
+    return RunningServer(server, bound, health_servicer, names, mport)
+
+
+def serve_forever(running: RunningServer, grace: float = 10.0) -> None:
+    """Block until SIGTERM / SIGINT, then shut down gracefully."""
+    done = threading.Event()
+
+    def handle(signum, _frame):
+        log.info("shutting down", extra={"signal": signum})
+        done.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    done.wait()
+    running.stop(grace)
+
+
+def channel(address: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
+    """A client channel with the project's message-size and keepalive options."""
+    if credentials is not None:
+        return grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)

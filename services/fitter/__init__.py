@@ -1,0 +1,1 @@
+"""Fitter service: face models, differentiable renderer and the three-stage RGB fitting."""

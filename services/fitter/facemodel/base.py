@@ -1,0 +1,203 @@
+"""The face-model interface shared by the ``default`` (anny) and ``hifi3dpp`` models.
+
+Both are linear morphable models in the *model* frame of :mod:`services.fitter.camera`
+(y up, face toward +z, HiFi3D++-like units, about decimetres):
+
+    shape(id, exp) = mean_shape + id_base . id + exp_base . exp        # [B, N, 3]
+
+Coefficients are scaled so that a standard normal draw is a plausible face (the prior is
+``N(0, I)``), which keeps regularisation weights comparable across models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@dataclass
+class FaceModel:
+    """A linear head model. All tensors live on one device; integer tensors are ``long``.
+
+    Attributes:
+        name: "default" or "hifi3dpp".
+        unit: human-readable unit of the model space.
+        mean_shape: ``[N, 3]`` mean vertex positions.
+        id_base: ``[N, 3, K_id]`` identity basis (unit-variance coefficients).
+        exp_base: ``[N, 3, K_exp]`` expression basis.
+        tri: ``[T, 3]`` triangles of the whole head (vertex indices, counter-clockwise seen
+            from outside).
+        uv: ``[M, 2]`` texture coordinates, OBJ convention (v up), in [0, 1].
+        uv_tri: ``[T, 3]`` per-corner indices into ``uv``, aligned with ``tri``.
+        lmk_tri_vertices: ``[68, 3]`` vertex ids of the triangle holding each iBUG landmark.
+        lmk_bary: ``[68, 3]`` barycentric weights of each landmark in that triangle.
+        face_tri_mask: ``[T]`` bool, triangles of the fitted face region (photometric loss).
+        skin_mask: ``[N]`` bool, skin vertices (no eyes, brows, lips, mouth interior).
+        mirror: ``[N]`` index of each vertex's left/right mirror vertex.
+        eye_ring_left: ``[R_l]`` vertex ids around the subject's left eye opening.
+        eye_ring_right: ``[R_r]`` vertex ids around the subject's right eye opening.
+        mean_tex: optional ``[N, 3]`` mean per-vertex albedo in [0, 1].
+        tex_base: optional ``[N, 3, K_tex]`` per-vertex albedo basis.
+        id_labels / exp_labels: optional names of the coefficients.
+        meta: free-form provenance (builder version, source package versions).
+    """
+
+    name: str
+    unit: str
+    mean_shape: Tensor
+    id_base: Tensor
+    exp_base: Tensor
+    tri: Tensor
+    uv: Tensor
+    uv_tri: Tensor
+    lmk_tri_vertices: Tensor
+    lmk_bary: Tensor
+    face_tri_mask: Tensor
+    skin_mask: Tensor
+    mirror: Tensor
+    eye_ring_left: Tensor
+    eye_ring_right: Tensor
+    mean_tex: Tensor | None = None
+    tex_base: Tensor | None = None
+    id_labels: list[str] = field(default_factory=list)
+    exp_labels: list[str] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    # -- sizes ---------------------------------------------------------------------------------
+    @property
+    def n_vertices(self) -> int:
+        return int(self.mean_shape.shape[0])
+
+    @property
+    def id_dim(self) -> int:
+        return int(self.id_base.shape[-1])
+
+    @property
+    def exp_dim(self) -> int:
+        return int(self.exp_base.shape[-1])
+
+    @property
+    def tex_dim(self) -> int:
+        return 0 if self.tex_base is None else int(self.tex_base.shape[-1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean_shape.device
+
+    # -- geometry --------------------------------------------------------------------------------
+    def shape(self, id_coeff: Tensor, exp_coeff: Tensor | None = None) -> Tensor:
+        """Vertices for coefficients.
+
+        Args:
+            id_coeff: ``[B, K_id]``.
+            exp_coeff: ``[B, K_exp]`` or None for the neutral (identity-only) shape.
+        Returns:
+            ``[B, N, 3]`` model-space vertices. Differentiable in both coefficient sets.
+        """
+        v = self.mean_shape[None] + torch.einsum("nck,bk->bnc", self.id_base, id_coeff)
+        if exp_coeff is not None:
+            v = v + torch.einsum("nck,bk->bnc", self.exp_base, exp_coeff)
+        return v
+
+    def neutral(self, id_coeff: Tensor) -> Tensor:
+        """``[B, N, 3]`` identity-only shape (expression ignored by construction)."""
+        return self.shape(id_coeff, None)
+
+    def landmarks(self, vertices: Tensor) -> Tensor:
+        """``[B, N, 3]`` vertices to ``[B, 68, 3]`` iBUG landmark positions (barycentric)."""
+        tri_v = vertices[:, self.lmk_tri_vertices]  # [B, 68, 3, 3]
+        return (tri_v * self.lmk_bary[None, :, :, None]).sum(2)
+
+    def vertex_normals(self, vertices: Tensor) -> Tensor:
+        """``[B, N, 3]`` area-weighted unit vertex normals (outward for CCW triangles)."""
+        return vertex_normals(vertices, self.tri)
+
+    def albedo(self, tex_coeff: Tensor | None = None) -> Tensor | None:
+        """``[B, N, 3]`` per-vertex albedo from the texture basis, or None without one."""
+        if self.mean_tex is None:
+            return None
+        if tex_coeff is None or self.tex_base is None:
+            return self.mean_tex[None]
+        return self.mean_tex[None] + torch.einsum("nck,bk->bnc", self.tex_base, tex_coeff)
+
+    def zeros(self, batch: int = 1) -> dict[str, Tensor]:
+        """Zero coefficients: ``id [B,K_id]``, ``exp [B,K_exp]``, ``angles [B,3]``,
+        ``gamma [B,27]``, ``trans [B,3]``."""
+        z = lambda n: torch.zeros(batch, n, device=self.device)  # noqa: E731
+        return {"id": z(self.id_dim), "exp": z(self.exp_dim), "angles": z(3), "gamma": z(27),
+                "trans": z(3)}
+
+    # -- persistence -----------------------------------------------------------------------------
+    def to(self, device: torch.device | str) -> FaceModel:
+        kw = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            kw[f.name] = v.to(device) if isinstance(v, Tensor) else v
+        return FaceModel(**kw)
+
+    def save(self, path: Path) -> None:
+        """Write an ``.npz`` (tensors as arrays, strings / dicts as JSON), atomically."""
+        import json
+        import os
+        import tempfile
+
+        arrays: dict[str, np.ndarray] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, Tensor):
+                arrays[f.name] = v.detach().cpu().numpy()
+            elif v is not None:
+                arrays[f.name] = np.array(json.dumps(v))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+        os.close(fd)
+        try:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, **arrays)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    @classmethod
+    def load(cls, path: Path, device: torch.device | str = "cpu") -> FaceModel:
+        import json
+
+        data = np.load(path, allow_pickle=False)
+        kw = {}
+        for f in fields(cls):
+            if f.name not in data:
+                continue
+            a = data[f.name]
+            if a.dtype.kind in "US":
+                kw[f.name] = json.loads(str(a))
+            elif a.dtype.kind in "iu":
+                kw[f.name] = torch.from_numpy(a.astype(np.int64)).to(device)
+            elif a.dtype.kind == "b":
+                kw[f.name] = torch.from_numpy(a).to(device)
+            else:
+                kw[f.name] = torch.from_numpy(a.astype(np.float32)).to(device)
+        return cls(**kw)
+
+
+def vertex_normals(vertices: Tensor, tri: Tensor) -> Tensor:
+    """Area-weighted vertex normals.
+
+    Args:
+        vertices: ``[B, N, 3]``.
+        tri: ``[T, 3]`` long, counter-clockwise seen from the outside.
+    Returns:
+        ``[B, N, 3]`` unit normals (zero-area vertices get +z).
+    """
+    v0, v1, v2 = (vertices[:, tri[:, i]] for i in range(3))
+    fn = torch.cross(v1 - v0, v2 - v0, dim=-1)  # [B, T, 3], length = 2 * area
+    n = torch.zeros_like(vertices)
+    for i in range(3):
+        n = n.index_add(1, tri[:, i], fn)
+    norm = n.norm(dim=-1, keepdim=True)
+    fallback = torch.tensor([0.0, 0.0, 1.0], device=vertices.device, dtype=vertices.dtype)
+    return torch.where(norm > 1e-12, n / norm.clamp(min=1e-12), fallback)

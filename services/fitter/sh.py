@@ -1,0 +1,67 @@
+"""Spherical-harmonics (3 bands) Lambertian shading, Deep3D / FFHQ-UV convention. One place only.
+
+``gamma`` holds 27 coefficients laid out channel-major (``[B, 3, 9]`` after reshaping: R's nine,
+then G's, then B's); an ambient of ``ambient`` (0.8) is added to each channel's DC term, so
+``gamma = 0`` is a uniform light of 0.8.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+AMBIENT = 0.8
+_A0, _A1, _A2 = math.pi, 2 * math.pi / math.sqrt(3.0), 2 * math.pi / math.sqrt(8.0)
+_C0 = 1 / math.sqrt(4 * math.pi)
+_C1 = math.sqrt(3.0) / math.sqrt(4 * math.pi)
+_C2 = 3 * math.sqrt(5.0) / math.sqrt(12 * math.pi)
+
+
+def sh_basis(normals: Tensor) -> Tensor:
+    """SH irradiance basis of unit normals.
+
+    Args:
+        normals: ``[..., 3]`` unit normals in world space.
+    Returns:
+        ``[..., 9]`` basis values (convolved with the clamped-cosine lobe).
+    """
+    x, y, z = normals[..., 0], normals[..., 1], normals[..., 2]
+    return torch.stack(
+        [
+            torch.full_like(x, _A0 * _C0),
+            -_A1 * _C1 * y,
+            _A1 * _C1 * z,
+            -_A1 * _C1 * x,
+            _A2 * _C2 * x * y,
+            -_A2 * _C2 * y * z,
+            0.5 * _A2 * _C2 / math.sqrt(3.0) * (3 * z * z - 1),
+            -_A2 * _C2 * x * z,
+            0.5 * _A2 * _C2 * (x * x - y * y),
+        ],
+        -1,
+    )
+
+
+def irradiance(normals: Tensor, gamma: Tensor, ambient: float = AMBIENT) -> Tensor:
+    """Per-point RGB shading factor.
+
+    Args:
+        normals: ``[B, ..., 3]`` unit world-space normals.
+        gamma: ``[B, 27]`` SH coefficients.
+    Returns:
+        ``[B, ..., 3]`` shading to multiply the albedo with.
+    """
+    b = gamma.shape[0]
+    g = gamma.view(b, 3, 9).clone()
+    g[:, :, 0] = g[:, :, 0] + ambient
+    basis = sh_basis(normals)  # [B, ..., 9]
+    flat = basis.reshape(b, -1, 9)
+    light = flat @ g.transpose(1, 2)  # [B, P, 3]
+    return light.reshape(*normals.shape[:-1], 3)
+
+
+def shade(albedo: Tensor, normals: Tensor, gamma: Tensor, ambient: float = AMBIENT) -> Tensor:
+    """``albedo * irradiance``; albedo ``[B, ..., 3]`` in [0, 1] (linear), same shape out."""
+    return albedo * irradiance(normals, gamma, ambient)
