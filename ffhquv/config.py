@@ -2,7 +2,7 @@
 
 | variable | default | meaning |
 |---|---|---|
-| ``FFHQUV_CACHE_DIR`` | ``<repo>/.cache`` in a checkout, else ``~/.cache/ffhquv`` | built face models, JIT builds |
+| ``FFHQUV_CACHE_DIR`` | ``<repo>/.cache`` (checkout), ``~/.cache/ffhquv`` | built models |
 | ``FFHQUV_CHECKPOINTS_DIR`` | unset | the paper's ``checkpoints/`` folder (optional) |
 | ``FFHQUV_TOPO_DIR`` | unset | the paper's ``topo_assets/`` folder (optional, for ``hifi3dpp``) |
 | ``FFHQUV_LOG_FORMAT`` | ``json`` for services, ``text`` for the CLI | log line format |

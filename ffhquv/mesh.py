@@ -1,0 +1,86 @@
+"""The mesh container passed between the cores of every service, and its proto conversion."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class MeshData:
+    """A triangle mesh in model space.
+
+    Attributes:
+        vertices: ``[N, 3]`` float32.
+        faces: ``[T, 3]`` int64 vertex indices (0-based, counter-clockwise seen from outside).
+        uvs: optional ``[M, 2]`` float32 texture coordinates, OBJ convention (v up).
+        uv_faces: optional ``[T, 3]`` int64 indices into ``uvs``, aligned with ``faces``.
+        normals: optional ``[N, 3]`` float32 unit vertex normals.
+    """
+
+    vertices: np.ndarray
+    faces: np.ndarray
+    uvs: np.ndarray | None = None
+    uv_faces: np.ndarray | None = None
+    normals: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.vertices = np.asarray(self.vertices, dtype=np.float32).reshape(-1, 3)
+        self.faces = np.asarray(self.faces, dtype=np.int64).reshape(-1, 3)
+        if self.uvs is not None:
+            self.uvs = np.asarray(self.uvs, dtype=np.float32).reshape(-1, 2)
+            self.uv_faces = np.asarray(self.uv_faces, dtype=np.int64).reshape(-1, 3)
+        if self.normals is not None:
+            self.normals = np.asarray(self.normals, dtype=np.float32).reshape(-1, 3)
+
+    def validate(self) -> None:
+        """Raise :class:`ffhquv.errors.InvalidInput` for NaNs or out-of-range indices."""
+        from ffhquv.errors import InvalidInput
+
+        if self.vertices.size == 0 or self.faces.size == 0:
+            raise InvalidInput("mesh has no vertices or no faces")
+        if not np.isfinite(self.vertices).all():
+            raise InvalidInput("mesh vertices contain NaN or infinite values")
+        if self.faces.min() < 0 or self.faces.max() >= len(self.vertices):
+            raise InvalidInput("mesh face index out of range")
+        if self.uvs is not None:
+            if self.uv_faces is None or self.uv_faces.shape != self.faces.shape:
+                raise InvalidInput("mesh uv_faces must match faces")
+            if self.uv_faces.min() < 0 or self.uv_faces.max() >= len(self.uvs):
+                raise InvalidInput("mesh uv index out of range")
+            if not np.isfinite(self.uvs).all():
+                raise InvalidInput("mesh uvs contain NaN or infinite values")
+
+    def to_proto(self):
+        from ffhquv.pb import common_pb2
+
+        m = common_pb2.Mesh(vertices=self.vertices.ravel().tolist(),
+                            faces=self.faces.ravel().tolist())
+        if self.uvs is not None:
+            m.uvs.extend(self.uvs.ravel().tolist())
+            m.uv_faces.extend(self.uv_faces.ravel().tolist())
+        if self.normals is not None:
+            m.normals.extend(self.normals.ravel().tolist())
+        return m
+
+    @classmethod
+    def from_proto(cls, m) -> MeshData:
+        """Build from a ``common.v1.Mesh``; raises InvalidInput for malformed lengths."""
+        from ffhquv.errors import InvalidInput
+
+        if len(m.vertices) % 3 or len(m.faces) % 3 or len(m.uvs) % 2:
+            raise InvalidInput("mesh arrays have lengths that are not multiples of 3 / 2")
+        if len(m.uv_faces) and len(m.uv_faces) != len(m.faces):
+            raise InvalidInput("mesh uv_faces must have the same length as faces")
+        if len(m.normals) and len(m.normals) != len(m.vertices):
+            raise InvalidInput("mesh normals must have the same length as vertices")
+        v = np.frombuffer(np.asarray(m.vertices, np.float32).tobytes(), np.float32)
+        out = cls(
+            vertices=v.reshape(-1, 3),
+            faces=np.asarray(m.faces, np.int64).reshape(-1, 3),
+            uvs=np.asarray(m.uvs, np.float32).reshape(-1, 2) if len(m.uvs) else None,
+            uv_faces=np.asarray(m.uv_faces, np.int64).reshape(-1, 3) if len(m.uv_faces) else None,
+            normals=np.asarray(m.normals, np.float32).reshape(-1, 3) if len(m.normals) else None,
+        )
+        return out
