@@ -60,6 +60,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tls-cert", default=None)
     p.add_argument("--tls-key", default=None)
     p.add_argument("--tls-ca", default=None, help="CA for client certificates (mTLS)")
+    p.add_argument("--port-file", default=None, help=argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:

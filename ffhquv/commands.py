@@ -3,18 +3,411 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+log = logging.getLogger("ffhquv")
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+PRESETS = {"fast": 1, "standard": 2, "best": 3}
+DEVICES = {"auto": 0, "cpu": 1, "cuda": 2}
+FORMATS = {"obj": 1, "glb": 2, "blend": 3, "preview": 4, "turntable": 5, "zip": 6}
+OUTPUT_MARKERS = ("report.json", "stage3_uv.png", "stage3_mesh_id.obj")
+
+
+# -- fit ---------------------------------------------------------------------------------
+def collect_inputs(inputs: list[str]) -> list[Path]:
+    """Expand files and folders (non-recursive) into a sorted list of image files."""
+    out: list[Path] = []
+    for s in inputs:
+        p = Path(s)
+        if p.is_dir():
+            out.extend(sorted(q for q in p.iterdir()
+                              if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise SystemExit(f"ffhquv fit: no such file or folder: {s}")
+    if not out:
+        raise SystemExit("ffhquv fit: no .jpg/.jpeg/.png images found in "
+                         + ", ".join(inputs))
+    return out
+
+
+def _options(args: argparse.Namespace):
+    from ffhquv.pb import detector_pb2, gateway_pb2
+
+    opts = gateway_pb2.Options(
+        preset=PRESETS[args.preset], face_model=args.face_model,
+        texture_size=args.texture_size, device_hint=DEVICES[args.device],
+        detector_backend=(detector_pb2.DETECTOR_BACKEND_CNN if args.detector == "cnn"
+                          else detector_pb2.DETECTOR_BACKEND_HOG))
+    if args.face == "largest":
+        opts.face_selection = detector_pb2.FACE_SELECTION_LARGEST
+    elif args.face == "only":
+        opts.face_selection = detector_pb2.FACE_SELECTION_ONLY
+    else:
+        try:
+            opts.face_index = int(args.face)
+        except ValueError as e:
+            raise SystemExit(f"--face must be 'largest', 'only' or an index, got {args.face}") \
+                from e
+        opts.face_selection = detector_pb2.FACE_SELECTION_INDEX
+    for f in filter(None, (s.strip().lower() for s in args.formats.split(","))):
+        if f not in FORMATS:
+            raise SystemExit(f"unknown format {f!r}; choose from {', '.join(FORMATS)}")
+        opts.formats.append(FORMATS[f])
+    return opts
+
+
+def _unique_stems(photos: list[Path]) -> list[str]:
+    from gateway.orchestrator import output_stem
+
+    seen: dict[str, int] = {}
+    stems = []
+    for p in photos:
+        s = output_stem(p.name)
+        n = seen.get(s, 0)
+        seen[s] = n + 1
+        stems.append(s if n == 0 else f"{s}_{p.suffix.lstrip('.').lower()}{n}")
+    return stems
+
+
+def write_output_dir(final: Path, files: dict[str, bytes], overwrite: bool) -> None:
+    """Write one photo's files so that ``final`` appears complete or not at all."""
+    from services.exporter.obj import OutputDir
+
+    with OutputDir(final, overwrite=overwrite) as tmp:
+        for name, data in files.items():
+            (Path(tmp) / name).write_bytes(data)
+
+
+class _Bar:
+    """A tqdm bar per photo, driven by progress events."""
+
+    STAGES = {2: "detected", 3: "stage 1", 4: "stage 2", 5: "stage 3", 6: "eyeballs",
+              7: "exported", 8: "done", 1: "queued"}
+    WEIGHTS = {1: 0.0, 2: 0.05, 3: 0.15, 4: 0.3, 5: 0.9, 6: 0.93, 7: 1.0, 8: 1.0}
+    PREV = {3: 0.05, 4: 0.15, 5: 0.3}
+
+    def __init__(self, name: str, position: int = 0):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=100, desc=name, position=position, leave=True,
+                        bar_format="{desc:<24} {percentage:3.0f}%|{bar}| {postfix}",
+                        file=sys.stderr, disable=None)
+
+    def update(self, p) -> None:
+        lo = self.PREV.get(p.stage, self.WEIGHTS.get(p.stage, 0.0))
+        hi = self.WEIGHTS.get(p.stage, lo)
+        frac = lo + (hi - lo) * max(0.0, min(1.0, p.fraction))
+        target = int(100 * frac)
+        if target > self.bar.n:
+            self.bar.update(target - self.bar.n)
+        self.bar.set_postfix_str(f"{self.STAGES.get(p.stage, '')} {p.message}"[:60])
+
+    def close(self, ok: bool) -> None:
+        if ok and self.bar.n < 100:
+            self.bar.update(100 - self.bar.n)
+        self.bar.close()
+
+
+async def _fit_local(args, photos: list[Path], stems: list[str], out: Path) -> int:
+    from ffhquv.errors import FfhquvError
+    from ffhquv.pb import common_pb2, gateway_pb2
+    from gateway.backends import LocalBackends
+    from gateway.orchestrator import Orchestrator
+
+    opts = _options(args)
+    backends = LocalBackends(device=args.device, checkpoints_dir=args.checkpoints_dir,
+                             topo_dir=args.topo_dir)
+    orch = Orchestrator(backends)
+    failures = 0
+    for photo, stem in zip(photos, stems, strict=True):
+        final = out / stem
+        if final.exists() and not args.overwrite:
+            print(f"{photo}: {final} exists; skipped (use --overwrite to replace)",
+                  file=sys.stderr)
+            continue
+        bar = _Bar(stem)
+        ok = False
+        try:
+            req = gateway_pb2.ReconstructRequest(
+                request_id=stem, image=common_pb2.Image(data=photo.read_bytes(),
+                                                        filename=photo.name), options=opts)
+
+            async def progress(p, bar=bar):
+                bar.update(p)
+
+            res = await orch.run(req, progress)
+            await asyncio.to_thread(write_output_dir, final, res.files, args.overwrite)
+            ok = True
+        except FfhquvError as e:
+            failures += 1
+            bar.close(False)
+            print(f"{photo}: {e.code.name}: {e}", file=sys.stderr)
+            continue
+        finally:
+            if ok:
+                bar.close(True)
+        m = res.metrics
+        print(f"{photo} -> {final}/  landmark error {m.get('landmark_error_iod', float('nan')):.3f}"
+              f" IOD, PSNR {m.get('psnr_masked', float('nan')):.1f} dB, "
+              f"{m.get('total_s', 0):.1f} s", file=sys.stderr)
+        for w in res.warnings:
+            print(f"  note: {w}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _fit_remote(args, photos: list[Path], stems: list[str], out: Path) -> int:
+    import grpc
+
+    from ffhquv.pb import common_pb2, gateway_pb2, gateway_pb2_grpc
+    from ffhquv.server import channel
+
+    opts = _options(args)
+    metadata = [("authorization", f"Bearer {args.token}")] if args.token else None
+    failures = 0
+    with channel(args.remote) as ch:
+        stub = gateway_pb2_grpc.ReconstructionStub(ch)
+        for photo, stem in zip(photos, stems, strict=True):
+            final = out / stem
+            if final.exists() and not args.overwrite:
+                print(f"{photo}: {final} exists; skipped (use --overwrite)", file=sys.stderr)
+                continue
+            bar = _Bar(stem)
+            try:
+                req = gateway_pb2.ReconstructRequest(
+                    image=common_pb2.Image(data=photo.read_bytes(), filename=photo.name),
+                    options=opts)
+                result = None
+                for ev in stub.ReconstructStream(req, metadata=metadata):
+                    if ev.WhichOneof("event") == "progress":
+                        bar.update(ev.progress)
+                    else:
+                        result = ev.result
+                if result is None:
+                    raise RuntimeError("gateway stream ended without a result")
+                files = {}
+                for art in result.artifacts:
+                    buf = bytearray()
+                    for chunk in stub.GetArtifact(
+                            gateway_pb2.GetArtifactRequest(artifact_id=art.id),
+                            metadata=metadata):
+                        buf.extend(chunk.data)
+                    files[art.name] = bytes(buf)
+                write_output_dir(final, files, args.overwrite)
+                bar.close(True)
+                print(f"{photo} -> {final}/ ({len(files)} files)", file=sys.stderr)
+            except grpc.RpcError as e:
+                bar.close(False)
+                failures += 1
+                print(f"{photo}: {e.code().name}: {e.details()}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    raise SystemExit("ffhquv fit: not implemented yet")
+    from ffhquv import logs
+
+    logs.setup("text", level=os.environ.get("FFHQUV_LOG_LEVEL", "WARNING"))
+    photos = collect_inputs(args.inputs)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    stems = _unique_stems(photos)
+    if args.remote:
+        return _fit_remote(args, photos, stems, out)
+    return asyncio.run(_fit_local(args, photos, stems, out))
+
+
+# -- serve -------------------------------------------------------------------------------
+def _addr(flag: str | None, env: str) -> str | None:
+    return flag or os.environ.get(env)
+
+
+def _serve_service(args: argparse.Namespace) -> int:
+    from ffhquv.server import build_server, serve_forever
+    from gateway.security import server_credentials
+
+    name = args.service
+    if name == "detector":
+        from services.detector.servicer import register
+    elif name == "fitter":
+        from services.fitter.servicer import make_register
+
+        register = make_register(device=args.device)
+    elif name == "eyeball":
+        from services.eyeball.servicer import register
+    else:
+        from services.exporter.servicer import register
+    creds = server_credentials(args.tls_cert or os.environ.get("FFHQUV_TLS_CERT"),
+                               args.tls_key or os.environ.get("FFHQUV_TLS_KEY"),
+                               args.tls_ca or os.environ.get("FFHQUV_TLS_CA"))
+    workers = args.workers or {"detector": 4, "fitter": 4, "eyeball": 4, "exporter": 4}[name]
+    running = build_server(register, port=args.port, host=args.host, max_workers=workers,
+                           metrics_port=_metrics_port(args), credentials=creds)
+    if args.port_file:
+        Path(args.port_file).write_text(str(running.port))
+    print(f"ffhquv {name} serving on {args.host}:{running.port}", file=sys.stderr, flush=True)
+    serve_forever(running)
+    return 0
+
+
+def _metrics_port(args: argparse.Namespace) -> int | None:
+    if args.metrics_port is None:
+        return args.port + 1000 if args.port else 0
+    return None if args.metrics_port < 0 else args.metrics_port
+
+
+def _gateway(args: argparse.Namespace, addrs: dict[str, str]):
+    from ffhquv.config import cache_dir
+    from gateway.backends import GrpcBackends
+    from gateway.orchestrator import Orchestrator
+    from gateway.security import channel_credentials, server_credentials
+    from gateway.server import GatewayLimits, GatewayServer
+    from gateway.storage import LocalArtifactStore
+
+    ca = args.tls_ca or os.environ.get("FFHQUV_TLS_CA")
+    cert = args.tls_cert or os.environ.get("FFHQUV_TLS_CERT")
+    key = args.tls_key or os.environ.get("FFHQUV_TLS_KEY")
+    backends = GrpcBackends(**addrs, credentials=channel_credentials(ca, cert, key))
+    storage = Path(args.storage_dir or os.environ.get("FFHQUV_STORAGE_DIR")
+                   or cache_dir() / "artifacts")
+    store = LocalArtifactStore(storage, int(os.environ.get("FFHQUV_STORAGE_MAX_BYTES",
+                                                           str(5 * 1024 ** 3))))
+    limits = GatewayLimits(
+        max_queue=args.max_queue or int(os.environ.get("FFHQUV_MAX_QUEUE", "8")),
+        max_concurrent=args.max_concurrent or int(os.environ.get("FFHQUV_MAX_CONCURRENT", "1")))
+    return GatewayServer(Orchestrator(backends), store, port=args.port, host=args.host,
+                         limits=limits, token=args.token or os.environ.get("FFHQUV_AUTH_TOKEN"),
+                         credentials=server_credentials(cert, key, ca),
+                         metrics_port=_metrics_port(args), close_backends=backends.close)
+
+
+def _run_gateway_forever(server) -> None:
+    async def main() -> None:
+        await server.start_async()
+        print(f"ffhquv gateway serving on {server.host}:{server.port}", file=sys.stderr,
+              flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.stop_async(10.0)
+
+    asyncio.run(main())
+
+
+def wait_healthy(address: str, timeout: float = 120.0) -> None:
+    """Block until ``address`` answers grpc.health.v1 SERVING."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    end = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while True:
+            try:
+                r = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+                if r.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > end:
+                raise TimeoutError(f"{address} not healthy after {timeout:.0f} s")
+            time.sleep(0.2)
+
+
+def spawn_service(name: str, extra: list[str] | None = None,
+                  env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """Start ``ffhquv serve NAME`` on a free loopback port in a child process; returns the
+    process and its address once it is healthy."""
+    port_file = Path(tempfile.mkstemp(prefix=f"ffhquv-{name}-", suffix=".port")[1])
+    port_file.unlink()
+    cmd = [sys.executable, "-m", "ffhquv.cli", "serve", name, "--port", "0",
+           "--metrics-port", "0", "--port-file", str(port_file), *(extra or [])]
+    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})})
+    end = time.monotonic() + 300
+    while not port_file.exists() or not port_file.read_text().strip():
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with code {proc.returncode} before serving")
+        if time.monotonic() > end:
+            proc.kill()
+            raise TimeoutError(f"{name} did not start")
+        time.sleep(0.1)
+    address = f"127.0.0.1:{int(port_file.read_text())}"
+    port_file.unlink(missing_ok=True)
+    wait_healthy(address)
+    return proc, address
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    raise SystemExit("ffhquv serve: not implemented yet")
+    from ffhquv import logs
+
+    logs.setup("json")
+    if args.service in ("detector", "fitter", "eyeball", "exporter"):
+        return _serve_service(args)
+    if args.service == "gateway":
+        addrs = {k: _addr(getattr(args, f"{k}_addr"), f"FFHQUV_{k.upper()}_ADDR")
+                 for k in ("detector", "fitter", "eyeball", "exporter")}
+        missing = [k for k, v in addrs.items() if not v]
+        if missing:
+            raise SystemExit("ffhquv serve gateway: set the addresses of "
+                             + ", ".join(f"--{k}-addr / FFHQUV_{k.upper()}_ADDR"
+                                         for k in missing))
+        _run_gateway_forever(_gateway(args, addrs))
+        return 0
+    # all: the four services as child processes on free loopback ports, the gateway here.
+    children: list[subprocess.Popen] = []
+    try:
+        addrs = {}
+        for name in ("detector", "fitter", "eyeball", "exporter"):
+            extra = ["--device", args.device] if name == "fitter" else []
+            proc, addrs[name] = spawn_service(name, extra)
+            children.append(proc)
+            print(f"ffhquv {name} on {addrs[name]}", file=sys.stderr, flush=True)
+        _run_gateway_forever(_gateway(args, addrs))
+    finally:
+        for proc in children:
+            proc.terminate()
+        for proc in children:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return 0
 
 
+# -- clear -------------------------------------------------------------------------------
 def cmd_clear(args: argparse.Namespace) -> int:
-    raise SystemExit("ffhquv clear: not implemented yet")
+    out = Path(args.output)
+    if not out.is_dir():
+        print(f"ffhquv clear: {out} is not a folder; nothing to do", file=sys.stderr)
+        return 0
+    targets = [d for d in sorted(out.iterdir()) if d.is_dir() and (
+        d.name.startswith(".ffhquv-tmp") or any((d / m).exists() for m in OUTPUT_MARKERS))]
+    if not targets:
+        print(f"ffhquv clear: no ffhquv outputs in {out}", file=sys.stderr)
+        return 0
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise SystemExit(f"ffhquv clear: would remove {len(targets)} folders in {out}; "
+                             "pass --yes to confirm")
+        ans = input(f"remove {len(targets)} output folders in {out}? [y/N] ")
+        if ans.strip().lower() not in ("y", "yes"):
+            return 1
+    for d in targets:
+        shutil.rmtree(d)
+    print(f"removed {len(targets)} output folders from {out}", file=sys.stderr)
+    return 0
 
 
 def cmd_build_model(args: argparse.Namespace) -> int:

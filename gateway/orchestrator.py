@@ -1,0 +1,190 @@
+"""The pipeline, written once: detect -> fit -> eyeballs -> export.
+
+The orchestrator talks to the four services through :class:`Backends`, whose methods take and
+return the services' protobuf messages. :class:`gateway.backends.GrpcBackends` sends them to
+remote servers (the gateway); :class:`gateway.backends.LocalBackends` calls the service cores in
+this process (``ffhquv fit`` without ``--remote``). Both run the same steps below.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ffhquv import metrics
+from ffhquv.errors import BackendUnavailable, InvalidInput
+from ffhquv.pb import (
+    common_pb2,
+    detector_pb2,
+    exporter_pb2,
+    eyeball_pb2,
+    fitter_pb2,
+    gateway_pb2,
+)
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[common_pb2.Progress], Awaitable[None]]
+FACE_MODELS = ("default", "hifi3dpp")
+
+
+class Backends(Protocol):
+    """The four services, as async calls on their protobuf messages."""
+
+    async def detect(self, req: detector_pb2.DetectRequest,
+                     timeout: float | None) -> detector_pb2.DetectResponse: ...
+
+    def fit(self, req: fitter_pb2.FitRequest,
+            timeout: float | None) -> AsyncIterator[fitter_pb2.FitEvent]: ...
+
+    async def place_eyeballs(self, req: eyeball_pb2.PlaceRequest,
+                             timeout: float | None) -> eyeball_pb2.PlaceResponse: ...
+
+    async def export(self, req: exporter_pb2.ExportRequest,
+                     timeout: float | None) -> exporter_pb2.ExportResponse: ...
+
+
+@dataclass
+class Deadlines:
+    """Per-step time limits in seconds (``None`` = no limit)."""
+
+    detect: float | None = 60.0
+    fit: float | None = 900.0
+    eyeball: float | None = 60.0
+    export: float | None = 300.0
+
+
+@dataclass
+class PipelineOutput:
+    """Everything one reconstruction produced, before storage."""
+
+    files: dict[str, bytes]
+    metrics: dict[str, float]
+    faces: list[detector_pb2.Face]
+    selected_face: int
+    coefficients: common_pb2.Coefficients
+    warnings: list[str] = field(default_factory=list)
+
+
+def validate_options(opts: gateway_pb2.Options) -> None:
+    """Raise InvalidInput for option values no service would accept."""
+    if opts.face_model and opts.face_model not in FACE_MODELS:
+        raise InvalidInput(f"unknown face_model {opts.face_model!r}; use one of {FACE_MODELS}")
+    if opts.texture_size and not 256 <= opts.texture_size <= 2048:
+        raise InvalidInput(f"texture_size must be within 256..2048, got {opts.texture_size}")
+    if opts.texture_size and opts.texture_size & (opts.texture_size - 1):
+        raise InvalidInput(f"texture_size must be a power of two, got {opts.texture_size}")
+
+
+def output_stem(filename: str) -> str:
+    """``photos/IMG_0001.JPG`` -> ``IMG_0001``; a safe name for output folders and files."""
+    import re
+    from pathlib import PurePath
+
+    stem = PurePath(filename.replace("\\", "/")).stem if filename else ""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "face"
+    return stem[:100]
+
+
+class Orchestrator:
+    def __init__(self, backends: Backends, deadlines: Deadlines | None = None):
+        self.backends = backends
+        self.deadlines = deadlines or Deadlines()
+
+    async def run(self, req: gateway_pb2.ReconstructRequest,
+                  progress: ProgressFn | None = None) -> PipelineOutput:
+        opts = req.options
+        validate_options(opts)
+        t0 = time.perf_counter()
+        name = output_stem(req.image.filename)
+
+        async def report(stage: int, fraction: float, message: str = "") -> None:
+            if progress is not None:
+                await progress(common_pb2.Progress(
+                    stage=stage, fraction=fraction, message=message,
+                    elapsed_s=time.perf_counter() - t0))
+
+        timings: dict[str, float] = {}
+
+        # 1. detect
+        t = time.perf_counter()
+        det = await self.backends.detect(detector_pb2.DetectRequest(
+            image=req.image, backend=opts.detector_backend, selection=opts.face_selection,
+            face_index=opts.face_index, unwrap_size=1024, want_visualization=True),
+            self.deadlines.detect)
+        timings["detect_s"] = time.perf_counter() - t
+        metrics.STAGE_SECONDS.labels("detect").observe(timings["detect_s"])
+        await report(common_pb2.STAGE_DETECTED, 1.0,
+                     f"{len(det.faces)} face(s); using #{det.selected_index}")
+
+        # 2. fit (streams progress)
+        t = time.perf_counter()
+        fit_req = fitter_pb2.FitRequest(
+            request_id=req.request_id, face=det.aligned, preset=opts.preset,
+            face_model=opts.face_model or "default", device=opts.device_hint,
+            texture_size=opts.texture_size or 1024, want_intermediates=True)
+        result: fitter_pb2.FitResult | None = None
+        async for ev in self.backends.fit(fit_req, self.deadlines.fit):
+            kind = ev.WhichOneof("event")
+            if kind == "progress":
+                if progress is not None:
+                    p = common_pb2.Progress()
+                    p.CopyFrom(ev.progress)
+                    p.elapsed_s = time.perf_counter() - t0
+                    await progress(p)
+            elif kind == "result":
+                result = ev.result
+        if result is None:
+            raise BackendUnavailable("fitter stream ended without a result")
+        timings["fit_s"] = time.perf_counter() - t
+        metrics.STAGE_SECONDS.labels("fit").observe(timings["fit_s"])
+
+        # 3. eyeballs: sample the iris colour from the hi-res crop
+        t = time.perf_counter()
+        hires = det.aligned.crop_hires
+        scale = hires.width / 224.0 if hires.width else 1.0
+        lm_hi = common_pb2.Landmarks(points=[
+            common_pb2.Point2(x=(p.x + 0.5) * scale - 0.5, y=(p.y + 0.5) * scale - 0.5)
+            for p in det.aligned.crop_landmarks.points])
+        eyes = await self.backends.place_eyeballs(eyeball_pb2.PlaceRequest(
+            head=result.mesh_neutral, left_eye_ring=result.left_eye_ring,
+            right_eye_ring=result.right_eye_ring, photo=hires, photo_landmarks=lm_hi,
+            texture_size=1024), self.deadlines.eyeball)
+        timings["eyeballs_s"] = time.perf_counter() - t
+        metrics.STAGE_SECONDS.labels("eyeballs").observe(timings["eyeballs_s"])
+        await report(common_pb2.STAGE_EYEBALLS, 1.0,
+                     f"iris colour from {eyes.iris_source or 'default'}")
+
+        # 4. export
+        t = time.perf_counter()
+        extra = [common_pb2.NamedFile(name=f.name, media_type=f.media_type, data=f.data)
+                 for f in result.files]
+        if result.report_json:
+            extra.append(common_pb2.NamedFile(name="report.json", media_type="application/json",
+                                              data=result.report_json.encode()))
+        if result.preview_png:
+            extra.append(common_pb2.NamedFile(name="preview.png", media_type="image/png",
+                                              data=result.preview_png))
+        if det.visualization_png:
+            extra.append(common_pb2.NamedFile(name="detection.png", media_type="image/png",
+                                              data=det.visualization_png))
+        exp = await self.backends.export(exporter_pb2.ExportRequest(
+            name=name, head_neutral=result.mesh_neutral, head_expression=result.mesh_expression,
+            head_texture_png=result.uv_texture_png, left_eye=eyes.left.mesh,
+            right_eye=eyes.right.mesh, eye_texture_png=eyes.texture_png,
+            formats=list(opts.formats), extra_files=extra), self.deadlines.export)
+        timings["export_s"] = time.perf_counter() - t
+        metrics.STAGE_SECONDS.labels("export").observe(timings["export_s"])
+        await report(common_pb2.STAGE_EXPORTED, 1.0, f"{len(exp.files)} files")
+
+        files = {f.name: f.data for f in exp.files}
+        m = dict(result.metrics)
+        m.update(timings)
+        m["total_s"] = time.perf_counter() - t0
+        return PipelineOutput(files=files, metrics=m, faces=list(det.faces),
+                              selected_face=det.selected_index,
+                              coefficients=result.coefficients,
+                              warnings=list(det.notes) + list(exp.warnings))

@@ -1,0 +1,341 @@
+"""The public gRPC API: ``ffhquv.gateway.v1.Reconstruction`` on an asyncio server.
+
+Admission control: at most ``max_concurrent`` reconstructions run at once and at most
+``max_queue`` wait; a request beyond that gets RESOURCE_EXHAUSTED at once, so memory stays
+bounded. Requests carry an idempotency key (``request_id``): a stored result is returned as is,
+and a request whose twin is still running waits for the same run. When every client of a run
+goes away, the run is cancelled and the cancellation reaches the backend calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import _async as health_async
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ffhquv import metrics
+from ffhquv.errors import Busy, FfhquvError, InvalidInput
+from ffhquv.pb import common_pb2, gateway_pb2, gateway_pb2_grpc
+from ffhquv.server import SERVER_OPTIONS
+from gateway.orchestrator import Deadlines, Orchestrator, PipelineOutput
+from gateway.security import AsyncBearerAuth
+from gateway.storage import ArtifactStore, StoredResult, check_id
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = "ffhquv.gateway.v1.Reconstruction"
+
+
+@dataclass
+class GatewayLimits:
+    max_concurrent: int = 1
+    max_queue: int = 8
+    max_image_bytes: int = 30 * 1024 * 1024
+    max_chunk_bytes: int = 4 * 1024 * 1024
+
+
+class _Run:
+    """One reconstruction shared by every request with its id."""
+
+    def __init__(self, task: asyncio.Task):
+        self.task = task
+        self.waiters = 0
+        self.listeners: list[asyncio.Queue] = []
+        self.queued = True  # counted in the servicer's waiting total
+
+
+def _result_from_stored(stored: StoredResult) -> gateway_pb2.ReconstructResult:
+    res = gateway_pb2.ReconstructResult()
+    res.ParseFromString(base64.b64decode(stored.meta["result"]))
+    del res.artifacts[:]
+    for a in stored.artifacts:
+        res.artifacts.add(id=a.id, name=a.name, media_type=a.media_type,
+                          size_bytes=a.size_bytes, sha256=a.sha256)
+        if a.name.endswith(".zip"):
+            res.bundle_artifact_id = a.id
+    return res
+
+
+class ReconstructionServicer(gateway_pb2_grpc.ReconstructionServicer):
+    def __init__(self, orchestrator: Orchestrator, store: ArtifactStore,
+                 limits: GatewayLimits | None = None):
+        self.orchestrator = orchestrator
+        self.store = store
+        self.limits = limits or GatewayLimits()
+        self._runs: dict[str, _Run] = {}
+        self._sem: asyncio.Semaphore | None = None
+        self._waiting = 0
+        self._running = 0
+
+    # -- admission and shared runs ----------------------------------------------------------------
+    def _admit(self) -> None:
+        if self._waiting + self._running >= self.limits.max_queue + self.limits.max_concurrent:
+            raise Busy(f"server busy: {self._running} running and {self._waiting} queued "
+                       f"(limit {self.limits.max_queue}); retry later")
+
+    def _dequeue(self, run: _Run) -> None:
+        if run.queued:
+            run.queued = False
+            self._waiting -= 1
+            metrics.QUEUE_DEPTH.labels("gateway").set(self._waiting)
+
+    async def _execute(self, rid: str, req: gateway_pb2.ReconstructRequest) -> StoredResult:
+        """Run one admitted request (``_waiting`` was already counted by the caller)."""
+        if self._sem is None:
+            self._sem = asyncio.Semaphore(self.limits.max_concurrent)
+        run = self._runs[rid]
+
+        async def progress(p: common_pb2.Progress) -> None:
+            for q in run.listeners:
+                q.put_nowait(p)
+
+        entered = False
+        try:
+            await progress(common_pb2.Progress(stage=common_pb2.STAGE_QUEUED, fraction=0.0,
+                                               message=f"{self._waiting} waiting"))
+            async with self._sem:
+                entered = True
+                self._dequeue(run)
+                self._running += 1
+                metrics.INFLIGHT_FITS.inc()
+                try:
+                    out: PipelineOutput = await self.orchestrator.run(req, progress)
+                finally:
+                    self._running -= 1
+                    metrics.INFLIGHT_FITS.dec()
+        finally:
+            if not entered:
+                self._dequeue(run)
+        res = gateway_pb2.ReconstructResult(
+            request_id=rid, metrics=out.metrics, faces=out.faces,
+            selected_face=out.selected_face, coefficients=out.coefficients,
+            warnings=out.warnings)
+        meta = {"result": base64.b64encode(res.SerializeToString()).decode(),
+                "created": time.time()}
+        return await asyncio.to_thread(self.store.put, rid, out.files, meta)
+
+    async def _reconstruct(self, request: gateway_pb2.ReconstructRequest,
+                           listener: asyncio.Queue | None) -> gateway_pb2.ReconstructResult:
+        if not request.image.data:
+            raise InvalidInput("image is empty: send the JPEG or PNG bytes in image.data")
+        if len(request.image.data) > self.limits.max_image_bytes:
+            raise InvalidInput(f"image is {len(request.image.data)} bytes; the limit is "
+                               f"{self.limits.max_image_bytes} bytes")
+        rid = check_id(request.request_id) if request.request_id else uuid.uuid4().hex
+        stored = await asyncio.to_thread(self.store.get_result, rid)
+        if stored is not None:
+            return _result_from_stored(stored)
+        run = self._runs.get(rid)
+        if run is None:
+            self._admit()
+            self._waiting += 1
+            metrics.QUEUE_DEPTH.labels("gateway").set(self._waiting)
+            req = gateway_pb2.ReconstructRequest()
+            req.CopyFrom(request)
+            req.request_id = rid
+            run = _Run(asyncio.get_running_loop().create_task(self._execute_guarded(rid, req)))
+            self._runs[rid] = run
+            # A task cancelled before it ever ran skips _execute's own bookkeeping.
+            run.task.add_done_callback(lambda _t, r=run, k=rid: (self._dequeue(r),
+                                                                 self._runs.pop(k, None)))
+        run.waiters += 1
+        if listener is not None:
+            run.listeners.append(listener)
+        try:
+            stored = await asyncio.shield(run.task)
+            return _result_from_stored(stored)
+        except asyncio.CancelledError:
+            run.waiters -= 1
+            if run.waiters == 0 and not run.task.done():
+                log.info("client gone, cancelling run", extra={"request_id": rid})
+                run.task.cancel()
+            raise
+        finally:
+            if listener is not None and listener in run.listeners:
+                run.listeners.remove(listener)
+
+    async def _execute_guarded(self, rid: str, req) -> StoredResult:
+        try:
+            return await self._execute(rid, req)
+        finally:
+            self._runs.pop(rid, None)
+
+    # -- RPCs ---------------------------------------------------------------------------------
+    async def Reconstruct(self, request, context):
+        t0 = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            return await self._reconstruct(request, None)
+        except FfhquvError as e:
+            code = e.code
+            await context.abort(e.code, str(e))
+        except grpc.aio.AioRpcError as e:
+            code = e.code()
+            await context.abort(e.code(), e.details() or "backend error")
+        finally:
+            metrics.REQUESTS.labels("Reconstruction", "Reconstruct", code.name).inc()
+            metrics.LATENCY.labels("Reconstruction", "Reconstruct").observe(
+                time.perf_counter() - t0)
+
+    async def ReconstructStream(self, request, context):
+        t0 = time.perf_counter()
+        code = grpc.StatusCode.OK
+        listener: asyncio.Queue = asyncio.Queue()
+        task = asyncio.get_running_loop().create_task(self._reconstruct(request, listener))
+        try:
+            while True:
+                getter = asyncio.ensure_future(listener.get())
+                done, _ = await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    yield gateway_pb2.ReconstructEvent(progress=getter.result())
+                    continue
+                getter.cancel()
+                while not listener.empty():
+                    yield gateway_pb2.ReconstructEvent(progress=listener.get_nowait())
+                result = task.result()
+                yield gateway_pb2.ReconstructEvent(progress=common_pb2.Progress(
+                    stage=common_pb2.STAGE_DONE, fraction=1.0,
+                    elapsed_s=time.perf_counter() - t0))
+                yield gateway_pb2.ReconstructEvent(result=result)
+                return
+        except FfhquvError as e:
+            code = e.code
+            await context.abort(e.code, str(e))
+        except grpc.aio.AioRpcError as e:
+            code = e.code()
+            await context.abort(e.code(), e.details() or "backend error")
+        finally:
+            if not task.done():
+                task.cancel()
+            metrics.REQUESTS.labels("Reconstruction", "ReconstructStream", code.name).inc()
+            metrics.LATENCY.labels("Reconstruction", "ReconstructStream").observe(
+                time.perf_counter() - t0)
+
+    async def GetArtifact(self, request, context):
+        code = grpc.StatusCode.OK
+        try:
+            size = request.chunk_size or (1 << 20)
+            if size > self.limits.max_chunk_bytes:
+                raise InvalidInput(f"chunk_size must be at most {self.limits.max_chunk_bytes}")
+            art, chunks = await asyncio.to_thread(self.store.open_artifact, request.artifact_id)
+            it = chunks(size)
+            offset = 0
+            while True:
+                data = await asyncio.to_thread(next, it, None)
+                if data is None:
+                    break
+                yield common_pb2.ArtifactChunk(offset=offset, data=data,
+                                               total_size=art.size_bytes)
+                offset += len(data)
+            if art.size_bytes == 0:
+                yield common_pb2.ArtifactChunk(offset=0, data=b"", total_size=0)
+        except FfhquvError as e:
+            code = e.code
+            await context.abort(e.code, str(e))
+        finally:
+            metrics.REQUESTS.labels("Reconstruction", "GetArtifact", code.name).inc()
+
+
+class GatewayServer:
+    """An asyncio gRPC server for the gateway, runnable in its own thread (tests, ``serve all``)
+    or in the foreground (:meth:`serve_forever`)."""
+
+    def __init__(self, orchestrator: Orchestrator, store: ArtifactStore, *, port: int = 0,
+                 host: str = "127.0.0.1", limits: GatewayLimits | None = None,
+                 token: str | None = None,
+                 credentials: grpc.ServerCredentials | None = None,
+                 metrics_port: int | None = None, close_backends=None):
+        self.orchestrator = orchestrator
+        self.store = store
+        self.host, self.port = host, port
+        self.limits = limits or GatewayLimits()
+        self.token = token
+        self.credentials = credentials
+        self.metrics_port = metrics_port
+        self.close_backends = close_backends
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health: health_async.HealthServicer | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+
+    async def start_async(self) -> int:
+        self._server = grpc.aio.server(interceptors=[AsyncBearerAuth(self.token)],
+                                       options=SERVER_OPTIONS)
+        servicer = ReconstructionServicer(self.orchestrator, self.store, self.limits)
+        gateway_pb2_grpc.add_ReconstructionServicer_to_server(servicer, self._server)
+        self._health = health_async.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        reflection.enable_server_reflection(
+            [SERVICE_NAME, "grpc.health.v1.Health", reflection.SERVICE_NAME], self._server)
+        target = f"{self.host}:{self.port}"
+        bound = (self._server.add_secure_port(target, self.credentials) if self.credentials
+                 else self._server.add_insecure_port(target))
+        if bound == 0:
+            raise OSError(f"could not bind {target}")
+        self.port = bound
+        await self._server.start()
+        if self.metrics_port is not None:
+            metrics.serve_metrics(self.metrics_port)
+        log.info("gateway serving", extra={"port": bound, "auth": bool(self.token),
+                                           "tls": self.credentials is not None})
+        return bound
+
+    async def stop_async(self, grace: float = 10.0) -> None:
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+        if self.close_backends is not None:
+            await self.close_backends()
+
+    # -- thread helpers -----------------------------------------------------------------------
+    def start_in_thread(self) -> int:
+        ready = threading.Event()
+        err: list[BaseException] = []
+
+        def main() -> None:
+            self._loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self._loop)
+            try:
+                self._loop.run_until_complete(self.start_async())
+            except BaseException as e:  # noqa: BLE001
+                err.append(e)
+                ready.set()
+                return
+            ready.set()
+            self._loop.run_until_complete(self._server.wait_for_termination())
+            self._stopped.set()
+
+        self._thread = threading.Thread(target=main, name="gateway", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if err:
+            raise err[0]
+        return self.port
+
+    def stop(self, grace: float = 5.0) -> None:
+        if self._loop is None:
+            return
+        fut = asyncio.run_coroutine_threadsafe(self.stop_async(grace), self._loop)
+        fut.result(timeout=grace + 10)
+        if self._thread is not None:
+            self._thread.join(timeout=grace + 10)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def make_deadlines() -> Deadlines:
+    return Deadlines()

@@ -1,0 +1,201 @@
+"""Artifact storage for the gateway.
+
+:class:`ArtifactStore` is the interface (ready for an object store); :class:`LocalArtifactStore`
+keeps each result in ``root/<result id>/`` on a local disk. A result is written into a hidden
+temporary folder and renamed into place in one step, so a reader never sees a partially written
+file; a size cap evicts the oldest results first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ffhquv.errors import InvalidInput, NotFound
+
+log = logging.getLogger(__name__)
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+MEDIA_TYPES = {
+    ".obj": "model/obj",
+    ".mtl": "model/mtl",
+    ".png": "image/png",
+    ".gif": "image/gif",
+    ".glb": "model/gltf-binary",
+    ".blend": "application/x-blender",
+    ".zip": "application/zip",
+    ".json": "application/json",
+    ".npz": "application/octet-stream",
+    ".txt": "text/plain",
+}
+
+
+def media_type(name: str) -> str:
+    return MEDIA_TYPES.get(Path(name).suffix.lower(), "application/octet-stream")
+
+
+@dataclass(frozen=True)
+class StoredArtifact:
+    """Metadata of one stored file; ``id`` is ``<result id>/<name>``."""
+
+    id: str
+    name: str
+    media_type: str
+    size_bytes: int
+    sha256: str
+
+
+@dataclass
+class StoredResult:
+    result_id: str
+    artifacts: list[StoredArtifact]
+    meta: dict
+
+
+def check_id(result_id: str) -> str:
+    if not _SAFE_ID.match(result_id or ""):
+        raise InvalidInput(
+            "request_id must be 1-128 characters of letters, digits, '.', '_' or '-' and start "
+            f"with a letter or digit; got {result_id!r}")
+    return result_id
+
+
+class ArtifactStore(ABC):
+    """Where results live. Implementations must make :meth:`put` atomic per result."""
+
+    @abstractmethod
+    def put(self, result_id: str, files: dict[str, bytes], meta: dict) -> StoredResult: ...
+
+    @abstractmethod
+    def get_result(self, result_id: str) -> StoredResult | None: ...
+
+    @abstractmethod
+    def open_artifact(
+        self, artifact_id: str
+    ) -> tuple[StoredArtifact, Callable[[int], Iterator[bytes]]]:
+        """Metadata and a reader ``chunks(size) -> Iterator[bytes]``; NotFound if unknown."""
+
+
+class LocalArtifactStore(ArtifactStore):
+    """Results on a local directory with a total size cap (``max_bytes``; 0 = unlimited)."""
+
+    INDEX = "index.json"
+
+    def __init__(self, root: Path, max_bytes: int = 0):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._cleanup_temp()
+
+    def _cleanup_temp(self) -> None:
+        for p in self.root.glob(".tmp-*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+    def _dir(self, result_id: str) -> Path:
+        return self.root / check_id(result_id)
+
+    def put(self, result_id: str, files: dict[str, bytes], meta: dict) -> StoredResult:
+        final = self._dir(result_id)
+        for name in files:
+            if not _SAFE_NAME.match(name):
+                raise InvalidInput(f"artifact name not allowed: {name!r}")
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
+        try:
+            arts = []
+            for name, data in sorted(files.items()):
+                (tmp / name).write_bytes(data)
+                arts.append(StoredArtifact(
+                    id=f"{result_id}/{name}", name=name, media_type=media_type(name),
+                    size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))
+            index = {"result_id": result_id, "created": time.time(), "meta": meta,
+                     "artifacts": [a.__dict__ for a in arts]}
+            (tmp / self.INDEX).write_text(json.dumps(index))
+            for f in tmp.iterdir():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            with self._lock:
+                if final.exists():
+                    # Idempotent retry of the same id: keep the first complete result.
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    existing = self.get_result(result_id)
+                    assert existing is not None
+                    return existing
+                os.rename(tmp, final)
+                self._evict(keep=result_id)
+            return StoredResult(result_id, arts, meta)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def get_result(self, result_id: str) -> StoredResult | None:
+        idx = self._dir(result_id) / self.INDEX
+        if not idx.is_file():
+            return None
+        data = json.loads(idx.read_text())
+        return StoredResult(result_id, [StoredArtifact(**a) for a in data["artifacts"]],
+                            data.get("meta", {}))
+
+    def open_artifact(
+        self, artifact_id: str
+    ) -> tuple[StoredArtifact, Callable[[int], Iterator[bytes]]]:
+        rid, _, name = (artifact_id or "").partition("/")
+        if not rid or not name or not _SAFE_ID.match(rid) or not _SAFE_NAME.match(name):
+            raise NotFound(f"unknown artifact id {artifact_id!r}")
+        res = self.get_result(rid)
+        art = next((a for a in res.artifacts if a.name == name), None) if res else None
+        if art is None:
+            raise NotFound(f"unknown or expired artifact id {artifact_id!r}")
+        path = self._dir(rid) / name
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 - closed by the generator
+        except FileNotFoundError as e:
+            raise NotFound(f"artifact {artifact_id!r} expired") from e
+
+        def chunks(size: int = 1 << 20) -> Iterator[bytes]:
+            with fh:
+                while True:
+                    b = fh.read(size)
+                    if not b:
+                        return
+                    yield b
+
+        return art, chunks
+
+    def total_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.root.glob("*/*") if f.is_file()
+                   and not f.parent.name.startswith(".tmp-"))
+
+    def _evict(self, keep: str) -> None:
+        if self.max_bytes <= 0:
+            return
+        results = []
+        for d in self.root.iterdir():
+            if d.is_dir() and not d.name.startswith(".tmp-") and (d / self.INDEX).is_file():
+                size = sum(f.stat().st_size for f in d.iterdir() if f.is_file())
+                results.append((d.stat().st_mtime, d, size))
+        total = sum(s for _, _, s in results)
+        for _, d, size in sorted(results):
+            if total <= self.max_bytes:
+                break
+            if d.name == keep:
+                continue
+            # Rename first so a concurrent reader sees either the whole result or none.
+            trash = self.root / f".tmp-evict-{d.name}"
+            os.rename(d, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+            total -= size
+            log.info("evicted result", extra={"result_id": d.name, "bytes": size})
