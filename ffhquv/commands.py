@@ -327,12 +327,13 @@ def wait_healthy(address: str, timeout: float = 120.0) -> None:
 
 
 def spawn_service(name: str, extra: list[str] | None = None,
-                  env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
-    """Start ``ffhquv serve NAME`` on a free loopback port in a child process; returns the
-    process and its address once it is healthy."""
+                  env: dict[str, str] | None = None,
+                  port: int = 0) -> tuple[subprocess.Popen, str]:
+    """Start ``ffhquv serve NAME`` in a child process on loopback ``port`` (0 = a free one);
+    returns the process and its address once it is healthy."""
     port_file = Path(tempfile.mkstemp(prefix=f"ffhquv-{name}-", suffix=".port")[1])
     port_file.unlink()
-    cmd = [sys.executable, "-m", "ffhquv.cli", "serve", name, "--port", "0",
+    cmd = [sys.executable, "-m", "ffhquv.cli", "serve", name, "--port", str(port),
            "--metrics-port", "0", "--port-file", str(port_file), *(extra or [])]
     proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})})
     end = time.monotonic() + 300

@@ -60,15 +60,37 @@ class GrpcBackends:
         self.addresses = {"detector": detector, "fitter": fitter, "eyeball": eyeball,
                           "exporter": exporter}
         self.retry = retry or RetryPolicy()
-        self._channels = {k: _aio_channel(v, credentials) for k, v in self.addresses.items()}
-        self._detector = detector_pb2_grpc.DetectorStub(self._channels["detector"])
-        self._fitter = fitter_pb2_grpc.FitterStub(self._channels["fitter"])
-        self._eyeball = eyeball_pb2_grpc.EyeballStub(self._channels["eyeball"])
-        self._exporter = exporter_pb2_grpc.ExporterStub(self._channels["exporter"])
+        self.credentials = credentials
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def _channel(self, service: str) -> grpc.aio.Channel:
+        # aio channels belong to the event loop that creates them: make them lazily, on the
+        # server's loop.
+        ch = self._channels.get(service)
+        if ch is None:
+            ch = self._channels[service] = _aio_channel(self.addresses[service], self.credentials)
+        return ch
+
+    @property
+    def _detector(self):
+        return detector_pb2_grpc.DetectorStub(self._channel("detector"))
+
+    @property
+    def _fitter(self):
+        return fitter_pb2_grpc.FitterStub(self._channel("fitter"))
+
+    @property
+    def _eyeball(self):
+        return eyeball_pb2_grpc.EyeballStub(self._channel("eyeball"))
+
+    @property
+    def _exporter(self):
+        return exporter_pb2_grpc.ExporterStub(self._channel("exporter"))
 
     async def close(self) -> None:
         for ch in self._channels.values():
             await ch.close()
+        self._channels.clear()
 
     async def _unary(self, service: str, call: Callable[..., Any], req: Any,
                      timeout: float | None) -> Any:

@@ -266,6 +266,8 @@ class GatewayServer:
         self._health: health_async.HealthServicer | None = None
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
+        self._stop_event: asyncio.Event | None = None
+        self._stop_grace = 5.0
 
     async def start_async(self) -> int:
         self._server = grpc.aio.server(interceptors=[AsyncBearerAuth(self.token)],
@@ -301,23 +303,30 @@ class GatewayServer:
 
     # -- thread helpers -----------------------------------------------------------------------
     def start_in_thread(self) -> int:
+        """Serve on a private event loop in a daemon thread; returns the bound port."""
         ready = threading.Event()
         err: list[BaseException] = []
 
-        def main() -> None:
-            self._loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(self._loop)
+        async def main() -> None:
+            self._stop_event = asyncio.Event()
             try:
-                self._loop.run_until_complete(self.start_async())
+                await self.start_async()
             except BaseException as e:  # noqa: BLE001
                 err.append(e)
                 ready.set()
                 return
             ready.set()
-            self._loop.run_until_complete(self._server.wait_for_termination())
+            await self._stop_event.wait()
+            await self.stop_async(self._stop_grace)
+
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self._loop)
+            self._loop.run_until_complete(main())
+            self._loop.close()
             self._stopped.set()
 
-        self._thread = threading.Thread(target=main, name="gateway", daemon=True)
+        self._thread = threading.Thread(target=run, name="gateway", daemon=True)
         self._thread.start()
         ready.wait()
         if err:
@@ -325,12 +334,11 @@ class GatewayServer:
         return self.port
 
     def stop(self, grace: float = 5.0) -> None:
-        if self._loop is None:
+        if self._loop is None or self._stopped.is_set():
             return
-        fut = asyncio.run_coroutine_threadsafe(self.stop_async(grace), self._loop)
-        fut.result(timeout=grace + 10)
-        if self._thread is not None:
-            self._thread.join(timeout=grace + 10)
+        self._stop_grace = grace
+        self._loop.call_soon_threadsafe(self._stop_event.set)
+        self._stopped.wait(timeout=grace + 15)
 
     @property
     def address(self) -> str:
