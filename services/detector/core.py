@@ -1,0 +1,292 @@
+"""Detector core: photo bytes -> faces, 68 landmarks, aligned crops and masks (plain Python).
+
+Pipeline of :meth:`Detector.detect`:
+
+1. :func:`services.detector.decode.decode_image` (limits, EXIF orientation, 8-bit RGB);
+2. face detection with dlib HOG (default) or the MMOD CNN on a copy whose longest side is at
+   most ``detect_max_side`` (big photos stay allowed); boxes are scaled back to the original;
+3. 68 landmarks by dlib's shape predictor on the ORIGINAL oriented image, for every face;
+4. faces sorted by box area (descending), one selected ('largest', 'only' or an index);
+5. :func:`services.detector.align.align_face` (224 crop, S x S hi-res crop, affine);
+6. :func:`services.detector.masks.compute_masks` (skin probability, parse mask);
+7. optional visualisation panel.
+
+All coordinates are pixels of the EXIF-oriented original image (x right, y down, pixel
+centres at integers, dlib convention) unless a name says crop.
+
+Model files come from the ``face_recognition_models`` package (located without importing it,
+so no ``pkg_resources`` warning), or from ``models_dir`` when given.
+
+Thread safety: one :class:`Detector` serves concurrent gRPC calls. Each thread gets its own
+HOG detector (cheap to create; the scanning state is per call), while the shape predictor and
+the CNN (large, loaded once) are guarded by locks.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from pathlib import Path
+
+import cv2
+import dlib
+import numpy as np
+
+from ffhquv.errors import BackendUnavailable, InvalidInput, NoFace, PreconditionFailed
+from services.detector import align, masks
+from services.detector.decode import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_SIDE,
+    decode_image,
+)
+from services.detector.types import AlignedFace, DetectionResult, FaceBox
+
+SHAPE_PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
+CNN_FILE = "mmod_human_face_detector.dat"
+BACKENDS = ("hog", "cnn")
+UNWRAP_SIZES = (512, 1024)
+
+
+def models_directory() -> Path:
+    """Folder of the ``face_recognition_models`` package's ``.dat`` files."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the face_recognition_models package is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "models"
+
+
+def _model_file(models_dir: Path, name: str) -> str:
+    p = models_dir / name
+    if not p.is_file():
+        raise FileNotFoundError(f"dlib model file missing: {p}")
+    return str(p)
+
+
+def _resize_longest(img: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """Area-downscale so the longest side is at most ``max_side``; returns (image, factor)."""
+    h, w = img.shape[:2]
+    if max(h, w) <= max_side:
+        return img, 1.0
+    f = max_side / max(h, w)
+    nw, nh = max(1, round(w * f)), max(1, round(h * f))
+    small = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA)
+    return small, nw / w
+
+
+class Detector:
+    """Face detection, landmarks, alignment and masks for one photo at a time.
+
+    Args:
+        backend: default detector, ``"hog"`` (dlib frontal face detector) or ``"cnn"``
+            (dlib MMOD). The CNN model is loaded on first use.
+        models_dir: folder with the dlib ``.dat`` files (default: face_recognition_models).
+        upsample: detector upsampling passes; None = 1 when the detection image's longest
+            side is at most ``upsample_below`` pixels, else 0 (finds faces down to ~40 px).
+        min_score: faces scoring at least this are reported.
+        fallback_score: when no face reaches ``min_score``, the best detection scoring at
+            least this is used (with a note), so a weak but real face (glasses, profile) is
+            not lost while weak false positives never add to strong faces.
+        detect_max_side: HOG runs on a copy no longer than this (CNN: ``cnn_max_side``).
+        cnn_upsample: upsampling of the CNN (slow on CPU: about 4x per pass).
+        max_bytes, max_pixels, min_side: decoding limits (see :func:`decode_image`).
+        parser: optional learned face parser (BiSeNet) for the parse mask, see
+            :class:`services.detector.masks.FaceParser`; None uses landmark polygons.
+    """
+
+    def __init__(
+        self,
+        backend: str = "hog",
+        *,
+        models_dir: str | Path | None = None,
+        upsample: int | None = None,
+        upsample_below: int = 1000,
+        min_score: float = 0.3,
+        fallback_score: float = 0.0,
+        detect_max_side: int = 1600,
+        cnn_max_side: int = 800,
+        cnn_upsample: int = 0,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        min_side: int = DEFAULT_MIN_SIDE,
+        parser: masks.FaceParser | None = None,
+    ):
+        self.backend = self._check_backend(backend)
+        self.models_dir = Path(models_dir) if models_dir else models_directory()
+        self.upsample = upsample
+        self.upsample_below = upsample_below
+        self.min_score = min_score
+        self.fallback_score = min(fallback_score, min_score)
+        self.detect_max_side = detect_max_side
+        self.cnn_max_side = cnn_max_side
+        self.cnn_upsample = cnn_upsample
+        self.limits = dict(max_bytes=max_bytes, max_pixels=max_pixels, min_side=min_side)
+        self.parser = parser
+        self.shape_predictor = dlib.shape_predictor(
+            _model_file(self.models_dir, SHAPE_PREDICTOR_FILE))
+        self._sp_lock = threading.Lock()
+        self._cnn = None
+        self._cnn_lock = threading.Lock()
+        self._local = threading.local()
+        if self.backend == "cnn":
+            self._cnn_model()
+
+    # ------------------------------------------------------------------ models
+
+    @staticmethod
+    def _check_backend(backend: str) -> str:
+        if backend not in BACKENDS:
+            raise InvalidInput(f"unknown detector backend {backend!r}; use one of {BACKENDS}")
+        return backend
+
+    def _hog(self):
+        det = getattr(self._local, "hog", None)
+        if det is None:
+            det = self._local.hog = dlib.get_frontal_face_detector()
+        return det
+
+    def _cnn_model(self):
+        with self._cnn_lock:
+            if self._cnn is None:
+                try:
+                    path = _model_file(self.models_dir, CNN_FILE)
+                except FileNotFoundError as e:
+                    raise BackendUnavailable(f"CNN face detector unavailable: {e}; use the "
+                                             "HOG backend") from e
+                self._cnn = dlib.cnn_face_detection_model_v1(path)
+            return self._cnn
+
+    def _upsample_for(self, img: np.ndarray) -> int:
+        if self.upsample is not None:
+            return self.upsample
+        return 1 if max(img.shape[:2]) <= self.upsample_below else 0
+
+    # ------------------------------------------------------------------ stages
+
+    def find_faces(self, rgb: np.ndarray, backend: str | None = None
+                   ) -> tuple[list[tuple[tuple[float, float, float, float], float]], list[str]]:
+        """Face boxes of an oriented image.
+
+        Args:
+            rgb: ``uint8 [H, W, 3]`` RGB.
+            backend: ``"hog"`` / ``"cnn"``; None uses the detector's default.
+        Returns:
+            ``([((left, top, right, bottom), score), ...], notes)`` in ``rgb`` pixels, dlib
+            rectangle convention (right / bottom inclusive), unsorted.
+        """
+        backend = self._check_backend(backend or self.backend)
+        notes: list[str] = []
+        max_side = self.detect_max_side if backend == "hog" else self.cnn_max_side
+        work, f = _resize_longest(rgb, max_side)
+        if f != 1.0:
+            notes.append(f"faces detected on a {work.shape[1]}x{work.shape[0]} copy of the "
+                         f"{rgb.shape[1]}x{rgb.shape[0]} image")
+        work = np.ascontiguousarray(work)
+        if backend == "hog":
+            up = self._upsample_for(work)
+            rects, scores, _ = self._hog().run(work, up, self.fallback_score)
+            found = [((r.left(), r.top(), r.right(), r.bottom()), float(s))
+                     for r, s in zip(rects, scores, strict=True)]
+        else:
+            cnn = self._cnn_model()
+            with self._cnn_lock:
+                dets = cnn(work, self.cnn_upsample)
+            found = [((d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom()),
+                      float(d.confidence)) for d in dets if d.confidence >= self.fallback_score]
+        strong = [x for x in found if x[1] >= self.min_score]
+        if not strong and found:
+            best = max(found, key=lambda x: x[1])
+            notes.append(f"no detection scored {self.min_score} or more; using the best weak "
+                         f"one (score {best[1]:.2f})")
+            strong = [best]
+        if f != 1.0:
+            # pixel centres at integers: a copy pixel x covers original (x + .5) / f - .5
+            strong = [(tuple((v + 0.5) / f - 0.5 for v in box), s) for box, s in strong]
+        return [(tuple(float(v) for v in box), s) for box, s in strong], notes
+
+    def landmarks(self, rgb: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+        """``float32 [68, 2]`` landmarks of the face in ``box`` (``rgb`` pixels)."""
+        rect = dlib.rectangle(*(int(round(v)) for v in box))
+        with self._sp_lock:
+            shape = self.shape_predictor(rgb, rect)
+        return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float32)
+
+    @staticmethod
+    def select(faces: list[FaceBox], selection: str | int) -> int:
+        """Index of the face to prepare; ``faces`` sorted by area, descending."""
+        n = len(faces)
+        if selection == "largest":
+            return 0
+        if selection == "only":
+            if n > 1:
+                raise PreconditionFailed(
+                    f"{n} faces detected; selection 'only' needs exactly one face (choose "
+                    f"'largest' or a face index 0..{n - 1})")
+            return 0
+        if isinstance(selection, bool) or not isinstance(selection, int | np.integer):
+            raise InvalidInput(f"unknown face selection {selection!r}; use 'largest', 'only' "
+                               "or a face index")
+        if selection < 0:
+            raise InvalidInput(f"face index must be >= 0, got {selection}")
+        if selection >= n:
+            raise PreconditionFailed(
+                f"face index {selection} out of range: {n} face{'s' if n != 1 else ''} "
+                f"detected (valid indices 0..{n - 1})")
+        return int(selection)
+
+    # ------------------------------------------------------------------ entry point
+
+    def detect(
+        self,
+        data: bytes,
+        *,
+        selection: str | int = "largest",
+        unwrap_size: int = 1024,
+        want_visualization: bool = False,
+        backend: str | None = None,
+    ) -> DetectionResult:
+        """Detect, landmark, align and mask the faces of one uploaded photo.
+
+        Args:
+            data: JPEG / PNG bytes.
+            selection: ``"largest"``, ``"only"`` or an index into the area-sorted faces.
+            unwrap_size: side S of ``aligned.crop_hires`` (512 or 1024).
+            want_visualization: also build the ``uint8 [224, 896, 3]`` panel.
+            backend: ``"hog"`` / ``"cnn"`` for this call (None: the default).
+        Returns:
+            :class:`DetectionResult`; landmarks in original (oriented) pixels.
+        Raises:
+            InvalidInput: bad image or option. NoFace: no face found.
+            PreconditionFailed: 'only' with several faces, index out of range.
+        """
+        if unwrap_size not in UNWRAP_SIZES:
+            raise InvalidInput(f"unwrap_size must be 512 or 1024, got {unwrap_size}")
+        backend = self._check_backend(backend or self.backend)
+        if not (selection in ("largest", "only") or isinstance(selection, int | np.integer)):
+            self.select([], selection)  # raises the precise error
+        img = decode_image(data, **self.limits)
+        rgb = img.rgb
+        notes = list(img.notes)
+        found, det_notes = self.find_faces(rgb, backend)
+        notes += det_notes
+        if not found:
+            raise NoFace("no face detected")
+        faces = [FaceBox(box=box, score=score, landmarks=self.landmarks(rgb, box))
+                 for box, score in found]
+        faces.sort(key=lambda fb: (-fb.area, -fb.score))
+        idx = self.select(faces, selection)
+        face = faces[idx]
+        crop, crop_lm, a, hires = align.align_face(rgb, face.landmarks, unwrap_size)
+        skin, parse, source = masks.compute_masks(crop, crop_lm, self.parser)
+        aligned = AlignedFace(crop=crop, crop_landmarks=crop_lm, image_to_crop=a,
+                              crop_hires=hires, skin_mask=skin, parse_mask=parse,
+                              parse_source=source)
+        vis = None
+        if want_visualization:
+            from services.detector.vis import visualization
+
+            vis = visualization(crop, skin, parse, crop_lm)
+        return DetectionResult(faces=faces, selected_index=idx,
+                               image_size=(rgb.shape[1], rgb.shape[0]),
+                               exif_orientation=img.exif_orientation, aligned=aligned,
+                               image=rgb, notes=notes, visualization=vis)
