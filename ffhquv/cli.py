@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("clear", help="empty an output folder made by 'ffhquv fit'")
     p.add_argument("output")
     p.add_argument("-y", "--yes", action="store_true", help="do not ask")
+    p = sub.add_parser("deploy", help="render k8s overlays, roll out one service, roll back",
+                       add_help=False)
+    p.add_argument("deploy_args", nargs=argparse.REMAINDER)
     p = sub.add_parser("build-model", help="build (or check) the cached default face model")
     p.add_argument("--rebuild", action="store_true", help="rebuild even if cached")
     p.add_argument("--preview", default=None, metavar="DIR",

@@ -63,7 +63,8 @@ def generate(out_dir: Path = REPO_ROOT) -> list[Path]:
 def descriptor_set(path: Path) -> None:
     """Write a FileDescriptorSet of all protos (with imports and source info) to ``path``."""
     files = [str(p.relative_to(PROTO_ROOT)) for p in proto_files()]
-    _protoc([f"--descriptor_set_out={path}", "--include_imports", *files])
+    _protoc([f"--descriptor_set_out={path}", "--include_imports", "--include_source_info",
+             *files])
 
 
 def stubs_current() -> bool:

@@ -177,7 +177,8 @@ def build_server(
     if bound == 0:
         raise OSError(f"could not bind {target}")
     server.start()
-    mport = metrics.serve_metrics(metrics_port) if metrics_port is not None else None
+    mport = (metrics.serve_metrics(metrics_port, addr=host) if metrics_port is not None
+             else None)
     log.info("serving", extra={"services": ",".join(names), "port": bound,
                                "metrics_port": mport})
     return RunningServer(server, bound, health_servicer, names, mport)

@@ -288,7 +288,7 @@ class GatewayServer:
         self.port = bound
         await self._server.start()
         if self.metrics_port is not None:
-            metrics.serve_metrics(self.metrics_port)
+            metrics.serve_metrics(self.metrics_port, addr=self.host)
         log.info("gateway serving", extra={"port": bound, "auth": bool(self.token),
                                            "tls": self.credentials is not None})
         return bound
