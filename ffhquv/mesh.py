@@ -71,8 +71,9 @@ class MeshData:
 
         if len(m.vertices) % 3 or len(m.faces) % 3 or len(m.uvs) % 2:
             raise InvalidInput("mesh arrays have lengths that are not multiples of 3 / 2")
-        if len(m.uv_faces) and len(m.uv_faces) != len(m.faces):
-            raise InvalidInput("mesh uv_faces must have the same length as faces")
+        if len(m.uv_faces) != (len(m.faces) if len(m.uvs) else 0):
+            raise InvalidInput("mesh uv_faces must have the same length as faces when uvs "
+                               "are given, and be empty otherwise")
         if len(m.normals) and len(m.normals) != len(m.vertices):
             raise InvalidInput("mesh normals must have the same length as vertices")
         v = np.frombuffer(np.asarray(m.vertices, np.float32).tobytes(), np.float32)

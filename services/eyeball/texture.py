@@ -1,0 +1,195 @@
+"""The eyeball texture (sclera, veins, limbus, iris, pupil) and the iris colour from a photo.
+
+The texture layout is the equal-area projection of :mod:`services.eyeball.mesh`: texel
+``(row i, col j)`` of an ``S x S`` texture has OBJ ``u = (j + 0.5) / S``, ``v = 1 - (i + 0.5) / S``
+and shows the direction with ``sin(theta / 2) = 2 * |(u, v) - 0.5|``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from services.eyeball.mesh import LIMBUS_ANGLE, PUPIL_FRACTION
+
+DEFAULT_IRIS_RGB = (104.0, 86.0, 70.0)  # brown-grey, sRGB 0..255
+SCLERA_RGB = np.array([236.0, 228.0, 218.0])
+VEIN_RGB = np.array([182.0, 70.0, 66.0])
+BACK_RGB = np.array([196.0, 140.0, 130.0])
+
+# dlib 68-point indices of the eyes: the subject's right eye (image left) and left eye.
+RIGHT_EYE = list(range(36, 42))
+LEFT_EYE = list(range(42, 48))
+MIN_EYE_ASPECT = 0.16  # below this the eye counts as closed
+MIN_EYE_WIDTH_PX = 12.0
+
+
+def _smoothstep(e0: float, e1: float, x: np.ndarray) -> np.ndarray:
+    t = np.clip((x - e0) / (e1 - e0), 0.0, 1.0)
+    return t * t * (3 - 2 * t)
+
+
+def _periodic_noise(rng: np.random.Generator, n: int, x: np.ndarray) -> np.ndarray:
+    """Smooth periodic 1D noise with ``n`` knots over ``x`` in [0, 1) (cubic-ish via cos)."""
+    knots = rng.standard_normal(n)
+    xf = (x % 1.0) * n
+    i0 = np.floor(xf).astype(int) % n
+    t = xf - np.floor(xf)
+    t = (1 - np.cos(t * math.pi)) / 2
+    return knots[i0] * (1 - t) + knots[(i0 + 1) % n] * t
+
+
+def eyeball_texture(iris_rgb: tuple[float, float, float] | np.ndarray = DEFAULT_IRIS_RGB,
+                    size: int = 1024, seed: int = 7) -> np.ndarray:
+    """Procedural eyeball texture.
+
+    Args:
+        iris_rgb: iris base colour, sRGB 0..255.
+        size: texture side ``S`` (>= 64).
+        seed: random seed of the veins and iris fibres (deterministic output).
+    Returns:
+        ``uint8 [S, S, 3]`` RGB, row 0 = ``v = 1`` (the top of the eye).
+    """
+    rng = np.random.default_rng(seed)
+    s = int(size)
+    jj, ii = np.meshgrid(np.arange(s), np.arange(s))
+    du = (jj + 0.5) / s - 0.5
+    dv = 0.5 - (ii + 0.5) / s
+    r = np.hypot(du, dv)
+    theta = 2 * np.arcsin(np.clip(2 * r, 0, 1))
+    phi = np.arctan2(dv, du)
+    # lateral radius in units of the iris radius (front hemisphere; > 1 outside the iris)
+    rho = np.sin(np.minimum(theta, math.pi / 2)) / math.sin(LIMBUS_ANGLE)
+    rho = np.where(theta > math.pi / 2, 1 / math.sin(LIMBUS_ANGLE) + (theta - math.pi / 2), rho)
+
+    # --- sclera: warm white, slightly darker and pinker toward the back, faint veins
+    back = _smoothstep(math.radians(75), math.radians(140), theta)[..., None]
+    img = SCLERA_RGB * (1 - back) + BACK_RGB * back
+    img = img * (1 - 0.05 * _smoothstep(1.0, 3.0, rho))[..., None]
+    img = img * (1 + 0.015 * rng.standard_normal((s, s, 1)))
+    veins = np.zeros((s, s), np.float32)
+    px_per_rad = s / 4.0  # rough texel scale near the limbus
+    for _ in range(60):
+        th0 = math.radians(rng.uniform(75, 110))
+        ph0 = rng.uniform(0, 2 * math.pi)
+        stack = [(th0, ph0, rng.uniform(0.6, 1.0), 0)]
+        while stack:
+            th, ph, w, depth = stack.pop()
+            pts = []
+            heading = rng.normal(0, 0.25)
+            for _step in range(int(rng.integers(8, 18))):
+                r_uv = 0.5 * math.sin(th / 2)
+                pts.append((s * (0.5 + r_uv * math.cos(ph)), s * (0.5 - r_uv * math.sin(ph))))
+                heading += rng.normal(0, 0.35)
+                step = rng.uniform(0.02, 0.05)
+                th -= step * math.cos(heading)
+                ph += step * math.sin(heading) / max(math.sin(th), 0.2)
+                if th < LIMBUS_ANGLE * 1.25:
+                    break
+                if depth < 2 and rng.random() < 0.12:
+                    stack.append((th, ph, w * 0.6, depth + 1))
+            if len(pts) > 1:
+                cv2.polylines(veins, [np.round(np.array(pts) * 4).astype(np.int32)], False,
+                              float(w), thickness=max(1, int(px_per_rad / 200 * w)),
+                              lineType=cv2.LINE_AA, shift=2)
+    veins = cv2.GaussianBlur(veins, (0, 0), max(0.6, s / 1400))
+    vein_a = (0.45 * veins * _smoothstep(LIMBUS_ANGLE * 1.2, LIMBUS_ANGLE * 2.2, theta))[..., None]
+    img = img * (1 - vein_a) + VEIN_RGB * vein_a
+
+    # --- iris: base colour with radial fibres, a collarette, crypts, darker rim
+    base = np.asarray(iris_rgb, np.float64).reshape(3)
+    a = (phi / (2 * math.pi)) % 1.0
+    fib = (_periodic_noise(rng, 180, a + 0.01 * np.sin(rho * 9))
+           + 0.6 * _periodic_noise(rng, 70, a) + 0.5 * _periodic_noise(rng, 400, a))
+    fib = fib / 2.0
+    collarette = np.exp(-((rho - 0.55 - 0.04 * _periodic_noise(rng, 24, a)) / 0.06) ** 2)
+    crypts = _periodic_noise(rng, 40, a) * _periodic_noise(rng, 9, rho / 1.0 + 0.3)
+    shade = (1.0 + 0.22 * fib + 0.25 * collarette - 0.18 * np.clip(crypts, 0, None)
+             - 0.35 * _smoothstep(0.75, 1.0, rho) + 0.12 * _smoothstep(0.55, 0.35, rho))
+    inner_warm = np.array([1.08, 1.0, 0.88])
+    warm = _smoothstep(0.6, 0.35, rho)[..., None]
+    iris = base * shade[..., None] * (1 + (inner_warm - 1) * warm)
+    limbus = _smoothstep(0.96, 1.06, rho)[..., None]  # 0 inside the iris, 1 on the sclera
+    ring = np.exp(-((rho - 0.99) / 0.05) ** 2)[..., None]
+    iris = iris * (1 - 0.45 * ring)
+    img = iris * (1 - limbus) + img * limbus * (1 - 0.25 * ring) + base * 0.3 * ring * limbus
+
+    # --- pupil
+    pupil = _smoothstep(PUPIL_FRACTION + 0.02, PUPIL_FRACTION - 0.02, rho)[..., None]
+    img = img * (1 - pupil) + np.array([8.0, 7.0, 7.0]) * pupil
+    return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+
+
+def eye_aspect_ratio(eye: np.ndarray) -> float:
+    """Eye aspect ratio of 6 eye landmarks ``[6, 2]`` (dlib order): eyelid opening height over
+    the corner-to-corner width (about 0.3 open, below 0.16 closed)."""
+    p = np.asarray(eye, np.float64)
+    w = np.linalg.norm(p[0] - p[3])
+    if w <= 1e-6:
+        return 0.0
+    return float((np.linalg.norm(p[1] - p[5]) + np.linalg.norm(p[2] - p[4])) / (2 * w))
+
+
+def _iris_pixels(photo: np.ndarray, eye: np.ndarray) -> np.ndarray:
+    """``[K, 3]`` float RGB of the likely iris pixels inside one eye's landmark polygon."""
+    h, w = photo.shape[:2]
+    mask = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(mask, [np.round(eye * 4).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=2)
+    width = np.linalg.norm(eye[0] - eye[3])
+    if width > 24:  # stay off the lashes and lid shadow on the border
+        mask = cv2.erode(mask, np.ones((3, 3), np.uint8))
+    px = photo[mask.astype(bool)].astype(np.float64)
+    if len(px) < 8:
+        return px[:0]
+    mx, mn = px.max(1), px.min(1)
+    sat = (mx - mn) / np.maximum(mx, 1)
+    lum = px @ np.array([0.299, 0.587, 0.114])
+    # drop specular highlights (near-clipped or bright and unsaturated), then the darkest
+    # tail (pupil, lashes)
+    keep = ~((mx > 235) | ((sat < 0.1) & (lum > np.percentile(lum, 90))))
+    keep &= lum >= 0.35 * np.median(lum)
+    px, sat, lum = px[keep], sat[keep], lum[keep]
+    if len(px) < 8:
+        return px[:0]
+    # the iris is the darker, more saturated part of the eye; sclera (also when shadowed by
+    # the lid) is unsaturated, eyelid skin is brighter
+    score = sat + 0.5 * (1 - lum / 255)
+    return px[score >= np.percentile(score, 70)]
+
+
+def iris_colour(photo: np.ndarray | None, landmarks: np.ndarray | None
+                ) -> tuple[tuple[float, float, float], str]:
+    """Iris colour sampled from a photo.
+
+    Args:
+        photo: ``uint8 [H, W, 3]`` RGB, or None.
+        landmarks: ``[68, 2]`` dlib landmarks in ``photo`` pixels, or None.
+    Returns:
+        ``((r, g, b), source)``: sRGB 0..255 and ``"photo"``, or :data:`DEFAULT_IRIS_RGB` and
+        ``"default"`` when there is no photo, the eyes are closed (eye aspect ratio below
+        :data:`MIN_EYE_ASPECT`), too small (narrower than :data:`MIN_EYE_WIDTH_PX`) or no
+        usable iris pixels remain.
+    """
+    if photo is None or landmarks is None:
+        return DEFAULT_IRIS_RGB, "default"
+    lm = np.asarray(landmarks, np.float64).reshape(-1, 2)
+    if lm.shape != (68, 2) or not np.isfinite(lm).all():
+        return DEFAULT_IRIS_RGB, "default"
+    samples = []
+    for idx in (RIGHT_EYE, LEFT_EYE):
+        eye = lm[idx]
+        if (eye_aspect_ratio(eye) < MIN_EYE_ASPECT
+                or np.linalg.norm(eye[0] - eye[3]) < MIN_EYE_WIDTH_PX):
+            continue
+        samples.append(_iris_pixels(photo, eye))
+    px = np.concatenate(samples) if samples else np.zeros((0, 3))
+    if len(px) < 8:
+        return DEFAULT_IRIS_RGB, "default"
+    rgb = np.median(px, axis=0)
+    # keep the iris a plausible brightness under photo lighting (luma 35..150)
+    y = float(rgb @ np.array([0.299, 0.587, 0.114]))
+    rgb = rgb * (np.clip(y, 35.0, 150.0) / max(y, 1e-3))
+    rgb = np.clip(rgb, 0, 255)
+    return (float(rgb[0]), float(rgb[1]), float(rgb[2])), "photo"
