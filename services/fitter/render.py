@@ -1,0 +1,339 @@
+"""Mesh rendering on top of a rasteriser backend: textured / vertex-colour, SH-lit, UV-space.
+
+Frames and conventions: world space and the camera are those of :mod:`services.fitter.camera`
+(rendered images have row 0 at the top, x to the right, like the photo); SH lighting is
+:mod:`services.fitter.sh`. Images are ``float [B, H, W, C]``.
+
+UV: meshes carry OBJ texture coordinates (u right, v up, in [0, 1]); a texture array's row 0 is
+the top of the PNG, i.e. ``v = 1``. This module is the one place that converts between the two:
+texture-memory coordinates are ``(u, 1 - v)`` (row = ``(1 - v) * Ht``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ffhquv.errors import InvalidInput
+from services.fitter.camera import Camera, project, to_clip
+from services.fitter.facemodel.base import vertex_normals
+from services.fitter.renderer import RasterBackend, get_backend
+from services.fitter.sh import shade
+
+DEFAULT_ALBEDO = 0.7
+
+# A soft frontal key light from above-front with a gentle fill, as 27 SH coefficients
+# (channel-major R, G, B; ambient 0.8 is added by services.fitter.sh).
+PREVIEW_GAMMA = torch.tensor([-0.25, 0.0, 0.35, 0.0, 0.0, 0.0, -0.05, 0.0, 0.0] * 3)
+
+
+@dataclass
+class RenderOutput:
+    """What :meth:`MeshRenderer.render` returns (all ``float``, row 0 at the top).
+
+    Attributes:
+        image: ``[B, H, W, 3]`` shaded (or unlit albedo) colour, black background,
+            antialiased when requested.
+        mask: ``[B, H, W, 1]`` coverage in [0, 1] (antialiased when requested; then it carries
+            silhouette gradients to the vertices).
+        albedo: ``[B, H, W, 3]`` unlit surface colour (zero on the background, not antialiased).
+        depth: ``[B, H, W, 1]`` camera depth ``d`` (distance along the view axis), 0 on the
+            background.
+        normal: ``[B, H, W, 3]`` unit world-space normal per pixel (0 on the background).
+        uv: ``[B, H, W, 2]`` texture-memory coordinates per pixel (``(u, 1 - v)``), or None
+            without texture coordinates.
+        rast: ``[B, H, W, 4]`` raw rasteriser output ``(u, v, z/w, triangle_id + 1)``.
+        clip: ``[B, N, 4]`` clip coordinates that were rasterised.
+    """
+
+    image: Tensor
+    mask: Tensor
+    albedo: Tensor
+    depth: Tensor
+    normal: Tensor
+    uv: Tensor | None
+    rast: Tensor
+    clip: Tensor
+
+    @property
+    def triangle_id(self) -> Tensor:
+        """``[B, H, W]`` long visible triangle per pixel, -1 on the background."""
+        return self.rast[..., 3].detach().long() - 1
+
+
+def obj_uv_to_texture(uv: Tensor) -> Tensor:
+    """OBJ texture coordinates (v up) to texture-memory coordinates (row 0 = v = 1).
+
+    Args:
+        uv: ``[..., 2]`` OBJ ``(u, v)``.
+    Returns:
+        ``[..., 2]`` ``(u, 1 - v)``: nvdiffrast texture coordinates for an array whose row 0 is
+        the top of the PNG.
+    """
+    return torch.stack([uv[..., 0], 1.0 - uv[..., 1]], -1)
+
+
+def _as_batch(x: Tensor, b: int, name: str, last: int) -> Tensor:
+    if x.dim() == 2:
+        x = x[None]
+    if x.dim() != 3 or x.shape[-1] != last or x.shape[0] not in (1, b):
+        raise InvalidInput(f"{name} must be [B, N, {last}] (B = {b}), got {tuple(x.shape)}")
+    return x
+
+
+class MeshRenderer:
+    """Renders triangle meshes through a :class:`RasterBackend` with the fitting camera.
+
+    Args:
+        camera: the camera (its ``size`` is the default raster size).
+        backend: a rasteriser; default :func:`get_backend(device)`.
+        device: where the renderer's own constants live (the inputs decide the rest).
+    """
+
+    def __init__(self, camera: Camera | None = None, backend: RasterBackend | None = None,
+                 device: str | torch.device = "cpu"):
+        self.camera = camera or Camera()
+        self.device = torch.device(device)
+        self.backend = backend or get_backend(self.device)
+
+    def render(
+        self,
+        vertices: Tensor,
+        tri: Tensor,
+        *,
+        normals: Tensor | None = None,
+        uv: Tensor | None = None,
+        uv_tri: Tensor | None = None,
+        texture: Tensor | None = None,
+        vertex_albedo: Tensor | None = None,
+        gamma: Tensor | None = None,
+        size: int | None = None,
+        antialias: bool = True,
+        background: Tensor | float | None = None,
+    ) -> RenderOutput:
+        """Render a batch of meshes.
+
+        Args:
+            vertices: ``[B, N, 3]`` world-space positions (:mod:`services.fitter.camera`).
+            tri: ``[T, 3]`` int vertex indices (counter-clockwise seen from outside).
+            normals: ``[B, N, 3]`` world-space vertex normals; None computes area-weighted ones.
+            uv: ``[M, 2]`` OBJ texture coordinates (v up); needed with ``texture``.
+            uv_tri: ``[T, 3]`` per-corner indices into ``uv`` (default: ``tri``).
+            texture: ``[B|1, Ht, Wt, 3]`` in [0, 1], row 0 = top of the PNG (v = 1).
+            vertex_albedo: ``[B|1, N, 3]`` per-vertex albedo, used when there is no texture.
+                Without either the surface is a uniform grey of 0.7.
+            gamma: ``[B, 27]`` SH lighting (:mod:`services.fitter.sh`); None = unlit albedo.
+            size: raster size (square); default ``camera.size``, via ``camera.scaled(size)``.
+            antialias: run silhouette antialiasing on image and mask.
+            background: optional colour composited behind the mesh (scalar, ``[3]``, or
+                ``[B, H, W, 3]``); default black.
+        Returns:
+            :class:`RenderOutput`.
+        """
+        if vertices.dim() != 3 or vertices.shape[-1] != 3:
+            raise InvalidInput(f"vertices must be [B, N, 3], got {tuple(vertices.shape)}")
+        if tri.dim() != 2 or tri.shape[-1] != 3:
+            raise InvalidInput(f"tri must be [T, 3], got {tuple(tri.shape)}")
+        b = vertices.shape[0]
+        cam = self.camera if size is None or size == self.camera.size else self.camera.scaled(size)
+        s = cam.size
+        tri32 = tri.to(device=vertices.device, dtype=torch.int32).contiguous()
+        be = self.backend
+
+        clip = to_clip(vertices, cam).contiguous()
+        rast = be.rasterize(clip, tri32, (s, s))
+        cover = (rast[..., 3:4] > 0).to(vertices.dtype)
+
+        depth = be.interpolate(clip[..., 3:4].contiguous(), rast, tri32)
+        if normals is None:
+            normals = vertex_normals(vertices, tri32.long())
+        normals = _as_batch(normals, b, "normals", 3)
+        nrm = be.interpolate(normals.contiguous(), rast, tri32)
+        nrm = nrm / nrm.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+
+        uv_img = None
+        if uv is not None:
+            if uv.dim() != 2 or uv.shape[-1] != 2:
+                raise InvalidInput(f"uv must be [M, 2], got {tuple(uv.shape)}")
+            ut = tri32 if uv_tri is None else uv_tri.to(device=vertices.device,
+                                                          dtype=torch.int32).contiguous()
+            if ut.shape != tri32.shape:
+                raise InvalidInput(f"uv_tri {tuple(ut.shape)} must match tri {tuple(tri32.shape)}")
+            uv_mem = obj_uv_to_texture(uv.to(vertices.device, vertices.dtype)).contiguous()
+            uv_img = be.interpolate(uv_mem, rast, ut)
+
+        if texture is not None:
+            if uv_img is None:
+                raise InvalidInput("texture given without uv")
+            if texture.dim() != 4 or texture.shape[-1] != 3 or texture.shape[0] not in (1, b):
+                raise InvalidInput(f"texture must be [B, Ht, Wt, 3], got {tuple(texture.shape)}")
+            albedo = be.texture(texture.contiguous(), uv_img.contiguous()) * cover
+        elif vertex_albedo is not None:
+            va = _as_batch(vertex_albedo, b, "vertex_albedo", 3)
+            albedo = be.interpolate(va.contiguous(), rast, tri32)
+        else:
+            albedo = cover.expand(-1, -1, -1, 3) * DEFAULT_ALBEDO
+
+        if gamma is not None:
+            if gamma.shape != (b, 27):
+                raise InvalidInput(f"gamma must be [B, 27] (B = {b}), got {tuple(gamma.shape)}")
+            image = shade(albedo, nrm, gamma) * cover
+        else:
+            image = albedo
+
+        mask = cover
+        if antialias:
+            both = be.antialias(torch.cat([image, cover], -1).contiguous(), rast, clip, tri32)
+            image, mask = both[..., :3], both[..., 3:4]
+        if background is not None:
+            bg = torch.as_tensor(background, dtype=image.dtype, device=image.device)
+            image = image + (1 - mask) * bg
+        return RenderOutput(image=image, mask=mask, albedo=albedo, depth=depth, normal=nrm,
+                            uv=uv_img, rast=rast, clip=clip)
+
+
+def _uv_clip(uv: Tensor) -> Tensor:
+    """``[M, 2]`` OBJ uv -> ``[1, M, 4]`` clip coordinates of a UV-space raster whose row 0 is
+    ``v = 1`` (like the texture memory): ndc ``x = 2u - 1``, ``y = 1 - 2v``."""
+    if uv.dim() != 2 or uv.shape[-1] != 2:
+        raise InvalidInput(f"uv must be [M, 2], got {tuple(uv.shape)}")
+    uv = uv.float()
+    one = torch.ones_like(uv[:, :1])
+    return torch.cat([uv[:, :1] * 2 - 1, 1 - 2 * uv[:, 1:2], 0 * one, one], -1)[None]
+
+
+def uv_space_interpolate(
+    attr: Tensor,
+    tri: Tensor,
+    uv: Tensor,
+    uv_tri: Tensor,
+    size: int,
+    backend: RasterBackend | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Rasterise a mesh in UV space and interpolate per-vertex attributes per texel.
+
+    Texel ``(row i, col j)`` has its centre at OBJ ``u = (j + 0.5) / S``,
+    ``v = 1 - (i + 0.5) / S`` (row 0 = v = 1, like a texture PNG). Where UV triangles overlap,
+    the lowest triangle id wins.
+
+    Args:
+        attr: ``[B, N, C]`` (or ``[N, C]``) per-vertex attributes (e.g. world positions,
+            normals).
+        tri: ``[T, 3]`` vertex indices into ``attr``.
+        uv: ``[M, 2]`` OBJ texture coordinates.
+        uv_tri: ``[T, 3]`` per-corner indices into ``uv``, aligned with ``tri``.
+        size: ``S``, the UV raster is ``S x S``.
+        backend: rasteriser; default :func:`get_backend` for ``attr``'s device.
+    Returns:
+        ``(values [B, S, S, C], mask [B, S, S, 1])``: interpolated attributes (0 outside the
+        layout; differentiable in ``attr``) and texel coverage (float 0/1).
+    """
+    if attr.dim() == 2:
+        attr = attr[None]
+    if attr.dim() != 3:
+        raise InvalidInput(f"attr must be [B, N, C] or [N, C], got {tuple(attr.shape)}")
+    if tri.shape != uv_tri.shape:
+        raise InvalidInput(f"uv_tri {tuple(uv_tri.shape)} must match tri {tuple(tri.shape)}")
+    dev = attr.device
+    be = backend or get_backend(dev)
+    b = attr.shape[0]
+    rast = be.rasterize(_uv_clip(uv.to(dev)).contiguous(),
+                        uv_tri.to(dev, torch.int32).contiguous(), (size, size))
+    rast = rast.expand(b, -1, -1, -1).contiguous()
+    values = be.interpolate(attr.contiguous(), rast, tri.to(dev, torch.int32).contiguous())
+    mask = (rast[..., 3:4] > 0).to(attr.dtype)
+    return values, mask
+
+
+def uv_triangle_ids(uv: Tensor, uv_tri: Tensor, size: int,
+                    backend: RasterBackend | None = None) -> Tensor:
+    """``[S, S]`` long: the UV triangle covering each texel centre (row 0 = v = 1), -1 if none."""
+    be = backend or get_backend(uv.device)
+    rast = be.rasterize(_uv_clip(uv).contiguous(),
+                        uv_tri.to(uv.device, torch.int32).contiguous(), (size, size))
+    return rast[0, ..., 3].long() - 1
+
+
+def uv_overlap_count(uv: Tensor, uv_tri: Tensor, size: int) -> Tensor:
+    """``[S, S]`` long: how many UV triangles cover each texel centre (row 0 = v = 1).
+
+    Values above 1 are UV overlaps. Uses the torch rasteriser (no depth test needed)."""
+    from services.fitter.renderer.torch_backend import TorchRasterizer
+
+    clip = _uv_clip(uv)
+    return TorchRasterizer(uv.device).coverage_count(clip, uv_tri.to(uv.device).long(),
+                                                     (size, size))[0]
+
+
+def render_preview(
+    vertices: Tensor,
+    tri: Tensor,
+    *,
+    uv: Tensor | None = None,
+    uv_tri: Tensor | None = None,
+    texture: Tensor | np.ndarray | None = None,
+    vertex_albedo: Tensor | None = None,
+    yaw_deg: float = 0.0,
+    size: int = 512,
+    camera: Camera | None = None,
+    gamma: Tensor | None = None,
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    frame: bool = True,
+    backend: RasterBackend | None = None,
+) -> np.ndarray:
+    """A pleasant lit preview of one world-space mesh, turned by ``yaw_deg`` about the vertical
+    axis through its centroid (positive yaw turns the face toward the image right).
+
+    Args:
+        vertices: ``[N, 3]`` or ``[1, N, 3]`` world-space vertices (as fitted: the camera of
+            :mod:`services.fitter.camera` sees them).
+        tri: ``[T, 3]`` triangles.
+        uv, uv_tri, texture: as in :meth:`MeshRenderer.render`; ``texture`` may also be a
+            ``uint8 [Ht, Wt, 3]`` array (row 0 = top of the PNG).
+        vertex_albedo: ``[N, 3]`` albedo when there is no texture.
+        yaw_deg: turn about the y axis, degrees.
+        size: output size in pixels.
+        camera: default :class:`Camera`; rendered at ``camera.scaled(size)``.
+        gamma: ``[27]`` or ``[1, 27]`` SH light; default :data:`PREVIEW_GAMMA`.
+        background: RGB in [0, 1].
+        frame: centre the (turned) mesh on the optical axis and zoom so that it fills 90% of
+            the picture; False keeps the fitted framing of ``camera``.
+    Returns:
+        ``uint8 [size, size, 3]`` RGB, row 0 at the top.
+    """
+    with torch.no_grad():
+        v = vertices if vertices.dim() == 3 else vertices[None]
+        v = v.float()
+        centre = v.mean(1, keepdim=True)
+        a = math.radians(yaw_deg)
+        rot = torch.tensor([[math.cos(a), 0.0, math.sin(a)], [0.0, 1.0, 0.0],
+                            [-math.sin(a), 0.0, math.cos(a)]], device=v.device)
+        v = (v - centre) @ rot.T + centre
+        cam = (camera or Camera()).scaled(size)
+        if frame:
+            lo, hi = v[0].amin(0), v[0].amax(0)
+            mid = (lo + hi) / 2
+            v = v - torch.stack([mid[0], mid[1], torch.zeros_like(mid[0])])
+            px = project(v, cam)[0]
+            extent = float((px - cam.center).abs().max()) * 2
+            if extent > 0:
+                cam = replace(cam, focal=cam.focal * 0.9 * size / extent)
+        tex = texture
+        if isinstance(tex, np.ndarray):
+            tex = torch.from_numpy(tex.astype(np.float32) / (255.0 if tex.dtype == np.uint8
+                                                              else 1.0))
+        if tex is not None:
+            tex = (tex if tex.dim() == 4 else tex[None]).float().to(v.device)
+        g = PREVIEW_GAMMA if gamma is None else gamma
+        g = g.reshape(1, 27).float().to(v.device)
+        va = None if vertex_albedo is None else vertex_albedo.reshape(1, -1, 3).float()
+        r = MeshRenderer(cam, backend=backend, device=v.device)
+        out = r.render(v, tri, uv=uv, uv_tri=uv_tri, texture=tex, vertex_albedo=va, gamma=g,
+                       antialias=True,
+                       background=torch.tensor(background, device=v.device))
+        img = out.image[0].clamp(0, 1).cpu().numpy()
+    return (img * 255 + 0.5).astype(np.uint8)
