@@ -387,6 +387,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from ffhquv.deploy import main
+
+    return main(list(args.deploy_args))
+
+
 # -- clear -------------------------------------------------------------------------------
 def cmd_clear(args: argparse.Namespace) -> int:
     out = Path(args.output)
@@ -412,4 +418,21 @@ def cmd_clear(args: argparse.Namespace) -> int:
 
 
 def cmd_build_model(args: argparse.Namespace) -> int:
+    """``ffhquv build-model [--rebuild] [--preview DIR]``: build (or check) the cached default
+    face model and say where it is and how long it took."""
+    import time
+    from pathlib import Path
+
+    from services.fitter.facemodel.default import default_model_path, ensure_default_model
+
+    path = default_model_path()
+    cached = path.is_file() and not args.rebuild
+    t0 = time.time()
+    preview = Path(args.preview) if args.preview else None
+    path = ensure_default_model(rebuild=args.rebuild, progress=True, preview_dir=preview)
+    took = time.time() - t0
+    state = "cached" if cached else f"built in {took:.1f} s"
+    print(f"default face model: {path} ({state})")
+    if preview is not None:
+        print(f"previews: {preview}")
     return 0

@@ -1,0 +1,143 @@
+"""Mesh topology helpers for face models: boundary loops, vertex rings, mirror maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def boundary_loops(tri: np.ndarray) -> list[np.ndarray]:
+    """Closed loops of boundary edges (edges used by one triangle).
+
+    Args:
+        tri: ``[T, 3]`` vertex indices.
+    Returns:
+        one ``[L]`` int64 array of vertex ids per loop, in the direction of its triangles'
+        edges; longest first. Non-manifold boundary vertices are walked greedily.
+    """
+    e = np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]], 0)
+    key = np.sort(e, 1)
+    _, inv, cnt = np.unique(key, axis=0, return_inverse=True, return_counts=True)
+    b = e[cnt[inv.ravel()] == 1]
+    nxt: dict[int, list[int]] = {}
+    for a, c in b:
+        nxt.setdefault(int(a), []).append(int(c))
+    loops = []
+    while nxt:
+        start = next(iter(nxt))
+        loop = [start]
+        cur = nxt[start].pop()
+        if not nxt[start]:
+            del nxt[start]
+        while cur != start and cur in nxt:
+            loop.append(cur)
+            nb = nxt[cur].pop()
+            if not nxt[cur]:
+                del nxt[cur]
+            cur = nb
+        loops.append(np.asarray(loop, np.int64))
+    return sorted(loops, key=len, reverse=True)
+
+
+def vertex_adjacency(tri: np.ndarray, n: int) -> sp.csr_matrix:
+    """``[n, n]`` symmetric 0/1 adjacency of the mesh edges."""
+    i = np.concatenate([tri[:, 0], tri[:, 1], tri[:, 2]])
+    j = np.concatenate([tri[:, 1], tri[:, 2], tri[:, 0]])
+    a = sp.coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n)).tocsr()
+    a = ((a + a.T) > 0).astype(np.float64)
+    return a.tocsr()
+
+
+def dilate(mask: np.ndarray, tri: np.ndarray, rings: int) -> np.ndarray:
+    """Grow a ``[N]`` bool vertex mask by ``rings`` edge steps."""
+    a = vertex_adjacency(tri, len(mask))
+    m = mask.astype(np.float64)
+    for _ in range(rings):
+        m = np.maximum(m, (a @ m > 0).astype(np.float64))
+    return m > 0
+
+
+def mirror_map(vertices: np.ndarray) -> tuple[np.ndarray, float]:
+    """Left/right vertex map: the nearest vertex to each x-mirrored vertex.
+
+    Args:
+        vertices: ``[N, 3]`` a symmetric-ish shape, mirror plane ``x = 0``.
+    Returns:
+        ``([N] int64 map, involution rate = fraction of i with map[map[i]] == i)``.
+    """
+    from scipy.spatial import cKDTree
+
+    flipped = vertices * np.array([-1.0, 1.0, 1.0])
+    _, idx = cKDTree(vertices).query(flipped)
+    idx = idx.astype(np.int64)
+    return idx, float((idx[idx] == np.arange(len(idx))).mean())
+
+
+def order_ring(ring: np.ndarray, vertices: np.ndarray) -> np.ndarray:
+    """Put a closed vertex loop in a canonical order: counter-clockwise seen from +z (the
+    front), starting at its vertex farthest from ``x = 0`` (the outer eye corner)."""
+    p = vertices[ring]
+    c = p.mean(0)
+    area = np.sum((p[:, 0] - c[0]) * np.roll(p[:, 1] - c[1], -1)
+                  - np.roll(p[:, 0] - c[0], -1) * (p[:, 1] - c[1]))
+    if area < 0:
+        ring = ring[::-1]
+        p = p[::-1]
+    start = int(np.argmax(np.abs(p[:, 0])))
+    return np.roll(ring, -start)
+
+
+def self_intersections(vertices: np.ndarray, tri: np.ndarray, exclude_rings: int = 1
+                       ) -> np.ndarray:
+    """Mesh edges that pierce a triangle far from them on the surface.
+
+    Args:
+        vertices: ``[N, 3]``; tri: ``[T, 3]``.
+        exclude_rings: ignore triangles with a vertex within this many edge steps of the edge
+            (1 = triangles sharing a vertex with the edge or touching its neighbours).
+    Returns:
+        ``[K, 2]`` int64 pairs ``(edge id into the unique-edge list, triangle id)``; empty when
+        the surface does not intersect itself.
+    """
+    from scipy.spatial import cKDTree
+
+    e = np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]], 0)
+    edges = np.unique(np.sort(e, 1), axis=0)
+    p0, p1 = vertices[edges[:, 0]], vertices[edges[:, 1]]
+    tv = vertices[tri]
+    cen = tv.mean(1)
+    rad = np.linalg.norm(tv - cen[:, None], axis=2).max(1)
+    mid = 0.5 * (p0 + p1)
+    half = 0.5 * np.linalg.norm(p1 - p0, axis=1)
+    tree = cKDTree(cen)
+    cand = tree.query_ball_point(mid, half + rad.max())
+    ei = np.repeat(np.arange(len(edges)), [len(c) for c in cand])
+    ti = np.concatenate([np.asarray(c, np.int64) for c in cand])
+    # topological neighbourhood: vertices within exclude_rings steps of the edge's ends
+    a = vertex_adjacency(tri, len(vertices))
+    near = a.copy()
+    for _ in range(exclude_rings - 1):
+        near = near + near @ a
+    near = (near + sp.identity(len(vertices))).tocsr()
+    close = np.zeros(len(ei), bool)
+    for c in range(3):
+        tvc = tri[ti, c]
+        for k in range(2):
+            close |= np.asarray(near[edges[ei, k], tvc]).ravel() > 0
+    ei, ti = ei[~close], ti[~close]
+    # Moller-Trumbore segment / triangle
+    o = p0[ei]
+    d = p1[ei] - o
+    v0, v1, v2 = tv[ti, 0], tv[ti, 1], tv[ti, 2]
+    e1, e2 = v1 - v0, v2 - v0
+    h = np.cross(d, e2)
+    det = (e1 * h).sum(1)
+    ok = np.abs(det) > 1e-14
+    inv = 1.0 / np.where(ok, det, 1.0)
+    s = o - v0
+    u = (s * h).sum(1) * inv
+    q = np.cross(s, e1)
+    v = (d * q).sum(1) * inv
+    t = (e2 * q).sum(1) * inv
+    hit = ok & (u > 0) & (v > 0) & (u + v < 1) & (t > 0) & (t < 1)
+    return np.stack([ei[hit], ti[hit]], 1)
