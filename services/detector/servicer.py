@@ -65,6 +65,10 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
 
     def Detect(self, request: detector_pb2.DetectRequest, context: grpc.ServicerContext
                ) -> detector_pb2.DetectResponse:
+        return self.handle(request)
+
+    def handle(self, request: detector_pb2.DetectRequest) -> detector_pb2.DetectResponse:
+        """The whole RPC without a gRPC context (also used in process by the CLI)."""
         if request.backend not in _BACKENDS:
             raise InvalidInput(f"unknown detector backend value {request.backend}")
         unwrap = request.unwrap_size or 1024

@@ -1,0 +1,577 @@
+"""The fitter core: three-stage RGB fitting of one (or a batch of) aligned face(s).
+
+Plain Python, called by the CLI, the servicer, tests and benchmarks::
+
+    core = FitterCore("default", device="auto")
+    out = core.fit(aligned_face, preset="standard", texture_size=1024)
+
+Stages (see each module): :mod:`stage1` (landmarks -> pose / identity / expression, then SH
+lighting by least squares), :mod:`texture` (unwrap + mirror + skin-template completion, shape
+fixed; paper mode plugs in through :class:`texture.TextureSource`), :mod:`stage3` (joint
+photometric optimisation with a Laplacian pyramid of texel offsets).
+
+Batching: :meth:`FitterCore.fit_batch` stacks the per-photo parameters on the batch axis of
+every tensor, so one optimisation serves B photos (useful on GPU). Coordinates: crop pixels of
+the 224 aligned crop; model / world / camera frames of :mod:`services.fitter.camera`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import platform
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import ffhquv
+from ffhquv.errors import Cancelled, InvalidInput, PreconditionFailed
+from ffhquv.mesh import MeshData
+from services.detector.types import AlignedFace
+from services.fitter.camera import Camera, project, rigid_transform, rotate_normals
+from services.fitter.facemodel.base import FaceModel
+from services.fitter.presets import Preset, get_preset
+from services.fitter.stage1 import fit_landmarks, initial_lighting
+from services.fitter.stage3 import fit_joint
+from services.fitter.texture import (
+    PARSE_EYES,
+    PARSE_MOUTH,
+    CompletedTexture,
+    TextureSource,
+    UnwrapTextureSource,
+    coverage,
+    photo_face_mask,
+    symmetrize_lowfreq,
+    uv_maps,
+)
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str, float, str], None]
+STAGES = ("stage1", "stage2", "stage3")
+
+
+@dataclass
+class FitOutput:
+    """The result of fitting one photo.
+
+    Attributes:
+        coefficients: ``id [K_id]``, ``exp [K_exp]``, ``angles [3]`` (radians, x y z),
+            ``gamma [27]``, ``trans [3]`` as float32 arrays.
+        mesh_neutral: identity-only head in model space with the model's uv / uv_faces.
+        mesh_expression: the same with the fitted expression.
+        uv_texture: ``uint8 [S, S, 3]`` albedo texture, row 0 = ``v = 1``.
+        metrics: scalar metrics (see :func:`_metrics`).
+        report: the ``report.json`` content.
+        preview: ``uint8 [224, 224 * 4, 3]``: input | render | 50 % overlay | UV texture.
+        intermediates: file name -> bytes (``stage1_*``, ``stage2_*``, ``stage3_coeffs.*``).
+        eye_ring_left / eye_ring_right: ``int64 [R]`` vertex ids of the eye-socket rings.
+        camera: the fitting camera.
+        face_model: face-model name.
+        render: ``uint8 [224, 224, 3]`` final render (black background).
+    """
+
+    coefficients: dict[str, np.ndarray]
+    mesh_neutral: MeshData
+    mesh_expression: MeshData
+    uv_texture: np.ndarray
+    metrics: dict[str, float]
+    report: dict
+    preview: np.ndarray
+    intermediates: dict[str, bytes]
+    eye_ring_left: np.ndarray
+    eye_ring_right: np.ndarray
+    camera: Camera
+    face_model: str
+    render: np.ndarray = field(repr=False, default=None)
+
+    @property
+    def report_json(self) -> str:
+        return json.dumps(self.report, indent=2, sort_keys=True)
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``'cpu' | 'cuda' | 'auto'`` (or ``cuda:N``) to a torch device.
+
+    Raises:
+        InvalidInput: unknown name. PreconditionFailed: CUDA asked for but absent.
+    """
+    d = (device or "auto").lower()
+    if d == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if d == "cpu":
+        return torch.device("cpu")
+    if d.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise PreconditionFailed(
+                "device 'cuda' was requested but CUDA is not available on this server "
+                f"(torch {torch.__version__}); use device 'cpu' or 'auto'")
+        return torch.device(d)
+    raise InvalidInput(f"unknown device {device!r}; expected 'cpu', 'cuda' or 'auto'")
+
+
+def _validate(face: AlignedFace, i: int) -> None:
+    what = f"face {i}"
+    if not isinstance(face, AlignedFace):
+        raise InvalidInput(f"{what}: expected an AlignedFace, got {type(face).__name__}")
+    if face.crop is None or face.crop.shape != (224, 224, 3) or face.crop.dtype != np.uint8:
+        raise InvalidInput(f"{what}: crop must be uint8 224x224x3")
+    lm = np.asarray(face.crop_landmarks)
+    if lm.shape != (68, 2) or not np.isfinite(lm).all():
+        raise InvalidInput(f"{what}: crop_landmarks must be 68 finite (x, y) points, "
+                           f"got shape {lm.shape}")
+    h = face.crop_hires
+    if h is None or h.ndim != 3 or h.shape[0] != h.shape[1] or h.shape[2] != 3 or h.shape[0] < 224:
+        raise InvalidInput(f"{what}: crop_hires must be a square RGB image >= 224, "
+                           f"got {None if h is None else h.shape}")
+    for name in ("skin_mask", "parse_mask"):
+        m = getattr(face, name)
+        if m is None or m.shape != (224, 224):
+            raise InvalidInput(f"{what}: {name} must be 224x224, got "
+                               f"{None if m is None else m.shape}")
+    iod = float(np.linalg.norm(lm[36] - lm[45]))
+    if iod < 10:
+        raise InvalidInput(f"{what}: landmarks are degenerate (eye corners {iod:.1f} px apart)")
+
+
+class FitterCore:
+    """Fits one face model on one device; reuse it across calls (the model and the UV lookup
+    tables are built once).
+
+    Args:
+        face_model: "default" or "hifi3dpp" (ignored when ``model`` is given).
+        device: "cpu", "cuda" (PreconditionFailed without CUDA) or "auto".
+        checkpoints_dir: the paper's checkpoints folder (optional; the default texture path
+            needs none).
+        topo_dir: the paper's ``topo_assets`` folder (for ``hifi3dpp``).
+        model: an already built :class:`FaceModel` (tests, benchmarks).
+        threads: torch CPU threads to use during fits (None leaves torch's setting).
+        texture_source: the stage-2 texture source; None = :class:`UnwrapTextureSource`
+            (checkpoint-free). Paper mode (StyleGAN2 latent search with ``texgan_ffhq_uv.pth``
+            from :mod:`services.fitter.paper`) plugs in here as another
+            :class:`services.fitter.texture.TextureSource`.
+    """
+
+    def __init__(self, face_model: str = "default", device: str = "auto",
+                 checkpoints_dir: str | Path | None = None, topo_dir: str | Path | None = None,
+                 model: FaceModel | None = None, threads: int | None = None,
+                 texture_source: TextureSource | None = None):
+        self.device = resolve_device(device)
+        self.checkpoints_dir = Path(checkpoints_dir) if checkpoints_dir else None
+        self.threads = threads
+        if model is None:
+            from services.fitter import facemodel as fm
+
+            loader = getattr(fm, "load_face_model", None)
+            if loader is None:
+                raise PreconditionFailed("face-model loader is not available in this build")
+            model = loader(face_model, self.device, topo_dir)
+        self.model = model.to(self.device)
+        self.face_model = self.model.name
+        from services.fitter.renderer import get_backend
+
+        self.backend = get_backend(self.device)
+        self.camera = Camera()
+        self._lock = threading.Lock()
+        self.texture_source = texture_source
+        self.notes: list[str] = []
+        if self.checkpoints_dir is not None:
+            tex = self.checkpoints_dir / "texgan_model" / "texgan_ffhq_uv.pth"
+            if not tex.is_file():
+                self.notes.append(f"paper texture mode unavailable: {tex} is missing; "
+                                  "using the unwrap texture")
+            else:
+                self.notes.append("texgan checkpoint found; paper texture mode is not "
+                                  "implemented yet, using the unwrap texture")
+
+    # ------------------------------------------------------------------------------------------
+    def fit(self, face: AlignedFace, *, preset: str | Preset = "standard",
+            texture_size: int = 1024, seed: int = 0, progress: ProgressFn | None = None,
+            cancel: threading.Event | None = None, want_intermediates: bool = True) -> FitOutput:
+        """Fit one aligned face. See :meth:`fit_batch`."""
+        return self.fit_batch([face], preset=preset, texture_size=texture_size, seed=seed,
+                              progress=progress, cancel=cancel,
+                              want_intermediates=want_intermediates)[0]
+
+    def fit_batch(self, faces: list[AlignedFace], *, preset: str | Preset = "standard",
+                  texture_size: int = 1024, seed: int = 0, progress: ProgressFn | None = None,
+                  cancel: threading.Event | None = None, want_intermediates: bool = True,
+                  ) -> list[FitOutput]:
+        """Fit B aligned faces in one batched optimisation.
+
+        Args:
+            faces: aligned faces from the detector (crop 224, 68 crop landmarks, hi-res crop,
+                skin and parse masks).
+            preset: "fast" | "standard" | "best" or a :class:`Preset`.
+            texture_size: side of the output UV texture (power of two, 64..4096).
+            seed: random seed (the fit is deterministic for a seed on one device).
+            progress: ``progress(stage, fraction, message)`` with stage "stage1" / "stage2" /
+                "stage3" and the fraction of that stage in [0, 1].
+            cancel: set it to stop the fit; :class:`ffhquv.errors.Cancelled` is raised at the
+                next step.
+            want_intermediates: build the stage1_* / stage2_* / stage3_* files.
+        Returns:
+            One :class:`FitOutput` per face, in order.
+        Raises:
+            InvalidInput: malformed faces or options. Cancelled: on ``cancel``.
+        """
+        if not faces:
+            raise InvalidInput("no faces to fit")
+        for i, f in enumerate(faces):
+            _validate(f, i)
+        p = get_preset(preset)
+        if texture_size == 0:
+            texture_size = 1024
+        if texture_size < 64 or texture_size > 4096 or texture_size & (texture_size - 1):
+            raise InvalidInput(f"texture_size must be a power of two in [64, 4096], "
+                               f"got {texture_size}")
+        old_threads = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            with self._lock:
+                return self._fit(faces, p, texture_size, seed, progress, cancel,
+                                 want_intermediates)
+        finally:
+            if self.threads:
+                torch.set_num_threads(old_threads)
+
+    # ------------------------------------------------------------------------------------------
+    def _fit(self, faces: list[AlignedFace], p: Preset, tex_size: int, seed: int,
+             progress: ProgressFn | None, cancel: threading.Event | None,
+             want_inter: bool) -> list[FitOutput]:
+        torch.manual_seed(seed)
+        dev, m, cam, be = self.device, self.model, self.camera, self.backend
+        b = len(faces)
+        times: dict[str, float] = {}
+        t_all = time.perf_counter()
+
+        def prog(stage: str, frac: float, msg: str) -> None:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("fit cancelled")
+            if progress is not None:
+                progress(stage, float(min(max(frac, 0.0), 1.0)), msg)
+
+        hires_size = max(f.crop_hires.shape[0] for f in faces)
+        lm = torch.tensor(np.stack([f.crop_landmarks for f in faces]), dtype=torch.float32,
+                          device=dev)
+        photo = torch.tensor(np.stack([f.crop for f in faces]), device=dev).float() / 255
+        hires = torch.tensor(np.stack([
+            f.crop_hires if f.crop_hires.shape[0] == hires_size else cv2.resize(
+                f.crop_hires, (hires_size, hires_size), interpolation=cv2.INTER_LINEAR)
+            for f in faces]), device=dev).float() / 255
+        parse = torch.tensor(np.stack([f.parse_mask for f in faces]), device=dev)
+        skin = torch.tensor(np.stack([f.skin_mask for f in faces]), device=dev)
+        fmask = photo_face_mask(parse, skin, photo, lm)  # [B, 224, 224, 1]
+        skin_w = (fmask * (parse == 1)[..., None].float())
+
+        # ---- stage 1 ----
+        t0 = time.perf_counter()
+        prog("stage1", 0.0, "initial pose")
+        s1 = fit_landmarks(m, lm, cam, steps=p.stage1_steps, lr=p.stage1_lr, progress=prog,
+                           cancel=cancel)
+        coeffs = dict(s1.coeffs)
+        with torch.no_grad():
+            world1 = rigid_transform(m.shape(coeffs["id"], coeffs["exp"]), coeffs["angles"],
+                                     coeffs["trans"])
+            from services.fitter.render import MeshRenderer
+
+            r224 = MeshRenderer(cam, be)
+            d1 = r224.render(world1, m.tri, size=cam.size, antialias=False).depth
+            gamma, albedo_guess = initial_lighting(m, coeffs, photo, skin_w, cam, d1)
+        coeffs["gamma"] = gamma
+        times["stage1"] = time.perf_counter() - t0
+        prog("stage1", 1.0, f"landmark error {float(s1.landmark_error_px.mean()):.2f} px")
+        stage1_coeffs = {k: v.clone() for k, v in coeffs.items()}
+
+        # ---- stage 2 ----
+        t0 = time.perf_counter()
+        prog("stage2", 0.0, "unwrapping the photo into UV")
+        src = self.texture_source or UnwrapTextureSource(be, cam, depth_size=p.unwrap_depth_size)
+        with torch.no_grad():
+            maps = uv_maps(m, tex_size, be)
+            prog("stage2", 0.3, "uv maps ready")
+            hires_adj = _hires_for_camera(hires)
+            textures: list[CompletedTexture] = src.texture(m, coeffs, hires_adj, fmask, tex_size)
+        prog("stage2", 1.0, "texture completed")
+        times["stage2"] = time.perf_counter() - t0
+
+        # ---- stage 3 ----
+        t0 = time.perf_counter()
+        base_full = torch.tensor(np.stack([t.texture for t in textures]), device=dev)
+        s3 = None
+        if p.stage3_steps > 0:
+            opt_maps = uv_maps(m, p.tex_opt_size, be)
+            base_opt = F.interpolate(base_full.permute(0, 3, 1, 2), size=p.tex_opt_size,
+                                     mode="area").permute(0, 2, 3, 1).contiguous()
+            own = torch.tensor(np.stack([t.observed for t in textures]), device=dev)[:, None]
+            gate_opt = (F.interpolate(own, size=p.tex_opt_size, mode="area") * 2).clamp(max=1.0)
+            # a soft gate: sharp gate borders would print as outlines in the texture
+            gate_opt = F.avg_pool2d(gate_opt, 5, stride=1, padding=2,
+                                    count_include_pad=False).permute(0, 2, 3, 1).contiguous()
+            s3 = fit_joint(m, coeffs, base_opt, lm, photo, fmask, cam, be, p,
+                           mirror=opt_maps.mirror, gate=gate_opt, progress=prog,
+                           cancel=cancel)
+            coeffs = s3.coeffs
+            with torch.no_grad():
+                off = s3.offsets.upsampled(tex_size) * F.interpolate(
+                    gate_opt.permute(0, 3, 1, 2), size=tex_size, mode="bilinear",
+                    align_corners=False).permute(0, 2, 3, 1)
+                final = (base_full + mirror_offsets(off, own[:, 0], maps)).clamp(
+                    1.0 / 255, 1.0)
+            # stage 3 may bake one-sided shading back into the texels: make the low
+            # frequencies left/right symmetric again, as in stage 2
+            final = torch.tensor(np.stack([
+                symmetrize_lowfreq(t, maps, sigma=tex_size / 16)
+                for t in final.cpu().numpy()]), device=dev).clamp(1.0 / 255, 1.0)
+        else:
+            final = base_full
+        times["stage3"] = time.perf_counter() - t0
+        prog("stage3", 1.0, "done")
+
+        # ---- outputs ----
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            verts_exp = m.shape(coeffs["id"], coeffs["exp"])
+            verts_neu = m.neutral(coeffs["id"])
+            world = rigid_transform(verts_exp, coeffs["angles"], coeffs["trans"])
+            nrm = rotate_normals(m.vertex_normals(verts_exp), coeffs["angles"])
+            out = r224.render(world, m.tri, normals=nrm, uv=m.uv, uv_tri=m.uv_tri,
+                              texture=final, gamma=coeffs["gamma"], antialias=True)
+            lm_fit = project(m.landmarks(world), cam)
+        tex_u8 = (final.cpu().numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
+        render_u8 = (out.image.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+        rmask = out.mask.cpu().numpy()[..., 0]
+        outputs = []
+        for i in range(b):
+            f = faces[i]
+            metrics = _metrics(f, lm_fit[i].cpu().numpy(), render_u8[i], rmask[i],
+                               fmask[i, ..., 0].cpu().numpy(), textures[i], maps)
+            metrics["texture_lr_asymmetry"] = lr_asymmetry(tex_u8[i], maps)
+            metrics["stage1_landmark_error_px"] = float(s1.landmark_error_px[i])
+            if s3 is not None:
+                for k, v in s3.losses.items():
+                    metrics[f"loss_{k}"] = float(v[i])
+            for k, v in times.items():
+                metrics[f"seconds_{k}"] = v / b
+            c_np = {k: v[i].detach().cpu().numpy().astype(np.float32) for k, v in coeffs.items()}
+            mesh_neu = self._mesh(verts_neu[i])
+            mesh_exp = self._mesh(verts_exp[i])
+            preview = make_preview(f.crop, render_u8[i], rmask[i], tex_u8[i])
+            inter: dict[str, bytes] = {}
+            if want_inter:
+                inter = self._intermediates(i, f, stage1_coeffs, c_np, textures[i], tex_u8[i])
+            outputs.append(FitOutput(
+                coefficients=c_np, mesh_neutral=mesh_neu, mesh_expression=mesh_exp,
+                uv_texture=tex_u8[i], metrics=metrics, report={}, preview=preview,
+                intermediates=inter,
+                eye_ring_left=m.eye_ring_left.cpu().numpy().astype(np.int64),
+                eye_ring_right=m.eye_ring_right.cpu().numpy().astype(np.int64),
+                camera=cam, face_model=self.face_model, render=render_u8[i]))
+        times["outputs"] = time.perf_counter() - t0
+        total = time.perf_counter() - t_all
+        for i, o in enumerate(outputs):
+            o.metrics["seconds_outputs"] = times["outputs"] / b
+            o.metrics["seconds_total"] = total / b
+            o.report = self._report(p, tex_size, seed, times, total, b, o.metrics,
+                                    faces[i].parse_source)
+        return outputs
+
+    # ------------------------------------------------------------------------------------------
+    def _mesh(self, verts: torch.Tensor) -> MeshData:
+        m = self.model
+        n = m.vertex_normals(verts[None])[0]
+        return MeshData(vertices=verts.detach().cpu().numpy(), faces=m.tri.cpu().numpy(),
+                        uvs=m.uv.cpu().numpy(), uv_faces=m.uv_tri.cpu().numpy(),
+                        normals=n.detach().cpu().numpy())
+
+    def _intermediates(self, i: int, face: AlignedFace, c1: dict[str, torch.Tensor],
+                       c3: dict[str, np.ndarray], tex: CompletedTexture,
+                       final_u8: np.ndarray) -> dict[str, bytes]:
+        from ffhquv.imaging import png_bytes
+        from services.exporter.obj import mtl_text, obj_text
+        from services.fitter.render import MeshRenderer
+
+        m, cam = self.model, self.camera
+        files: dict[str, bytes] = {}
+        with torch.no_grad():
+            ci = {k: v[i:i + 1] for k, v in c1.items()}
+            v1 = m.shape(ci["id"], ci["exp"])
+            world = rigid_transform(v1, ci["angles"], ci["trans"])
+            nrm = rotate_normals(m.vertex_normals(v1), ci["angles"])
+            r = MeshRenderer(cam, self.backend).render(world, m.tri, normals=nrm,
+                                                       gamma=ci["gamma"], antialias=True)
+            lm_fit = project(m.landmarks(world), cam)[0].cpu().numpy()
+        img = r.image[0].clamp(0, 1).cpu().numpy()
+        msk = r.mask[0].cpu().numpy()
+        over = (face.crop.astype(np.float32) / 255 * (1 - 0.6 * msk) + 0.6 * msk * img)
+        over = (over * 255 + 0.5).clip(0, 255).astype(np.uint8)
+        over = draw_landmarks(over, face.crop_landmarks, (0, 255, 0))
+        over = draw_landmarks(over, lm_fit, (255, 0, 0))
+        files["stage1_render.png"] = png_bytes(over)
+        files["stage1_mesh.obj"] = obj_text(self._mesh(v1[0]),
+                                            header="ffhq-uv stage 1 (landmark fit) mesh").encode()
+        files["stage1_coeffs.json"] = json.dumps(
+            {k: v[i].cpu().tolist() for k, v in c1.items()}).encode()
+        files["stage2_uv.png"] = png_bytes((tex.texture * 255 + 0.5).clip(0, 255).astype(np.uint8))
+        obs = (tex.observed[..., None] * tex.texture * 255 + 0.5).clip(0, 255).astype(np.uint8)
+        files["stage2_uv_observed.png"] = png_bytes(obs)
+        files["stage2_mesh.obj"] = obj_text(self._mesh(v1[0]), mtllib="stage2_mesh.mtl",
+                                            material="stage2_texture").encode()
+        files["stage2_mesh.mtl"] = mtl_text("stage2_texture", "stage2_uv.png").encode()
+        buf = io.BytesIO()
+        np.savez(buf, face_model=np.array(self.face_model), **c3)
+        files["stage3_coeffs.npz"] = buf.getvalue()
+        return files
+
+    def _report(self, p: Preset, tex_size: int, seed: int, times: dict[str, float],
+                total: float, batch: int, metrics: dict[str, float], parse_source: str) -> dict:
+        m = self.model
+        return {
+            "face_model": {"name": m.name, "vertices": m.n_vertices,
+                           "triangles": int(m.tri.shape[0]), "identity_dim": m.id_dim,
+                           "expression_dim": m.exp_dim, "unit": m.unit, "meta": m.meta},
+            "preset": p.as_dict(),
+            "device": str(self.device),
+            "backend": getattr(self.backend, "name", type(self.backend).__name__),
+            "texture_size": tex_size,
+            "texture_source": getattr(self.texture_source, "name", "unwrap"),
+            "seed": seed,
+            "batch_size": batch,
+            "parse_source": parse_source,
+            "timings_s": {**{k: round(v, 4) for k, v in times.items()},
+                          "total": round(total, 4), "per_photo": round(total / batch, 4)},
+            "metrics": {k: (round(v, 6) if math.isfinite(v) else None)
+                        for k, v in metrics.items()},
+            "camera": {"focal": self.camera.focal, "center": self.camera.center,
+                       "distance": self.camera.distance, "size": self.camera.size,
+                       "znear": self.camera.znear, "zfar": self.camera.zfar},
+            "notes": list(self.notes),
+            "versions": {"ffhquv": ffhquv.__version__, "torch": torch.__version__,
+                         "numpy": np.__version__, "python": platform.python_version()},
+        }
+
+
+def mirror_offsets(off: torch.Tensor, own: torch.Tensor, maps) -> torch.Tensor:
+    """Carry the stage-3 texel offsets to the unseen side, like stage 2's mirror fill.
+
+    Args:
+        off: ``[B, S, S, 3]`` offsets (already gated by the own-view confidence).
+        own: ``[B, S, S]`` stage-2 own-view confidence in [0, 1].
+        maps: :class:`services.fitter.texture.UVMaps` of size S.
+    Returns:
+        ``[B, S, S, 3]``: ``off + (1 - own) * own[mirror] * off[mirror]`` where a mirror exists.
+    """
+    b, s = off.shape[0], off.shape[1]
+    flat = off.reshape(b, -1, 3)
+    w = own.reshape(b, -1)
+    mi = maps.mirror.to(off.device)
+    has = maps.has_mirror.reshape(-1).to(off.device).float()
+    add = ((1 - w) * w[:, mi] * has)[..., None] * flat[:, mi]
+    return (flat + add).reshape(b, s, s, 3)
+
+
+def _hires_for_camera(hires: torch.Tensor) -> torch.Tensor:
+    """Resample the detector's hi-res crop onto the pixel grid of ``camera.scaled(S)``.
+
+    The detector scales the 224 alignment pixel-centre consistently
+    (``x_S = k (x_224 + 0.5) - 0.5``) while ``Camera.scaled`` uses ``x_S = k x_224``; the two
+    differ by ``(k - 1) / 2`` pixels. Shifting the image here keeps the unwrap exact.
+
+    Args:
+        hires: ``[B, S, S, 3]`` float.
+    Returns:
+        ``[B, S, S, 3]`` with ``out[y, x] = hires[y + (k - 1) / 2, x + (k - 1) / 2]``.
+    """
+    s = hires.shape[1]
+    k = s / 224.0
+    off = (k - 1) / 2
+    if abs(off) < 1e-6:
+        return hires
+    # grid_sample (align_corners=False): normalised = (x + 0.5) / S * 2 - 1
+    xs = (torch.arange(s, device=hires.device, dtype=torch.float32) + off + 0.5) / s * 2 - 1
+    gy, gx = torch.meshgrid(xs, xs, indexing="ij")
+    grid = torch.stack([gx, gy], -1)[None].expand(hires.shape[0], -1, -1, -1)
+    out = F.grid_sample(hires.permute(0, 3, 1, 2), grid, mode="bilinear",
+                        padding_mode="border", align_corners=False)
+    return out.permute(0, 2, 3, 1).contiguous()
+
+
+def _metrics(face: AlignedFace, lm_fit: np.ndarray, render: np.ndarray, rmask: np.ndarray,
+             fmask: np.ndarray, tex: CompletedTexture, maps) -> dict[str, float]:
+    """Landmark error (px and / inter-ocular distance of the outer eye corners 36-45), masked
+    PSNR of the render vs the crop (render mask x photo face mask), texture coverage."""
+    lm = np.asarray(face.crop_landmarks, np.float64)
+    err = np.linalg.norm(lm_fit - lm, axis=1)
+    iod = float(np.linalg.norm(lm[36] - lm[45]))
+    mk = (rmask > 0.5) & (fmask > 0.5)
+    if mk.sum() > 0:
+        diff = (render.astype(np.float64) - face.crop.astype(np.float64))[mk] / 255.0
+        mse = float((diff**2).mean())
+        psnr = 10 * math.log10(1.0 / max(mse, 1e-10))
+    else:
+        psnr = float("nan")
+    return {
+        "landmark_error_px": float(err.mean()),
+        "landmark_error_iod": float(err.mean() / iod),
+        "landmark_error_max_px": float(err.max()),
+        "inter_ocular_px": iod,
+        "psnr_masked": psnr,
+        "psnr_mask_pixels": float(mk.sum()),
+        "texture_coverage": coverage(tex.observed, maps),
+        "texture_coverage_mirrored": coverage(tex.combined, maps),
+        "eye_pixels_excluded": float((face.parse_mask == PARSE_EYES).sum()),
+        "mouth_pixels_excluded": float((face.parse_mask == PARSE_MOUTH).sum()),
+    }
+
+
+def lr_asymmetry(texture: np.ndarray, maps) -> float:
+    """Relative brightness difference of the face's left and right halves in a texture.
+
+    Args:
+        texture: ``uint8 [S, S, 3]``; maps: :class:`services.fitter.texture.UVMaps` of size S.
+    Returns:
+        ``|mean(left) - mean(right)| / mean(both)`` over the face-region texels, split by the
+        sign of x on the mean shape (0 for a left/right symmetric brightness).
+    """
+    face = maps.face.cpu().numpy() > 0.5
+    x = maps.pos_mean[..., 0].cpu().numpy()
+    lum = texture.astype(np.float64).mean(-1)
+    left, right = lum[face & (x < -0.05)], lum[face & (x > 0.05)]
+    if len(left) == 0 or len(right) == 0:
+        return 0.0
+    return float(abs(left.mean() - right.mean()) / max(0.5 * (left.mean() + right.mean()), 1e-6))
+
+
+def draw_landmarks(img: np.ndarray, lm: np.ndarray, color: tuple[int, int, int]) -> np.ndarray:
+    """``uint8 [H, W, 3]`` copy with ``[68, 2]`` landmarks drawn as dots."""
+    out = np.ascontiguousarray(img.copy())
+    for x, y in np.asarray(lm):
+        if np.isfinite(x) and np.isfinite(y):
+            cv2.circle(out, (int(round(x)), int(round(y))), 1, color, -1, lineType=cv2.LINE_AA)
+    return out
+
+
+def make_preview(crop: np.ndarray, render: np.ndarray, mask: np.ndarray,
+                 texture: np.ndarray) -> np.ndarray:
+    """``uint8 [224, 896, 3]``: input | render | 50 % overlay | UV texture (downscaled).
+
+    Args:
+        crop: ``uint8 [224, 224, 3]``; render: ``uint8 [224, 224, 3]`` (black background);
+        mask: ``float [224, 224]`` render coverage; texture: ``uint8 [S, S, 3]``.
+    """
+    m = mask[..., None].astype(np.float32)
+    rend_bg = (render.astype(np.float32) * m + crop.astype(np.float32) * (1 - m) * 0.0
+               + 255 * (1 - m)).astype(np.uint8)
+    over = (crop.astype(np.float32) * (1 - 0.5 * m) + render.astype(np.float32) * 0.5 * m)
+    uv = cv2.resize(texture, (224, 224), interpolation=cv2.INTER_AREA)
+    return np.concatenate([crop, rend_bg, over.clip(0, 255).astype(np.uint8), uv], 1)

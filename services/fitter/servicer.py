@@ -1,0 +1,282 @@
+"""gRPC servicer of ``ffhquv.fitter.v1.Fitter`` (thin: proto <-> :mod:`services.fitter.core`).
+
+Concurrency: one :class:`FitterCore` per (face model, device), built on first use and reused.
+Fits are serialised per device by a semaphore (``FFHQUV_FITTER_CONCURRENCY`` fits at a time per
+device, default 1): a fit uses all the CPU threads torch is given, or a good part of the GPU
+memory, so running several at once only slows each down (CPU) or risks running out of memory
+(GPU). Waiting requests get a ``STAGE_QUEUED`` progress event. Batching several photos on one
+GPU is the job of :meth:`FitterCore.fit_batch` (CLI / bench), not of this servicer.
+
+Cancellation: when the client goes away (or cancels), ``context.add_callback`` sets the fit's
+cancel event; the core stops at its next optimisation step with ``CANCELLED``. The servicer
+keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import grpc
+
+from ffhquv import metrics
+from ffhquv.errors import Cancelled, InvalidInput
+from ffhquv.imaging import png_bytes
+from ffhquv.pb import common_pb2, fitter_pb2, fitter_pb2_grpc
+from services.detector.types import AlignedFace
+from services.fitter.core import FitOutput, FitterCore, resolve_device
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "ffhquv.fitter.v1.Fitter"
+PRESETS = {common_pb2.PRESET_UNSPECIFIED: "standard", common_pb2.PRESET_FAST: "fast",
+           common_pb2.PRESET_STANDARD: "standard", common_pb2.PRESET_BEST: "best"}
+DEVICES = {common_pb2.DEVICE_UNSPECIFIED: "auto", common_pb2.DEVICE_CPU: "cpu",
+           common_pb2.DEVICE_CUDA: "cuda"}
+STAGES = {"stage1": common_pb2.STAGE_FIT_STAGE1, "stage2": common_pb2.STAGE_FIT_STAGE2,
+          "stage3": common_pb2.STAGE_FIT_STAGE3}
+FACE_MODELS = ("default", "hifi3dpp")
+MIN_EVENT_INTERVAL_S = 0.25  # at most ~4 progress events per second (plus stage ends)
+
+MEDIA_TYPES = {".obj": "model/obj", ".mtl": "model/mtl", ".png": "image/png",
+               ".json": "application/json", ".npz": "application/octet-stream"}
+
+
+def media_type(name: str) -> str:
+    return MEDIA_TYPES.get(os.path.splitext(name)[1].lower(), "application/octet-stream")
+
+
+def face_model_availability(topo_dir: str | None = None) -> dict[str, str]:
+    """``name -> "available"`` or ``"unavailable: <why>"`` for the face models."""
+    from ffhquv.config import topo_dir as env_topo
+
+    out = {"default": "available"}
+    td = topo_dir or env_topo()
+    if td is None:
+        out["hifi3dpp"] = ("unavailable: needs the paper's topo_assets folder "
+                           "(set FFHQUV_TOPO_DIR to the folder holding hifi3dpp_model_info.mat)")
+    else:
+        f = os.path.join(str(td), "hifi3dpp_model_info.mat")
+        out["hifi3dpp"] = "available" if os.path.isfile(f) else (
+            f"unavailable: {f} is missing")
+    return out
+
+
+def result_to_proto(out: FitOutput, request_id: str, want_intermediates: bool,
+                    texture_png: bytes | None = None) -> fitter_pb2.FitResult:
+    """A :class:`FitOutput` as a ``FitResult`` message."""
+    c = out.coefficients
+    cam = out.camera
+    res = fitter_pb2.FitResult(
+        request_id=request_id,
+        coefficients=common_pb2.Coefficients(
+            face_model=out.face_model, identity=c["id"].tolist(), expression=c["exp"].tolist(),
+            angles=c["angles"].tolist(), gamma=c["gamma"].tolist(),
+            translation=c["trans"].tolist()),
+        mesh_neutral=out.mesh_neutral.to_proto(),
+        mesh_expression=out.mesh_expression.to_proto(),
+        uv_texture_png=texture_png if texture_png is not None else png_bytes(out.uv_texture),
+        metrics={k: float(v) for k, v in out.metrics.items()},
+        report_json=out.report_json,
+        preview_png=png_bytes(out.preview),
+        left_eye_ring=[int(i) for i in out.eye_ring_left],
+        right_eye_ring=[int(i) for i in out.eye_ring_right],
+        camera=common_pb2.Camera(focal=cam.focal, center=cam.center,
+                                 camera_distance=cam.distance, image_size=cam.size,
+                                 znear=cam.znear, zfar=cam.zfar),
+    )
+    if want_intermediates:
+        res.files.extend(common_pb2.NamedFile(name=n, media_type=media_type(n), data=d)
+                         for n, d in sorted(out.intermediates.items()))
+    return res
+
+
+class FitterServicer(fitter_pb2_grpc.FitterServicer):
+    """See the module docstring.
+
+    Args:
+        device: device of requests that leave it unspecified ("auto", "cpu", "cuda").
+        checkpoints_dir / topo_dir: passed to each :class:`FitterCore`.
+        concurrency: fits at a time per device (default ``FFHQUV_FITTER_CONCURRENCY`` or 1).
+        threads: torch CPU threads per fit (None: torch's default).
+    """
+
+    def __init__(self, device: str = "auto", checkpoints_dir: str | None = None,
+                 topo_dir: str | None = None, concurrency: int | None = None,
+                 threads: int | None = None):
+        from ffhquv.config import checkpoints_dir as env_ckpt
+        from ffhquv.config import topo_dir as env_topo
+
+        self.device = device or "auto"
+        self.checkpoints_dir = checkpoints_dir or env_ckpt()
+        self.topo_dir = topo_dir or env_topo()
+        self.concurrency = concurrency or int(os.environ.get("FFHQUV_FITTER_CONCURRENCY", "1"))
+        self.threads = threads
+        self._cores: dict[tuple[str, str], FitterCore] = {}
+        self._sems: dict[str, threading.BoundedSemaphore] = {}
+        self._lock = threading.Lock()
+
+    def core(self, face_model: str, device: str) -> FitterCore:
+        """The cached core for (face model, resolved device); built on first use."""
+        dev = str(resolve_device(device))
+        name = face_model or "default"
+        if name not in FACE_MODELS:
+            raise InvalidInput(f"unknown face model {name!r}; expected one of {FACE_MODELS}")
+        key = (name, dev)
+        with self._lock:
+            core = self._cores.get(key)
+            if core is None:
+                core = FitterCore(name, dev, checkpoints_dir=self.checkpoints_dir,
+                                  topo_dir=self.topo_dir, threads=self.threads)
+                self._cores[key] = core
+            return core
+
+    def add_core(self, core: FitterCore, face_model: str | None = None) -> None:
+        """Register a prebuilt core (e.g. with a test model) for its (model, device)."""
+        with self._lock:
+            self._cores[(face_model or core.face_model, str(core.device))] = core
+
+    def _sem(self, device: str) -> threading.BoundedSemaphore:
+        with self._lock:
+            if device not in self._sems:
+                self._sems[device] = threading.BoundedSemaphore(self.concurrency)
+            return self._sems[device]
+
+    # -- RPCs ------------------------------------------------------------------------------------
+    def Fit(self, request, context: grpc.ServicerContext):  # noqa: N802 - gRPC name
+        cancel = threading.Event()
+        context.add_callback(cancel.set)
+        yield from self.events(request, cancel, context.is_active)
+
+    def events(self, request, cancel: threading.Event,
+               is_active: Callable[[], bool] | None = None) -> Iterator[fitter_pb2.FitEvent]:
+        """The ``Fit`` stream without gRPC: progress events, then one result event.
+
+        Args:
+            request: a ``FitRequest``.
+            cancel: set it to stop the fit (the iterator then raises ``Cancelled``).
+            is_active: optional liveness probe of the consumer (False = gone, cancel).
+        Raises:
+            FfhquvError subclasses (InvalidInput, PreconditionFailed, Cancelled, ...).
+        """
+        t_start = time.perf_counter()
+        alive = is_active or (lambda: True)
+        if request.preset not in PRESETS:
+            raise InvalidInput(f"unknown preset value {request.preset}")
+        if request.device not in DEVICES:
+            raise InvalidInput(f"unknown device value {request.device}")
+        if not request.HasField("face"):
+            raise InvalidInput("FitRequest.face is required")
+        face = AlignedFace.from_proto(request.face)
+        dev = self.device if request.device == common_pb2.DEVICE_UNSPECIFIED else DEVICES[
+            request.device]
+        core = self.core(request.face_model or "default", dev)
+        tex_size = int(request.texture_size) or 1024
+
+        events: queue.Queue = queue.Queue()
+        last_sent = {"t": 0.0, "stage": ""}
+
+        def elapsed() -> float:
+            return time.perf_counter() - t_start
+
+        def progress(stage: str, frac: float, msg: str) -> None:
+            now = time.perf_counter()
+            edge = frac <= 0.0 or frac >= 1.0 or stage != last_sent["stage"]
+            if not edge and now - last_sent["t"] < MIN_EVENT_INTERVAL_S:
+                return
+            last_sent["t"], last_sent["stage"] = now, stage
+            events.put(("progress", common_pb2.Progress(
+                stage=STAGES.get(stage, common_pb2.STAGE_UNSPECIFIED), fraction=frac,
+                message=msg, elapsed_s=elapsed())))
+
+        sem = self._sem(str(core.device))
+        if not sem.acquire(blocking=False):
+            yield fitter_pb2.FitEvent(progress=common_pb2.Progress(
+                stage=common_pb2.STAGE_QUEUED, fraction=0.0,
+                message=f"waiting for a free fitter slot on {core.device}", elapsed_s=elapsed()))
+            metrics.QUEUE_DEPTH.labels("fitter").inc()
+            try:
+                while not sem.acquire(timeout=0.2):
+                    if cancel.is_set() or not alive():
+                        raise Cancelled("fit cancelled while queued")
+            finally:
+                metrics.QUEUE_DEPTH.labels("fitter").dec()
+
+        def work() -> None:
+            try:
+                out = core.fit(face, preset=PRESETS[request.preset], texture_size=tex_size,
+                               seed=int(request.seed), progress=progress, cancel=cancel,
+                               want_intermediates=request.want_intermediates)
+                events.put(("result", out))
+            except BaseException as e:  # noqa: BLE001 - re-raised in the RPC thread
+                events.put(("error", e))
+
+        metrics.INFLIGHT_FITS.inc()
+        worker = threading.Thread(target=work, name="fit", daemon=True)
+        try:
+            worker.start()
+            while True:
+                try:
+                    kind, item = events.get(timeout=0.5)
+                except queue.Empty:
+                    if not alive():
+                        cancel.set()
+                    continue
+                if kind == "progress":
+                    yield fitter_pb2.FitEvent(progress=item)
+                elif kind == "error":
+                    raise item
+                else:
+                    for st in ("stage1", "stage2", "stage3"):
+                        metrics.STAGE_SECONDS.labels(f"fit_{st}").observe(
+                            item.metrics.get(f"seconds_{st}", 0.0))
+                    yield fitter_pb2.FitEvent(result=result_to_proto(
+                        item, request.request_id, request.want_intermediates))
+                    return
+        finally:
+            cancel.set()  # stops the worker if the client went away mid-stream
+            worker.join(timeout=30)
+            metrics.INFLIGHT_FITS.dec()
+            sem.release()
+
+    def DescribeModel(self, request, context: grpc.ServicerContext):  # noqa: N802
+        name = request.face_model or "default"
+        avail = face_model_availability(self.topo_dir)
+        if name not in avail:
+            raise InvalidInput(f"unknown face model {name!r}; expected one of {FACE_MODELS}")
+        if avail[name] != "available":
+            from ffhquv.errors import PreconditionFailed
+
+            raise PreconditionFailed(f"face model {name!r} is {avail[name]}")
+        model = self._cpu_model(name)
+        return fitter_pb2.DescribeModelResponse(
+            face_model=name, vertex_count=model.n_vertices,
+            triangle_count=int(model.tri.shape[0]), identity_dim=model.id_dim,
+            expression_dim=model.exp_dim, unit=model.unit, available=avail)
+
+    def _cpu_model(self, name: str):
+        with self._lock:
+            for (n, _dev), core in self._cores.items():
+                if n == name:
+                    return core.model
+        return self.core(name, "cpu").model
+
+
+def register(server: grpc.Server, servicer: FitterServicer | None = None) -> list[str]:
+    """Add the Fitter servicer to ``server``; returns its full service name."""
+    fitter_pb2_grpc.add_FitterServicer_to_server(servicer or FitterServicer(), server)
+    return [SERVICE_NAME]
+
+
+def make_register(device: str = "auto", checkpoints_dir: str | None = None,
+                  topo_dir: str | None = None, concurrency: int | None = None,
+                  threads: int | None = None) -> Callable[[grpc.Server], list[str]]:
+    """A ``register`` for :func:`ffhquv.server.build_server` with a configured servicer
+    (``device`` is the default for requests that leave it unspecified)."""
+    servicer = FitterServicer(device=device, checkpoints_dir=checkpoints_dir,
+                              topo_dir=topo_dir, concurrency=concurrency, threads=threads)
+    return lambda server: register(server, servicer)

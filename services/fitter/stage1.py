@@ -1,0 +1,359 @@
+"""Stage 1: pose, identity and expression from the 68 crop landmarks, then SH lighting.
+
+1. A closed-form initial pose: PnP (OpenCV EPnP + Levenberg-Marquardt) between the mean
+   shape's 3D landmarks and the crop landmarks, with the shared camera
+   (:mod:`services.fitter.camera`).
+2. A few hundred Adam steps on the weighted landmark loss (eyes, nose, mouth weigh more than
+   the jaw contour, which follows the silhouette in a turned face) with N(0, I) priors on the
+   identity and expression coefficients. Only the landmark rows of the bases are evaluated, so
+   a step costs microseconds.
+3. Lighting: the 27 SH coefficients by regularised least squares from the photo colours over
+   visible skin vertices, given a flat skin-albedo guess (the mean skin colour of the photo
+   under the ambient light).
+
+All functions are batched: ``B`` photos share one optimisation.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+from ffhquv.errors import Cancelled
+from services.fitter.camera import Camera, euler_to_rotation, project, rigid_transform
+from services.fitter.facemodel.base import FaceModel
+from services.fitter.sh import AMBIENT, sh_basis
+
+Progress = Callable[[str, float, str], None]
+
+# dlib / iBUG groups
+JAW = slice(0, 17)
+BROWS = slice(17, 27)
+NOSE = slice(27, 36)
+EYES = slice(36, 48)
+MOUTH = slice(48, 68)
+
+
+def landmark_weights(device: torch.device | str = "cpu") -> Tensor:
+    """``[68]`` per-landmark weights: eyes, nose and mouth 3, brows 1.5, jaw contour 0.4
+    (the contour of a turned face slides along the silhouette, so it is trusted least)."""
+    w = torch.ones(68)
+    w[JAW] = 0.4
+    w[BROWS] = 1.5
+    w[NOSE] = 3.0
+    w[EYES] = 3.0
+    w[MOUTH] = 3.0
+    w[[36, 39, 42, 45, 48, 54]] = 4.0  # eye and mouth corners
+    return w.to(device)
+
+
+@dataclass
+class LandmarkBases:
+    """The landmark rows of a face model's bases: ``mean [68,3]``, ``id [68,3,K_id]``,
+    ``exp [68,3,K_exp]`` (barycentric combinations of the landmark triangles)."""
+
+    mean: Tensor
+    id: Tensor
+    exp: Tensor
+
+    @classmethod
+    def of(cls, model: FaceModel) -> LandmarkBases:
+        bary = model.lmk_bary[:, :, None, None]  # [68, 3, 1, 1]
+        tv = model.lmk_tri_vertices
+        mean = (model.mean_shape[tv] * bary[..., 0]).sum(1)
+        idb = (model.id_base[tv] * bary).sum(1)
+        expb = (model.exp_base[tv] * bary).sum(1)
+        return cls(mean, idb, expb)
+
+    def landmarks(self, id_coeff: Tensor, exp_coeff: Tensor) -> Tensor:
+        """``[B, 68, 3]`` model-space landmarks for ``id [B,K_id]`` and ``exp [B,K_exp]``."""
+        return (self.mean[None] + torch.einsum("nck,bk->bnc", self.id, id_coeff)
+                + torch.einsum("nck,bk->bnc", self.exp, exp_coeff))
+
+
+_FLIP = np.diag([1.0, -1.0, -1.0])
+
+
+def rotation_to_euler(rot: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`services.fitter.camera.euler_to_rotation` for ``R = Rz @ Ry @ Rx``.
+
+    Args:
+        rot: ``[3, 3]`` rotation matrix.
+    Returns:
+        ``[3]`` Euler angles (x, y, z) in radians, ``y`` in [-pi/2, pi/2].
+    """
+    sy = -float(np.clip(rot[2, 0], -1.0, 1.0))
+    y = math.asin(sy)
+    x = math.atan2(rot[2, 1], rot[2, 2])
+    z = math.atan2(rot[1, 0], rot[0, 0])
+    return np.array([x, y, z])
+
+
+def initial_pose(model_points: np.ndarray, lm2d: np.ndarray, cam: Camera,
+                 weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Closed-form pose of a rigid landmark set: EPnP, refined by Levenberg-Marquardt.
+
+    Args:
+        model_points: ``[68, 3]`` model-space landmarks (e.g. of the mean shape).
+        lm2d: ``[68, 2]`` target pixels on the ``cam.size`` raster.
+        cam: the fitting camera.
+        weights: optional ``[68]``; landmarks with weight < 1 (the jaw) are left out of the PnP
+            when at least 30 others remain.
+    Returns:
+        ``angles [3]`` (radians, x y z) and ``trans [3]`` (model units) such that
+        ``project(R @ p + t)`` matches ``lm2d``.
+    """
+    sel = np.arange(68)
+    if weights is not None and (weights >= 1).sum() >= 30:
+        sel = np.where(weights >= 1)[0]
+    obj = model_points[sel].astype(np.float64)
+    img = lm2d[sel].astype(np.float64)
+    k = np.array([[cam.focal, 0, cam.center], [0, cam.focal, cam.center], [0, 0, 1.0]])
+    ok, rvec, tvec = cv2.solvePnP(obj, img, k, None, flags=cv2.SOLVEPNP_EPNP)
+    if ok:
+        ok2, rvec2, tvec2 = cv2.solvePnP(obj, img, k, None, rvec, tvec, True,
+                                         flags=cv2.SOLVEPNP_ITERATIVE)
+        if ok2:
+            rvec, tvec = rvec2, tvec2
+    if not ok or not np.isfinite(tvec).all() or tvec[2, 0] <= 0:
+        return np.zeros(3), np.zeros(3)
+    r_cv, _ = cv2.Rodrigues(rvec)
+    # OpenCV camera (x right, y down, z forward) = FLIP @ world + (0, 0, distance)
+    rot = _FLIP @ r_cv
+    trans = _FLIP @ (tvec[:, 0] - np.array([0.0, 0.0, cam.distance]))
+    if rot[2, 2] < 0:  # facing away from the camera: PnP ambiguity, fall back to frontal
+        return np.zeros(3), trans * np.array([1, 1, 0])
+    return rotation_to_euler(rot), trans
+
+
+@dataclass
+class Stage1Result:
+    """Stage-1 coefficients (all ``[B, ...]`` tensors, detached) and per-photo losses."""
+
+    coeffs: dict[str, Tensor]
+    landmark_loss: Tensor  # [B] weighted mean squared pixel error
+    landmark_error_px: Tensor  # [B] mean Euclidean pixel error
+    pose_init: dict[str, Tensor]
+
+
+def _check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("fit cancelled")
+
+
+def fit_landmarks(model: FaceModel, lm2d: Tensor, cam: Camera, *, steps: int = 300,
+                  lr: float = 0.05, w_id: float = 0.02, w_exp: float = 0.02,
+                  progress: Progress | None = None, cancel: threading.Event | None = None,
+                  ) -> Stage1Result:
+    """Pose, identity and expression from landmarks.
+
+    Args:
+        model: the face model.
+        lm2d: ``[B, 68, 2]`` crop landmarks in ``cam.size`` pixels (x right, y down).
+        cam: the fitting camera (224 raster).
+        steps: Adam steps; the first quarter moves the pose only.
+        lr: learning rate of the identity / expression coefficients (unit variance).
+        w_id / w_exp: weights of the ``||id||^2`` / ``||exp||^2`` priors (per px^2 of loss).
+    Returns:
+        :class:`Stage1Result` with ``id, exp, angles, trans`` and ``gamma = 0``.
+    Raises:
+        Cancelled: when ``cancel`` is set (checked every step).
+    """
+    dev = model.device
+    b = lm2d.shape[0]
+    lmb = LandmarkBases.of(model)
+    w = landmark_weights(dev)
+    mean_np = lmb.mean.detach().cpu().numpy()
+    lm_np = lm2d.detach().cpu().numpy()
+    angles0, trans0 = [], []
+    for i in range(b):
+        a, t = initial_pose(mean_np, lm_np[i], cam, w.cpu().numpy())
+        angles0.append(a)
+        trans0.append(t)
+    angles = torch.tensor(np.stack(angles0), dtype=torch.float32, device=dev).requires_grad_()
+    trans = torch.tensor(np.stack(trans0), dtype=torch.float32, device=dev).requires_grad_()
+    pose_init = {"angles": angles.detach().clone(), "trans": trans.detach().clone()}
+    id_c = torch.zeros(b, model.id_dim, device=dev, requires_grad=True)
+    exp_c = torch.zeros(b, model.exp_dim, device=dev, requires_grad=True)
+    target = lm2d.to(dev, torch.float32)
+    opt = torch.optim.Adam([
+        {"params": [id_c, exp_c], "lr": lr},
+        {"params": [angles], "lr": 0.01},
+        {"params": [trans], "lr": 0.01},
+    ])
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    rigid_steps = steps // 4
+    wn = w / w.sum()
+
+    def loss_fn() -> tuple[Tensor, Tensor]:
+        pts = lmb.landmarks(id_c, exp_c)
+        pix = project(rigid_transform(pts, angles, trans), cam)
+        sq = ((pix - target) ** 2).sum(-1)  # [B, 68]
+        lmk = (sq * wn).sum(-1)
+        prior = w_id * (id_c**2).sum(-1) + w_exp * (exp_c**2).sum(-1)
+        return lmk, prior
+
+    for step in range(steps):
+        _check_cancel(cancel)
+        frac = step / max(steps - 1, 1)
+        scale = 0.5 * (1 + math.cos(math.pi * frac)) * 0.9 + 0.1
+        for g, lr0 in zip(opt.param_groups, base_lrs, strict=True):
+            g["lr"] = lr0 * scale
+        opt.zero_grad(set_to_none=True)
+        lmk, prior = loss_fn()
+        loss = (lmk + prior).sum()
+        loss.backward()
+        if step < rigid_steps:
+            id_c.grad = None
+            exp_c.grad = None
+        opt.step()
+        if progress is not None and (step % 25 == 0 or step == steps - 1):
+            loss_px = float(lmk.detach().mean())
+            progress("stage1", 0.8 * (step + 1) / steps,
+                     f"landmarks step {step + 1}/{steps} loss {loss_px:.3f} px^2")
+    with torch.no_grad():
+        lmk, _ = loss_fn()
+        pts = lmb.landmarks(id_c, exp_c)
+        pix = project(rigid_transform(pts, angles, trans), cam)
+        err = (pix - target).norm(dim=-1).mean(-1)
+    coeffs = {"id": id_c.detach(), "exp": exp_c.detach(), "angles": angles.detach(),
+              "trans": trans.detach(), "gamma": torch.zeros(b, 27, device=dev)}
+    return Stage1Result(coeffs, lmk.detach(), err.detach(), pose_init)
+
+
+def sample_image(img: Tensor, pix: Tensor, mode: str = "bilinear") -> Tensor:
+    """Sample an image at pixel positions.
+
+    Args:
+        img: ``[B, H, W, C]`` float.
+        pix: ``[B, P, 2]`` pixel coordinates (x right, y down, centres at integers) in that
+            image's pixels.
+        mode: "bilinear" or "nearest".
+    Returns:
+        ``[B, P, C]`` (border values outside).
+    """
+    h, w = img.shape[1:3]
+    gx = (pix[..., 0] + 0.5) / w * 2 - 1
+    gy = (pix[..., 1] + 0.5) / h * 2 - 1
+    grid = torch.stack([gx, gy], -1)[:, None]  # [B, 1, P, 2]
+    out = torch.nn.functional.grid_sample(img.permute(0, 3, 1, 2), grid, mode=mode,
+                                          padding_mode="border", align_corners=False)
+    return out[:, :, 0].permute(0, 2, 1)
+
+
+def skin_albedo_guess(colors: Tensor, weights: Tensor) -> Tensor:
+    """Flat skin albedo ``[B, 3]``: the weighted mean photo skin colour.
+
+    Albedo and light brightness are only known up to a common scale; taking the mean skin
+    colour as the albedo keeps the texture at the photo's skin tone and brightness (the fitted
+    light then has an average irradiance of about 1) instead of saturating bright photos.
+
+    Args:
+        colors: ``[B, P, 3]`` photo colours in [0, 1].
+        weights: ``[B, P]`` non-negative.
+    """
+    mean = (colors * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp(min=1e-6)
+    return mean.clamp(0.02, 1.0)
+
+
+def fit_lighting(normals_world: Tensor, colors: Tensor, weights: Tensor, albedo: Tensor,
+                 reg: float = 0.05) -> Tensor:
+    """SH lighting by ridge-regularised weighted least squares, per colour channel.
+
+    Solves ``min_g sum_p w_p (albedo_c * B(n_p) . (g_c + ambient e0) - I_pc)^2 + reg * |g_c|^2``
+    (the DC term free, higher bands regularised more), i.e. toward a uniform light.
+
+    Args:
+        normals_world: ``[B, P, 3]`` unit normals of the sampled points.
+        colors: ``[B, P, 3]`` photo colours in [0, 1].
+        weights: ``[B, P]`` sample weights (0 = unused).
+        albedo: ``[B, 3]`` flat albedo guess.
+        reg: ridge weight relative to the total sample weight.
+    Returns:
+        ``[B, 27]`` gamma (channel-major, see :mod:`services.fitter.sh`).
+    """
+    b = colors.shape[0]
+    basis = sh_basis(normals_world)  # [B, P, 9]
+    band = torch.tensor([0.0, 1, 1, 1, 3, 3, 3, 3, 3], device=colors.device)
+    out = torch.zeros(b, 3, 9, device=colors.device)
+    for i in range(b):
+        wi = weights[i]
+        wsum = wi.sum().clamp(min=1e-6)
+        for c in range(3):
+            a = basis[i] * albedo[i, c]  # [P, 9]
+            y = colors[i, :, c] - a[:, 0] * AMBIENT
+            ata = (a * wi[:, None]).T @ a / wsum + reg * torch.diag(band)
+            aty = (a * wi[:, None]).T @ y / wsum
+            out[i, c] = torch.linalg.solve(ata, aty)
+    return out.reshape(b, 27)
+
+
+def visible_vertices(verts_world: Tensor, normals_world: Tensor, cam: Camera,
+                     depth: Tensor | None, cos_min: float = 0.3) -> tuple[Tensor, Tensor]:
+    """Visibility of vertices from the camera.
+
+    Args:
+        verts_world: ``[B, N, 3]`` world points.
+        normals_world: ``[B, N, 3]`` world unit normals.
+        cam: camera of ``depth`` (its size sets the pixel grid of the returned pixels).
+        depth: ``[B, H, W, 1]`` rendered camera depth ``d`` (0 where empty) or None.
+        cos_min: minimal cosine between the normal and the direction to the camera.
+    Returns:
+        ``pix [B, N, 2]`` pixel positions on ``cam``'s raster, ``vis [B, N]`` float in [0, 1]
+        (view-angle weight times the depth test).
+    """
+    pix = project(verts_world, cam)
+    view = torch.tensor([0.0, 0.0, cam.distance], device=verts_world.device) - verts_world
+    view = view / view.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+    cos = (normals_world * view).sum(-1)
+    w = ((cos - cos_min) / (1 - cos_min)).clamp(0, 1)
+    if depth is not None:
+        d_here = cam.distance - verts_world[..., 2]
+        d_map = sample_image(depth, pix, mode="nearest")[..., 0]
+        tol = 0.02 * cam.distance
+        w = w * ((d_map > 0) & (d_here <= d_map + tol)).float()
+    inside = ((pix >= 0) & (pix <= cam.size - 1)).all(-1).float()
+    return pix, w * inside
+
+
+def initial_lighting(model: FaceModel, coeffs: dict[str, Tensor], photo: Tensor,
+                     photo_skin: Tensor, cam: Camera, depth: Tensor | None = None,
+                     ) -> tuple[Tensor, Tensor]:
+    """SH lighting from the photo colours over visible skin vertices.
+
+    Args:
+        model: the face model.
+        coeffs: stage-1 coefficients ``id, exp, angles, trans`` (``[B, ...]``).
+        photo: ``[B, H, W, 3]`` the aligned crop in [0, 1] (``cam.size`` raster).
+        photo_skin: ``[B, H, W, 1]`` skin weight in [0, 1] (skin mask x parse skin label).
+        cam: the camera of ``photo``.
+        depth: optional ``[B, H, W, 1]`` rendered depth for occlusion tests.
+    Returns:
+        ``gamma [B, 27]`` and the flat albedo guess ``[B, 3]``.
+    """
+    from services.fitter.camera import rotate_normals
+
+    verts = model.shape(coeffs["id"], coeffs["exp"])
+    normals = rotate_normals(model.vertex_normals(verts), coeffs["angles"])
+    world = rigid_transform(verts, coeffs["angles"], coeffs["trans"])
+    pix, vis = visible_vertices(world, normals, cam, depth)
+    skin_v = model.skin_mask.float()[None]
+    wts = vis * skin_v * sample_image(photo_skin, pix, mode="nearest")[..., 0]
+    colors = sample_image(photo, pix)
+    albedo = skin_albedo_guess(colors, wts)
+    if float(wts.sum(1).min()) < 20:  # too little skin seen: ambient light
+        return torch.zeros(photo.shape[0], 27, device=photo.device), albedo
+    gamma = fit_lighting(normals, colors, wts, albedo)
+    return gamma, albedo
+
+
+def rotation_of(angles: Tensor) -> Tensor:
+    """``[B, 3, 3]`` rotation of Euler angles (re-exported for callers of this stage)."""
+    return euler_to_rotation(angles)

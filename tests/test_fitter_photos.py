@@ -1,0 +1,117 @@
+"""Fitter core end to end on real photos (detector core -> fitter core, default face model)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from services.fitter.core import FitterCore
+from services.fitter.texture import uv_maps
+
+
+@pytest.fixture(scope="module")
+def core():
+    torch.set_num_threads(2)
+    return FitterCore("default", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def detector():
+    from services.detector.core import Detector
+
+    return Detector()
+
+
+@pytest.fixture(scope="module")
+def astronaut_fit(core, detector, astronaut_jpg_bytes):
+    face = detector.detect(astronaut_jpg_bytes).aligned
+    return face, core.fit(face, preset="fast", texture_size=1024)
+
+
+def test_astronaut_landmarks_and_photometric(astronaut_fit):
+    _, out = astronaut_fit
+    m = out.metrics
+    assert m["landmark_error_iod"] < 0.04, m
+    assert m["psnr_masked"] > 25, m
+    assert 0.2 < m["texture_coverage"] <= 1.0
+    for k in ("seconds_stage1", "seconds_stage2", "seconds_stage3", "seconds_total"):
+        assert m[k] > 0
+
+
+def test_astronaut_texture_complete_and_symmetric(astronaut_fit, core, tmp_path):
+    _, out = astronaut_fit
+    tex = out.uv_texture
+    assert tex.shape == (1024, 1024, 3) and tex.dtype == np.uint8
+    # no hole: no texel left at zero / untouched anywhere in the atlas
+    assert int((tex.max(-1) == 0).sum()) == 0
+    maps = uv_maps(core.model, 1024, core.backend)
+    face = maps.face.numpy() > 0.5
+    lum = tex.astype(np.float64).mean(-1)
+    assert lum[face].min() > 20, "dark holes in the face region"
+    # background / hair must not leak in: face texels stay close to the skin tone
+    med = np.median(tex[face].astype(np.float64), 0)
+    far = np.abs(tex[face].astype(np.float64) - med).max(-1) > 90
+    assert far.mean() < 0.03, far.mean()
+    # lighting-symmetric: the two halves of the face have the same brightness within 6 %
+    assert out.metrics["texture_lr_asymmetry"] < 0.06, out.metrics["texture_lr_asymmetry"]
+    # files: preview and texture written and read back
+    for name, img in (("preview.png", out.preview), ("stage3_uv.png", tex)):
+        (tmp_path / name).write_bytes(_png(img))
+        back = np.asarray(Image.open(tmp_path / name).convert("RGB"))
+        np.testing.assert_array_equal(back, img)
+    assert out.preview.shape == (224, 896, 3)
+
+
+def test_astronaut_meshes_and_report(astronaut_fit, core):
+    _, out = astronaut_fit
+    m = core.model
+    for mesh in (out.mesh_neutral, out.mesh_expression):
+        mesh.validate()
+        assert mesh.vertices.shape == (m.n_vertices, 3)
+        assert mesh.uvs is not None and len(mesh.uvs) == len(m.uv)
+    # the astronaut smiles: the expression moves the mouth
+    assert np.abs(out.mesh_expression.vertices - out.mesh_neutral.vertices).max() > 0.01
+    rep = out.report
+    assert rep["face_model"]["name"] == "default" and rep["device"] == "cpu"
+    assert rep["versions"]["ffhquv"] and rep["preset"]["name"] == "fast"
+    assert len(out.eye_ring_left) > 3 and len(out.eye_ring_right) > 3
+    obj = out.intermediates["stage2_mesh.obj"].decode()
+    assert obj.count("\nv ") == m.n_vertices and "mtllib stage2_mesh.mtl" in obj
+
+
+@pytest.mark.reference_data
+def test_ffhq_example_photo(core, detector, ref_dir):
+    face = detector.detect((ref_dir / "000055.jpg").read_bytes()).aligned
+    out = core.fit(face, preset="fast", texture_size=512, want_intermediates=False)
+    assert out.metrics["landmark_error_iod"] < 0.04
+    assert out.metrics["psnr_masked"] > 25
+    assert out.uv_texture.shape == (512, 512, 3) and out.uv_texture.max(-1).min() > 0
+
+
+@pytest.mark.gpu
+def test_gpu_batch_of_two(detector, astronaut_rgb, astronaut_jpg_bytes):
+    gpu = FitterCore("default", device="cuda")
+    assert gpu.device.type == "cuda"
+    flipped = _png(np.ascontiguousarray(astronaut_rgb[:, ::-1]))
+    faces = [detector.detect(astronaut_jpg_bytes).aligned, detector.detect(flipped).aligned]
+    outs = gpu.fit_batch(faces, preset="standard", texture_size=1024)
+    assert len(outs) == 2
+    for o in outs:
+        assert o.metrics["landmark_error_iod"] < 0.04
+        assert o.uv_texture.shape == (1024, 1024, 3) and o.uv_texture.max(-1).min() > 0
+        assert o.report["device"].startswith("cuda") and o.report["batch_size"] == 2
+    # the batch does not mix photos: the mirrored photo has the opposite head roll
+    z0, z1 = outs[0].coefficients["angles"][2], outs[1].coefficients["angles"][2]
+    assert abs(z0 + z1) < 0.05 and abs(z0 - z1) > 0.04, (z0, z1)
+    single = gpu.fit(faces[1], preset="standard", texture_size=1024)
+    assert abs(single.metrics["landmark_error_px"] - outs[1].metrics["landmark_error_px"]) < 0.5
+
+
+def _png(img: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
