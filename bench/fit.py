@@ -27,6 +27,10 @@ from bench.common import header, table, write_json  # noqa: E402
 
 
 def load_face(photo: str | None):
+    if photo and photo.endswith(".npz"):  # an AlignedFace saved with save_npz (no dlib needed)
+        from services.detector.types import AlignedFace
+
+        return AlignedFace.load_npz(photo)
     from PIL import Image
     from skimage import data
 
@@ -47,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch", default="1", help="comma-separated batch sizes (GPU for > 1)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--photo", default=None, help="photo file (default: skimage astronaut)")
+    ap.add_argument("--photo", default=None, help="photo or AlignedFace .npz (default: astronaut)")
     ap.add_argument("--face-model", default="default")
     ap.add_argument("--texture-size", type=int, default=1024)
     ap.add_argument("--repeat", type=int, default=1)

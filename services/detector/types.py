@@ -63,6 +63,21 @@ class AlignedFace:
             parse_source=self.parse_source,
         )
 
+    def save_npz(self, path) -> None:
+        """Write the aligned face to a compressed ``.npz`` (e.g. to fit it on another machine)."""
+        np.savez_compressed(path, crop=self.crop, crop_landmarks=self.crop_landmarks,
+                            image_to_crop=self.image_to_crop, crop_hires=self.crop_hires,
+                            skin_mask=self.skin_mask, parse_mask=self.parse_mask,
+                            parse_source=np.array(self.parse_source))
+
+    @classmethod
+    def load_npz(cls, path) -> AlignedFace:
+        with np.load(path, allow_pickle=False) as d:
+            return cls(crop=d["crop"], crop_landmarks=d["crop_landmarks"],
+                       image_to_crop=d["image_to_crop"], crop_hires=d["crop_hires"],
+                       skin_mask=d["skin_mask"], parse_mask=d["parse_mask"],
+                       parse_source=str(d["parse_source"]))
+
     @classmethod
     def from_proto(cls, p) -> AlignedFace:
         """Raises :class:`ffhquv.errors.InvalidInput` when a part is missing or malformed."""
