@@ -33,16 +33,20 @@ log = logging.getLogger(__name__)
 class RetryPolicy:
     """Retries on UNAVAILABLE with exponential backoff and full jitter."""
 
-    attempts: int = 4
-    initial_backoff: float = 0.25
-    max_backoff: float = 4.0
+    attempts: int = 5
+    initial_backoff: float = 0.3
+    max_backoff: float = 3.0
 
     def backoff(self, attempt: int) -> float:
-        return random.uniform(0, min(self.max_backoff, self.initial_backoff * 2 ** attempt))
+        cap = min(self.max_backoff, self.initial_backoff * 2 ** attempt)
+        return random.uniform(cap / 2, cap)
 
 
 def _aio_channel(target: str, credentials: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
-    opts = list(CHANNEL_OPTIONS)
+    # Internal services: reconnect quickly after a restart instead of gRPC's default
+    # exponential backoff up to two minutes.
+    opts = [*CHANNEL_OPTIONS, ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.min_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 1000)]
     if target.startswith("dns:"):
         # Headless Services: one address per pod; balance calls, not connections.
         opts.append(("grpc.lb_policy_name", "round_robin"))

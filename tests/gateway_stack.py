@@ -49,7 +49,7 @@ class Stack:
 
     def start_gateway(self, limits: GatewayLimits | None = None, token: str | None = None,
                       retry: RetryPolicy | None = None, deadlines: Deadlines | None = None):
-        backends = GrpcBackends(**self.addrs, retry=retry or RetryPolicy(attempts=3))
+        backends = GrpcBackends(**self.addrs, retry=retry or RetryPolicy())
         self.gateway = GatewayServer(Orchestrator(backends, deadlines),
                                      LocalArtifactStore(self.storage), limits=limits,
                                      token=token, close_backends=backends.close)

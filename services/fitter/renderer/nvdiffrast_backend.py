@@ -26,6 +26,24 @@ from ffhquv.errors import InvalidInput, PreconditionFailed
 log = logging.getLogger(__name__)
 
 _PLUGIN = "nvdiffrast_plugin"
+
+
+def plugin_name(gl: bool = False) -> str:
+    """The JIT module name nvdiffrast builds, e.g. ``nvdiffrast_plugin_0_3_3_1_torch2_11_0_cu130``
+    (diffrp-nvdiffrast versions it by package and torch release; older builds use the bare
+    ``nvdiffrast_plugin``). Its build directory must be on ``sys.path`` for the import to work."""
+    import re
+
+    try:
+        import nvdiffrast
+
+        version = getattr(nvdiffrast, "__version__", None)
+    except ImportError:  # pragma: no cover
+        version = None
+    if not version:
+        return _PLUGIN + ("_gl" if gl else "")
+    name = f"{_PLUGIN}_{version}_torch{torch.__version__}" + ("_gl" if gl else "")
+    return re.sub(r"\W|^(?=\d)", "_", name)
 _LOCK = threading.Lock()
 _READY = False
 
@@ -52,14 +70,15 @@ def load_nvdiffrast():
             return dr
         import torch.utils.cpp_extension as ext
 
-        build_dir = ext._get_build_directory(_PLUGIN, False)
+        plugin = plugin_name()
+        build_dir = ext._get_build_directory(plugin, False)
         if build_dir not in sys.path:
             sys.path.insert(0, build_dir)
         try:
             from nvdiffrast.torch import ops
         except ImportError:  # pragma: no cover - layout of other nvdiffrast releases
             ops = None
-        built = os.path.exists(os.path.join(build_dir, _PLUGIN + ".so"))
+        built = os.path.exists(os.path.join(build_dir, plugin + ".so"))
         # a first build takes minutes: say so at warning level so it is visible by default
         say = log.info if built else log.warning
         say("%s the nvdiffrast CUDA plugin in %s", "loading" if built else
