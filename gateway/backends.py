@@ -205,7 +205,7 @@ class LocalBackends:
         from services.eyeball.servicer import EyeballServicer
         from services.fitter.servicer import FitterServicer
 
-        self.detector = DetectorServicer()
+        self.detector = DetectorServicer(checkpoints_dir=checkpoints_dir)
         self.fitter = FitterServicer(device=device, checkpoints_dir=checkpoints_dir,
                                      topo_dir=topo_dir)
         self.eyeball = EyeballServicer()

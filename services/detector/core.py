@@ -56,6 +56,24 @@ def models_directory() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "models"
 
 
+def load_parser(checkpoints_dir: str | Path | None = None, device: str = "cpu"
+                ) -> masks.FaceParser | None:
+    """The BiSeNet face parser when ``parsing_model/79999_iter.pth`` is under
+    ``checkpoints_dir`` (None: ``FFHQUV_CHECKPOINTS_DIR``), else None.
+
+    With a checkpoints directory set, a missing or unusable file is logged once (WARNING, with
+    its expected path; the landmark-polygon parse mask is used instead). Without one, None is
+    returned silently.
+    """
+    from ffhquv.checkpoints import expected_path, load_optional
+
+    if expected_path("parsing", checkpoints_dir) is None:
+        return None
+    from services.detector.bisenet import load_bisenet
+
+    return load_optional("parsing", lambda p: load_bisenet(p, device), checkpoints_dir)
+
+
 def _model_file(models_dir: Path, name: str) -> str:
     p = models_dir / name
     if not p.is_file():

@@ -6,12 +6,14 @@ of :mod:`ffhquv.server` maps them to status codes.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 
 from ffhquv.errors import InvalidInput
 from ffhquv.imaging import png_bytes
 from ffhquv.pb import common_pb2, detector_pb2, detector_pb2_grpc
-from services.detector.core import Detector
+from services.detector.core import Detector, load_parser
 from services.detector.types import DetectionResult, landmarks_to_proto
 
 SERVICE_NAME = "ffhquv.detector.v1.Detector"
@@ -60,8 +62,12 @@ def result_to_proto(res: DetectionResult) -> detector_pb2.DetectResponse:
 class DetectorServicer(detector_pb2_grpc.DetectorServicer):
     """Serves Detect with one shared (thread-safe) :class:`Detector`."""
 
-    def __init__(self, detector: Detector | None = None):
-        self.detector = detector or Detector()
+    def __init__(self, detector: Detector | None = None,
+                 checkpoints_dir: str | Path | None = None):
+        """``detector``: a prebuilt :class:`Detector`; else one is built, with the BiSeNet
+        parser when ``checkpoints_dir`` (None: ``FFHQUV_CHECKPOINTS_DIR``) holds
+        ``parsing_model/79999_iter.pth`` (see :func:`services.detector.core.load_parser`)."""
+        self.detector = detector or Detector(parser=load_parser(checkpoints_dir))
 
     def Detect(self, request: detector_pb2.DetectRequest, context: grpc.ServicerContext
                ) -> detector_pb2.DetectResponse:

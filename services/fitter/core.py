@@ -156,15 +156,19 @@ class FitterCore:
         model: an already built :class:`FaceModel` (tests, benchmarks).
         threads: torch CPU threads to use during fits (None leaves torch's setting).
         texture_source: the stage-2 texture source; None = :class:`UnwrapTextureSource`
-            (checkpoint-free). Paper mode (StyleGAN2 latent search with ``texgan_ffhq_uv.pth``
-            from :mod:`services.fitter.paper`) plugs in here as another
-            :class:`services.fitter.texture.TextureSource`.
+            (checkpoint-free).
+        paper: ``True`` (default) loads the paper's networks found under ``checkpoints_dir``
+            (:mod:`services.fitter.paper_mode`: StyleGAN2 latent search and Deep3D with the
+            ``hifi3dpp`` model, ArcFace / VGG losses with any model); ``False`` never does.
+        w_stats_samples: z samples for the texture GAN's W statistics when its side file is
+            absent (None: FFHQ-UV's 100000).
     """
 
     def __init__(self, face_model: str = "default", device: str = "auto",
                  checkpoints_dir: str | Path | None = None, topo_dir: str | Path | None = None,
                  model: FaceModel | None = None, threads: int | None = None,
-                 texture_source: TextureSource | None = None):
+                 texture_source: TextureSource | None = None, paper: bool = True,
+                 w_stats_samples: int | None = None):
         self.device = resolve_device(device)
         self.checkpoints_dir = Path(checkpoints_dir) if checkpoints_dir else None
         self.threads = threads
@@ -184,14 +188,13 @@ class FitterCore:
         self._lock = threading.Lock()
         self.texture_source = texture_source
         self.notes: list[str] = []
-        if self.checkpoints_dir is not None:
-            tex = self.checkpoints_dir / "texgan_model" / "texgan_ffhq_uv.pth"
-            if not tex.is_file():
-                self.notes.append(f"paper texture mode unavailable: {tex} is missing; "
-                                  "using the unwrap texture")
-            else:
-                self.notes.append("texgan checkpoint found; paper texture mode is not "
-                                  "implemented yet, using the unwrap texture")
+        self.paper = None
+        if self.checkpoints_dir is not None and paper:
+            from services.fitter.paper_mode import PaperMode
+
+            self.paper = PaperMode.load(self.checkpoints_dir, self.face_model, self.device,
+                                        w_stats_samples)
+            self.notes.extend(self.paper.notes)
 
     # ------------------------------------------------------------------------------------------
     def fit(self, face: AlignedFace, *, preset: str | Preset = "standard",
@@ -251,7 +254,6 @@ class FitterCore:
              want_inter: bool) -> list[FitOutput]:
         torch.manual_seed(seed)
         dev, m, cam, be = self.device, self.model, self.camera, self.backend
-        b = len(faces)
         times: dict[str, float] = {}
         t_all = time.perf_counter()
 
@@ -277,8 +279,14 @@ class FitterCore:
         # ---- stage 1 ----
         t0 = time.perf_counter()
         prog("stage1", 0.0, "initial pose")
+        pm = self.paper
+        init = None
+        if pm is not None and pm.use_deep3d:
+            from services.fitter.paper_mode import deep3d_coefficients
+
+            init = deep3d_coefficients(pm.nets.deep3d, photo, m)
         s1 = fit_landmarks(m, lm, cam, steps=p.stage1_steps, lr=p.stage1_lr, progress=prog,
-                           cancel=cancel)
+                           cancel=cancel, init=init)
         coeffs = dict(s1.coeffs)
         with torch.no_grad():
             world1 = rigid_transform(m.shape(coeffs["id"], coeffs["exp"]), coeffs["angles"],
@@ -293,6 +301,26 @@ class FitterCore:
         prog("stage1", 1.0, f"landmark error {float(s1.landmark_error_px.mean()):.2f} px")
         stage1_coeffs = {k: v.clone() for k, v in coeffs.items()}
 
+        if pm is not None and pm.use_texgan:
+            from services.fitter.paper_mode import run_paper_stages
+
+            textures, final, coeffs, s3_losses, latents = run_paper_stages(
+                pm, m, coeffs, lm, photo, fmask, cam, be, p, tex_size, prog, cancel, times)
+        else:
+            latents = None
+            textures, final, coeffs, s3 = self._default_stages23(
+                m, coeffs, lm, photo, hires, fmask, p, tex_size, prog, cancel, times)
+            s3_losses = s3.losses if s3 is not None else None
+        maps = uv_maps(m, tex_size, be)
+        return self._outputs(faces, p, tex_size, seed, coeffs, final, textures, maps, s1,
+                             s3_losses, stage1_coeffs, times, t_all, want_inter, latents, r224,
+                             fmask)
+
+    def _default_stages23(self, m, coeffs, lm, photo, hires, fmask, p, tex_size, prog, cancel,
+                          times):
+        """Stages 2 and 3 of the default path; returns ``(textures, final [B, S, S, 3],
+        coeffs, stage-3 result or None)``."""
+        dev, cam, be = self.device, self.camera, self.backend
         # ---- stage 2 ----
         t0 = time.perf_counter()
         prog("stage2", 0.0, "unwrapping the photo into UV")
@@ -318,9 +346,20 @@ class FitterCore:
             # a soft gate: sharp gate borders would print as outlines in the texture
             gate_opt = F.avg_pool2d(gate_opt, 5, stride=1, padding=2,
                                     count_include_pad=False).permute(0, 2, 3, 1).contiguous()
+            extra = None
+            if self.paper is not None and (self.paper.arcface is not None
+                                           or self.paper.vgg is not None):
+                from services.fitter.paper_mode import ImageLosses, default_path_terms
+
+                ph = photo
+                if p.raster_size != photo.shape[1]:
+                    ph = F.interpolate(photo.permute(0, 3, 1, 2), size=p.raster_size,
+                                       mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+                extra = default_path_terms(ImageLosses(self.paper.arcface, self.paper.vgg,
+                                                       ph, lm))
             s3 = fit_joint(m, coeffs, base_opt, lm, photo, fmask, cam, be, p,
                            mirror=opt_maps.mirror, gate=gate_opt, progress=prog,
-                           cancel=cancel)
+                           cancel=cancel, extra_terms=extra)
             coeffs = s3.coeffs
             with torch.no_grad():
                 off = s3.offsets.upsampled(tex_size) * F.interpolate(
@@ -337,8 +376,14 @@ class FitterCore:
             final = base_full
         times["stage3"] = time.perf_counter() - t0
         prog("stage3", 1.0, "done")
+        return textures, final, coeffs, s3
 
-        # ---- outputs ----
+    def _outputs(self, faces, p, tex_size, seed, coeffs, final, textures, maps, s1, s3_losses,
+                 stage1_coeffs, times, t_all, want_inter, latents, r224, fmask
+                 ) -> list[FitOutput]:
+        """Meshes, renders, metrics, previews, intermediates and reports of a finished fit."""
+        m, cam = self.model, self.camera
+        b = len(faces)
         t0 = time.perf_counter()
         with torch.no_grad():
             verts_exp = m.shape(coeffs["id"], coeffs["exp"])
@@ -358,8 +403,8 @@ class FitterCore:
                                fmask[i, ..., 0].cpu().numpy(), textures[i], maps)
             metrics["texture_lr_asymmetry"] = lr_asymmetry(tex_u8[i], maps)
             metrics["stage1_landmark_error_px"] = float(s1.landmark_error_px[i])
-            if s3 is not None:
-                for k, v in s3.losses.items():
+            if s3_losses is not None:
+                for k, v in s3_losses.items():
                     metrics[f"loss_{k}"] = float(v[i])
             for k, v in times.items():
                 metrics[f"seconds_{k}"] = v / b
@@ -370,6 +415,10 @@ class FitterCore:
             inter: dict[str, bytes] = {}
             if want_inter:
                 inter = self._intermediates(i, f, stage1_coeffs, c_np, textures[i], tex_u8[i])
+                if latents is not None:
+                    buf = io.BytesIO()
+                    np.savez(buf, **{k: v[i] for k, v in latents.items()})
+                    inter["stage3_latents.npz"] = buf.getvalue()
             outputs.append(FitOutput(
                 coefficients=c_np, mesh_neutral=mesh_neu, mesh_expression=mesh_exp,
                 uv_texture=tex_u8[i], metrics=metrics, report={}, preview=preview,
@@ -384,6 +433,9 @@ class FitterCore:
             o.metrics["seconds_total"] = total / b
             o.report = self._report(p, tex_size, seed, times, total, b, o.metrics,
                                     faces[i].parse_source)
+            o.report["stage1_init"] = (s1.init_source or ["pnp"] * b)[i]
+            if latents is not None:
+                o.report["texture_source"] = "texgan"
         return outputs
 
     # ------------------------------------------------------------------------------------------
@@ -433,6 +485,11 @@ class FitterCore:
         files["stage3_coeffs.npz"] = buf.getvalue()
         return files
 
+    def _paper_status(self) -> dict[str, str]:
+        from services.fitter.paper_mode import no_checkpoints_status
+
+        return dict(self.paper.status) if self.paper is not None else no_checkpoints_status()
+
     def _report(self, p: Preset, tex_size: int, seed: int, times: dict[str, float],
                 total: float, batch: int, metrics: dict[str, float], parse_source: str) -> dict:
         m = self.model
@@ -456,6 +513,7 @@ class FitterCore:
                        "distance": self.camera.distance, "size": self.camera.size,
                        "znear": self.camera.znear, "zfar": self.camera.zfar},
             "notes": list(self.notes),
+            "paper_networks": self._paper_status(),
             "versions": {"ffhquv": ffhquv.__version__, "torch": torch.__version__,
                          "numpy": np.__version__, "python": platform.python_version()},
         }

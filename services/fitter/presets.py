@@ -29,6 +29,8 @@ class Preset:
         tex_opt_size: side of the texture optimised in stage 3 (finest pyramid level).
         tex_levels: sides of the Laplacian-pyramid levels of the texel offsets (each <= tex_opt).
         unwrap_depth_size: raster side of the depth render used for texel visibility.
+        paper_stage2_steps / paper_stage3_steps: Adam steps of paper mode's latent search and
+            joint fit (:mod:`services.fitter.paper_mode`; the reference: 100 / 200).
     """
 
     name: str
@@ -43,6 +45,8 @@ class Preset:
     tex_opt_size: int
     tex_levels: tuple[int, ...]
     unwrap_depth_size: int
+    paper_stage2_steps: int = 100
+    paper_stage3_steps: int = 200
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -56,7 +60,8 @@ PRESETS: dict[str, Preset] = {
     "fast": Preset(
         name="fast", stage1_steps=150, stage1_lr=0.05, stage3_steps=30, stage3_lr=0.02,
         stage3_pose_lr=0.002, stage3_gamma_lr=0.01, stage3_tex_lr=0.01, raster_size=224,
-        tex_opt_size=128, tex_levels=(32, 64, 128), unwrap_depth_size=448),
+        tex_opt_size=128, tex_levels=(32, 64, 128), unwrap_depth_size=448,
+        paper_stage2_steps=50, paper_stage3_steps=100),
     "standard": Preset(
         name="standard", stage1_steps=300, stage1_lr=0.05, stage3_steps=100, stage3_lr=0.02,
         stage3_pose_lr=0.002, stage3_gamma_lr=0.01, stage3_tex_lr=0.01, raster_size=224,

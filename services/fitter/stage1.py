@@ -141,6 +141,7 @@ class Stage1Result:
     landmark_loss: Tensor  # [B] weighted mean squared pixel error
     landmark_error_px: Tensor  # [B] mean Euclidean pixel error
     pose_init: dict[str, Tensor]
+    init_source: list[str] | None = None  # per photo: "pnp" or "deep3d" (see fit_landmarks)
 
 
 def _check_cancel(cancel: threading.Event | None) -> None:
@@ -151,7 +152,7 @@ def _check_cancel(cancel: threading.Event | None) -> None:
 def fit_landmarks(model: FaceModel, lm2d: Tensor, cam: Camera, *, steps: int = 300,
                   lr: float = 0.05, w_id: float = 0.02, w_exp: float = 0.02,
                   progress: Progress | None = None, cancel: threading.Event | None = None,
-                  ) -> Stage1Result:
+                  init: dict[str, Tensor] | None = None) -> Stage1Result:
     """Pose, identity and expression from landmarks.
 
     Args:
@@ -161,6 +162,10 @@ def fit_landmarks(model: FaceModel, lm2d: Tensor, cam: Camera, *, steps: int = 3
         steps: Adam steps; the first quarter moves the pose only.
         lr: learning rate of the identity / expression coefficients (unit variance).
         w_id / w_exp: weights of the ``||id||^2`` / ``||exp||^2`` priors (per px^2 of loss).
+        init: optional regressed start ``id [B, K_id], exp [B, K_exp], angles [B, 3],
+            trans [B, 3]`` (paper mode's Deep3D); per photo it replaces the PnP start (with
+            zero id / exp) when its weighted landmark loss is lower, and the optimisation then
+            refines it.
     Returns:
         :class:`Stage1Result` with ``id, exp, angles, trans`` and ``gamma = 0``.
     Raises:
@@ -183,14 +188,32 @@ def fit_landmarks(model: FaceModel, lm2d: Tensor, cam: Camera, *, steps: int = 3
     id_c = torch.zeros(b, model.id_dim, device=dev, requires_grad=True)
     exp_c = torch.zeros(b, model.exp_dim, device=dev, requires_grad=True)
     target = lm2d.to(dev, torch.float32)
+    wn = w / w.sum()
+    source = ["pnp"] * b
+    if init is not None:
+        with torch.no_grad():
+            def lmk_of(i_c: Tensor, e_c: Tensor, a: Tensor, t: Tensor) -> Tensor:
+                pix = project(rigid_transform(lmb.landmarks(i_c, e_c), a, t), cam)
+                return (((pix - target) ** 2).sum(-1) * wn).sum(-1)
+
+            ic, ec = init["id"].to(dev).float(), init["exp"].to(dev).float()
+            ia, it = init["angles"].to(dev).float(), init["trans"].to(dev).float()
+            l_init = lmk_of(ic, ec, ia, it)
+            l_pnp = lmk_of(id_c, exp_c, angles, trans)
+            use = torch.isfinite(l_init) & (l_init < l_pnp) & (it[:, 2] < cam.distance - 1)
+            u = use[:, None]
+            angles.copy_(torch.where(u, ia, angles))
+            trans.copy_(torch.where(u, it, trans))
+            id_c.copy_(torch.where(u, ic, id_c))
+            exp_c.copy_(torch.where(u, ec, exp_c))
+            source = ["deep3d" if bool(x) else "pnp" for x in use.cpu()]
     opt = torch.optim.Adam([
         {"params": [id_c, exp_c], "lr": lr},
         {"params": [angles], "lr": 0.01},
         {"params": [trans], "lr": 0.01},
     ])
     base_lrs = [g["lr"] for g in opt.param_groups]
-    rigid_steps = steps // 4
-    wn = w / w.sum()
+    rigid_steps = 0 if all(x == "deep3d" for x in source) else steps // 4
 
     def loss_fn() -> tuple[Tensor, Tensor]:
         pts = lmb.landmarks(id_c, exp_c)
@@ -225,7 +248,7 @@ def fit_landmarks(model: FaceModel, lm2d: Tensor, cam: Camera, *, steps: int = 3
         err = (pix - target).norm(dim=-1).mean(-1)
     coeffs = {"id": id_c.detach(), "exp": exp_c.detach(), "angles": angles.detach(),
               "trans": trans.detach(), "gamma": torch.zeros(b, 27, device=dev)}
-    return Stage1Result(coeffs, lmk.detach(), err.detach(), pose_init)
+    return Stage1Result(coeffs, lmk.detach(), err.detach(), pose_init, source)
 
 
 def sample_image(img: Tensor, pix: Tensor, mode: str = "bilinear") -> Tensor:

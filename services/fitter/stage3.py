@@ -103,6 +103,7 @@ def fit_joint(model: FaceModel, coeffs: dict[str, Tensor], base_tex: Tensor, lm2
               photo: Tensor, photo_mask: Tensor, cam: Camera, backend, preset: Preset,
               mirror: Tensor | None = None, gate: Tensor | None = None,
               weights: Stage3Weights | None = None,
+              extra_terms: Callable[[Tensor, Tensor], dict[str, Tensor]] | None = None,
               progress: Progress | None = None, cancel: threading.Event | None = None,
               ) -> Stage3Result:
     """Jointly refine shape, expression, pose, lighting and texels against the photo.
@@ -121,6 +122,9 @@ def fit_joint(model: FaceModel, coeffs: dict[str, Tensor], base_tex: Tensor, lm2
         gate: optional ``[B, S, S, 1]`` in [0, 1] multiplying the texel offsets (the stage-2
             own-view confidence): texels the photo did not show, or showed as hair / shadow,
             keep their stage-2 value instead of drifting under the coarse pyramid levels.
+        extra_terms: optional ``(image [B, H, W, 3], render_mask [B, H, W, 1]) -> {name: [B]}``
+            weighted loss terms added to the objective (paper mode's ArcFace identity and VGG
+            perceptual losses, :func:`services.fitter.paper_mode.default_path_terms`).
     Returns:
         :class:`Stage3Result`.
     Raises:
@@ -202,6 +206,8 @@ def fit_joint(model: FaceModel, coeffs: dict[str, Tensor], base_tex: Tensor, lm2
             "gamma": wt.gamma_rgb * g_rgb + wt.gamma_band2 * g_b2 + wt.gamma_init * g_init,
             "tex": wt.tex_l2 * t_l2 + wt.tex_tv * t_tv + wt.tex_sym * t_sym,
         }
+        if extra_terms is not None:
+            terms.update(extra_terms(out.image, out.mask))
         return terms
 
     for step in range(steps):
