@@ -248,6 +248,14 @@ class FitterCore:
             if self.threads:
                 torch.set_num_threads(old_threads)
 
+    def _model_on(self, device: torch.device) -> FaceModel:
+        """The face model on another device (cached), e.g. the CPU copy for stage 1."""
+        cache = self.__dict__.setdefault("_model_copies", {})
+        key = str(device)
+        if key not in cache:
+            cache[key] = self.model.to(device)
+        return cache[key]
+
     # ------------------------------------------------------------------------------------------
     def _fit(self, faces: list[AlignedFace], p: Preset, tex_size: int, seed: int,
              progress: ProgressFn | None, cancel: threading.Event | None,
@@ -285,9 +293,14 @@ class FitterCore:
             from services.fitter.paper_mode import deep3d_coefficients
 
             init = deep3d_coefficients(pm.nets.deep3d, photo, m)
-        s1 = fit_landmarks(m, lm, cam, steps=p.stage1_steps, lr=p.stage1_lr, progress=prog,
-                           cancel=cancel, init=init)
-        coeffs = dict(s1.coeffs)
+        # Stage 1 moves 68 points: on a GPU its hundreds of tiny steps are bound by kernel
+        # launches, so it runs on the CPU and only its result moves to the device.
+        s1_dev = torch.device("cpu") if dev.type == "cuda" else dev
+        m1 = m if s1_dev == dev else self._model_on(s1_dev)
+        init1 = None if init is None else {k: v.to(s1_dev) for k, v in init.items()}
+        s1 = fit_landmarks(m1, lm.to(s1_dev), cam, steps=p.stage1_steps, lr=p.stage1_lr,
+                           progress=prog, cancel=cancel, init=init1)
+        coeffs = {k: v.to(dev) for k, v in s1.coeffs.items()}
         with torch.no_grad():
             world1 = rigid_transform(m.shape(coeffs["id"], coeffs["exp"]), coeffs["angles"],
                                      coeffs["trans"])
