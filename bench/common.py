@@ -35,12 +35,27 @@ def machine() -> dict:
 def header(title: str) -> dict:
     meta = {"title": title, "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             "command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": machine()}
+    la = loadavg()
+    if la:
+        meta["loadavg"] = la
     print(f"# {title}")
     print(f"# {meta['date']}  |  {meta['command']}")
     m = meta["machine"]
     print(f"# {m.get('cpu', '?')} x{m.get('cpus')}  torch {m.get('torch', '-')}"
           f"  {m.get('gpu', 'no GPU')}")
+    if "loadavg" in meta:
+        print("# load average (1, 5, 15 min): " + ", ".join(map(str, meta["loadavg"]))
+              + " (the machine may be shared)")
     return meta
+
+
+def loadavg() -> list[float]:
+    """``[1, 5, 15]``-minute load averages ([] where the OS has none); the CI / dev machine is
+    shared, so timings are only comparable at similar load."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
 
 
 def table(rows: list[dict], cols: list[str]) -> None:

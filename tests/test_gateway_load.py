@@ -1,0 +1,103 @@
+"""``ffhquv serve all`` under load: 8 concurrent clients x 25 requests (fast preset, CPU).
+
+Only deliberate RESOURCE_EXHAUSTED refusals are allowed besides successes; health, reflection
+and Prometheus metrics answer on the running stack.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from ffhquv.commands import wait_healthy
+from ffhquv.pb import common_pb2, gateway_pb2, gateway_pb2_grpc
+from ffhquv.server import channel
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def serve_all(tmp_path_factory):
+    port, mport = _free_port(), _free_port()
+    env = {**os.environ, "FFHQUV_MAX_QUEUE": "3", "FFHQUV_MAX_CONCURRENT": "1",
+           "FFHQUV_STORAGE_DIR": str(tmp_path_factory.mktemp("store")),
+           "FFHQUV_LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen([sys.executable, "-m", "ffhquv.cli", "serve", "all", "--port",
+                             str(port), "--metrics-port", str(mport), "--device", "cpu"],
+                            env=env, start_new_session=True)
+    try:
+        wait_healthy(f"127.0.0.1:{port}", timeout=300)
+        yield f"127.0.0.1:{port}", mport, proc
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_health_and_reflection(serve_all):
+    address, _, _ = serve_all
+    with channel(address) as ch:
+        h = health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service="ffhquv.gateway.v1.Reconstruction"))
+        assert h.status == health_pb2.HealthCheckResponse.SERVING
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        resp = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(
+            list_services="")])))
+        names = {s.name for s in resp.list_services_response.service}
+        assert "ffhquv.gateway.v1.Reconstruction" in names
+
+
+def test_eight_clients_twenty_five_requests(serve_all, astronaut_jpg_bytes):
+    address, mport, _ = serve_all
+    opts = gateway_pb2.Options(preset=common_pb2.PRESET_FAST, texture_size=512)
+    codes: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def client(ci: int) -> None:
+        with channel(address) as ch:
+            stub = gateway_pb2_grpc.ReconstructionStub(ch)
+            for ri in range(25):
+                req = gateway_pb2.ReconstructRequest(
+                    request_id=f"load-{ci}-{ri}", options=opts,
+                    image=common_pb2.Image(data=astronaut_jpg_bytes, filename="a.jpg"))
+                try:
+                    stub.Reconstruct(req, timeout=600)
+                    code = "OK"
+                except grpc.RpcError as e:
+                    code = e.code().name
+                with lock:
+                    codes[code] = codes.get(code, 0) + 1
+                if code == "RESOURCE_EXHAUSTED":
+                    time.sleep(0.2)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(codes.values()) == 200
+    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, codes
+    assert codes.get("OK", 0) >= 4 and codes.get("RESOURCE_EXHAUSTED", 0) >= 1, codes
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10).read()
+    text = text.decode()
+    assert 'ffhquv_requests_total{code="OK",method="Reconstruct",service="Reconstruction"}' \
+        in text
+    assert "ffhquv_queue_depth" in text and "ffhquv_stage_seconds" in text
