@@ -223,7 +223,9 @@ def fit_joint(model: FaceModel, coeffs: dict[str, Tensor], base_tex: Tensor, lm2
         total.backward()
         opt.step()
         last = {k: v.detach() for k, v in terms.items()}
-        if progress is not None:
+        # float() synchronises a GPU: report losses every 10 steps only, so the host can queue
+        # the next steps while the device works
+        if progress is not None and (step % 10 == 9 or step == steps - 1):
             progress("stage3", (step + 1) / steps,
                      f"joint step {step + 1}/{steps} photo {float(last['photo'].mean()):.4f} "
                      f"lmk {float(last['landmark'].mean()):.4f}")
