@@ -153,7 +153,9 @@ def test_detector_uses_bisenet_when_present(tmp_path, astronaut_jpg_bytes, monke
 
 
 @pytest.mark.slow
-def test_cli_fit_hifi3dpp_paper_mode(tmp_path, topo, ckpt_gan_vgg, astronaut_rgb):
+def test_cli_fit_hifi3dpp_paper_mode(tmp_path, topo, ckpt_gan_vgg, astronaut_rgb, ref_dir):
+    # needs the real HiFi3D++ topology (teaser_1 of the reference data): the eye-ring vertex ids
+    # of hifi3dpp-facts.md only exist there, and the eyeball service needs them
     photo = tmp_path / "astronaut.png"
     Image.fromarray(astronaut_rgb).save(photo)
     out = tmp_path / "out"
