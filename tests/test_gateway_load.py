@@ -101,3 +101,18 @@ def test_eight_clients_twenty_five_requests(serve_all, astronaut_jpg_bytes):
     assert 'ffhquv_requests_total{code="OK",method="Reconstruct",service="Reconstruction"}' \
         in text
     assert "ffhquv_queue_depth" in text and "ffhquv_stage_seconds" in text
+
+
+def test_cli_fit_remote(serve_all, astronaut_png, tmp_path):
+    """``ffhquv fit --remote`` sends the photo to the gateway and writes the same folder."""
+    address, _, _ = serve_all
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "ffhquv.cli", "fit", str(astronaut_png), "-o",
+                        str(out), "--remote", address, "--preset", "fast",
+                        "--texture-size", "512"], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    head = out / "astronaut"
+    for name in ("stage3_mesh_id.obj", "stage3_mesh.mtl", "stage3_uv.png", "L_ball.obj",
+                 "R_ball.obj", "eye_ball_tex.mtl", "eye_ball_tex.png", "report.json"):
+        assert (head / name).is_file(), name
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
