@@ -85,3 +85,20 @@ class MeshData:
             normals=np.asarray(m.normals, np.float32).reshape(-1, 3) if len(m.normals) else None,
         )
         return out
+
+    @classmethod
+    def from_request(cls, m, what: str) -> MeshData:
+        """A request's ``common.v1.Mesh`` as a validated :class:`MeshData`; every malformation
+        is :class:`ffhquv.errors.InvalidInput` with ``what`` (the field name) in front."""
+        from ffhquv.errors import InvalidInput
+
+        if len(m.uvs) and not len(m.uv_faces):
+            raise InvalidInput(f"{what}: mesh has uvs but no uv_faces")
+        try:
+            mesh = cls.from_proto(m)
+            mesh.validate()
+        except InvalidInput as e:
+            raise InvalidInput(f"{what}: {e}") from None
+        except (TypeError, ValueError) as e:
+            raise InvalidInput(f"{what}: malformed mesh: {e}") from None
+        return mesh

@@ -33,21 +33,6 @@ def formats_from_proto(values) -> set[str] | None:
     return out or None
 
 
-def mesh_from_proto(m, what: str) -> MeshData:
-    """``common.v1.Mesh`` to a validated :class:`MeshData`; INVALID_ARGUMENT (naming ``what``)
-    for any malformed mesh, including uvs without uv_faces."""
-    if len(m.uvs) and not len(m.uv_faces):
-        raise InvalidInput(f"{what}: mesh has uvs but no uv_faces")
-    try:
-        mesh = MeshData.from_proto(m)
-        mesh.validate()
-    except InvalidInput as e:
-        raise InvalidInput(f"{what}: {e}") from None
-    except (TypeError, ValueError) as e:
-        raise InvalidInput(f"{what}: malformed mesh: {e}") from None
-    return mesh
-
-
 class ExporterServicer(exporter_pb2_grpc.ExporterServicer):
     def Export(self, request, context: grpc.ServicerContext):  # noqa: N802 - gRPC name
         return self.handle(request)
@@ -55,16 +40,16 @@ class ExporterServicer(exporter_pb2_grpc.ExporterServicer):
     def handle(self, request) -> exporter_pb2.ExportResponse:
         """``ExportRequest`` -> ``ExportResponse`` without gRPC (the in-process gateway path);
         raises :class:`ffhquv.errors.InvalidInput` for malformed input."""
-        head = mesh_from_proto(request.head_neutral, "head_neutral")
-        head_exp = (mesh_from_proto(request.head_expression, "head_expression")
+        head = MeshData.from_request(request.head_neutral, "head_neutral")
+        head_exp = (MeshData.from_request(request.head_expression, "head_expression")
                     if len(request.head_expression.vertices) else None)
         res = core.export(
             name=request.name or "head",
             head_neutral=head,
             head_expression=head_exp,
             head_texture=read_png_bytes(request.head_texture_png),
-            left_eye=mesh_from_proto(request.left_eye, "left_eye"),
-            right_eye=mesh_from_proto(request.right_eye, "right_eye"),
+            left_eye=MeshData.from_request(request.left_eye, "left_eye"),
+            right_eye=MeshData.from_request(request.right_eye, "right_eye"),
             eye_texture=read_png_bytes(request.eye_texture_png),
             formats=formats_from_proto(request.formats),
             extra_files={f.name: f.data for f in request.extra_files},

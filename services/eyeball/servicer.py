@@ -14,20 +14,6 @@ from services.eyeball.core import place_eyeballs
 SERVICE_NAME = "ffhquv.eyeball.v1.Eyeball"
 
 
-def _head_from_proto(m) -> MeshData:
-    """The request's head as a validated :class:`MeshData` (INVALID_ARGUMENT if malformed)."""
-    if len(m.uvs) and not len(m.uv_faces):
-        raise InvalidInput("head: mesh has uvs but no uv_faces")
-    try:
-        mesh = MeshData.from_proto(m)
-        mesh.validate()
-    except InvalidInput as e:
-        raise InvalidInput(f"head: {e}") from None
-    except (TypeError, ValueError) as e:
-        raise InvalidInput(f"head: malformed mesh: {e}") from None
-    return mesh
-
-
 def _fit(mesh: MeshData, centre: np.ndarray, radius: float):
     return eyeball_pb2.EyeFit(
         center=common_pb2.Point3(x=float(centre[0]), y=float(centre[1]), z=float(centre[2])),
@@ -41,7 +27,7 @@ class EyeballServicer(eyeball_pb2_grpc.EyeballServicer):
     def handle(self, request) -> eyeball_pb2.PlaceResponse:
         """``PlaceRequest`` -> ``PlaceResponse`` without gRPC (the in-process gateway path);
         raises :class:`ffhquv.errors.InvalidInput` for bad geometry or images."""
-        head = _head_from_proto(request.head)
+        head = MeshData.from_request(request.head, "head")
         photo = None
         if request.photo.width or request.photo.height or request.photo.pixels:
             photo = from_raw(request.photo)
