@@ -26,7 +26,7 @@ from ffhquv import metrics
 from ffhquv.errors import Busy, FfhquvError, InvalidInput
 from ffhquv.pb import common_pb2, gateway_pb2, gateway_pb2_grpc
 from ffhquv.server import SERVER_OPTIONS
-from gateway.orchestrator import Deadlines, Orchestrator, PipelineOutput
+from gateway.orchestrator import Orchestrator, PipelineOutput
 from gateway.security import AsyncBearerAuth
 from gateway.storage import ArtifactStore, StoredResult, check_id
 
@@ -62,6 +62,14 @@ def _result_from_stored(stored: StoredResult) -> gateway_pb2.ReconstructResult:
         if a.name.endswith(".zip"):
             res.bundle_artifact_id = a.id
     return res
+
+
+def _status(err: FfhquvError | grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str]:
+    """The status a call ends with for a typed error, or for a failed backend call (whose code
+    and message pass through unchanged)."""
+    if isinstance(err, FfhquvError):
+        return err.code, str(err)
+    return err.code(), err.details() or "backend error"
 
 
 class ReconstructionServicer(gateway_pb2_grpc.ReconstructionServicer):
@@ -174,12 +182,9 @@ class ReconstructionServicer(gateway_pb2_grpc.ReconstructionServicer):
         code = grpc.StatusCode.OK
         try:
             return await self._reconstruct(request, None)
-        except FfhquvError as e:
-            code = e.code
-            await context.abort(e.code, str(e))
-        except grpc.aio.AioRpcError as e:
-            code = e.code()
-            await context.abort(e.code(), e.details() or "backend error")
+        except (FfhquvError, grpc.aio.AioRpcError) as e:
+            code, message = _status(e)
+            await context.abort(code, message)
         finally:
             metrics.REQUESTS.labels("Reconstruction", "Reconstruct", code.name).inc()
             metrics.LATENCY.labels("Reconstruction", "Reconstruct").observe(
@@ -206,12 +211,9 @@ class ReconstructionServicer(gateway_pb2_grpc.ReconstructionServicer):
                     elapsed_s=time.perf_counter() - t0))
                 yield gateway_pb2.ReconstructEvent(result=result)
                 return
-        except FfhquvError as e:
-            code = e.code
-            await context.abort(e.code, str(e))
-        except grpc.aio.AioRpcError as e:
-            code = e.code()
-            await context.abort(e.code(), e.details() or "backend error")
+        except (FfhquvError, grpc.aio.AioRpcError) as e:
+            code, message = _status(e)
+            await context.abort(code, message)
         finally:
             if not task.done():
                 task.cancel()
@@ -238,8 +240,8 @@ class ReconstructionServicer(gateway_pb2_grpc.ReconstructionServicer):
             if art.size_bytes == 0:
                 yield common_pb2.ArtifactChunk(offset=0, data=b"", total_size=0)
         except FfhquvError as e:
-            code = e.code
-            await context.abort(e.code, str(e))
+            code, message = _status(e)
+            await context.abort(code, message)
         finally:
             metrics.REQUESTS.labels("Reconstruction", "GetArtifact", code.name).inc()
 
@@ -343,7 +345,3 @@ class GatewayServer:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
-
-
-def make_deadlines() -> Deadlines:
-    return Deadlines()
