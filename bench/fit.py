@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--texture-size", type=int, default=1024)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--profile", default=None,
+                    help="also profile one batch-1 fit of the first preset (torch.profiler) and "
+                         "write the top operators to this text file")
     args = ap.parse_args(argv)
 
     import torch
@@ -112,7 +115,40 @@ def main(argv: list[str] | None = None) -> int:
     table(rows, cols)
     write_json(args.json, meta, rows, face_model=core.face_model, threads=args.threads,
                texture_size=args.texture_size)
+    if args.profile:
+        profile_fit(core, face, args.presets.split(",")[0], args.texture_size, args.profile)
     return 0
+
+
+def profile_fit(core, face, preset: str, texture_size: int, path: str) -> None:
+    """One fit under torch.profiler: host vs device time, kernel launches, top operators."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA]
+                                     if core.device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        t0 = time.perf_counter()
+        out = core.fit(face, preset=preset, texture_size=texture_size, want_intermediates=False)
+        if core.device.type == "cuda":
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+    ka = prof.key_averages()
+    launches = sum(e.count for e in ka if e.key in ("cudaLaunchKernel", "cuLaunchKernel",
+                                                     "cudaLaunchKernelExC"))
+    dev_us = sum(getattr(e, "self_device_time_total", 0) for e in ka)
+    lines = [f"profile of one {preset} fit on {core.device}: wall {wall:.3f} s (profiler "
+             f"overhead included), timings {out.report['timings_s']}",
+             f"kernel launches {launches}, graph replays "
+             f"{sum(e.count for e in ka if e.key == 'cudaGraphLaunch')}, device time "
+             f"{dev_us / 1e6:.3f} s", "",
+             ka.table(sort_by="self_cpu_time_total", row_limit=45, max_name_column_width=60)]
+    if core.device.type == "cuda":
+        lines += ["", ka.table(sort_by="self_device_time_total", row_limit=25,
+                               max_name_column_width=60)]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("\n".join(lines))
+    print("\n".join(lines[:2]) + f"\nwrote {path}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,13 @@ CUDA when present). The mesh is the cached default head model when it exists
 (``services.fitter.facemodel``), else a UV sphere of the same size (~4.5k vertices, ~9k
 triangles).
 
-    python bench/render.py [--sizes 224 512 1024] [--batches 1 8 32] [--json out.json]
+Two more columns time whole optimisation steps as the fitter runs them (render, image loss,
+backward, Adam on vertices, texture and lighting; :mod:`services.fitter.graphs`): eagerly, and
+on capturable backends (nvdiffrast) with the rasterisation eager and the rest replayed as one
+CUDA graph.
+
+    python bench/render.py [--sizes 224 512 1024] [--batches 1 8 32] [--steps 20]
+                           [--json out.json]
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.fitter.camera import Camera, rigid_transform, to_clip  # noqa: E402
+from services.fitter.graphs import StepRunner, graphs_enabled, make_adam  # noqa: E402
 from services.fitter.render import PREVIEW_GAMMA, MeshRenderer  # noqa: E402
 from services.fitter.renderer import TorchRasterizer, get_backend  # noqa: E402
 from services.fitter.renderer.shapes import uv_sphere  # noqa: E402
@@ -64,6 +71,42 @@ def timeit(fn, device: torch.device, repeat: int) -> float:
     return best
 
 
+def step_time(r: MeshRenderer, world, tri, uv, uv_tri, tex, gamma, size: int, *, graph: bool,
+              steps: int) -> float:
+    """Seconds per optimisation step as the fitter runs them (:mod:`services.fitter.graphs`):
+    render, image MSE, backward, Adam on vertices, texture and lighting; with ``graph`` the
+    rasterisation runs eagerly and the rest replays one CUDA graph."""
+    wv = world.clone().requires_grad_(True)
+    tx = tex.clone().requires_grad_(True)
+    gm = gamma.clone().requires_grad_(True)
+    opt = make_adam([{"params": [wv, tx, gm], "lr": 1e-4}], graph=graph)
+    static = (torch.zeros(world.shape[0], size, size, 4, device=world.device)
+              if graph else None)
+
+    def prepare(i: int) -> None:
+        if static is not None:
+            static.copy_(r.rasterize(wv, tri, size))
+
+    def body() -> dict[str, torch.Tensor]:
+        out = r.render(wv, tri, uv=uv, uv_tri=uv_tri, texture=tx, gamma=gm, size=size,
+                       rast=static)
+        loss = (out.image - 0.5).square().mean()
+        loss.backward()
+        opt.step()
+        return {"loss": loss.detach()}
+
+    marks: dict[int, float] = {}
+    first = max(steps // 4, 4)
+
+    def on_step(i: int, _terms) -> None:
+        if i in (first, steps - 1):
+            sync(world.device)
+            marks[i] = time.perf_counter()
+
+    StepRunner(opt, body, prepare, graph=graph).run(steps, on_step=on_step)
+    return (marks[steps - 1] - marks[first]) / (steps - 1 - first)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[224, 512, 1024])
@@ -74,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--cpu-max-pixels", type=int, default=8 * 512 * 512,
                     help="skip CPU runs with batch * size^2 above this (memory / time)")
+    ap.add_argument("--steps", type=int, default=20,
+                    help="optimisation steps per step-time measurement")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -96,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(header))
     rows = []
     line = (f"{'backend':<11} {'size':>5} {'batch':>5} {'raster fwd ms':>14} "
-            f"{'render fwd ms':>14} {'fwd+bwd ms':>11}")
+            f"{'render fwd ms':>14} {'fwd+bwd ms':>11} {'step eager ms':>15} "
+            f"{'step graph ms':>15}")
     print(line)
     print("-" * len(line))
     for bname, dev in cands:
@@ -151,11 +197,17 @@ def main(argv: list[str] | None = None) -> int:
                 t_r = timeit(raster, dev, args.repeat)
                 t_f = timeit(fwd, dev, args.repeat)
                 t_fb = timeit(fwd_bwd, dev, args.repeat)
+                t_se = step_time(r, world, trid, uvd, uvtd, tex, gamma, size, graph=False,
+                                 steps=args.steps)
+                t_sg = (step_time(r, world, trid, uvd, uvtd, tex, gamma, size, graph=True,
+                                  steps=args.steps)
+                        if graphs_enabled(dev, be) else float("nan"))
                 print(f"{bname:<11} {size:>5} {batch:>5} {t_r * 1e3:>14.1f} {t_f * 1e3:>14.1f} "
-                      f"{t_fb * 1e3:>11.1f}", flush=True)
+                      f"{t_fb * 1e3:>11.1f} {t_se * 1e3:>15.1f} {t_sg * 1e3:>15.2f}", flush=True)
                 rows.append({"backend": bname, "device": str(dev), "size": size,
                              "batch": batch, "raster_fwd_ms": t_r * 1e3,
-                             "render_fwd_ms": t_f * 1e3, "render_fwd_bwd_ms": t_fb * 1e3})
+                             "render_fwd_ms": t_f * 1e3, "render_fwd_bwd_ms": t_fb * 1e3,
+                             "step_eager_ms": t_se * 1e3, "step_graph_ms": t_sg * 1e3})
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"command": command, "mesh": name,

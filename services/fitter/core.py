@@ -39,6 +39,7 @@ from ffhquv.mesh import MeshData
 from services.detector.types import AlignedFace
 from services.fitter.camera import Camera, project, rigid_transform, rotate_normals
 from services.fitter.facemodel.base import FaceModel
+from services.fitter.graphs import graphs_enabled
 from services.fitter.presets import Preset, get_preset
 from services.fitter.stage1 import fit_landmarks, initial_lighting
 from services.fitter.stage3 import fit_joint
@@ -294,8 +295,8 @@ class FitterCore:
 
             init = deep3d_coefficients(pm.nets.deep3d, photo, m)
         # Stage 1 moves 68 points: on a GPU its hundreds of tiny steps are bound by kernel
-        # launches, so it runs on the CPU and only its result moves to the device.
-        s1_dev = torch.device("cpu") if dev.type == "cuda" else dev
+        # launches, so it runs as CUDA-graph replays there, or on the CPU when graphs are off.
+        s1_dev = torch.device("cpu") if dev.type == "cuda" and not graphs_enabled(dev) else dev
         m1 = m if s1_dev == dev else self._model_on(s1_dev)
         init1 = None if init is None else {k: v.to(s1_dev) for k, v in init.items()}
         s1 = fit_landmarks(m1, lm.to(s1_dev), cam, steps=p.stage1_steps, lr=p.stage1_lr,
@@ -324,10 +325,12 @@ class FitterCore:
             textures, final, coeffs, s3 = self._default_stages23(
                 m, coeffs, lm, photo, hires, fmask, p, tex_size, prog, cancel, times)
             s3_losses = s3.losses if s3 is not None else None
+        graph_steps = {"stage1": s1.graph_steps,
+                       "stage3": s3.graph_steps if latents is None and s3 is not None else 0}
         maps = uv_maps(m, tex_size, be)
         return self._outputs(faces, p, tex_size, seed, coeffs, final, textures, maps, s1,
                              s3_losses, stage1_coeffs, times, t_all, want_inter, latents, r224,
-                             fmask)
+                             fmask, graph_steps)
 
     def _default_stages23(self, m, coeffs, lm, photo, hires, fmask, p, tex_size, prog, cancel,
                           times):
@@ -392,7 +395,7 @@ class FitterCore:
         return textures, final, coeffs, s3
 
     def _outputs(self, faces, p, tex_size, seed, coeffs, final, textures, maps, s1, s3_losses,
-                 stage1_coeffs, times, t_all, want_inter, latents, r224, fmask
+                 stage1_coeffs, times, t_all, want_inter, latents, r224, fmask, graph_steps
                  ) -> list[FitOutput]:
         """Meshes, renders, metrics, previews, intermediates and reports of a finished fit."""
         m, cam = self.model, self.camera
@@ -447,6 +450,8 @@ class FitterCore:
             o.report = self._report(p, tex_size, seed, times, total, b, o.metrics,
                                     faces[i].parse_source)
             o.report["stage1_init"] = (s1.init_source or ["pnp"] * b)[i]
+            # optimisation steps replayed as CUDA graphs (services.fitter.graphs); 0 on CPU
+            o.report["cuda_graph_steps"] = dict(graph_steps)
             if latents is not None:
                 o.report["texture_source"] = "texgan"
         return outputs

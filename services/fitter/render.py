@@ -65,6 +65,35 @@ class RenderOutput:
         return self.rast[..., 3].detach().long() - 1
 
 
+def triangle_pixel_area(clip: Tensor, tri: Tensor, size: int) -> Tensor:
+    """Screen-space area of each triangle.
+
+    Args:
+        clip: ``[B, V, 4]`` clip coordinates.
+        tri: ``[T, 3]`` triangles.
+        size: side of the square raster.
+    Returns:
+        ``[B, T]`` absolute area in square pixels.
+    """
+    xy = (clip[..., :2] / clip[..., 3:4] + 1) * (size / 2)
+    p = xy[:, tri.long()]  # [B, T, 3, 2]
+    e1, e2 = p[:, :, 1] - p[:, :, 0], p[:, :, 2] - p[:, :, 0]
+    return 0.5 * (e1[..., 0] * e2[..., 1] - e1[..., 1] * e2[..., 0]).abs()
+
+
+def sliver_pixels(clip: Tensor, tri: Tensor, rast: Tensor, min_area: float) -> Tensor:
+    """``[B, H, W]`` bool: pixels whose visible triangle covers less than ``min_area`` px^2.
+
+    Such slivers are triangles seen edge-on at the silhouette. Their barycentrics are
+    ill-conditioned: the derivative by the vertices grows like ``1 / area`` and its sign is
+    decided by rounding, so a handful of them can outweigh every other pixel's gradient.
+    """
+    area = triangle_pixel_area(clip.detach(), tri, rast.shape[2])
+    tid = rast[..., 3].detach().long() - 1
+    a = torch.gather(area, 1, tid.clamp(min=0).flatten(1)).view_as(tid)
+    return (tid >= 0) & (a < min_area)
+
+
 def obj_uv_to_texture(uv: Tensor) -> Tensor:
     """OBJ texture coordinates (v up) to texture-memory coordinates (row 0 = v = 1).
 
@@ -99,6 +128,36 @@ class MeshRenderer:
         self.camera = camera or Camera()
         self.device = torch.device(device)
         self.backend = backend or get_backend(self.device)
+        self._i32: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def _int32(self, t: Tensor, device: torch.device) -> Tensor:
+        """``t`` as a contiguous int32 tensor on ``device``, the same object for the same input
+        (backends cache per-topology data by tensor identity; see NvdiffrastBackend)."""
+        hit = self._i32.get(id(t))
+        if hit is not None and hit[0] is t and hit[1].device == device:
+            return hit[1]
+        out = t.to(device=device, dtype=torch.int32).contiguous()
+        if len(self._i32) >= 8:
+            self._i32.clear()
+        self._i32[id(t)] = (t, out)
+        return out
+
+    def rasterize(self, vertices: Tensor, tri: Tensor, size: int | None = None) -> Tensor:
+        """The rasterisation :meth:`render` makes for these vertices, without autograd.
+
+        Args:
+            vertices: ``[B, N, 3]`` world-space positions.
+            tri: ``[T, 3]`` triangles.
+            size: raster size (default ``camera.size``).
+        Returns:
+            ``[B, S, S, 4]`` ``(u, v, z/w, triangle_id + 1)``; pass it back as ``render(...,
+            rast=...)`` (e.g. in a CUDA-graph step, :mod:`services.fitter.graphs`).
+        """
+        cam = self.camera if size is None or size == self.camera.size else self.camera.scaled(size)
+        with torch.no_grad():
+            clip = to_clip(vertices.detach(), cam).contiguous()
+            return self.backend.rasterize(clip, self._int32(tri, vertices.device),
+                                          (cam.size, cam.size))
 
     def render(
         self,
@@ -114,6 +173,8 @@ class MeshRenderer:
         size: int | None = None,
         antialias: bool = True,
         background: Tensor | float | None = None,
+        rast: Tensor | None = None,
+        min_grad_area: float = 0.0,
     ) -> RenderOutput:
         """Render a batch of meshes.
 
@@ -131,6 +192,14 @@ class MeshRenderer:
             antialias: run silhouette antialiasing on image and mask.
             background: optional colour composited behind the mesh (scalar, ``[3]``, or
                 ``[B, H, W, 3]``); default black.
+            rast: optional ``[B, S, S, 4]`` rasterisation of these same vertices made
+                beforehand (e.g. without autograd, before a CUDA-graph replay); it is used
+                instead of rasterising again and gets its gradients through
+                ``backend.attach_rast``.
+            min_grad_area: pixels of triangles smaller than this on screen (px^2) pass no
+                gradient to the vertices through their barycentrics (see
+                :func:`sliver_pixels`); 0 keeps every pixel. Silhouette (antialiasing)
+                gradients are not affected.
         Returns:
             :class:`RenderOutput`.
         """
@@ -141,11 +210,19 @@ class MeshRenderer:
         b = vertices.shape[0]
         cam = self.camera if size is None or size == self.camera.size else self.camera.scaled(size)
         s = cam.size
-        tri32 = tri.to(device=vertices.device, dtype=torch.int32).contiguous()
+        tri32 = self._int32(tri, vertices.device)
         be = self.backend
 
         clip = to_clip(vertices, cam).contiguous()
-        rast = be.rasterize(clip, tri32, (s, s))
+        if rast is None:
+            rast = be.rasterize(clip, tri32, (s, s))
+        else:
+            if rast.shape != (b, s, s, 4):
+                raise InvalidInput(f"rast must be [{b}, {s}, {s}, 4], got {tuple(rast.shape)}")
+            rast = be.attach_rast(clip, tri32, rast)
+        if min_grad_area > 0:
+            sliver = sliver_pixels(clip, tri32, rast, min_grad_area)[..., None]
+            rast = torch.where(sliver, rast.detach(), rast)
         cover = (rast[..., 3:4] > 0).to(vertices.dtype)
 
         depth = be.interpolate(clip[..., 3:4].contiguous(), rast, tri32)
@@ -159,8 +236,7 @@ class MeshRenderer:
         if uv is not None:
             if uv.dim() != 2 or uv.shape[-1] != 2:
                 raise InvalidInput(f"uv must be [M, 2], got {tuple(uv.shape)}")
-            ut = tri32 if uv_tri is None else uv_tri.to(device=vertices.device,
-                                                          dtype=torch.int32).contiguous()
+            ut = tri32 if uv_tri is None else self._int32(uv_tri, vertices.device)
             if ut.shape != tri32.shape:
                 raise InvalidInput(f"uv_tri {tuple(ut.shape)} must match tri {tuple(tri32.shape)}")
             uv_mem = obj_uv_to_texture(uv.to(vertices.device, vertices.dtype)).contiguous()

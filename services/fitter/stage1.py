@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ffhquv.errors import Cancelled
 from services.fitter.camera import Camera, euler_to_rotation, project, rigid_transform
 from services.fitter.facemodel.base import FaceModel
+from services.fitter.graphs import StepRunner, graphs_enabled, make_adam, set_lr
 from services.fitter.sh import AMBIENT, sh_basis
 
 Progress = Callable[[str, float, str], None]
@@ -142,11 +142,7 @@ class Stage1Result:
     landmark_error_px: Tensor  # [B] mean Euclidean pixel error
     pose_init: dict[str, Tensor]
     init_source: list[str] | None = None  # per photo: "pnp" or "deep3d" (see fit_landmarks)
-
-
-def _check_cancel(cancel: threading.Event | None) -> None:
-    if cancel is not None and cancel.is_set():
-        raise Cancelled("fit cancelled")
+    graph_steps: int = 0  # steps that ran as CUDA-graph replays
 
 
 def fit_landmarks(model: FaceModel, lm2d: Tensor, cam: Camera, *, steps: int = 300,
@@ -207,13 +203,18 @@ def fit_landmarks(model: FaceModel, lm2d: Tensor, cam: Camera, *, steps: int = 3
             id_c.copy_(torch.where(u, ic, id_c))
             exp_c.copy_(torch.where(u, ec, exp_c))
             source = ["deep3d" if bool(x) else "pnp" for x in use.cpu()]
-    opt = torch.optim.Adam([
+    graph = graphs_enabled(dev)
+    groups = [
         {"params": [id_c, exp_c], "lr": lr},
         {"params": [angles], "lr": 0.01},
         {"params": [trans], "lr": 0.01},
-    ])
-    base_lrs = [g["lr"] for g in opt.param_groups]
+    ]
+    base_lrs = [g["lr"] for g in groups]
+    opt = make_adam(groups, graph=graph)
     rigid_steps = 0 if all(x == "deep3d" for x in source) else steps // 4
+    # 0 during the rigid steps: the identity / expression gradients are zeroed, so Adam keeps
+    # their moments (and the coefficients) at zero until the pose has settled
+    free = torch.zeros((), device=dev)
 
     def loss_fn() -> tuple[Tensor, Tensor]:
         pts = lmb.landmarks(id_c, exp_c)
@@ -223,24 +224,29 @@ def fit_landmarks(model: FaceModel, lm2d: Tensor, cam: Camera, *, steps: int = 3
         prior = w_id * (id_c**2).sum(-1) + w_exp * (exp_c**2).sum(-1)
         return lmk, prior
 
-    for step in range(steps):
-        _check_cancel(cancel)
+    def prepare(step: int) -> None:
         frac = step / max(steps - 1, 1)
         scale = 0.5 * (1 + math.cos(math.pi * frac)) * 0.9 + 0.1
-        for g, lr0 in zip(opt.param_groups, base_lrs, strict=True):
-            g["lr"] = lr0 * scale
-        opt.zero_grad(set_to_none=True)
+        for i, lr0 in enumerate(base_lrs):
+            set_lr(opt, i, lr0 * scale)
+        free.fill_(0.0 if step < rigid_steps else 1.0)
+
+    def body() -> dict[str, Tensor]:
         lmk, prior = loss_fn()
-        loss = (lmk + prior).sum()
-        loss.backward()
-        if step < rigid_steps:
-            id_c.grad = None
-            exp_c.grad = None
+        (lmk + prior).sum().backward()
+        id_c.grad.mul_(free)
+        exp_c.grad.mul_(free)
         opt.step()
+        return {"landmark": lmk.detach()}
+
+    def on_step(step: int, terms: dict[str, Tensor]) -> None:
         if progress is not None and (step % 25 == 0 or step == steps - 1):
-            loss_px = float(lmk.detach().mean())
+            loss_px = float(terms["landmark"].mean())
             progress("stage1", 0.8 * (step + 1) / steps,
                      f"landmarks step {step + 1}/{steps} loss {loss_px:.3f} px^2")
+
+    replays = StepRunner(opt, body, prepare, graph=graph).run(steps, on_step=on_step,
+                                                              cancel=cancel)
     with torch.no_grad():
         lmk, _ = loss_fn()
         pts = lmb.landmarks(id_c, exp_c)
@@ -248,7 +254,7 @@ def fit_landmarks(model: FaceModel, lm2d: Tensor, cam: Camera, *, steps: int = 3
         err = (pix - target).norm(dim=-1).mean(-1)
     coeffs = {"id": id_c.detach(), "exp": exp_c.detach(), "angles": angles.detach(),
               "trans": trans.detach(), "gamma": torch.zeros(b, 27, device=dev)}
-    return Stage1Result(coeffs, lmk.detach(), err.detach(), pose_init, source)
+    return Stage1Result(coeffs, lmk.detach(), err.detach(), pose_init, source, replays)
 
 
 def sample_image(img: Tensor, pix: Tensor, mode: str = "bilinear") -> Tensor:

@@ -27,13 +27,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ffhquv.errors import Cancelled
 from services.fitter.camera import Camera, project, rigid_transform, rotate_normals
 from services.fitter.facemodel.base import FaceModel
+from services.fitter.graphs import StepRunner, graphs_enabled, make_adam, set_lr
 from services.fitter.presets import Preset
+from services.fitter.render import MeshRenderer, RenderOutput
 from services.fitter.stage1 import LandmarkBases, landmark_weights
 
 Progress = Callable[[str, float, str], None]
+
+# px^2 on the stage-3 raster: pixels of smaller (edge-on) triangles give no barycentric
+# gradient (see services.fitter.render.sliver_pixels)
+SLIVER_AREA = 0.5
 
 
 @dataclass
@@ -97,6 +102,7 @@ class Stage3Result:
     losses: dict[str, list[float]]  # final per-photo values of each loss term
     render: Tensor  # [B, H, W, 3] final render at the raster size
     render_mask: Tensor  # [B, H, W, 1]
+    graph_steps: int = 0  # steps that ran as CUDA-graph replays
 
 
 def fit_joint(model: FaceModel, coeffs: dict[str, Tensor], base_tex: Tensor, lm2d: Tensor,
@@ -130,21 +136,22 @@ def fit_joint(model: FaceModel, coeffs: dict[str, Tensor], base_tex: Tensor, lm2
     Raises:
         Cancelled: when ``cancel`` is set (checked every step).
     """
-    from services.fitter.render import MeshRenderer
-
     wt = weights or Stage3Weights()
     dev = model.device
     b = lm2d.shape[0]
     params = {k: v.detach().clone().requires_grad_() for k, v in coeffs.items()}
     gamma0 = coeffs["gamma"].detach()
     pyr = TexturePyramid(b, tuple(preset.tex_levels), dev)
-    opt = torch.optim.Adam([
+    # CUDA graphs need every op of the step capturable; paper mode's networks are not vetted
+    graph = graphs_enabled(dev, backend) and extra_terms is None
+    groups = [
         {"params": [params["id"], params["exp"]], "lr": preset.stage3_lr},
         {"params": [params["angles"], params["trans"]], "lr": preset.stage3_pose_lr},
         {"params": [params["gamma"]], "lr": preset.stage3_gamma_lr},
         {"params": list(pyr.parameters()), "lr": preset.stage3_tex_lr},
-    ])
-    base_lrs = [g["lr"] for g in opt.param_groups]
+    ]
+    base_lrs = [g["lr"] for g in groups]
+    opt = make_adam(groups, graph=graph)
     lmb = LandmarkBases.of(model)
     wl = landmark_weights(dev)
     wl = wl / wl.sum()
@@ -158,25 +165,30 @@ def fit_joint(model: FaceModel, coeffs: dict[str, Tensor], base_tex: Tensor, lm2
     else:
         photo_r, pmask_r = photo, photo_mask
     # skin vertices only, for the photometric mask (no eyes / mouth interior of the model)
-    skin_attr = model.skin_mask.float()[None, :, None]
+    skin_attr = model.skin_mask.float()[None, :, None].expand(b, -1, -1).contiguous()
     band2 = torch.zeros(9, device=dev)
     band2[4:] = 1.0
     steps = preset.stage3_steps
     last: dict[str, Tensor] = {}
-    out = None
+    tri32 = model.tri.to(torch.int32).contiguous()
+    # graph mode: rasterised eagerly before each replay, differentiated inside the graph
+    static_rast = (torch.zeros(b, preset.raster_size, preset.raster_size, 4, device=dev)
+                   if graph else None)
 
-    def evaluate() -> dict[str, Tensor]:
-        nonlocal out
+    def geometry() -> tuple[Tensor, Tensor]:
         verts = model.shape(params["id"], params["exp"])
-        world = rigid_transform(verts, params["angles"], params["trans"])
+        return verts, rigid_transform(verts, params["angles"], params["trans"])
+
+    def evaluate(rast: Tensor | None = None) -> tuple[dict[str, Tensor], RenderOutput]:
+        verts, world = geometry()
         nrm = rotate_normals(model.vertex_normals(verts), params["angles"])
         off = pyr() if gate is None else pyr() * gate
         tex = (base_tex + off).clamp(0, 1)
         out = renderer.render(world, model.tri, normals=nrm, uv=model.uv, uv_tri=model.uv_tri,
-                              texture=tex, gamma=params["gamma"], antialias=True)
+                              texture=tex, gamma=params["gamma"], antialias=True, rast=rast,
+                              min_grad_area=SLIVER_AREA)
         # region of the model's skin triangles inside the face area
-        skin_px = backend.interpolate(skin_attr.expand(b, -1, -1).contiguous(), out.rast,
-                                      model.tri.to(torch.int32).contiguous())
+        skin_px = backend.interpolate(skin_attr, out.rast, tri32)
         face_cov = _face_coverage(out.rast, model.face_tri_mask)
         m = out.mask * (pmask_r > 0.5).float() * (skin_px > 0.5).float() * face_cov
         if gate is not None and out.uv is not None:
@@ -208,40 +220,49 @@ def fit_joint(model: FaceModel, coeffs: dict[str, Tensor], base_tex: Tensor, lm2
         }
         if extra_terms is not None:
             terms.update(extra_terms(out.image, out.mask))
-        return terms
+        return terms, out
 
-    for step in range(steps):
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("fit cancelled")
+    def prepare(step: int) -> None:
         frac = step / max(steps - 1, 1)
         ramp = 1.0 if frac < 0.6 else 0.5 * (1 + math.cos(math.pi * (frac - 0.6) / 0.4))
-        for g, lr0 in zip(opt.param_groups, base_lrs, strict=True):
-            g["lr"] = lr0 * max(ramp, 0.05)
-        opt.zero_grad(set_to_none=True)
-        terms = evaluate()
-        total = sum(terms.values()).sum()
-        total.backward()
+        for i, lr0 in enumerate(base_lrs):
+            set_lr(opt, i, lr0 * max(ramp, 0.05))
+        if static_rast is not None:
+            with torch.no_grad():
+                static_rast.copy_(renderer.rasterize(geometry()[1], model.tri))
+
+    def body() -> dict[str, Tensor]:
+        # nothing of this step's autograd graph may outlive it: a graph kept alive across the
+        # warm-up / capture boundary ties gradient accumulation to the wrong CUDA stream
+        terms, _ = evaluate(static_rast)
+        sum(terms.values()).sum().backward()
         opt.step()
-        last = {k: v.detach() for k, v in terms.items()}
+        return {k: v.detach() for k, v in terms.items()}
+
+    def on_step(step: int, terms: dict[str, Tensor]) -> None:
+        nonlocal last
+        last = terms
         # float() synchronises a GPU: report losses every 10 steps only, so the host can queue
         # the next steps while the device works
         if progress is not None and (step % 10 == 9 or step == steps - 1):
             progress("stage3", (step + 1) / steps,
                      f"joint step {step + 1}/{steps} photo {float(last['photo'].mean()):.4f} "
                      f"lmk {float(last['landmark'].mean()):.4f}")
+
+    replays = StepRunner(opt, body, prepare, graph=graph).run(steps, on_step=on_step,
+                                                              cancel=cancel)
     with torch.no_grad():
-        terms = evaluate()
+        terms, out = evaluate()
         last = {k: v.detach() for k, v in terms.items()}
     return Stage3Result(
         coeffs={k: v.detach() for k, v in params.items()}, offsets=pyr,
         losses={k: v.cpu().tolist() for k, v in last.items()},
-        render=out.image.detach(), render_mask=out.mask.detach())
+        render=out.image.detach(), render_mask=out.mask.detach(), graph_steps=replays)
 
 
 def _face_coverage(rast: Tensor, face_tri_mask: Tensor) -> Tensor:
     """``[B, H, W, 1]`` 1 where the visible triangle belongs to the face region."""
     tid = rast[..., 3].long() - 1
-    ok = torch.zeros_like(tid, dtype=torch.float32)
-    valid = tid >= 0
-    ok[valid] = face_tri_mask[tid[valid]].float()
-    return ok[..., None]
+    # a gather, not boolean indexing: no host synchronisation (CUDA-graph safe)
+    ok = face_tri_mask[tid.clamp(min=0)] & (tid >= 0)
+    return ok.float()[..., None]

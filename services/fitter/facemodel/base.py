@@ -199,5 +199,7 @@ def vertex_normals(vertices: Tensor, tri: Tensor) -> Tensor:
     for i in range(3):
         n = n.index_add(1, tri[:, i], fn)
     norm = n.norm(dim=-1, keepdim=True)
-    fallback = torch.tensor([0.0, 0.0, 1.0], device=vertices.device, dtype=vertices.dtype)
+    # built on the device (no host-to-device copy: this runs inside captured CUDA graphs)
+    fallback = torch.zeros_like(n)
+    fallback[..., 2] = 1.0
     return torch.where(norm > 1e-12, n / norm.clamp(min=1e-12), fallback)

@@ -30,6 +30,10 @@ class RasterBackend(Protocol):
     """A differentiable rasteriser. All methods take and return tensors on ``self.device``."""
 
     name: str
+    #: True when interpolate / texture / antialias / attach_rast launch only device work of
+    #: static shapes (no host synchronisation), so that a step using them can be recorded into
+    #: a CUDA graph (:mod:`services.fitter.graphs`). ``rasterize`` itself never is.
+    capturable: bool
 
     def rasterize(self, pos: Tensor, tri: Tensor, resolution: tuple[int, int]) -> Tensor:
         """Rasterise triangles.
@@ -41,6 +45,23 @@ class RasterBackend(Protocol):
         Returns:
             ``[B, H, W, 4]`` float ``(u, v, z/w, triangle_id + 1)``, zeros where empty.
             Differentiable with respect to ``pos`` through ``u, v, z/w``.
+        """
+        ...
+
+    def attach_rast(self, pos: Tensor, tri: Tensor, rast: Tensor) -> Tensor:
+        """Give an existing rasterisation the gradients :meth:`rasterize` would have given it.
+
+        For step loops that rasterise without autograd outside a captured CUDA graph and
+        differentiate inside it (:mod:`services.fitter.graphs`): the returned tensor has the
+        values of ``rast`` and back-propagates ``d rast[..., :2]`` (the barycentrics) into
+        ``pos`` exactly as :meth:`rasterize` does. Must not synchronise with the host on CUDA.
+
+        Args:
+            pos: ``[B, V, 4]`` the clip coordinates ``rast`` was made from.
+            tri: ``[T, 3]`` int32 triangles.
+            rast: ``[B, H, W, 4]`` output of :meth:`rasterize` for ``pos`` / ``tri``.
+        Returns:
+            ``[B, H, W, 4]`` equal to ``rast``, differentiable with respect to ``pos``.
         """
         ...
 

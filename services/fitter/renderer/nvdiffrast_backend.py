@@ -98,6 +98,22 @@ def load_nvdiffrast():
     return dr
 
 
+class _AttachRast(torch.autograd.Function):
+    """Identity on ``rast`` whose backward is nvdiffrast's rasterisation gradient to ``pos``."""
+
+    @staticmethod
+    def forward(ctx, pos: Tensor, tri: Tensor, rast: Tensor, plugin) -> Tensor:
+        ctx.save_for_backward(pos, tri, rast)
+        ctx.plugin = plugin
+        return rast.clone()
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        pos, tri, rast = ctx.saved_tensors
+        g_pos = ctx.plugin.rasterize_grad(pos, tri, rast, dy.contiguous())
+        return g_pos, None, None, None
+
+
 class NvdiffrastBackend:
     """:class:`~services.fitter.renderer.base.RasterBackend` over ``nvdiffrast.torch``.
 
@@ -106,6 +122,7 @@ class NvdiffrastBackend:
     """
 
     name = "nvdiffrast"
+    capturable = True
 
     def __init__(self, device: str | torch.device = "cuda"):
         self.device = torch.device(device)
@@ -114,6 +131,9 @@ class NvdiffrastBackend:
         self.dr = load_nvdiffrast()
         self.ctx = self.dr.RasterizeCudaContext(device=self.device)
         self._topo: tuple[Tensor, Tensor] | None = None
+        from nvdiffrast.torch import ops
+
+        self._plugin = ops._get_plugin(gl=False)
 
     @staticmethod
     def _f32(x: Tensor) -> Tensor:
@@ -128,6 +148,13 @@ class NvdiffrastBackend:
         rast, _ = self.dr.rasterize(self.ctx, self._f32(pos), tri.int().contiguous(), res,
                                     grad_db=False)
         return rast.to(pos.dtype)
+
+    def attach_rast(self, pos: Tensor, tri: Tensor, rast: Tensor) -> Tensor:
+        if pos.dim() != 3 or pos.shape[-1] != 4 or rast.dim() != 4 or rast.shape[-1] != 4:
+            raise InvalidInput(f"pos must be [B, V, 4] and rast [B, H, W, 4], got "
+                               f"{tuple(pos.shape)} and {tuple(rast.shape)}")
+        return _AttachRast.apply(self._f32(pos), tri.int().contiguous(), self._f32(rast),
+                                 self._plugin).to(pos.dtype)
 
     def interpolate(self, attr: Tensor, rast: Tensor, tri: Tensor) -> Tensor:
         if attr.dim() == 2:
@@ -148,8 +175,15 @@ class NvdiffrastBackend:
     def antialias(self, color: Tensor, rast: Tensor, pos: Tensor, tri: Tensor) -> Tensor:
         tri32 = tri.int().contiguous()
         cached = self._topo
-        if cached is None or cached[0].shape != tri32.shape or not torch.equal(cached[0], tri32):
-            cached = (tri32.clone(), self.dr.antialias_construct_topology_hash(tri32))
+        # The topology hash is cached by tensor identity: comparing contents synchronises with
+        # the host, which must not happen inside a CUDA-graph capture. A different object with
+        # equal contents takes over the cache, so that its next call needs no comparison.
+        if cached is None or cached[0] is not tri32:
+            if (cached is None or cached[0].shape != tri32.shape
+                    or not torch.equal(cached[0], tri32)):
+                cached = (tri32, self.dr.antialias_construct_topology_hash(tri32))
+            else:
+                cached = (tri32, cached[1])
             self._topo = cached
         out = self.dr.antialias(self._f32(color), self._f32(rast), self._f32(pos), tri32,
                                 topology_hash=cached[1])

@@ -93,6 +93,7 @@ class TorchRasterizer:
     """
 
     name = "torch"
+    capturable = False  # data-dependent shapes (nonzero) in every op
 
     def __init__(self, device: str | torch.device = "cpu", max_candidates: int = 4_000_000):
         self.device = torch.device(device)
@@ -111,6 +112,20 @@ class TorchRasterizer:
         pix = (key != _EMPTY).nonzero().squeeze(1)
         tid = key[pix] & _LOW32
         return self._resolve(pos, tri_l, pix, tid, h, w)
+
+    def attach_rast(self, pos: Tensor, tri: Tensor, rast: Tensor) -> Tensor:
+        """See :meth:`RasterBackend.attach_rast`: the barycentrics and ``z/w`` of the pixels
+        ``rast`` covers are recomputed from ``pos`` with autograd (same values, same
+        gradients as :meth:`rasterize`)."""
+        _check_pos_tri(pos, tri)
+        _check_rast(rast)
+        b, h, w, _ = rast.shape
+        if b != pos.shape[0]:
+            raise InvalidInput(f"rast batch {b} does not match pos batch {pos.shape[0]}")
+        flat = rast.detach().reshape(-1, 4)
+        pix = (flat[:, 3] > 0).nonzero().squeeze(1)
+        tid = flat[pix, 3].long() - 1
+        return self._resolve(pos, tri.long(), pix, tid, h, w)
 
     def triangle_ids(self, pos: Tensor, tri: Tensor, resolution: tuple[int, int]) -> Tensor:
         """Only the visible triangle per pixel: ``[B, H, W]`` long, -1 where empty."""

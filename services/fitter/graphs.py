@@ -1,0 +1,173 @@
+"""CUDA-graph replay of the fitter's optimisation steps.
+
+A fitting step (forward, backward, Adam) is a few hundred small kernels. On a GPU its time goes
+to Python and kernel launches, not arithmetic (BENCHMARKS.md: a ``fast`` fit made 25k launches,
+1.65 s of host time against 86 ms of GPU time). :class:`StepRunner` records one step into a
+``torch.cuda.CUDAGraph`` and replays it: one launch per step.
+
+A step is split in two:
+
+* ``prepare(i)`` runs eagerly before every step, in both modes: whatever changes with the step
+  number (learning-rate schedules, gates) or must talk to the host (nvdiffrast's rasteriser
+  reads its work counters back). It must write into tensors that keep their storage
+  (``copy_``, ``fill_``): the graph reads them by address.
+* ``body()`` is forward + ``backward()`` + ``optimizer.step()`` and returns a dict of tensors
+  (the loss terms). It is recorded once, so it must have static shapes and never synchronise
+  with the host: no ``.item()`` / ``float()``, boolean-mask indexing, ``nonzero``, or tensors
+  built from Python lists on the device. Its outputs are overwritten by every replay.
+
+Without CUDA, or with graphs turned off (``FFHQUV_CUDA_GRAPHS=0``), the same two functions run
+eagerly, so CPU and GPU fits share one code path. A capture that fails is logged once and the
+remaining steps run eagerly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from ffhquv.errors import Cancelled
+
+log = logging.getLogger(__name__)
+
+Body = Callable[[], dict[str, Tensor]]
+Prepare = Callable[[int], None]
+OnStep = Callable[[int, dict[str, Tensor]], None]
+
+_WARNED: set[str] = set()
+
+
+def graphs_enabled(device: torch.device | str, backend=None) -> bool:
+    """Whether steps on ``device`` are replayed as CUDA graphs.
+
+    True on CUDA when the rasteriser (if the step renders) can be captured
+    (``backend.capturable``), unless the environment sets ``FFHQUV_CUDA_GRAPHS=0``.
+    """
+    if torch.device(device).type != "cuda":
+        return False
+    if os.environ.get("FFHQUV_CUDA_GRAPHS", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    return backend is None or bool(getattr(backend, "capturable", False))
+
+
+def make_adam(groups: list[dict], *, graph: bool) -> torch.optim.Adam:
+    """Adam over parameter groups (dicts with ``params`` and a float ``lr``).
+
+    In graph mode the optimizer is ``capturable`` (its step counters live on the device) and
+    each group's learning rate is a 0-d device tensor, so :func:`set_lr` can change it between
+    replays without recording a new graph.
+    """
+    if graph:
+        groups = [{**g, "lr": torch.tensor(float(g["lr"]), device=g["params"][0].device)}
+                  for g in groups]
+        return torch.optim.Adam(groups, capturable=True, foreach=True)
+    return torch.optim.Adam(groups)
+
+
+def set_lr(opt: torch.optim.Optimizer, index: int, value: float) -> None:
+    """Set the learning rate of parameter group ``index`` (a device tensor in graph mode)."""
+    g = opt.param_groups[index]
+    if isinstance(g["lr"], Tensor):
+        g["lr"].fill_(value)
+    else:
+        g["lr"] = value
+
+
+class StepRunner:
+    """Runs optimisation steps eagerly or as replays of one recorded CUDA graph.
+
+    Args:
+        optimizer: the optimizer ``body`` steps (from :func:`make_adam`, same ``graph``).
+        body: forward + backward + ``optimizer.step()``; returns the loss terms.
+        prepare: eager per-step work before ``body`` (see the module docstring).
+        graph: record and replay (CUDA only); False runs everything eagerly.
+        warmup: eager steps before recording (they run on a side stream, as PyTorch's graph
+            capture requires; they are real steps and count toward ``steps``).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, body: Body,
+                 prepare: Prepare | None = None, *, graph: bool, warmup: int = 3):
+        self.opt = optimizer
+        self.body = body
+        self.prepare = prepare or (lambda i: None)
+        self.graph = graph
+        self.warmup = max(int(warmup), 1)
+        self.replayed = 0  # steps that ran as graph replays (tests and logs read this)
+
+    def _eager(self, i: int) -> dict[str, Tensor]:
+        self.prepare(i)
+        self.opt.zero_grad(set_to_none=True)
+        return self.body()
+
+    def run(self, steps: int, *, on_step: OnStep | None = None,
+            cancel: threading.Event | None = None) -> int:
+        """Run ``steps`` steps; ``on_step(i, terms)`` after each (``terms`` are overwritten by
+        the next replay: copy what must be kept).
+
+        Returns:
+            How many of the steps ran as graph replays (0 when eager).
+
+        Raises:
+            Cancelled: when ``cancel`` is set (checked before every step).
+        """
+        def check() -> None:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("fit cancelled")
+
+        use_graph = self.graph and steps > self.warmup and torch.cuda.is_available()
+        if not use_graph:
+            for i in range(steps):
+                check()
+                out = self._eager(i)
+                if on_step is not None:
+                    on_step(i, out)
+            return 0
+
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for i in range(self.warmup):
+                check()
+                out = self._eager(i)
+                if on_step is not None:
+                    on_step(i, out)
+        torch.cuda.current_stream().wait_stream(side)
+
+        start = self.warmup
+        g = torch.cuda.CUDAGraph()
+        check()
+        self.prepare(start)
+        self.opt.zero_grad(set_to_none=True)
+        try:
+            with torch.cuda.graph(g):
+                static = self.body()
+        except Exception as err:  # noqa: BLE001 - any capture problem: finish eagerly
+            key = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+            if key not in _WARNED:
+                _WARNED.add(key)
+                # the traceback names the op that broke the capture (the error itself is
+                # often only "operation failed due to a previous error during capture")
+                log.warning("CUDA graph capture failed, running the steps eagerly: %s", key,
+                            exc_info=True)
+            torch.cuda.synchronize()
+            del g
+            for i in range(start, steps):
+                check()
+                out = self._eager(i)
+                if on_step is not None:
+                    on_step(i, out)
+            return 0
+        for i in range(start, steps):
+            if i > start:
+                check()
+                self.prepare(i)
+            g.replay()
+            self.replayed += 1
+            if on_step is not None:
+                on_step(i, static)
+        return self.replayed

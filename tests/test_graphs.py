@@ -1,0 +1,124 @@
+"""The step runner of services.fitter.graphs and the pre-rasterised render path it relies on,
+on the CPU (the CUDA-graph replays themselves are checked in tests/test_graphs_gpu.py)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from ffhquv.errors import Cancelled, InvalidInput
+from services.fitter.camera import Camera, rigid_transform
+from services.fitter.graphs import StepRunner, graphs_enabled, make_adam, set_lr
+from services.fitter.render import PREVIEW_GAMMA, MeshRenderer
+from services.fitter.renderer import TorchRasterizer
+from services.fitter.renderer.shapes import uv_sphere
+from services.fitter.stage3 import _face_coverage
+
+
+def _scene():
+    v, tri, uv, uv_tri = uv_sphere(24, 48)
+    world = rigid_transform(v[None], torch.tensor([[0.1, 0.4, 0.0]]), torch.zeros(1, 3))
+    g = torch.Generator().manual_seed(0)
+    tex = torch.rand(1, 64, 64, 3, generator=g)
+    return world, tri, uv, uv_tri, tex, PREVIEW_GAMMA[None].clone()
+
+
+def _render_grads(r: MeshRenderer, pre_rasterised: bool):
+    world, tri, uv, uv_tri, tex, gamma = _scene()
+    w = world.clone().requires_grad_(True)
+    t = tex.clone().requires_grad_(True)
+    g = gamma.clone().requires_grad_(True)
+    rast = r.rasterize(w, tri, 96) if pre_rasterised else None
+    out = r.render(w, tri, uv=uv, uv_tri=uv_tri, texture=t, gamma=g, size=96, rast=rast)
+    ((out.image - 0.5) ** 2).sum().backward()
+    return out.image.detach(), w.grad, t.grad, g.grad
+
+
+def test_pre_rasterised_render_matches_rasterising():
+    r = MeshRenderer(Camera(), backend=TorchRasterizer("cpu"))
+    a = _render_grads(r, False)
+    b = _render_grads(r, True)
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+    assert a[1].abs().sum() > 0  # vertex gradients flow through the attached rasterisation
+
+
+def test_pre_rasterised_render_checks_shape():
+    r = MeshRenderer(Camera(), backend=TorchRasterizer("cpu"))
+    world, tri, *_ = _scene()
+    with pytest.raises(InvalidInput, match="rast must be"):
+        r.render(world, tri, size=64, rast=torch.zeros(1, 32, 32, 4))
+
+
+def test_step_runner_runs_eagerly_on_cpu():
+    x = torch.tensor([3.0, -2.0], requires_grad=True)
+    opt = make_adam([{"params": [x], "lr": 0.1}], graph=False)
+    assert isinstance(opt.param_groups[0]["lr"], float)
+    seen: list[tuple[str, int]] = []
+
+    def prepare(i: int) -> None:
+        seen.append(("prepare", i))
+        set_lr(opt, 0, 0.1 if i < 50 else 0.02)
+
+    def body() -> dict[str, torch.Tensor]:
+        loss = (x**2).sum()
+        loss.backward()
+        opt.step()
+        return {"loss": loss.detach()}
+
+    losses: list[float] = []
+
+    def on_step(i: int, terms: dict[str, torch.Tensor]) -> None:
+        seen.append(("step", i))
+        losses.append(float(terms["loss"]))
+
+    # graph=True without CUDA runs eagerly: one code path on every device
+    replayed = StepRunner(opt, body, prepare, graph=True).run(80, on_step=on_step)
+    assert replayed == 0
+    assert seen[:4] == [("prepare", 0), ("step", 0), ("prepare", 1), ("step", 1)]
+    assert len(losses) == 80 and losses[-1] < 0.05 * losses[0]
+    assert opt.param_groups[0]["lr"] == 0.02
+
+
+def test_step_runner_cancel():
+    x = torch.zeros(1, requires_grad=True)
+    opt = make_adam([{"params": [x], "lr": 0.1}], graph=False)
+    stop = threading.Event()
+
+    def body() -> dict[str, torch.Tensor]:
+        (x - 1).square().sum().backward()
+        opt.step()
+        return {}
+
+    def on_step(i: int, _terms) -> None:
+        if i == 2:
+            stop.set()
+
+    with pytest.raises(Cancelled):
+        StepRunner(opt, body, graph=False).run(10, on_step=on_step, cancel=stop)
+
+
+def test_graphs_enabled(monkeypatch):
+    assert not graphs_enabled("cpu")
+    monkeypatch.setenv("FFHQUV_CUDA_GRAPHS", "1")
+    assert graphs_enabled("cuda")  # a predicate on the request: no GPU needed to answer
+    assert not graphs_enabled("cuda", TorchRasterizer("cpu"))  # not capturable
+
+    class Capturable:
+        capturable = True
+
+    assert graphs_enabled("cuda", Capturable())
+    monkeypatch.setenv("FFHQUV_CUDA_GRAPHS", "0")
+    assert not graphs_enabled("cuda", Capturable())
+
+
+def test_face_coverage_is_a_gather():
+    rast = torch.zeros(1, 2, 3, 4)
+    rast[0, 0, :, 3] = torch.tensor([1.0, 2.0, 3.0])  # triangles 0, 1, 2
+    mask = torch.tensor([True, False, True])
+    cov = _face_coverage(rast, mask)
+    assert cov.shape == (1, 2, 3, 1)
+    assert cov[0, 0, :, 0].tolist() == [1.0, 0.0, 1.0]
+    assert cov[0, 1].sum() == 0  # empty pixels
