@@ -29,6 +29,8 @@ class GlbPart:
         texture: ``uint8 [H, W, 3]`` base colour, row 0 at the top (``v = 1``).
         roughness: PBR roughness in [0, 1].
         texture_key: parts with the same key share one embedded image.
+        texture_png: ``texture`` already encoded as PNG (the exporter encodes each texture once
+            for the OBJ files and the GLB); None encodes it here.
     """
 
     name: str
@@ -36,6 +38,7 @@ class GlbPart:
     texture: np.ndarray
     roughness: float = 0.6
     texture_key: str | None = None
+    texture_png: bytes | None = None
 
 
 def split_seams(mesh: MeshData) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -84,8 +87,8 @@ class _Builder:
         self.g.accessors.append(acc)
         return len(self.g.accessors) - 1
 
-    def texture(self, rgb: np.ndarray) -> int:
-        view = self._view(png_bytes(rgb))
+    def texture(self, rgb: np.ndarray, png: bytes | None = None) -> int:
+        view = self._view(png if png is not None else png_bytes(rgb))
         self.g.images.append(gl.Image(bufferView=view, mimeType="image/png"))
         if not self.g.samplers:
             self.g.samplers.append(gl.Sampler(magFilter=gl.LINEAR,
@@ -149,7 +152,7 @@ def glb_bytes(parts: list[GlbPart], *, unit: str = "face-model units (about deci
         if p.texture_key is not None and p.texture_key in shared:
             ti = shared[p.texture_key]
         else:
-            ti = b.texture(tex)
+            ti = b.texture(tex, p.texture_png)
             if p.texture_key is not None:
                 shared[p.texture_key] = ti
         b.part(p, ti)

@@ -7,6 +7,7 @@ and shows the direction with ``sin(theta / 2) = 2 * |(u, v) - 0.5|``.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import cv2
@@ -52,8 +53,18 @@ def eyeball_texture(iris_rgb: tuple[float, float, float] | np.ndarray = DEFAULT_
     Returns:
         ``uint8 [S, S, 3]`` RGB, row 0 = ``v = 1`` (the top of the eye).
     """
+    # the texture is affine in the iris colour: img = base * A + B, with A and B cached per
+    # (size, seed) (building them is most of a second at 1024; combining takes milliseconds)
+    a, b = _eyeball_layers(int(size), int(seed))
+    base = np.asarray(iris_rgb, np.float32).reshape(3)
+    return np.clip(a * base + b + 0.5, 0, 255).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=4)
+def _eyeball_layers(s: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(A, B)``, each read-only ``float32 [S, S, 3]``: the eyeball texture before rounding is
+    ``iris_rgb * A + B``."""
     rng = np.random.default_rng(seed)
-    s = int(size)
     jj, ii = np.meshgrid(np.arange(s), np.arange(s))
     du = (jj + 0.5) / s - 0.5
     dv = 0.5 - (ii + 0.5) / s
@@ -99,7 +110,6 @@ def eyeball_texture(iris_rgb: tuple[float, float, float] | np.ndarray = DEFAULT_
     img = img * (1 - vein_a) + VEIN_RGB * vein_a
 
     # --- iris: base colour with radial fibres, a collarette, crypts, darker rim
-    base = np.asarray(iris_rgb, np.float64).reshape(3)
     a = (phi / (2 * math.pi)) % 1.0
     fib = (_periodic_noise(rng, 180, a + 0.01 * np.sin(rho * 9))
            + 0.6 * _periodic_noise(rng, 70, a) + 0.5 * _periodic_noise(rng, 400, a))
@@ -110,16 +120,22 @@ def eyeball_texture(iris_rgb: tuple[float, float, float] | np.ndarray = DEFAULT_
              - 0.35 * _smoothstep(0.75, 1.0, rho) + 0.12 * _smoothstep(0.55, 0.35, rho))
     inner_warm = np.array([1.08, 1.0, 0.88])
     warm = _smoothstep(0.6, 0.35, rho)[..., None]
-    iris = base * shade[..., None] * (1 + (inner_warm - 1) * warm)
+    iris = shade[..., None] * (1 + (inner_warm - 1) * warm)  # times the base colour
     limbus = _smoothstep(0.96, 1.06, rho)[..., None]  # 0 inside the iris, 1 on the sclera
     ring = np.exp(-((rho - 0.99) / 0.05) ** 2)[..., None]
     iris = iris * (1 - 0.45 * ring)
-    img = iris * (1 - limbus) + img * limbus * (1 - 0.25 * ring) + base * 0.3 * ring * limbus
+    a = iris * (1 - limbus) + 0.3 * ring * limbus
+    b = img * limbus * (1 - 0.25 * ring)
 
     # --- pupil
     pupil = _smoothstep(PUPIL_FRACTION + 0.02, PUPIL_FRACTION - 0.02, rho)[..., None]
-    img = img * (1 - pupil) + np.array([8.0, 7.0, 7.0]) * pupil
-    return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+    a = np.broadcast_to(a * (1 - pupil), (s, s, 3)).astype(np.float32)
+    b = (b * (1 - pupil) + np.array([8.0, 7.0, 7.0]) * pupil).astype(np.float32)
+    a.flags.writeable = False
+    b.flags.writeable = False
+    return a, b
+
+
 
 
 def eye_aspect_ratio(eye: np.ndarray) -> float:
