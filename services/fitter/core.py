@@ -50,6 +50,7 @@ from services.fitter.texture import (
     TextureSource,
     UnwrapTextureSource,
     coverage,
+    per_photo,
     photo_face_mask,
     symmetrize_lowfreq,
     uv_maps,
@@ -385,9 +386,10 @@ class FitterCore:
                     1.0 / 255, 1.0)
             # stage 3 may bake one-sided shading back into the texels: make the low
             # frequencies left/right symmetric again, as in stage 2
-            final = torch.tensor(np.stack([
-                symmetrize_lowfreq(t, maps, sigma=tex_size / 16)
-                for t in final.cpu().numpy()]), device=dev).clamp(1.0 / 255, 1.0)
+            final_np = final.cpu().numpy()
+            final = torch.tensor(np.stack(per_photo(
+                lambda i: symmetrize_lowfreq(final_np[i], maps, sigma=tex_size / 16),
+                len(final_np))), device=dev).clamp(1.0 / 255, 1.0)
         else:
             final = base_full
         times["stage3"] = time.perf_counter() - t0

@@ -26,9 +26,12 @@ unwrapping; stage 3 only needs ``base_texture`` and ``coverage``.
 from __future__ import annotations
 
 import math
+import os
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import cv2
 import numpy as np
@@ -41,6 +44,8 @@ from services.fitter.camera import Camera, project, rigid_transform, rotate_norm
 from services.fitter.facemodel.base import FaceModel
 from services.fitter.sh import irradiance
 from services.fitter.stage1 import sample_image
+
+T = TypeVar("T")
 
 # ParseLabel values of the detector's parse mask
 PARSE_BG, PARSE_SKIN, PARSE_BROWS, PARSE_EYES, PARSE_NOSE, PARSE_LIPS, PARSE_MOUTH = range(7)
@@ -424,6 +429,18 @@ def complete_texture(albedo: np.ndarray, weight: np.ndarray, maps: UVMaps,
                             skin_color=np.asarray(skin_color, np.float32))
 
 
+def per_photo(fn: Callable[[int], T], n: int) -> list[T]:
+    """``[fn(0), ..., fn(n - 1)]``, on a thread pool when ``n > 1``.
+
+    The per-photo texture work is numpy / OpenCV on the host (they release the GIL): in a GPU
+    batch it would otherwise run one photo after the other while the GPU waits.
+    """
+    if n <= 1:
+        return [fn(i) for i in range(n)]
+    with ThreadPoolExecutor(max_workers=min(n, os.cpu_count() or 1, 8)) as pool:
+        return list(pool.map(fn, range(n)))
+
+
 def symmetrize_lowfreq(tex: np.ndarray, maps: UVMaps, sigma: float) -> np.ndarray:
     """Replace the low frequencies of ``tex`` by the mean of theirs and their mirror's.
 
@@ -480,4 +497,4 @@ class UnwrapTextureSource:
                     self.depth_size)
         alb = un.albedo.detach().cpu().numpy()
         wt = un.weight.detach().cpu().numpy()
-        return [complete_texture(alb[i], wt[i], maps) for i in range(alb.shape[0])]
+        return per_photo(lambda i: complete_texture(alb[i], wt[i], maps), alb.shape[0])
