@@ -61,6 +61,21 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[str, float, str], None]
 STAGES = ("stage1", "stage2", "stage3")
 
+# One fit at a time per GPU in a process, whichever FitterCore runs it: the cores of one device
+# share its nvdiffrast context (not thread-safe), and a CUDA-graph capture must not overlap
+# another thread's cuBLAS work (it fails with CUBLAS_STATUS_EXECUTION_FAILED). Batches are how
+# one GPU fits several photos at once (fit_batch).
+_GPU_LOCKS: dict[str, threading.Lock] = {}
+_GPU_LOCKS_GUARD = threading.Lock()
+
+
+def _fit_lock(device: torch.device) -> threading.Lock:
+    if device.type != "cuda":
+        return threading.Lock()  # CPU fits of different cores may overlap
+    key = str(device if device.index is not None else torch.device("cuda", 0))
+    with _GPU_LOCKS_GUARD:
+        return _GPU_LOCKS.setdefault(key, threading.Lock())
+
 
 @dataclass
 class FitOutput:
@@ -187,7 +202,7 @@ class FitterCore:
 
         self.backend = get_backend(self.device)
         self.camera = Camera()
-        self._lock = threading.Lock()
+        self._lock = _fit_lock(self.device)
         self.texture_source = texture_source
         self.notes: list[str] = []
         self.paper = None

@@ -104,6 +104,14 @@ class StepRunner:
         self.opt.zero_grad(set_to_none=True)
         return self.body()
 
+    def _eager_steps(self, steps: range, on_step: OnStep | None, check: Callable[[], None]
+                     ) -> None:
+        for i in steps:
+            check()
+            out = self._eager(i)
+            if on_step is not None:
+                on_step(i, out)
+
     def run(self, steps: int, *, on_step: OnStep | None = None,
             cancel: threading.Event | None = None) -> int:
         """Run ``steps`` steps; ``on_step(i, terms)`` after each (``terms`` are overwritten by
@@ -119,23 +127,14 @@ class StepRunner:
             if cancel is not None and cancel.is_set():
                 raise Cancelled("fit cancelled")
 
-        use_graph = self.graph and steps > self.warmup and torch.cuda.is_available()
-        if not use_graph:
-            for i in range(steps):
-                check()
-                out = self._eager(i)
-                if on_step is not None:
-                    on_step(i, out)
+        if not (self.graph and steps > self.warmup and torch.cuda.is_available()):
+            self._eager_steps(range(steps), on_step, check)
             return 0
 
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            for i in range(self.warmup):
-                check()
-                out = self._eager(i)
-                if on_step is not None:
-                    on_step(i, out)
+            self._eager_steps(range(self.warmup), on_step, check)
         torch.cuda.current_stream().wait_stream(side)
 
         start = self.warmup
@@ -144,7 +143,9 @@ class StepRunner:
         self.prepare(start)
         self.opt.zero_grad(set_to_none=True)
         try:
-            with torch.cuda.graph(g):
+            # thread_local: CUDA calls of other threads (another fit on the same GPU) neither
+            # break this capture nor fail because of it
+            with torch.cuda.graph(g, capture_error_mode="thread_local"):
                 static = self.body()
         except Exception as err:  # noqa: BLE001 - any capture problem: finish eagerly
             key = f"{type(err).__name__}: {err}".splitlines()[0][:300]
@@ -156,11 +157,7 @@ class StepRunner:
                             exc_info=True)
             torch.cuda.synchronize()
             del g
-            for i in range(start, steps):
-                check()
-                out = self._eager(i)
-                if on_step is not None:
-                    on_step(i, out)
+            self._eager_steps(range(start, steps), on_step, check)
             return 0
         for i in range(start, steps):
             if i > start:
