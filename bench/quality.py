@@ -35,6 +35,9 @@ and the texture (never from the fitter's loss terms):
   ``fit_coverage``: the fitter's own ``texture_coverage`` (unwrap weight > 0.1), for comparison.
 * ``sym_err_pct``: mean ``|L - L[mirror]|`` of the texture's luminance over the face region,
   using the model's left/right mirror map, in % of full scale (255).
+* ``seam_step``: mean absolute RGB step (in 1/255) between texels on the two sides of the
+  atlas's seams (``services.fitter.texture.seam_step``): a colour step there shows on the
+  head as a drawn line. For scale, neighbouring texels inside an island differ by about 1-3.
 
 Prints a per-photo table and a mean / median / worst summary (header: date, machine, load
 average, exact command); ``--json`` writes every number, ``--plots`` the distributions
@@ -72,7 +75,7 @@ HIGHER_IS_BETTER = {
     "lmk_composite_iod": False,
     "psnr": True, "ssim": True, "id_composite": False, "id_front": False,
     "id_yaw_p30": False, "id_yaw_m30": False, "id_crop_baseline": False,
-    "uv_coverage": True, "fit_coverage": True, "sym_err_pct": False,
+    "uv_coverage": True, "fit_coverage": True, "sym_err_pct": False, "seam_step": False,
 }
 
 
@@ -380,7 +383,7 @@ class QualityEvaluator:
         import torch
 
         from services.eyeball.core import place_eyeballs
-        from services.fitter.texture import uv_maps
+        from services.fitter.texture import seam_step, uv_maps
 
         t0 = time.perf_counter()
         det = self.detector.detect(data, unwrap_size=1024)
@@ -440,6 +443,7 @@ class QualityEvaluator:
         m["sym_err_pct"] = symmetry_error(fit.uv_texture, maps_tex.face.cpu().numpy() > 0.5,
                                           maps_tex.mirror.cpu().numpy(),
                                           maps_tex.has_mirror.cpu().numpy())
+        m["seam_step"] = seam_step(fit.uv_texture, maps_tex)
         m["fit_landmark_error_iod"] = float(fit.metrics.get("landmark_error_iod", float("nan")))
         m["fit_psnr_masked"] = float(fit.metrics.get("psnr_masked", float("nan")))
         m["fit_seconds"] = float(fit.report["timings_s"]["total"])
@@ -481,7 +485,7 @@ def plot(rows: list[dict], out_dir: Path) -> list[Path]:
         "photometric": ["psnr", "ssim"],
         "identity": ["id_crop_baseline", "id_composite", "id_front", "id_yaw_p30",
                      "id_yaw_m30"],
-        "texture": ["uv_coverage", "fit_coverage", "sym_err_pct"],
+        "texture": ["uv_coverage", "fit_coverage", "sym_err_pct", "seam_step"],
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
@@ -539,7 +543,7 @@ def collect(inputs: list[str], astronaut: bool) -> list[tuple[str, bytes]]:
 PHOTO_COLS = ["photo", "lmk_err_iod", "lmk_err_inner_iod", "lmk_composite_iod", "psnr", "ssim",
               "id_crop_baseline",
               "id_composite", "id_front", "id_yaw_p30", "id_yaw_m30", "uv_coverage",
-              "fit_coverage", "sym_err_pct", "fit_seconds"]
+              "fit_coverage", "sym_err_pct", "seam_step", "fit_seconds"]
 
 
 def main(argv: list[str] | None = None) -> int:

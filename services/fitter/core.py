@@ -397,7 +397,8 @@ class FitterCore:
                 off = s3.offsets.upsampled(tex_size) * F.interpolate(
                     gate_opt.permute(0, 3, 1, 2), size=tex_size, mode="bilinear",
                     align_corners=False).permute(0, 2, 3, 1)
-                final = (base_full + mirror_offsets(off, own[:, 0], maps)).clamp(
+                fade = torch.from_numpy(maps.seam_fade).to(dev)[None, ..., None]
+                final = (base_full + fade * mirror_offsets(off, own[:, 0], maps)).clamp(
                     1.0 / 255, 1.0)
             # stage 3 may bake one-sided shading back into the texels: make the low
             # frequencies left/right symmetric again, as in stage 2

@@ -317,9 +317,7 @@ def uv_space_interpolate(
     dev = attr.device
     be = backend or get_backend(dev)
     b = attr.shape[0]
-    rast = be.rasterize(_uv_clip(uv.to(dev)).contiguous(),
-                        uv_tri.to(dev, torch.int32).contiguous(), (size, size))
-    rast = rast.expand(b, -1, -1, -1).contiguous()
+    rast = uv_rasterize(uv.to(dev), uv_tri, size, be).expand(b, -1, -1, -1).contiguous()
     values = be.interpolate(attr.contiguous(), rast, tri.to(dev, torch.int32).contiguous())
     mask = (rast[..., 3:4] > 0).to(attr.dtype)
     return values, mask
@@ -328,10 +326,19 @@ def uv_space_interpolate(
 def uv_triangle_ids(uv: Tensor, uv_tri: Tensor, size: int,
                     backend: RasterBackend | None = None) -> Tensor:
     """``[S, S]`` long: the UV triangle covering each texel centre (row 0 = v = 1), -1 if none."""
+    return uv_rasterize(uv, uv_tri, size, backend)[0, ..., 3].long() - 1
+
+
+def uv_rasterize(uv: Tensor, uv_tri: Tensor, size: int,
+                 backend: RasterBackend | None = None) -> Tensor:
+    """Rasterise the UV layout itself: ``[1, S, S, 4]`` ``(b0, b1, 0, triangle id + 1)``.
+
+    Texel centres as in :func:`uv_space_interpolate` (row 0 = ``v = 1``); ``b0, b1`` weigh the
+    first two corners of the covering triangle, ``1 - b0 - b1`` the third; id 0 = no triangle.
+    """
     be = backend or get_backend(uv.device)
-    rast = be.rasterize(_uv_clip(uv).contiguous(),
+    return be.rasterize(_uv_clip(uv).contiguous(),
                         uv_tri.to(uv.device, torch.int32).contiguous(), (size, size))
-    return rast[0, ..., 3].long() - 1
 
 
 def uv_overlap_count(uv: Tensor, uv_tri: Tensor, size: int) -> Tensor:

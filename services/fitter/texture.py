@@ -12,9 +12,14 @@ trusted by
 The fitted SH shading is divided out to get albedo. Unseen texels are completed by (a) the
 left/right mirror texel (a per-model, per-size lookup built once by a KD-tree between texel
 positions on the mean shape and their x-mirrors) and (b) a shading-free skin-tone template
-(mean visible skin colour plus its low-frequency variation), joined by Laplacian-pyramid
-blending. The low frequencies are then made left/right symmetric, so one-sided light that
-the SH model missed does not survive in the texture.
+(the low frequencies of the seen skin, continued over the head and relaxing to its median
+colour), joined by Laplacian-pyramid blending. The low frequencies are then made left/right
+symmetric, so one-sided light that the SH model missed does not survive in the texture.
+
+Everything low-frequency (the template, the symmetrisation) is computed on the mesh, not in
+the atlas (:func:`mesh_lowpass`): the atlas cuts the head into islands, and a blur in UV would
+print each cut as a colour step on the head. Within ``S / 64`` texels of a seam the photo
+detail fades into those seam-free low frequencies (``UVMaps.seam_fade``).
 
 Texture arrays follow the project convention: ``[S, S, 3]`` with row 0 = ``v = 1``.
 
@@ -35,6 +40,7 @@ from typing import Protocol, TypeVar
 
 import cv2
 import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from scipy.spatial import cKDTree
@@ -42,6 +48,7 @@ from torch import Tensor
 
 from services.fitter.camera import Camera, project, rigid_transform, rotate_normals
 from services.fitter.facemodel.base import FaceModel
+from services.fitter.facemodel.topology import edge_laplacian, screened_smooth, uv_seams
 from services.fitter.sh import irradiance
 from services.fitter.stage1 import sample_image
 
@@ -66,6 +73,22 @@ class UVMaps:
         mirror: ``[S * S]`` long flat index of each texel's left/right mirror texel (its own
             index where none is found, e.g. outside the atlas).
         has_mirror: ``[S, S]`` bool.
+
+    Host-side (numpy / scipy) maps between texels and mesh vertices, for the low-frequency
+    work that must not see the atlas's seams (:func:`mesh_lowpass`):
+
+        to_texel: ``[S * S, N]`` sparse float32, each covered texel's barycentric weights on
+            the three vertices of its triangle (``to_texel @ x`` interpolates per-vertex ``x``).
+        to_vertex: ``[N, S * S]`` its transpose (gathers texels onto vertices).
+        footprint: ``[N]`` row sums of ``to_vertex`` (0 for vertices that cover no texel).
+        laplacian: ``[N, N]`` :func:`~services.fitter.facemodel.topology.edge_laplacian` of the
+            mean shape.
+        vertex_mirror: ``[N]`` the model's left/right vertex map.
+        texel_len: model-space length of one texel in the face region (texel sigmas ->
+            lengths on the surface).
+        seam_fade: ``[S, S]`` float32, 0 on the UV seams, rising to 1 at ``S / 64`` texels
+            from them: texel colours that differ from the seam-free low frequencies are faded
+            out there, so the two sides of a seam carry the same colour.
     """
 
     size: int
@@ -75,6 +98,13 @@ class UVMaps:
     face: Tensor
     mirror: Tensor
     has_mirror: Tensor
+    to_texel: sp.csr_matrix
+    to_vertex: sp.csr_matrix
+    footprint: np.ndarray
+    laplacian: sp.csr_matrix
+    vertex_mirror: np.ndarray
+    texel_len: float
+    seam_fade: np.ndarray
 
 
 _UV_CACHE: dict[tuple, UVMaps] = {}
@@ -92,15 +122,26 @@ def uv_maps(model: FaceModel, size: int, backend) -> UVMaps:
     with _UV_LOCK:
         if key in _UV_CACHE:
             return _UV_CACHE[key]
-    from services.fitter.render import uv_space_interpolate
+    from services.fitter.render import uv_rasterize
 
     dev = model.device
     face_v = torch.zeros(model.n_vertices, device=dev)
     face_v[model.tri[model.face_tri_mask].reshape(-1)] = 1.0
     attr = torch.cat([model.mean_shape, model.skin_mask.float()[:, None], face_v[:, None]], -1)
-    vals, m = uv_space_interpolate(attr[None], model.tri, model.uv, model.uv_tri, size, backend)
-    vals, m = vals[0], m[0, ..., 0] > 0.5
+    rast = uv_rasterize(model.uv, model.uv_tri, size, backend)
+    vals = backend.interpolate(attr[None].contiguous(), rast,
+                               model.tri.to(torch.int32).contiguous())[0]
+    m = rast[0, ..., 3] > 0
     pos = vals[..., :3]
+    to_texel = _texel_matrix(rast[0].detach().cpu().numpy(), model.tri.cpu().numpy(),
+                             model.n_vertices)
+    tri_np = model.tri.cpu().numpy()
+    mean_np = model.mean_shape.detach().cpu().numpy().astype(np.float64)
+    texel_len = _texel_length(mean_np, tri_np, model.uv.cpu().numpy().astype(np.float64),
+                              model.uv_tri.cpu().numpy(), model.face_tri_mask.cpu().numpy(),
+                              size)
+    seam_fade = _seam_fade(model.uv.cpu().numpy(),
+                           uv_seams(tri_np, model.uv_tri.cpu().numpy()), size)
     # mirror lookup on the mean shape: nearest covered texel to (-x, y, z)
     flat = pos.reshape(-1, 3).detach().cpu().numpy()
     covered = m.reshape(-1).cpu().numpy()
@@ -116,10 +157,137 @@ def uv_maps(model: FaceModel, size: int, backend) -> UVMaps:
     has[idx[found]] = True
     maps = UVMaps(size=size, mask=m, pos_mean=pos, skin=vals[..., 3] * m, face=vals[..., 4] * m,
                   mirror=torch.from_numpy(mirror).to(dev),
-                  has_mirror=torch.from_numpy(has.reshape(size, size)).to(dev))
+                  has_mirror=torch.from_numpy(has.reshape(size, size)).to(dev),
+                  to_texel=to_texel, to_vertex=to_texel.T.tocsr(),
+                  footprint=np.asarray(to_texel.sum(0), np.float32).ravel(),
+                  laplacian=edge_laplacian(mean_np, tri_np),
+                  vertex_mirror=model.mirror.cpu().numpy().astype(np.int64),
+                  texel_len=texel_len, seam_fade=seam_fade)
     with _UV_LOCK:
         _UV_CACHE[key] = maps
     return maps
+
+
+def _texel_matrix(rast: np.ndarray, tri: np.ndarray, n: int) -> sp.csr_matrix:
+    """``[S * S, N]`` sparse barycentric weights from a UV rasterisation ``[S, S, 4]``."""
+    flat = rast.reshape(-1, 4)
+    pix = np.nonzero(flat[:, 3] > 0)[0]
+    vid = tri[flat[pix, 3].astype(np.int64) - 1]  # [P, 3]
+    b0, b1 = flat[pix, 0], flat[pix, 1]
+    bary = np.stack([b0, b1, 1.0 - b0 - b1], 1)
+    rows = np.repeat(pix, 3)
+    return sp.csr_matrix((bary.reshape(-1).astype(np.float32), (rows, vid.reshape(-1))),
+                         shape=(flat.shape[0], n))
+
+
+def _texel_length(v: np.ndarray, tri: np.ndarray, uv: np.ndarray, uv_tri: np.ndarray,
+                  face: np.ndarray, size: int) -> float:
+    """Model-space length of one texel in the face region (the atlas gives the face more
+    texels per unit area than the scalp; the texel sigmas of this module are face texels)."""
+    area = 0.5 * np.linalg.norm(np.cross(v[tri[:, 1]] - v[tri[:, 0]],
+                                         v[tri[:, 2]] - v[tri[:, 0]]), axis=1)
+    e1, e2 = uv[uv_tri[:, 1]] - uv[uv_tri[:, 0]], uv[uv_tri[:, 2]] - uv[uv_tri[:, 0]]
+    uv_area = 0.5 * np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]) * size * size
+    sel = face if face.any() else np.ones_like(face)
+    return float(np.sqrt(area[sel].sum() / max(uv_area[sel].sum(), 1e-12)))
+
+
+def _seam_fade(uv: np.ndarray, seams: np.ndarray, size: int) -> np.ndarray:
+    """``[S, S]`` float32: 0 on the seam edges drawn into the atlas, 1 from ``S / 64`` away."""
+    lines = np.full((size, size), 255, np.uint8)
+    px = np.stack([uv[:, 0] * size - 0.5, (1.0 - uv[:, 1]) * size - 0.5], 1)
+    for a, b in seams.reshape(-1, 2):
+        p0 = tuple(int(round(c)) for c in px[a])
+        p1 = tuple(int(round(c)) for c in px[b])
+        cv2.line(lines, p0, p1, 0, thickness=1)
+    dist = cv2.distanceTransform(lines, cv2.DIST_L2, 5)
+    ramp = np.clip(dist / max(size / 64.0, 1.0), 0, 1)
+    return (ramp * ramp * (3 - 2 * ramp)).astype(np.float32)
+
+
+def to_vertices(maps: UVMaps, img: np.ndarray, weight: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Gather texels onto mesh vertices (the transpose of the barycentric interpolation).
+
+    Args:
+        maps: UV maps of size S.
+        img: ``[S, S, C]``; weight: ``[S, S]`` >= 0.
+    Returns:
+        ``(values [N, C], vertex weight [N])``: the weighted mean of the texels around each
+        vertex, and the mean texel weight there (0 for vertices that cover no texel).
+    """
+    s = maps.size
+    w = np.asarray(weight, np.float32).reshape(s * s)
+    num = maps.to_vertex @ (np.asarray(img, np.float32).reshape(s * s, -1) * w[:, None])
+    den = maps.to_vertex @ w
+    foot = maps.footprint
+    vals = num / np.maximum(den, 1e-9)[:, None]
+    return vals, np.where(foot > 1e-9, den / np.maximum(foot, 1e-9), 0.0)
+
+
+def to_texels(maps: UVMaps, values: np.ndarray) -> np.ndarray:
+    """``[N, C]`` per-vertex values -> ``float32 [S, S, C]`` (0 outside the atlas)."""
+    s = maps.size
+    return (maps.to_texel @ np.asarray(values, np.float32).reshape(values.shape[0], -1)
+            ).reshape(s, s, -1)
+
+
+def mesh_lowpass(maps: UVMaps, img: np.ndarray, weight: np.ndarray, sigma: float,
+                 prior: np.ndarray | None = None, reach: float | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Low frequencies of a texture, computed on the surface instead of in the atlas.
+
+    A Gaussian blur in UV mixes islands that touch in the atlas but not on the head, and
+    stops at seams that are one surface on the head: its result jumps at every seam. This
+    gathers the texels onto the vertices, smooths there (:func:`screened_smooth`) and
+    interpolates back, so the result is continuous across seams.
+
+    Args:
+        maps: UV maps of size S.
+        img: ``[S, S, C]``; weight: ``[S, S]`` confidence (0 = no data).
+        sigma: smoothing scale in texels of this atlas (converted with ``maps.texel_len``).
+        prior: ``[C]`` value far from any data; reach: how far (texels) data carries.
+    Returns:
+        ``(texels float32 [S, S, C], vertex values [N, C])``.
+    """
+    vals, wv = to_vertices(maps, img, weight)
+    # 1 / (1 + l^2 k^2) and exp(-sigma^2 k^2 / 2) agree to second order for l = sigma / sqrt 2
+    length = sigma * maps.texel_len / math.sqrt(2.0)
+    x = screened_smooth(maps.laplacian, vals, wv, length, prior=prior,
+                        reach=None if reach is None else reach * maps.texel_len)
+    return to_texels(maps, x), x
+
+
+def seam_texel_pairs(maps: UVMaps) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of texels on the two sides of the atlas's seams.
+
+    Covered texels within about ``S / 256`` of a seam that lie within 6 face texels of each
+    other on the mean-shape head but at least ``S / 40`` texels apart in the atlas.
+
+    Returns:
+        ``(a [P], b [P])`` flat texel indices.
+    """
+    s = maps.size
+    near = maps.mask.cpu().numpy() & (maps.seam_fade < 0.25)
+    idx = np.flatnonzero(near.reshape(-1))
+    pos = maps.pos_mean.reshape(-1, 3).cpu().numpy()[idx]
+    rows, cols = np.divmod(idx, s)
+    pairs = cKDTree(pos).query_pairs(r=6 * maps.texel_len, output_type="ndarray")
+    if len(pairs) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    apart = np.hypot(rows[pairs[:, 0]] - rows[pairs[:, 1]], cols[pairs[:, 0]] - cols[pairs[:, 1]])
+    pairs = pairs[apart >= max(s / 40, 3)]
+    return idx[pairs[:, 0]], idx[pairs[:, 1]]
+
+
+def seam_step(texture: np.ndarray, maps: UVMaps) -> float:
+    """Mean absolute colour step across the atlas's seams (:func:`seam_texel_pairs`), in the
+    units of ``texture`` (``[S, S, 3]``; 1/255 steps for ``uint8``); NaN without seams."""
+    a, b = seam_texel_pairs(maps)
+    if len(a) == 0:
+        return float("nan")
+    flat = texture.reshape(-1, texture.shape[-1]).astype(np.float64)
+    return float(np.abs(flat[a] - flat[b]).mean())
 
 
 def photo_face_mask(parse: Tensor, skin: Tensor, photo: Tensor | None = None,
@@ -411,22 +579,47 @@ def complete_texture(albedo: np.ndarray, weight: np.ndarray, maps: UVMaps,
         skin_color = (comb * sw[..., None]).sum((0, 1)) / sw.sum()
     else:
         skin_color = np.array([0.78, 0.6, 0.5], np.float32)
-    low, den = normalized_blur(comb, sw, sigma=s / 24)
-    support = np.clip(den / 0.3, 0, 1)[..., None]
-    template = support * low + (1 - support) * skin_color[None, None]
-    template = template.astype(np.float32)
+    # on the surface, so that it is continuous across the atlas's seams; it continues the
+    # seen skin's colour smoothly over the head and relaxes to the median skin colour
+    template, _ = mesh_lowpass(maps, comb, sw, sigma=s / 24, prior=skin_color, reach=s / 4)
+    template = _pad_outside(template, mask)
+    # texels near a seam take the template: the photo detail on one side of a seam has no
+    # counterpart on the other
+    fade = maps.seam_fade
+    w_tot = (w_tot * fade).astype(np.float32)
+    w = (w * fade).astype(np.float32)
     # where nothing (or only a thin band) was seen keep the template; soft, slightly eroded mask
     m = np.clip((w_tot - 0.05) / 0.45, 0, 1).astype(np.float32)
     m = cv2.erode(m, np.ones((3, 3), np.uint8))
+    # the photo's detail fades in over S / 128 texels from where it ends (hair line, jaw,
+    # silhouette), not at once: a detail edge there reads as a drawn outline
+    inside = cv2.distanceTransform((m > 0.5).astype(np.uint8), cv2.DIST_L2, 5)
+    m = np.minimum(m, np.clip(inside / max(s / 128, 1.0), 0, 1)).astype(np.float32)
     m = _blur(m, max(1.0, s / 512))
     filled = np.where(w_tot[..., None] > 1e-3, comb, template).astype(np.float32)
     levels = int(math.log2(s)) - 3
     tex = laplacian_blend(filled, template, m, levels=max(levels, 1))
+    # the coarse pyramid bands reach across the gaps between islands: pin the seams
+    tex = template + fade[..., None] * (tex - template)
     if symmetric_lowfreq:
         tex = symmetrize_lowfreq(tex, maps, sigma=s / 16)
     tex = np.clip(tex, 1.0 / 255, 1.0)
     return CompletedTexture(texture=tex.astype(np.float32), observed=w, combined=w_tot,
                             skin_color=np.asarray(skin_color, np.float32))
+
+
+def _pad_outside(tex: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Fill the texels outside the atlas from their nearest covered texel (bilinear and
+    mip-mapped lookups at island borders read them)."""
+    if mask.all() or not mask.any():
+        return tex
+    _, lab = cv2.distanceTransformWithLabels((~mask).astype(np.uint8), cv2.DIST_L2, 5,
+                                             labelType=cv2.DIST_LABEL_PIXEL)
+    ys, xs = np.nonzero(mask)
+    src = np.zeros(int(lab.max()) + 1, np.int64)
+    src[lab[ys, xs]] = ys * mask.shape[1] + xs
+    flat = tex.reshape(-1, tex.shape[-1])
+    return flat[src[lab.reshape(-1)]].reshape(tex.shape)
 
 
 def per_photo(fn: Callable[[int], T], n: int) -> list[T]:
@@ -447,18 +640,21 @@ def symmetrize_lowfreq(tex: np.ndarray, maps: UVMaps, sigma: float) -> np.ndarra
     Args:
         tex: ``float32 [S, S, 3]``.
         maps: UV maps of size S.
-        sigma: Gaussian sigma (texels) separating low from high frequencies.
+        sigma: scale (texels of this atlas, smoothed on the surface: :func:`mesh_lowpass`)
+            separating low from high frequencies.
     Returns:
-        ``float32 [S, S, 3]`` with left/right-symmetric shading-scale brightness.
+        ``float32 [S, S, 3]`` with left/right-symmetric shading-scale brightness, continuous
+        across the atlas's seams.
     """
-    s = maps.size
     mask = maps.mask.cpu().numpy().astype(np.float32)
-    low, _ = normalized_blur(tex, mask, sigma)
-    lf = low.reshape(-1, 3)
-    has_m = maps.has_mirror.cpu().numpy().reshape(-1)
-    mirror = maps.mirror.cpu().numpy()
-    sym = np.where(has_m[:, None], 0.5 * (lf + lf[mirror]), lf).reshape(s, s, 3)
-    return tex - low + sym
+    # on the vertices (seam-free, see mesh_lowpass): add half the mirror's difference; a
+    # second pass removes what the first left (the low-pass of a per-vertex correction read
+    # back from the texels is not exactly that correction)
+    for _ in range(2):
+        _, low_v = mesh_lowpass(maps, tex, mask, sigma)
+        corr = 0.5 * (low_v[maps.vertex_mirror] - low_v)
+        tex = tex + to_texels(maps, corr) * mask[..., None]
+    return tex
 
 
 def coverage(weight: np.ndarray, maps: UVMaps, threshold: float = 0.1) -> float:

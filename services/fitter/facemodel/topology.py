@@ -141,3 +141,78 @@ def self_intersections(vertices: np.ndarray, tri: np.ndarray, exclude_rings: int
     t = (e2 * q).sum(1) * inv
     hit = ok & (u > 0) & (v > 0) & (u + v < 1) & (t > 0) & (t < 1)
     return np.stack([ei[hit], ti[hit]], 1)
+
+
+def uv_seams(tri: np.ndarray, uv_tri: np.ndarray) -> np.ndarray:
+    """The UV seams of a mesh: edges shared by two triangles that map them to different places
+    in the texture atlas.
+
+    Args:
+        tri: ``[T, 3]`` vertex indices; uv_tri: ``[T, 3]`` per-corner uv indices.
+    Returns:
+        ``[K, 2]`` int64 pairs of uv indices, one per side of each seam edge (each seam edge
+        gives two rows, one in each island).
+    """
+    e = np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]], 0)
+    u = np.concatenate([uv_tri[:, [0, 1]], uv_tri[:, [1, 2]], uv_tri[:, [2, 0]]], 0)
+    # orient every edge (and its uv pair with it) from the lower vertex id to the higher
+    flip = e[:, 0] > e[:, 1]
+    e[flip] = e[flip][:, ::-1]
+    u[flip] = u[flip][:, ::-1]
+    _, inv, cnt = np.unique(e, axis=0, return_inverse=True, return_counts=True)
+    inv = inv.ravel()
+    shared = cnt[inv] == 2
+    order = np.argsort(inv[shared], kind="stable")
+    uu = u[shared][order].reshape(-1, 2, 2)  # the two sides of each shared edge
+    differ = (uu[:, 0] != uu[:, 1]).any(1)
+    return uu[differ].reshape(-1, 2)
+
+
+def edge_laplacian(vertices: np.ndarray, tri: np.ndarray) -> sp.csr_matrix:
+    """``[N, N]`` graph Laplacian ``D - A`` with edge weights ``1 / length^2``.
+
+    With these weights ``x^T L x = sum_edges ((x_i - x_j) / l_ij)^2`` approximates the
+    Dirichlet energy of ``x`` over the surface in the units of ``vertices``, so smoothing
+    strengths can be given as lengths, largely independent of the mesh density.
+    """
+    n = len(vertices)
+    e = np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]], 0)
+    e = np.unique(np.sort(e, 1), axis=0)
+    ln2 = np.maximum(((vertices[e[:, 0]] - vertices[e[:, 1]]) ** 2).sum(1), 1e-12)
+    w = 1.0 / ln2
+    a = sp.coo_matrix((np.concatenate([w, w]), (np.concatenate([e[:, 0], e[:, 1]]),
+                                                np.concatenate([e[:, 1], e[:, 0]]))),
+                      shape=(n, n)).tocsr()
+    return (sp.diags(np.asarray(a.sum(1)).ravel()) - a).tocsr()
+
+
+def screened_smooth(lap: sp.csr_matrix, data: np.ndarray, weight: np.ndarray, length: float,
+                    prior: np.ndarray | None = None, reach: float | None = None) -> np.ndarray:
+    """Smooth per-vertex data over the surface (a screened Poisson problem on the mesh).
+
+    Minimises ``sum_v w_v |x_v - d_v|^2 + length^2 x^T L x + eps sum_v |x_v - p|^2`` with
+    ``eps = (length / reach)^2``: where data is seen, ``x`` is ``d`` low-passed at about
+    ``length``; away from it ``x`` continues smoothly and relaxes to ``prior`` over about
+    ``reach``. Being defined on vertices, the result has no seams when mapped into a UV atlas.
+
+    Args:
+        lap: ``[N, N]`` from :func:`edge_laplacian`.
+        data: ``[N, C]``; weight: ``[N]`` >= 0.
+        length: smoothing length (mesh units).
+        prior: ``[C]`` value far from the data (default: the weighted mean of ``data``).
+        reach: relaxation length towards ``prior`` (default ``4 * length``).
+    Returns:
+        ``[N, C]`` float64.
+    """
+    from scipy.sparse.linalg import splu
+
+    n = data.shape[0]
+    w = np.clip(weight.astype(np.float64), 0, None)
+    d = data.astype(np.float64).reshape(n, -1)
+    if prior is None:
+        prior = (d * w[:, None]).sum(0) / max(w.sum(), 1e-9) if w.sum() > 0 else d.mean(0)
+    p = np.asarray(prior, np.float64).reshape(1, -1)
+    eps = (length / (reach if reach is not None else 4.0 * length)) ** 2
+    a = (sp.diags(w + eps) + length**2 * lap).tocsc()
+    rhs = w[:, None] * d + eps * p
+    return splu(a).solve(rhs).reshape(data.shape)

@@ -1,0 +1,126 @@
+"""Stage-2 texture completion does not print the atlas's seams on the head.
+
+The default head's atlas cuts the surface into islands (face, sides of the head, ears, ...).
+Texels on the two sides of a cut are neighbours on the head but far apart in the atlas, so
+they must carry the same colour whatever the photo covered."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from services.fitter.core import lr_asymmetry
+from services.fitter.facemodel import load_face_model
+from services.fitter.facemodel.topology import screened_smooth, uv_seams
+from services.fitter.renderer import get_backend
+from services.fitter.texture import (
+    complete_texture,
+    mesh_lowpass,
+    seam_step,
+    seam_texel_pairs,
+    symmetrize_lowfreq,
+    to_texels,
+    to_vertices,
+    uv_maps,
+)
+
+S = 512
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.set_num_threads(2)
+    return load_face_model("default")
+
+
+@pytest.fixture(scope="module")
+def maps(model):
+    return uv_maps(model, S, get_backend("cpu"))
+
+
+@pytest.fixture(scope="module")
+def seam_pairs(maps):
+    a, b = seam_texel_pairs(maps)
+    assert len(a) > 200, len(a)
+    return a, b
+
+
+def _photo_like(maps, seed=0):
+    """A made-up unwrap: a smooth skin-like colour field with texture noise, seen only on the
+    front of the face island (as in a frontal photo), zero elsewhere."""
+    rng = np.random.default_rng(seed)
+    pos = maps.pos_mean.numpy()
+    x, y, z = pos[..., 0], pos[..., 1], pos[..., 2]
+    base = np.stack([0.75 + 0.1 * np.tanh(x), 0.55 + 0.08 * np.tanh(y), 0.45 + 0.05 * z], -1)
+    albedo = (base + 0.04 * rng.standard_normal(base.shape)).astype(np.float32)
+    face = maps.face.numpy()
+    weight = (face * np.clip((z + 0.2) / 0.4, 0, 1)).astype(np.float32) * maps.mask.numpy()
+    return np.clip(albedo, 0, 1) * (weight[..., None] > 0), weight
+
+
+def test_uv_seams_are_edges_of_two_islands(model):
+    tri, uvt = model.tri.numpy(), model.uv_tri.numpy()
+    seams = uv_seams(tri, uvt)
+    assert len(seams) > 50 and len(seams) % 2 == 0
+    uv = model.uv.numpy()
+    # the two sides of a seam edge are the same 3D edge at two places of the atlas
+    sides = seams.reshape(-1, 2, 2)
+    assert (np.abs(uv[sides[:, 0]] - uv[sides[:, 1]]).max(axis=(1, 2)) > 1e-4).all()
+
+
+def test_vertex_texel_round_trip(maps, model):
+    """A per-vertex field read into the atlas and gathered back is that field."""
+    v = model.mean_shape.numpy().astype(np.float64)
+    tex = to_texels(maps, v)
+    back, w = to_vertices(maps, tex, maps.mask.numpy().astype(np.float32))
+    seen = w > 0.5
+    assert seen.mean() > 0.8
+    assert np.abs(back[seen] - v[seen]).max() < 0.05 * np.ptp(v, axis=0).max()
+
+
+def test_screened_smooth_keeps_constants_and_relaxes_to_prior(maps):
+    n = maps.laplacian.shape[0]
+    const = np.full((n, 3), 0.4)
+    out = screened_smooth(maps.laplacian, const, np.ones(n), length=0.1, prior=[0.4] * 3)
+    np.testing.assert_allclose(out, const, atol=1e-9)
+    w = np.zeros(n)
+    out = screened_smooth(maps.laplacian, const, w, length=0.1, prior=[0.7, 0.6, 0.5])
+    np.testing.assert_allclose(out, np.tile([0.7, 0.6, 0.5], (n, 1)), atol=1e-9)
+
+
+def test_lowpass_is_continuous_across_seams(maps, seam_pairs):
+    albedo, weight = _photo_like(maps)
+    low, _ = mesh_lowpass(maps, albedo, weight, sigma=S / 24)
+    a, b = seam_pairs
+    flat = low.reshape(-1, 3)
+    assert np.abs(flat[a] - flat[b]).mean() < 2.0 / 255
+
+
+def test_completed_texture_has_no_seam_steps(maps, seam_pairs):
+    """The texture on the two sides of every cut matches to about the texture's own noise
+    between two neighbouring texels, also where the photo reached the cut."""
+    albedo, weight = _photo_like(maps, seed=1)
+    done = complete_texture(albedo, weight, maps)
+    tex = done.texture.reshape(-1, 3)
+    step = seam_step(done.texture, maps)
+    # the same measure between texels 1 px apart inside the islands (not near any seam)
+    inner = np.flatnonzero((maps.mask.numpy() & (maps.seam_fade > 0.99)).reshape(-1))
+    inner = inner[np.isin(inner + 1, inner)]
+    neigh = np.abs(tex[inner] - tex[inner + 1]).mean()
+    assert step < max(3.0 / 255, 2 * neigh), (step, neigh)
+    assert np.isfinite(done.texture).all() and done.texture.min() > 0
+    # nothing of the photo is trusted on a seam itself
+    assert done.observed[maps.seam_fade == 0].max() == 0
+
+
+def test_symmetrize_lowfreq_evens_out_one_sided_light(maps):
+    albedo, weight = _photo_like(maps, seed=2)
+    tex = complete_texture(albedo, weight, maps, symmetric_lowfreq=False).texture
+    x = maps.pos_mean[..., 0].numpy()
+    lit = (tex * (1 + 0.3 * np.tanh(x / 0.3))[..., None]).astype(np.float32)
+    u8 = lambda t: (np.clip(t, 0, 1) * 255 + 0.5).astype(np.uint8)  # noqa: E731
+    before = lr_asymmetry(u8(lit), maps)
+    after = lr_asymmetry(u8(symmetrize_lowfreq(lit, maps, sigma=S / 16)), maps)
+    assert before > 0.2
+    assert after < 0.1 * before, (before, after)
