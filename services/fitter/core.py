@@ -52,6 +52,7 @@ from services.fitter.texture import (
     coverage,
     per_photo,
     photo_face_mask,
+    spread_offsets,
     symmetrize_lowfreq,
     uv_maps,
 )
@@ -394,18 +395,24 @@ class FitterCore:
                            cancel=cancel, extra_terms=extra)
             coeffs = s3.coeffs
             with torch.no_grad():
-                off = s3.offsets.upsampled(tex_size) * F.interpolate(
-                    gate_opt.permute(0, 3, 1, 2), size=tex_size, mode="bilinear",
-                    align_corners=False).permute(0, 2, 3, 1)
-                fade = torch.from_numpy(maps.seam_fade).to(dev)[None, ..., None]
-                final = (base_full + fade * mirror_offsets(off, own[:, 0], maps)).clamp(
-                    1.0 / 255, 1.0)
-            # stage 3 may bake one-sided shading back into the texels: make the low
+                gate_up = F.interpolate(gate_opt.permute(0, 3, 1, 2), size=tex_size,
+                                        mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+                off = mirror_offsets(s3.offsets.upsampled(tex_size) * gate_up, own[:, 0], maps)
+                gate_eff = mirror_offsets(gate_up.expand(-1, -1, -1, 3).contiguous(), own[:, 0],
+                                          maps)[..., 0]
+                off_np, gate_np = off.cpu().numpy(), gate_eff.cpu().numpy()
+                base_np = base_full.cpu().numpy()
+
+            # the offsets' broad changes continue past the gate (no edge where it ends); then
+            # stage 3 may have baked one-sided shading back into the texels: make the low
             # frequencies left/right symmetric again, as in stage 2
-            final_np = final.cpu().numpy()
-            final = torch.tensor(np.stack(per_photo(
-                lambda i: symmetrize_lowfreq(final_np[i], maps, sigma=tex_size / 16),
-                len(final_np))), device=dev).clamp(1.0 / 255, 1.0)
+            def finish(i: int) -> np.ndarray:
+                t = np.clip(base_np[i] + spread_offsets(off_np[i], gate_np[i], maps),
+                            1.0 / 255, 1.0)
+                return symmetrize_lowfreq(t, maps, sigma=tex_size / 16)
+
+            final = torch.tensor(np.stack(per_photo(finish, len(off_np))),
+                                 device=dev).clamp(1.0 / 255, 1.0)
         else:
             final = base_full
         times["stage3"] = time.perf_counter() - t0

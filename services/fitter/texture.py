@@ -622,6 +622,31 @@ def _pad_outside(tex: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return flat[src[lab.reshape(-1)]].reshape(tex.shape)
 
 
+def spread_offsets(offsets: np.ndarray, gate: np.ndarray, maps: UVMaps) -> np.ndarray:
+    """Stage-3 texel offsets, with their low frequencies carried smoothly past the gate.
+
+    Stage 3 changes the texels the photo showed (``offsets`` already multiplied by the
+    own-view ``gate``). A broad change there (a brightened forehead, say) would end in a
+    visible edge where the gate ends; its low frequencies are therefore continued over the
+    surface beyond the gate, relaxing to 0 over ``S / 8`` texels (:func:`mesh_lowpass`), and
+    only the detail stops at the gate. At the seams only the seam-free low part is kept.
+
+    Args:
+        offsets: ``float32 [S, S, 3]`` gated offsets; gate: ``float32 [S, S]`` in [0, 1].
+        maps: UV maps of size S.
+    Returns:
+        ``float32 [S, S, 3]`` offsets to add to the stage-2 texture.
+    """
+    s = maps.size
+    g = np.clip(gate, 0, 1).astype(np.float32)
+    raw = offsets / np.maximum(g, 1e-3)[..., None]
+    low, _ = mesh_lowpass(maps, raw, g, sigma=s / 24, prior=np.zeros(offsets.shape[-1]),
+                          reach=s / 8)
+    fade = maps.seam_fade[..., None]
+    out = fade * offsets + (1 - fade * g[..., None]) * low
+    return (out * maps.mask.cpu().numpy()[..., None]).astype(np.float32)
+
+
 def per_photo(fn: Callable[[int], T], n: int) -> list[T]:
     """``[fn(0), ..., fn(n - 1)]``, on a thread pool when ``n > 1``.
 
