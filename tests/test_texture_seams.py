@@ -124,3 +124,27 @@ def test_symmetrize_lowfreq_evens_out_one_sided_light(maps):
     after = lr_asymmetry(u8(symmetrize_lowfreq(lit, maps, sigma=S / 16)), maps)
     assert before > 0.2
     assert after < 0.1 * before, (before, after)
+
+
+def test_dark_hair_over_the_forehead_is_not_trusted(maps):
+    """A fringe of dark strands over the forehead gets no weight; the same darkening on the
+    cheeks (not the forehead) and the skin itself keep theirs."""
+    from services.fitter.texture import hair_weight
+
+    albedo, weight = _photo_like(maps, seed=3)
+    rows, cols = np.nonzero(maps.forehead & (weight > 0.5) & (maps.skin.numpy() > 0.5))
+    assert len(rows) > 500
+    strands = np.zeros(weight.shape, bool)
+    strands[rows[cols % 12 < 4], cols[cols % 12 < 4]] = True  # vertical strands
+    dark = albedo.copy()
+    dark[strands] *= 0.45
+    w = hair_weight(dark, weight, maps)
+    assert w[strands].max() == 0.0
+    skin = w[maps.forehead & ~strands & (weight > 0.5)]
+    assert skin.min() > 0.5 and skin.mean() > 0.99
+    cheek = maps.central_face & (weight > 0.5)
+    assert hair_weight(albedo, weight, maps)[cheek].min() == 1.0
+    # a completed texture built from the fringe shows skin there, not the strands
+    done = complete_texture(dark, weight, maps)
+    lum = done.texture @ np.array([0.299, 0.587, 0.114])
+    assert lum[strands].mean() > 0.9 * lum[maps.forehead & ~strands & (weight > 0.5)].mean()

@@ -89,6 +89,10 @@ class UVMaps:
         seam_fade: ``[S, S]`` float32, 0 on the UV seams, rising to 1 at ``S / 64`` texels
             from them: texel colours that differ from the seam-free low frequencies are faded
             out there, so the two sides of a seam carry the same colour.
+        forehead: ``[S, S]`` bool, texels above the brows (mean-shape landmarks 17-26) and
+            the temples (beside the outer eye corners, above the eyes), on the face side.
+        central_face: ``[S, S]`` bool, texels between the outer eye corners and from the eyes
+            down to the mouth corners (where hair rarely covers the skin).
     """
 
     size: int
@@ -105,6 +109,8 @@ class UVMaps:
     vertex_mirror: np.ndarray
     texel_len: float
     seam_fade: np.ndarray
+    forehead: np.ndarray
+    central_face: np.ndarray
 
 
 _UV_CACHE: dict[tuple, UVMaps] = {}
@@ -162,7 +168,8 @@ def uv_maps(model: FaceModel, size: int, backend) -> UVMaps:
                   footprint=np.asarray(to_texel.sum(0), np.float32).ravel(),
                   laplacian=edge_laplacian(mean_np, tri_np),
                   vertex_mirror=model.mirror.cpu().numpy().astype(np.int64),
-                  texel_len=texel_len, seam_fade=seam_fade)
+                  texel_len=texel_len, seam_fade=seam_fade,
+                  **_face_zones(model, pos.detach().cpu().numpy(), m.cpu().numpy()))
     with _UV_LOCK:
         _UV_CACHE[key] = maps
     return maps
@@ -178,6 +185,20 @@ def _texel_matrix(rast: np.ndarray, tri: np.ndarray, n: int) -> sp.csr_matrix:
     rows = np.repeat(pix, 3)
     return sp.csr_matrix((bary.reshape(-1).astype(np.float32), (rows, vid.reshape(-1))),
                          shape=(flat.shape[0], n))
+
+
+def _face_zones(model: FaceModel, pos: np.ndarray, covered: np.ndarray) -> dict[str, np.ndarray]:
+    """``forehead`` and ``central_face`` texel masks from the mean shape's landmarks."""
+    lm = model.landmarks(model.mean_shape[None])[0].detach().cpu().numpy()
+    x, y, z = pos[..., 0], pos[..., 1], pos[..., 2]
+    front = z > float(lm[:, 2].min())  # the face side of the head, not the back of the skull
+    # above the brows, and the temples (beside the outer eye corners, above the eyes)
+    outer = float(np.abs(lm[[36, 45], 0]).mean())
+    forehead = covered & front & ((y > float(lm[17:27, 1].mean()))
+                                  | ((np.abs(x) > outer) & (y > float(lm[36:48, 1].mean()))))
+    central = (covered & front & (np.abs(x) < float(np.abs(lm[[36, 45], 0]).mean()))
+               & (y < float(lm[36:48, 1].mean())) & (y > float(lm[[48, 54], 1].mean())))
+    return {"forehead": forehead, "central_face": central}
 
 
 def _texel_length(v: np.ndarray, tri: np.ndarray, uv: np.ndarray, uv_tri: np.ndarray,
@@ -544,6 +565,7 @@ def complete_texture(albedo: np.ndarray, weight: np.ndarray, maps: UVMaps,
     skin_uv = maps.skin.cpu().numpy()
     w = (weight * mask).astype(np.float32)
     a = albedo.astype(np.float32)
+    w = w * hair_weight(a, w, maps)
     # shadows only darken: where the mirror texel is seen and clearly brighter at low
     # frequency (a cast / attached shadow the SH light cannot explain), trust the mirror
     low, _ = normalized_blur(a, w, sigma=max(1.0, s / 128))
@@ -645,6 +667,37 @@ def spread_offsets(offsets: np.ndarray, gate: np.ndarray, maps: UVMaps) -> np.nd
     fade = maps.seam_fade[..., None]
     out = fade * offsets + (1 - fade * g[..., None]) * low
     return (out * maps.mask.cpu().numpy()[..., None]).astype(np.float32)
+
+
+HAIR_RATIO = (0.7, 0.85)
+
+
+def hair_weight(albedo: np.ndarray, weight: np.ndarray, maps: UVMaps) -> np.ndarray:
+    """Down-weight hair over the forehead and temples: skin texels there whose de-shaded
+    luma is well below that of the central face's skin.
+
+    The photo masks let through fringes and strands of hair whose colour is close to skin;
+    once the fitted shading is divided out they are much darker than the skin albedo (0.3 to
+    0.8 of it), while shading that the light model explains is gone. (Blond strands lighter
+    than the skin are left to the photo-space colour test, :func:`skin_colour_weight`.)
+    Brows (not skin in the model) and the lower face (stubble) are left alone.
+
+    Args:
+        albedo: ``float32 [S, S, 3]``; weight: ``float32 [S, S]`` own-view confidence.
+        maps: UV maps of size S.
+    Returns:
+        ``float32 [S, S]`` in [0, 1]: 0 below ``HAIR_RATIO[0]`` of the skin luma, 1 above
+        ``HAIR_RATIO[1]``, 1 outside the forehead.
+    """
+    lum = albedo @ np.array([0.299, 0.587, 0.114], np.float32)
+    skin = maps.skin.cpu().numpy() > 0.5
+    ref = skin & maps.central_face & (weight > 0.5)
+    if ref.sum() < 50:
+        return np.ones_like(weight)
+    ratio = lum / max(float(np.median(lum[ref])), 1e-3)
+    lo, hi = HAIR_RATIO
+    w = np.clip((ratio - lo) / (hi - lo), 0, 1)
+    return np.where(skin & maps.forehead, w, 1.0).astype(np.float32)
 
 
 def per_photo(fn: Callable[[int], T], n: int) -> list[T]:
