@@ -129,8 +129,10 @@ def uv_maps(model: FaceModel, size: int, backend) -> UVMaps:
         if key in _UV_CACHE:
             return _UV_CACHE[key]
     from services.fitter.render import uv_rasterize
+    from services.fitter.renderer import get_backend
 
     dev = model.device
+    backend = backend or get_backend(dev)
     face_v = torch.zeros(model.n_vertices, device=dev)
     face_v[model.tri[model.face_tri_mask].reshape(-1)] = 1.0
     attr = torch.cat([model.mean_shape, model.skin_mask.float()[:, None], face_v[:, None]], -1)
