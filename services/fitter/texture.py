@@ -194,12 +194,12 @@ def _face_zones(model: FaceModel, pos: np.ndarray, covered: np.ndarray) -> dict[
     lm = model.landmarks(model.mean_shape[None])[0].detach().cpu().numpy()
     x, y, z = pos[..., 0], pos[..., 1], pos[..., 2]
     front = z > float(lm[:, 2].min())  # the face side of the head, not the back of the skull
+    outer = float(np.abs(lm[[36, 45], 0]).mean())  # outer eye corners
+    brows, eyes, mouth = (float(lm[i, 1].mean()) for i in (slice(17, 27), slice(36, 48),
+                                                             [48, 54]))
     # above the brows, and the temples (beside the outer eye corners, above the eyes)
-    outer = float(np.abs(lm[[36, 45], 0]).mean())
-    forehead = covered & front & ((y > float(lm[17:27, 1].mean()))
-                                  | ((np.abs(x) > outer) & (y > float(lm[36:48, 1].mean()))))
-    central = (covered & front & (np.abs(x) < float(np.abs(lm[[36, 45], 0]).mean()))
-               & (y < float(lm[36:48, 1].mean())) & (y > float(lm[[48, 54], 1].mean())))
+    forehead = covered & front & ((y > brows) | ((np.abs(x) > outer) & (y > eyes)))
+    central = covered & front & (np.abs(x) < outer) & (y < eyes) & (y > mouth)
     return {"forehead": forehead, "central_face": central}
 
 

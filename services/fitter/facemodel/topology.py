@@ -6,6 +6,17 @@ import numpy as np
 import scipy.sparse as sp
 
 
+def half_edges(tri: np.ndarray) -> np.ndarray:
+    """``[3T, 2]`` the directed edges of ``[T, 3]`` triangles: all (0, 1) corners, then all
+    (1, 2), then all (2, 0), so row ``k * T + t`` is edge ``k`` of triangle ``t``."""
+    return np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]], 0)
+
+
+def unique_edges(tri: np.ndarray) -> np.ndarray:
+    """``[E, 2]`` the undirected edges of ``[T, 3]`` triangles, each once, lower id first."""
+    return np.unique(np.sort(half_edges(tri), 1), axis=0)
+
+
 def boundary_loops(tri: np.ndarray) -> list[np.ndarray]:
     """Closed loops of boundary edges (edges used by one triangle).
 
@@ -15,7 +26,7 @@ def boundary_loops(tri: np.ndarray) -> list[np.ndarray]:
         one ``[L]`` int64 array of vertex ids per loop, in the direction of its triangles'
         edges; longest first. Non-manifold boundary vertices are walked greedily.
     """
-    e = np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]], 0)
+    e = half_edges(tri)
     key = np.sort(e, 1)
     _, inv, cnt = np.unique(key, axis=0, return_inverse=True, return_counts=True)
     b = e[cnt[inv.ravel()] == 1]
@@ -101,8 +112,7 @@ def self_intersections(vertices: np.ndarray, tri: np.ndarray, exclude_rings: int
     """
     from scipy.spatial import cKDTree
 
-    e = np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]], 0)
-    edges = np.unique(np.sort(e, 1), axis=0)
+    edges = unique_edges(tri)
     p0, p1 = vertices[edges[:, 0]], vertices[edges[:, 1]]
     tv = vertices[tri]
     cen = tv.mean(1)
@@ -153,8 +163,7 @@ def uv_seams(tri: np.ndarray, uv_tri: np.ndarray) -> np.ndarray:
         ``[K, 2]`` int64 pairs of uv indices, one per side of each seam edge (each seam edge
         gives two rows, one in each island).
     """
-    e = np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]], 0)
-    u = np.concatenate([uv_tri[:, [0, 1]], uv_tri[:, [1, 2]], uv_tri[:, [2, 0]]], 0)
+    e, u = half_edges(tri), half_edges(uv_tri)
     # orient every edge (and its uv pair with it) from the lower vertex id to the higher
     flip = e[:, 0] > e[:, 1]
     e[flip] = e[flip][:, ::-1]
@@ -176,8 +185,7 @@ def edge_laplacian(vertices: np.ndarray, tri: np.ndarray) -> sp.csr_matrix:
     strengths can be given as lengths, largely independent of the mesh density.
     """
     n = len(vertices)
-    e = np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]], 0)
-    e = np.unique(np.sort(e, 1), axis=0)
+    e = unique_edges(tri)
     ln2 = np.maximum(((vertices[e[:, 0]] - vertices[e[:, 1]]) ** 2).sum(1), 1e-12)
     w = 1.0 / ln2
     a = sp.coo_matrix((np.concatenate([w, w]), (np.concatenate([e[:, 0], e[:, 1]]),
