@@ -245,7 +245,7 @@ def test_iris_colour_from_photo():
     img, lm = _synthetic_eyes()
     rgb, src = iris_colour(img, lm)
     assert src == "photo"
-    assert np.abs(np.array(rgb) - (60, 100, 160)).max() < 30, rgb
+    assert rgb[2] > rgb[0] + 40 and rgb[2] > rgb[1] + 20, rgb  # blue (tests/test_eyeball_iris.py)
     img, lm = _synthetic_eyes(open_=False)
     assert iris_colour(img, lm) == (DEFAULT_IRIS_RGB, "default")
     assert iris_colour(None, None) == (DEFAULT_IRIS_RGB, "default")

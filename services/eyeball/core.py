@@ -33,6 +33,7 @@ import numpy as np
 
 from ffhquv.errors import InvalidInput
 from ffhquv.mesh import MeshData
+from services.eyeball.iris import iris_colour
 from services.eyeball.mesh import (
     CORNEA_APEX,
     concat_meshes,
@@ -40,7 +41,7 @@ from services.eyeball.mesh import (
     rim_cuff,
     surface_radius,
 )
-from services.eyeball.texture import eyeball_texture, iris_colour
+from services.eyeball.texture import eyeball_texture
 
 RADIUS_PER_RING_WIDTH = 0.49
 # Eyeball radius over the distance between the two eye-opening centres: 12 mm over 54..74 mm

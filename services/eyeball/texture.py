@@ -1,4 +1,5 @@
-"""The eyeball texture (sclera, veins, limbus, iris, pupil) and the iris colour from a photo.
+"""The eyeball texture (sclera, veins, limbus, iris, pupil); the iris colour from a photo is
+:mod:`services.eyeball.iris`.
 
 The texture layout is the equal-area projection of :mod:`services.eyeball.mesh`: texel
 ``(row i, col j)`` of an ``S x S`` texture has OBJ ``u = (j + 0.5) / S``, ``v = 1 - (i + 0.5) / S``
@@ -13,18 +14,20 @@ import math
 import cv2
 import numpy as np
 
+from services.eyeball.iris import (  # noqa: F401  (re-exported: the iris colour API)
+    DEFAULT_IRIS_RGB,
+    LEFT_EYE,
+    MIN_EYE_ASPECT,
+    MIN_EYE_WIDTH_PX,
+    RIGHT_EYE,
+    SCLERA_RGB,
+    eye_aspect_ratio,
+    iris_colour,
+)
 from services.eyeball.mesh import LIMBUS_ANGLE, PUPIL_FRACTION
 
-DEFAULT_IRIS_RGB = (104.0, 86.0, 70.0)  # brown-grey, sRGB 0..255
-SCLERA_RGB = np.array([236.0, 228.0, 218.0])
 VEIN_RGB = np.array([182.0, 70.0, 66.0])
 BACK_RGB = np.array([196.0, 140.0, 130.0])
-
-# dlib 68-point indices of the eyes: the subject's right eye (image left) and left eye.
-RIGHT_EYE = list(range(36, 42))
-LEFT_EYE = list(range(42, 48))
-MIN_EYE_ASPECT = 0.16  # below this the eye counts as closed
-MIN_EYE_WIDTH_PX = 12.0
 
 
 def _smoothstep(e0: float, e1: float, x: np.ndarray) -> np.ndarray:
@@ -135,77 +138,3 @@ def _eyeball_layers(s: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     b.flags.writeable = False
     return a, b
 
-
-
-
-def eye_aspect_ratio(eye: np.ndarray) -> float:
-    """Eye aspect ratio of 6 eye landmarks ``[6, 2]`` (dlib order): eyelid opening height over
-    the corner-to-corner width (about 0.3 open, below 0.16 closed)."""
-    p = np.asarray(eye, np.float64)
-    w = np.linalg.norm(p[0] - p[3])
-    if w <= 1e-6:
-        return 0.0
-    return float((np.linalg.norm(p[1] - p[5]) + np.linalg.norm(p[2] - p[4])) / (2 * w))
-
-
-def _iris_pixels(photo: np.ndarray, eye: np.ndarray) -> np.ndarray:
-    """``[K, 3]`` float RGB of the likely iris pixels inside one eye's landmark polygon."""
-    h, w = photo.shape[:2]
-    mask = np.zeros((h, w), np.uint8)
-    cv2.fillPoly(mask, [np.round(eye * 4).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=2)
-    width = np.linalg.norm(eye[0] - eye[3])
-    if width > 24:  # stay off the lashes and lid shadow on the border
-        mask = cv2.erode(mask, np.ones((3, 3), np.uint8))
-    px = photo[mask.astype(bool)].astype(np.float64)
-    if len(px) < 8:
-        return px[:0]
-    mx, mn = px.max(1), px.min(1)
-    sat = (mx - mn) / np.maximum(mx, 1)
-    lum = px @ np.array([0.299, 0.587, 0.114])
-    # drop specular highlights (near-clipped or bright and unsaturated), then the darkest
-    # tail (pupil, lashes)
-    keep = ~((mx > 235) | ((sat < 0.1) & (lum > np.percentile(lum, 90))))
-    keep &= lum >= 0.35 * np.median(lum)
-    px, sat, lum = px[keep], sat[keep], lum[keep]
-    if len(px) < 8:
-        return px[:0]
-    # the iris is the darker, more saturated part of the eye; sclera (also when shadowed by
-    # the lid) is unsaturated, eyelid skin is brighter
-    score = sat + 0.5 * (1 - lum / 255)
-    return px[score >= np.percentile(score, 70)]
-
-
-def iris_colour(photo: np.ndarray | None, landmarks: np.ndarray | None
-                ) -> tuple[tuple[float, float, float], str]:
-    """Iris colour sampled from a photo.
-
-    Args:
-        photo: ``uint8 [H, W, 3]`` RGB, or None.
-        landmarks: ``[68, 2]`` dlib landmarks in ``photo`` pixels, or None.
-    Returns:
-        ``((r, g, b), source)``: sRGB 0..255 and ``"photo"``, or :data:`DEFAULT_IRIS_RGB` and
-        ``"default"`` when there is no photo, the eyes are closed (eye aspect ratio below
-        :data:`MIN_EYE_ASPECT`), too small (narrower than :data:`MIN_EYE_WIDTH_PX`) or no
-        usable iris pixels remain.
-    """
-    if photo is None or landmarks is None:
-        return DEFAULT_IRIS_RGB, "default"
-    lm = np.asarray(landmarks, np.float64).reshape(-1, 2)
-    if lm.shape != (68, 2) or not np.isfinite(lm).all():
-        return DEFAULT_IRIS_RGB, "default"
-    samples = []
-    for idx in (RIGHT_EYE, LEFT_EYE):
-        eye = lm[idx]
-        if (eye_aspect_ratio(eye) < MIN_EYE_ASPECT
-                or np.linalg.norm(eye[0] - eye[3]) < MIN_EYE_WIDTH_PX):
-            continue
-        samples.append(_iris_pixels(photo, eye))
-    px = np.concatenate(samples) if samples else np.zeros((0, 3))
-    if len(px) < 8:
-        return DEFAULT_IRIS_RGB, "default"
-    rgb = np.median(px, axis=0)
-    # keep the iris a plausible brightness under photo lighting (luma 35..150)
-    y = float(rgb @ np.array([0.299, 0.587, 0.114]))
-    rgb = rgb * (np.clip(y, 35.0, 150.0) / max(y, 1e-3))
-    rgb = np.clip(rgb, 0, 255)
-    return (float(rgb[0]), float(rgb[1]), float(rgb[2])), "photo"
