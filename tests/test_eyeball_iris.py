@@ -33,11 +33,11 @@ IRISES = {
 }
 
 
-def render_eyes(iris_rgb, gaze_px: float = 0.0, exposure: float = 0.8, seed: int = 0
-                ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+def render_eyes(iris_rgb, gaze_px: float = 0.0, exposure: float = 0.8, seed: int = 0,
+                pupil: float = 0.33) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """A photo of two open almond eyes: skin, sclera, an iris disc with radial fibres and a dark
-    limbal ring, a black pupil, a specular glint, dark upper lashes and a shadow under the
-    upper lid, everything scaled by ``exposure``.
+    limbal ring, a black pupil (radius ``pupil`` iris radii), a specular glint, dark upper
+    lashes and a shadow under the upper lid, everything scaled by ``exposure``.
 
     Returns:
         ``(image uint8 [H, W, 3], landmarks [68, 2], iris centres [(x, y)] per eye)``.
@@ -72,7 +72,7 @@ def render_eyes(iris_rgb, gaze_px: float = 0.0, exposure: float = 0.8, seed: int
         iris = np.asarray(iris_rgb, np.float64) * shade[..., None]
         inside = d <= r
         eye[inside] = iris[inside]
-        eye[d <= 0.33 * r] = (12, 10, 10)  # pupil
+        eye[d <= pupil * r] = (12, 10, 10)  # pupil
         eye[np.hypot(xx - ix - 6, yy - iy + 6) <= 3.5] = (252, 252, 250)  # glint
         # shadow of the upper lid and a band of dark lashes along it
         top = np.interp(xx, pts[[0, 1, 2, 3], 0], pts[[0, 1, 2, 3], 1])
@@ -135,6 +135,15 @@ def test_iris_albedo_is_brighter_than_the_shadowed_photo():
     assert min(light) > brown + 10, (light, brown)
 
 
+def test_dilated_pupil_is_left_out():
+    """A wide pupil (60 % of the iris) does not darken the sampled colour."""
+    for name in ("blue", "hazel"):
+        normal = lab_class(iris_colour(*render_eyes(IRISES[name])[:2])[0])
+        rgb = iris_colour(*render_eyes(IRISES[name], pupil=0.6)[:2])[0]
+        check_class(name, rgb)
+        assert abs(lab_class(rgb)[0] - normal[0]) < 5, (name, rgb, normal)
+
+
 def test_no_iris_gives_the_default():
     img, lm, _ = render_eyes(IRISES["blue"])
     closed = lm.copy()
@@ -145,6 +154,13 @@ def test_no_iris_gives_the_default():
     # eye contours over plain skin (no sclera, no iris): nothing darker than its surround
     skin = np.full_like(img, (190, 150, 130))
     assert iris_colour(skin, lm) == (DEFAULT_IRIS_RGB, "default")
+    # a squint: a darker fold of skin in the contour (darker than its surround, but the
+    # surround is skin, not sclera)
+    fold = skin.copy()
+    for cx in (120, 280):
+        cv2.ellipse(fold, (cx, 120), (26, 12), 0, 0, 360, (150, 112, 96), -1)
+    fold = cv2.GaussianBlur(fold, (0, 0), 3)
+    assert iris_colour(fold, lm) == (DEFAULT_IRIS_RGB, "default")
     assert iris_colour(img, None) == (DEFAULT_IRIS_RGB, "default")
     assert iris_colour(img, lm * np.nan)[1] == "default"
 

@@ -7,7 +7,8 @@ Per open eye (dlib landmarks 36-41 / 42-47, in the photo's pixels):
    a few sizes tried) whose inside is the most darker than its surround within the contour
    (Lab L*, box-normalised by the contour's coverage: the lids hide the top and bottom of the
    disc, the sclera left and right of it is the bright surround). A disc that is not clearly
-   darker than its surround (closed or squinting eyes, dark glasses) rejects the eye.
+   darker than its surround, or only weakly darker than a coloured (skin, not sclera)
+   surround, rejects the eye (closed or squinting eyes).
 3. The sample: the annulus between the pupil and the limbus, without the top of the eye opening
    (lashes and lid shadow), without the darkest pixels (pupil, lashes), the brightest ones
    (specular highlights) and bright low-chroma ones (sclera); its colour is the median in
@@ -24,11 +25,14 @@ The two eyes' colours are averaged in Lab, weighted by their sample sizes.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 DEFAULT_IRIS_RGB = (104.0, 86.0, 70.0)  # brown-grey, sRGB 0..255
 SCLERA_RGB = np.array([236.0, 228.0, 218.0])  # the texture's sclera, sRGB 0..255
@@ -43,6 +47,9 @@ MIN_EYE_WIDTH_PX = 12.0
 # corners sit a little inside the canthi), the sizes tried
 IRIS_RADIUS_PER_EYE_WIDTH = (0.16, 0.19, 0.22, 0.25)
 MIN_IRIS_CONTRAST = 6.0  # L* by which the disc must be darker than its surround
+# a disc darker by less than CLEAR_IRIS_CONTRAST needs a sclera-like (low-chroma) surround
+CLEAR_IRIS_CONTRAST = 20.0
+MAX_SCLERA_CHROMA = 12.0
 PUPIL_PER_IRIS = 0.38  # inner radius of the sampled annulus, in iris radii
 LIMBUS_PER_IRIS = 0.85  # outer radius of the sampled annulus (off the dark limbal ring)
 LID_SHADOW_FRACTION = 0.3  # top part of the eye opening left out (lashes, lid shadow)
@@ -158,6 +165,35 @@ def _lid_lines(eye: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return up[np.argsort(up[:, 0])], lo[np.argsort(lo[:, 0])]
 
 
+def pupil_radius(lum: np.ndarray, mask: np.ndarray, d: np.ndarray, r: float) -> float:
+    """The pupil's radius from the radial L* profile of the iris disc: where the profile
+    (medians of rings ``0.05 r`` wide) first rises halfway from the dark core (inside
+    ``0.3 r``) to the iris (its brightest ring out to ``0.85 r``); 0 when the core is not clearly
+    darker than the iris (a dark iris: the pupil is then left to the dark-tail trimming).
+
+    Args:
+        lum: ``[h, w]`` L*; mask: ``bool [h, w]`` usable pixels; d: ``[h, w]`` distance to the
+            iris centre in pixels; r: iris radius in pixels.
+    """
+    edges = np.arange(0.0, 0.85 + 1e-9, 0.05) * r
+    prof = np.full(len(edges) - 1, np.nan)
+    for i in range(len(prof)):
+        ring = mask & (d >= edges[i]) & (d < edges[i + 1])
+        if ring.sum() >= 3:
+            prof[i] = np.median(lum[ring])
+    centres = (edges[:-1] + edges[1:]) / 2
+    core = prof[centres < 0.3 * r]
+    if not np.isfinite(core).any() or not np.isfinite(prof).any():
+        return 0.0
+    lo, hi = float(np.nanmin(core)), float(np.nanmax(prof))
+    if hi - lo < 6.0:
+        return 0.0
+    above = np.nonzero(np.isfinite(prof) & (prof >= (lo + hi) / 2)
+                       & (centres > centres[int(np.nanargmin(np.where(
+                           centres < 0.3 * r, prof, np.inf)))]))[0]
+    return float(edges[above[0]]) if len(above) else 0.0
+
+
 def sample_eye(photo: np.ndarray, eye: np.ndarray) -> EyeSample | None:
     """The iris colour of one eye (see the module docstring).
 
@@ -222,9 +258,11 @@ def sample_eye(photo: np.ndarray, eye: np.ndarray) -> EyeSample | None:
     top = np.interp(xx, up[:, 0], up[:, 1])
     bottom = np.interp(xx, lo[:, 0], lo[:, 1])
     below_lid = yy >= top + LID_SHADOW_FRACTION * np.maximum(bottom - top, 0)
-    sel = m & (d >= PUPIL_PER_IRIS * r) & (d <= LIMBUS_PER_IRIS * r) & below_lid
+    inner = pupil_radius(lum, m, d, r) + 0.08 * r
+    inner = float(np.clip(inner, PUPIL_PER_IRIS * r, 0.65 * r))
+    sel = m & (d >= inner) & (d <= LIMBUS_PER_IRIS * r) & below_lid
     if sel.sum() < 12:  # a narrow opening: keep the lid band rather than nothing
-        sel = m & (d >= PUPIL_PER_IRIS * r) & (d <= LIMBUS_PER_IRIS * r)
+        sel = m & (d >= inner) & (d <= LIMBUS_PER_IRIS * r)
     px = lab[sel]
     if len(px) < 12:
         return None
@@ -233,6 +271,11 @@ def sample_eye(photo: np.ndarray, eye: np.ndarray) -> EyeSample | None:
     sclera_l = float(np.percentile(lum[out], 85)) if out.sum() >= 10 else float("nan")
     sclera_lab = (np.median(lab[out & (lum >= np.percentile(lum[out], 70))], axis=0)
                   if out.sum() >= 10 else np.full(3, np.nan))
+    # a weak disc in a coloured surround is a lid fold or skin (squinting eye), not an iris
+    # beside the sclera
+    if (contrast < CLEAR_IRIS_CONTRAST and np.isfinite(sclera_lab).all()
+            and math.hypot(sclera_lab[1], sclera_lab[2]) > MAX_SCLERA_CHROMA):
+        return None
     chroma = np.hypot(px[:, 1], px[:, 2])
     lo_l, hi_l = np.percentile(px[:, 0], [20, 85])
     keep = (px[:, 0] >= lo_l) & (px[:, 0] <= hi_l)
@@ -285,8 +328,14 @@ def iris_colour(photo: np.ndarray | None, landmarks: np.ndarray | None
         return DEFAULT_IRIS_RGB, "default"
     samples = [s for idx in (RIGHT_EYE, LEFT_EYE) if (s := sample_eye(photo, lm[idx]))]
     if not samples:
+        log.info("iris colour: no iris found, default", extra={"iris_source": "default"})
         return DEFAULT_IRIS_RGB, "default"
     wts = np.array([s.n for s in samples], np.float64)
     lab = (np.stack([s.lab for s in samples]) * wts[:, None]).sum(0) / wts.sum()
     rgb = lab_to_srgb(lab)
+    log.info("iris colour from the photo", extra={
+        "iris_source": "photo", "iris_rgb": [round(float(v)) for v in rgb],
+        "iris_word": iris_word(rgb), "eyes": len(samples),
+        "contrast": [round(s.contrast, 1) for s in samples],
+        "gain": [round(s.gain, 2) for s in samples]})
     return (float(rgb[0]), float(rgb[1]), float(rgb[2])), "photo"
