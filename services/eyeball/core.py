@@ -63,7 +63,8 @@ class EyeballResult:
         radius: ``(left, right)`` eyeball radii (the cornea apex is ``CORNEA_APEX * R`` in
             front of the centre).
         texture: ``uint8 [S, S, 3]`` shared eyeball texture.
-        iris_rgb: iris colour used, sRGB 0..255.
+        iris_rgb: iris colour used (an albedo estimate, see :mod:`services.eyeball.iris`),
+            sRGB 0..255.
         iris_source: ``"photo"`` or ``"default"``.
     """
 

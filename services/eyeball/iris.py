@@ -18,7 +18,9 @@ Per open eye (dlib landmarks 36-41 / 42-47, in the photo's pixels):
    multiplies it by colour-free shading layers). The sampled colour is brightened in linear
    RGB by the ratio of the texture's sclera luminance to the photo's lit sclera luminance
    (both lie under the same lids and light), bounded to :data:`EXPOSURE_GAIN`; hue and chroma
-   direction are kept.
+   direction are kept, after a partial white balance that takes the lit sclera as white. The
+   hue of a near-black sample (photo L* below :data:`HUE_TRUST_L`) leans toward the default
+   brown.
 
 The two eyes' colours are averaged in Lab, weighted by their sample sizes.
 """
@@ -57,6 +59,7 @@ EXPOSURE_GAIN = (1.0, 3.0)  # bounds of the linear brightening factor
 DEFAULT_GAIN = 1.6  # when no lit sclera is seen
 WHITE_BALANCE = (0.8, 1.25)  # bounds of the per-channel white-balance factors
 WB_STRENGTH = 0.6  # partial: a photo's sclera also carries lid and vessel tints
+HUE_TRUST_L = 12.0  # photo L* of the iris from which its hue is fully trusted
 IRIS_L_RANGE = (12.0, 78.0)  # L* of the returned colour
 
 
@@ -303,6 +306,10 @@ def sample_eye(photo: np.ndarray, eye: np.ndarray) -> EyeSample | None:
         rgb_lin = rgb_lin / peak
     out_lab = srgb_to_lab(_srgb(rgb_lin))
     out_lab[0] = float(np.clip(out_lab[0], *IRIS_L_RANGE))
+    # a near-black sample carries no usable hue (noise, JPEG chroma subsampling): its a*, b*
+    # lean toward the default brown, the usual colour of an iris that dark
+    trust = float(np.clip((raw[0] - 2.0) / (HUE_TRUST_L - 2.0), 0.0, 1.0))
+    out_lab[1:] = trust * out_lab[1:] + (1 - trust) * srgb_to_lab(np.array(DEFAULT_IRIS_RGB))[1:]
     return EyeSample(lab=out_lab, raw_lab=raw, n=len(px),
                      centre=np.array([cx + x0, cy + y0], np.float64), radius=float(r),
                      contrast=contrast, gain=gain, sclera_lab=sclera_lab)
