@@ -1,0 +1,57 @@
+"""Stage 2: the UV texture with the shape fixed (default path, no checkpoints).
+
+One concept per file:
+
+- :mod:`.atlas`: the per-(model, size) texel maps (:class:`UVMaps`, :func:`uv_maps`): texel
+  matrix, mirror texels, face zones, seam fade, seam pairs and the seam-step measure.
+- :mod:`.lowpass`: low frequencies on the mesh surface (texels <-> vertices,
+  :func:`mesh_lowpass`, :func:`symmetrize_lowfreq`, :func:`spread_offsets`).
+- :mod:`.masks`: photo-space masks (:func:`photo_face_mask`, :func:`skin_colour_weight`).
+- :mod:`.unwrap`: the photo sampled into UV through the fitted mesh (:func:`unwrap`).
+- :mod:`.completion`: mirror + skin template + pyramid blend (:func:`complete_texture`).
+- :mod:`.hair`: hair over the skin (:func:`hair_weight`).
+- :mod:`.source`: where the stage-2 texture comes from (:class:`TextureSource`,
+  :class:`UnwrapTextureSource`) and the per-photo thread pool (:func:`per_photo`).
+
+Texture arrays follow the project convention: ``[S, S, 3]`` with row 0 = ``v = 1``.
+"""
+
+from services.fitter.texture.atlas import UVMaps, seam_step, seam_texel_pairs, uv_maps
+from services.fitter.texture.completion import (
+    CompletedTexture,
+    complete_texture,
+    coverage,
+    laplacian_blend,
+    normalized_blur,
+)
+from services.fitter.texture.hair import HAIR_RATIO, hair_weight
+from services.fitter.texture.lowpass import (
+    mesh_lowpass,
+    spread_offsets,
+    symmetrize_lowfreq,
+    to_texels,
+    to_vertices,
+)
+from services.fitter.texture.masks import (
+    PARSE_BG,
+    PARSE_BROWS,
+    PARSE_EYES,
+    PARSE_LIPS,
+    PARSE_MOUTH,
+    PARSE_NOSE,
+    PARSE_SKIN,
+    TEXTURE_LABELS,
+    photo_face_mask,
+    skin_colour_weight,
+)
+from services.fitter.texture.source import TextureSource, UnwrapTextureSource, per_photo
+from services.fitter.texture.unwrap import COS_MIN, UnwrapResult, unwrap
+
+__all__ = [
+    "COS_MIN", "HAIR_RATIO", "PARSE_BG", "PARSE_BROWS", "PARSE_EYES", "PARSE_LIPS",
+    "PARSE_MOUTH", "PARSE_NOSE", "PARSE_SKIN", "TEXTURE_LABELS", "CompletedTexture",
+    "TextureSource", "UVMaps", "UnwrapResult", "UnwrapTextureSource", "complete_texture",
+    "coverage", "hair_weight", "laplacian_blend", "mesh_lowpass", "normalized_blur",
+    "per_photo", "photo_face_mask", "seam_step", "seam_texel_pairs", "skin_colour_weight",
+    "spread_offsets", "symmetrize_lowfreq", "to_texels", "to_vertices", "unwrap", "uv_maps",
+]

@@ -1,0 +1,228 @@
+"""The UV atlas of one face model at one size: per-texel maps, built once and cached.
+
+:func:`uv_maps` rasterises the model's UV layout at ``S x S`` and gives each texel its
+mean-shape position, skin / face-region weights and its left/right mirror texel (a per-model,
+per-size lookup built once by a KD-tree between texel positions on the mean shape and their
+x-mirrors), the sparse texel <-> vertex matrices that the surface low-pass
+(:mod:`.lowpass`) uses, the forehead / central-face zones, and the seam fade: within
+``S / 64`` texels of a seam the photo detail fades into the seam-free low frequencies
+(``UVMaps.seam_fade``). :func:`seam_texel_pairs` / :func:`seam_step` measure the colour step
+left across the seams.
+
+Texture arrays follow the project convention: ``[S, S, 3]`` with row 0 = ``v = 1``.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import scipy.sparse as sp
+import torch
+from scipy.spatial import cKDTree
+from torch import Tensor
+
+from services.fitter.facemodel.base import FaceModel
+from services.fitter.facemodel.topology import edge_laplacian, uv_seams
+
+
+@dataclass
+class UVMaps:
+    """Per-(model, size) texel maps, built once and cached.
+
+    Attributes:
+        size: atlas side S.
+        mask: ``[S, S]`` bool, texels covered by a UV triangle.
+        pos_mean: ``[S, S, 3]`` model-space position of each texel on the mean shape.
+        skin: ``[S, S]`` float, the model's skin-vertex mask interpolated into UV.
+        face: ``[S, S]`` float, the model's face region (vertices of ``face_tri_mask``).
+        mirror: ``[S * S]`` long flat index of each texel's left/right mirror texel (its own
+            index where none is found, e.g. outside the atlas).
+        has_mirror: ``[S, S]`` bool.
+
+    Host-side (numpy / scipy) maps between texels and mesh vertices, for the low-frequency
+    work that must not see the atlas's seams (:func:`mesh_lowpass`):
+
+        to_texel: ``[S * S, N]`` sparse float32, each covered texel's barycentric weights on
+            the three vertices of its triangle (``to_texel @ x`` interpolates per-vertex ``x``).
+        to_vertex: ``[N, S * S]`` its transpose (gathers texels onto vertices).
+        footprint: ``[N]`` row sums of ``to_vertex`` (0 for vertices that cover no texel).
+        laplacian: ``[N, N]`` :func:`~services.fitter.facemodel.topology.edge_laplacian` of the
+            mean shape.
+        vertex_mirror: ``[N]`` the model's left/right vertex map.
+        texel_len: model-space length of one texel in the face region (texel sigmas ->
+            lengths on the surface).
+        seam_fade: ``[S, S]`` float32, 0 on the UV seams, rising to 1 at ``S / 64`` texels
+            from them: texel colours that differ from the seam-free low frequencies are faded
+            out there, so the two sides of a seam carry the same colour.
+        forehead: ``[S, S]`` bool, texels above the brows (mean-shape landmarks 17-26) and
+            the temples (beside the outer eye corners, above the eyes), on the face side.
+        central_face: ``[S, S]`` bool, texels between the outer eye corners and from the eyes
+            down to the mouth corners (where hair rarely covers the skin).
+    """
+
+    size: int
+    mask: Tensor
+    pos_mean: Tensor
+    skin: Tensor
+    face: Tensor
+    mirror: Tensor
+    has_mirror: Tensor
+    to_texel: sp.csr_matrix
+    to_vertex: sp.csr_matrix
+    footprint: np.ndarray
+    laplacian: sp.csr_matrix
+    vertex_mirror: np.ndarray
+    texel_len: float
+    seam_fade: np.ndarray
+    forehead: np.ndarray
+    central_face: np.ndarray
+
+
+_UV_CACHE: dict[tuple, UVMaps] = {}
+_UV_LOCK = threading.Lock()
+
+
+def _model_key(model: FaceModel, size: int) -> tuple:
+    return (model.name, model.n_vertices, int(model.tri.shape[0]), size, str(model.device),
+            float(model.mean_shape.abs().sum()))
+
+
+def uv_maps(model: FaceModel, size: int, backend) -> UVMaps:
+    """The cached :class:`UVMaps` of ``model`` at ``size`` (built on first use)."""
+    key = _model_key(model, size)
+    with _UV_LOCK:
+        if key in _UV_CACHE:
+            return _UV_CACHE[key]
+    from services.fitter.render import uv_rasterize
+    from services.fitter.renderer import get_backend
+
+    dev = model.device
+    backend = backend or get_backend(dev)
+    face_v = torch.zeros(model.n_vertices, device=dev)
+    face_v[model.tri[model.face_tri_mask].reshape(-1)] = 1.0
+    attr = torch.cat([model.mean_shape, model.skin_mask.float()[:, None], face_v[:, None]], -1)
+    rast = uv_rasterize(model.uv, model.uv_tri, size, backend)
+    vals = backend.interpolate(attr[None].contiguous(), rast,
+                               model.tri.to(torch.int32).contiguous())[0]
+    m = rast[0, ..., 3] > 0
+    pos = vals[..., :3]
+    to_texel = _texel_matrix(rast[0].detach().cpu().numpy(), model.tri.cpu().numpy(),
+                             model.n_vertices)
+    tri_np = model.tri.cpu().numpy()
+    mean_np = model.mean_shape.detach().cpu().numpy().astype(np.float64)
+    texel_len = _texel_length(mean_np, tri_np, model.uv.cpu().numpy().astype(np.float64),
+                              model.uv_tri.cpu().numpy(), model.face_tri_mask.cpu().numpy(),
+                              size)
+    seam_fade = _seam_fade(model.uv.cpu().numpy(),
+                           uv_seams(tri_np, model.uv_tri.cpu().numpy()), size)
+    # mirror lookup on the mean shape: nearest covered texel to (-x, y, z)
+    flat = pos.reshape(-1, 3).detach().cpu().numpy()
+    covered = m.reshape(-1).cpu().numpy()
+    idx = np.where(covered)[0]
+    tree = cKDTree(flat[idx])
+    q = flat[idx] * np.array([-1.0, 1.0, 1.0])
+    extent = float(np.ptp(flat[idx], axis=0).max()) if len(idx) else 1.0
+    dist, nn = tree.query(q, k=1, distance_upper_bound=0.02 * extent, workers=1)
+    found = np.isfinite(dist)
+    mirror = np.arange(size * size)
+    mirror[idx[found]] = idx[nn[found]]
+    has = np.zeros(size * size, bool)
+    has[idx[found]] = True
+    maps = UVMaps(size=size, mask=m, pos_mean=pos, skin=vals[..., 3] * m, face=vals[..., 4] * m,
+                  mirror=torch.from_numpy(mirror).to(dev),
+                  has_mirror=torch.from_numpy(has.reshape(size, size)).to(dev),
+                  to_texel=to_texel, to_vertex=to_texel.T.tocsr(),
+                  footprint=np.asarray(to_texel.sum(0), np.float32).ravel(),
+                  laplacian=edge_laplacian(mean_np, tri_np),
+                  vertex_mirror=model.mirror.cpu().numpy().astype(np.int64),
+                  texel_len=texel_len, seam_fade=seam_fade,
+                  **_face_zones(model, pos.detach().cpu().numpy(), m.cpu().numpy()))
+    with _UV_LOCK:
+        _UV_CACHE[key] = maps
+    return maps
+
+
+def _texel_matrix(rast: np.ndarray, tri: np.ndarray, n: int) -> sp.csr_matrix:
+    """``[S * S, N]`` sparse barycentric weights from a UV rasterisation ``[S, S, 4]``."""
+    flat = rast.reshape(-1, 4)
+    pix = np.nonzero(flat[:, 3] > 0)[0]
+    vid = tri[flat[pix, 3].astype(np.int64) - 1]  # [P, 3]
+    b0, b1 = flat[pix, 0], flat[pix, 1]
+    bary = np.stack([b0, b1, 1.0 - b0 - b1], 1)
+    rows = np.repeat(pix, 3)
+    return sp.csr_matrix((bary.reshape(-1).astype(np.float32), (rows, vid.reshape(-1))),
+                         shape=(flat.shape[0], n))
+
+
+def _face_zones(model: FaceModel, pos: np.ndarray, covered: np.ndarray) -> dict[str, np.ndarray]:
+    """``forehead`` and ``central_face`` texel masks from the mean shape's landmarks."""
+    lm = model.landmarks(model.mean_shape[None])[0].detach().cpu().numpy()
+    x, y, z = pos[..., 0], pos[..., 1], pos[..., 2]
+    front = z > float(lm[:, 2].min())  # the face side of the head, not the back of the skull
+    outer = float(np.abs(lm[[36, 45], 0]).mean())  # outer eye corners
+    brows, eyes, mouth = (float(lm[i, 1].mean()) for i in (slice(17, 27), slice(36, 48),
+                                                             [48, 54]))
+    # above the brows, and the temples (beside the outer eye corners, above the eyes)
+    forehead = covered & front & ((y > brows) | ((np.abs(x) > outer) & (y > eyes)))
+    central = covered & front & (np.abs(x) < outer) & (y < eyes) & (y > mouth)
+    return {"forehead": forehead, "central_face": central}
+
+
+def _texel_length(v: np.ndarray, tri: np.ndarray, uv: np.ndarray, uv_tri: np.ndarray,
+                  face: np.ndarray, size: int) -> float:
+    """Model-space length of one texel in the face region (the atlas gives the face more
+    texels per unit area than the scalp; the texel sigmas of this module are face texels)."""
+    area = 0.5 * np.linalg.norm(np.cross(v[tri[:, 1]] - v[tri[:, 0]],
+                                         v[tri[:, 2]] - v[tri[:, 0]]), axis=1)
+    e1, e2 = uv[uv_tri[:, 1]] - uv[uv_tri[:, 0]], uv[uv_tri[:, 2]] - uv[uv_tri[:, 0]]
+    uv_area = 0.5 * np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]) * size * size
+    sel = face if face.any() else np.ones_like(face)
+    return float(np.sqrt(area[sel].sum() / max(uv_area[sel].sum(), 1e-12)))
+
+
+def _seam_fade(uv: np.ndarray, seams: np.ndarray, size: int) -> np.ndarray:
+    """``[S, S]`` float32: 0 on the seam edges drawn into the atlas, 1 from ``S / 64`` away."""
+    lines = np.full((size, size), 255, np.uint8)
+    px = np.stack([uv[:, 0] * size - 0.5, (1.0 - uv[:, 1]) * size - 0.5], 1)
+    for a, b in seams.reshape(-1, 2):
+        p0 = tuple(int(round(c)) for c in px[a])
+        p1 = tuple(int(round(c)) for c in px[b])
+        cv2.line(lines, p0, p1, 0, thickness=1)
+    dist = cv2.distanceTransform(lines, cv2.DIST_L2, 5)
+    ramp = np.clip(dist / max(size / 64.0, 1.0), 0, 1)
+    return (ramp * ramp * (3 - 2 * ramp)).astype(np.float32)
+
+
+def seam_texel_pairs(maps: UVMaps) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of texels on the two sides of the atlas's seams.
+
+    Covered texels within about ``S / 256`` of a seam that lie within 6 face texels of each
+    other on the mean-shape head but at least ``S / 40`` texels apart in the atlas.
+
+    Returns:
+        ``(a [P], b [P])`` flat texel indices.
+    """
+    s = maps.size
+    near = maps.mask.cpu().numpy() & (maps.seam_fade < 0.25)
+    idx = np.flatnonzero(near.reshape(-1))
+    pos = maps.pos_mean.reshape(-1, 3).cpu().numpy()[idx]
+    rows, cols = np.divmod(idx, s)
+    pairs = cKDTree(pos).query_pairs(r=6 * maps.texel_len, output_type="ndarray")
+    if len(pairs) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    apart = np.hypot(rows[pairs[:, 0]] - rows[pairs[:, 1]], cols[pairs[:, 0]] - cols[pairs[:, 1]])
+    pairs = pairs[apart >= max(s / 40, 3)]
+    return idx[pairs[:, 0]], idx[pairs[:, 1]]
+
+
+def seam_step(texture: np.ndarray, maps: UVMaps) -> float:
+    """Mean absolute colour step across the atlas's seams (:func:`seam_texel_pairs`), in the
+    units of ``texture`` (``[S, S, 3]``; 1/255 steps for ``uint8``); NaN without seams."""
+    a, b = seam_texel_pairs(maps)
+    if len(a) == 0:
+        return float("nan")
+    flat = texture.reshape(-1, texture.shape[-1]).astype(np.float64)
+    return float(np.abs(flat[a] - flat[b]).mean())

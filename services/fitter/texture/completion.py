@@ -1,0 +1,197 @@
+"""Completion: a hole-free albedo texture from one unwrap.
+
+Unseen texels are completed by (a) the left/right mirror texel (``UVMaps.mirror``) and (b) a
+shading-free skin-tone template (the low frequencies of the seen skin, continued over the
+head on the surface and relaxing to its median colour), joined by Laplacian-pyramid
+blending. The low frequencies are then made left/right symmetric
+(:func:`~services.fitter.texture.lowpass.symmetrize_lowfreq`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from services.fitter.texture.atlas import UVMaps
+from services.fitter.texture.hair import hair_weight
+from services.fitter.texture.lowpass import mesh_lowpass, symmetrize_lowfreq
+
+
+def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    return cv2.GaussianBlur(img, (0, 0), sigmaX=sigma, sigmaY=sigma,
+                            borderType=cv2.BORDER_REFLECT)
+
+
+def normalized_blur(img: np.ndarray, w: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted Gaussian smoothing that ignores weight-0 texels.
+
+    Args:
+        img: ``float32 [S, S, C]``; w: ``float32 [S, S]``.
+    Returns:
+        smoothed ``[S, S, C]`` and the smoothed weight ``[S, S]``.
+    """
+    # downsample first: large sigmas on 1024 maps are slow
+    s = img.shape[0]
+    f = max(1, int(sigma // 4))
+    if f > 1:
+        small = cv2.resize(img * w[..., None], (s // f, s // f), interpolation=cv2.INTER_AREA)
+        ws = cv2.resize(w, (s // f, s // f), interpolation=cv2.INTER_AREA)
+        num = _blur(small, sigma / f)
+        den = _blur(ws, sigma / f)
+        num = cv2.resize(num, (s, s), interpolation=cv2.INTER_LINEAR)
+        den = cv2.resize(den, (s, s), interpolation=cv2.INTER_LINEAR)
+    else:
+        num = _blur(img * w[..., None], sigma)
+        den = _blur(w, sigma)
+    if num.ndim == 2:
+        num = num[..., None]
+    return num / np.maximum(den, 1e-6)[..., None], den
+
+
+def laplacian_blend(a: np.ndarray, b: np.ndarray, mask: np.ndarray, levels: int = 6) -> np.ndarray:
+    """Laplacian-pyramid blend ``mask * a + (1 - mask) * b`` (Burt & Adelson).
+
+    Args:
+        a, b: ``float32 [S, S, C]``; mask: ``float32 [S, S]`` in [0, 1].
+    Returns:
+        ``float32 [S, S, C]``.
+    """
+    ga, gb, gm = [a], [b], [mask]
+    for _ in range(levels):
+        ga.append(cv2.pyrDown(ga[-1]))
+        gb.append(cv2.pyrDown(gb[-1]))
+        gm.append(cv2.pyrDown(gm[-1]))
+    out = gm[-1][..., None] * ga[-1] + (1 - gm[-1][..., None]) * gb[-1]
+    for lv in range(levels - 1, -1, -1):
+        size = (ga[lv].shape[1], ga[lv].shape[0])
+        la = ga[lv] - cv2.pyrUp(ga[lv + 1], dstsize=size)
+        lb = gb[lv] - cv2.pyrUp(gb[lv + 1], dstsize=size)
+        m = gm[lv][..., None]
+        out = cv2.pyrUp(out, dstsize=size) + m * la + (1 - m) * lb
+    return out
+
+
+@dataclass
+class CompletedTexture:
+    """A hole-free albedo texture and what it was made from.
+
+    Attributes:
+        texture: ``float32 [S, S, 3]`` in [0, 1], row 0 = ``v = 1``.
+        observed: ``float32 [S, S]`` own-view confidence.
+        combined: ``float32 [S, S]`` confidence after mirroring.
+        skin_color: ``[3]`` mean visible skin albedo.
+    """
+
+    texture: np.ndarray
+    observed: np.ndarray
+    combined: np.ndarray
+    skin_color: np.ndarray
+
+
+def complete_texture(albedo: np.ndarray, weight: np.ndarray, maps: UVMaps,
+                     symmetric_lowfreq: bool = True) -> CompletedTexture:
+    """Fill the unseen texels of one unwrap: mirror, then skin template, pyramid-blended.
+
+    Args:
+        albedo: ``float32 [S, S, 3]`` unwrapped albedo (anything where ``weight == 0``).
+        weight: ``float32 [S, S]`` confidence in [0, 1].
+        maps: the :class:`UVMaps` of size S.
+        symmetric_lowfreq: average the low frequencies with the mirror texels.
+    Returns:
+        :class:`CompletedTexture` (no zero / untouched texel anywhere in the atlas).
+    """
+    s = maps.size
+    mask = maps.mask.cpu().numpy()
+    mirror = maps.mirror.cpu().numpy()
+    has_m = maps.has_mirror.cpu().numpy().reshape(-1)
+    skin_uv = maps.skin.cpu().numpy()
+    w = (weight * mask).astype(np.float32)
+    a = albedo.astype(np.float32)
+    w = w * hair_weight(a, w, maps)
+    # shadows only darken: where the mirror texel is seen and clearly brighter at low
+    # frequency (a cast / attached shadow the SH light cannot explain), trust the mirror
+    low, _ = normalized_blur(a, w, sigma=max(1.0, s / 128))
+    lum = low.mean(-1).reshape(-1)
+    wf0 = w.reshape(-1)
+    ratio = lum / np.maximum(lum[mirror], 1e-3)
+    shade_ok = np.clip((ratio - 0.65) / 0.25, 0, 1)
+    use = has_m & (wf0[mirror] > 0.3) & (wf0 > 0)
+    w = np.where(use, wf0 * shade_ok, wf0).reshape(s, s).astype(np.float32)
+    # (a) mirror
+    wf, af = w.reshape(-1), a.reshape(-1, 3)
+    wm = np.where(has_m, wf[mirror], 0.0)
+    am = af[mirror]
+    w_tot = wf + (1 - wf) * wm
+    comb = (wf[:, None] * af + ((1 - wf) * wm)[:, None] * am) / np.maximum(w_tot, 1e-6)[:, None]
+    comb = comb.reshape(s, s, 3).astype(np.float32)
+    w_tot = w_tot.reshape(s, s).astype(np.float32)
+    # thin gaps (mask borders around brows, lips, eyes) from their neighbours, push-pull like
+    for sigma in (s / 512, s / 128):
+        local, den = normalized_blur(comb, w_tot, sigma=max(sigma, 1.0))
+        sup = np.clip(den / 0.4, 0, 1) * mask
+        comb = (w_tot[..., None] * comb + (1 - w_tot[..., None]) * sup[..., None] * local)
+        comb = comb / np.maximum(w_tot + (1 - w_tot) * sup, 1e-6)[..., None]
+        w_tot = np.maximum(w_tot, 0.9 * sup).astype(np.float32)
+    # (b) skin template: mean visible skin albedo + its low-frequency variation
+    sw = w_tot * (skin_uv > 0.5)
+    if sw.sum() < 1:
+        sw = w_tot
+    good = sw > 0.5
+    if good.sum() >= 20:
+        skin_color = np.median(comb[good], axis=0)  # robust to brows, lips, stray hair
+    elif sw.sum() >= 1:
+        skin_color = (comb * sw[..., None]).sum((0, 1)) / sw.sum()
+    else:
+        skin_color = np.array([0.78, 0.6, 0.5], np.float32)
+    # on the surface, so that it is continuous across the atlas's seams; it continues the
+    # seen skin's colour smoothly over the head and relaxes to the median skin colour
+    template, _ = mesh_lowpass(maps, comb, sw, sigma=s / 24, prior=skin_color, reach=s / 4)
+    template = _pad_outside(template, mask)
+    # texels near a seam take the template: the photo detail on one side of a seam has no
+    # counterpart on the other
+    fade = maps.seam_fade
+    w_tot = (w_tot * fade).astype(np.float32)
+    w = (w * fade).astype(np.float32)
+    # where nothing (or only a thin band) was seen keep the template; soft, slightly eroded mask
+    m = np.clip((w_tot - 0.05) / 0.45, 0, 1).astype(np.float32)
+    m = cv2.erode(m, np.ones((3, 3), np.uint8))
+    # the photo's detail fades in over S / 128 texels from where it ends (hair line, jaw,
+    # silhouette), not at once: a detail edge there reads as a drawn outline
+    inside = cv2.distanceTransform((m > 0.5).astype(np.uint8), cv2.DIST_L2, 5)
+    m = np.minimum(m, np.clip(inside / max(s / 128, 1.0), 0, 1)).astype(np.float32)
+    m = _blur(m, max(1.0, s / 512))
+    filled = np.where(w_tot[..., None] > 1e-3, comb, template).astype(np.float32)
+    levels = int(math.log2(s)) - 3
+    tex = laplacian_blend(filled, template, m, levels=max(levels, 1))
+    # the coarse pyramid bands reach across the gaps between islands: pin the seams
+    tex = template + fade[..., None] * (tex - template)
+    if symmetric_lowfreq:
+        tex = symmetrize_lowfreq(tex, maps, sigma=s / 16)
+    tex = np.clip(tex, 1.0 / 255, 1.0)
+    return CompletedTexture(texture=tex.astype(np.float32), observed=w, combined=w_tot,
+                            skin_color=np.asarray(skin_color, np.float32))
+
+
+def _pad_outside(tex: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Fill the texels outside the atlas from their nearest covered texel (bilinear and
+    mip-mapped lookups at island borders read them)."""
+    if mask.all() or not mask.any():
+        return tex
+    _, lab = cv2.distanceTransformWithLabels((~mask).astype(np.uint8), cv2.DIST_L2, 5,
+                                             labelType=cv2.DIST_LABEL_PIXEL)
+    ys, xs = np.nonzero(mask)
+    src = np.zeros(int(lab.max()) + 1, np.int64)
+    src[lab[ys, xs]] = ys * mask.shape[1] + xs
+    flat = tex.reshape(-1, tex.shape[-1])
+    return flat[src[lab.reshape(-1)]].reshape(tex.shape)
+
+
+def coverage(weight: np.ndarray, maps: UVMaps, threshold: float = 0.1) -> float:
+    """Fraction of face-region texels seen in the photo (own view, not mirrored)."""
+    face = maps.face.cpu().numpy() > 0.5
+    if face.sum() == 0:
+        return 0.0
+    return float((weight[face] > threshold).mean())
