@@ -54,7 +54,7 @@ from ffhquv.checkpoints import REGISTRY, expected_path, missing_message
 from ffhquv.errors import Cancelled
 from services.fitter.camera import Camera, project, rigid_transform, rotate_normals
 from services.fitter.facemodel.base import FaceModel
-from services.fitter.stage1 import LandmarkBases, landmark_weights
+from services.fitter.landmark_bases import LandmarkBases, landmark_weights
 
 log = logging.getLogger(__name__)
 

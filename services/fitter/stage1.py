@@ -29,54 +29,11 @@ from torch import Tensor
 from services.fitter.camera import Camera, euler_to_rotation, project, rigid_transform
 from services.fitter.facemodel.base import FaceModel
 from services.fitter.graphs import StepRunner, graphs_enabled, make_adam, set_lr
+from services.fitter.landmark_bases import LandmarkBases, landmark_weights
+from services.fitter.sampling import sample_image
 from services.fitter.sh import AMBIENT, sh_basis
 
 Progress = Callable[[str, float, str], None]
-
-# dlib / iBUG groups
-JAW = slice(0, 17)
-BROWS = slice(17, 27)
-NOSE = slice(27, 36)
-EYES = slice(36, 48)
-MOUTH = slice(48, 68)
-
-
-def landmark_weights(device: torch.device | str = "cpu") -> Tensor:
-    """``[68]`` per-landmark weights: eyes, nose and mouth 3, brows 1.5, jaw contour 0.4
-    (the contour of a turned face slides along the silhouette, so it is trusted least)."""
-    w = torch.ones(68)
-    w[JAW] = 0.4
-    w[BROWS] = 1.5
-    w[NOSE] = 3.0
-    w[EYES] = 3.0
-    w[MOUTH] = 3.0
-    w[[36, 39, 42, 45, 48, 54]] = 4.0  # eye and mouth corners
-    return w.to(device)
-
-
-@dataclass
-class LandmarkBases:
-    """The landmark rows of a face model's bases: ``mean [68,3]``, ``id [68,3,K_id]``,
-    ``exp [68,3,K_exp]`` (barycentric combinations of the landmark triangles)."""
-
-    mean: Tensor
-    id: Tensor
-    exp: Tensor
-
-    @classmethod
-    def of(cls, model: FaceModel) -> LandmarkBases:
-        bary = model.lmk_bary[:, :, None, None]  # [68, 3, 1, 1]
-        tv = model.lmk_tri_vertices
-        mean = (model.mean_shape[tv] * bary[..., 0]).sum(1)
-        idb = (model.id_base[tv] * bary).sum(1)
-        expb = (model.exp_base[tv] * bary).sum(1)
-        return cls(mean, idb, expb)
-
-    def landmarks(self, id_coeff: Tensor, exp_coeff: Tensor) -> Tensor:
-        """``[B, 68, 3]`` model-space landmarks for ``id [B,K_id]`` and ``exp [B,K_exp]``."""
-        return (self.mean[None] + torch.einsum("nck,bk->bnc", self.id, id_coeff)
-                + torch.einsum("nck,bk->bnc", self.exp, exp_coeff))
-
 
 _FLIP = np.diag([1.0, -1.0, -1.0])
 
@@ -255,26 +212,6 @@ def fit_landmarks(model: FaceModel, lm2d: Tensor, cam: Camera, *, steps: int = 3
     coeffs = {"id": id_c.detach(), "exp": exp_c.detach(), "angles": angles.detach(),
               "trans": trans.detach(), "gamma": torch.zeros(b, 27, device=dev)}
     return Stage1Result(coeffs, lmk.detach(), err.detach(), pose_init, source, replays)
-
-
-def sample_image(img: Tensor, pix: Tensor, mode: str = "bilinear") -> Tensor:
-    """Sample an image at pixel positions.
-
-    Args:
-        img: ``[B, H, W, C]`` float.
-        pix: ``[B, P, 2]`` pixel coordinates (x right, y down, centres at integers) in that
-            image's pixels.
-        mode: "bilinear" or "nearest".
-    Returns:
-        ``[B, P, C]`` (border values outside).
-    """
-    h, w = img.shape[1:3]
-    gx = (pix[..., 0] + 0.5) / w * 2 - 1
-    gy = (pix[..., 1] + 0.5) / h * 2 - 1
-    grid = torch.stack([gx, gy], -1)[:, None]  # [B, 1, P, 2]
-    out = torch.nn.functional.grid_sample(img.permute(0, 3, 1, 2), grid, mode=mode,
-                                          padding_mode="border", align_corners=False)
-    return out[:, :, 0].permute(0, 2, 1)
 
 
 def skin_albedo_guess(colors: Tensor, weights: Tensor) -> Tensor:

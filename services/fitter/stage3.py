@@ -30,9 +30,9 @@ from torch import Tensor
 from services.fitter.camera import Camera, project, rigid_transform, rotate_normals
 from services.fitter.facemodel.base import FaceModel
 from services.fitter.graphs import StepRunner, graphs_enabled, make_adam, set_lr
+from services.fitter.landmark_bases import LandmarkBases, landmark_weights
 from services.fitter.presets import Preset
 from services.fitter.render import MeshRenderer, RenderOutput
-from services.fitter.stage1 import LandmarkBases, landmark_weights
 
 Progress = Callable[[str, float, str], None]
 

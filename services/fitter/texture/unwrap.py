@@ -22,8 +22,8 @@ from torch import Tensor
 
 from services.fitter.camera import Camera, project, rigid_transform, rotate_normals
 from services.fitter.facemodel.base import FaceModel
+from services.fitter.sampling import sample_image
 from services.fitter.sh import irradiance
-from services.fitter.stage1 import sample_image
 from services.fitter.texture.atlas import UVMaps
 
 COS_MIN = 0.3
