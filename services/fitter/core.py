@@ -10,6 +10,13 @@ lighting by least squares), :mod:`texture` (unwrap + mirror + skin-template comp
 fixed; paper mode plugs in through :class:`texture.TextureSource`), :mod:`stage3` (joint
 photometric optimisation with a Laplacian pyramid of texel offsets).
 
+The stages exchange the named bundles of :mod:`services.fitter.pipeline` (a
+:class:`~services.fitter.pipeline.FitContext`, a
+:class:`~services.fitter.pipeline.PhotoBatch`, stage results); stages 2 and 3 run as a
+:class:`~services.fitter.pipeline.StagePlan` (:class:`DefaultStages` here, paper mode's
+:class:`~services.fitter.paper_mode.PaperStages`), and :meth:`FitterCore._fit` times every
+stage with :func:`~services.fitter.pipeline.timed`.
+
 Batching: :meth:`FitterCore.fit_batch` stacks the per-photo parameters on the batch axis of
 every tensor, so one optimisation serves B photos (useful on GPU). Coordinates: crop pixels of
 the 224 aligned crop; model / world / camera frames of :mod:`services.fitter.camera`.
@@ -27,6 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -40,8 +48,17 @@ from services.detector.types import AlignedFace
 from services.fitter.camera import Camera, project, rigid_transform, rotate_normals
 from services.fitter.facemodel.base import FaceModel
 from services.fitter.graphs import graphs_enabled
+from services.fitter.pipeline import (
+    FitContext,
+    PhotoBatch,
+    Stage2Result,
+    StagePlan,
+    StagesResult,
+    timed,
+)
 from services.fitter.presets import Preset, get_preset
-from services.fitter.stage1 import fit_landmarks, initial_lighting
+from services.fitter.render import MeshRenderer
+from services.fitter.stage1 import Stage1Options, Stage1Result, fit_landmarks, initial_lighting
 from services.fitter.stage3 import fit_joint
 from services.fitter.texture import (
     PARSE_EYES,
@@ -56,6 +73,9 @@ from services.fitter.texture import (
     symmetrize_lowfreq,
     uv_maps,
 )
+
+if TYPE_CHECKING:
+    from services.fitter.paper_mode import PaperOptions
 
 log = logging.getLogger(__name__)
 
@@ -177,16 +197,15 @@ class FitterCore:
             (checkpoint-free).
         paper: ``True`` (default) loads the paper's networks found under ``checkpoints_dir``
             (:mod:`services.fitter.paper_mode`: StyleGAN2 latent search and Deep3D with the
-            ``hifi3dpp`` model, ArcFace / VGG losses with any model); ``False`` never does.
-        w_stats_samples: z samples for the texture GAN's W statistics when its side file is
-            absent (None: FFHQ-UV's 100000).
+            ``hifi3dpp`` model, ArcFace / VGG losses with any model); ``False`` never does; a
+            :class:`services.fitter.paper_mode.PaperOptions` loads them with its settings.
     """
 
     def __init__(self, face_model: str = "default", device: str = "auto",
                  checkpoints_dir: str | Path | None = None, topo_dir: str | Path | None = None,
                  model: FaceModel | None = None, threads: int | None = None,
-                 texture_source: TextureSource | None = None, paper: bool = True,
-                 w_stats_samples: int | None = None):
+                 texture_source: TextureSource | None = None,
+                 paper: bool | PaperOptions = True):
         self.device = resolve_device(device)
         self.checkpoints_dir = Path(checkpoints_dir) if checkpoints_dir else None
         self.threads = threads
@@ -208,10 +227,11 @@ class FitterCore:
         self.notes: list[str] = []
         self.paper = None
         if self.checkpoints_dir is not None and paper:
-            from services.fitter.paper_mode import PaperMode
+            from services.fitter.paper_mode import PaperMode, PaperOptions
 
+            opts = paper if isinstance(paper, PaperOptions) else PaperOptions()
             self.paper = PaperMode.load(self.checkpoints_dir, self.face_model, self.device,
-                                        w_stats_samples)
+                                        opts.w_stats_samples)
             self.notes.extend(self.paper.notes)
 
     # ------------------------------------------------------------------------------------------
@@ -279,8 +299,6 @@ class FitterCore:
              progress: ProgressFn | None, cancel: threading.Event | None,
              want_inter: bool) -> list[FitOutput]:
         torch.manual_seed(seed)
-        dev, m, cam, be = self.device, self.model, self.camera, self.backend
-        times: dict[str, float] = {}
         t_all = time.perf_counter()
 
         def prog(stage: str, frac: float, msg: str) -> None:
@@ -289,150 +307,88 @@ class FitterCore:
             if progress is not None:
                 progress(stage, float(min(max(frac, 0.0), 1.0)), msg)
 
-        hires_size = max(f.crop_hires.shape[0] for f in faces)
-        lm = torch.tensor(np.stack([f.crop_landmarks for f in faces]), dtype=torch.float32,
-                          device=dev)
-        photo = torch.tensor(np.stack([f.crop for f in faces]), device=dev).float() / 255
-        hires = torch.tensor(np.stack([
-            f.crop_hires if f.crop_hires.shape[0] == hires_size else cv2.resize(
-                f.crop_hires, (hires_size, hires_size), interpolation=cv2.INTER_LINEAR)
-            for f in faces]), device=dev).float() / 255
-        parse = torch.tensor(np.stack([f.parse_mask for f in faces]), device=dev)
-        skin = torch.tensor(np.stack([f.skin_mask for f in faces]), device=dev)
-        fmask = photo_face_mask(parse, skin, photo, lm)  # [B, 224, 224, 1]
-        skin_w = (fmask * (parse == 1)[..., None].float())
+        ctx = FitContext(model=self.model, cam=self.camera, backend=self.backend,
+                         renderer=MeshRenderer(self.camera, self.backend), preset=p,
+                         tex_size=tex_size, progress=prog, cancel=cancel)
+        photos = _photo_batch(faces, self.device)
+        with timed(ctx, "stage1"):
+            s1, coeffs = self._stage1(ctx, photos)
+        stage1_coeffs = {k: v.clone() for k, v in coeffs.items()}
+        pm = self.paper
+        if pm is not None and pm.use_texgan:
+            from services.fitter.paper_mode import PaperStages
 
-        # ---- stage 1 ----
-        t0 = time.perf_counter()
+            plan: StagePlan = PaperStages(pm)
+        else:
+            plan = DefaultStages(self.texture_source, pm)
+        with timed(ctx, "stage2"):
+            s2 = plan.stage2(ctx, photos, coeffs)
+        with timed(ctx, "stage3"):
+            res = plan.stage3(ctx, photos, coeffs, s2)
+        with timed(ctx, "outputs"):
+            outputs = self._outputs(ctx, faces, photos, s1, stage1_coeffs, res, want_inter)
+        total = time.perf_counter() - t_all
+        b = len(faces)
+        graph_steps = {"stage1": s1.graph_steps, "stage3": res.graph_steps}
+        for i, o in enumerate(outputs):
+            o.metrics["seconds_outputs"] = ctx.times["outputs"] / b
+            o.metrics["seconds_total"] = total / b
+            o.report = self._report(ctx, seed, total, b, o.metrics, faces[i].parse_source)
+            o.report["stage1_init"] = (s1.init_source or ["pnp"] * b)[i]
+            # optimisation steps replayed as CUDA graphs (services.fitter.graphs); 0 on CPU
+            o.report["cuda_graph_steps"] = dict(graph_steps)
+            if res.latents is not None:
+                o.report["texture_source"] = "texgan"
+        return outputs
+
+    def _stage1(self, ctx: FitContext, photos: PhotoBatch
+                ) -> tuple[Stage1Result, dict[str, torch.Tensor]]:
+        """Landmark fit, then SH lighting; returns the stage-1 result and its coefficients
+        (with ``gamma``) on the fit device."""
+        dev, m, cam, prog = self.device, ctx.model, ctx.cam, ctx.progress
+        p = ctx.preset
         prog("stage1", 0.0, "initial pose")
         pm = self.paper
         init = None
         if pm is not None and pm.use_deep3d:
             from services.fitter.paper_mode import deep3d_coefficients
 
-            init = deep3d_coefficients(pm.nets.deep3d, photo, m)
+            init = deep3d_coefficients(pm.nets.deep3d, photos.photo, m)
         # Stage 1 moves 68 points: on a GPU its hundreds of tiny steps are bound by kernel
         # launches, so it runs as CUDA-graph replays there, or on the CPU when graphs are off.
         s1_dev = torch.device("cpu") if dev.type == "cuda" and not graphs_enabled(dev) else dev
         m1 = m if s1_dev == dev else self._model_on(s1_dev)
         init1 = None if init is None else {k: v.to(s1_dev) for k, v in init.items()}
-        s1 = fit_landmarks(m1, lm.to(s1_dev), cam, steps=p.stage1_steps, lr=p.stage1_lr,
-                           progress=prog, cancel=cancel, init=init1)
+        s1 = fit_landmarks(m1, photos.lm.to(s1_dev), cam,
+                           Stage1Options(steps=p.stage1_steps, lr=p.stage1_lr),
+                           progress=prog, cancel=ctx.cancel, init=init1)
         coeffs = {k: v.to(dev) for k, v in s1.coeffs.items()}
         with torch.no_grad():
             world1 = rigid_transform(m.shape(coeffs["id"], coeffs["exp"]), coeffs["angles"],
                                      coeffs["trans"])
-            from services.fitter.render import MeshRenderer
-
-            r224 = MeshRenderer(cam, be)
-            d1 = r224.render(world1, m.tri, size=cam.size, antialias=False).depth
-            gamma, albedo_guess = initial_lighting(m, coeffs, photo, skin_w, cam, d1)
+            d1 = ctx.renderer.render(world1, m.tri, size=cam.size, antialias=False).depth
+            gamma, _ = initial_lighting(m, coeffs, photos.photo, photos.skin, cam, d1)
         coeffs["gamma"] = gamma
-        times["stage1"] = time.perf_counter() - t0
         prog("stage1", 1.0, f"landmark error {float(s1.landmark_error_px.mean()):.2f} px")
-        stage1_coeffs = {k: v.clone() for k, v in coeffs.items()}
+        return s1, coeffs
 
-        if pm is not None and pm.use_texgan:
-            from services.fitter.paper_mode import run_paper_stages
-
-            textures, final, coeffs, s3_losses, latents = run_paper_stages(
-                pm, m, coeffs, lm, photo, fmask, cam, be, p, tex_size, prog, cancel, times)
-        else:
-            latents = None
-            textures, final, coeffs, s3 = self._default_stages23(
-                m, coeffs, lm, photo, hires, fmask, p, tex_size, prog, cancel, times)
-            s3_losses = s3.losses if s3 is not None else None
-        graph_steps = {"stage1": s1.graph_steps,
-                       "stage3": s3.graph_steps if latents is None and s3 is not None else 0}
-        maps = uv_maps(m, tex_size, be)
-        return self._outputs(faces, p, tex_size, seed, coeffs, final, textures, maps, s1,
-                             s3_losses, stage1_coeffs, times, t_all, want_inter, latents, r224,
-                             fmask, graph_steps)
-
-    def _default_stages23(self, m, coeffs, lm, photo, hires, fmask, p, tex_size, prog, cancel,
-                          times):
-        """Stages 2 and 3 of the default path; returns ``(textures, final [B, S, S, 3],
-        coeffs, stage-3 result or None)``."""
-        dev, cam, be = self.device, self.camera, self.backend
-        # ---- stage 2 ----
-        t0 = time.perf_counter()
-        prog("stage2", 0.0, "unwrapping the photo into UV")
-        src = self.texture_source or UnwrapTextureSource(be, cam, depth_size=p.unwrap_depth_size)
-        with torch.no_grad():
-            maps = uv_maps(m, tex_size, be)
-            prog("stage2", 0.3, "uv maps ready")
-            hires_adj = _hires_for_camera(hires)
-            textures: list[CompletedTexture] = src.texture(m, coeffs, hires_adj, fmask, tex_size)
-        prog("stage2", 1.0, "texture completed")
-        times["stage2"] = time.perf_counter() - t0
-
-        # ---- stage 3 ----
-        t0 = time.perf_counter()
-        base_full = torch.tensor(np.stack([t.texture for t in textures]), device=dev)
-        s3 = None
-        if p.stage3_steps > 0:
-            opt_maps = uv_maps(m, p.tex_opt_size, be)
-            base_opt = F.interpolate(base_full.permute(0, 3, 1, 2), size=p.tex_opt_size,
-                                     mode="area").permute(0, 2, 3, 1).contiguous()
-            own = torch.tensor(np.stack([t.observed for t in textures]), device=dev)[:, None]
-            gate_opt = (F.interpolate(own, size=p.tex_opt_size, mode="area") * 2).clamp(max=1.0)
-            # a soft gate: sharp gate borders would print as outlines in the texture
-            gate_opt = F.avg_pool2d(gate_opt, 5, stride=1, padding=2,
-                                    count_include_pad=False).permute(0, 2, 3, 1).contiguous()
-            extra = None
-            if self.paper is not None and (self.paper.arcface is not None
-                                           or self.paper.vgg is not None):
-                from services.fitter.paper_mode import ImageLosses, default_path_terms
-
-                ph = photo
-                if p.raster_size != photo.shape[1]:
-                    ph = F.interpolate(photo.permute(0, 3, 1, 2), size=p.raster_size,
-                                       mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
-                extra = default_path_terms(ImageLosses(self.paper.arcface, self.paper.vgg,
-                                                       ph, lm))
-            s3 = fit_joint(m, coeffs, base_opt, lm, photo, fmask, cam, be, p,
-                           mirror=opt_maps.mirror, gate=gate_opt, progress=prog,
-                           cancel=cancel, extra_terms=extra)
-            coeffs = s3.coeffs
-            with torch.no_grad():
-                gate_up = F.interpolate(gate_opt.permute(0, 3, 1, 2), size=tex_size,
-                                        mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
-                off = mirror_offsets(s3.offsets.upsampled(tex_size) * gate_up, own[:, 0], maps)
-                gate_eff = mirror_offsets(gate_up.expand(-1, -1, -1, 3).contiguous(), own[:, 0],
-                                          maps)[..., 0]
-                off_np, gate_np = off.cpu().numpy(), gate_eff.cpu().numpy()
-                base_np = base_full.cpu().numpy()
-
-            # the offsets' broad changes continue past the gate (no edge where it ends); then
-            # stage 3 may have baked one-sided shading back into the texels: make the low
-            # frequencies left/right symmetric again, as in stage 2
-            def finish(i: int) -> np.ndarray:
-                t = np.clip(base_np[i] + spread_offsets(off_np[i], gate_np[i], maps),
-                            1.0 / 255, 1.0)
-                return symmetrize_lowfreq(t, maps, sigma=tex_size / 16)
-
-            final = torch.tensor(np.stack(per_photo(finish, len(off_np))),
-                                 device=dev).clamp(1.0 / 255, 1.0)
-        else:
-            final = base_full
-        times["stage3"] = time.perf_counter() - t0
-        prog("stage3", 1.0, "done")
-        return textures, final, coeffs, s3
-
-    def _outputs(self, faces, p, tex_size, seed, coeffs, final, textures, maps, s1, s3_losses,
-                 stage1_coeffs, times, t_all, want_inter, latents, r224, fmask, graph_steps
-                 ) -> list[FitOutput]:
-        """Meshes, renders, metrics, previews, intermediates and reports of a finished fit."""
+    def _outputs(self, ctx: FitContext, faces: list[AlignedFace], photos: PhotoBatch,
+                 s1: Stage1Result, stage1_coeffs: dict[str, torch.Tensor], res: StagesResult,
+                 want_inter: bool) -> list[FitOutput]:
+        """Meshes, renders, metrics, previews and intermediates of a finished fit (the report
+        is added by :meth:`_fit`)."""
         m, cam = self.model, self.camera
+        coeffs, final, textures, latents = res.coeffs, res.final, res.textures, res.latents
+        maps = uv_maps(m, ctx.tex_size, ctx.backend)
         b = len(faces)
-        t0 = time.perf_counter()
         with torch.no_grad():
             verts_exp = m.shape(coeffs["id"], coeffs["exp"])
             verts_neu = m.neutral(coeffs["id"])
             world = rigid_transform(verts_exp, coeffs["angles"], coeffs["trans"])
             nrm = rotate_normals(m.vertex_normals(verts_exp), coeffs["angles"])
-            out = r224.render(world, m.tri, normals=nrm, uv=m.uv, uv_tri=m.uv_tri,
-                              texture=final, gamma=coeffs["gamma"], antialias=True)
+            out = ctx.renderer.render(
+                world, m.tri, normals=nrm, uv=m.uv, uv_tri=m.uv_tri, texture=final,
+                gamma=coeffs["gamma"], antialias=True)
             lm_fit = project(m.landmarks(world), cam)
         tex_u8 = (final.cpu().numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
         render_u8 = (out.image.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
@@ -441,13 +397,13 @@ class FitterCore:
         for i in range(b):
             f = faces[i]
             metrics = _metrics(f, lm_fit[i].cpu().numpy(), render_u8[i], rmask[i],
-                               fmask[i, ..., 0].cpu().numpy(), textures[i], maps)
+                               photos.mask[i, ..., 0].cpu().numpy(), textures[i], maps)
             metrics["texture_lr_asymmetry"] = lr_asymmetry(tex_u8[i], maps)
             metrics["stage1_landmark_error_px"] = float(s1.landmark_error_px[i])
-            if s3_losses is not None:
-                for k, v in s3_losses.items():
+            if res.losses is not None:
+                for k, v in res.losses.items():
                     metrics[f"loss_{k}"] = float(v[i])
-            for k, v in times.items():
+            for k, v in ctx.times.items():
                 metrics[f"seconds_{k}"] = v / b
             c_np = {k: v[i].detach().cpu().numpy().astype(np.float32) for k, v in coeffs.items()}
             mesh_neu = self._mesh(verts_neu[i])
@@ -467,18 +423,6 @@ class FitterCore:
                 eye_ring_left=m.eye_ring_left.cpu().numpy().astype(np.int64),
                 eye_ring_right=m.eye_ring_right.cpu().numpy().astype(np.int64),
                 camera=cam, face_model=self.face_model, render=render_u8[i]))
-        times["outputs"] = time.perf_counter() - t0
-        total = time.perf_counter() - t_all
-        for i, o in enumerate(outputs):
-            o.metrics["seconds_outputs"] = times["outputs"] / b
-            o.metrics["seconds_total"] = total / b
-            o.report = self._report(p, tex_size, seed, times, total, b, o.metrics,
-                                    faces[i].parse_source)
-            o.report["stage1_init"] = (s1.init_source or ["pnp"] * b)[i]
-            # optimisation steps replayed as CUDA graphs (services.fitter.graphs); 0 on CPU
-            o.report["cuda_graph_steps"] = dict(graph_steps)
-            if latents is not None:
-                o.report["texture_source"] = "texgan"
         return outputs
 
     # ------------------------------------------------------------------------------------------
@@ -533,8 +477,9 @@ class FitterCore:
 
         return dict(self.paper.status) if self.paper is not None else no_checkpoints_status()
 
-    def _report(self, p: Preset, tex_size: int, seed: int, times: dict[str, float],
-                total: float, batch: int, metrics: dict[str, float], parse_source: str) -> dict:
+    def _report(self, ctx: FitContext, seed: int, total: float, batch: int,
+                metrics: dict[str, float], parse_source: str) -> dict:
+        p, tex_size, times = ctx.preset, ctx.tex_size, ctx.times
         m = self.model
         return {
             "face_model": {"name": m.name, "vertices": m.n_vertices,
@@ -560,6 +505,111 @@ class FitterCore:
             "versions": {"ffhquv": ffhquv.__version__, "torch": torch.__version__,
                          "numpy": np.__version__, "python": platform.python_version()},
         }
+
+
+
+def _photo_batch(faces: list[AlignedFace], dev: torch.device) -> PhotoBatch:
+    """The faces' crops, landmarks and masks as tensors on ``dev`` (hi-res crops resized to
+    the largest one)."""
+    hires_size = max(f.crop_hires.shape[0] for f in faces)
+    lm = torch.tensor(np.stack([f.crop_landmarks for f in faces]), dtype=torch.float32,
+                      device=dev)
+    photo = torch.tensor(np.stack([f.crop for f in faces]), device=dev).float() / 255
+    hires = torch.tensor(np.stack([
+        f.crop_hires if f.crop_hires.shape[0] == hires_size else cv2.resize(
+            f.crop_hires, (hires_size, hires_size), interpolation=cv2.INTER_LINEAR)
+        for f in faces]), device=dev).float() / 255
+    parse = torch.tensor(np.stack([f.parse_mask for f in faces]), device=dev)
+    skin = torch.tensor(np.stack([f.skin_mask for f in faces]), device=dev)
+    fmask = photo_face_mask(parse, skin, photo, lm)  # [B, 224, 224, 1]
+    return PhotoBatch(lm=lm, photo=photo, hires=hires, mask=fmask,
+                      skin=fmask * (parse == 1)[..., None].float())
+
+
+class DefaultStages:
+    """Stages 2 and 3 of the default path (:class:`services.fitter.pipeline.StagePlan`).
+
+    Stage 2: the texture source (default :class:`UnwrapTextureSource`). Stage 3:
+    :func:`services.fitter.stage3.fit_joint` on a texel-offset pyramid, the offsets mirrored,
+    spread past the own-view gate and the low frequencies made symmetric again.
+
+    Args:
+        texture_source: the stage-2 source; None = :class:`UnwrapTextureSource`.
+        paper: the loaded paper networks (ArcFace / VGG add stage-3 terms) or None.
+    """
+
+    def __init__(self, texture_source: TextureSource | None = None, paper=None):
+        self.texture_source = texture_source
+        self.paper = paper
+
+    def stage2(self, ctx: FitContext, photos: PhotoBatch,
+               coeffs: dict[str, torch.Tensor]) -> Stage2Result:
+        prog, be, m = ctx.progress, ctx.backend, ctx.model
+        prog("stage2", 0.0, "unwrapping the photo into UV")
+        src = self.texture_source or UnwrapTextureSource(
+            be, ctx.cam, depth_size=ctx.preset.unwrap_depth_size)
+        with torch.no_grad():
+            uv_maps(m, ctx.tex_size, be)
+            prog("stage2", 0.3, "uv maps ready")
+            hires_adj = _hires_for_camera(photos.hires)
+            textures: list[CompletedTexture] = src.texture(m, coeffs, hires_adj, photos.mask,
+                                                           ctx.tex_size)
+        prog("stage2", 1.0, "texture completed")
+        return Stage2Result(textures=textures)
+
+    def stage3(self, ctx: FitContext, photos: PhotoBatch, coeffs: dict[str, torch.Tensor],
+               s2: Stage2Result) -> StagesResult:
+        p, be, m, tex_size = ctx.preset, ctx.backend, ctx.model, ctx.tex_size
+        textures = s2.textures
+        dev = photos.photo.device
+        maps = uv_maps(m, tex_size, be)
+        base_full = torch.tensor(np.stack([t.texture for t in textures]), device=dev)
+        if p.stage3_steps <= 0:
+            ctx.progress("stage3", 1.0, "done")
+            return StagesResult(textures=textures, final=base_full, coeffs=coeffs)
+        opt_maps = uv_maps(m, p.tex_opt_size, be)
+        base_opt = F.interpolate(base_full.permute(0, 3, 1, 2), size=p.tex_opt_size,
+                                 mode="area").permute(0, 2, 3, 1).contiguous()
+        own = torch.tensor(np.stack([t.observed for t in textures]), device=dev)[:, None]
+        gate_opt = (F.interpolate(own, size=p.tex_opt_size, mode="area") * 2).clamp(max=1.0)
+        # a soft gate: sharp gate borders would print as outlines in the texture
+        gate_opt = F.avg_pool2d(gate_opt, 5, stride=1, padding=2,
+                                count_include_pad=False).permute(0, 2, 3, 1).contiguous()
+        extra = None
+        if self.paper is not None and (self.paper.arcface is not None
+                                       or self.paper.vgg is not None):
+            from services.fitter.paper_mode import ImageLosses, default_path_terms
+
+            ph = photos.photo
+            if p.raster_size != ph.shape[1]:
+                ph = F.interpolate(ph.permute(0, 3, 1, 2), size=p.raster_size,
+                                   mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+            extra = default_path_terms(ImageLosses(self.paper.arcface, self.paper.vgg,
+                                                   ph, photos.lm))
+        s3 = fit_joint(ctx, photos, coeffs, base_opt, mirror=opt_maps.mirror, gate=gate_opt,
+                       extra_terms=extra)
+        with torch.no_grad():
+            gate_up = F.interpolate(gate_opt.permute(0, 3, 1, 2), size=tex_size,
+                                    mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+            off = mirror_offsets(s3.offsets.upsampled(tex_size) * gate_up, own[:, 0], maps)
+            gate_eff = mirror_offsets(gate_up.expand(-1, -1, -1, 3).contiguous(), own[:, 0],
+                                      maps)[..., 0]
+            off_np, gate_np = off.cpu().numpy(), gate_eff.cpu().numpy()
+            base_np = base_full.cpu().numpy()
+
+        # the offsets' broad changes continue past the gate (no edge where it ends); then
+        # stage 3 may have baked one-sided shading back into the texels: make the low
+        # frequencies left/right symmetric again, as in stage 2
+        def finish(i: int) -> np.ndarray:
+            t = np.clip(base_np[i] + spread_offsets(off_np[i], gate_np[i], maps),
+                        1.0 / 255, 1.0)
+            return symmetrize_lowfreq(t, maps, sigma=tex_size / 16)
+
+        final = torch.tensor(np.stack(per_photo(finish, len(off_np))),
+                             device=dev).clamp(1.0 / 255, 1.0)
+        ctx.progress("stage3", 1.0, "done")
+        return StagesResult(textures=textures, final=final, coeffs=s3.coeffs, losses=s3.losses,
+                            graph_steps=s3.graph_steps)
 
 
 def mirror_offsets(off: torch.Tensor, own: torch.Tensor, maps) -> torch.Tensor:

@@ -55,12 +55,25 @@ from ffhquv.errors import Cancelled
 from services.fitter.camera import Camera, project, rigid_transform, rotate_normals
 from services.fitter.facemodel.base import FaceModel
 from services.fitter.landmark_bases import LandmarkBases, landmark_weights
+from services.fitter.pipeline import FitContext, PhotoBatch, Stage2Result, StagesResult
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, float, str], None]
 PAPER_NETWORKS = ("texgan", "deep3d", "arcface", "vgg")
 GAN_FACE_MODEL = "hifi3dpp"  # the UV layout / coefficient layout the paper's networks know
+
+
+@dataclass(frozen=True)
+class PaperOptions:
+    """How :class:`services.fitter.core.FitterCore` loads the paper's networks.
+
+    Attributes:
+        w_stats_samples: z samples for the texture GAN's W statistics when its side file is
+            absent (None: FFHQ-UV's 100000).
+    """
+
+    w_stats_samples: int | None = None
 
 
 @dataclass(frozen=True)
@@ -363,23 +376,24 @@ class LatentSearchResult:
     losses: dict[str, list[float]]  # final per-photo weighted terms
 
 
-def search_latents(texgan, model: FaceModel, coeffs: dict[str, Tensor], photo: Tensor,
-                   photo_mask: Tensor, cam: Camera, backend, losses: ImageLosses | None,
-                   cfg: Stage2Config | None = None, progress: Progress | None = None,
-                   cancel: threading.Event | None = None) -> LatentSearchResult:
+def search_latents(texgan, ctx: FitContext, photos: PhotoBatch, coeffs: dict[str, Tensor],
+                   losses: ImageLosses | None, cfg: Stage2Config | None = None
+                   ) -> LatentSearchResult:
     """Stage 2: the GAN latent whose texture, rendered on the fixed stage-1 geometry, best
     matches the photo (W for the first ``w_plus_from`` of the steps, then W+).
 
     Args:
         texgan: :class:`services.fitter.paper.stylegan2.TexGAN` (HiFi3D++ UV layout).
-        model: the (hifi3dpp) face model.
+        ctx: the fit's (hifi3dpp) face model, 224 camera, backend, progress and cancel.
+        photos: ``photo [B, 224, 224, 3]`` crops in [0, 1], ``mask [B, 224, 224, 1]``.
         coeffs: ``id, exp, angles, trans, gamma`` ``[B, ...]`` (held fixed).
-        photo: ``[B, 224, 224, 3]`` crops in [0, 1]; photo_mask: ``[B, 224, 224, 1]``.
-        cam: the 224 fitting camera; backend: rasteriser backend.
         losses: identity / VGG terms (None or inactive: colour + latent only).
     Returns:
         :class:`LatentSearchResult`.
     """
+    model, cam, backend = ctx.model, ctx.cam, ctx.backend
+    progress, cancel = ctx.progress, ctx.cancel
+    photo, photo_mask = photos.photo, photos.mask
     cfg = cfg or Stage2Config()
     b = photo.shape[0]
     scene = _Scene(model, cam, backend, photo, photo_mask)
@@ -441,21 +455,23 @@ class JointResult:
     losses: dict[str, list[float]]
 
 
-def fit_joint_paper(texgan, model: FaceModel, coeffs: dict[str, Tensor], z: Tensor,
-                    lm2d: Tensor, photo: Tensor, photo_mask: Tensor, cam: Camera, backend,
-                    losses: ImageLosses | None, cfg: Stage3Config | None = None,
-                    progress: Progress | None = None, cancel: threading.Event | None = None,
+def fit_joint_paper(texgan, ctx: FitContext, photos: PhotoBatch, coeffs: dict[str, Tensor],
+                    z: Tensor, losses: ImageLosses | None, cfg: Stage3Config | None = None,
                     ) -> JointResult:
     """Stage 3: identity, expression, pose, SH lighting and the W+ latent jointly.
 
     Args:
         texgan: the texture GAN; z: ``[B, num_ws, z_dim]`` stage-2 latents.
+        ctx: the fit's face model, 224 camera, backend, progress and cancel.
+        photos: ``lm [B, 68, 2]`` crop landmarks (224 pixels), ``photo`` / ``mask``
+            ``[B, 224, 224, 3]`` / ``[B, 224, 224, 1]``.
         coeffs: ``id, exp, angles, trans, gamma`` ``[B, ...]``.
-        lm2d: ``[B, 68, 2]`` crop landmarks (224 pixels).
-        photo / photo_mask: ``[B, 224, 224, 3]`` / ``[B, 224, 224, 1]``.
     Returns:
         :class:`JointResult`.
     """
+    model, cam, backend = ctx.model, ctx.cam, ctx.backend
+    progress, cancel = ctx.progress, ctx.cancel
+    lm2d, photo, photo_mask = photos.lm, photos.photo, photos.mask
     cfg = cfg or Stage3Config()
     b = photo.shape[0]
     dev = photo.device
@@ -515,61 +531,72 @@ def fit_joint_paper(texgan, model: FaceModel, coeffs: dict[str, Tensor], z: Tens
                        losses={k: v.cpu().tolist() for k, v in last.items()})
 
 
-def run_paper_stages(pm: PaperMode, model: FaceModel, coeffs: dict[str, Tensor], lm2d: Tensor,
-                     photo: Tensor, photo_mask: Tensor, cam: Camera, backend, preset,
-                     tex_size: int, progress: Progress, cancel: threading.Event | None,
-                     times: dict[str, float]):
-    """Stages 2 and 3 of paper mode, as :class:`services.fitter.core.FitterCore` runs them.
+class PaperStages:
+    """Stages 2 and 3 of paper mode (:class:`services.fitter.pipeline.StagePlan`), as
+    :class:`services.fitter.core.FitterCore` runs them: StyleGAN2 latent search on the fixed
+    stage-1 geometry, then the joint fit of geometry, light and the W+ latent.
 
     Args:
         pm: the paper networks (``pm.use_texgan`` must be True).
-        coeffs: stage-1 coefficients incl. ``gamma`` ``[B, ...]``.
-        lm2d / photo / photo_mask: ``[B, 68, 2]`` / ``[B, 224, 224, 3]`` / ``[B, 224, 224, 1]``.
-        preset: :class:`services.fitter.presets.Preset` (``paper_stage2_steps`` /
-            ``paper_stage3_steps``).
-        tex_size: side of the output texture (the GAN's is resampled to it).
-        times: ``stage2`` / ``stage3`` seconds are stored here.
-    Returns:
-        ``(textures, final [B, S, S, 3], coeffs, stage-3 losses, latents)`` with ``textures``
-        a list of :class:`services.fitter.texture.CompletedTexture` (the stage-2 GAN texture;
-        ``observed`` / ``combined`` = the UV atlas mask: the GAN fills every texel) and
-        ``latents`` ``{"z": [B, L, Z], "w_plus": [B, L, W]}`` numpy float32.
+
+    Stage 2's textures are :class:`services.fitter.texture.CompletedTexture` (the GAN texture
+    at ``ctx.tex_size``; ``observed`` / ``combined`` = the UV atlas mask: the GAN fills every
+    texel); stage 3 returns ``latents`` ``{"z": [B, L, Z], "w_plus": [B, L, W]}`` numpy
+    float32 and the stage-3 losses with the stage-2 ones as ``stage2_<name>``. The step counts
+    are the preset's ``paper_stage2_steps`` / ``paper_stage3_steps``.
     """
-    import time
 
-    from services.fitter.texture import CompletedTexture, uv_maps
+    def __init__(self, pm: PaperMode):
+        self.pm = pm
+        self.texgan = pm.nets.texgan
+        self._image_losses: tuple[PhotoBatch, ImageLosses | None] | None = None
 
-    texgan = pm.nets.texgan
-    b = photo.shape[0]
-    losses = ImageLosses(pm.arcface, pm.vgg, photo, lm2d) if (
-        pm.arcface is not None or pm.vgg is not None) else None
-    t0 = time.perf_counter()
-    progress("stage2", 0.0, "StyleGAN2 latent search")
-    s2 = search_latents(texgan, model, coeffs, photo, photo_mask, cam, backend, losses,
-                        Stage2Config(steps=preset.paper_stage2_steps), progress, cancel)
-    with torch.no_grad():
-        tex2 = resize_texture(gan_texture(texgan, s2.z), tex_size)
-        maps = uv_maps(model, tex_size, backend)
-    atlas = maps.mask.float().cpu().numpy()
-    tex2_np = tex2.cpu().numpy()
-    textures = [CompletedTexture(texture=np.clip(tex2_np[i], 1.0 / 255, 1.0).astype(np.float32),
-                                 observed=atlas.copy(), combined=atlas.copy(),
-                                 skin_color=np.median(tex2_np[i][atlas > 0.5], axis=0)
-                                 if (atlas > 0.5).any() else np.full(3, 0.5, np.float32))
-                for i in range(b)]
-    progress("stage2", 1.0, "latent search done")
-    times["stage2"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    s3 = fit_joint_paper(texgan, model, coeffs, s2.z, lm2d, photo, photo_mask, cam, backend,
-                         losses, Stage3Config(steps=preset.paper_stage3_steps), progress, cancel)
-    with torch.no_grad():
-        final = resize_texture(gan_texture(texgan, s3.z), tex_size).clamp(1.0 / 255, 1.0)
-        w = texgan.map_z_to_w(s3.z)
-    latents = {"z": s3.z.cpu().numpy().astype(np.float32),
-               "w_plus": w.cpu().numpy().astype(np.float32)}
-    progress("stage3", 1.0, "done")
-    times["stage3"] = time.perf_counter() - t0
-    losses3 = dict(s3.losses)
-    for k, v in s2.losses.items():
-        losses3[f"stage2_{k}"] = v
-    return textures, final.contiguous(), s3.coeffs, losses3, latents
+    def _losses(self, photos: PhotoBatch) -> ImageLosses | None:
+        """The identity / VGG terms of these photos (their embeddings computed once)."""
+        pm = self.pm
+        if self._image_losses is None or self._image_losses[0] is not photos:
+            losses = ImageLosses(pm.arcface, pm.vgg, photos.photo, photos.lm) if (
+                pm.arcface is not None or pm.vgg is not None) else None
+            self._image_losses = (photos, losses)
+        return self._image_losses[1]
+
+    def stage2(self, ctx: FitContext, photos: PhotoBatch,
+               coeffs: dict[str, Tensor]) -> Stage2Result:
+        from services.fitter.texture import CompletedTexture, uv_maps
+
+        texgan, tex_size = self.texgan, ctx.tex_size
+        b = photos.photo.shape[0]
+        ctx.progress("stage2", 0.0, "StyleGAN2 latent search")
+        s2 = search_latents(texgan, ctx, photos, coeffs, self._losses(photos),
+                            Stage2Config(steps=ctx.preset.paper_stage2_steps))
+        with torch.no_grad():
+            tex2 = resize_texture(gan_texture(texgan, s2.z), tex_size)
+            maps = uv_maps(ctx.model, tex_size, ctx.backend)
+        atlas = maps.mask.float().cpu().numpy()
+        tex2_np = tex2.cpu().numpy()
+        textures = [CompletedTexture(
+            texture=np.clip(tex2_np[i], 1.0 / 255, 1.0).astype(np.float32),
+            observed=atlas.copy(), combined=atlas.copy(),
+            skin_color=np.median(tex2_np[i][atlas > 0.5], axis=0)
+            if (atlas > 0.5).any() else np.full(3, 0.5, np.float32))
+            for i in range(b)]
+        ctx.progress("stage2", 1.0, "latent search done")
+        return Stage2Result(textures=textures, losses=dict(s2.losses), latent=s2.z)
+
+    def stage3(self, ctx: FitContext, photos: PhotoBatch, coeffs: dict[str, Tensor],
+               s2: Stage2Result) -> StagesResult:
+        texgan = self.texgan
+        s3 = fit_joint_paper(texgan, ctx, photos, coeffs, s2.latent, self._losses(photos),
+                             Stage3Config(steps=ctx.preset.paper_stage3_steps))
+        with torch.no_grad():
+            final = resize_texture(gan_texture(texgan, s3.z), ctx.tex_size).clamp(1.0 / 255,
+                                                                                 1.0)
+            w = texgan.map_z_to_w(s3.z)
+        latents = {"z": s3.z.cpu().numpy().astype(np.float32),
+                   "w_plus": w.cpu().numpy().astype(np.float32)}
+        ctx.progress("stage3", 1.0, "done")
+        losses3 = dict(s3.losses)
+        for k, v in s2.losses.items():
+            losses3[f"stage2_{k}"] = v
+        return StagesResult(textures=s2.textures, final=final.contiguous(), coeffs=s3.coeffs,
+                            losses=losses3, latents=latents)

@@ -102,9 +102,25 @@ class Stage1Result:
     graph_steps: int = 0  # steps that ran as CUDA-graph replays
 
 
-def fit_landmarks(model: FaceModel, lm2d: Tensor, cam: Camera, *, steps: int = 300,
-                  lr: float = 0.05, w_id: float = 0.02, w_exp: float = 0.02,
-                  progress: Progress | None = None, cancel: threading.Event | None = None,
+@dataclass
+class Stage1Options:
+    """Settings of the landmark fit.
+
+    Attributes:
+        steps: Adam steps; the first quarter moves the pose only.
+        lr: learning rate of the identity / expression coefficients (unit variance).
+        w_id / w_exp: weights of the ``||id||^2`` / ``||exp||^2`` priors (per px^2 of loss).
+    """
+
+    steps: int = 300
+    lr: float = 0.05
+    w_id: float = 0.02
+    w_exp: float = 0.02
+
+
+def fit_landmarks(model: FaceModel, lm2d: Tensor, cam: Camera,
+                  options: Stage1Options | None = None, *, progress: Progress | None = None,
+                  cancel: threading.Event | None = None,
                   init: dict[str, Tensor] | None = None) -> Stage1Result:
     """Pose, identity and expression from landmarks.
 
@@ -112,9 +128,7 @@ def fit_landmarks(model: FaceModel, lm2d: Tensor, cam: Camera, *, steps: int = 3
         model: the face model.
         lm2d: ``[B, 68, 2]`` crop landmarks in ``cam.size`` pixels (x right, y down).
         cam: the fitting camera (224 raster).
-        steps: Adam steps; the first quarter moves the pose only.
-        lr: learning rate of the identity / expression coefficients (unit variance).
-        w_id / w_exp: weights of the ``||id||^2`` / ``||exp||^2`` priors (per px^2 of loss).
+        options: steps, learning rate and prior weights (:class:`Stage1Options`).
         init: optional regressed start ``id [B, K_id], exp [B, K_exp], angles [B, 3],
             trans [B, 3]`` (paper mode's Deep3D); per photo it replaces the PnP start (with
             zero id / exp) when its weighted landmark loss is lower, and the optimisation then
@@ -124,6 +138,8 @@ def fit_landmarks(model: FaceModel, lm2d: Tensor, cam: Camera, *, steps: int = 3
     Raises:
         Cancelled: when ``cancel`` is set (checked every step).
     """
+    opts = options or Stage1Options()
+    steps, lr, w_id, w_exp = opts.steps, opts.lr, opts.w_id, opts.w_exp
     dev = model.device
     b = lm2d.shape[0]
     lmb = LandmarkBases.of(model)

@@ -19,7 +19,6 @@ The final full-size texture is the stage-2 texture plus the optimised offsets up
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,11 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from services.fitter.camera import Camera, project, rigid_transform, rotate_normals
-from services.fitter.facemodel.base import FaceModel
+from services.fitter.camera import project, rigid_transform, rotate_normals
 from services.fitter.graphs import StepRunner, graphs_enabled, make_adam, set_lr
 from services.fitter.landmark_bases import LandmarkBases, landmark_weights
-from services.fitter.presets import Preset
+from services.fitter.pipeline import FitContext, PhotoBatch
 from services.fitter.render import MeshRenderer, RenderOutput
 
 Progress = Callable[[str, float, str], None]
@@ -105,25 +103,20 @@ class Stage3Result:
     graph_steps: int = 0  # steps that ran as CUDA-graph replays
 
 
-def fit_joint(model: FaceModel, coeffs: dict[str, Tensor], base_tex: Tensor, lm2d: Tensor,
-              photo: Tensor, photo_mask: Tensor, cam: Camera, backend, preset: Preset,
+def fit_joint(ctx: FitContext, photos: PhotoBatch, coeffs: dict[str, Tensor], base_tex: Tensor,
               mirror: Tensor | None = None, gate: Tensor | None = None,
               weights: Stage3Weights | None = None,
               extra_terms: Callable[[Tensor, Tensor], dict[str, Tensor]] | None = None,
-              progress: Progress | None = None, cancel: threading.Event | None = None,
               ) -> Stage3Result:
     """Jointly refine shape, expression, pose, lighting and texels against the photo.
 
     Args:
-        model: the face model.
+        ctx: the fit's model, 224 camera, backend, preset (steps, learning rates, raster size,
+            pyramid levels), progress and cancel (:class:`services.fitter.pipeline.FitContext`).
+        photos: ``lm [B, 68, 2]`` crop landmarks (224 pixels), ``photo [B, 224, 224, 3]``
+            aligned crop in [0, 1], ``mask [B, 224, 224, 1]`` parse-face x skin mask in [0, 1].
         coeffs: stage-1 coefficients ``id, exp, angles, trans, gamma`` ``[B, ...]``.
         base_tex: ``[B, S, S, 3]`` stage-2 albedo at ``preset.tex_opt_size`` (row 0 = v = 1).
-        lm2d: ``[B, 68, 2]`` crop landmarks (224 pixels).
-        photo: ``[B, 224, 224, 3]`` aligned crop in [0, 1].
-        photo_mask: ``[B, 224, 224, 1]`` parse-face x skin mask in [0, 1].
-        cam: the 224 fitting camera.
-        backend: rasteriser backend.
-        preset: steps, learning rates, raster size, pyramid levels.
         mirror: optional ``[S * S]`` flat mirror-texel lookup at ``tex_opt_size``.
         gate: optional ``[B, S, S, 1]`` in [0, 1] multiplying the texel offsets (the stage-2
             own-view confidence): texels the photo did not show, or showed as hair / shadow,
@@ -136,6 +129,9 @@ def fit_joint(model: FaceModel, coeffs: dict[str, Tensor], base_tex: Tensor, lm2
     Raises:
         Cancelled: when ``cancel`` is set (checked every step).
     """
+    model, cam, backend, preset = ctx.model, ctx.cam, ctx.backend, ctx.preset
+    progress, cancel = ctx.progress, ctx.cancel
+    lm2d, photo, photo_mask = photos.lm, photos.photo, photos.mask
     wt = weights or Stage3Weights()
     dev = model.device
     b = lm2d.shape[0]
