@@ -35,6 +35,8 @@ the segment. ``t`` is a differentiable function of the edge's two vertices, givi
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -82,6 +84,30 @@ def _ordered_key(z: Tensor, tid: Tensor) -> Tensor:
     bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
     return (bits.to(torch.int64) << 32) | tid
 
+
+
+class _Instances(NamedTuple):
+    """Per triangle instance (``n`` drawn (photo, triangle) pairs) of one rasterisation.
+
+    Attributes:
+        edges: three ``(ax, ay, gdx, gdy)`` tuples of ``[n]``: each edge's canonical start and
+            its direction times the inside sign.
+        zr: ``[n, 3]`` ``z_i / |area2|``.
+        ylo / bh / xlo / xhi: ``[n]`` int64 bounding box (first row, rows, first / last column).
+        tinst: ``[n]`` triangle index; pixbase: ``[n]`` flat index of the photo's first pixel.
+        fx / fy: ``[n, 3]`` screen-space corner positions (pixels).
+    """
+
+    edges: list[tuple[Tensor, Tensor, Tensor, Tensor]]
+    zr: Tensor
+    ylo: Tensor
+    bh: Tensor
+    xlo: Tensor
+    xhi: Tensor
+    tinst: Tensor
+    pixbase: Tensor
+    fx: Tensor
+    fy: Tensor
 
 class TorchRasterizer:
     """The pure-torch backend. Works on CPU and on CUDA tensors.
@@ -200,6 +226,7 @@ class TorchRasterizer:
         xlo_i, xhi_i = xlo.reshape(-1)[inst], xhi.reshape(-1)[inst]
         tinst = inst % t
         pixbase = (inst // t) * (h * w)
+        table = _Instances(edges, zr, ylo_i, bh_i, xlo_i, xhi_i, tinst, pixbase, fx, fy)
 
         # chunk the instances on their bounding-box sizes (an upper bound of the candidates)
         cnt = bw.reshape(-1)[inst] * bh_i
@@ -215,13 +242,13 @@ class TorchRasterizer:
         bounds.append(int(inst.numel()))
         for lo, hi in zip(bounds[:-1], bounds[1:], strict=False):
             if hi > lo:
-                yield from self._chunk(lo, hi, edges, zr, ylo_i, bh_i, xlo_i, xhi_i, tinst,
-                                       pixbase, fx, fy, w, pos.dtype)
+                yield from self._chunk(table, lo, hi, w, pos.dtype)
 
     @staticmethod
-    def _chunk(lo, hi, edges, zr, ylo, bh, xlo, xhi, tinst, pixbase, fx, fy, w, dtype):
+    def _chunk(table: _Instances, lo: int, hi: int, w: int, dtype: torch.dtype):
         """Fragments of instances ``lo:hi``: rows of each bounding box, then the conservative
         x-span of the triangle on each row, then exact edge tests per pixel."""
+        edges, zr, ylo, bh, xlo, xhi, tinst, pixbase, fx, fy = table
         dev = zr.device
         c = bh[lo:hi]
         nr = int(c.sum())
