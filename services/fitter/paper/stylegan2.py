@@ -173,16 +173,19 @@ def bias_act(x: Tensor, b: Tensor | None, act: str = "linear", gain: float | Non
     return x
 
 
-def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, noise: Tensor | None = None,
-                     up: int = 1, padding: int = 0, resample_filter: Tensor | None = None,
-                     demodulate: bool = True, flip_weight: bool = True,
+def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, up: int = 1, padding: int = 0,
+                     resample_filter: Tensor | None = None, demodulate: bool = True,
                      fused_modconv: bool = True) -> Tensor:
-    """StyleGAN2 modulated convolution.
+    """StyleGAN2 modulated convolution (the caller adds the per-pixel noise).
 
     Args:
-        x: ``[B, Cin, H, W]``; weight: ``[Cout, Cin, k, k]``; styles: ``[B, Cin]``;
-        noise: broadcastable to ``[B, Cout, H*up, W*up]`` or None.
+        x: ``[B, Cin, H, W]``; weight: ``[Cout, Cin, k, k]``; styles: ``[B, Cin]``.
+        up: upsampling factor; as in StyleGAN2's synthesis layers the weight is applied as a
+            correlation at ``up == 1`` and as a true convolution when upsampling.
+    Returns:
+        ``[B, Cout, H*up, W*up]`` for 'same' padding.
     """
+    flip_weight = up == 1
     b = x.shape[0]
     cout, cin, kh, kw = weight.shape
     if x.dtype == torch.float16 and demodulate:  # pre-normalise against fp16 overflow
@@ -203,17 +206,12 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, noise: Tensor | 
                             flip_weight=flip_weight)
         if demodulate:
             x = x * dcoefs.to(x.dtype).reshape(b, -1, 1, 1)
-        if noise is not None:
-            x = x + noise.to(x.dtype)
         return x
     x = x.reshape(1, -1, *x.shape[2:])
     w = w.reshape(-1, cin, kh, kw)
     x = conv2d_resample(x, w.to(x.dtype), resample_filter, up=up, padding=padding, groups=b,
                         flip_weight=flip_weight)
-    x = x.reshape(b, -1, *x.shape[2:])
-    if noise is not None:
-        x = x + noise.to(x.dtype)
-    return x
+    return x.reshape(b, -1, *x.shape[2:])
 
 
 def normalize_2nd_moment(x: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:
@@ -295,9 +293,10 @@ class SynthesisLayer(nn.Module):
                                 device=x.device) * self.noise_strength
         elif self.use_noise and noise_mode == "const":
             noise = self.noise_const * self.noise_strength
-        x = modulated_conv2d(x, self.weight, styles, noise=noise, up=self.up,
-                             padding=self.padding, resample_filter=self.resample_filter,
-                             flip_weight=(self.up == 1), fused_modconv=fused_modconv)
+        x = modulated_conv2d(x, self.weight, styles, up=self.up, padding=self.padding,
+                             resample_filter=self.resample_filter, fused_modconv=fused_modconv)
+        if noise is not None:
+            x = x + noise.to(x.dtype)
         return bias_act(x, self.bias, act="lrelu", clamp=self.conv_clamp)
 
 
