@@ -64,9 +64,11 @@ from services.fitter.texture import (
     PARSE_EYES,
     PARSE_MOUTH,
     CompletedTexture,
+    HeadMasks,
     TextureSource,
     UnwrapTextureSource,
     coverage,
+    head_masks,
     per_photo,
     photo_face_mask,
     spread_offsets,
@@ -523,7 +525,7 @@ def _photo_batch(faces: list[AlignedFace], dev: torch.device) -> PhotoBatch:
     skin = torch.tensor(np.stack([f.skin_mask for f in faces]), device=dev)
     fmask = photo_face_mask(parse, skin, photo, lm)  # [B, 224, 224, 1]
     return PhotoBatch(lm=lm, photo=photo, hires=hires, mask=fmask,
-                      skin=fmask * (parse == 1)[..., None].float())
+                      skin=fmask * (parse == 1)[..., None].float(), parse=parse, skin_prob=skin)
 
 
 class DefaultStages:
@@ -552,10 +554,25 @@ class DefaultStages:
             uv_maps(m, ctx.tex_size, be)
             prog("stage2", 0.3, "uv maps ready")
             hires_adj = _hires_for_camera(photos.hires)
-            textures: list[CompletedTexture] = src.texture(m, coeffs, hires_adj, photos.mask,
+            masks = self._head_masks(ctx, photos, coeffs)
+            textures: list[CompletedTexture] = src.texture(m, coeffs, hires_adj, masks,
                                                            ctx.tex_size)
         prog("stage2", 1.0, "texture completed")
         return Stage2Result(textures=textures)
+
+    @staticmethod
+    def _head_masks(ctx: FitContext, photos: PhotoBatch,
+                    coeffs: dict[str, torch.Tensor]) -> HeadMasks | torch.Tensor:
+        """The whole head's photo masks (skin texture, facial hair, hair) at the stage-1
+        pose, or the face mask alone when the batch carries no parse / skin maps."""
+        if photos.parse is None or photos.skin_prob is None:
+            return photos.mask
+        m = ctx.model
+        world = rigid_transform(m.shape(coeffs["id"], coeffs["exp"]), coeffs["angles"],
+                                coeffs["trans"])
+        head = ctx.renderer.render(world, m.tri, size=ctx.cam.size, antialias=False).mask
+        return head_masks(photos.photo, photos.parse, photos.skin_prob, photos.lm,
+                          head[..., 0])
 
     def stage3(self, ctx: FitContext, photos: PhotoBatch, coeffs: dict[str, torch.Tensor],
                s2: Stage2Result) -> StagesResult:

@@ -76,6 +76,8 @@ class PhotoBatch:
         mask: ``float32 [B, 224, 224, 1]`` photo face mask
             (:func:`services.fitter.texture.photo_face_mask`).
         skin: ``float32 [B, 224, 224, 1]`` ``mask`` on the parse skin label only.
+        parse: ``uint8 [B, 224, 224]`` the detector's ParseLabel maps.
+        skin_prob: ``uint8 [B, 224, 224]`` the detector's skin probability (0..255).
     """
 
     lm: Tensor
@@ -83,6 +85,8 @@ class PhotoBatch:
     hires: Tensor
     mask: Tensor
     skin: Tensor
+    parse: Tensor | None = None
+    skin_prob: Tensor | None = None
 
 
 @dataclass

@@ -6,17 +6,19 @@ One concept per file:
   matrix, mirror texels, face zones, seam fade, seam pairs and the seam-step measure.
 - :mod:`.lowpass`: low frequencies on the mesh surface (texels <-> vertices,
   :func:`mesh_lowpass`, :func:`symmetrize_lowfreq`, :func:`spread_offsets`).
-- :mod:`.masks`: photo-space masks (:func:`photo_face_mask`, :func:`skin_colour_weight`).
+- :mod:`.masks`: photo-space masks (:func:`photo_face_mask`, :func:`skin_colour_weight`; the
+  whole head's skin, facial hair and hair once its pose is known: :func:`head_masks`).
 - :mod:`.unwrap`: the photo sampled into UV through the fitted mesh (:func:`unwrap`).
 - :mod:`.completion`: mirror + skin template + pyramid blend (:func:`complete_texture`).
-- :mod:`.hair`: hair over the skin (:func:`hair_weight`).
+- :mod:`.hair`: hair over the skin (:func:`hair_weight`), the head of hair painted on the scalp
+  (:func:`hair_layer`, :func:`strand_noise`).
 - :mod:`.source`: where the stage-2 texture comes from (:class:`TextureSource`,
   :class:`UnwrapTextureSource`) and the per-photo thread pool (:func:`per_photo`).
 
 Texture arrays follow the project convention: ``[S, S, 3]`` with row 0 = ``v = 1``.
 """
 
-from services.fitter.texture.atlas import UVMaps, seam_step, seam_texel_pairs, uv_maps
+from services.fitter.texture.atlas import UVMaps, head_zones, seam_step, seam_texel_pairs, uv_maps
 from services.fitter.texture.completion import (
     CompletedTexture,
     complete_texture,
@@ -24,7 +26,13 @@ from services.fitter.texture.completion import (
     laplacian_blend,
     normalized_blur,
 )
-from services.fitter.texture.hair import HAIR_RATIO, hair_weight
+from services.fitter.texture.hair import (
+    HAIR_RATIO,
+    HairLayer,
+    hair_layer,
+    hair_weight,
+    strand_noise,
+)
 from services.fitter.texture.lowpass import (
     mesh_lowpass,
     spread_offsets,
@@ -41,6 +49,8 @@ from services.fitter.texture.masks import (
     PARSE_NOSE,
     PARSE_SKIN,
     TEXTURE_LABELS,
+    HeadMasks,
+    head_masks,
     photo_face_mask,
     skin_colour_weight,
 )
@@ -48,7 +58,8 @@ from services.fitter.texture.source import TextureSource, UnwrapTextureSource, p
 from services.fitter.texture.unwrap import COS_MIN, UnwrapResult, unwrap
 
 __all__ = [
-    "COS_MIN", "HAIR_RATIO", "PARSE_BG", "PARSE_BROWS", "PARSE_EYES", "PARSE_LIPS",
+    "COS_MIN", "HAIR_RATIO", "HairLayer", "HeadMasks", "hair_layer", "head_masks", "head_zones",
+    "strand_noise", "PARSE_BG", "PARSE_BROWS", "PARSE_EYES", "PARSE_LIPS",
     "PARSE_MOUTH", "PARSE_NOSE", "PARSE_SKIN", "TEXTURE_LABELS", "CompletedTexture",
     "TextureSource", "UVMaps", "UnwrapResult", "UnwrapTextureSource", "complete_texture",
     "coverage", "hair_weight", "laplacian_blend", "mesh_lowpass", "normalized_blur",

@@ -14,6 +14,7 @@ Texture arrays follow the project convention: ``[S, S, 3]`` with row 0 = ``v = 1
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 
@@ -61,6 +62,11 @@ class UVMaps:
             the temples (beside the outer eye corners, above the eyes), on the face side.
         central_face: ``[S, S]`` bool, texels between the outer eye corners and from the eyes
             down to the mouth corners (where hair rarely covers the skin).
+        hair_zone: ``[S, S]`` float32 in [0, 1], where a head of hair grows on the mean shape
+            (:func:`head_zones`): 1 on the scalp behind a typical hairline, 0 on the face,
+            ears and neck, a soft band between.
+        head_centre: ``[3]`` float64 model-space centre of the skull (eye height, ear depth),
+            the pole of the hair strands' directions.
     """
 
     size: int
@@ -79,6 +85,8 @@ class UVMaps:
     seam_fade: np.ndarray
     forehead: np.ndarray
     central_face: np.ndarray
+    hair_zone: np.ndarray
+    head_centre: np.ndarray
 
 
 _UV_CACHE: dict[tuple, UVMaps] = {}
@@ -118,6 +126,7 @@ def uv_maps(model: FaceModel, size: int, backend) -> UVMaps:
                               size)
     seam_fade = _seam_fade(model.uv.cpu().numpy(),
                            uv_seams(tri_np, model.uv_tri.cpu().numpy()), size)
+    zones = head_zones(model)
     # mirror lookup on the mean shape: nearest covered texel to (-x, y, z)
     flat = pos.reshape(-1, 3).detach().cpu().numpy()
     covered = m.reshape(-1).cpu().numpy()
@@ -139,6 +148,8 @@ def uv_maps(model: FaceModel, size: int, backend) -> UVMaps:
                   laplacian=edge_laplacian(mean_np, tri_np),
                   vertex_mirror=model.mirror.cpu().numpy().astype(np.int64),
                   texel_len=texel_len, seam_fade=seam_fade,
+                  hair_zone=np.asarray(to_texel @ zones["hair"], np.float32).reshape(size, size),
+                  head_centre=zones["centre"],
                   **_face_zones(model, pos.detach().cpu().numpy(), m.cpu().numpy()))
     with _UV_LOCK:
         _UV_CACHE[key] = maps
@@ -226,3 +237,45 @@ def seam_step(texture: np.ndarray, maps: UVMaps) -> float:
         return float("nan")
     flat = texture.reshape(-1, texture.shape[-1]).astype(np.float64)
     return float(np.abs(flat[a] - flat[b]).mean())
+
+
+# hairline height above the brows, in brow-to-chin heights, by the angle around the vertical
+# axis from the front (0) to the back (pi): forehead, temples, above the ears, behind the ears,
+# the nape. A typical adult hairline; the photo decides where it is seen (texture.hair).
+_HAIRLINE_ANGLE = (0.0, 0.6, 1.1, 1.5, 1.9, 2.4, math.pi)
+_HAIRLINE_HEIGHT = (0.45, 0.42, 0.3, 0.05, -0.05, -0.45, -0.6)
+
+
+def head_zones(model: FaceModel) -> dict[str, np.ndarray]:
+    """Per-vertex zones of the head on the mean shape, from its 68 landmarks.
+
+    Works for any head topology in the model frame (y up, face toward +z): heights are
+    measured in brow-to-chin heights ``h`` from the brows (landmarks 17-26), depths from the
+    ears' landmarks 0 / 16.
+
+    Returns:
+        ``hair``: ``float32 [N]`` in [0, 1], skin vertices above the hairline
+        (:data:`_HAIRLINE_HEIGHT` by angle around the vertical axis, a ``0.08 h`` soft band);
+        ``ear``: ``float32 [N]`` 0/1, beside the head between brow and nose-bottom heights;
+        ``neck``: ``float32 [N]`` in [0, 1], below the chin in front and below the mouth at
+        the back and sides; ``centre``: ``float64 [3]`` the skull centre (eye height, ear
+        depth).
+    """
+    v = model.mean_shape.detach().cpu().numpy().astype(np.float64)
+    lm = model.landmarks(model.mean_shape[None])[0].detach().cpu().numpy().astype(np.float64)
+    x, y, z = v[:, 0], v[:, 1], v[:, 2]
+    brow, chin = float(lm[17:27, 1].mean()), float(lm[8, 1])
+    h = max(brow - chin, 1e-6)
+    zc = float(lm[[0, 16], 2].mean())
+    angle = np.abs(np.arctan2(x, z - zc))
+    line = brow + h * np.interp(angle, _HAIRLINE_ANGLE, _HAIRLINE_HEIGHT)
+    t = np.clip((y - line) / (0.08 * h) + 0.5, 0, 1)
+    x_ear = float(np.abs(lm[[0, 16], 0]).mean())
+    ear = ((np.abs(x) > x_ear + 0.015 * h) & (y < brow + 0.1 * h)
+           & (y > float(lm[33, 1]) - 0.25 * h) & (np.abs(z - zc) < 0.45 * h))
+    neck = np.clip((chin + 0.05 * h - y) / (0.1 * h), 0, 1) * (z < float(lm[8, 2]) - 0.05 * h)
+    neck = np.maximum(neck, np.clip((float(lm[57, 1]) - y) / (0.1 * h), 0, 1) * (angle > 1.2))
+    skin = model.skin_mask.detach().cpu().numpy().astype(np.float64)
+    return {"hair": (t * t * (3 - 2 * t) * skin * ~ear).astype(np.float32),
+            "ear": ear.astype(np.float32), "neck": (neck * ~ear).astype(np.float32),
+            "centre": np.array([0.0, float(lm[36:48, 1].mean()), zc])}

@@ -83,12 +83,15 @@ class CompletedTexture:
         observed: ``float32 [S, S]`` own-view confidence.
         combined: ``float32 [S, S]`` confidence after mirroring.
         skin_color: ``[3]`` mean visible skin albedo.
+        hair: the hair painted over the skin (``HairLayer.info``: has_hair, hair colour ...),
+            None where none was looked for.
     """
 
     texture: np.ndarray
     observed: np.ndarray
     combined: np.ndarray
     skin_color: np.ndarray
+    hair: dict | None = None
 
 
 def complete_texture(albedo: np.ndarray, weight: np.ndarray, maps: UVMaps,

@@ -1,10 +1,15 @@
-"""Hair and skin in the texture: what of the unwrapped skin is really skin."""
+"""Hair and skin in the texture: what of the unwrapped skin is really skin
+(:func:`hair_weight`), and the head of hair painted on the scalp (:func:`hair_layer`)."""
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from services.fitter.texture.atlas import UVMaps
+from services.fitter.texture.lowpass import mesh_lowpass
 
 HAIR_RATIO = (0.7, 0.85)
 
@@ -35,3 +40,108 @@ def hair_weight(albedo: np.ndarray, weight: np.ndarray, maps: UVMaps) -> np.ndar
     lo, hi = HAIR_RATIO
     w = np.clip((ratio - lo) / (hi - lo), 0, 1)
     return np.where(skin & maps.forehead, w, 1.0).astype(np.float32)
+
+
+@dataclass
+class HairLayer:
+    """A head of hair in UV, painted over the completed skin texture.
+
+    Attributes:
+        color: ``float32 [S, S, 3]`` hair albedo (sRGB in [0, 1]).
+        matte: ``float32 [S, S]`` in [0, 1], where hair covers the skin.
+        info: ``{"has_hair", "hair_rgb", "hair_amp", "hair_px", "skin_px"}`` for the report.
+    """
+
+    color: np.ndarray
+    matte: np.ndarray
+    info: dict
+
+
+def hair_layer(color: np.ndarray, w_hair: np.ndarray, w_skin: np.ndarray, maps: UVMaps,
+               stats: dict) -> HairLayer | None:
+    """The hair of the scalp: where it grows, and its colour with strands.
+
+    Where: the mean shape's hair zone (``maps.hair_zone``) times a field that is the seen
+    hair / (hair + skin) fraction where the photo shows the scalp (a receding or shaved
+    hairline stays skin, a lower one stays as the zone says) and continues over the unseen
+    scalp toward 1 (:func:`~services.fitter.texture.lowpass.mesh_lowpass`). A bald head
+    (``stats["has_hair"]`` false) gets none. Hair that hangs over the face, ears or
+    shoulders is never painted: the zone is 0 there.
+
+    Colour: the seen hair's colour continued smoothly over the scalp from the photo's median
+    hair colour, times strand noise (:func:`strand_noise`, computed from each texel's 3D
+    position, so it has no seams) with the photo's strand contrast; the photo's own hair
+    texels where they were seen well.
+
+    Args:
+        color: ``float32 [S, S, 3]`` the photo colour sampled into UV (hair is not de-lit:
+            its albedo is the photo's hair colour under the average light, like the skin's).
+        w_hair, w_skin: ``float32 [S, S]`` unwrap confidences of the hair and skin masks.
+        maps: UV maps of size S.
+        stats: the photo's ``HeadMasks.hair_stats`` entry.
+    Returns:
+        :class:`HairLayer`, or None for a bald head.
+    """
+    info = {k: stats.get(k) for k in ("has_hair", "hair_px", "skin_px", "hair_amp")}
+    if not stats.get("has_hair") or "hair_rgb" not in stats:
+        return None
+    s = maps.size
+    hair_rgb = np.asarray(stats["hair_rgb"], np.float32)
+    info["hair_rgb"] = [round(float(c), 4) for c in hair_rgb]
+    zone = maps.hair_zone * maps.mask.cpu().numpy()
+    seen = np.clip(w_hair + w_skin, 0, 1).astype(np.float32)
+    frac = (w_hair / np.maximum(w_hair + w_skin, 1e-6)).astype(np.float32)
+    field, _ = mesh_lowpass(maps, frac[..., None], seen, sigma=s / 96, prior=np.ones(1),
+                            reach=s / 16)
+    t = np.clip((field[..., 0] - 0.35) / 0.3, 0, 1)
+    matte = zone * t * t * (3 - 2 * t)
+    w_col = (w_hair * (zone > 0.05)).astype(np.float32)
+    base, _ = mesh_lowpass(maps, color, w_col, sigma=s / 32, prior=hair_rgb, reach=s / 6)
+    noise = strand_noise(maps.pos_mean.cpu().numpy(), maps.head_centre)
+    synth = base * np.exp(float(stats["hair_amp"]) * noise)[..., None]
+    own = np.clip((w_col - 0.3) / 0.5, 0, 1)[..., None]
+    out = own * color + (1 - own) * synth
+    return HairLayer(color=np.clip(out, 1.0 / 255, 1.0).astype(np.float32),
+                     matte=matte.astype(np.float32), info=info)
+
+
+# strand noise: octaves of (cycles per radian across the strands, along them, amplitude)
+_STRAND_OCTAVES = ((40, 3, 0.55), (110, 8, 0.35), (260, 14, 0.25), (520, 30, 0.15))
+
+
+def strand_noise(pos: np.ndarray, centre: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Hair-strand noise at model-space points: fast across, slow along the meridians that
+    run from the crown (the ``+y`` pole over ``centre``) down the head.
+
+    Args:
+        pos: ``[..., 3]`` model-space points (y up, face toward +z); centre: ``[3]``.
+        seed: the noise lattice's seed (the same seed gives the same hair).
+    Returns:
+        ``float32 [...]``, zero mean, standard deviation about 0.5.
+    """
+    d = np.asarray(pos, np.float64) - np.asarray(centre, np.float64)
+    around = np.arctan2(d[..., 0], d[..., 2])
+    r = np.linalg.norm(d, axis=-1) + 1e-9
+    down = np.arccos(np.clip(d[..., 1] / r, -1.0, 1.0))
+    total = np.zeros(d.shape[:-1], np.float64)
+    for k, (ka, kd, amp) in enumerate(_STRAND_OCTAVES):
+        total += amp * _value_noise(around, down, seed + k, ka, kd)
+    norm = math.sqrt(sum(a * a for _, _, a in _STRAND_OCTAVES))
+    return (total / norm).astype(np.float32)
+
+
+def _value_noise(a: np.ndarray, b: np.ndarray, seed: int, ka: float, kb: float) -> np.ndarray:
+    """Smooth value noise on a lattice of ``2 pi ka`` x ``pi kb`` cells, periodic in ``a``
+    (radians around), ``b`` in [0, pi] (radians down from the pole)."""
+    rng = np.random.default_rng(seed)
+    na, nb = max(4, int(round(2 * math.pi * ka))), int(math.ceil(math.pi * kb)) + 2
+    grid = rng.standard_normal((nb, na))
+    x = np.mod(a, 2 * math.pi) / (2 * math.pi) * na
+    y = np.clip(b * kb, 0, nb - 1.001)
+    x0, y0 = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
+    fx, fy = x - x0, y - y0
+    fx, fy = fx * fx * (3 - 2 * fx), fy * fy * (3 - 2 * fy)
+    x1, x0, y1 = (x0 + 1) % na, x0 % na, np.minimum(y0 + 1, nb - 1)
+    top = grid[y0, x0] * (1 - fx) + grid[y0, x1] * fx
+    bot = grid[y1, x0] * (1 - fx) + grid[y1, x1] * fx
+    return top * (1 - fy) + bot * fy

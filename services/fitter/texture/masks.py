@@ -7,6 +7,10 @@ probability, a colour-consistency test against the photo's own central-face skin
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -97,3 +101,135 @@ def skin_colour_weight(photo: Tensor, skin: Tensor, landmarks: Tensor) -> Tensor
         dist = torch.sqrt(d[..., 1] ** 2 + d[..., 2] ** 2 + dark**2)
         out[i] = ((3.0 - dist) / 1.0).clamp(0, 1)
     return out
+
+
+@dataclass
+class HeadMasks:
+    """Photo-space masks of the whole head, made once the head's pose is known (stage 2).
+
+    Attributes:
+        texture: ``float32 [B, H, W, 1]`` in [0, 1], the pixels that go into the skin texture:
+            the face labels (colour-tested above the nose, not below it, so beards, moustaches
+            and stubble stay), facial hair below the jaw line, and the person's skin-coloured
+            head pixels outside the face (ears, neck, forehead top, a bald scalp).
+        hair: ``float32 [B, H, W, 1]`` 0/1, hair of the head (not face labels, not skin).
+        hair_stats: per photo ``{"hair_px", "skin_px", "has_hair", "hair_rgb" [3],
+            "hair_amp"}``: hair and skin pixel counts of the head above the brows, whether the
+            person has a head of hair, the median hair colour (sRGB in [0, 1]) and the spread of
+            its log-luma (strand contrast).
+    """
+
+    texture: Tensor
+    hair: Tensor
+    hair_stats: list[dict]
+
+
+def head_masks(photo: Tensor, parse: Tensor, skin: Tensor, landmarks: Tensor,
+               head: Tensor) -> HeadMasks:
+    """Skin, facial hair and hair of the whole head in the aligned crops.
+
+    The head is told from the background by OpenCV's GrabCut, seeded by the fitted head's
+    silhouette (probable foreground), the face labels (foreground) and the pixels far outside
+    the silhouette (background). Head pixels that are neither face labels nor skin-coloured
+    (:func:`skin_colour_weight` and the detector's skin probability; highlights brighter than
+    the skin with a skin hue count as skin) are hair.
+
+    Args:
+        photo: ``float [B, H, W, 3]`` crops in [0, 1].
+        parse: ``uint8 [B, H, W]`` ParseLabel maps; skin: ``uint8 [B, H, W]`` skin probability.
+        landmarks: ``float [B, 68, 2]`` crop pixels.
+        head: ``float [B, H, W]`` coverage of the fitted head rendered at the photo's pose.
+    Returns:
+        :class:`HeadMasks` on ``photo``'s device.
+    """
+    lab = parse.long()
+    sk = skin.float() / 255.0
+    cw = skin_colour_weight(photo, (lab == PARSE_SKIN) & (sk > 0.8), landmarks)
+    tex, hair, stats = [], [], []
+    for i in range(photo.shape[0]):
+        t, h, st = _head_masks_one(
+            (photo[i].detach().cpu().numpy() * 255 + 0.5).astype(np.uint8),
+            parse[i].cpu().numpy(), sk[i].cpu().numpy(), cw[i].cpu().numpy(),
+            landmarks[i].detach().cpu().numpy(), head[i].detach().cpu().numpy())
+        tex.append(t)
+        hair.append(h)
+        stats.append(st)
+    dev = photo.device
+    return HeadMasks(texture=torch.tensor(np.stack(tex), device=dev)[..., None],
+                     hair=torch.tensor(np.stack(hair), device=dev)[..., None], hair_stats=stats)
+
+
+def _disc(r: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+
+def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray, cw: np.ndarray,
+                    lm: np.ndarray, head: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+    """:func:`head_masks` of one photo (numpy ``[H, W]`` maps, ``uint8 [H, W, 3]`` photo)."""
+    h, w = parse.shape
+    iod = float(np.linalg.norm(lm[36] - lm[45]))
+    face = np.isin(parse, TEXTURE_LABELS)
+    skin_w = np.clip((sk - 0.5) / 0.3, 0, 1) * cw
+    yy = np.arange(h, dtype=np.float32)[:, None].repeat(w, 1)
+    # head vs background
+    inside = head > 0.5
+    near = cv2.dilate(inside.astype(np.uint8), _disc(max(1, int(0.3 * iod)))) > 0
+    gc = np.full((h, w), cv2.GC_PR_BGD, np.uint8)
+    gc[inside] = cv2.GC_PR_FGD
+    gc[~near] = cv2.GC_BGD
+    gc[face] = cv2.GC_FGD
+    fg = inside.copy()
+    if (gc == cv2.GC_BGD).sum() > 50:
+        bgd, fgd = np.zeros((1, 65)), np.zeros((1, 65))
+        cv2.setRNGSeed(0)
+        try:
+            cv2.grabCut(np.ascontiguousarray(photo[..., ::-1]), gc, None, bgd, fgd, 4,
+                        cv2.GC_INIT_WITH_MASK)
+            fg = (gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)
+        except cv2.error:  # degenerate colour models: keep the silhouette
+            pass
+    # skin-like: the colour model and the skin probability; highlights on skin are brighter
+    # and less saturated than the skin, with its hue
+    skinlike = np.clip((sk - 0.6) / 0.2, 0, 1) * np.clip((cw - 0.3) / 0.4, 0, 1)
+    lum = photo.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32) / 255
+    ref = (parse == PARSE_SKIN) & (skin_w > 0.5)
+    if ref.sum() > 50:
+        bright = lum > np.percentile(lum[ref], 60)
+        skinlike = np.maximum(skinlike, (bright & (cw > 0.05)).astype(np.float32))
+    hair = fg & (skinlike < 0.5) & (parse == PARSE_BG)
+    hair = cv2.morphologyEx(hair.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
+    # texture: face labels, colour-tested above the nose only (beards stay)
+    y_nose = float(lm[33, 1]) - 0.05 * iod
+    soft = np.where((parse == PARSE_SKIN) & (yy <= y_nose), skin_w, 1.0)
+    tex = face * soft
+    # facial hair below the jaw line
+    jaw = lm[2:15].astype(np.float32)
+    band = np.zeros((h, w), np.uint8)
+    cv2.fillConvexPoly(band, cv2.convexHull(
+        np.concatenate([jaw, jaw + [0, 0.35 * iod]]).astype(np.int32)), 1)
+    beard = (band > 0) & (yy > y_nose) & hair
+    tex = np.maximum(tex, beard.astype(np.float32))
+    # the person's skin outside the face: ears, neck, forehead top, a bald scalp
+    ext = fg & (parse == PARSE_BG) & ~hair & ~beard
+    tex = np.maximum(tex, ext * skin_w)
+    # erode along the outline (silhouette colours mix the background), not the eyes / mouth
+    region = cv2.erode((tex > 0).astype(np.uint8), np.ones((5, 5), np.uint8))
+    holes = cv2.dilate(np.isin(parse, (PARSE_EYES, PARSE_MOUTH)).astype(np.uint8),
+                       np.ones((3, 3), np.uint8))
+    tex = tex * region * (1 - holes)
+    hair_m = hair & (cv2.erode(inside.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0)
+    # presence and colour of a head of hair: hair vs skin pixels of the head above the brows
+    top = (yy < float(lm[17:27, 1].mean()) - 0.2 * iod) & fg & (parse == PARSE_BG)
+    n_h = float((hair & top).sum())
+    n_s = float(((skinlike > 0.5) & ~hair & top).sum())
+    stats: dict = {"hair_px": n_h, "skin_px": n_s,
+                   "has_hair": bool(n_h > 0.003 * h * w and n_h > 0.4 * (n_h + n_s))}
+    if n_h > 20:
+        px = photo[hair & top].astype(np.float32) / 255
+        stats["hair_rgb"] = np.median(px, 0)
+        luma = px @ np.array([0.299, 0.587, 0.114], np.float32)
+        spread = np.log(np.clip(luma / max(float(np.median(luma)), 1e-3), 0.05, 20))
+        stats["hair_amp"] = float(np.clip(np.std(spread), 0.1, 0.25))
+    else:
+        stats["has_hair"] = False
+    return tex.astype(np.float32), hair_m.astype(np.float32), stats

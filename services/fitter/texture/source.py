@@ -13,12 +13,16 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
 
+import numpy as np
+import torch
 from torch import Tensor
 
 from services.fitter.camera import Camera
 from services.fitter.facemodel.base import FaceModel
 from services.fitter.texture.atlas import uv_maps
 from services.fitter.texture.completion import CompletedTexture, complete_texture
+from services.fitter.texture.hair import hair_layer
+from services.fitter.texture.masks import HeadMasks
 from services.fitter.texture.unwrap import unwrap
 
 T = TypeVar("T")
@@ -42,13 +46,18 @@ class TextureSource(Protocol):
     name: str
 
     def texture(self, model: FaceModel, coeffs: dict[str, Tensor], crop_hires: Tensor,
-                face_mask: Tensor, size: int) -> list[CompletedTexture]:
-        """``B`` hole-free albedo textures ``[S, S, 3]`` for the fitted geometry."""
+                face_mask: Tensor | HeadMasks, size: int) -> list[CompletedTexture]:
+        """``B`` hole-free albedo textures ``[S, S, 3]`` for the fitted geometry.
+
+        ``face_mask``: ``[B, 224, 224, 1]`` texture mask, or the whole head's
+        :class:`~services.fitter.texture.masks.HeadMasks` (skin texture, hair).
+        """
         ...
 
 
 class UnwrapTextureSource:
-    """The default, checkpoint-free texture: unwrap + mirror + skin template."""
+    """The default, checkpoint-free texture: unwrap + mirror + skin template, and with
+    :class:`HeadMasks` the head of hair on the scalp (:func:`hair_layer`)."""
 
     name = "unwrap"
 
@@ -58,10 +67,28 @@ class UnwrapTextureSource:
         self.depth_size = depth_size
 
     def texture(self, model: FaceModel, coeffs: dict[str, Tensor], crop_hires: Tensor,
-                face_mask: Tensor, size: int) -> list[CompletedTexture]:
+                face_mask: Tensor | HeadMasks, size: int) -> list[CompletedTexture]:
         maps = uv_maps(model, size, self.backend)
-        un = unwrap(model, coeffs, crop_hires, face_mask, maps, self.backend, self.cam,
+        head = face_mask if isinstance(face_mask, HeadMasks) else None
+        masks = face_mask if head is None else torch.cat([head.texture, head.hair], -1)
+        un = unwrap(model, coeffs, crop_hires, masks, maps, self.backend, self.cam,
                     self.depth_size)
         alb = un.albedo.detach().cpu().numpy()
         wt = un.weight.detach().cpu().numpy()
-        return per_photo(lambda i: complete_texture(alb[i], wt[i], maps), alb.shape[0])
+        if head is None:
+            return per_photo(lambda i: complete_texture(alb[i], wt[i], maps), alb.shape[0])
+        col = un.color.detach().cpu().numpy()
+        w_hair = un.weights[..., 1].detach().cpu().numpy()
+
+        def one(i: int) -> CompletedTexture:
+            done = complete_texture(alb[i], wt[i], maps)
+            hair = hair_layer(col[i], w_hair[i], wt[i], maps, head.hair_stats[i])
+            if hair is None:
+                done.hair = {"has_hair": False}
+                return done
+            m = hair.matte[..., None]
+            done.texture = (done.texture * (1 - m) + hair.color * m).astype(np.float32)
+            done.hair = hair.info
+            return done
+
+        return per_photo(one, alb.shape[0])

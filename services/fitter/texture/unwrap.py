@@ -37,11 +37,14 @@ class UnwrapResult:
         albedo: ``[B, S, S, 3]`` photo colour / shading (0 where unseen).
         weight: ``[B, S, S]`` confidence in [0, 1] (0 = unseen).
         color: ``[B, S, S, 3]`` raw sampled photo colour (shaded).
+        weights: ``[B, S, S, C]`` the confidence for each of the C channels of the photo mask
+            (``weight`` is channel 0), e.g. skin / face texture and hair.
     """
 
     albedo: Tensor
     weight: Tensor
     color: Tensor
+    weights: Tensor | None = None
 
 
 def unwrap(model: FaceModel, coeffs: dict[str, Tensor], crop_hires: Tensor, face_mask: Tensor,
@@ -52,7 +55,9 @@ def unwrap(model: FaceModel, coeffs: dict[str, Tensor], crop_hires: Tensor, face
         model: the face model.
         coeffs: ``id, exp, angles, trans, gamma`` ``[B, ...]``.
         crop_hires: ``[B, Sh, Sh, 3]`` float in [0, 1], same alignment as the 224 crop.
-        face_mask: ``[B, 224, 224, 1]`` from :func:`photo_face_mask` (on ``cam``'s raster).
+        face_mask: ``[B, 224, 224, C]`` photo masks on ``cam``'s raster, channel 0 the
+            texture mask (:func:`photo_face_mask` or :func:`head_masks`), further channels
+            e.g. hair; each gives one channel of ``UnwrapResult.weights``.
         maps: UV maps of the target size.
         backend: rasteriser backend.
         cam: the 224 fitting camera.
@@ -86,17 +91,19 @@ def unwrap(model: FaceModel, coeffs: dict[str, Tensor], crop_hires: Tensor, face
     tol = 0.01 * cam.distance
     w = w * ((d_map > 0) & (d_here <= d_map + tol)).float()
     # photo mask and colours
-    pm = sample_image(face_mask, project(pos, cam), mode="bilinear")[..., 0]
+    pm = sample_image(face_mask, project(pos, cam), mode="bilinear")  # [B, P, C]
     hcam = cam.scaled(crop_hires.shape[1])
     hp = project(pos, hcam)
     inside = ((hp >= 0) & (hp <= crop_hires.shape[1] - 1)).all(-1).float()
-    w = w * pm * inside * maps.mask.reshape(1, -1).float()
+    w_all = (w * inside * maps.mask.reshape(1, -1).float())[..., None] * pm
+    w = w_all[..., 0]
     color = sample_image(crop_hires, hp)
     shading = irradiance(n, coeffs["gamma"]).clamp(min=0.1)
     albedo = (color / shading).clamp(0, 1)
     w = w.reshape(b, s, s)
     albedo = albedo.reshape(b, s, s, 3) * (w[..., None] > 0)
-    return UnwrapResult(albedo=albedo, weight=w, color=color.reshape(b, s, s, 3))
+    return UnwrapResult(albedo=albedo, weight=w, color=color.reshape(b, s, s, 3),
+                        weights=w_all.reshape(b, s, s, -1))
 
 
 def _depth_of(out, world: Tensor, tri: Tensor, cam: Camera, backend) -> Tensor:
