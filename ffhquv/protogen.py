@@ -1,7 +1,9 @@
 """Generate the gRPC / protobuf Python stubs from ``protos/`` into the ``ffhquv`` package.
 
-The stubs are build products: the install step runs ``python -m ffhquv.protogen``; they are
-git-ignored and never edited by hand. :func:`ensure_stubs` regenerates them when the ``.proto``
+The stubs are build products: ``setup.py``'s ``build_py`` hook calls :func:`generate` for a
+wheel or ``pip install .`` (it loads this file without importing the package), and the
+developer install step runs ``python -m ffhquv.protogen``; they are git-ignored and never
+edited by hand. :func:`ensure_stubs` regenerates them when the ``.proto``
 sources changed since the last generation (a stamp file holds the sources' hash), so a
 checkout never runs stale stubs.
 """
@@ -73,7 +75,8 @@ def stubs_current() -> bool:
 
 def ensure_stubs() -> None:
     """Regenerate the stubs if the protos changed; no-op for an installed wheel (no protos/)."""
-    if not PROTO_ROOT.is_dir() or stubs_current():
+    if not (PROTO_ROOT / "ffhquv").is_dir() or not (REPO_ROOT / "pyproject.toml").is_file() \
+            or stubs_current():
         return
     generate()
 
