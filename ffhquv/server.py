@@ -19,7 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ffhquv import metrics
-from ffhquv.errors import FfhquvError
+from ffhquv.errors import FfhquvError, status_of
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,10 @@ def _split(method: str) -> tuple[str, str]:
 
 
 def _abort_for(exc: BaseException, context: grpc.ServicerContext) -> None:
-    if isinstance(exc, FfhquvError):
-        context.abort(exc.code, str(exc))
-    log.exception("unhandled error")
-    context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+    """End the call with the status of ``exc``, google.rpc details included."""
+    if not isinstance(exc, FfhquvError):
+        log.exception("unhandled error")
+    context.abort_with_status(status_of(exc))
 
 
 class ServiceInterceptor(grpc.ServerInterceptor):
