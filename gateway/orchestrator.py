@@ -128,7 +128,7 @@ class Orchestrator:
         fit_req = fitter_pb2.FitRequest(
             request_id=req.request_id, face=det.aligned, preset=opts.preset,
             face_model=opts.face_model or "default", device=opts.device_hint,
-            texture_size=opts.texture_size or 1024, want_intermediates=True)
+            texture_size=opts.texture_size or 1024, want_intermediates=True, seed=opts.seed)
         result: fitter_pb2.FitResult | None = None
         async for ev in self.backends.fit(fit_req, self.deadlines.fit):
             kind = ev.WhichOneof("event")
