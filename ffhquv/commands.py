@@ -528,9 +528,10 @@ def spawn_service(name: str, extra: list[str] | None = None,
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ffhquv import logs
+    from ffhquv import logs, tracing
 
     logs.setup("json")
+    tracing.setup(args.service)  # on only when OTEL_TRACES_EXPORTER asks for it
     _check_landmark_model(args.landmark_model)
     if args.service in ("detector", "fitter", "eyeball", "exporter"):
         return _serve_service(args)

@@ -22,7 +22,7 @@ from grpc_health.v1 import _async as health_async
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ffhquv import metrics
+from ffhquv import metrics, tracing
 from ffhquv.errors import (
     Busy,
     FfhquvError,
@@ -170,6 +170,7 @@ class ReconstructionServicer(gateway_pb2_grpc.ReconstructionServicer):
             raise ImageTooLarge(f"image is {len(request.image.data)} bytes; the limit is "
                                 f"{self.limits.max_image_bytes} bytes", field="image.data")
         rid = check_id(request.request_id) if request.request_id else uuid.uuid4().hex
+        tracing.tag_request(rid)
         stored = await asyncio.to_thread(self.store.get_result, rid)
         if stored is not None:
             return _result_from_stored(stored)
