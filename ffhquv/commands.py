@@ -370,6 +370,10 @@ def _fit_remote(args, photos: list[Path], stems: list[str], out: Path,
                 rep.failed(photo, stem, "OUTPUT_WRITE_FAILED",
                            f"cannot write {final}: {e.strerror or e}")
                 continue
+            except RuntimeError as e:  # a stream that ended without a result
+                bar.close(False)
+                rep.failed(photo, stem, "INTERNAL", str(e))
+                continue
             bar.close(True)
             rep.ok(photo, stem, final, dict(result.metrics), list(result.warnings),
                    list(files))
