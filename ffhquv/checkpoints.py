@@ -46,6 +46,8 @@ T = TypeVar("T")
 class CheckpointError(PreconditionFailed):
     """A checkpoint file exists but cannot be used (unreadable, wrong layout, wrong keys)."""
 
+    reason = "CHECKPOINT_UNUSABLE"
+
 
 @dataclass(frozen=True)
 class Checkpoint:

@@ -1,9 +1,13 @@
 """The ``ffhquv`` command line.
 
-    ffhquv fit PHOTO_OR_DIR... -o OUT [--preset fast|standard|best] [--device cpu|cuda]
+    ffhquv fit PHOTO_OR_DIR... -o OUT [--preset fast|standard|best] [--device cpu|cuda] [--json]
     ffhquv serve <detector|fitter|eyeball|exporter|gateway|all> --port N
     ffhquv clear OUT
+    ffhquv deploy ...
     ffhquv build-model [--rebuild]
+
+Exit codes: 0 all photos done (or skipped), 1 some photos failed, 2 usage (bad arguments,
+missing input, unwritable output folder, missing landmark model), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -11,11 +15,17 @@ from __future__ import annotations
 import argparse
 import sys
 
+EPILOG = ("exit codes: 0 all photos done (or skipped), 1 some photos failed, 2 usage error "
+          "(bad arguments, missing input, unwritable output folder), 130 interrupted")
+
 SERVICES = ("detector", "fitter", "eyeball", "exporter", "gateway", "all")
 
 
 def _add_fit(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("fit", help="photos in, textured heads out (OUT/<photo stem>/)")
+    p = sub.add_parser("fit", help="photos in, textured heads out (OUT/<photo stem>/)",
+                       description="Photos in, textured heads out (OUT/<photo stem>/). Without "
+                       "a terminal, progress is one plain stderr line per stage per photo.",
+                       epilog=EPILOG)
     p.add_argument("inputs", nargs="+", help="image files (.jpg/.jpeg/.png) or folders of them")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--preset", choices=("fast", "standard", "best"), default="standard")
@@ -33,10 +43,22 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--remote", default=None, metavar="ADDR",
                    help="send the work to a gateway at ADDR instead of running in process")
     p.add_argument("--token", default=None, help="bearer token for --remote")
+    p.add_argument("--retry-deadline", type=float, default=600.0, metavar="S",
+                   help="--remote: keep retrying RESOURCE_EXHAUSTED / UNAVAILABLE (jittered "
+                        "backoff, honouring the server's RetryInfo) for up to S seconds per "
+                        "photo (default 600)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object per photo on stdout (input, output, files, "
+                        "metrics, timings, warnings, error)")
+    p.add_argument("--landmark-model", default=None, metavar="FILE",
+                   help="dlib 68-point shape predictor .dat to use instead of the one in "
+                        "face_recognition_models (non-commercial terms; README 'Models and "
+                        "licences'); also FFHQUV_LANDMARK_MODEL")
     p.add_argument("--overwrite", action="store_true", help="replace existing OUT/<stem>/")
     p.add_argument("--batch-size", type=int, default=0,
                    help="photos fitted together (0 = 1 on CPU, up to 8 on CUDA)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed of the fit (same seed, device and preset: same result)")
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -60,6 +82,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tls-cert", default=None)
     p.add_argument("--tls-key", default=None)
     p.add_argument("--tls-ca", default=None, help="CA for client certificates (mTLS)")
+    p.add_argument("--landmark-model", default=None, metavar="FILE",
+                   help="detector: dlib 68-point shape predictor .dat (also "
+                        "FFHQUV_LANDMARK_MODEL)")
     p.add_argument("--port-file", default=None, help=argparse.SUPPRESS)
 
 
@@ -67,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="ffhquv",
         description="One face photo in, a textured 3D head out (FFHQ-UV RGB fitting).",
+        epilog=EPILOG,
     )
     ap.add_argument("--version", action="store_true", help="print the version and exit")
     sub = ap.add_subparsers(dest="command")
@@ -75,8 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("clear", help="empty an output folder made by 'ffhquv fit'")
     p.add_argument("output")
     p.add_argument("-y", "--yes", action="store_true", help="do not ask")
-    p = sub.add_parser("deploy", help="render k8s overlays, roll out one service, roll back",
-                       add_help=False)
+    p = sub.add_parser("deploy", help="render k8s overlays, roll out one service, roll back "
+                       "(ffhquv deploy --help)", add_help=False)
     p.add_argument("deploy_args", nargs=argparse.REMAINDER)
     p = sub.add_parser("build-model", help="build (or check) the cached default face model")
     p.add_argument("--rebuild", action="store_true", help="rebuild even if cached")
@@ -86,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["deploy"]:
+        # deploy has its own parser (sub-actions, --help) in ffhquv.deploy.
+        from ffhquv.deploy import main as deploy_main
+
+        return deploy_main(argv[1:])
     ap = build_parser()
     args = ap.parse_args(argv)
     if args.version:
@@ -100,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(getattr(commands, "cmd_" + args.command.replace("-", "_"))(args) or 0)
+    except commands.UsageError as e:
+        print(f"ffhquv {args.command}: {e}", file=sys.stderr)
+        return commands.EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

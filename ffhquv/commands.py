@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import math
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -24,6 +27,15 @@ OUTPUT_MARKERS = ("report.json", "stage3_uv.png", "stage3_mesh_id.obj")
 
 
 # -- fit ---------------------------------------------------------------------------------
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+RETRYABLE = ("RESOURCE_EXHAUSTED", "UNAVAILABLE")
+
+
+class UsageError(Exception):
+    """Bad command-line usage (missing input, unwritable output, bad option): the CLI prints
+    one line and exits with code 2 before any work starts."""
+
+
 def collect_inputs(inputs: list[str]) -> list[Path]:
     """Expand files and folders (non-recursive) into a sorted list of image files."""
     out: list[Path] = []
@@ -35,11 +47,24 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
         elif p.is_file():
             out.append(p)
         else:
-            raise SystemExit(f"ffhquv fit: no such file or folder: {s}")
+            raise UsageError(f"no such file or folder: {s}")
     if not out:
-        raise SystemExit("ffhquv fit: no .jpg/.jpeg/.png images found in "
-                         + ", ".join(inputs))
+        raise UsageError("no .jpg/.jpeg/.png images found in " + ", ".join(inputs))
     return out
+
+
+def check_output_writable(out: Path) -> None:
+    """Create ``out`` if needed and prove that a file can be written in it (UsageError)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create output folder {out}: {e.strerror or e}") from e
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".ffhquv-write-check-", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"output folder {out} is not writable: {e.strerror or e}") from e
 
 
 def _options(args: argparse.Namespace):
@@ -49,7 +74,8 @@ def _options(args: argparse.Namespace):
         preset=PRESETS[args.preset], face_model=args.face_model,
         texture_size=args.texture_size, device_hint=DEVICES[args.device],
         detector_backend=(detector_pb2.DETECTOR_BACKEND_CNN if args.detector == "cnn"
-                          else detector_pb2.DETECTOR_BACKEND_HOG))
+                          else detector_pb2.DETECTOR_BACKEND_HOG),
+        seed=args.seed)
     if args.face == "largest":
         opts.face_selection = detector_pb2.FACE_SELECTION_LARGEST
     elif args.face == "only":
@@ -58,12 +84,12 @@ def _options(args: argparse.Namespace):
         try:
             opts.face_index = int(args.face)
         except ValueError as e:
-            raise SystemExit(f"--face must be 'largest', 'only' or an index, got {args.face}") \
+            raise UsageError(f"--face must be 'largest', 'only' or an index, got {args.face}") \
                 from e
         opts.face_selection = detector_pb2.FACE_SELECTION_INDEX
     for f in filter(None, (s.strip().lower() for s in args.formats.split(","))):
         if f not in FORMATS:
-            raise SystemExit(f"unknown format {f!r}; choose from {', '.join(FORMATS)}")
+            raise UsageError(f"unknown format {f!r}; choose from {', '.join(FORMATS)}")
         opts.formats.append(FORMATS[f])
     return opts
 
@@ -90,11 +116,13 @@ def write_output_dir(final: Path, files: dict[str, bytes], overwrite: bool) -> N
             (Path(tmp) / name).write_bytes(data)
 
 
-class _Bar:
-    """A tqdm bar per photo, driven by progress events."""
+STAGES = {1: "queued", 2: "detected", 3: "stage 1", 4: "stage 2", 5: "stage 3", 6: "eyeballs",
+          7: "exported", 8: "done"}
 
-    STAGES = {2: "detected", 3: "stage 1", 4: "stage 2", 5: "stage 3", 6: "eyeballs",
-              7: "exported", 8: "done", 1: "queued"}
+
+class _Bar:
+    """A tqdm bar per photo, driven by progress events (on a terminal)."""
+
     WEIGHTS = {1: 0.0, 2: 0.05, 3: 0.15, 4: 0.3, 5: 0.9, 6: 0.93, 7: 1.0, 8: 1.0}
     PREV = {3: 0.05, 4: 0.15, 5: 0.3}
 
@@ -112,7 +140,7 @@ class _Bar:
         target = int(100 * frac)
         if target > self.bar.n:
             self.bar.update(target - self.bar.n)
-        self.bar.set_postfix_str(f"{self.STAGES.get(p.stage, '')} {p.message}"[:60])
+        self.bar.set_postfix_str(f"{STAGES.get(p.stage, '')} {p.message}"[:60])
 
     def close(self, ok: bool) -> None:
         if ok and self.bar.n < 100:
@@ -120,7 +148,97 @@ class _Bar:
         self.bar.close()
 
 
-async def _fit_local(args, photos: list[Path], stems: list[str], out: Path) -> int:
+class _Lines:
+    """Progress without a terminal (CI, job runners, redirected stderr): one plain line on
+    stderr per stage of a photo, ``<name>: <stage> (<message>) [<seconds> s]``."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.stage: int | None = None
+        self.t0 = time.monotonic()
+
+    def update(self, p) -> None:
+        if p.stage == self.stage:
+            return
+        self.stage = p.stage
+        note = f" ({p.message})" if p.message else ""
+        print(f"{self.name}: {STAGES.get(p.stage, str(p.stage))}{note} "
+              f"[{time.monotonic() - self.t0:.1f} s]", file=sys.stderr, flush=True)
+
+    def close(self, ok: bool) -> None:
+        return None
+
+
+def _finite(v: float) -> float | None:
+    return float(v) if math.isfinite(v) else None
+
+
+class FitReporter:
+    """What ``ffhquv fit`` tells its caller, the same for local and ``--remote`` runs.
+
+    stderr: progress (a bar on a terminal, else one line per stage per photo), one result
+    line per photo, a summary line. stdout with ``--json``: one JSON object per photo
+    (``input``, ``name``, ``status`` ok|failed|skipped, ``output``, ``files``, ``metrics``,
+    ``timings`` in seconds, ``warnings``, ``error`` {code, reason, message, field}).
+    """
+
+    def __init__(self, json_lines: bool = False, tty: bool | None = None):
+        self.json = json_lines
+        self.tty = sys.stderr.isatty() if tty is None else tty
+        self.counts = {"ok": 0, "failed": 0, "skipped": 0}
+        self.t0 = time.monotonic()
+
+    def progress(self, name: str):
+        return _Bar(name) if self.tty else _Lines(name)
+
+    def _emit(self, record: dict) -> None:
+        self.counts[record["status"]] += 1
+        if self.json:
+            sys.stdout.write(json.dumps(record, sort_keys=True) + "\n")
+            sys.stdout.flush()
+
+    def ok(self, photo: Path, name: str, final: Path, metrics: dict[str, float],
+           warnings: list[str], files: list[str]) -> None:
+        m = {k: _finite(v) for k, v in metrics.items()}
+        lm, psnr = m.get("landmark_error_iod"), m.get("psnr_masked")
+        print(f"{photo} -> {final}/  landmark error "
+              f"{'n/a' if lm is None else f'{lm:.3f}'} IOD, PSNR "
+              f"{'n/a' if psnr is None else f'{psnr:.1f}'} dB, {m.get('total_s') or 0:.1f} s",
+              file=sys.stderr, flush=True)
+        for w in warnings:
+            print(f"  note: {w}", file=sys.stderr)
+        self._emit({"input": str(photo), "name": name, "status": "ok", "output": str(final),
+                    "files": sorted(files),
+                    "metrics": {k: v for k, v in m.items() if not k.endswith("_s")},
+                    "timings": {k: v for k, v in m.items() if k.endswith("_s")},
+                    "warnings": list(warnings), "error": None})
+
+    def failed(self, photo: Path, name: str, code: str, message: str, reason: str = "",
+               field: str = "") -> None:
+        print(f"{photo}: {code}: {message}", file=sys.stderr, flush=True)
+        self._emit({"input": str(photo), "name": name, "status": "failed", "output": None,
+                    "files": [], "metrics": {}, "timings": {}, "warnings": [],
+                    "error": {"code": code, "reason": reason or code, "message": message,
+                              "field": field or None}})
+
+    def skipped(self, photo: Path, name: str, final: Path) -> None:
+        print(f"{photo}: {final} exists; skipped (use --overwrite to replace)",
+              file=sys.stderr, flush=True)
+        self._emit({"input": str(photo), "name": name, "status": "skipped",
+                    "output": str(final), "files": [], "metrics": {}, "timings": {},
+                    "warnings": [], "error": None})
+
+    def summary(self) -> int:
+        """Print the summary line; returns the exit code (1 when a photo failed)."""
+        c = self.counts
+        print(f"ffhquv fit: {sum(c.values())} photo(s): {c['ok']} ok, {c['failed']} failed, "
+              f"{c['skipped']} skipped in {time.monotonic() - self.t0:.1f} s",
+              file=sys.stderr, flush=True)
+        return EXIT_FAILED if c["failed"] else EXIT_OK
+
+
+async def _fit_local(args, photos: list[Path], stems: list[str], out: Path,
+                     rep: FitReporter) -> int:
     from ffhquv.errors import FfhquvError
     from ffhquv.pb import common_pb2, gateway_pb2
     from gateway.backends import LocalBackends
@@ -130,15 +248,12 @@ async def _fit_local(args, photos: list[Path], stems: list[str], out: Path) -> i
     backends = LocalBackends(device=args.device, checkpoints_dir=args.checkpoints_dir,
                              topo_dir=args.topo_dir)
     orch = Orchestrator(backends)
-    failures = 0
     for photo, stem in zip(photos, stems, strict=True):
         final = out / stem
         if final.exists() and not args.overwrite:
-            print(f"{photo}: {final} exists; skipped (use --overwrite to replace)",
-                  file=sys.stderr)
+            rep.skipped(photo, stem, final)
             continue
-        bar = _Bar(stem)
-        ok = False
+        bar = rep.progress(stem)
         try:
             req = gateway_pb2.ReconstructRequest(
                 request_id=stem, image=common_pb2.Image(data=photo.read_bytes(),
@@ -149,45 +264,67 @@ async def _fit_local(args, photos: list[Path], stems: list[str], out: Path) -> i
 
             res = await orch.run(req, progress)
             await asyncio.to_thread(write_output_dir, final, res.files, args.overwrite)
-            ok = True
         except FfhquvError as e:
-            failures += 1
             bar.close(False)
-            print(f"{photo}: {e.code.name}: {e}", file=sys.stderr)
+            rep.failed(photo, stem, e.code.name, str(e), e.reason, e.field or "")
             continue
-        finally:
-            if ok:
-                bar.close(True)
-        m = res.metrics
-        print(f"{photo} -> {final}/  landmark error {m.get('landmark_error_iod', float('nan')):.3f}"
-              f" IOD, PSNR {m.get('psnr_masked', float('nan')):.1f} dB, "
-              f"{m.get('total_s', 0):.1f} s", file=sys.stderr)
-        for w in res.warnings:
-            print(f"  note: {w}", file=sys.stderr)
-    return 1 if failures else 0
+        except OSError as e:
+            bar.close(False)
+            rep.failed(photo, stem, "OUTPUT_WRITE_FAILED",
+                       f"cannot write {final}: {e.strerror or e}")
+            continue
+        bar.close(True)
+        rep.ok(photo, stem, final, dict(res.metrics), list(res.warnings), list(res.files))
+    return rep.summary()
 
 
-def _fit_remote(args, photos: list[Path], stems: list[str], out: Path) -> int:
+def retry_delay(err, attempt: int, base: float = 0.5, cap: float = 30.0) -> float | None:
+    """Seconds to wait before retrying a failed call, None when it must not be retried.
+
+    RESOURCE_EXHAUSTED and UNAVAILABLE are retried: exponential backoff with jitter
+    (``base * 2**attempt`` capped at ``cap``, drawn from its upper half), never shorter than
+    the server's RetryInfo delay (itself stretched by up to 20 % so that clients told the same
+    delay do not come back together).
+    """
+    from ffhquv.errors import status_details
+
+    if err.code().name not in RETRYABLE:
+        return None
+    exp = min(cap, base * 2 ** attempt)
+    delay = random.uniform(exp / 2, exp)
+    hint = status_details(err).retry_after
+    if hint is not None:
+        delay = max(delay, hint * random.uniform(1.0, 1.2))
+    return delay
+
+
+def _fit_remote(args, photos: list[Path], stems: list[str], out: Path,
+                rep: FitReporter) -> int:
+    import uuid
+
     import grpc
 
+    from ffhquv.errors import status_details
     from ffhquv.pb import common_pb2, gateway_pb2, gateway_pb2_grpc
     from ffhquv.server import channel
 
     opts = _options(args)
     metadata = [("authorization", f"Bearer {args.token}")] if args.token else None
-    failures = 0
     with channel(args.remote) as ch:
         stub = gateway_pb2_grpc.ReconstructionStub(ch)
         for photo, stem in zip(photos, stems, strict=True):
             final = out / stem
             if final.exists() and not args.overwrite:
-                print(f"{photo}: {final} exists; skipped (use --overwrite)", file=sys.stderr)
+                rep.skipped(photo, stem, final)
                 continue
-            bar = _Bar(stem)
-            try:
-                req = gateway_pb2.ReconstructRequest(
-                    image=common_pb2.Image(data=photo.read_bytes(), filename=photo.name),
-                    options=opts)
+            bar = rep.progress(stem)
+            # One id for every attempt: the gateway joins or returns the same run.
+            req = gateway_pb2.ReconstructRequest(
+                request_id=f"{stem}-{uuid.uuid4().hex[:12]}",
+                image=common_pb2.Image(data=photo.read_bytes(), filename=photo.name),
+                options=opts)
+
+            def once(req=req, bar=bar):
                 result = None
                 for ev in stub.ReconstructStream(req, metadata=metadata):
                     if ev.WhichOneof("event") == "progress":
@@ -204,14 +341,52 @@ def _fit_remote(args, photos: list[Path], stems: list[str], out: Path) -> int:
                             metadata=metadata):
                         buf.extend(chunk.data)
                     files[art.name] = bytes(buf)
+                return result, files
+
+            end = time.monotonic() + args.retry_deadline
+            attempt = 0
+            try:
+                while True:
+                    try:
+                        result, files = once()
+                        break
+                    except grpc.RpcError as e:
+                        delay = retry_delay(e, attempt)
+                        if delay is None or time.monotonic() + delay > end:
+                            raise
+                        print(f"{photo}: {e.code().name} ({e.details()}); retrying in "
+                              f"{delay:.1f} s", file=sys.stderr, flush=True)
+                        time.sleep(delay)
+                        attempt += 1
                 write_output_dir(final, files, args.overwrite)
-                bar.close(True)
-                print(f"{photo} -> {final}/ ({len(files)} files)", file=sys.stderr)
             except grpc.RpcError as e:
                 bar.close(False)
-                failures += 1
-                print(f"{photo}: {e.code().name}: {e.details()}", file=sys.stderr)
-    return 1 if failures else 0
+                d = status_details(e)
+                field = d.field_violations[0][0] if d.field_violations else ""
+                rep.failed(photo, stem, e.code().name, e.details() or "", d.reason, field)
+                continue
+            except OSError as e:
+                bar.close(False)
+                rep.failed(photo, stem, "OUTPUT_WRITE_FAILED",
+                           f"cannot write {final}: {e.strerror or e}")
+                continue
+            except RuntimeError as e:  # a stream that ended without a result
+                bar.close(False)
+                rep.failed(photo, stem, "INTERNAL", str(e))
+                continue
+            bar.close(True)
+            rep.ok(photo, stem, final, dict(result.metrics), list(result.warnings),
+                   list(files))
+    return rep.summary()
+
+
+def _check_landmark_model(path: str | None) -> None:
+    if not path:
+        return
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UsageError(f"landmark model missing: {p} (--landmark-model)")
+    os.environ["FFHQUV_LANDMARK_MODEL"] = str(p.resolve())
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -220,11 +395,17 @@ def cmd_fit(args: argparse.Namespace) -> int:
     logs.setup("text", level=os.environ.get("FFHQUV_LOG_LEVEL", "WARNING"))
     photos = collect_inputs(args.inputs)
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_writable(out)
+    if args.remote and args.landmark_model:
+        raise UsageError("--landmark-model applies to local fits; with --remote set "
+                         "FFHQUV_LANDMARK_MODEL on the detector service")
+    _check_landmark_model(args.landmark_model)
+    _options(args)  # option errors before any work
     stems = _unique_stems(photos)
+    rep = FitReporter(json_lines=args.json)
     if args.remote:
-        return _fit_remote(args, photos, stems, out)
-    return asyncio.run(_fit_local(args, photos, stems, out))
+        return _fit_remote(args, photos, stems, out, rep)
+    return asyncio.run(_fit_local(args, photos, stems, out, rep))
 
 
 # -- serve -------------------------------------------------------------------------------
@@ -351,9 +532,11 @@ def spawn_service(name: str, extra: list[str] | None = None,
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ffhquv import logs
+    from ffhquv import logs, tracing
 
     logs.setup("json")
+    tracing.setup(args.service)  # on only when OTEL_TRACES_EXPORTER asks for it
+    _check_landmark_model(args.landmark_model)
     if args.service in ("detector", "fitter", "eyeball", "exporter"):
         return _serve_service(args)
     if args.service == "gateway":

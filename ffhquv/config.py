@@ -5,6 +5,7 @@
 | ``FFHQUV_CACHE_DIR`` | ``<repo>/.cache`` (checkout), ``~/.cache/ffhquv`` | built models |
 | ``FFHQUV_CHECKPOINTS_DIR`` | unset | the paper's ``checkpoints/`` folder (optional) |
 | ``FFHQUV_TOPO_DIR`` | unset | the paper's ``topo_assets/`` folder (optional, for ``hifi3dpp``) |
+| ``FFHQUV_LANDMARK_MODEL`` | the copy in ``face_recognition_models`` | dlib 68-point model file |
 | ``FFHQUV_LOG_FORMAT`` | ``json`` for services, ``text`` for the CLI | log line format |
 """
 
@@ -36,6 +37,14 @@ def checkpoints_dir() -> Path | None:
 def topo_dir() -> Path | None:
     env = os.environ.get("FFHQUV_TOPO_DIR")
     return Path(env) if env else None
+
+
+def landmark_model() -> Path | None:
+    """The dlib 68-point shape predictor file to use instead of the one shipped in
+    ``face_recognition_models`` (``FFHQUV_LANDMARK_MODEL``; e.g. a commercially licensed
+    model: the shipped one was trained on iBUG 300-W, non-commercial terms)."""
+    env = os.environ.get("FFHQUV_LANDMARK_MODEL")
+    return Path(env).expanduser() if env else None
 
 
 def reference_data_dir() -> Path:

@@ -29,7 +29,11 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup(default_format: str = "text", level: str | int | None = None) -> None:
-    """Configure the root logger once. ``FFHQUV_LOG_FORMAT`` / ``FFHQUV_LOG_LEVEL`` override."""
+    """Configure the root logger once. ``FFHQUV_LOG_FORMAT`` / ``FFHQUV_LOG_LEVEL`` override.
+    Every record gets the current ``request_id`` and ``trace_id`` / ``span_id`` when known
+    (:class:`ffhquv.tracing.CorrelationFilter`)."""
+    from ffhquv.tracing import CorrelationFilter
+
     fmt = os.environ.get("FFHQUV_LOG_FORMAT", default_format)
     level = level or os.environ.get("FFHQUV_LOG_LEVEL", "INFO")
     handler = logging.StreamHandler(sys.stderr)
@@ -37,6 +41,7 @@ def setup(default_format: str = "text", level: str | int | None = None) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(CorrelationFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -1,7 +1,9 @@
 """Generate the gRPC / protobuf Python stubs from ``protos/`` into the ``ffhquv`` package.
 
-The stubs are build products: the install step runs ``python -m ffhquv.protogen``; they are
-git-ignored and never edited by hand. :func:`ensure_stubs` regenerates them when the ``.proto``
+The stubs are build products: ``setup.py``'s ``build_py`` hook calls :func:`generate` for a
+wheel or ``pip install .`` (it loads this file without importing the package), and the
+developer install step runs ``python -m ffhquv.protogen``; they are git-ignored and never
+edited by hand. :func:`ensure_stubs` regenerates them when the ``.proto``
 sources changed since the last generation (a stamp file holds the sources' hash), so a
 checkout never runs stale stubs.
 """
@@ -9,6 +11,7 @@ checkout never runs stale stubs.
 from __future__ import annotations
 
 import hashlib
+import shutil
 import sys
 from pathlib import Path
 
@@ -44,20 +47,32 @@ def _protoc(args: list[str]) -> None:
         raise RuntimeError(f"protoc failed with exit code {code} for {args[-3:]}")
 
 
+def mypy_grpc_plugin() -> str | None:
+    """mypy-protobuf's ``protoc-gen-mypy_grpc`` (typed ``*_pb2_grpc.pyi``), if installed."""
+    beside = Path(sys.executable).parent / "protoc-gen-mypy_grpc"
+    return str(beside) if beside.is_file() else shutil.which("protoc-gen-mypy_grpc")
+
+
 def generate(out_dir: Path = REPO_ROOT) -> list[Path]:
-    """Compile every proto into ``out_dir`` (``ffhquv/<svc>/v1/*_pb2*.py``). Returns the files."""
+    """Compile every proto into ``out_dir`` (``ffhquv/<svc>/v1/*_pb2*.py`` and ``.pyi``: the
+    messages' from grpcio-tools, the services' from mypy-protobuf when it is installed, which
+    the wheel build requires). Returns the files."""
     files = [str(p.relative_to(PROTO_ROOT)) for p in proto_files()]
     if not files:
         raise FileNotFoundError(f"no .proto files under {PROTO_ROOT}")
+    typed_grpc = []
+    plugin = mypy_grpc_plugin()
+    if plugin:
+        typed_grpc = [f"--plugin=protoc-gen-mypy_grpc={plugin}", f"--mypy_grpc_out={out_dir}"]
     _protoc([f"--python_out={out_dir}", f"--pyi_out={out_dir}", f"--grpc_python_out={out_dir}",
-             *files])
+             *typed_grpc, *files])
     for svc in SERVICES:
         for d in (out_dir / "ffhquv" / svc, out_dir / "ffhquv" / svc / "v1"):
             d.mkdir(parents=True, exist_ok=True)
             (d / "__init__.py").touch()
     if out_dir == REPO_ROOT:
         STAMP.write_text(sources_hash() + "\n")
-    return sorted((out_dir / "ffhquv").glob("*/v1/*_pb2*.py"))
+    return sorted((out_dir / "ffhquv").glob("*/v1/*_pb2*.py*"))
 
 
 def descriptor_set(path: Path) -> None:
@@ -73,7 +88,8 @@ def stubs_current() -> bool:
 
 def ensure_stubs() -> None:
     """Regenerate the stubs if the protos changed; no-op for an installed wheel (no protos/)."""
-    if not PROTO_ROOT.is_dir() or stubs_current():
+    if not (PROTO_ROOT / "ffhquv").is_dir() or not (REPO_ROOT / "pyproject.toml").is_file() \
+            or stubs_current():
         return
     generate()
 

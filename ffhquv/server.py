@@ -18,8 +18,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ffhquv import metrics
-from ffhquv.errors import FfhquvError
+from ffhquv import metrics, tracing
+from ffhquv.errors import FfhquvError, status_of
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,10 @@ def _split(method: str) -> tuple[str, str]:
 
 
 def _abort_for(exc: BaseException, context: grpc.ServicerContext) -> None:
-    if isinstance(exc, FfhquvError):
-        context.abort(exc.code, str(exc))
-    log.exception("unhandled error")
-    context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+    """End the call with the status of ``exc``, google.rpc details included."""
+    if not isinstance(exc, FfhquvError):
+        log.exception("unhandled error")
+    context.abort_with_status(status_of(exc))
 
 
 class ServiceInterceptor(grpc.ServerInterceptor):
@@ -61,6 +61,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         service, method = _split(handler_call_details.method)
         if service in ("Health", "ServerReflection"):
             return handler
+        request_id = tracing.request_id_from(handler_call_details.invocation_metadata)
 
         def record(code: grpc.StatusCode, t0: float) -> None:
             dt = time.perf_counter() - t0
@@ -85,6 +86,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                 gauge = metrics.INFLIGHT.labels(service, method)
                 gauge.inc()
                 exc = None
+                token = tracing.REQUEST_ID.set(request_id)
                 try:
                     return inner(request, context)
                 except Exception as e:  # noqa: BLE001 - mapped to a status below
@@ -95,6 +97,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                 finally:
                     gauge.dec()
                     record(code_of(context, exc), t0)
+                    tracing.REQUEST_ID.reset(token)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary, handler.request_deserializer, handler.response_serializer)
@@ -107,6 +110,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                 gauge = metrics.INFLIGHT.labels(service, method)
                 gauge.inc()
                 exc = None
+                token = tracing.REQUEST_ID.set(request_id)
                 try:
                     yield from inner_s(request, context)
                 except Exception as e:  # noqa: BLE001
@@ -117,6 +121,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                 finally:
                     gauge.dec()
                     record(code_of(context, exc), t0)
+                    tracing.REQUEST_ID.reset(token)
 
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream, handler.request_deserializer, handler.response_serializer)

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 
+from ffhquv import tracing
 from ffhquv.errors import BackendUnavailable
 from ffhquv.pb import (
     detector_pb2,
@@ -50,9 +51,11 @@ def _aio_channel(target: str, credentials: grpc.ChannelCredentials | None) -> gr
     if target.startswith("dns:"):
         # Headless Services: one address per pod; balance calls, not connections.
         opts.append(("grpc.lb_policy_name", "round_robin"))
+    # The request id travels to the services as x-request-id (their log lines carry it).
+    icpt = tracing.client_interceptors()
     if credentials is not None:
-        return grpc.aio.secure_channel(target, credentials, options=opts)
-    return grpc.aio.insecure_channel(target, options=opts)
+        return grpc.aio.secure_channel(target, credentials, options=opts, interceptors=icpt)
+    return grpc.aio.insecure_channel(target, options=opts, interceptors=icpt)
 
 
 class GrpcBackends:

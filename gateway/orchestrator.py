@@ -72,11 +72,14 @@ class PipelineOutput:
 def validate_options(opts: gateway_pb2.Options) -> None:
     """Raise InvalidInput for option values no service would accept."""
     if opts.face_model and opts.face_model not in FACE_MODELS:
-        raise InvalidInput(f"unknown face_model {opts.face_model!r}; use one of {FACE_MODELS}")
+        raise InvalidInput(f"unknown face_model {opts.face_model!r}; use one of {FACE_MODELS}",
+                           field="options.face_model")
     if opts.texture_size and not 256 <= opts.texture_size <= 2048:
-        raise InvalidInput(f"texture_size must be within 256..2048, got {opts.texture_size}")
+        raise InvalidInput(f"texture_size must be within 256..2048, got {opts.texture_size}",
+                           field="options.texture_size")
     if opts.texture_size and opts.texture_size & (opts.texture_size - 1):
-        raise InvalidInput(f"texture_size must be a power of two, got {opts.texture_size}")
+        raise InvalidInput(f"texture_size must be a power of two, got {opts.texture_size}",
+                           field="options.texture_size")
 
 
 def output_stem(filename: str) -> str:
@@ -125,7 +128,7 @@ class Orchestrator:
         fit_req = fitter_pb2.FitRequest(
             request_id=req.request_id, face=det.aligned, preset=opts.preset,
             face_model=opts.face_model or "default", device=opts.device_hint,
-            texture_size=opts.texture_size or 1024, want_intermediates=True)
+            texture_size=opts.texture_size or 1024, want_intermediates=True, seed=opts.seed)
         result: fitter_pb2.FitResult | None = None
         async for ev in self.backends.fit(fit_req, self.deadlines.fit):
             kind = ev.WhichOneof("event")

@@ -22,8 +22,17 @@ from grpc_health.v1 import _async as health_async
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ffhquv import metrics
-from ffhquv.errors import Busy, FfhquvError, InvalidInput
+from ffhquv import metrics, tracing
+from ffhquv.errors import (
+    Busy,
+    FfhquvError,
+    ImageTooLarge,
+    InvalidImage,
+    InvalidInput,
+    details_trailer,
+    rpc_status,
+    status_of,
+)
 from ffhquv.pb import common_pb2, gateway_pb2, gateway_pb2_grpc
 from ffhquv.server import SERVER_OPTIONS
 from gateway.orchestrator import Orchestrator, PipelineOutput
@@ -32,6 +41,7 @@ from gateway.storage import ArtifactStore, StoredResult, check_id
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "ffhquv.gateway.v1.Reconstruction"
+_DEADLINE_SLACK_S = 1.0
 
 
 @dataclass
@@ -64,12 +74,33 @@ def _result_from_stored(stored: StoredResult) -> gateway_pb2.ReconstructResult:
     return res
 
 
-def _status(err: FfhquvError | grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str]:
-    """The status a call ends with for a typed error, or for a failed backend call (whose code
-    and message pass through unchanged)."""
-    if isinstance(err, FfhquvError):
-        return err.code, str(err)
-    return err.code(), err.details() or "backend error"
+def _status(err: BaseException) -> tuple[grpc.StatusCode, str, tuple]:
+    """``(code, message, trailing metadata)`` a call ends with: for a typed error its status
+    with google.rpc details (:func:`ffhquv.errors.status_of`); a failed backend call's code,
+    message and details pass through unchanged (details are added when it had none)."""
+    if isinstance(err, grpc.aio.AioRpcError):
+        code, message = err.code(), err.details() or "backend error"
+        trailer = details_trailer(err.trailing_metadata())
+        if not trailer:
+            trailer = rpc_status(code, message, reason=code.name).trailing_metadata
+        return code, message, tuple(trailer)
+    if not isinstance(err, FfhquvError):
+        log.error("unhandled error", exc_info=err)
+    st = status_of(err)
+    return st.code, st.details, tuple(st.trailing_metadata)
+
+
+def _gone_code(context) -> grpc.StatusCode:
+    """The code to count for a call whose handler was cancelled: DEADLINE_EXCEEDED when the
+    client's deadline has (about) passed, else CANCELLED (the client went away). The client
+    resets the stream at its own clock's deadline, which the server may see up to a transit
+    time early: less than ``_DEADLINE_SLACK_S`` left counts as the deadline."""
+    try:
+        left = context.time_remaining()
+    except Exception:  # noqa: BLE001 - a context without deadline support
+        left = None
+    return (grpc.StatusCode.DEADLINE_EXCEEDED if left is not None and left < _DEADLINE_SLACK_S
+            else grpc.StatusCode.CANCELLED)
 
 
 class ReconstructionServicer(gateway_pb2_grpc.ReconstructionServicer):
@@ -133,11 +164,13 @@ class ReconstructionServicer(gateway_pb2_grpc.ReconstructionServicer):
     async def _reconstruct(self, request: gateway_pb2.ReconstructRequest,
                            listener: asyncio.Queue | None) -> gateway_pb2.ReconstructResult:
         if not request.image.data:
-            raise InvalidInput("image is empty: send the JPEG or PNG bytes in image.data")
+            raise InvalidImage("image is empty: send the JPEG or PNG bytes in image.data",
+                               field="image.data")
         if len(request.image.data) > self.limits.max_image_bytes:
-            raise InvalidInput(f"image is {len(request.image.data)} bytes; the limit is "
-                               f"{self.limits.max_image_bytes} bytes")
+            raise ImageTooLarge(f"image is {len(request.image.data)} bytes; the limit is "
+                                f"{self.limits.max_image_bytes} bytes", field="image.data")
         rid = check_id(request.request_id) if request.request_id else uuid.uuid4().hex
+        tracing.tag_request(rid)
         stored = await asyncio.to_thread(self.store.get_result, rid)
         if stored is not None:
             return _result_from_stored(stored)
@@ -182,9 +215,12 @@ class ReconstructionServicer(gateway_pb2_grpc.ReconstructionServicer):
         code = grpc.StatusCode.OK
         try:
             return await self._reconstruct(request, None)
-        except (FfhquvError, grpc.aio.AioRpcError) as e:
-            code, message = _status(e)
-            await context.abort(code, message)
+        except asyncio.CancelledError:
+            code = _gone_code(context)
+            raise
+        except Exception as e:  # noqa: BLE001 - every failure ends with a detailed status
+            code, message, trailer = _status(e)
+            await context.abort(code, message, trailer)
         finally:
             metrics.REQUESTS.labels("Reconstruction", "Reconstruct", code.name).inc()
             metrics.LATENCY.labels("Reconstruction", "Reconstruct").observe(
@@ -195,6 +231,7 @@ class ReconstructionServicer(gateway_pb2_grpc.ReconstructionServicer):
         code = grpc.StatusCode.OK
         listener: asyncio.Queue = asyncio.Queue()
         task = asyncio.get_running_loop().create_task(self._reconstruct(request, listener))
+        getter: asyncio.Future | None = None
         try:
             while True:
                 getter = asyncio.ensure_future(listener.get())
@@ -211,10 +248,15 @@ class ReconstructionServicer(gateway_pb2_grpc.ReconstructionServicer):
                     elapsed_s=time.perf_counter() - t0))
                 yield gateway_pb2.ReconstructEvent(result=result)
                 return
-        except (FfhquvError, grpc.aio.AioRpcError) as e:
-            code, message = _status(e)
-            await context.abort(code, message)
+        except asyncio.CancelledError:
+            code = _gone_code(context)
+            raise
+        except Exception as e:  # noqa: BLE001 - every failure ends with a detailed status
+            code, message, trailer = _status(e)
+            await context.abort(code, message, trailer)
         finally:
+            if getter is not None and not getter.done():
+                getter.cancel()
             if not task.done():
                 task.cancel()
             metrics.REQUESTS.labels("Reconstruction", "ReconstructStream", code.name).inc()
@@ -226,7 +268,8 @@ class ReconstructionServicer(gateway_pb2_grpc.ReconstructionServicer):
         try:
             size = request.chunk_size or (1 << 20)
             if size > self.limits.max_chunk_bytes:
-                raise InvalidInput(f"chunk_size must be at most {self.limits.max_chunk_bytes}")
+                raise InvalidInput(f"chunk_size must be at most {self.limits.max_chunk_bytes}",
+                                   field="chunk_size")
             art, chunks = await asyncio.to_thread(self.store.open_artifact, request.artifact_id)
             it = chunks(size)
             offset = 0
@@ -239,9 +282,12 @@ class ReconstructionServicer(gateway_pb2_grpc.ReconstructionServicer):
                 offset += len(data)
             if art.size_bytes == 0:
                 yield common_pb2.ArtifactChunk(offset=0, data=b"", total_size=0)
-        except FfhquvError as e:
-            code, message = _status(e)
-            await context.abort(code, message)
+        except asyncio.CancelledError:
+            code = _gone_code(context)
+            raise
+        except Exception as e:  # noqa: BLE001 - every failure ends with a detailed status
+            code, message, trailer = _status(e)
+            await context.abort(code, message, trailer)
         finally:
             metrics.REQUESTS.labels("Reconstruction", "GetArtifact", code.name).inc()
 

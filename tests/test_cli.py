@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 import subprocess
 import sys
 
@@ -25,6 +28,83 @@ def test_help():
         assert sub in r.stdout
     r = ffhquv("serve", "--help")
     assert "detector" in r.stdout and "all" in r.stdout
+    assert "exit codes: 0 all photos done" in " ".join(ffhquv("fit", "--help").stdout.split())
+
+
+@pytest.mark.parametrize("sub", ["fit", "serve", "clear", "deploy", "build-model"])
+def test_every_subcommand_answers_help(sub):
+    r = ffhquv(sub, "--help")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("usage: ffhquv " + sub), r.stdout[:200]
+
+
+def test_usage_errors_exit_2_before_any_work(tmp_path, astronaut_png):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    cases = [
+        (["fit", str(tmp_path / "missing.jpg"), "-o", str(tmp_path / "o")],
+         "no such file or folder"),
+        (["fit", str(astronaut_png), "-o", str(a_file / "sub")], "cannot create output folder"),
+        (["fit", str(astronaut_png), "-o", str(tmp_path / "o"), "--landmark-model",
+          str(tmp_path / "nope.dat")], f"landmark model missing: {tmp_path / 'nope.dat'}"),
+        (["fit", str(astronaut_png), "-o", str(tmp_path / "o"), "--face", "left"],
+         "--face must be"),
+        (["fit", str(astronaut_png), "-o", str(tmp_path / "o"), "--formats", "obj,fbx"],
+         "unknown format 'fbx'"),
+    ]
+    for args, message in cases:
+        r = ffhquv(*args, timeout=120)
+        assert r.returncode == 2, (args, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("ffhquv fit: ") and message in lines[0], \
+            r.stderr
+        assert r.stdout == ""
+    assert not (tmp_path / "o" / "astronaut").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_output_folder_exit_2(tmp_path, astronaut_png):
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        r = ffhquv("fit", str(astronaut_png), "-o", str(out), timeout=120)
+    finally:
+        out.chmod(0o755)
+    assert r.returncode == 2 and "is not writable" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_remote_retries_a_full_queue_then_reports(tmp_path, astronaut_png):
+    """--remote against a gateway that admits nothing: RESOURCE_EXHAUSTED is retried (with the
+    server's RetryInfo) until the deadline, then the photo fails with the gateway's reason and
+    the same summary as a local run."""
+    from gateway.backends import GrpcBackends
+    from gateway.orchestrator import Orchestrator
+    from gateway.server import GatewayLimits, GatewayServer
+    from gateway.storage import LocalArtifactStore
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{s.getsockname()[1]}"
+    backends = GrpcBackends(detector=closed, fitter=closed, eyeball=closed, exporter=closed)
+    gw = GatewayServer(Orchestrator(backends), LocalArtifactStore(tmp_path / "store"),
+                       limits=GatewayLimits(max_concurrent=0, max_queue=0),
+                       close_backends=backends.close)
+    gw.start_in_thread()
+    try:
+        r = ffhquv("fit", str(astronaut_png), "-o", str(tmp_path / "out"), "--remote",
+                   gw.address, "--retry-deadline", "5", "--json", timeout=120)
+    finally:
+        gw.stop(1.0)
+    assert r.returncode == 1, r.stderr
+    assert "RESOURCE_EXHAUSTED" in r.stderr and "retrying in" in r.stderr, r.stderr
+    assert "ffhquv fit: 1 photo(s): 0 ok, 1 failed, 0 skipped" in r.stderr
+    (rec,) = [json.loads(line) for line in r.stdout.splitlines()]
+    assert rec["status"] == "failed" and rec["name"] == "astronaut"
+    assert rec["error"]["code"] == "RESOURCE_EXHAUSTED"
+    assert rec["error"]["reason"] == "QUEUE_FULL"
+    assert not (tmp_path / "out" / "astronaut").exists()
 
 
 @pytest.mark.slow
@@ -36,9 +116,23 @@ def test_fit_folder_with_a_bad_file_then_clear(tmp_path, astronaut_rgb):
     (photos / "notes.txt").write_text("ignored: not an image suffix")
     out = tmp_path / "out"
     r = ffhquv("fit", str(photos), "-o", str(out), "--preset", "fast", "--device", "cpu",
-               "--texture-size", "512")
+               "--texture-size", "512", "--json", "--seed", "3")
     assert r.returncode == 1, r.stderr  # one photo failed
     assert "broken.jpg: INVALID_ARGUMENT" in r.stderr, r.stderr
+    # No terminal here: one plain progress line per stage, then a summary.
+    lines = r.stderr.splitlines()
+    for stage in ("detected", "stage 1", "stage 2", "stage 3", "eyeballs", "exported"):
+        assert sum(ln.startswith(f"astronaut: {stage}") for ln in lines) == 1, (stage, lines)
+    assert "ffhquv fit: 2 photo(s): 1 ok, 1 failed, 0 skipped" in r.stderr
+    records = {rec["name"]: rec for rec in map(json.loads, r.stdout.splitlines())}
+    assert records["broken"]["status"] == "failed"
+    assert records["broken"]["error"]["reason"] == "INVALID_IMAGE"
+    assert records["broken"]["error"]["field"] == "image.data"
+    ok = records["astronaut"]
+    assert ok["status"] == "ok" and ok["output"] == str(out / "astronaut")
+    assert "stage3_mesh_id.obj" in ok["files"] and ok["metrics"]["landmark_error_iod"] < 0.1
+    assert ok["timings"]["total_s"] > 0 and "fit_s" in ok["timings"]
+    assert json.loads((out / "astronaut" / "report.json").read_text())["seed"] == 3
     assert sorted(p.name for p in out.iterdir()) == ["astronaut"], list(out.iterdir())
     head = out / "astronaut"
     for name in SEED_FILES + ("stage3_mesh_exp.obj", "report.json", "preview.png"):

@@ -315,3 +315,20 @@ def test_missing_cnn_model_is_unavailable_not_a_crash(tmp_path, astronaut_rgb):
     with pytest.raises(BackendUnavailable, match=r"CNN face detector unavailable: dlib model "
                                                  r"file missing: .*mmod_human_face_detector"):
         det.detect(encode(astronaut_rgb), backend="cnn")
+
+
+def test_landmark_model_is_configurable(tmp_path, monkeypatch):
+    """FFHQUV_LANDMARK_MODEL / landmark_model= replace the shipped 68-point model (e.g. with a
+    commercially licensed one); a missing file is named with its path."""
+    from services.detector.core import landmark_model_path
+
+    shipped = models_directory() / SHAPE_PREDICTOR_FILE
+    monkeypatch.delenv("FFHQUV_LANDMARK_MODEL", raising=False)
+    assert landmark_model_path() == shipped
+    own = tmp_path / "licensed_68.dat"
+    own.symlink_to(shipped)
+    monkeypatch.setenv("FFHQUV_LANDMARK_MODEL", str(own))
+    assert Detector("hog").landmark_model == own
+    missing = tmp_path / "missing.dat"
+    with pytest.raises(FileNotFoundError, match=f"landmark model missing: {missing}"):
+        Detector("hog", landmark_model=missing)

@@ -5,8 +5,10 @@ renamed or retyped."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
 from importlib.resources import files
 from pathlib import Path
 
@@ -270,3 +272,29 @@ def test_breaking_change_detector_catches_each_kind(tmp_path, current):
     problems = breaking_changes(compile_protos(root, tmp_path / "out2"), current)
     assert "ffhquv.detector.v1.DetectRequest.face_index = 4: reuses a reserved number or name" \
         in problems
+
+
+# -- buf (lint STANDARD + COMMENTS, breaking against the release) ------------------------------
+ROOT = PROTO_ROOT.parent
+BUF_VERSION = "1.75.0"
+
+
+def _buf() -> str:
+    for cand in (os.environ.get("FFHQUV_BUF"), ROOT / ".tools" / "node_modules" / ".bin" / "buf",
+                 shutil.which("buf")):
+        if cand and Path(cand).is_file():
+            return str(cand)
+    pytest.skip("buf is not installed: `npm install --prefix .tools @bufbuild/buf@"
+                f"{BUF_VERSION}` (./run test does this when npm exists), or set FFHQUV_BUF")
+
+
+def test_buf_lint_clean_with_the_documented_ignores():
+    """buf.yaml: STANDARD + COMMENTS; the only ignores are names frozen by the v1 release."""
+    r = subprocess.run([_buf(), "lint"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_buf_breaking_against_the_release():
+    r = subprocess.run([_buf(), "breaking", "--against", str(RELEASED.relative_to(ROOT))],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr

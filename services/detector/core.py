@@ -15,7 +15,9 @@ All coordinates are pixels of the EXIF-oriented original image (x right, y down,
 centres at integers, dlib convention) unless a name says crop.
 
 Model files come from the ``face_recognition_models`` package (located without importing it,
-so no ``pkg_resources`` warning), or from ``models_dir`` when given.
+so no ``pkg_resources`` warning), or from ``models_dir`` when given; the 68-point landmark
+model can be any dlib shape predictor file (``landmark_model`` / ``FFHQUV_LANDMARK_MODEL``),
+e.g. one licensed for commercial use (README, "Models and licences").
 
 Thread safety: one :class:`Detector` serves concurrent gRPC calls. Each thread gets its own
 HOG detector (cheap to create; the scanning state is per call), while the shape predictor and
@@ -32,7 +34,13 @@ import cv2
 import dlib
 import numpy as np
 
-from ffhquv.errors import BackendUnavailable, InvalidInput, NoFace, PreconditionFailed
+from ffhquv.errors import (
+    BackendUnavailable,
+    InvalidInput,
+    NoFace,
+    PreconditionFailed,
+    image_error,
+)
 from services.detector import align, masks
 from services.detector.decode import (
     DEFAULT_MAX_BYTES,
@@ -81,6 +89,24 @@ def _model_file(models_dir: Path, name: str) -> str:
     return str(p)
 
 
+def landmark_model_path(models_dir: Path | None = None,
+                        landmark_model: str | Path | None = None) -> Path:
+    """The dlib 68-point shape predictor file: ``landmark_model``, else
+    ``FFHQUV_LANDMARK_MODEL``, else ``shape_predictor_68_face_landmarks.dat`` in ``models_dir``
+    (default: face_recognition_models). Raises FileNotFoundError naming the path."""
+    from ffhquv.config import landmark_model as configured
+
+    chosen = landmark_model or configured()
+    if chosen:
+        p = Path(chosen).expanduser()
+        if not p.is_file():
+            raise FileNotFoundError(f"landmark model missing: {p} (from --landmark-model / "
+                                    "FFHQUV_LANDMARK_MODEL; a dlib 68-point shape predictor "
+                                    ".dat file)")
+        return p
+    return Path(_model_file(models_dir or models_directory(), SHAPE_PREDICTOR_FILE))
+
+
 def _resize_longest(img: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     """Area-downscale so the longest side is at most ``max_side``; returns (image, factor)."""
     h, w = img.shape[:2]
@@ -99,6 +125,8 @@ class Detector:
         backend: default detector, ``"hog"`` (dlib frontal face detector) or ``"cnn"``
             (dlib MMOD). The CNN model is loaded on first use.
         models_dir: folder with the dlib ``.dat`` files (default: face_recognition_models).
+        landmark_model: the 68-point shape predictor file (default: ``FFHQUV_LANDMARK_MODEL``,
+            else the one in ``models_dir``), see :func:`landmark_model_path`.
         upsample: detector upsampling passes; None = 1 when the detection image's longest
             side is at most ``upsample_below`` pixels, else 0 (finds faces down to ~40 px).
         min_score: faces scoring at least this are reported.
@@ -128,6 +156,7 @@ class Detector:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         min_side: int = DEFAULT_MIN_SIDE,
         parser: masks.FaceParser | None = None,
+        landmark_model: str | Path | None = None,
     ):
         self.backend = self._check_backend(backend)
         self.models_dir = Path(models_dir) if models_dir else models_directory()
@@ -140,8 +169,8 @@ class Detector:
         self.cnn_upsample = cnn_upsample
         self.limits = dict(max_bytes=max_bytes, max_pixels=max_pixels, min_side=min_side)
         self.parser = parser
-        self.shape_predictor = dlib.shape_predictor(
-            _model_file(self.models_dir, SHAPE_PREDICTOR_FILE))
+        self.landmark_model = landmark_model_path(self.models_dir, landmark_model)
+        self.shape_predictor = dlib.shape_predictor(str(self.landmark_model))
         self._sp_lock = threading.Lock()
         self._cnn = None
         self._cnn_lock = threading.Lock()
@@ -282,7 +311,10 @@ class Detector:
         backend = self._check_backend(backend or self.backend)
         if not (selection in ("largest", "only") or isinstance(selection, int | np.integer)):
             self.select([], selection)  # raises the precise error
-        img = decode_image(data, **self.limits)
+        try:
+            img = decode_image(data, **self.limits)
+        except InvalidInput as e:
+            raise image_error(e) from e
         rgb = img.rgb
         notes = list(img.notes)
         found, det_notes = self.find_faces(rgb, backend)

@@ -34,7 +34,7 @@ def selection_from_request(req: detector_pb2.DetectRequest) -> str | int:
         return "only"
     if sel == detector_pb2.FACE_SELECTION_INDEX:
         return int(req.face_index)
-    raise InvalidInput(f"unknown face selection value {sel}")
+    raise InvalidInput(f"unknown face selection value {sel}", field="selection")
 
 
 def result_to_proto(res: DetectionResult) -> detector_pb2.DetectResponse:
@@ -76,7 +76,8 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
     def handle(self, request: detector_pb2.DetectRequest) -> detector_pb2.DetectResponse:
         """The whole RPC without a gRPC context (also used in process by the CLI)."""
         if request.backend not in _BACKENDS:
-            raise InvalidInput(f"unknown detector backend value {request.backend}")
+            raise InvalidInput(f"unknown detector backend value {request.backend}",
+                               field="backend")
         unwrap = request.unwrap_size or 1024
         res = self.detector.detect(
             request.image.data,

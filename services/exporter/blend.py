@@ -1,4 +1,8 @@
-"""Blender ``.blend`` export through the optional ``bpy`` package (extra ``ffhquv[blender]``).
+"""Blender ``.blend`` export through the optional ``bpy`` package.
+
+``bpy`` (Blender as a module) pins ``numpy<2`` while opencv needs ``numpy>=2``, so it is not a
+pip extra: it lives in its own venv that sees the main one's packages after its own (README,
+"Blender export"; ``./run test-blender`` builds that venv).
 
 The scene holds the three OBJs of one photo (neutral head, left and right eyeball) imported
 with Blender's own OBJ importer (Y up in the files, Z up in Blender), each with a material
@@ -13,7 +17,8 @@ import importlib.util
 import threading
 from pathlib import Path
 
-BPY_MISSING = "bpy is not installed: {name}.blend skipped (pip install 'ffhquv[blender]')"
+BPY_MISSING = ("bpy is not installed: {name}.blend skipped (bpy needs numpy<2, so it runs "
+               "from its own venv: see the README, 'Blender export')")
 
 # bpy holds one global Blender session per process: one export at a time.
 _LOCK = threading.Lock()

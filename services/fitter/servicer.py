@@ -166,11 +166,11 @@ class FitterServicer(fitter_pb2_grpc.FitterServicer):
         t_start = time.perf_counter()
         alive = is_active or (lambda: True)
         if request.preset not in PRESETS:
-            raise InvalidInput(f"unknown preset value {request.preset}")
+            raise InvalidInput(f"unknown preset value {request.preset}", field="preset")
         if request.device not in DEVICES:
-            raise InvalidInput(f"unknown device value {request.device}")
+            raise InvalidInput(f"unknown device value {request.device}", field="device")
         if not request.HasField("face"):
-            raise InvalidInput("FitRequest.face is required")
+            raise InvalidInput("FitRequest.face is required", field="face")
         face = AlignedFace.from_proto(request.face)
         dev = self.device if request.device == common_pb2.DEVICE_UNSPECIFIED else DEVICES[
             request.device]

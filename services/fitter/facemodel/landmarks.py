@@ -222,10 +222,15 @@ def _dlib_models():
     global _DLIB
     if _DLIB is None:
         import dlib
-        import face_recognition_models
 
-        _DLIB = (dlib.get_frontal_face_detector(),
-                 dlib.shape_predictor(face_recognition_models.pose_predictor_model_location()))
+        from ffhquv.config import landmark_model
+
+        path = landmark_model()
+        if path is None:
+            import face_recognition_models
+
+            path = face_recognition_models.pose_predictor_model_location()
+        _DLIB = (dlib.get_frontal_face_detector(), dlib.shape_predictor(str(path)))
     return _DLIB
 
 
