@@ -46,7 +46,8 @@ and the texture (never from the fitter's loss terms):
   Regions: ``face`` = :func:`face_region` (parse labels skin / brows / nose / lips in the
   render); outside it, mesh zones of :func:`head_zones` (``forehead_top``, ``scalp``,
   ``ears``, ``jaw``, ``neck``) rendered per pixel (:func:`zone_image`). All keep render
-  coverage > 0.5 eroded 2 px from the silhouette (zones also from their borders) and need
+  coverage > 0.5 eroded 2 px from the silhouette (zones also from their borders), leave out
+  the alignment's padding beyond the photo's edge (:func:`photo_pixels`) and need
   150 pixels (else NaN, counted as missing). ``dE_outside``: mean of the outside zones
   present. A bald template scalp on a dark-haired person gives a large ``dE_scalp``.
   For scale: dE ~ 1 is a just-noticeable difference, 2-10 is visible at a glance.
@@ -383,8 +384,22 @@ def zone_image(model, coeffs: dict[str, np.ndarray], camera, backend, zones: np.
     return out
 
 
+def photo_pixels(crop: np.ndarray, size: int) -> np.ndarray:
+    """``bool [size, size]``: pixels of an aligned crop (``uint8 [H, W, 3]``) resized to
+    ``size`` that show the photo, not the constant border the alignment pads with where the
+    crop reaches past the photo's edge (``services.detector.align.BORDER_VALUE``)."""
+    import cv2
+
+    from services.detector.align import BORDER_VALUE
+
+    pad = np.all(crop == np.asarray(BORDER_VALUE, np.uint8), -1).astype(np.uint8)
+    pad = cv2.morphologyEx(pad, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))  # not a lone pixel
+    return cv2.resize(pad.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA) == 0
+
+
 def colour_regions(zone_img: np.ndarray, coverage: np.ndarray, parse_mask: np.ndarray,
-                   erode_px: int = ERODE_PX) -> dict[str, np.ndarray]:
+                   erode_px: int = ERODE_PX, valid: np.ndarray | None = None
+                   ) -> dict[str, np.ndarray]:
     """Pixel sets of the colour measure.
 
     ``face``: render coverage > 0.5 and the parse face labels (:data:`FACE_LABELS`), as
@@ -395,6 +410,7 @@ def colour_regions(zone_img: np.ndarray, coverage: np.ndarray, parse_mask: np.nd
     Args:
         zone_img: ``int [H, W]`` from :func:`zone_image`; coverage: ``float [H, W]`` render
             coverage in [0, 1]; parse_mask: ``uint8 [H, W]`` detector ParseLabel map.
+        valid: optional ``bool [H, W]`` pixels that may be used (:func:`photo_pixels`).
     Returns:
         ``{"face" | zone: bool [H, W]}``.
     """
@@ -406,6 +422,8 @@ def colour_regions(zone_img: np.ndarray, coverage: np.ndarray, parse_mask: np.nd
         return cv2.erode(m.astype(np.uint8), k, borderValue=0) > 0 if erode_px else m
 
     inside = erode(np.asarray(coverage) > 0.5)
+    if valid is not None:
+        inside &= valid
     out = {"face": inside & np.isin(parse_mask, FACE_LABELS)}
     for name in OUTSIDE_ZONES:
         out[name] = inside & erode(zone_img == ZONES.index(name))
@@ -538,8 +556,9 @@ def contact_sheet(photo: np.ndarray, head, texture: np.ndarray, eyes, size: int 
         tiles.append(turned_view(head, texture, eyes, yaw, size=size, backend=backend))
         labels.append(f"{label} {yaw:g} deg")
     for t, label in zip(tiles, labels, strict=True):
-        cv2.putText(t, label, (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(t, label, (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1,
+        (w, h), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.55, 1)
+        t[: h + 12, : w + 12] //= 3
+        cv2.putText(t, label, (6, h + 6), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 255), 1,
                     cv2.LINE_AA)
     return np.concatenate(tiles, 1)
 
@@ -724,7 +743,8 @@ class QualityEvaluator:
         photo_n = cv2.resize(a.crop_hires, (n, n), interpolation=cv2.INTER_AREA)
         render_n = (r448.image[0].clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
         zimg = zone_image(model, fit.coefficients, cam, be, self.zones, size=n)
-        regions = colour_regions(zimg, r448.mask[0, ..., 0].cpu().numpy(), parse448)
+        regions = colour_regions(zimg, r448.mask[0, ..., 0].cpu().numpy(), parse448,
+                                 valid=photo_pixels(a.crop_hires, n))
         m.update(colour_metrics(photo_n, render_n, regions))
         images["colour"] = np.concatenate([photo_n, render_n, zone_overlay(photo_n, regions)], 1)
         m["fit_coverage"] = float(fit.metrics.get("texture_coverage", float("nan")))

@@ -215,3 +215,16 @@ def test_collect_skips_textures(tmp_path, astronaut_jpg_bytes):
     (tmp_path / "notes.md").write_text("x")
     (tmp_path / "processed_vis").mkdir()
     assert [n for n, _ in quality.collect([str(tmp_path)], False)] == ["a.jpg"]
+
+
+def test_photo_pixels_drop_the_alignment_border():
+    from services.detector.align import BORDER_VALUE
+
+    crop = np.random.default_rng(2).integers(0, 256, (200, 200, 3), dtype=np.uint8)
+    crop[:, :50] = BORDER_VALUE  # the crop reached past the photo's left edge
+    crop[100, 120] = BORDER_VALUE  # a lone photo pixel of that colour stays
+    ok = quality.photo_pixels(crop, 100)
+    assert not ok[:, :25].any() and ok[:, 26:].all()
+    regions = quality.colour_regions(np.ones((100, 100), int), np.ones((100, 100)),
+                                     np.ones((100, 100), np.uint8), valid=ok)
+    assert not regions["face"][:, :25].any() and regions["face"][5:95, 30:70].all()
