@@ -2,7 +2,7 @@
 
     python bench/quality.py DIR_OR_FILES... [--astronaut] [--preset standard]
                             [--device cpu] [--threads 2] [--json out.json] [--plots DIR]
-                            [--views DIR]
+                            [--views DIR] [--sheets DIR]
 
 For every photo the pipeline runs in process, through the service cores in the order of
 :class:`gateway.orchestrator.Orchestrator` (detect with a 1024 hi-res crop -> fit -> eyeballs
@@ -38,10 +38,27 @@ and the texture (never from the fitter's loss terms):
 * ``seam_step``: mean absolute RGB step (in 1/255) between texels on the two sides of the
   atlas's seams (``services.fitter.texture.seam_step``): a colour step there shows on the
   head as a drawn line. For scale, neighbouring texels inside an island differ by about 1-3.
+* ``dE_*``: whole-head colour, CIEDE2000 (``skimage.color.deltaE_ciede2000`` on
+  ``rgb2lab`` of sRGB, D65) between the photo (hi-res crop resized to 448) and the head
+  rendered at the fitted pose with the fitted SH light and the final texture (448, no
+  eyeballs), over the same pixels. ``dE_<region>`` compares the region's median Lab colours
+  (the overall tone); ``dEpx_face`` / ``dEpx_outside`` are the mean per-pixel differences.
+  Regions: ``face`` = :func:`face_region` (parse labels skin / brows / nose / lips in the
+  render); outside it, mesh zones of :func:`head_zones` (``forehead_top``, ``scalp``,
+  ``ears``, ``jaw``, ``neck``) rendered per pixel (:func:`zone_image`). All keep render
+  coverage > 0.5 eroded 2 px from the silhouette (zones also from their borders), leave out
+  the alignment's padding beyond the photo's edge (:func:`photo_pixels`) and need
+  150 pixels (else NaN, counted as missing). ``dE_outside``: mean of the outside zones
+  present. A bald template scalp on a dark-haired person gives a large ``dE_scalp``.
+  For scale: dE ~ 1 is a just-noticeable difference, 2-10 is visible at a glance.
 
 Prints a per-photo table and a mean / median / worst summary (header: date, machine, load
 average, exact command); ``--json`` writes every number, ``--plots`` the distributions
-(matplotlib, from the ``dev`` extra), ``--views`` the composites and turned renders as PNG.
+(matplotlib, from the ``dev`` extra), ``--views`` the composites, turned renders and the
+colour regions as PNG, ``--sheets`` one contact sheet per photo (photo | front | 3/4 | profile
+| back, textured head with eyeballs, preview light). Folder inputs skip UV textures
+(``*_texture.png``, :func:`is_texture`) and sub-folders; a photo whose face is not found is
+reported and the others go on.
 """
 
 from __future__ import annotations
@@ -76,7 +93,16 @@ HIGHER_IS_BETTER = {
     "psnr": True, "ssim": True, "id_composite": False, "id_front": False,
     "id_yaw_p30": False, "id_yaw_m30": False, "id_crop_baseline": False,
     "uv_coverage": True, "fit_coverage": True, "sym_err_pct": False, "seam_step": False,
+    "dE_face": False, "dE_forehead_top": False, "dE_scalp": False, "dE_ears": False,
+    "dE_jaw": False, "dE_neck": False, "dE_outside": False, "dEpx_face": False,
+    "dEpx_outside": False,
 }
+#: the colour-difference columns (CIEDE2000), in table order
+DE_COLS = ["dE_face", "dE_forehead_top", "dE_scalp", "dE_ears", "dE_jaw", "dE_neck",
+           "dE_outside", "dEpx_face", "dEpx_outside"]
+#: yaw (degrees) of the contact sheet's renders, after the photo
+SHEET_VIEWS = {"front": 0.0, "3/4": 45.0, "profile": 90.0, "back": 180.0}
+SHEET_PX = 384
 
 
 # ----------------------------------------------------------------------------- metric functions
@@ -234,6 +260,236 @@ def symmetry_error(texture: np.ndarray, face_uv: np.ndarray, mirror: np.ndarray,
     return float(100.0 * np.abs(flat[sel] - flat[mirror[sel]]).mean() / 255.0)
 
 
+# --------------------------------------------------------------------- whole-head colour (Lab)
+#: mesh zones of :func:`head_zones` (index = zone id; 0 = not measured)
+ZONES = ("other", "face", "forehead_top", "scalp", "ears", "jaw", "neck")
+#: the zones outside the face whose colour difference is reported (``dE_<zone>``)
+OUTSIDE_ZONES = ("forehead_top", "scalp", "ears", "jaw", "neck")
+#: raster side of the colour measure (the hi-res crop is resized to it)
+COLOUR_SIZE = 448
+#: fewest pixels a region needs at :data:`COLOUR_SIZE` (scaled by area at other sizes)
+MIN_REGION_PX = 150
+#: pixels dropped at the silhouette and at zone borders
+ERODE_PX = 2
+
+
+def head_zones(model) -> np.ndarray:
+    """Per-vertex zone ids (:data:`ZONES`) of a face model, from its mean shape.
+
+    Heights and widths come from the mean shape's 68 embedded landmarks (model frame: y up,
+    face toward +z): ``h`` = brows-to-chin height, ``top`` = the brows' height.
+
+    * ``ears``: beside the head (``|x|`` beyond 1.03 x the jaw contour's top points 0 / 16),
+      behind them, between 0.45 h below and 0.2 h above that height.
+    * ``jaw``: within 0.15 h of the lower jaw contour (points 3-13), both sides of it (the rim
+      of the face, where beards are), below the mouth corners.
+    * ``forehead_top``: the front of the head between 0.25 h and 0.5 h above the brows,
+      between the outer brow ends (the band where the face patch meets the scalp).
+    * ``scalp``: above that band; the temples above 0.15 h over the brows, outside the brows;
+      the back of the head (behind the ears) from the ears' bottom up.
+    * ``neck``: below the chin outside the jaw band; the back of the head below the ears.
+    * ``face``: the model's face triangles (``face_tri_mask``) not in the zones above.
+    * ``other``: the rest (cheek sides between face and ears, eye sockets, mouth interior).
+
+    Args:
+        model: :class:`services.fitter.facemodel.base.FaceModel`.
+    Returns:
+        ``int64 [N]`` zone id per vertex.
+    """
+    import torch
+
+    with torch.no_grad():
+        lm = model.landmarks(model.mean_shape[None])[0].cpu().double().numpy()
+    v = model.mean_shape.detach().cpu().double().numpy()
+    x, y, z = v[:, 0], v[:, 1], v[:, 2]
+    brow_y = float(lm[17:27, 1].mean())
+    chin_y = float(lm[8, 1])
+    h = brow_y - chin_y
+    brow_x = float(np.abs(lm[[17, 26], 0]).mean())
+    ear_x = 1.03 * float(np.abs(lm[[0, 16], 0]).mean())
+    ear_y, ear_z = float(lm[[0, 16], 1].mean()), float(lm[[0, 16], 2].mean())
+    mouth_y = float(lm[[48, 54], 1].mean())
+    ear_lo, ear_hi = ear_y - 0.45 * h, ear_y + 0.2 * h
+
+    zone = np.zeros(len(v), np.int64)
+    face = np.zeros(len(v), bool)
+    face[model.tri[model.face_tri_mask].unique().cpu().numpy()] = True
+    zone[face] = ZONES.index("face")
+    behind = z < ear_z
+    zone[(y < chin_y) | (behind & (y < ear_lo))] = ZONES.index("neck")
+    scalp = ((y > brow_y + 0.5 * h) | ((np.abs(x) > brow_x) & (y > brow_y + 0.15 * h))
+             | ((z < ear_z - 0.3 * h) & (y >= ear_lo)))
+    zone[scalp] = ZONES.index("scalp")
+    front = z > float(lm[:, 2].min())
+    zone[front & (np.abs(x) < brow_x) & (y > brow_y + 0.25 * h)
+         & (y <= brow_y + 0.5 * h)] = ZONES.index("forehead_top")
+    jaw_d = _polyline_distance(v, lm[3:14])
+    zone[(jaw_d < 0.15 * h) & (y < mouth_y)] = ZONES.index("jaw")
+    zone[(np.abs(x) > ear_x) & behind & (y > ear_lo) & (y < ear_hi)] = ZONES.index("ears")
+    # eye sockets, brows, lips and mouth interior belong to no outside zone
+    inner = ~model.skin_mask.cpu().numpy().astype(bool)
+    zone[inner & (zone != ZONES.index("face"))] = ZONES.index("other")
+    return zone
+
+
+def _polyline_distance(p: np.ndarray, line: np.ndarray) -> np.ndarray:
+    """``[N]`` distance of points ``[N, 3]`` to a polyline ``[K, 3]``."""
+    best = np.full(len(p), np.inf)
+    for a, b in zip(line[:-1], line[1:], strict=True):
+        ab = b - a
+        t = np.clip((p - a) @ ab / max(float(ab @ ab), 1e-12), 0, 1)
+        best = np.minimum(best, np.linalg.norm(p - (a + t[:, None] * ab), axis=1))
+    return best
+
+
+def zone_image(model, coeffs: dict[str, np.ndarray], camera, backend, zones: np.ndarray,
+               size: int | None = None) -> np.ndarray:
+    """Render the zone id per pixel at the fitted pose.
+
+    The zones are interpolated as one-hot vertex attributes and each pixel takes the zone of
+    largest weight (the zone of the visible surface there, with borders half-way between
+    vertices of different zones).
+
+    Args:
+        model, coeffs, camera, backend: as :func:`render_fit`.
+        zones: ``int [N]`` per-vertex zone ids (:func:`head_zones`).
+        size: raster side (default ``camera.size``).
+    Returns:
+        ``int64 [H, W]`` zone id per pixel, -1 on the background and where the visible
+        triangle faces away from the camera (the inside of the head through the eye holes).
+    """
+    import torch
+
+    from services.fitter.camera import rigid_transform, to_clip
+    from services.fitter.render import MeshRenderer
+
+    dev = model.device
+    c = {k: torch.as_tensor(np.asarray(v), dtype=torch.float32, device=dev)[None]
+         for k, v in coeffs.items()}
+    nz = int(zones.max()) + 1
+    onehot = torch.nn.functional.one_hot(torch.as_tensor(zones, device=dev), nz).float()
+    with torch.no_grad():
+        world = rigid_transform(model.shape(c["id"], c["exp"]), c["angles"], c["trans"])
+        r = MeshRenderer(camera, backend, device=dev)
+        rast = r.rasterize(world, model.tri, size)
+        w = r.backend.interpolate(onehot[None], rast, model.tri.to(torch.int32).contiguous())
+        out = w[0].argmax(-1).cpu().numpy()
+        # back faces (the inside of the skull seen through the eye openings) are not surface
+        clip = to_clip(world, camera)[0]
+        p = (clip[:, :2] / clip[:, 3:4])[model.tri]
+        e1, e2 = p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]
+        back = (e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0] >= 0).cpu().numpy()
+        tid = rast[0, ..., 3].long().cpu().numpy() - 1
+        out[(tid < 0) | back[np.clip(tid, 0, None)]] = -1
+    return out
+
+
+def photo_pixels(crop: np.ndarray, size: int) -> np.ndarray:
+    """``bool [size, size]``: pixels of an aligned crop (``uint8 [H, W, 3]``) resized to
+    ``size`` that show the photo, not the constant border the alignment pads with where the
+    crop reaches past the photo's edge (``services.detector.align.BORDER_VALUE``)."""
+    import cv2
+
+    from services.detector.align import BORDER_VALUE
+
+    pad = np.all(crop == np.asarray(BORDER_VALUE, np.uint8), -1).astype(np.uint8)
+    pad = cv2.morphologyEx(pad, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))  # not a lone pixel
+    return cv2.resize(pad.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA) == 0
+
+
+def colour_regions(zone_img: np.ndarray, coverage: np.ndarray, parse_mask: np.ndarray,
+                   erode_px: int = ERODE_PX, valid: np.ndarray | None = None
+                   ) -> dict[str, np.ndarray]:
+    """Pixel sets of the colour measure.
+
+    ``face``: render coverage > 0.5 and the parse face labels (:data:`FACE_LABELS`), as
+    :func:`face_region`, away from the silhouette by ``erode_px``. Each outside zone
+    (:data:`OUTSIDE_ZONES`): its pixels of ``zone_img``, eroded by ``erode_px`` from the
+    silhouette (coverage > 0.5) and from the other zones.
+
+    Args:
+        zone_img: ``int [H, W]`` from :func:`zone_image`; coverage: ``float [H, W]`` render
+            coverage in [0, 1]; parse_mask: ``uint8 [H, W]`` detector ParseLabel map.
+        valid: optional ``bool [H, W]`` pixels that may be used (:func:`photo_pixels`).
+    Returns:
+        ``{"face" | zone: bool [H, W]}``.
+    """
+    import cv2
+
+    k = np.ones((2 * erode_px + 1, 2 * erode_px + 1), np.uint8)
+
+    def erode(m: np.ndarray) -> np.ndarray:
+        return cv2.erode(m.astype(np.uint8), k, borderValue=0) > 0 if erode_px else m
+
+    inside = erode(np.asarray(coverage) > 0.5)
+    if valid is not None:
+        inside &= valid
+    out = {"face": inside & np.isin(parse_mask, FACE_LABELS)}
+    for name in OUTSIDE_ZONES:
+        out[name] = inside & erode(zone_img == ZONES.index(name))
+    return out
+
+
+def delta_e(photo: np.ndarray, render: np.ndarray, region: np.ndarray,
+            min_px: int = 1) -> tuple[float, float, int]:
+    """CIE Lab colour difference of a render and a photo over a pixel set, by CIEDE2000.
+
+    Both images are sRGB (D65) and converted with ``skimage.color.rgb2lab``; the difference is
+    ``skimage.color.deltaE_ciede2000``.
+
+    Args:
+        photo, render: ``uint8 [H, W, 3]`` sRGB, or float in [0, 1].
+        region: ``bool [H, W]`` the pixels compared (the same set in both).
+        min_px: fewest pixels; a smaller region gives NaN.
+    Returns:
+        ``(dE of the region medians, mean per-pixel dE, pixel count)``: the first compares
+        the per-channel median Lab of the photo's pixels with that of the render's pixels
+        (the region's overall colour); the second is the mean of the per-pixel differences.
+    """
+    from skimage.color import deltaE_ciede2000, rgb2lab
+
+    n = int(np.count_nonzero(region))
+    if n < max(min_px, 1):
+        return float("nan"), float("nan"), n
+    a = rgb2lab(_unit(photo[region])[None])[0]
+    b = rgb2lab(_unit(render[region])[None])[0]
+    med = float(deltaE_ciede2000(np.median(a, 0), np.median(b, 0)))
+    return med, float(deltaE_ciede2000(a, b).mean()), n
+
+
+def _unit(rgb: np.ndarray) -> np.ndarray:
+    """``float64`` RGB in [0, 1] from ``uint8`` (/ 255) or float input."""
+    rgb = np.asarray(rgb)
+    return rgb.astype(np.float64) / 255.0 if rgb.dtype == np.uint8 else rgb.astype(np.float64)
+
+
+def colour_metrics(photo: np.ndarray, render: np.ndarray, regions: dict[str, np.ndarray],
+                   min_px: int = MIN_REGION_PX) -> dict[str, float]:
+    """``dE_<region>`` (CIEDE2000 of region medians) for ``face`` and each outside zone,
+    ``dE_outside`` (mean over the outside zones present), ``dEpx_face`` / ``dEpx_outside``
+    (mean per-pixel CIEDE2000; outside: over the union of the outside zones) and the pixel
+    counts ``px_<region>``. A region under ``min_px`` pixels is NaN.
+
+    Args:
+        photo, render: ``uint8 [H, W, 3]``; regions: from :func:`colour_regions`.
+    """
+    m: dict[str, float] = {}
+    for name, reg in regions.items():
+        med, px, n = delta_e(photo, render, reg, min_px)
+        m[f"dE_{name}"] = med
+        m[f"px_{name}"] = n
+        if name == "face":
+            m["dEpx_face"] = px
+    present = [m[f"dE_{z}"] for z in OUTSIDE_ZONES if math.isfinite(m.get(f"dE_{z}", math.nan))]
+    m["dE_outside"] = statistics.fmean(present) if present else float("nan")
+    union = np.zeros(photo.shape[:2], bool)
+    for z in OUTSIDE_ZONES:
+        if math.isfinite(m.get(f"dE_{z}", math.nan)):
+            union |= regions[z]
+    m["dEpx_outside"] = delta_e(photo, render, union, min_px)[1]
+    return m
+
+
 def head_with_eyes(head, texture: np.ndarray, eyes) -> tuple:
     """One mesh + one texture atlas for the textured head and its two eyeballs.
 
@@ -279,6 +535,46 @@ def turned_view(head, texture: np.ndarray, eyes, yaw_deg: float, size: int = 512
                           uv=torch.tensor(uv, dtype=torch.float32), uv_tri=torch.tensor(uvf),
                           texture=atlas, yaw_deg=yaw_deg, size=size, background=BACKGROUND,
                           backend=backend)
+
+
+def contact_sheet(photo: np.ndarray, head, texture: np.ndarray, eyes, size: int = SHEET_PX,
+                  views: dict[str, float] = SHEET_VIEWS, backend=None) -> np.ndarray:
+    """One row: the photo, then the textured head with its eyeballs at each yaw of ``views``
+    (:func:`turned_view`), each ``size`` square and labelled.
+
+    Args:
+        photo: ``uint8 [H, W, 3]`` (the aligned hi-res crop); head, texture, eyes: as
+            :func:`head_with_eyes`.
+    Returns:
+        ``uint8 [size, size * (1 + len(views)), 3]``.
+    """
+    import cv2
+
+    tiles = [cv2.resize(photo, (size, size), interpolation=cv2.INTER_AREA)]
+    labels = ["photo"]
+    for label, yaw in views.items():
+        tiles.append(turned_view(head, texture, eyes, yaw, size=size, backend=backend))
+        labels.append(f"{label} {yaw:g} deg")
+    for t, label in zip(tiles, labels, strict=True):
+        (w, h), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.55, 1)
+        t[: h + 12, : w + 12] //= 3
+        cv2.putText(t, label, (6, h + 6), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+    return np.concatenate(tiles, 1)
+
+
+#: overlay colours of the colour-measure regions (face, then :data:`OUTSIDE_ZONES`)
+REGION_COLOURS = {"face": (255, 255, 255), "forehead_top": (255, 0, 0), "scalp": (0, 200, 0),
+                  "ears": (0, 0, 255), "jaw": (255, 200, 0), "neck": (200, 0, 200)}
+
+
+def zone_overlay(photo: np.ndarray, regions: dict[str, np.ndarray]) -> np.ndarray:
+    """``uint8 [H, W, 3]``: the photo, darkened, with each region of :func:`colour_regions`
+    tinted in its :data:`REGION_COLOURS` colour (to check what the ``dE_*`` numbers cover)."""
+    out = photo.astype(np.float32) * 0.5
+    for name, reg in regions.items():
+        out[reg] = 0.5 * photo[reg] + 0.5 * np.asarray(REGION_COLOURS.get(name, (128,) * 3))
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
 class FaceIdentity:
@@ -376,10 +672,13 @@ class QualityEvaluator:
         self.detector = Detector()
         self.identity = FaceIdentity(self.detector)
         self.fitter = FitterCore(face_model, device=device, threads=threads)
+        self.zones = head_zones(self.fitter.model)
 
-    def evaluate(self, name: str, data: bytes) -> PhotoResult:
-        """Evaluate one photo (JPEG / PNG bytes). Raises the detector's / fitter's typed errors
-        (e.g. :class:`ffhquv.errors.NoFace`)."""
+    def evaluate(self, name: str, data: bytes, sheet: bool = False) -> PhotoResult:
+        """Evaluate one photo (JPEG / PNG bytes); with ``sheet`` also build its contact sheet
+        (``images["sheet"]``, :func:`contact_sheet`). Raises the detector's / fitter's typed
+        errors (e.g. :class:`ffhquv.errors.NoFace`)."""
+        import cv2
         import torch
 
         from services.eyeball.core import place_eyeballs
@@ -439,6 +738,15 @@ class QualityEvaluator:
             maps_tex = uv_maps(model, fit.uv_texture.shape[0], be)
         m["uv_coverage"] = uv_coverage(r448.uv[0].cpu().numpy(), vis,
                                        maps256.face.cpu().numpy() > 0.5)
+        # whole-head colour at the fitted pose, hi-res crop vs the render (fitted light)
+        n = COLOUR_SIZE
+        photo_n = cv2.resize(a.crop_hires, (n, n), interpolation=cv2.INTER_AREA)
+        render_n = (r448.image[0].clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+        zimg = zone_image(model, fit.coefficients, cam, be, self.zones, size=n)
+        regions = colour_regions(zimg, r448.mask[0, ..., 0].cpu().numpy(), parse448,
+                                 valid=photo_pixels(a.crop_hires, n))
+        m.update(colour_metrics(photo_n, render_n, regions))
+        images["colour"] = np.concatenate([photo_n, render_n, zone_overlay(photo_n, regions)], 1)
         m["fit_coverage"] = float(fit.metrics.get("texture_coverage", float("nan")))
         m["sym_err_pct"] = symmetry_error(fit.uv_texture, maps_tex.face.cpu().numpy() > 0.5,
                                           maps_tex.mirror.cpu().numpy(),
@@ -447,6 +755,9 @@ class QualityEvaluator:
         m["fit_landmark_error_iod"] = float(fit.metrics.get("landmark_error_iod", float("nan")))
         m["fit_psnr_masked"] = float(fit.metrics.get("psnr_masked", float("nan")))
         m["fit_seconds"] = float(fit.report["timings_s"]["total"])
+        if sheet:
+            images["sheet"] = contact_sheet(a.crop_hires, fit.mesh_neutral, fit.uv_texture, eyes,
+                                            backend=be)
         m["eval_s"] = time.perf_counter() - t0 - t_pipe
         return PhotoResult(name=name, metrics=m, images=images)
 
@@ -486,6 +797,7 @@ def plot(rows: list[dict], out_dir: Path) -> list[Path]:
         "identity": ["id_crop_baseline", "id_composite", "id_front", "id_yaw_p30",
                      "id_yaw_m30"],
         "texture": ["uv_coverage", "fit_coverage", "sym_err_pct", "seam_step"],
+        "colour": DE_COLS,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
@@ -514,16 +826,28 @@ def plot(rows: list[dict], out_dir: Path) -> list[Path]:
     return files
 
 
+#: file-name endings (stem, lower case) of images in a photo folder that are not photos
+NON_PHOTO_STEMS = ("_texture", "tex_uv", "_uv", "_vis")
+
+
+def is_texture(path: Path) -> bool:
+    """True for UV textures and visualisations kept next to photos (``*_ffhquv_texture.png``,
+    ``tex_uv.png``, ...), which folder inputs skip."""
+    return path.stem.lower().endswith(NON_PHOTO_STEMS)
+
+
 def collect(inputs: list[str], astronaut: bool) -> list[tuple[str, bytes]]:
-    """``(name, bytes)`` of the photos in files / folders (non-recursive), plus skimage's
-    astronaut as ``astronaut.png`` when asked."""
+    """``(name, bytes)`` of the photos in files / folders (non-recursive; sub-folders and
+    :func:`is_texture` files are skipped), plus skimage's astronaut as ``astronaut.png`` when
+    asked."""
     from ffhquv.commands import IMAGE_SUFFIXES
 
     items: list[tuple[str, bytes]] = []
     for s in inputs:
         p = Path(s)
         files = (sorted(q for q in p.iterdir() if q.is_file()
-                        and q.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [p])
+                        and q.suffix.lower() in IMAGE_SUFFIXES and not is_texture(q))
+                 if p.is_dir() else [p])
         for q in files:
             if not q.is_file():
                 raise SystemExit(f"bench/quality.py: no such file or folder: {s}")
@@ -544,6 +868,8 @@ PHOTO_COLS = ["photo", "lmk_err_iod", "lmk_err_inner_iod", "lmk_composite_iod", 
               "id_crop_baseline",
               "id_composite", "id_front", "id_yaw_p30", "id_yaw_m30", "uv_coverage",
               "fit_coverage", "sym_err_pct", "seam_step", "fit_seconds"]
+#: the second per-photo table: whole-head colour (CIEDE2000) next to identity
+COLOUR_COLS = ["photo", *DE_COLS, "id_front", "id_yaw_p30", "id_yaw_m30"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -557,6 +883,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="write per-photo metrics and the summary")
     ap.add_argument("--plots", default=None, help="folder for distribution plots (PNG)")
     ap.add_argument("--views", default=None, help="folder for composite / turned-view PNGs")
+    ap.add_argument("--sheets", default=None,
+                    help="folder for one contact sheet per photo (photo | front | 3/4 | profile "
+                         "| back), DIR/<photo>.png")
     args = ap.parse_args(argv)
 
     import torch
@@ -569,7 +898,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, failed = [], []
     for name, data in items:
         try:
-            res = ev.evaluate(name, data)
+            res = ev.evaluate(name, data, sheet=bool(args.sheets))
         except Exception as e:  # noqa: BLE001 - reported per photo, the others go on
             print(f"# {name}: FAILED {type(e).__name__}: {e}")
             failed.append({"photo": name, "error": f"{type(e).__name__}: {e}"})
@@ -577,9 +906,13 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(res.metrics)
         print(f"# {name}: fit {res.metrics['fit_seconds']:.1f} s, "
               f"eval {res.metrics['eval_s']:.1f} s", flush=True)
-        if args.views:
-            from ffhquv.imaging import png_bytes
+        from ffhquv.imaging import png_bytes
 
+        if args.sheets:
+            sd = Path(args.sheets)
+            sd.mkdir(parents=True, exist_ok=True)
+            (sd / f"{Path(name).stem}.png").write_bytes(png_bytes(res.images["sheet"]))
+        if args.views:
             vd = Path(args.views)
             vd.mkdir(parents=True, exist_ok=True)
             stem = Path(name).stem
@@ -587,8 +920,13 @@ def main(argv: list[str] | None = None) -> int:
             turned = np.concatenate([res.images[k] for k in ("id_yaw_m30", "id_front",
                                                              "id_yaw_p30")], 1)
             (vd / f"{stem}_turned.png").write_bytes(png_bytes(turned))
+            (vd / f"{stem}_colour.png").write_bytes(png_bytes(res.images["colour"]))
     if rows:
         table(rows, PHOTO_COLS)
+        print()
+        print("# whole-head colour: CIEDE2000 (skimage deltaE_ciede2000, sRGB D65 -> CIELAB); "
+              "dE_* of region medians, dEpx_* mean per pixel; lower is better")
+        table(rows, COLOUR_COLS)
         print()
         summary = summarize(rows)
         table(summary, ["metric", "n", "missing", "mean", "median", "worst", "worst_photo"])
@@ -599,11 +937,14 @@ def main(argv: list[str] | None = None) -> int:
         summary = []
     if args.plots and rows:
         plot(rows, Path(args.plots))
+    for f in failed:
+        print(f"# failed: {f['photo']}: {f['error']}")
     meta["loadavg_end"] = loadavg()
     print(f"# load average at the end: {', '.join(map(str, meta['loadavg_end']))}")
     write_json(args.json, meta, rows, summary=summary, failed=failed, preset=args.preset,
                face_model=args.face_model, threads=args.threads)
-    return 1 if failed else 0
+    # a photo without a detectable face is a result (listed above), not a failed run
+    return 0 if rows or not items else 1
 
 
 if __name__ == "__main__":

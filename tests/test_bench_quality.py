@@ -14,7 +14,7 @@ from bench import quality, speed
 @pytest.fixture(scope="module")
 def astronaut_result(astronaut_jpg_bytes):
     ev = quality.QualityEvaluator(preset="fast", device="cpu", threads=2)
-    return ev, ev.evaluate("astronaut.jpg", astronaut_jpg_bytes)
+    return ev, ev.evaluate("astronaut.jpg", astronaut_jpg_bytes, sheet=True)
 
 
 def test_quality_fields_and_sane_values(astronaut_result):
@@ -22,6 +22,9 @@ def test_quality_fields_and_sane_values(astronaut_result):
     m = res.metrics
     for key in quality.HIGHER_IS_BETTER:
         assert key in m, key
+        # a zone may be hidden at the fitted pose (NaN = missing); the rest is always measured
+        if key.startswith("dE_") and key[3:] in quality.OUTSIDE_ZONES:
+            continue
         assert math.isfinite(m[key]), (key, m[key])
     # the model follows the detected landmarks to a few % of the inter-ocular distance
     assert 0 < m["lmk_err_iod"] < 0.05
@@ -36,11 +39,22 @@ def test_quality_fields_and_sane_values(astronaut_result):
         assert 0 < m[k] < 1.0
     assert 0.4 < m["uv_coverage"] <= 1 and 0.2 < m["fit_coverage"] <= 1
     assert 0 <= m["sym_err_pct"] < 10
+    # the face patch comes from the photo: close in colour; outside it, a template
+    assert 0 <= m["dE_face"] < 6 and m["dE_face"] <= m["dEpx_face"] < 15
+    assert m["px_face"] > 20000 and 0 < m["dE_outside"] < 60
+    assert m["dE_scalp"] > 5  # her dark hair vs the bald head's skin
     # the images the numbers come from
     assert res.images["composite"].shape == (224, 672, 3)
     for k in quality.YAWS:
         assert res.images[k].shape == (512, 512, 3)
         assert res.images[k].std() > 10  # a rendered head, not a blank frame
+    n = quality.COLOUR_SIZE
+    assert res.images["colour"].shape == (n, 3 * n, 3)
+    px = quality.SHEET_PX
+    sheet = res.images["sheet"]
+    assert sheet.shape == (px, px * (1 + len(quality.SHEET_VIEWS)), 3)
+    for i in range(1, 1 + len(quality.SHEET_VIEWS)):  # every view shows a head
+        assert sheet[:, i * px:(i + 1) * px].std() > 10
 
 
 def test_metric_functions_on_known_inputs():
@@ -79,7 +93,7 @@ def test_summary_json_and_plots(astronaut_result, tmp_path):
     assert back["rows"][0]["photo"] == "astronaut.jpg" and back["summary"]
     files = quality.plot(rows, tmp_path / "plots")
     pytest.importorskip("matplotlib")
-    assert len(files) == 4 and all(f.stat().st_size > 1000 for f in files)
+    assert len(files) == 5 and all(f.stat().st_size > 1000 for f in files)
 
 
 def test_speed_faces_roundtrip(astronaut_result, tmp_path):
@@ -100,3 +114,117 @@ def test_speed_faces_roundtrip(astronaut_result, tmp_path):
     np.savez(tmp_path / "bad.npz", crop=face.crop)
     with pytest.raises(InvalidInput, match="missing"):
         speed.load_face(tmp_path / "bad.npz")
+
+
+# ------------------------------------------------------------------ whole-head colour (CIEDE2000)
+def _grey(lightness: float, shape=(20, 20)) -> np.ndarray:
+    """Float sRGB image of the neutral grey with CIELAB ``L* = lightness`` (a* = b* = 0)."""
+    from skimage.color import lab2rgb
+
+    return np.broadcast_to(lab2rgb(np.array([[[lightness, 0.0, 0.0]]]))[0, 0],
+                           (*shape, 3)).copy()
+
+
+def _ciede2000_lightness(l1: float, l2: float) -> float:
+    """CIEDE2000 of two neutral greys (the formula reduces to the lightness term)."""
+    lbar = (l1 + l2) / 2
+    s_l = 1 + 0.015 * (lbar - 50) ** 2 / math.sqrt(20 + (lbar - 50) ** 2)
+    return abs(l2 - l1) / s_l
+
+
+def test_delta_e_identical_and_known_shift():
+    rng = np.random.default_rng(1)
+    photo = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    region = np.ones((32, 32), bool)
+    assert quality.delta_e(photo, photo.copy(), region)[:2] == (0.0, 0.0)
+    # a pure lightness shift around L* = 50: CIEDE2000 = the L* difference
+    med, px, n = quality.delta_e(_grey(45, (32, 32)), _grey(55, (32, 32)), region)
+    assert med == pytest.approx(10.0, abs=1e-3) and px == pytest.approx(10.0, abs=1e-3)
+    assert n == 32 * 32
+    # 40 % of the pixels 10 L* lighter: the medians agree, the per-pixel mean does not
+    render = _grey(50, (10, 10))
+    render[:4] = _grey(60, (4, 10))
+    med, px, _ = quality.delta_e(_grey(50, (10, 10)), render, np.ones((10, 10), bool))
+    assert med == pytest.approx(0.0, abs=1e-3)
+    assert px == pytest.approx(0.4 * _ciede2000_lightness(50, 60), abs=1e-3)
+    # too few pixels -> NaN
+    small = np.zeros((32, 32), bool)
+    small[:3, :3] = True
+    assert math.isnan(quality.delta_e(photo, photo, small, min_px=10)[0])
+
+
+def test_colour_metrics_regions():
+    shape = (40, 40)
+    photo, render = _grey(50, shape), _grey(50, shape)
+    render[20:] = _grey(55, (20, 40))
+    regions = {name: np.zeros(shape, bool) for name in ("face", *quality.OUTSIDE_ZONES)}
+    regions["face"][:20] = True
+    regions["scalp"][20:30] = True
+    regions["neck"][30:] = True
+    m = quality.colour_metrics(photo, render, regions, min_px=50)
+    shift = _ciede2000_lightness(50, 55)
+    assert m["dE_face"] == pytest.approx(0.0, abs=1e-3) and m["dEpx_face"] < 1e-3
+    assert m["dE_scalp"] == pytest.approx(shift, abs=1e-3)
+    assert m["dE_neck"] == pytest.approx(shift, abs=1e-3)
+    for z in ("forehead_top", "ears", "jaw"):  # empty: missing, not zero
+        assert math.isnan(m[f"dE_{z}"])
+    assert m["dE_outside"] == pytest.approx(shift, abs=1e-3)
+    assert m["dEpx_outside"] == pytest.approx(shift, abs=1e-3)
+    assert m["px_scalp"] == 400
+    for key in quality.DE_COLS:
+        assert key in quality.HIGHER_IS_BETTER and not quality.HIGHER_IS_BETTER[key]
+
+
+def test_zone_render_of_the_default_model():
+    """Every zone of the real default model shows on a frontal render of its mean shape,
+    with enough pixels after the erosion, in the right part of the picture."""
+    from services.fitter.camera import Camera
+    from services.fitter.facemodel import load_face_model
+    from services.fitter.renderer import get_backend
+
+    model = load_face_model("default")
+    zones = quality.head_zones(model)
+    assert zones.shape == (model.n_vertices,)
+    for i, name in enumerate(quality.ZONES):
+        assert (zones == i).sum() > 20, name
+    coeffs = {k: v[0].cpu().numpy() for k, v in model.zeros().items()}
+    size = quality.COLOUR_SIZE
+    zimg = quality.zone_image(model, coeffs, Camera(), get_backend("cpu"), zones, size=size)
+    assert zimg.shape == (size, size) and zimg.min() == -1
+    cover = (zimg >= 0).astype(np.float32)
+    parse = np.where(zimg == quality.ZONES.index("face"), 1, 0).astype(np.uint8)
+    regions = quality.colour_regions(zimg, cover, parse)
+    rows = {}
+    for name, reg in regions.items():
+        assert reg.sum() >= quality.MIN_REGION_PX, name
+        rows[name] = np.nonzero(reg)[0].mean()
+        assert not (reg & ~(zimg >= 0)).any()  # only rendered pixels
+    # top to bottom in the picture: scalp / forehead top above the face, jaw and neck below
+    assert rows["forehead_top"] < rows["face"] < rows["jaw"] < rows["neck"]
+    assert rows["scalp"] < rows["face"]
+    ears = np.nonzero(regions["ears"])[1]
+    assert ears.min() < size * 0.25 and ears.max() > size * 0.75  # both sides
+    # the eye openings show no back faces as zones
+    assert (zimg[regions["face"]] == quality.ZONES.index("face")).all()
+
+
+def test_collect_skips_textures(tmp_path, astronaut_jpg_bytes):
+    (tmp_path / "a.jpg").write_bytes(astronaut_jpg_bytes)
+    (tmp_path / "a_ffhquv_texture.png").write_bytes(astronaut_jpg_bytes)
+    (tmp_path / "tex_uv.png").write_bytes(astronaut_jpg_bytes)
+    (tmp_path / "notes.md").write_text("x")
+    (tmp_path / "processed_vis").mkdir()
+    assert [n for n, _ in quality.collect([str(tmp_path)], False)] == ["a.jpg"]
+
+
+def test_photo_pixels_drop_the_alignment_border():
+    from services.detector.align import BORDER_VALUE
+
+    crop = np.random.default_rng(2).integers(0, 256, (200, 200, 3), dtype=np.uint8)
+    crop[:, :50] = BORDER_VALUE  # the crop reached past the photo's left edge
+    crop[100, 120] = BORDER_VALUE  # a lone photo pixel of that colour stays
+    ok = quality.photo_pixels(crop, 100)
+    assert not ok[:, :25].any() and ok[:, 26:].all()
+    regions = quality.colour_regions(np.ones((100, 100), int), np.ones((100, 100)),
+                                     np.ones((100, 100), np.uint8), valid=ok)
+    assert not regions["face"][:, :25].any() and regions["face"][5:95, 30:70].all()
