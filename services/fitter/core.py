@@ -572,7 +572,7 @@ class DefaultStages:
                                 coeffs["trans"])
         head = ctx.renderer.render(world, m.tri, size=ctx.cam.size, antialias=False).mask
         return head_masks(photos.photo, photos.parse, photos.skin_prob, photos.lm,
-                          head[..., 0])
+                          head[..., 0], photos.hires)
 
     def stage3(self, ctx: FitContext, photos: PhotoBatch, coeffs: dict[str, torch.Tensor],
                s2: Stage2Result) -> StagesResult:

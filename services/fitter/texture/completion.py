@@ -94,8 +94,39 @@ class CompletedTexture:
     hair: dict | None = None
 
 
+def flatten_shading(albedo: np.ndarray, skin: np.ndarray, maps: UVMaps,
+                    strength: float = 0.6) -> np.ndarray:
+    """Lift the photo's shadows and creases out of the skin albedo.
+
+    The SH light explains the broad shading of the fitted shape; what remains in the
+    unwrapped skin are the shadows of what the shape lacks (nose side, cheekbones, eye
+    sockets) and the shading of creases, which would print as dark smears and deep wrinkles
+    under a neutral light. Skin texels darker than their surroundings (luma blurred over
+    ``S / 512`` against over ``S / 32`` texels, both over the skin only) are brightened by
+    ``ratio ** -strength`` (at most 1.8x); brighter ones, fine detail below ``S / 512``
+    (pores) and every non-skin texel (brows, lips, beard) stay.
+
+    Args:
+        albedo: ``float32 [S, S, 3]``; skin: ``float32 [S, S]`` confidence of the
+            colour-consistent skin (0 elsewhere); maps: UV maps of size S.
+    Returns:
+        ``float32 [S, S, 3]``.
+    """
+    s = maps.size
+    lum = albedo @ np.array([0.299, 0.587, 0.114], np.float32)
+    w = np.clip(skin, 0, 1).astype(np.float32)
+    mid, den_mid = normalized_blur(lum[..., None], w, sigma=max(1.0, s / 512))
+    broad, den = normalized_blur(lum[..., None], w, sigma=max(1.0, s / 32))
+    ratio = mid[..., 0] / np.maximum(broad[..., 0], 1e-3)
+    gain = np.clip(np.minimum(ratio, 1.0), 1e-3, 1.0) ** -strength
+    trust = np.clip(2 * w, 0, 1) * np.clip(den / 0.3, 0, 1) * np.clip(den_mid / 0.3, 0, 1)
+    gain = 1 + trust * (np.minimum(gain, 1.8) - 1)
+    return (albedo * gain[..., None]).astype(np.float32)
+
+
 def complete_texture(albedo: np.ndarray, weight: np.ndarray, maps: UVMaps,
-                     symmetric_lowfreq: bool = True) -> CompletedTexture:
+                     symmetric_lowfreq: bool = True,
+                     skin: np.ndarray | None = None) -> CompletedTexture:
     """Fill the unseen texels of one unwrap: mirror, then skin template, pyramid-blended.
 
     Args:
@@ -103,6 +134,8 @@ def complete_texture(albedo: np.ndarray, weight: np.ndarray, maps: UVMaps,
         weight: ``float32 [S, S]`` confidence in [0, 1].
         maps: the :class:`UVMaps` of size S.
         symmetric_lowfreq: average the low frequencies with the mirror texels.
+        skin: optional ``float32 [S, S]`` confidence of the colour-consistent skin: its
+            shadows and creases are lifted first (:func:`flatten_shading`).
     Returns:
         :class:`CompletedTexture` (no zero / untouched texel anywhere in the atlas).
     """
@@ -113,6 +146,8 @@ def complete_texture(albedo: np.ndarray, weight: np.ndarray, maps: UVMaps,
     skin_uv = maps.skin.cpu().numpy()
     w = (weight * mask).astype(np.float32)
     a = albedo.astype(np.float32)
+    if skin is not None:
+        a = flatten_shading(a, skin * mask, maps)
     w = w * hair_weight(a, w, maps)
     # shadows only darken: where the mirror texel is seen and clearly brighter at low
     # frequency (a cast / attached shadow the SH light cannot explain), trust the mirror
@@ -152,7 +187,7 @@ def complete_texture(albedo: np.ndarray, weight: np.ndarray, maps: UVMaps,
     # on the surface, so that it is continuous across the atlas's seams; it continues the
     # seen skin's colour smoothly over the head and relaxes to the median skin colour
     template, _ = mesh_lowpass(maps, comb, sw, sigma=s / 24, prior=skin_color, reach=s / 4)
-    template = _pad_outside(template, mask)
+    template = pad_outside(template, mask)
     # texels near a seam take the template: the photo detail on one side of a seam has no
     # counterpart on the other
     fade = maps.seam_fade
@@ -178,7 +213,7 @@ def complete_texture(albedo: np.ndarray, weight: np.ndarray, maps: UVMaps,
                             skin_color=np.asarray(skin_color, np.float32))
 
 
-def _pad_outside(tex: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def pad_outside(tex: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Fill the texels outside the atlas from their nearest covered texel (bilinear and
     mip-mapped lookups at island borders read them)."""
     if mask.all() or not mask.any():

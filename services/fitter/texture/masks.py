@@ -113,6 +113,8 @@ class HeadMasks:
             and stubble stay), facial hair below the jaw line, and the person's skin-coloured
             head pixels outside the face (ears, neck, forehead top, a bald scalp).
         hair: ``float32 [B, H, W, 1]`` 0/1, hair of the head (not face labels, not skin).
+        skin: ``float32 [B, H, W, 1]`` the colour-consistent skin of the face (no beard,
+            brows or lips), whose shadows are lifted from the albedo; None to keep them.
         hair_stats: per photo ``{"hair_px", "skin_px", "has_hair", "hair_rgb" [3],
             "hair_amp"}``: hair and skin pixel counts of the head above the brows, whether the
             person has a head of hair, the median hair colour (sRGB in [0, 1]) and the spread of
@@ -122,23 +124,28 @@ class HeadMasks:
     texture: Tensor
     hair: Tensor
     hair_stats: list[dict]
+    skin: Tensor | None = None
 
 
 def head_masks(photo: Tensor, parse: Tensor, skin: Tensor, landmarks: Tensor,
-               head: Tensor) -> HeadMasks:
+               head: Tensor, hires: Tensor | None = None) -> HeadMasks:
     """Skin, facial hair and hair of the whole head in the aligned crops.
 
     The head is told from the background by OpenCV's GrabCut, seeded by the fitted head's
     silhouette (probable foreground), the face labels (foreground) and the pixels far outside
     the silhouette (background). Head pixels that are neither face labels nor skin-coloured
     (:func:`skin_colour_weight` and the detector's skin probability; highlights brighter than
-    the skin with a skin hue count as skin) are hair.
+    the skin with a skin hue count as skin) or that carry strand texture (fine detail well
+    above the face skin's, measured on the high-resolution crop: white, grey and blond hair)
+    are hair.
 
     Args:
         photo: ``float [B, H, W, 3]`` crops in [0, 1].
         parse: ``uint8 [B, H, W]`` ParseLabel maps; skin: ``uint8 [B, H, W]`` skin probability.
         landmarks: ``float [B, 68, 2]`` crop pixels.
         head: ``float [B, H, W]`` coverage of the fitted head rendered at the photo's pose.
+        hires: optional ``float [B, Sh, Sh, 3]`` the same crops at a higher resolution (the
+            strand-texture test; without it the crops are used).
     Returns:
         :class:`HeadMasks` on ``photo``'s device.
     """
@@ -146,17 +153,42 @@ def head_masks(photo: Tensor, parse: Tensor, skin: Tensor, landmarks: Tensor,
     sk = skin.float() / 255.0
     cw = skin_colour_weight(photo, (lab == PARSE_SKIN) & (sk > 0.8), landmarks)
     tex, hair, stats = [], [], []
+    fine = strand_energy(photo if hires is None else hires, photo.shape[1])
     for i in range(photo.shape[0]):
         t, h, st = _head_masks_one(
             (photo[i].detach().cpu().numpy() * 255 + 0.5).astype(np.uint8),
             parse[i].cpu().numpy(), sk[i].cpu().numpy(), cw[i].cpu().numpy(),
-            landmarks[i].detach().cpu().numpy(), head[i].detach().cpu().numpy())
+            landmarks[i].detach().cpu().numpy(), head[i].detach().cpu().numpy(), fine[i])
         tex.append(t)
         hair.append(h)
         stats.append(st)
     dev = photo.device
+    skin_face = (lab == PARSE_SKIN).float() * ((sk - 0.5) / 0.3).clamp(0, 1) * cw
     return HeadMasks(texture=torch.tensor(np.stack(tex), device=dev)[..., None],
-                     hair=torch.tensor(np.stack(hair), device=dev)[..., None], hair_stats=stats)
+                     hair=torch.tensor(np.stack(hair), device=dev)[..., None], hair_stats=stats,
+                     skin=skin_face[..., None])
+
+
+def strand_energy(img: Tensor, size: int) -> np.ndarray:
+    """Fine-detail energy (hair strands, not smooth skin) per pixel of a ``size`` raster.
+
+    Args:
+        img: ``float [B, S, S, 3]`` in [0, 1] (S >= size; 448 is enough for strands).
+        size: output side.
+    Returns:
+        ``float32 [B, size, size]``: local mean of ``|luma - blur(luma, 1 px)|`` at up to 448
+        pixels, blurred over 2 px and resampled to ``size``.
+    """
+    out = []
+    for im in img.detach().cpu().numpy():
+        side = min(im.shape[0], 448)
+        if im.shape[0] != side:
+            im = cv2.resize(im, (side, side), interpolation=cv2.INTER_AREA)
+        luma = im.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        hp = np.abs(luma - cv2.GaussianBlur(luma, (0, 0), 1.0))
+        e = cv2.GaussianBlur(hp, (0, 0), 2.0)
+        out.append(cv2.resize(e, (size, size), interpolation=cv2.INTER_AREA))
+    return np.stack(out).astype(np.float32)
 
 
 def _disc(r: int) -> np.ndarray:
@@ -164,7 +196,8 @@ def _disc(r: int) -> np.ndarray:
 
 
 def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray, cw: np.ndarray,
-                    lm: np.ndarray, head: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+                    lm: np.ndarray, head: np.ndarray, fine: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, dict]:
     """:func:`head_masks` of one photo (numpy ``[H, W]`` maps, ``uint8 [H, W, 3]`` photo)."""
     h, w = parse.shape
     iod = float(np.linalg.norm(lm[36] - lm[45]))
@@ -196,6 +229,9 @@ def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray, cw: np
     if ref.sum() > 50:
         bright = lum > np.percentile(lum[ref], 60)
         skinlike = np.maximum(skinlike, (bright & (cw > 0.05)).astype(np.float32))
+        # strand texture: well above the face skin's fine detail is hair, whatever its colour
+        stranded = fine > 2.5 * max(float(np.median(fine[ref])), 1e-4)
+        skinlike = skinlike * ~stranded
     hair = fg & (skinlike < 0.5) & (parse == PARSE_BG)
     hair = cv2.morphologyEx(hair.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
     # texture: face labels, colour-tested above the nose only (beards stay)
@@ -218,18 +254,24 @@ def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray, cw: np
                        np.ones((3, 3), np.uint8))
     tex = tex * region * (1 - holes)
     hair_m = hair & (cv2.erode(inside.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0)
-    # presence and colour of a head of hair: hair vs skin pixels of the head above the brows
-    top = (yy < float(lm[17:27, 1].mean()) - 0.2 * iod) & fg & (parse == PARSE_BG)
+    # presence and colour of a head of hair: hair vs skin pixels of the head above the brows,
+    # over the middle of the head (a bald crown is skin there, its shaded sides may not be)
+    xx = np.arange(w, dtype=np.float32)[None, :].repeat(h, 0)
+    x_mid = float(lm[27:31, 0].mean())
+    top = ((yy < float(lm[17:27, 1].mean()) - 0.2 * iod) & fg & (parse == PARSE_BG)
+           & (np.abs(xx - x_mid) < 0.8 * iod))
     n_h = float((hair & top).sum())
     n_s = float(((skinlike > 0.5) & ~hair & top).sum())
     stats: dict = {"hair_px": n_h, "skin_px": n_s,
-                   "has_hair": bool(n_h > 0.003 * h * w and n_h > 0.4 * (n_h + n_s))}
+                   "has_hair": bool(n_h > 0.002 * h * w and n_h > 0.5 * (n_h + n_s))}
     if n_h > 20:
         px = photo[hair & top].astype(np.float32) / 255
-        stats["hair_rgb"] = np.median(px, 0)
         luma = px @ np.array([0.299, 0.587, 0.114], np.float32)
+        # the colour of the hair itself, below its sheen: the median of the darker 70 %
+        body = luma <= np.percentile(luma, 70)
+        stats["hair_rgb"] = np.median(px[body], 0)
         spread = np.log(np.clip(luma / max(float(np.median(luma)), 1e-3), 0.05, 20))
-        stats["hair_amp"] = float(np.clip(np.std(spread), 0.1, 0.25))
+        stats["hair_amp"] = float(np.clip(np.std(spread), 0.1, 0.22))
     else:
         stats["has_hair"] = False
     return tex.astype(np.float32), hair_m.astype(np.float32), stats

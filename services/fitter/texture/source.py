@@ -20,7 +20,7 @@ from torch import Tensor
 from services.fitter.camera import Camera
 from services.fitter.facemodel.base import FaceModel
 from services.fitter.texture.atlas import uv_maps
-from services.fitter.texture.completion import CompletedTexture, complete_texture
+from services.fitter.texture.completion import CompletedTexture, complete_texture, pad_outside
 from services.fitter.texture.hair import hair_layer
 from services.fitter.texture.masks import HeadMasks
 from services.fitter.texture.unwrap import unwrap
@@ -70,7 +70,8 @@ class UnwrapTextureSource:
                 face_mask: Tensor | HeadMasks, size: int) -> list[CompletedTexture]:
         maps = uv_maps(model, size, self.backend)
         head = face_mask if isinstance(face_mask, HeadMasks) else None
-        masks = face_mask if head is None else torch.cat([head.texture, head.hair], -1)
+        masks = face_mask if head is None else torch.cat(
+            [head.texture, head.hair] + ([] if head.skin is None else [head.skin]), -1)
         un = unwrap(model, coeffs, crop_hires, masks, maps, self.backend, self.cam,
                     self.depth_size)
         alb = un.albedo.detach().cpu().numpy()
@@ -79,15 +80,20 @@ class UnwrapTextureSource:
             return per_photo(lambda i: complete_texture(alb[i], wt[i], maps), alb.shape[0])
         col = un.color.detach().cpu().numpy()
         w_hair = un.weights[..., 1].detach().cpu().numpy()
+        w_skin = None if head.skin is None else un.weights[..., 2].detach().cpu().numpy()
 
         def one(i: int) -> CompletedTexture:
-            done = complete_texture(alb[i], wt[i], maps)
+            done = complete_texture(alb[i], wt[i], maps,
+                                    skin=None if w_skin is None else w_skin[i])
             hair = hair_layer(col[i], w_hair[i], wt[i], maps, head.hair_stats[i])
             if hair is None:
                 done.hair = {"has_hair": False}
                 return done
             m = hair.matte[..., None]
-            done.texture = (done.texture * (1 - m) + hair.color * m).astype(np.float32)
+            tex = (done.texture * (1 - m) + hair.color * m).astype(np.float32)
+            # texels outside the islands again from their nearest covered texel (bilinear and
+            # mip-mapped lookups at island borders read them: no skin-coloured seam lines)
+            done.texture = pad_outside(tex, maps.mask.cpu().numpy())
             done.hair = hair.info
             return done
 
