@@ -339,6 +339,8 @@ class FitterCore:
             o.report["stage1_init"] = (s1.init_source or ["pnp"] * b)[i]
             # optimisation steps replayed as CUDA graphs (services.fitter.graphs); 0 on CPU
             o.report["cuda_graph_steps"] = dict(graph_steps)
+            # the head of hair painted on the scalp (texture.hair_layer), when looked for
+            o.report["hair"] = res.textures[i].hair
             if res.latents is not None:
                 o.report["texture_source"] = "texgan"
         return outputs

@@ -23,6 +23,7 @@ from services.fitter.texture.completion import (
     CompletedTexture,
     complete_texture,
     coverage,
+    flatten_shading,
     laplacian_blend,
     normalized_blur,
 )
@@ -62,7 +63,8 @@ __all__ = [
     "strand_noise", "PARSE_BG", "PARSE_BROWS", "PARSE_EYES", "PARSE_LIPS",
     "PARSE_MOUTH", "PARSE_NOSE", "PARSE_SKIN", "TEXTURE_LABELS", "CompletedTexture",
     "TextureSource", "UVMaps", "UnwrapResult", "UnwrapTextureSource", "complete_texture",
-    "coverage", "hair_weight", "laplacian_blend", "mesh_lowpass", "normalized_blur",
+    "coverage", "flatten_shading", "hair_weight", "laplacian_blend", "mesh_lowpass",
+    "normalized_blur",
     "per_photo", "photo_face_mask", "seam_step", "seam_texel_pairs", "skin_colour_weight",
     "spread_offsets", "symmetrize_lowfreq", "to_texels", "to_vertices", "unwrap", "uv_maps",
 ]

@@ -1,0 +1,189 @@
+"""The whole head's appearance: zones of the head, hair on the scalp, beards kept, the skin's
+shadows lifted, the neutral-light albedo convention.
+
+Synthetic checks always run; the photo checks use ``../shared/data/faces-dev`` and skip when
+it is absent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from services.fitter.facemodel import load_face_model
+from services.fitter.renderer import get_backend
+from services.fitter.texture import (
+    flatten_shading,
+    hair_layer,
+    head_zones,
+    strand_noise,
+    uv_maps,
+)
+
+S = 256
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.set_num_threads(2)
+    return load_face_model("default")
+
+
+@pytest.fixture(scope="module")
+def maps(model):
+    return uv_maps(model, S, get_backend("cpu"))
+
+
+def test_head_zones_sit_where_a_head_has_them(model):
+    z = head_zones(model)
+    v = model.mean_shape.numpy()
+    lm = model.landmarks(model.mean_shape[None])[0].numpy()
+    brow, chin = lm[17:27, 1].mean(), lm[8, 1]
+    hair, ear, neck = z["hair"] > 0.5, z["ear"] > 0.5, z["neck"] > 0.5
+    assert hair.sum() > 300 and ear.sum() > 20 and neck.sum() > 50
+    # hair well above the brows at the front (down to the nape at the back), never on the
+    # face; the crown is hair
+    front = v[:, 2] > lm[[0, 16], 2].mean() + 0.3
+    assert (v[hair & front, 1] > brow + 0.3).all()
+    assert v[hair, 1].min() > chin
+    assert z["hair"][np.argmax(v[:, 1])] > 0.99
+    assert z["hair"][model.tri[model.face_tri_mask].reshape(-1).numpy()].max() < 0.5
+    # ears on both sides, between brow and chin; the neck below the chin at the front
+    assert (v[ear, 0] > 0).any() and (v[ear, 0] < 0).any()
+    assert ((v[ear, 1] < brow + 0.2) & (v[ear, 1] > chin)).all()
+    assert (v[neck, 1] < lm[57, 1]).all()
+    under_chin = neck & (np.abs(v[:, 0]) < 0.1) & (v[:, 2] > lm[8, 2] - 0.3)
+    assert under_chin.any() and (v[under_chin, 1] < chin + 0.1).all()
+    # left / right symmetric through the model's vertex mirror
+    mi = model.mirror.numpy()
+    assert np.abs(z["hair"] - z["hair"][mi]).mean() < 0.02
+
+
+def test_strand_noise_is_deterministic_and_seamless(maps):
+    pos = maps.pos_mean.numpy()
+    a = strand_noise(pos, maps.head_centre)
+    assert np.array_equal(a, strand_noise(pos, maps.head_centre))
+    m = maps.mask.numpy() & (maps.hair_zone > 0.5)
+    assert abs(float(a[m].mean())) < 0.15 and 0.2 < float(a[m].std()) < 1.0
+    # a continuous function of the 3D position, so texels that meet across a UV seam (the
+    # same point of the head) get the same value: nearby points differ little
+    pts = pos[m]
+    nudged = strand_noise(pts + 1e-4, maps.head_centre)
+    assert np.abs(nudged - a[m]).mean() < 0.05 * a[m].std()
+
+
+def _stats(has_hair: bool) -> dict:
+    return {"has_hair": has_hair, "hair_px": 1000.0 if has_hair else 0.0, "skin_px": 10.0,
+            "hair_rgb": np.array([0.25, 0.18, 0.12], np.float32), "hair_amp": 0.2}
+
+
+def test_hair_layer_covers_the_scalp_not_the_face(maps):
+    mask = maps.mask.numpy()
+    pos = maps.pos_mean.numpy()
+    colour = np.full((S, S, 3), 0.3, np.float32)
+    # the photo saw the front of the scalp as hair and the face as skin
+    seen = mask & (pos[..., 2] > 0.0)
+    w_hair = (seen & (maps.hair_zone > 0.5)).astype(np.float32)
+    w_skin = (seen & (maps.hair_zone < 0.1)).astype(np.float32)
+    assert hair_layer(colour, w_hair, w_skin, maps, _stats(False)) is None
+    got = hair_layer(colour, w_hair, w_skin, maps, _stats(True))
+    assert got is not None and got.info["has_hair"]
+    crown = mask & (maps.hair_zone > 0.99)
+    face = mask & (maps.face.numpy() > 0.5)
+    assert got.matte[crown].mean() > 0.9  # unseen back of the head included
+    assert got.matte[face].max() < 0.05
+    # the colour: the photo's hair colour with strands, not a flat fill
+    lum = got.color[crown] @ np.array([0.299, 0.587, 0.114])
+    assert 0.12 < np.median(lum) < 0.4 and lum.std() > 0.01
+
+
+def test_hair_layer_keeps_a_seen_bald_scalp_skin(maps):
+    mask = maps.mask.numpy()
+    pos = maps.pos_mean.numpy()
+    seen = mask & (pos[..., 2] > -0.3)
+    w_skin = seen.astype(np.float32)
+    got = hair_layer(np.full((S, S, 3), 0.6, np.float32), np.zeros((S, S), np.float32), w_skin,
+                     maps, _stats(True))
+    front_scalp = seen & (maps.hair_zone > 0.9) & (pos[..., 2] > 0.1)
+    assert got is not None and got.matte[front_scalp].mean() < 0.2
+
+
+def test_flatten_shading_lifts_shadows_of_skin_only(maps):
+    mask = maps.mask.numpy()
+    pos = maps.pos_mean.numpy()
+    face = mask & (maps.face.numpy() > 0.5)
+    albedo = np.full((S, S, 3), 0.6, np.float32)
+    shadow = face & (np.hypot(pos[..., 0] - 0.3, pos[..., 1] + 0.2) < 0.06)
+    albedo[shadow] *= 0.6
+    skin = face.astype(np.float32)
+    out = flatten_shading(albedo, skin, maps)
+    assert out[shadow].mean() > albedo[shadow].mean() * 1.2  # the shadow is lifted
+    far = face & ~shadow & (np.hypot(pos[..., 0] - 0.3, pos[..., 1] + 0.2) > 0.4)
+    assert np.allclose(out[far], albedo[far], atol=2e-3)  # even skin is left alone
+    # a constant albedo does not change; non-skin texels (brows, beard) do not change
+    flat = np.full((S, S, 3), 0.5, np.float32)
+    assert np.allclose(flatten_shading(flat, skin, maps)[face], 0.5, atol=1e-3)
+    assert np.array_equal(flatten_shading(albedo, np.zeros_like(skin), maps), albedo)
+
+
+# ------------------------------------------------------------------------------- photos
+def _faces_dev() -> Path:
+    return Path(__file__).resolve().parents[2] / "shared" / "data" / "faces-dev"
+
+
+PHOTOS = {  # photo: (has a head of hair, has a beard)
+    "fd14_light_m_fullbeard_fringe_man4.jpg": (True, True),
+    "fd13_light_m_bald_img20.jpg": (False, False),
+    "fd01_dark_f_woman_portrait.jpg": (True, False),
+}
+
+
+@pytest.fixture(scope="module")
+def photo_fits():
+    d = _faces_dev()
+    if not d.is_dir():
+        pytest.skip(f"faces-dev photos not found at {d}")
+    from services.detector.core import Detector
+    from services.fitter.core import FitterCore
+
+    det, fitter = Detector(), FitterCore("default", device="cpu", threads=2)
+    out = {}
+    for name in PHOTOS:
+        face = det.detect((d / name).read_bytes(), unwrap_size=512).aligned
+        out[name] = (face, fitter.fit(face, preset="fast", texture_size=512,
+                                      want_intermediates=False))
+    return out, fitter
+
+
+@pytest.mark.slow
+def test_photos_hair_beard_and_skin_tone(photo_fits):
+    fits, fitter = photo_fits
+    maps = uv_maps(fitter.model, 512, fitter.backend)
+    mask = maps.mask.cpu().numpy()
+    crown = mask & (maps.hair_zone > 0.99)
+    lw = np.array([0.299, 0.587, 0.114])
+    for name, (hair, beard) in PHOTOS.items():
+        face, fit = fits[name]
+        assert fit.report["hair"]["has_hair"] is hair, (name, fit.report["hair"])
+        tex = fit.uv_texture.astype(np.float64) / 255
+        skin = mask & maps.central_face & (maps.skin.cpu().numpy() > 0.5)
+        skin_lum = np.median(tex[skin] @ lw)
+        crown_lum = np.median(tex[crown] @ lw)
+        if hair:  # dark hair on the scalp, darker than the face
+            assert crown_lum < 0.8 * skin_lum, (name, crown_lum, skin_lum)
+        else:  # a bald crown in the person's skin tone
+            assert abs(crown_lum - skin_lum) < 0.15 * skin_lum, (name, crown_lum, skin_lum)
+        # the neutral-light convention: the seen face skin's albedo is the photo's skin colour
+        lab = face.parse_mask == 1
+        photo_skin = np.median(face.crop[lab & (face.skin_mask > 200)].astype(np.float64) / 255,
+                               0)
+        tex_skin = np.median(tex[skin], 0)
+        assert np.all(np.abs(tex_skin - photo_skin) < 0.12), (name, tex_skin, photo_skin)
+        if beard:  # the chin below the mouth is dark beard, not bare skin
+            pos = maps.pos_mean.cpu().numpy()
+            lm = fitter.model.landmarks(fitter.model.mean_shape[None])[0].cpu().numpy()
+            chin = (mask & (np.abs(pos[..., 0]) < 0.15) & (pos[..., 1] < lm[57, 1] - 0.05)
+                    & (pos[..., 1] > lm[8, 1] + 0.05) & (pos[..., 2] > 0))
+            assert np.median(tex[chin] @ lw) < 0.6 * skin_lum, name
