@@ -11,9 +11,15 @@ import io
 import numpy as np
 from PIL import Image
 
+# zlib level of every PNG the services make. Level 1 encodes a 1024 texture about 5 times
+# faster than Pillow's default 6 for files about 15 % larger (bench/png.py, BENCHMARKS.md);
+# OpenCV's encoder was not faster at equal size.
+PNG_LEVEL = 1
 
-def png_bytes(img: np.ndarray, compress_level: int = 6) -> bytes:
-    """Encode ``uint8 [H, W, 3]`` RGB or ``[H, W]`` gray to PNG bytes."""
+
+def png_bytes(img: np.ndarray, compress_level: int = PNG_LEVEL) -> bytes:
+    """Encode ``uint8 [H, W, 3]`` RGB or ``[H, W]`` gray to PNG bytes (once: pass the bytes
+    on rather than decoding and encoding again)."""
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(img)).save(buf, format="PNG",
                                                     compress_level=compress_level)

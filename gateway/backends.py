@@ -202,7 +202,8 @@ class LocalBackends:
     """The service cores in this process (the embedded single-machine default)."""
 
     def __init__(self, device: str = "auto", checkpoints_dir: str | None = None,
-                 topo_dir: str | None = None):
+                 topo_dir: str | None = None, max_batch: int | None = None,
+                 max_delay_s: float | None = None):
         from services.detector.servicer import DetectorServicer
         from services.exporter.servicer import ExporterServicer
         from services.eyeball.servicer import EyeballServicer
@@ -210,7 +211,8 @@ class LocalBackends:
 
         self.detector = DetectorServicer(checkpoints_dir=checkpoints_dir)
         self.fitter = FitterServicer(device=device, checkpoints_dir=checkpoints_dir,
-                                     topo_dir=topo_dir)
+                                     topo_dir=topo_dir, max_batch=max_batch,
+                                     max_delay_s=max_delay_s)
         self.eyeball = EyeballServicer()
         self.exporter = ExporterServicer()
 
@@ -228,4 +230,4 @@ class LocalBackends:
             yield ev
 
     async def close(self) -> None:
-        return None
+        self.fitter.close()
