@@ -146,3 +146,10 @@ def test_servicer_batches_concurrent_fit_requests(model, faces):
 
     assert [json.loads(r.report_json)["batch_size"] for r in results] == [2, 2]
     assert all(r.uv_texture_png.startswith(b"\x89PNG") for r in results)
+
+
+def test_cli_batch_size_default():
+    from ffhquv.commands import fit_batch_size
+
+    assert fit_batch_size(0, "cpu") == 1
+    assert fit_batch_size(5, "cpu") == 5

@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
 from ffhquv import metrics
@@ -57,12 +57,13 @@ class FitJob:
     enqueued: float = field(default_factory=time.monotonic)
 
     def finish(self, result=None, error: BaseException | None = None) -> None:
-        if self.future.done():
-            return
-        if error is not None:
-            self.future.set_exception(error)
-        else:
-            self.future.set_result(result)
+        try:  # the request's own thread may resolve it first (cancelled), the worker later
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(result)
+        except InvalidStateError:
+            pass
 
 
 class FitBatcher:

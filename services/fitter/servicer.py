@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 import grpc
 
 from ffhquv import metrics
-from ffhquv.errors import InvalidInput
+from ffhquv.errors import Cancelled, InvalidInput
 from ffhquv.imaging import png_bytes
 from ffhquv.pb import common_pb2, fitter_pb2, fitter_pb2_grpc
 from services.detector.types import AlignedFace
@@ -275,6 +275,8 @@ class FitterServicer(fitter_pb2_grpc.FitterServicer):
                 except queue.Empty:
                     if not alive():
                         cancel.set()
+                    if cancel.is_set():  # gone or past its deadline: do not wait for a batch
+                        job.finish(error=Cancelled("fit cancelled"))
                     continue
                 if kind == "progress":
                     yield fitter_pb2.FitEvent(progress=item)
