@@ -43,15 +43,16 @@ case "$part" in
     fi
     cd src || exit 1
     if [ "$part" = users ]; then
-      step warm 200 python3 bench/users.py warm --photos ../photos --device cuda --count 8 \
+      step warm 150 python3 bench/users.py warm --photos ../photos --device cuda --count 6 \
         --json "$out/warm.json"
-      step cli1 200 python3 bench/users.py cli --photos ../photos --device cuda --cold-runs 2 \
+      step cli1 170 python3 bench/users.py cli --photos ../photos --device cuda --cold-runs 2 \
         --batch-sizes 1 --count 8 --json "$out/cli1.json"
-      step cli8 240 python3 bench/users.py cli --photos ../photos --device cuda --cold-runs 0 \
+      step cli8 250 python3 bench/users.py cli --photos ../photos --device cuda --cold-runs 0 \
         --batch-sizes 8,16 --count 64 --json "$out/cli8.json"
     else
       step serve 560 python3 bench/users.py serve --photos ../photos --device cuda \
-        --clients 1,32 --seconds "${SERVE_SECONDS:-120}" --json "$out/serve.json"
+        --clients 1,32 --seconds-single 40 --seconds "${SERVE_SECONDS:-120}" \
+        --json "$out/serve.json"
     fi
     ;;
   *) echo "unknown part $part"; exit 2 ;;

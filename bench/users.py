@@ -268,7 +268,8 @@ def run_serve(args) -> list[dict]:
         for n in [int(x) for x in args.clients.split(",") if x]:
             results: list[tuple[str, float, int | None]] = []
             lock = threading.Lock()
-            end = time.perf_counter() + args.seconds
+            secs = args.seconds_single if n == 1 and args.seconds_single else args.seconds
+            end = time.perf_counter() + secs
 
             def client(ci: int, n=n, end=end, results=results, lock=lock) -> None:
                 with channel(address) as ch:
@@ -297,7 +298,7 @@ def run_serve(args) -> list[dict]:
             for c, _, _ in results:
                 codes[c] = codes.get(c, 0) + 1
             sizes = [b for c, _, b in results if b]
-            rows.append({"what": f"serve all, {n} clients, {args.seconds:.0f} s",
+            rows.append({"what": f"serve all, {n} clients, {secs:.0f} s",
                          "clients": n, "ok": int(len(ok)), "wall_s": wall,
                          "photos_per_s": len(ok) / wall,
                          "p50_s": float(np.percentile(ok, 50)) if len(ok) else None,
@@ -327,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cold-runs", type=int, default=2, help="cli: cold one-photo runs")
     ap.add_argument("--clients", default="1,32", help="serve: concurrent clients per row")
     ap.add_argument("--seconds", type=float, default=120.0, help="serve: time per row")
+    ap.add_argument("--seconds-single", type=float, default=0.0,
+                    help="serve: time of the 1-client row (0: --seconds)")
     ap.add_argument("--max-concurrent", type=int, default=0, help="serve: gateway limit")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
