@@ -29,7 +29,9 @@ case "$part" in
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
     nproc | tee -a "$out/gpu.txt"
     # build nvdiffrast's CUDA plugin once (cached under TORCH_EXTENSIONS_DIR)
-    step nvdiffrast 400 python3 -c 'import torch, nvdiffrast.torch as dr; dr.RasterizeCudaContext(); print("nvdiffrast ok")'
+    # (through the project's loader: it puts the build folder on sys.path, which a bare
+    # RasterizeCudaContext() of diffrp-nvdiffrast 0.3.3 needs and lacks)
+    step nvdiffrast 400 python3 -c 'from services.fitter.renderer import get_backend; print(get_backend("cuda", prefer="nvdiffrast"))'
     step png 120 python3 src/bench/png.py --image tex.png --json "$out/png.json"
     ;;
   users|serve)

@@ -141,6 +141,7 @@ def run_cli(args) -> list[dict]:
             rows.append({"what": "ffhquv fit, 1 photo, cold (new process)", "photos": 1,
                          "batch": 1, "wall_s": wall, "photos_per_s": 1 / wall,
                          "fit_s": rep[0]["timings_s"]["total"] if rep else None,
+                         "rasteriser": rep[0].get("backend") if rep else None,
                          "gpu_busy_pct": g.mean, "rc": p.returncode})
             if p.returncode:
                 print(p.stderr[-2000:], file=sys.stderr)
@@ -158,6 +159,7 @@ def run_cli(args) -> list[dict]:
                          "photos": len(reps), "batch": b, "wall_s": wall,
                          "photos_per_s": len(reps) / wall,
                          "batch_sizes_seen": ",".join(str(s) for s in sorted(set(sizes))),
+                         "rasteriser": reps[0].get("backend") if reps else None,
                          "gpu_busy_pct": g.mean, "rc": p.returncode})
             if p.returncode:
                 print(p.stderr[-2000:], file=sys.stderr)
