@@ -584,6 +584,15 @@ def spawn_service(name: str, extra: list[str] | None = None,
     return proc, address
 
 
+def cpu_service_replicas() -> int:
+    """Processes per CPU service (detector, eyeball, exporter) in ``serve all``:
+    ``FFHQUV_SERVE_REPLICAS``, else one per 4 cores, 1 to 4."""
+    env = os.environ.get("FFHQUV_SERVE_REPLICAS", "").strip()
+    if env:
+        return max(1, int(env))
+    return max(1, min(4, (os.cpu_count() or 1) // 4))
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from ffhquv import logs, tracing
 
@@ -602,14 +611,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                          for k in missing))
         _run_gateway_forever(_gateway(args, addrs))
         return 0
-    # all: the four services as child processes on free loopback ports, the gateway here.
+    # all: the four services as child processes on free loopback ports, the gateway here. The
+    # CPU services run as several processes on big machines (their Python work holds the GIL,
+    # so threads of one process do not scale); the gateway balances calls over them.
     children: list[subprocess.Popen] = []
     try:
-        addrs = {}
-        for name in ("detector", "fitter", "eyeball", "exporter"):
-            extra = ["--device", args.device] if name == "fitter" else []
-            proc, addrs[name] = spawn_service(name, extra)
+        from concurrent.futures import ThreadPoolExecutor
+
+        names = [name for name in ("detector", "fitter", "eyeball", "exporter")
+                 for _ in range(1 if name == "fitter" else cpu_service_replicas())]
+
+        def start(name: str) -> tuple[subprocess.Popen, str]:
+            proc, addr = spawn_service(
+                name, ["--device", args.device] if name == "fitter" else [])
             children.append(proc)
+            return proc, addr
+
+        with ThreadPoolExecutor(len(names)) as pool:  # they load and warm up side by side
+            started = list(pool.map(start, names))
+        addrs = {}
+        for name in dict.fromkeys(names):
+            found = [a for n, (_, a) in zip(names, started, strict=True) if n == name]
+            addrs[name] = found[0] if len(found) == 1 else "ipv4:" + ",".join(found)
             print(f"ffhquv {name} on {addrs[name]}", file=sys.stderr, flush=True)
         _run_gateway_forever(_gateway(args, addrs))
     finally:

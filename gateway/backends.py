@@ -48,8 +48,9 @@ def _aio_channel(target: str, credentials: grpc.ChannelCredentials | None) -> gr
     # exponential backoff up to two minutes.
     opts = [*CHANNEL_OPTIONS, ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.min_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 1000)]
-    if target.startswith("dns:"):
-        # Headless Services: one address per pod; balance calls, not connections.
+    if target.startswith(("dns:", "ipv4:")):
+        # Headless Services (one address per pod) or `serve all`'s replicas
+        # ("ipv4:127.0.0.1:a,127.0.0.1:b"): balance calls, not connections.
         opts.append(("grpc.lb_policy_name", "round_robin"))
     # The request id travels to the services as x-request-id (their log lines carry it).
     icpt = tracing.client_interceptors()
