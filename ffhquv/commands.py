@@ -237,44 +237,83 @@ class FitReporter:
         return EXIT_FAILED if c["failed"] else EXIT_OK
 
 
+def fit_batch_size(requested: int, device: str) -> int:
+    """Photos per batched fit: ``requested``, else 1 on CPU and the fitter's CUDA default."""
+    if requested > 0:
+        return requested
+    from services.fitter.core import resolve_device
+    from services.fitter.servicer import CUDA_MAX_BATCH
+
+    return CUDA_MAX_BATCH if resolve_device(device).type == "cuda" else 1
+
+
 async def _fit_local(args, photos: list[Path], stems: list[str], out: Path,
                      rep: FitReporter) -> int:
+    """Runs several photos' pipelines at once: the fitter's batcher fits those that reach it
+    together (``--batch-size`` photos a batch) while the next photos are detected and finished
+    ones get their eyeballs, exports and files; the fitter warms up on a thread meanwhile."""
     from ffhquv.errors import FfhquvError
     from ffhquv.pb import common_pb2, gateway_pb2
     from gateway.backends import LocalBackends
     from gateway.orchestrator import Orchestrator
 
     opts = _options(args)
+    batch = fit_batch_size(args.batch_size, args.device)
+    # photos in flight: enough to fill the next batch while one is fitted
+    window = max(2, 2 * batch + 2)
     backends = LocalBackends(device=args.device, checkpoints_dir=args.checkpoints_dir,
-                             topo_dir=args.topo_dir)
+                             topo_dir=args.topo_dir, max_batch=batch,
+                             # photos reach the fitter as their detection ends: wait a little
+                             # for batch-mates when it is idle (it is rarely idle under load)
+                             max_delay_s=0.0 if batch == 1 else 1.0)
     orch = Orchestrator(backends)
+    todo = []
     for photo, stem in zip(photos, stems, strict=True):
+        if (out / stem).exists() and not args.overwrite:
+            rep.skipped(photo, stem, out / stem)
+            continue
+        todo.append((photo, stem))
+    if not todo:
+        return rep.summary()
+    warm = asyncio.create_task(asyncio.to_thread(
+        backends.fitter.warm, args.face_model, None, args.preset, args.texture_size))
+    slots = asyncio.Semaphore(window)
+
+    async def one(photo: Path, stem: str) -> None:
         final = out / stem
-        if final.exists() and not args.overwrite:
-            rep.skipped(photo, stem, final)
-            continue
-        bar = rep.progress(stem)
-        try:
-            req = gateway_pb2.ReconstructRequest(
-                request_id=stem, image=common_pb2.Image(data=photo.read_bytes(),
-                                                        filename=photo.name), options=opts)
+        async with slots:
+            bar = rep.progress(stem)
+            try:
+                req = gateway_pb2.ReconstructRequest(
+                    request_id=stem, image=common_pb2.Image(
+                        data=await asyncio.to_thread(photo.read_bytes), filename=photo.name),
+                    options=opts)
 
-            async def progress(p, bar=bar):
-                bar.update(p)
+                async def progress(p, bar=bar):
+                    bar.update(p)
 
-            res = await orch.run(req, progress)
-            await asyncio.to_thread(write_output_dir, final, res.files, args.overwrite)
-        except FfhquvError as e:
-            bar.close(False)
-            rep.failed(photo, stem, e.code.name, str(e), e.reason, e.field or "")
-            continue
-        except OSError as e:
-            bar.close(False)
-            rep.failed(photo, stem, "OUTPUT_WRITE_FAILED",
-                       f"cannot write {final}: {e.strerror or e}")
-            continue
-        bar.close(True)
+                res = await orch.run(req, progress)
+                await asyncio.to_thread(write_output_dir, final, res.files, args.overwrite)
+            except FfhquvError as e:
+                bar.close(False)
+                rep.failed(photo, stem, e.code.name, str(e), e.reason, e.field or "")
+                return
+            except OSError as e:
+                bar.close(False)
+                rep.failed(photo, stem, "OUTPUT_WRITE_FAILED",
+                           f"cannot write {final}: {e.strerror or e}")
+                return
+            bar.close(True)
         rep.ok(photo, stem, final, dict(res.metrics), list(res.warnings), list(res.files))
+
+    try:
+        await asyncio.gather(*(one(p, s) for p, s in todo))
+    finally:
+        try:
+            await warm
+        except Exception as e:  # noqa: BLE001 - the fits themselves report real problems
+            log.warning("fitter warm-up failed: %s", e)
+        await backends.close()
     return rep.summary()
 
 
@@ -423,7 +462,14 @@ def _serve_service(args: argparse.Namespace) -> int:
     elif name == "fitter":
         from services.fitter.servicer import make_register
 
-        register = make_register(device=args.device)
+        # warm before serving (health says SERVING only once warm); on CPU only when asked,
+        # a throw-away fit there costs as much as a real one
+        warm = os.environ.get("FFHQUV_FITTER_WARM", "auto").strip().lower()
+        if warm == "auto":
+            from services.fitter.core import resolve_device
+
+            warm = "1" if resolve_device(args.device).type == "cuda" else "0"
+        register = make_register(device=args.device, warm=warm in ("1", "true", "yes"))
     elif name == "eyeball":
         from services.eyeball.servicer import register
     else:
@@ -431,7 +477,11 @@ def _serve_service(args: argparse.Namespace) -> int:
     creds = server_credentials(args.tls_cert or os.environ.get("FFHQUV_TLS_CERT"),
                                args.tls_key or os.environ.get("FFHQUV_TLS_KEY"),
                                args.tls_ca or os.environ.get("FFHQUV_TLS_CA"))
-    workers = args.workers or {"detector": 4, "fitter": 4, "eyeball": 4, "exporter": 4}[name]
+    # CPU services: a worker per core; the fitter's workers mostly wait in its batcher (one
+    # per request of a batch, and more queued)
+    cores = os.cpu_count() or 4
+    workers = args.workers or {"detector": max(4, cores), "fitter": 64, "eyeball": max(4, cores),
+                               "exporter": max(4, cores)}[name]
     running = build_server(register, port=args.port, host=args.host, max_workers=workers,
                            metrics_port=_metrics_port(args), credentials=creds)
     if args.port_file:
@@ -464,8 +514,11 @@ def _gateway(args: argparse.Namespace, addrs: dict[str, str]):
     store = LocalArtifactStore(storage, int(os.environ.get("FFHQUV_STORAGE_MAX_BYTES",
                                                            str(5 * 1024 ** 3))))
     limits = GatewayLimits(
-        max_queue=args.max_queue or int(os.environ.get("FFHQUV_MAX_QUEUE", "8")),
-        max_concurrent=args.max_concurrent or int(os.environ.get("FFHQUV_MAX_CONCURRENT", "1")))
+        max_queue=args.max_queue or int(os.environ.get("FFHQUV_MAX_QUEUE", "64")),
+        # several reconstructions at once, so the fitter's batcher has photos to batch and
+        # detection / eyeballs / export of some overlap the fit of others
+        max_concurrent=args.max_concurrent or int(os.environ.get("FFHQUV_MAX_CONCURRENT",
+                                                                 "16")))
     return GatewayServer(Orchestrator(backends), store, port=args.port, host=args.host,
                          limits=limits, token=args.token or os.environ.get("FFHQUV_AUTH_TOKEN"),
                          credentials=server_credentials(cert, key, ca),
@@ -531,6 +584,15 @@ def spawn_service(name: str, extra: list[str] | None = None,
     return proc, address
 
 
+def cpu_service_replicas() -> int:
+    """Processes per CPU service (detector, eyeball, exporter) in ``serve all``:
+    ``FFHQUV_SERVE_REPLICAS``, else one per 4 cores, 1 to 4."""
+    env = os.environ.get("FFHQUV_SERVE_REPLICAS", "").strip()
+    if env:
+        return max(1, int(env))
+    return max(1, min(4, (os.cpu_count() or 1) // 4))
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from ffhquv import logs, tracing
 
@@ -549,14 +611,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                          for k in missing))
         _run_gateway_forever(_gateway(args, addrs))
         return 0
-    # all: the four services as child processes on free loopback ports, the gateway here.
+    # all: the four services as child processes on free loopback ports, the gateway here. The
+    # CPU services run as several processes on big machines (their Python work holds the GIL,
+    # so threads of one process do not scale); the gateway balances calls over them.
     children: list[subprocess.Popen] = []
     try:
-        addrs = {}
-        for name in ("detector", "fitter", "eyeball", "exporter"):
-            extra = ["--device", args.device] if name == "fitter" else []
-            proc, addrs[name] = spawn_service(name, extra)
+        from concurrent.futures import ThreadPoolExecutor
+
+        names = [name for name in ("detector", "fitter", "eyeball", "exporter")
+                 for _ in range(1 if name == "fitter" else cpu_service_replicas())]
+
+        def start(name: str) -> tuple[subprocess.Popen, str]:
+            proc, addr = spawn_service(
+                name, ["--device", args.device] if name == "fitter" else [])
             children.append(proc)
+            return proc, addr
+
+        with ThreadPoolExecutor(len(names)) as pool:  # they load and warm up side by side
+            started = list(pool.map(start, names))
+        addrs = {}
+        for name in dict.fromkeys(names):
+            found = [a for n, (_, a) in zip(names, started, strict=True) if n == name]
+            addrs[name] = found[0] if len(found) == 1 else "ipv4:" + ",".join(found)
             print(f"ffhquv {name} on {addrs[name]}", file=sys.stderr, flush=True)
         _run_gateway_forever(_gateway(args, addrs))
     finally:

@@ -26,6 +26,16 @@ STAGE_SECONDS = Histogram(
 )
 QUEUE_DEPTH = Gauge("ffhquv_queue_depth", "Requests waiting for a pipeline slot", ["service"])
 INFLIGHT_FITS = Gauge("ffhquv_inflight_fits", "Fits running in this process")
+FIT_BATCH_SIZE = Histogram(
+    "ffhquv_fit_batch_size",
+    "Photos per batched fit (the fitter's dynamic batcher)",
+    buckets=(1, 2, 4, 8, 12, 16, 24, 32, 48, 64),
+)
+FIT_QUEUE_SECONDS = Histogram(
+    "ffhquv_fit_queue_seconds",
+    "Seconds a fit request waited in the batcher's queue before its batch started",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40),
+)
 
 _started: dict[int, int] = {}
 

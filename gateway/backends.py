@@ -48,8 +48,9 @@ def _aio_channel(target: str, credentials: grpc.ChannelCredentials | None) -> gr
     # exponential backoff up to two minutes.
     opts = [*CHANNEL_OPTIONS, ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.min_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 1000)]
-    if target.startswith("dns:"):
-        # Headless Services: one address per pod; balance calls, not connections.
+    if target.startswith(("dns:", "ipv4:")):
+        # Headless Services (one address per pod) or `serve all`'s replicas
+        # ("ipv4:127.0.0.1:a,127.0.0.1:b"): balance calls, not connections.
         opts.append(("grpc.lb_policy_name", "round_robin"))
     # The request id travels to the services as x-request-id (their log lines carry it).
     icpt = tracing.client_interceptors()
@@ -202,7 +203,8 @@ class LocalBackends:
     """The service cores in this process (the embedded single-machine default)."""
 
     def __init__(self, device: str = "auto", checkpoints_dir: str | None = None,
-                 topo_dir: str | None = None):
+                 topo_dir: str | None = None, max_batch: int | None = None,
+                 max_delay_s: float | None = None):
         from services.detector.servicer import DetectorServicer
         from services.exporter.servicer import ExporterServicer
         from services.eyeball.servicer import EyeballServicer
@@ -210,7 +212,8 @@ class LocalBackends:
 
         self.detector = DetectorServicer(checkpoints_dir=checkpoints_dir)
         self.fitter = FitterServicer(device=device, checkpoints_dir=checkpoints_dir,
-                                     topo_dir=topo_dir)
+                                     topo_dir=topo_dir, max_batch=max_batch,
+                                     max_delay_s=max_delay_s)
         self.eyeball = EyeballServicer()
         self.exporter = ExporterServicer()
 
@@ -228,4 +231,4 @@ class LocalBackends:
             yield ev
 
     async def close(self) -> None:
-        return None
+        self.fitter.close()

@@ -96,6 +96,8 @@ def export(
     extra_files: dict[str, bytes] | None = None,
     *,
     preview_size: int = 512,
+    head_texture_png: bytes | None = None,
+    eye_texture_png: bytes | None = None,
 ) -> ExportResult:
     """Produce the requested output files in memory.
 
@@ -110,6 +112,9 @@ def export(
         extra_files: pass-through files (``report.json``, stage files), put in the output and
             the bundle unchanged.
         preview_size: side of the preview renders in pixels.
+        head_texture_png / eye_texture_png: the textures as the PNG bytes they arrived in
+            (encoded once, where they were made); written as they are instead of encoding the
+            arrays again. They must encode ``head_texture`` / ``eye_texture``.
     Returns:
         :class:`ExportResult`. A format that cannot be produced here (``blend`` without bpy,
         previews without the renderer) is skipped with a warning; the others are produced.
@@ -141,8 +146,9 @@ def export(
     obj_files: dict[str, bytes] = {}
     # each texture is PNG-encoded once, for the OBJ files and the GLB (encoding a 1024 texture
     # is the slowest part of an export)
-    head_png = png_bytes(head_texture) if fmts & {"obj", "blend", "glb"} else b""
-    eye_png = png_bytes(eye_texture) if fmts & {"obj", "blend", "glb"} else b""
+    textured = bool(fmts & {"obj", "blend", "glb"})
+    head_png = (head_texture_png or png_bytes(head_texture)) if textured else b""
+    eye_png = (eye_texture_png or png_bytes(eye_texture)) if textured else b""
     if "obj" in fmts or "blend" in fmts:
         obj_files[HEAD_OBJ_NEUTRAL] = obj_text(
             head_neutral, mtllib=HEAD_MTL, material=HEAD_MATERIAL,

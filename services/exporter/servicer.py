@@ -53,6 +53,9 @@ class ExporterServicer(exporter_pb2_grpc.ExporterServicer):
             eye_texture=read_png_bytes(request.eye_texture_png),
             formats=formats_from_proto(request.formats),
             extra_files={f.name: f.data for f in request.extra_files},
+            # the PNGs go out as they came in: decoded only to check them and for previews
+            head_texture_png=request.head_texture_png,
+            eye_texture_png=request.eye_texture_png,
         )
         return exporter_pb2.ExportResponse(
             files=[common_pb2.NamedFile(name=n, media_type=core.media_type(n), data=d)

@@ -139,6 +139,19 @@ class FitOutput:
         return json.dumps(self.report, indent=2, sort_keys=True)
 
 
+@dataclass
+class _Stage1Render:
+    """One photo's stage-1 render for its intermediates: ``image float32 [224, 224, 3]``,
+    ``mask float32 [224, 224, 1]``, projected ``landmarks float32 [68, 2]``, the stage-1 mesh
+    and its coefficients as lists."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    landmarks: np.ndarray
+    mesh: MeshData
+    coeffs: dict[str, list]
+
+
 def resolve_device(device: str | None) -> torch.device:
     """``'cpu' | 'cuda' | 'auto'`` (or ``cuda:N``) to a torch device.
 
@@ -397,37 +410,49 @@ class FitterCore:
         tex_u8 = (final.cpu().numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
         render_u8 = (out.image.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
         rmask = out.mask.cpu().numpy()[..., 0]
-        outputs = []
+        lm_np = lm_fit.cpu().numpy()
+        fmask_np = photos.mask[..., 0].cpu().numpy()
+        losses = {k: np.asarray(v.detach().cpu() if torch.is_tensor(v) else v)
+                  for k, v in (res.losses or {}).items()}
+        lm_err = s1.landmark_error_px.detach().cpu().numpy()
+        # the device work of each photo here, on this thread (the rasteriser's context is not
+        # thread-safe) ...
+        per = []
         for i in range(b):
+            c_np = {k: v[i].detach().cpu().numpy().astype(np.float32) for k, v in coeffs.items()}
+            s1r = self._stage1_render(i, stage1_coeffs) if want_inter else None
+            per.append((c_np, self._mesh(verts_neu[i]), self._mesh(verts_exp[i]), s1r))
+
+        # ... then each photo's host work (metrics, preview, PNG encodes, OBJ text) on a thread
+        # pool: in a batch it would otherwise run photo after photo while the GPU waits
+        def finish(i: int) -> FitOutput:
             f = faces[i]
-            metrics = _metrics(f, lm_fit[i].cpu().numpy(), render_u8[i], rmask[i],
-                               photos.mask[i, ..., 0].cpu().numpy(), textures[i], maps)
+            c_np, mesh_neu, mesh_exp, s1r = per[i]
+            metrics = _metrics(f, lm_np[i], render_u8[i], rmask[i], fmask_np[i], textures[i],
+                               maps)
             metrics["texture_lr_asymmetry"] = lr_asymmetry(tex_u8[i], maps)
-            metrics["stage1_landmark_error_px"] = float(s1.landmark_error_px[i])
-            if res.losses is not None:
-                for k, v in res.losses.items():
-                    metrics[f"loss_{k}"] = float(v[i])
+            metrics["stage1_landmark_error_px"] = float(lm_err[i])
+            for k, v in losses.items():
+                metrics[f"loss_{k}"] = float(v[i])
             for k, v in ctx.times.items():
                 metrics[f"seconds_{k}"] = v / b
-            c_np = {k: v[i].detach().cpu().numpy().astype(np.float32) for k, v in coeffs.items()}
-            mesh_neu = self._mesh(verts_neu[i])
-            mesh_exp = self._mesh(verts_exp[i])
-            preview = make_preview(f.crop, render_u8[i], rmask[i], tex_u8[i])
             inter: dict[str, bytes] = {}
-            if want_inter:
-                inter = self._intermediates(i, f, stage1_coeffs, c_np, textures[i], tex_u8[i])
+            if s1r is not None:
+                inter = self._intermediate_files(f, s1r, c_np, textures[i])
                 if latents is not None:
                     buf = io.BytesIO()
                     np.savez(buf, **{k: v[i] for k, v in latents.items()})
                     inter["stage3_latents.npz"] = buf.getvalue()
-            outputs.append(FitOutput(
+            return FitOutput(
                 coefficients=c_np, mesh_neutral=mesh_neu, mesh_expression=mesh_exp,
-                uv_texture=tex_u8[i], metrics=metrics, report={}, preview=preview,
+                uv_texture=tex_u8[i], metrics=metrics, report={},
+                preview=make_preview(f.crop, render_u8[i], rmask[i], tex_u8[i]),
                 intermediates=inter,
                 eye_ring_left=m.eye_ring_left.cpu().numpy().astype(np.int64),
                 eye_ring_right=m.eye_ring_right.cpu().numpy().astype(np.int64),
-                camera=cam, face_model=self.face_model, render=render_u8[i]))
-        return outputs
+                camera=cam, face_model=self.face_model, render=render_u8[i])
+
+        return per_photo(finish, b)
 
     # ------------------------------------------------------------------------------------------
     def _mesh(self, verts: torch.Tensor) -> MeshData:
@@ -437,15 +462,9 @@ class FitterCore:
                         uvs=m.uv.cpu().numpy(), uv_faces=m.uv_tri.cpu().numpy(),
                         normals=n.detach().cpu().numpy())
 
-    def _intermediates(self, i: int, face: AlignedFace, c1: dict[str, torch.Tensor],
-                       c3: dict[str, np.ndarray], tex: CompletedTexture,
-                       final_u8: np.ndarray) -> dict[str, bytes]:
-        from ffhquv.imaging import png_bytes
-        from services.exporter.obj import mtl_text, obj_text
-        from services.fitter.render import MeshRenderer
-
+    def _stage1_render(self, i: int, c1: dict[str, torch.Tensor]) -> _Stage1Render:
+        """Photo ``i``'s stage-1 head rendered over its crop (device work, caller's thread)."""
         m, cam = self.model, self.camera
-        files: dict[str, bytes] = {}
         with torch.no_grad():
             ci = {k: v[i:i + 1] for k, v in c1.items()}
             v1 = m.shape(ci["id"], ci["exp"])
@@ -454,21 +473,33 @@ class FitterCore:
             r = MeshRenderer(cam, self.backend).render(world, m.tri, normals=nrm,
                                                        gamma=ci["gamma"], antialias=True)
             lm_fit = project(m.landmarks(world), cam)[0].cpu().numpy()
-        img = r.image[0].clamp(0, 1).cpu().numpy()
-        msk = r.mask[0].cpu().numpy()
+        return _Stage1Render(image=r.image[0].clamp(0, 1).cpu().numpy(),
+                             mask=r.mask[0].cpu().numpy(), landmarks=lm_fit,
+                             mesh=self._mesh(v1[0]),
+                             coeffs={k: v[i].cpu().tolist() for k, v in c1.items()})
+
+    def _intermediate_files(self, face: AlignedFace, s1r: _Stage1Render,
+                            c3: dict[str, np.ndarray], tex: CompletedTexture
+                            ) -> dict[str, bytes]:
+        """The ``stage1_*`` / ``stage2_*`` / ``stage3_coeffs.npz`` files of one photo (host
+        work only: safe on a worker thread)."""
+        from ffhquv.imaging import png_bytes
+        from services.exporter.obj import mtl_text, obj_text
+
+        files: dict[str, bytes] = {}
+        img, msk = s1r.image, s1r.mask
         over = (face.crop.astype(np.float32) / 255 * (1 - 0.6 * msk) + 0.6 * msk * img)
         over = (over * 255 + 0.5).clip(0, 255).astype(np.uint8)
         over = draw_landmarks(over, face.crop_landmarks, (0, 255, 0))
-        over = draw_landmarks(over, lm_fit, (255, 0, 0))
+        over = draw_landmarks(over, s1r.landmarks, (255, 0, 0))
         files["stage1_render.png"] = png_bytes(over)
-        files["stage1_mesh.obj"] = obj_text(self._mesh(v1[0]),
+        files["stage1_mesh.obj"] = obj_text(s1r.mesh,
                                             header="ffhq-uv stage 1 (landmark fit) mesh").encode()
-        files["stage1_coeffs.json"] = json.dumps(
-            {k: v[i].cpu().tolist() for k, v in c1.items()}).encode()
+        files["stage1_coeffs.json"] = json.dumps(s1r.coeffs).encode()
         files["stage2_uv.png"] = png_bytes((tex.texture * 255 + 0.5).clip(0, 255).astype(np.uint8))
         obs = (tex.observed[..., None] * tex.texture * 255 + 0.5).clip(0, 255).astype(np.uint8)
         files["stage2_uv_observed.png"] = png_bytes(obs)
-        files["stage2_mesh.obj"] = obj_text(self._mesh(v1[0]), mtllib="stage2_mesh.mtl",
+        files["stage2_mesh.obj"] = obj_text(s1r.mesh, mtllib="stage2_mesh.mtl",
                                             material="stage2_texture").encode()
         files["stage2_mesh.mtl"] = mtl_text("stage2_texture", "stage2_uv.png").encode()
         buf = io.BytesIO()

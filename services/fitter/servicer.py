@@ -1,11 +1,14 @@
 """gRPC servicer of ``ffhquv.fitter.v1.Fitter`` (thin: proto <-> :mod:`services.fitter.core`).
 
 Concurrency: one :class:`FitterCore` per (face model, device), built on first use and reused.
-Fits are serialised per device by a semaphore (``FFHQUV_FITTER_CONCURRENCY`` fits at a time per
-device, default 1): a fit uses all the CPU threads torch is given, or a good part of the GPU
-memory, so running several at once only slows each down (CPU) or risks running out of memory
-(GPU). Waiting requests get a ``STAGE_QUEUED`` progress event. Batching several photos on one
-GPU is the job of :meth:`FitterCore.fit_batch` (CLI / bench), not of this servicer.
+Requests go through a :class:`~services.fitter.batcher.FitBatcher` per device: concurrent
+requests with the same options are fitted as one batch (at most ``FFHQUV_FITTER_MAX_BATCH``
+photos, default 1 on CPU and :data:`CUDA_MAX_BATCH` on CUDA; the first waits at most
+``FFHQUV_FITTER_MAX_DELAY_MS`` for others, default 20). ``FFHQUV_FITTER_CONCURRENCY`` batches
+run at a time per device (default 1): a fit uses all the CPU threads torch is given, or a good
+part of the GPU, so running several at once only slows each down. Requests that find the
+batcher busy get a ``STAGE_QUEUED`` progress event. Batch sizes and queue waits are exported
+(``ffhquv_fit_batch_size``, ``ffhquv_fit_queue_seconds``).
 
 Cancellation: when the client goes away (or cancels), ``context.add_callback`` sets the fit's
 cancel event; the core stops at its next optimisation step with ``CANCELLED``. The servicer
@@ -28,6 +31,7 @@ from ffhquv.errors import Cancelled, InvalidInput
 from ffhquv.imaging import png_bytes
 from ffhquv.pb import common_pb2, fitter_pb2, fitter_pb2_grpc
 from services.detector.types import AlignedFace
+from services.fitter.batcher import BatchKey, FitBatcher, FitJob
 from services.fitter.core import FitOutput, FitterCore, resolve_device
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,9 @@ DEVICES = {common_pb2.DEVICE_UNSPECIFIED: "auto", common_pb2.DEVICE_CPU: "cpu",
 STAGES = {"stage1": common_pb2.STAGE_FIT_STAGE1, "stage2": common_pb2.STAGE_FIT_STAGE2,
           "stage3": common_pb2.STAGE_FIT_STAGE3}
 FACE_MODELS = ("default", "hifi3dpp")
+# photos per batched fit on CUDA by default (BENCHMARKS.md: the fitter's throughput on an H200
+# stops growing past a batch of 8)
+CUDA_MAX_BATCH = 8
 MIN_EVENT_INTERVAL_S = 0.25  # at most ~4 progress events per second (plus stage ends)
 
 MEDIA_TYPES = {".obj": "model/obj", ".mtl": "model/mtl", ".png": "image/png",
@@ -101,13 +108,18 @@ class FitterServicer(fitter_pb2_grpc.FitterServicer):
     Args:
         device: device of requests that leave it unspecified ("auto", "cpu", "cuda").
         checkpoints_dir / topo_dir: passed to each :class:`FitterCore`.
-        concurrency: fits at a time per device (default ``FFHQUV_FITTER_CONCURRENCY`` or 1).
+        concurrency: batches at a time per device (default ``FFHQUV_FITTER_CONCURRENCY`` or 1).
         threads: torch CPU threads per fit (None: torch's default).
+        max_batch: photos per batched fit (None: ``FFHQUV_FITTER_MAX_BATCH``, else 1 on CPU
+            and :data:`CUDA_MAX_BATCH` on CUDA).
+        max_delay_s: longest wait of a request for batch-mates (None:
+            ``FFHQUV_FITTER_MAX_DELAY_MS`` / 1000, else 0.02).
     """
 
     def __init__(self, device: str = "auto", checkpoints_dir: str | None = None,
                  topo_dir: str | None = None, concurrency: int | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, max_batch: int | None = None,
+                 max_delay_s: float | None = None):
         from ffhquv.config import checkpoints_dir as env_ckpt
         from ffhquv.config import topo_dir as env_topo
 
@@ -117,7 +129,11 @@ class FitterServicer(fitter_pb2_grpc.FitterServicer):
         self.concurrency = concurrency or int(os.environ.get("FFHQUV_FITTER_CONCURRENCY", "1"))
         self.threads = threads
         self._cores: dict[tuple[str, str], FitterCore] = {}
-        self._sems: dict[str, threading.BoundedSemaphore] = {}
+        env_batch = os.environ.get("FFHQUV_FITTER_MAX_BATCH", "").strip()
+        self.max_batch = max_batch or (int(env_batch) if env_batch else None)
+        self.max_delay_s = (max_delay_s if max_delay_s is not None else
+                            float(os.environ.get("FFHQUV_FITTER_MAX_DELAY_MS", "20")) / 1000)
+        self._batchers: dict[str, FitBatcher] = {}
         self._lock = threading.Lock()
 
     def core(self, face_model: str, device: str) -> FitterCore:
@@ -140,11 +156,59 @@ class FitterServicer(fitter_pb2_grpc.FitterServicer):
         with self._lock:
             self._cores[(face_model or core.face_model, str(core.device))] = core
 
-    def _sem(self, device: str) -> threading.BoundedSemaphore:
+    def batcher(self, device: str) -> FitBatcher:
+        """The batcher of a (resolved) device; built on first use."""
         with self._lock:
-            if device not in self._sems:
-                self._sems[device] = threading.BoundedSemaphore(self.concurrency)
-            return self._sems[device]
+            b = self._batchers.get(device)
+            if b is None:
+                size = self.max_batch or (CUDA_MAX_BATCH if device.startswith("cuda") else 1)
+                b = self._batchers[device] = FitBatcher(max_batch=size,
+                                                        max_delay_s=self.max_delay_s,
+                                                        workers=self.concurrency)
+            return b
+
+    def warm(self, face_model: str = "default", device: str | None = None,
+             preset: str = "standard", texture_size: int = 1024,
+             batch_sizes: tuple[int, ...] | None = None) -> float:
+        """Build the core and, on CUDA, run a throw-away fit of a synthetic face (CUDA init,
+        cuBLAS and kernel loading, the rasteriser's context, UV tables of ``texture_size``), so
+        that the first real request costs what later ones do. Requests that arrive meanwhile
+        queue in the batcher. Returns the seconds it took. Safe to call from a thread."""
+        t0 = time.perf_counter()
+        dev = self.device if device is None else device
+        batcher = self.batcher(str(resolve_device(dev)))
+        batcher.set_ready(False)
+        try:
+            core = self.core(face_model, dev)
+            self._warm(core, preset, texture_size, batch_sizes or (1,))
+        finally:
+            batcher.set_ready(True)
+        log.info("fitter warm", extra={"device": str(core.device), "seconds":
+                                       round(time.perf_counter() - t0, 2)})
+        return time.perf_counter() - t0
+
+    @staticmethod
+    def _warm(core: FitterCore, preset: str, texture_size: int,
+              sizes: tuple[int, ...]) -> None:
+        import torch
+
+        from services.fitter.synthetic import synthetic_face, synthetic_texture
+
+        if core.device.type != "cuda":
+            return  # a CPU fit has no one-time start-up worth a throw-away fit
+        m = core.model
+        c = m.zeros(1)
+        c["angles"] = torch.tensor([[0.05, -0.2, 0.0]], device=m.device)
+        face, _ = synthetic_face(m, c, synthetic_texture(128), hires=512)
+        for b in sizes:
+            core.fit_batch([face] * b, preset=preset, texture_size=texture_size,
+                           want_intermediates=False)
+
+    def close(self) -> None:
+        with self._lock:
+            batchers, self._batchers = list(self._batchers.values()), {}
+        for b in batchers:
+            b.close()
 
     # -- RPCs ------------------------------------------------------------------------------------
     def Fit(self, request, context: grpc.ServicerContext):  # noqa: N802 - gRPC name
@@ -193,55 +257,39 @@ class FitterServicer(fitter_pb2_grpc.FitterServicer):
                 stage=STAGES.get(stage, common_pb2.STAGE_UNSPECIFIED), fraction=frac,
                 message=msg, elapsed_s=elapsed())))
 
-        sem = self._sem(str(core.device))
-        if not sem.acquire(blocking=False):
+        batcher = self.batcher(str(core.device))
+        job = FitJob(face=face, core=core, progress=progress, cancel=cancel,
+                     key=BatchKey(core_id=id(core), preset=PRESETS[request.preset],
+                                  texture_size=tex_size, seed=int(request.seed),
+                                  want_intermediates=bool(request.want_intermediates)))
+        if batcher.busy:
             yield fitter_pb2.FitEvent(progress=common_pb2.Progress(
                 stage=common_pb2.STAGE_QUEUED, fraction=0.0,
                 message=f"waiting for a free fitter slot on {core.device}", elapsed_s=elapsed()))
-            metrics.QUEUE_DEPTH.labels("fitter").inc()
-            try:
-                while not sem.acquire(timeout=0.2):
-                    if cancel.is_set() or not alive():
-                        raise Cancelled("fit cancelled while queued")
-            finally:
-                metrics.QUEUE_DEPTH.labels("fitter").dec()
-
-        def work() -> None:
-            try:
-                out = core.fit(face, preset=PRESETS[request.preset], texture_size=tex_size,
-                               seed=int(request.seed), progress=progress, cancel=cancel,
-                               want_intermediates=request.want_intermediates)
-                events.put(("result", out))
-            except BaseException as e:  # noqa: BLE001 - re-raised in the RPC thread
-                events.put(("error", e))
-
-        metrics.INFLIGHT_FITS.inc()
-        worker = threading.Thread(target=work, name="fit", daemon=True)
+        fut = batcher.submit(job)
+        fut.add_done_callback(lambda f: events.put(("done", f)))
         try:
-            worker.start()
             while True:
                 try:
                     kind, item = events.get(timeout=0.5)
                 except queue.Empty:
                     if not alive():
                         cancel.set()
+                    if cancel.is_set():  # gone or past its deadline: do not wait for a batch
+                        job.finish(error=Cancelled("fit cancelled"))
                     continue
                 if kind == "progress":
                     yield fitter_pb2.FitEvent(progress=item)
-                elif kind == "error":
-                    raise item
-                else:
-                    for st in ("stage1", "stage2", "stage3"):
-                        metrics.STAGE_SECONDS.labels(f"fit_{st}").observe(
-                            item.metrics.get(f"seconds_{st}", 0.0))
-                    yield fitter_pb2.FitEvent(result=result_to_proto(
-                        item, request.request_id, request.want_intermediates))
-                    return
+                    continue
+                out = item.result()  # raises the request's own error (Cancelled, ...)
+                for st in ("stage1", "stage2", "stage3"):
+                    metrics.STAGE_SECONDS.labels(f"fit_{st}").observe(
+                        out.metrics.get(f"seconds_{st}", 0.0))
+                yield fitter_pb2.FitEvent(result=result_to_proto(
+                    out, request.request_id, request.want_intermediates))
+                return
         finally:
-            cancel.set()  # stops the worker if the client went away mid-stream
-            worker.join(timeout=30)
-            metrics.INFLIGHT_FITS.dec()
-            sem.release()
+            cancel.set()  # the request is over: leave the queue / the batch if still there
 
     def DescribeModel(self, request, context: grpc.ServicerContext):  # noqa: N802
         name = request.face_model or "default"
@@ -274,9 +322,13 @@ def register(server: grpc.Server, servicer: FitterServicer | None = None) -> lis
 
 def make_register(device: str = "auto", checkpoints_dir: str | None = None,
                   topo_dir: str | None = None, concurrency: int | None = None,
-                  threads: int | None = None) -> Callable[[grpc.Server], list[str]]:
+                  threads: int | None = None, warm: bool = False
+                  ) -> Callable[[grpc.Server], list[str]]:
     """A ``register`` for :func:`ffhquv.server.build_server` with a configured servicer
-    (``device`` is the default for requests that leave it unspecified)."""
+    (``device`` is the default for requests that leave it unspecified). ``warm``: run
+    :meth:`FitterServicer.warm` before registering, so the server reports ready only warm."""
     servicer = FitterServicer(device=device, checkpoints_dir=checkpoints_dir,
                               topo_dir=topo_dir, concurrency=concurrency, threads=threads)
+    if warm:
+        servicer.warm()
     return lambda server: register(server, servicer)

@@ -1,0 +1,346 @@
+"""What users get: real photos, real detection, every output written, timed end to end.
+
+    python bench/users.py cli   --photos DIR [--device cuda] [--batch-sizes 1,8] [--cold-runs 3]
+    python bench/users.py warm  --photos DIR [--device cuda] [--count 8]
+    python bench/users.py serve --photos DIR [--device cuda] [--clients 1,32] [--seconds 120]
+
+``cli``: ``ffhquv fit`` as a user runs it (a new process each time): one photo cold, then the
+whole folder with each batch size (photos/s). ``warm``: photo after photo through the in-process
+pipeline (the one ``ffhquv fit`` uses) once warm, with the per-stage split (detect, the
+fitter's stages, eyeballs, export, writing). ``serve``: ``ffhquv serve all`` with N concurrent
+clients, each ReconstructStream then downloading every artifact, for a fixed time; throughput,
+latency percentiles, errors and the batch sizes the fitter reported. Each row samples the GPU's
+utilisation (NVML, else ``nvidia-smi``) while it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import header, table, write_json  # noqa: E402
+
+PRESETS = {"fast": 1, "standard": 2, "best": 3}
+DEVICES = {"auto": 0, "cpu": 1, "cuda": 2}
+
+
+class GpuSampler:
+    """Samples GPU utilisation (percent of time a kernel ran) every ``period`` seconds."""
+
+    def __init__(self, period: float = 0.2):
+        self.period, self.samples = period, []
+        self._stop = threading.Event()
+        self._read = self._nvml() or self._smi()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _nvml():
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            h = pynvml.nvmlDeviceGetHandleByIndex(0)
+            return lambda: float(pynvml.nvmlDeviceGetUtilizationRates(h).gpu)
+        except Exception:  # noqa: BLE001 - no NVML here
+            return None
+
+    @staticmethod
+    def _smi():
+        if shutil.which("nvidia-smi") is None:
+            return None
+
+        def read() -> float:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu",
+                                  "--format=csv,noheader,nounits"], capture_output=True,
+                                 text=True, timeout=5).stdout
+            return float(out.split()[0])
+        return read
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            try:
+                self.samples.append(self._read())
+            except Exception:  # noqa: BLE001
+                return
+
+    def __enter__(self):
+        if self._read is not None:
+            self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+
+    @property
+    def mean(self) -> float | None:
+        return float(np.mean(self.samples)) if self.samples else None
+
+
+def photos_in(folder: str, count: int | None = None) -> list[Path]:
+    ps = sorted(p for p in Path(folder).iterdir()
+                if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if count:
+        ps = (ps * (count // max(1, len(ps)) + 1))[:count]
+    return ps
+
+
+def folder_of(photos: list[Path], n: int, dst: Path) -> Path:
+    """``n`` photos (repeating the list, under distinct names) in a fresh folder ``dst``."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        p = photos[i % len(photos)]
+        os.link(p, dst / f"{i:03d}_{p.name}") if _same_fs(p, dst) else shutil.copy(
+            p, dst / f"{i:03d}_{p.name}")
+    return dst
+
+
+def _same_fs(a: Path, b: Path) -> bool:
+    try:
+        return a.stat().st_dev == b.stat().st_dev
+    except OSError:
+        return False
+
+
+def _fit_cmd(inputs: list[str], out: Path, args, batch: int | None = None) -> list[str]:
+    cmd = [sys.executable, "-m", "ffhquv.cli", "fit", *inputs, "-o", str(out), "--preset",
+           args.preset, "--device", args.device, "--overwrite"]
+    if batch:
+        cmd += ["--batch-size", str(batch)]
+    return cmd
+
+
+def _reports(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(out.glob("*/report.json"))]
+
+
+def run_cli(args) -> list[dict]:
+    photos = photos_in(args.photos)
+    rows = []
+    env = {**os.environ, "FFHQUV_LOG_LEVEL": "WARNING", "TQDM_DISABLE": "1"}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.cold_runs):
+            out = Path(tmp) / f"cold{r}"
+            with GpuSampler() as g:
+                t = time.perf_counter()
+                p = subprocess.run(_fit_cmd([str(photos[r % len(photos)])], out, args), env=env,
+                                   capture_output=True, text=True)
+                wall = time.perf_counter() - t
+            rep = _reports(out)
+            rows.append({"what": "ffhquv fit, 1 photo, cold (new process)", "photos": 1,
+                         "batch": 1, "wall_s": wall, "photos_per_s": 1 / wall,
+                         "fit_s": rep[0]["timings_s"]["total"] if rep else None,
+                         "rasteriser": rep[0].get("backend") if rep else None,
+                         "gpu_busy_pct": g.mean, "rc": p.returncode})
+            if p.returncode:
+                print(p.stderr[-2000:], file=sys.stderr)
+        for b in [int(x) for x in args.batch_sizes.split(",") if x]:
+            src = folder_of(photos, args.count, Path(tmp) / f"in{b}")
+            out = Path(tmp) / f"out{b}"
+            with GpuSampler() as g:
+                t = time.perf_counter()
+                p = subprocess.run(_fit_cmd([str(src)], out, args, batch=b), env=env,
+                                   capture_output=True, text=True)
+                wall = time.perf_counter() - t
+            reps = _reports(out)
+            sizes = [r_["batch_size"] for r_ in reps]
+            rows.append({"what": f"ffhquv fit, folder of {args.count}, --batch-size {b}",
+                         "photos": len(reps), "batch": b, "wall_s": wall,
+                         "photos_per_s": len(reps) / wall,
+                         "batch_sizes_seen": ",".join(str(s) for s in sorted(set(sizes))),
+                         "rasteriser": reps[0].get("backend") if reps else None,
+                         "gpu_busy_pct": g.mean, "rc": p.returncode})
+            if p.returncode:
+                print(p.stderr[-2000:], file=sys.stderr)
+            shutil.rmtree(out, ignore_errors=True)
+    return rows
+
+
+def run_warm(args) -> list[dict]:
+    import asyncio
+
+    from ffhquv.commands import write_output_dir
+    from ffhquv.pb import common_pb2, gateway_pb2
+    from gateway.backends import LocalBackends
+    from gateway.orchestrator import Orchestrator
+
+    photos = photos_in(args.photos, args.count + 1)
+    opts = gateway_pb2.Options(preset=PRESETS[args.preset], device_hint=DEVICES[args.device])
+
+    async def main() -> list[dict]:
+        be = LocalBackends(device=args.device, max_batch=1)
+        orch = Orchestrator(be)
+        rows = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for i, p in enumerate(photos):
+                req = gateway_pb2.ReconstructRequest(
+                    request_id=p.stem, options=opts,
+                    image=common_pb2.Image(data=p.read_bytes(), filename=p.name))
+                with GpuSampler() as g:
+                    t = time.perf_counter()
+                    res = await orch.run(req)
+                    tw = time.perf_counter()
+                    write_output_dir(Path(tmp) / f"{i}_{p.stem}", res.files, True)
+                    t_end = time.perf_counter()
+                m = res.metrics
+                rows.append({"what": "first (cold in process)" if i == 0 else "warm",
+                             "photo": p.name, "total_s": t_end - t,
+                             "detect_s": m.get("detect_s"), "fit_s": m.get("fit_s"),
+                             "stage1_s": m.get("seconds_stage1"),
+                             "stage2_s": m.get("seconds_stage2"),
+                             "stage3_s": m.get("seconds_stage3"),
+                             "outputs_s": m.get("seconds_outputs"),
+                             "eyeballs_s": m.get("eyeballs_s"), "export_s": m.get("export_s"),
+                             "write_s": t_end - tw, "files": len(res.files),
+                             "gpu_busy_pct": g.mean})
+        await be.close()
+        return rows
+
+    rows = asyncio.run(main())
+    warm = [r for r in rows if r["what"] == "warm"]
+    if warm:
+        med = {"what": "warm, median", "photo": f"{len(warm)} photos"}
+        for k in rows[0]:
+            if k.endswith("_s") or k == "gpu_busy_pct":
+                vals = [r[k] for r in warm if r.get(k) is not None]
+                med[k] = float(np.median(vals)) if vals else None
+        rows.append(med)
+    return rows
+
+
+def run_serve(args) -> list[dict]:
+    import grpc
+
+    from bench.load import free_port, tree_rss
+    from ffhquv.commands import wait_healthy
+    from ffhquv.pb import common_pb2, gateway_pb2, gateway_pb2_grpc
+    from ffhquv.server import channel
+
+    photos = [(p.read_bytes(), p.name) for p in photos_in(args.photos)]
+    port = free_port()
+    env = {**os.environ, "FFHQUV_LOG_LEVEL": "WARNING"}
+    if args.max_concurrent:
+        env["FFHQUV_MAX_CONCURRENT"] = str(args.max_concurrent)
+    t_start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "ffhquv.cli", "serve", "all", "--port",
+                             str(port), "--metrics-port", "-1", "--device", args.device],
+                            env=env, stderr=subprocess.DEVNULL)
+    address = f"127.0.0.1:{port}"
+    rows = []
+    try:
+        wait_healthy(address, timeout=600)
+        ready_s = time.perf_counter() - t_start
+        opts = gateway_pb2.Options(preset=PRESETS[args.preset], device_hint=DEVICES[args.device])
+
+        def one(stub, i: int) -> tuple[str, float, int | None]:
+            data, name = photos[i % len(photos)]
+            req = gateway_pb2.ReconstructRequest(image=common_pb2.Image(data=data, filename=name),
+                                                 options=opts)
+            t = time.perf_counter()
+            try:
+                result = None
+                for ev in stub.ReconstructStream(req, timeout=600):
+                    if ev.WhichOneof("event") == "result":
+                        result = ev.result
+                bs = None
+                for art in result.artifacts:
+                    buf = bytearray()
+                    for ch in stub.GetArtifact(gateway_pb2.GetArtifactRequest(
+                            artifact_id=art.id), timeout=120):
+                        buf.extend(ch.data)
+                    if art.name == "report.json":
+                        bs = json.loads(bytes(buf))["batch_size"]
+                return "OK", time.perf_counter() - t, bs
+            except grpc.RpcError as e:
+                return e.code().name, time.perf_counter() - t, None
+
+        with channel(address) as ch:  # one warm-up photo
+            one(gateway_pb2_grpc.ReconstructionStub(ch), 0)
+        for n in [int(x) for x in args.clients.split(",") if x]:
+            results: list[tuple[str, float, int | None]] = []
+            lock = threading.Lock()
+            secs = args.seconds_single if n == 1 and args.seconds_single else args.seconds
+            end = time.perf_counter() + secs
+
+            def client(ci: int, n=n, end=end, results=results, lock=lock) -> None:
+                with channel(address) as ch:
+                    stub = gateway_pb2_grpc.ReconstructionStub(ch)
+                    i = ci
+                    while time.perf_counter() < end:
+                        r = one(stub, i)
+                        i += n
+                        with lock:
+                            results.append(r)
+                        if r[0] == "RESOURCE_EXHAUSTED":
+                            time.sleep(0.2)
+
+            peak = 0
+            with GpuSampler() as g:
+                t0 = time.perf_counter()
+                threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
+                for t in threads:
+                    t.start()
+                while any(t.is_alive() for t in threads):
+                    peak = max(peak, tree_rss(proc.pid))
+                    time.sleep(1.0)
+                wall = time.perf_counter() - t0
+            ok = np.array([dt for c, dt, _ in results if c == "OK"])
+            codes: dict[str, int] = {}
+            for c, _, _ in results:
+                codes[c] = codes.get(c, 0) + 1
+            sizes = [b for c, _, b in results if b]
+            rows.append({"what": f"serve all, {n} clients, {secs:.0f} s",
+                         "clients": n, "ok": int(len(ok)), "wall_s": wall,
+                         "photos_per_s": len(ok) / wall,
+                         "p50_s": float(np.percentile(ok, 50)) if len(ok) else None,
+                         "p95_s": float(np.percentile(ok, 95)) if len(ok) else None,
+                         "mean_batch": float(np.mean(sizes)) if sizes else None,
+                         "gpu_busy_pct": g.mean, "peak_rss_gb": peak / 2 ** 30,
+                         "ready_s": ready_s,
+                         "codes": ", ".join(f"{k}={v}" for k, v in sorted(codes.items()))})
+            table(rows[-1:], list(rows[-1]))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("mode", choices=("cli", "warm", "serve"))
+    ap.add_argument("--photos", required=True, help="folder of real photos")
+    ap.add_argument("--device", choices=tuple(DEVICES), default="auto")
+    ap.add_argument("--preset", choices=tuple(PRESETS), default="standard")
+    ap.add_argument("--count", type=int, default=64, help="photos per folder run / warm run")
+    ap.add_argument("--batch-sizes", default="1,8", help="cli: --batch-size values")
+    ap.add_argument("--cold-runs", type=int, default=2, help="cli: cold one-photo runs")
+    ap.add_argument("--clients", default="1,32", help="serve: concurrent clients per row")
+    ap.add_argument("--seconds", type=float, default=120.0, help="serve: time per row")
+    ap.add_argument("--seconds-single", type=float, default=0.0,
+                    help="serve: time of the 1-client row (0: --seconds)")
+    ap.add_argument("--max-concurrent", type=int, default=0, help="serve: gateway limit")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    meta = header(f"users: {args.mode}, preset {args.preset}, device {args.device}")
+    rows = {"cli": run_cli, "warm": run_warm, "serve": run_serve}[args.mode](args)
+    table(rows, list(dict.fromkeys(k for r in rows for k in r)))
+    write_json(args.json, meta, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

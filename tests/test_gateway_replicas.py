@@ -1,0 +1,62 @@
+"""``serve all`` on big machines runs several processes of each CPU service; the gateway reaches
+them through one ``ipv4:a,b`` target and balances calls over them (real loopback servers)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from ffhquv.commands import cpu_service_replicas
+from ffhquv.pb import exporter_pb2, exporter_pb2_grpc
+from ffhquv.server import build_server
+from gateway.backends import GrpcBackends, RetryPolicy
+from services.exporter.servicer import ExporterServicer
+
+
+class CountingExporter(ExporterServicer):
+    def __init__(self):
+        self.calls = 0
+
+    def Export(self, request, context):  # noqa: N802 - gRPC name
+        self.calls += 1
+        return super().Export(request, context)
+
+
+def test_calls_are_balanced_over_replicas():
+    servicers = [CountingExporter(), CountingExporter()]
+    servers = [build_server(lambda s, x=x: (exporter_pb2_grpc.add_ExporterServicer_to_server(
+        x, s), ["ffhquv.exporter.v1.Exporter"])[1], port=0) for x in servicers]
+    target = "ipv4:" + ",".join(s.address for s in servers)
+    backends = GrpcBackends(detector="unused", fitter="unused", eyeball="unused",
+                            exporter=target, retry=RetryPolicy(attempts=1))
+
+    async def main() -> list[grpc.StatusCode]:
+        # an empty request is refused by the exporter, after it was counted; round robin uses
+        # a replica once its connection is up, so call until both served (bounded)
+        codes = []
+        for _ in range(200):
+            try:
+                await backends.export(exporter_pb2.ExportRequest(name="x"), timeout=30)
+            except grpc.aio.AioRpcError as e:
+                codes.append(e.code())
+            if all(x.calls >= 2 for x in servicers):
+                break
+            await asyncio.sleep(0.02)
+        await backends.close()
+        return codes
+
+    try:
+        codes = asyncio.run(main())
+    finally:
+        for s in servers:
+            s.stop(0)
+    assert set(codes) == {grpc.StatusCode.INVALID_ARGUMENT}
+    assert all(x.calls >= 2 for x in servicers), [x.calls for x in servicers]
+
+
+@pytest.mark.parametrize(("env", "want"), [("3", 3), ("0", 1)])
+def test_replicas_from_environment(monkeypatch, env, want):
+    monkeypatch.setenv("FFHQUV_SERVE_REPLICAS", env)
+    assert cpu_service_replicas() == want
