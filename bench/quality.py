@@ -531,8 +531,11 @@ def turned_view(head, texture: np.ndarray, eyes, yaw_deg: float, size: int = 512
     from services.fitter.render import render_preview
 
     v, f, uv, uvf, atlas = head_with_eyes(head, texture, eyes)
-    return render_preview(torch.tensor(v, dtype=torch.float32), torch.tensor(f),
-                          uv=torch.tensor(uv, dtype=torch.float32), uv_tri=torch.tensor(uvf),
+    dev = getattr(backend, "device", "cpu")  # the backend draws tensors of its own device
+    return render_preview(torch.tensor(v, dtype=torch.float32, device=dev),
+                          torch.tensor(f, device=dev),
+                          uv=torch.tensor(uv, dtype=torch.float32, device=dev),
+                          uv_tri=torch.tensor(uvf, device=dev),
                           texture=atlas, yaw_deg=yaw_deg, size=size, background=BACKGROUND,
                           backend=backend)
 

@@ -254,24 +254,30 @@ def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray, cw: np
                        np.ones((3, 3), np.uint8))
     tex = tex * region * (1 - holes)
     hair_m = hair & (cv2.erode(inside.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0)
-    # presence and colour of a head of hair: hair vs skin pixels of the head above the brows,
-    # over the middle of the head (a bald crown is skin there, its shaded sides may not be)
+    # presence and colour of a head of hair: hair vs skin pixels in the band above the
+    # forehead, inside the fitted head, over the middle of the head (where a head of hair or a
+    # bald crown is, never the background; a bald head's shaded sides are left out)
     xx = np.arange(w, dtype=np.float32)[None, :].repeat(h, 0)
-    x_mid = float(lm[27:31, 0].mean())
-    top = ((yy < float(lm[17:27, 1].mean()) - 0.2 * iod) & fg & (parse == PARSE_BG)
-           & (np.abs(xx - x_mid) < 0.8 * iod))
-    n_h = float((hair & top).sum())
-    n_s = float(((skinlike > 0.5) & ~hair & top).sum())
+    x_mid, y_brow = float(lm[27:31, 0].mean()), float(lm[17:27, 1].mean())
+    core = cv2.erode(inside.astype(np.uint8), _disc(max(1, int(0.1 * iod)))) > 0
+    top = (core & (parse == PARSE_BG) & (np.abs(xx - x_mid) < 0.8 * iod)
+           & (yy < y_brow - 0.3 * iod) & (yy > y_brow - 1.6 * iod))
+    hair_top = (skinlike < 0.5) & top
+    n_h = float(hair_top.sum())
+    n_s = float(((skinlike > 0.5) & top).sum())
     stats: dict = {"hair_px": n_h, "skin_px": n_s,
                    "has_hair": bool(n_h > 0.002 * h * w and n_h > 0.5 * (n_h + n_s))}
     if n_h > 20:
-        px = photo[hair & top].astype(np.float32) / 255
+        px = photo[hair_top].astype(np.float32) / 255
         luma = px @ np.array([0.299, 0.587, 0.114], np.float32)
-        # the colour of the hair itself, below its sheen: the median of the darker 70 %
-        body = luma <= np.percentile(luma, 70)
+        # the colour of the hair itself, below its sheen: the median of the darker half
+        body = luma <= np.percentile(luma, 50)
         stats["hair_rgb"] = np.median(px[body], 0)
         spread = np.log(np.clip(luma / max(float(np.median(luma)), 1e-3), 0.05, 20))
         stats["hair_amp"] = float(np.clip(np.std(spread), 0.1, 0.22))
+        # hair pixels far from the hair's colour are background or skin GrabCut let through
+        dist = np.linalg.norm(photo.astype(np.float32) / 255 - stats["hair_rgb"], axis=-1)
+        hair_m = hair_m & (dist < 0.3)
     else:
         stats["has_hair"] = False
     return tex.astype(np.float32), hair_m.astype(np.float32), stats
