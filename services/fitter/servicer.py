@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 
 import grpc
 
-from ffhquv import metrics, vocab
+from ffhquv import config, metrics, vocab
 from ffhquv.errors import Cancelled, InvalidInput
 from ffhquv.imaging import png_bytes
 from ffhquv.pb import common_pb2, fitter_pb2, fitter_pb2_grpc
@@ -120,7 +120,7 @@ class FitterServicer(fitter_pb2_grpc.FitterServicer):
         self.device = device or "auto"
         self.checkpoints_dir = checkpoints_dir or env_ckpt()
         self.topo_dir = topo_dir or env_topo()
-        self.concurrency = concurrency or int(os.environ.get("FFHQUV_FITTER_CONCURRENCY", "1"))
+        self.concurrency = concurrency or config.fitter_concurrency()
         self.threads = threads
         self._cores: dict[tuple[str, str], FitterCore] = {}
         env_batch = os.environ.get("FFHQUV_FITTER_MAX_BATCH", "").strip()
