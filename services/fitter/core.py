@@ -43,9 +43,9 @@ import torch.nn.functional as F
 
 import ffhquv
 from ffhquv import vocab
+from ffhquv.aligned import AlignedFace
 from ffhquv.errors import Cancelled, InvalidInput, PreconditionFailed
 from ffhquv.mesh import MeshData
-from services.detector.types import AlignedFace
 from services.fitter.camera import Camera, project, rigid_transform, rotate_normals
 from services.fitter.facemodel.base import FaceModel
 from services.fitter.graphs import graphs_enabled
@@ -483,7 +483,7 @@ class FitterCore:
         """The ``stage1_*`` / ``stage2_*`` / ``stage3_coeffs.npz`` files of one photo (host
         work only: safe on a worker thread)."""
         from ffhquv.imaging import png_bytes
-        from services.exporter.obj import mtl_text, obj_text
+        from ffhquv.objfile import mtl_text, obj_text
 
         files: dict[str, bytes] = {}
         img, msk = s1r.image, s1r.mask

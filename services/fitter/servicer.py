@@ -27,10 +27,10 @@ from collections.abc import Callable, Iterator
 import grpc
 
 from ffhquv import config, metrics, vocab
+from ffhquv.aligned import AlignedFace
 from ffhquv.errors import Cancelled, InvalidInput
 from ffhquv.imaging import png_bytes
 from ffhquv.pb import common_pb2, fitter_pb2, fitter_pb2_grpc
-from services.detector.types import AlignedFace
 from services.fitter.batcher import BatchKey, FitBatcher, FitJob
 from services.fitter.core import FitOutput, FitterCore, resolve_device
 
