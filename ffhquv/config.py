@@ -12,11 +12,15 @@ through this module (``tests/test_config.py`` checks both).
 | ``FFHQUV_LOG_FORMAT`` | ``json`` for services, ``text`` for the CLI | log line format |
 | ``FFHQUV_LOG_LEVEL`` | ``INFO`` (``WARNING`` for ``ffhquv fit``) | log level |
 | ``FFHQUV_CUDA_GRAPHS`` | ``1`` | ``0`` / ``false`` / ``no`` / ``off``: eager steps on CUDA |
-| ``FFHQUV_FITTER_CONCURRENCY`` | ``1`` | fits at a time per device in the fitter service |
+| ``FFHQUV_FITTER_CONCURRENCY`` | ``1`` | batched fits at a time per device (fitter service) |
+| ``FFHQUV_FITTER_MAX_BATCH`` | ``1`` on CPU, ``8`` on CUDA | photos per batched fit |
+| ``FFHQUV_FITTER_MAX_DELAY_MS`` | ``20`` | longest wait of a request for batch-mates |
+| ``FFHQUV_FITTER_WARM`` | ``auto`` (on CUDA only) | ``1`` / ``0``: warm up before serving |
+| ``FFHQUV_SERVE_REPLICAS`` | one per 4 cores, 1 to 4 | ``serve all``: processes per CPU service |
 | ``FFHQUV_DETECTOR_ADDR`` ... ``FFHQUV_EXPORTER_ADDR`` | unset | gateway: where each service is |
 | ``FFHQUV_STORAGE_DIR`` | ``<cache>/artifacts`` | gateway artifact folder |
 | ``FFHQUV_STORAGE_MAX_BYTES`` | ``5 GiB`` | gateway artifact folder size cap |
-| ``FFHQUV_MAX_QUEUE`` / ``FFHQUV_MAX_CONCURRENT`` | ``8`` / ``1`` | gateway admission |
+| ``FFHQUV_MAX_QUEUE`` / ``FFHQUV_MAX_CONCURRENT`` | ``64`` / ``16`` | gateway admission |
 | ``FFHQUV_AUTH_TOKEN`` | unset | bearer token the gateway requires |
 | ``FFHQUV_TLS_CERT`` / ``_KEY`` / ``_CA`` | unset | TLS; with a CA, mutual TLS |
 | ``FFHQUV_SERVICE`` | set by the image | which service a container image serves (Dockerfiles) |
@@ -83,7 +87,11 @@ VARIABLES: dict[str, str] = {
     "FFHQUV_LOG_FORMAT": "log line format: json or text",
     "FFHQUV_LOG_LEVEL": "log level",
     "FFHQUV_CUDA_GRAPHS": "0 turns off the CUDA-graph replay of the fitting steps",
-    "FFHQUV_FITTER_CONCURRENCY": "fits at a time per device in the fitter service",
+    "FFHQUV_FITTER_CONCURRENCY": "batched fits at a time per device in the fitter service",
+    "FFHQUV_FITTER_MAX_BATCH": "photos per batched fit (default 1 on CPU, 8 on CUDA)",
+    "FFHQUV_FITTER_MAX_DELAY_MS": "longest wait of a fit request for batch-mates",
+    "FFHQUV_FITTER_WARM": "1 / 0: warm the fitter up before serving (default: on CUDA only)",
+    "FFHQUV_SERVE_REPLICAS": "serve all: processes of each CPU service",
     **{f"FFHQUV_{s.upper()}_ADDR": f"gateway: address of the {s} service" for s in SERVICES},
     "FFHQUV_STORAGE_DIR": "gateway artifact folder",
     "FFHQUV_STORAGE_MAX_BYTES": "gateway artifact folder size cap",
@@ -133,8 +141,19 @@ def cuda_graphs() -> bool:
 
 
 def fitter_concurrency() -> int:
-    """``FFHQUV_FITTER_CONCURRENCY``: fits at a time per device (default 1)."""
+    """``FFHQUV_FITTER_CONCURRENCY``: batched fits at a time per device (default 1)."""
     return int(os.environ.get("FFHQUV_FITTER_CONCURRENCY", "1"))
+
+
+def fitter_max_batch() -> int | None:
+    """``FFHQUV_FITTER_MAX_BATCH``, None when unset (the servicer picks by device)."""
+    v = os.environ.get("FFHQUV_FITTER_MAX_BATCH", "").strip()
+    return int(v) if v else None
+
+
+def fitter_max_delay_s() -> float:
+    """``FFHQUV_FITTER_MAX_DELAY_MS`` in seconds (default 0.02)."""
+    return float(os.environ.get("FFHQUV_FITTER_MAX_DELAY_MS", "20")) / 1000
 
 
 def service_addr(service: str) -> str | None:
@@ -154,13 +173,13 @@ def storage_max_bytes() -> int:
 
 
 def max_queue() -> int:
-    """``FFHQUV_MAX_QUEUE``: queued reconstructions the gateway admits (default 8)."""
-    return int(os.environ.get("FFHQUV_MAX_QUEUE", "8"))
+    """``FFHQUV_MAX_QUEUE``: queued reconstructions the gateway admits (default 64)."""
+    return int(os.environ.get("FFHQUV_MAX_QUEUE", "64"))
 
 
 def max_concurrent() -> int:
-    """``FFHQUV_MAX_CONCURRENT``: reconstructions the gateway runs at once (default 1)."""
-    return int(os.environ.get("FFHQUV_MAX_CONCURRENT", "1"))
+    """``FFHQUV_MAX_CONCURRENT``: reconstructions the gateway runs at once (default 16)."""
+    return int(os.environ.get("FFHQUV_MAX_CONCURRENT", "16"))
 
 
 def auth_token() -> str | None:

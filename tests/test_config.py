@@ -21,7 +21,8 @@ DIRECT_READERS: dict[str, str] = {
     "ffhquv/config.py": "the owner",
     "ffhquv/commands.py": "pending (edited on other branches): use config.log_level, "
                           "tls_files, storage_dir, storage_max_bytes, max_queue, "
-                          "max_concurrent, auth_token, service_addr",
+                          "max_concurrent, auth_token, service_addr, env('FFHQUV_FITTER_WARM'), "
+                          "env('FFHQUV_SERVE_REPLICAS'); it also sets FFHQUV_LANDMARK_MODEL",
 }
 
 
@@ -112,7 +113,8 @@ def test_accessors_defaults_and_values(monkeypatch, tmp_path):
     monkeypatch.setenv("FFHQUV_CACHE_DIR", str(tmp_path))
     assert config.cuda_graphs() is True
     assert config.fitter_concurrency() == 1
-    assert (config.max_queue(), config.max_concurrent()) == (8, 1)
+    assert (config.max_queue(), config.max_concurrent()) == (64, 16)
+    assert config.fitter_max_batch() is None and config.fitter_max_delay_s() == 0.02
     assert config.storage_dir() == tmp_path / "artifacts"
     assert config.storage_max_bytes() == 5 * 1024 ** 3
     assert config.auth_token() is None and config.tls_files() == (None, None, None)

@@ -123,10 +123,9 @@ class FitterServicer(fitter_pb2_grpc.FitterServicer):
         self.concurrency = concurrency or config.fitter_concurrency()
         self.threads = threads
         self._cores: dict[tuple[str, str], FitterCore] = {}
-        env_batch = os.environ.get("FFHQUV_FITTER_MAX_BATCH", "").strip()
-        self.max_batch = max_batch or (int(env_batch) if env_batch else None)
+        self.max_batch = max_batch or config.fitter_max_batch()
         self.max_delay_s = (max_delay_s if max_delay_s is not None else
-                            float(os.environ.get("FFHQUV_FITTER_MAX_DELAY_MS", "20")) / 1000)
+                            config.fitter_max_delay_s())
         self._batchers: dict[str, FitBatcher] = {}
         self._lock = threading.Lock()
 
