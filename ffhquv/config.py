@@ -1,14 +1,35 @@
-"""Paths and settings shared by every service, read from the environment.
+"""Paths and settings shared by every service, read from the environment: every ``FFHQUV_*``
+variable is listed here (:data:`VARIABLES`) and in the README's configuration table, and read
+through this module (``tests/test_config.py`` checks both).
 
-| variable | default | meaning |
+| variable | default | meaning (read by) |
 |---|---|---|
-| ``FFHQUV_CACHE_DIR`` | ``<repo>/.cache`` (checkout), ``~/.cache/ffhquv`` | built models |
+| ``FFHQUV_CACHE_DIR`` | ``<repo>/.cache`` (checkout), ``~/.cache/ffhquv`` | built models, caches |
 | ``FFHQUV_CHECKPOINTS_DIR`` | unset | the paper's ``checkpoints/`` folder (optional) |
 | ``FFHQUV_TOPO_DIR`` | unset | the paper's ``topo_assets/`` folder (optional, for ``hifi3dpp``) |
 | ``FFHQUV_LANDMARK_MODEL`` | the copy in ``face_recognition_models`` | dlib 68-point model file |
+| ``FFHQUV_REFERENCE_DIR`` | ``../shared/data/ffhq-uv-reference`` | reference data (tests) |
 | ``FFHQUV_LOG_FORMAT`` | ``json`` for services, ``text`` for the CLI | log line format |
-"""
+| ``FFHQUV_LOG_LEVEL`` | ``INFO`` (``WARNING`` for ``ffhquv fit``) | log level |
+| ``FFHQUV_CUDA_GRAPHS`` | ``1`` | ``0`` / ``false`` / ``no`` / ``off``: eager steps on CUDA |
+| ``FFHQUV_FITTER_CONCURRENCY`` | ``1`` | batched fits at a time per device (fitter service) |
+| ``FFHQUV_FITTER_MAX_BATCH`` | ``1`` on CPU, ``8`` on CUDA | photos per batched fit |
+| ``FFHQUV_FITTER_MAX_DELAY_MS`` | ``20`` | longest wait of a request for batch-mates |
+| ``FFHQUV_FITTER_WARM`` | ``auto`` (on CUDA only) | ``1`` / ``0``: warm up before serving |
+| ``FFHQUV_SERVE_REPLICAS`` | one per 4 cores, 1 to 4 | ``serve all``: processes per CPU service |
+| ``FFHQUV_DETECTOR_ADDR`` ... ``FFHQUV_EXPORTER_ADDR`` | unset | gateway: where each service is |
+| ``FFHQUV_STORAGE_DIR`` | ``<cache>/artifacts`` | gateway artifact folder |
+| ``FFHQUV_STORAGE_MAX_BYTES`` | ``5 GiB`` | gateway artifact folder size cap |
+| ``FFHQUV_MAX_QUEUE`` / ``FFHQUV_MAX_CONCURRENT`` | ``64`` / ``16`` | gateway admission |
+| ``FFHQUV_AUTH_TOKEN`` | unset | bearer token the gateway requires |
+| ``FFHQUV_TLS_CERT`` / ``_KEY`` / ``_CA`` | unset | TLS; with a CA, mutual TLS |
+| ``FFHQUV_SERVICE`` | set by the image | which service a container image serves (Dockerfiles) |
+| ``FFHQUV_TORCH_SPEC`` | ``torch==2.13.0`` | torch requirement installed by ``./run`` |
+| ``FFHQUV_SKIP_BLENDER`` | ``0`` | ``1``: ``./run`` skips the bpy install |
 
+The last three are read by shell (``run``, ``docker/``), not by Python; they are listed so the
+table is complete. A flag given on the command line wins over its variable.
+"""
 from __future__ import annotations
 
 import os
@@ -51,3 +72,121 @@ def reference_data_dir() -> Path:
     """The developers' shared FFHQ-UV reference data (may be absent)."""
     env = os.environ.get("FFHQUV_REFERENCE_DIR")
     return Path(env) if env else REPO_ROOT.parent / "shared" / "data" / "ffhq-uv-reference"
+
+
+# ---- the table, for code and tests ------------------------------------------------------------
+SERVICES = ("detector", "fitter", "eyeball", "exporter")
+
+#: every FFHQUV_* variable -> one line of what it does (the module docstring has the defaults)
+VARIABLES: dict[str, str] = {
+    "FFHQUV_CACHE_DIR": "built models and other caches",
+    "FFHQUV_CHECKPOINTS_DIR": "the paper's checkpoints/ folder (optional)",
+    "FFHQUV_TOPO_DIR": "the paper's topo_assets/ folder (for the hifi3dpp face model)",
+    "FFHQUV_LANDMARK_MODEL": "dlib 68-point shape predictor file instead of the shipped one",
+    "FFHQUV_REFERENCE_DIR": "the developers' FFHQ-UV reference data (tests)",
+    "FFHQUV_LOG_FORMAT": "log line format: json or text",
+    "FFHQUV_LOG_LEVEL": "log level",
+    "FFHQUV_CUDA_GRAPHS": "0 turns off the CUDA-graph replay of the fitting steps",
+    "FFHQUV_FITTER_CONCURRENCY": "batched fits at a time per device in the fitter service",
+    "FFHQUV_FITTER_MAX_BATCH": "photos per batched fit (default 1 on CPU, 8 on CUDA)",
+    "FFHQUV_FITTER_MAX_DELAY_MS": "longest wait of a fit request for batch-mates",
+    "FFHQUV_FITTER_WARM": "1 / 0: warm the fitter up before serving (default: on CUDA only)",
+    "FFHQUV_SERVE_REPLICAS": "serve all: processes of each CPU service",
+    **{f"FFHQUV_{s.upper()}_ADDR": f"gateway: address of the {s} service" for s in SERVICES},
+    "FFHQUV_STORAGE_DIR": "gateway artifact folder",
+    "FFHQUV_STORAGE_MAX_BYTES": "gateway artifact folder size cap",
+    "FFHQUV_MAX_QUEUE": "gateway admission: queued reconstructions",
+    "FFHQUV_MAX_CONCURRENT": "gateway admission: running reconstructions",
+    "FFHQUV_AUTH_TOKEN": "bearer token the gateway requires",
+    "FFHQUV_TLS_CERT": "TLS certificate (PEM)",
+    "FFHQUV_TLS_KEY": "TLS private key (PEM)",
+    "FFHQUV_TLS_CA": "TLS CA (PEM); with it, mutual TLS between services",
+    "FFHQUV_SERVICE": "which service a container image serves (Dockerfiles)",
+    "FFHQUV_TORCH_SPEC": "torch requirement installed by ./run",
+    "FFHQUV_SKIP_BLENDER": "1: ./run skips the bpy install",
+}
+
+_FALSE = ("0", "false", "no", "off")
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    """The value of a listed ``FFHQUV_*`` variable (``default`` when unset or empty).
+
+    Raises:
+        KeyError: ``name`` is not in :data:`VARIABLES` (document it there first).
+    """
+    if name not in VARIABLES:
+        raise KeyError(f"{name} is not a documented FFHQUV_* variable (add it to "
+                       "ffhquv.config.VARIABLES and the README)")
+    return os.environ.get(name) or default
+
+
+def _int(name: str, default: int) -> int:
+    return int(env(name) or default)
+
+
+def log_format(default: str) -> str:
+    """``FFHQUV_LOG_FORMAT``, else ``default`` (``json`` for services, ``text`` for the CLI)."""
+    return os.environ.get("FFHQUV_LOG_FORMAT", default)
+
+
+def log_level(default: str = "INFO") -> str:
+    """``FFHQUV_LOG_LEVEL``, else ``default``."""
+    return os.environ.get("FFHQUV_LOG_LEVEL", default)
+
+
+def cuda_graphs() -> bool:
+    """False when ``FFHQUV_CUDA_GRAPHS`` is ``0`` / ``false`` / ``no`` / ``off`` (default on)."""
+    return os.environ.get("FFHQUV_CUDA_GRAPHS", "1").strip().lower() not in _FALSE
+
+
+def fitter_concurrency() -> int:
+    """``FFHQUV_FITTER_CONCURRENCY``: batched fits at a time per device (default 1)."""
+    return int(os.environ.get("FFHQUV_FITTER_CONCURRENCY", "1"))
+
+
+def fitter_max_batch() -> int | None:
+    """``FFHQUV_FITTER_MAX_BATCH``, None when unset (the servicer picks by device)."""
+    v = os.environ.get("FFHQUV_FITTER_MAX_BATCH", "").strip()
+    return int(v) if v else None
+
+
+def fitter_max_delay_s() -> float:
+    """``FFHQUV_FITTER_MAX_DELAY_MS`` in seconds (default 0.02)."""
+    return float(os.environ.get("FFHQUV_FITTER_MAX_DELAY_MS", "20")) / 1000
+
+
+def service_addr(service: str) -> str | None:
+    """``FFHQUV_<SERVICE>_ADDR`` (``host:port`` or ``dns:///name:port``), None when unset."""
+    return env(f"FFHQUV_{service.upper()}_ADDR")
+
+
+def storage_dir() -> Path:
+    """``FFHQUV_STORAGE_DIR``, else ``<cache>/artifacts``."""
+    v = env("FFHQUV_STORAGE_DIR")
+    return Path(v) if v else cache_dir() / "artifacts"
+
+
+def storage_max_bytes() -> int:
+    """``FFHQUV_STORAGE_MAX_BYTES`` (default 5 GiB)."""
+    return int(os.environ.get("FFHQUV_STORAGE_MAX_BYTES", str(5 * 1024 ** 3)))
+
+
+def max_queue() -> int:
+    """``FFHQUV_MAX_QUEUE``: queued reconstructions the gateway admits (default 64)."""
+    return int(os.environ.get("FFHQUV_MAX_QUEUE", "64"))
+
+
+def max_concurrent() -> int:
+    """``FFHQUV_MAX_CONCURRENT``: reconstructions the gateway runs at once (default 16)."""
+    return int(os.environ.get("FFHQUV_MAX_CONCURRENT", "16"))
+
+
+def auth_token() -> str | None:
+    """``FFHQUV_AUTH_TOKEN``, None when unset."""
+    return env("FFHQUV_AUTH_TOKEN")
+
+
+def tls_files() -> tuple[str | None, str | None, str | None]:
+    """``(FFHQUV_TLS_CERT, FFHQUV_TLS_KEY, FFHQUV_TLS_CA)``, None for each unset one."""
+    return env("FFHQUV_TLS_CERT"), env("FFHQUV_TLS_KEY"), env("FFHQUV_TLS_CA")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
+
+from ffhquv import config
 
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
@@ -34,8 +35,8 @@ def setup(default_format: str = "text", level: str | int | None = None) -> None:
     (:class:`ffhquv.tracing.CorrelationFilter`)."""
     from ffhquv.tracing import CorrelationFilter
 
-    fmt = os.environ.get("FFHQUV_LOG_FORMAT", default_format)
-    level = level or os.environ.get("FFHQUV_LOG_LEVEL", "INFO")
+    fmt = config.log_format(default_format)
+    level = level or config.log_level()
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())

@@ -33,13 +33,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ffhquv.checkpoints import CheckpointError, load_state_dict_strict, strip_prefix, torch_load
-from services.detector.masks import ParseLabel
+from ffhquv.vocab import PARSE_SOURCE_BISENET, ParseLabel
 
 N_CLASSES = 19
 PARSE_SIZE = 512
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-PARSE_SOURCE_BISENET = "bisenet"
 
 CELEBAMASK_CLASSES = ("background", "skin", "l_brow", "r_brow", "l_eye", "r_eye", "eye_g",
                       "l_ear", "r_ear", "ear_r", "nose", "mouth", "u_lip", "l_lip", "neck",

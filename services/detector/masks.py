@@ -18,11 +18,14 @@ All inputs are in 224-crop pixels: x right, y down, pixel centres at integers; l
 
 from __future__ import annotations
 
-from enum import IntEnum
 from typing import Protocol
 
 import cv2
 import numpy as np
+
+from ffhquv.vocab import PARSE_SOURCE_LANDMARKS, ParseLabel
+
+__all__ = ["PARSE_SOURCE_LANDMARKS", "FaceParser", "ParseLabel"]  # and the functions below
 
 FOREHEAD_RATIO = 1.4
 FOREHEAD_SKIN_THRESHOLD = 128  # of 255: the skin probability needed above the brows
@@ -30,19 +33,7 @@ Y_WIDEN = 3.0  # luma tolerance relative to the fitted spread (shading, highligh
 COV_FLOOR = 6.0  # added to the covariance diagonal (YCrCb units^2): uniform-light faces
 INLIER_SIGMAS = 2.0  # Mahalanobis distance with probability 1; Gaussian fall-off beyond
 _SHIFT = 4  # sub-pixel bits for cv2.fillPoly
-PARSE_SOURCE_LANDMARKS = "landmarks"
 
-
-class ParseLabel(IntEnum):
-    """Values of the parse mask (``detector.v1.ParseLabel`` without the prefix)."""
-
-    BACKGROUND = 0
-    SKIN = 1
-    BROWS = 2
-    EYES = 3
-    NOSE = 4
-    LIPS = 5
-    MOUTH = 6
 
 
 class FaceParser(Protocol):

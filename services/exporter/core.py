@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ffhquv import vocab
 from ffhquv.errors import InvalidInput
 from ffhquv.imaging import png_bytes
 from ffhquv.mesh import MeshData
@@ -51,19 +52,11 @@ EYE_MATERIAL = "eye_ball_tex"
 PREVIEW_FILES = ("preview_front.png", "preview_34.png", "preview_profile.png")
 TURNTABLE_FILE = "preview_turntable.gif"
 
-FORMATS = frozenset({"obj", "glb", "blend", "preview", "turntable", "zip"})
-DEFAULT_FORMATS = frozenset({"obj", "glb", "blend", "preview", "zip"})
+FORMATS = frozenset(vocab.EXPORT_FORMATS)
+DEFAULT_FORMATS = vocab.DEFAULT_EXPORT_FORMATS
 
-MEDIA_TYPES = {".obj": "model/obj", ".mtl": "model/mtl", ".png": "image/png",
-               ".gif": "image/gif", ".glb": "model/gltf-binary",
-               ".blend": "application/x-blender", ".zip": "application/zip",
-               ".json": "application/json", ".npy": "application/octet-stream",
-               ".txt": "text/plain"}
-
-
-def media_type(name: str) -> str:
-    """MIME type of an output file from its suffix (``application/octet-stream`` if unknown)."""
-    return MEDIA_TYPES.get(Path(name).suffix.lower(), "application/octet-stream")
+MEDIA_TYPES = vocab.MEDIA_TYPES
+media_type = vocab.media_type
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from ffhquv import vocab
 from ffhquv.errors import InvalidInput
 from ffhquv.imaging import read_png_bytes
 from ffhquv.mesh import MeshData
@@ -12,14 +13,7 @@ from services.exporter import core
 
 SERVICE_NAME = "ffhquv.exporter.v1.Exporter"
 
-FORMAT_NAMES = {
-    exporter_pb2.EXPORT_FORMAT_OBJ: "obj",
-    exporter_pb2.EXPORT_FORMAT_GLB: "glb",
-    exporter_pb2.EXPORT_FORMAT_BLEND: "blend",
-    exporter_pb2.EXPORT_FORMAT_PREVIEW: "preview",
-    exporter_pb2.EXPORT_FORMAT_TURNTABLE: "turntable",
-    exporter_pb2.EXPORT_FORMAT_ZIP: "zip",
-}
+FORMAT_NAMES = vocab.format_by_proto()
 
 
 def formats_from_proto(values) -> set[str] | None:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ffhquv import vocab
 from ffhquv.errors import InvalidInput
 from ffhquv.mesh import MeshData
 from services.eyeball.iris import iris_colour
@@ -307,7 +308,7 @@ def place_eyeballs(
     right_ring: np.ndarray,
     photo: np.ndarray | None = None,
     photo_landmarks: np.ndarray | None = None,
-    texture_size: int = 1024,
+    texture_size: int = vocab.TEXTURE_SIZE_DEFAULT,
 ) -> EyeballResult:
     """Fit both eyeballs into a head and make their shared texture.
 
@@ -317,7 +318,7 @@ def place_eyeballs(
             (-x) eye opening.
         photo: optional ``uint8 [H, W, 3]`` RGB photo (or crop) for the iris colour.
         photo_landmarks: ``[68, 2]`` dlib landmarks in ``photo`` pixels.
-        texture_size: side of the eyeball texture (64..4096).
+        texture_size: side of the eyeball texture (64..4096, any side: :mod:`ffhquv.vocab`).
     Returns:
         :class:`EyeballResult`.
     Raises:
@@ -325,8 +326,9 @@ def place_eyeballs(
             degenerate ring, bad texture size or photo.
     """
     head.validate()
-    if not 64 <= int(texture_size) <= 4096:
-        raise InvalidInput(f"texture_size must be in [64, 4096], got {texture_size}")
+    if not vocab.TEXTURE_SIZE_MIN <= int(texture_size) <= vocab.TEXTURE_SIZE_MAX:
+        raise InvalidInput(f"texture_size must be in [{vocab.TEXTURE_SIZE_MIN}, "
+                           f"{vocab.TEXTURE_SIZE_MAX}], got {texture_size}")
     if photo is not None:
         photo = np.asarray(photo)
         if photo.dtype != np.uint8 or photo.ndim != 3 or photo.shape[2] != 3:

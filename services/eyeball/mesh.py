@@ -148,7 +148,7 @@ def rim_cuff(rim: np.ndarray, centre: np.ndarray, radius: float,
     uvs = np.concatenate([direction_uv(np.full(k, max(outer_angle, 0.0)), phi),
                           direction_uv(theta, phi)])
     mesh = MeshData(vertices=vertices, faces=faces, uvs=uvs, uv_faces=faces)
-    from services.exporter.obj import vertex_normals
+    from ffhquv.objfile import vertex_normals
 
     mesh.normals = vertex_normals(mesh)
     return mesh

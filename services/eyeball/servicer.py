@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 import numpy as np
 
+from ffhquv import vocab
 from ffhquv.errors import InvalidInput
 from ffhquv.imaging import from_raw, png_bytes
 from ffhquv.mesh import MeshData
@@ -44,7 +45,7 @@ class EyeballServicer(eyeball_pb2_grpc.EyeballServicer):
             np.asarray(request.right_eye_ring, np.int64),
             photo=photo,
             photo_landmarks=lms,
-            texture_size=request.texture_size or 1024,
+            texture_size=request.texture_size or vocab.TEXTURE_SIZE_DEFAULT,
         )
         return eyeball_pb2.PlaceResponse(
             left=_fit(res.left, res.left_center, res.radius[0]),

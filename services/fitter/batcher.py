@@ -25,8 +25,8 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
 from ffhquv import metrics
+from ffhquv.aligned import AlignedFace
 from ffhquv.errors import Cancelled
-from services.detector.types import AlignedFace
 
 log = logging.getLogger(__name__)
 

@@ -42,9 +42,10 @@ import torch
 import torch.nn.functional as F
 
 import ffhquv
+from ffhquv import vocab
+from ffhquv.aligned import AlignedFace
 from ffhquv.errors import Cancelled, InvalidInput, PreconditionFailed
 from ffhquv.mesh import MeshData
-from services.detector.types import AlignedFace
 from services.fitter.camera import Camera, project, rigid_transform, rotate_normals
 from services.fitter.facemodel.base import FaceModel
 from services.fitter.graphs import graphs_enabled
@@ -216,7 +217,7 @@ class FitterCore:
             :class:`services.fitter.paper_mode.PaperOptions` loads them with its settings.
     """
 
-    def __init__(self, face_model: str = "default", device: str = "auto",
+    def __init__(self, face_model: str = vocab.DEFAULT_FACE_MODEL, device: str = "auto",
                  checkpoints_dir: str | Path | None = None, topo_dir: str | Path | None = None,
                  model: FaceModel | None = None, threads: int | None = None,
                  texture_source: TextureSource | None = None,
@@ -250,16 +251,18 @@ class FitterCore:
             self.notes.extend(self.paper.notes)
 
     # ------------------------------------------------------------------------------------------
-    def fit(self, face: AlignedFace, *, preset: str | Preset = "standard",
-            texture_size: int = 1024, seed: int = 0, progress: ProgressFn | None = None,
+    def fit(self, face: AlignedFace, *, preset: str | Preset = vocab.DEFAULT_PRESET,
+            texture_size: int = vocab.TEXTURE_SIZE_DEFAULT, seed: int = 0,
+            progress: ProgressFn | None = None,
             cancel: threading.Event | None = None, want_intermediates: bool = True) -> FitOutput:
         """Fit one aligned face. See :meth:`fit_batch`."""
         return self.fit_batch([face], preset=preset, texture_size=texture_size, seed=seed,
                               progress=progress, cancel=cancel,
                               want_intermediates=want_intermediates)[0]
 
-    def fit_batch(self, faces: list[AlignedFace], *, preset: str | Preset = "standard",
-                  texture_size: int = 1024, seed: int = 0, progress: ProgressFn | None = None,
+    def fit_batch(self, faces: list[AlignedFace], *, preset: str | Preset = vocab.DEFAULT_PRESET,
+                  texture_size: int = vocab.TEXTURE_SIZE_DEFAULT, seed: int = 0,
+                  progress: ProgressFn | None = None,
                   cancel: threading.Event | None = None, want_intermediates: bool = True,
                   ) -> list[FitOutput]:
         """Fit B aligned faces in one batched optimisation.
@@ -285,11 +288,7 @@ class FitterCore:
         for i, f in enumerate(faces):
             _validate(f, i)
         p = get_preset(preset)
-        if texture_size == 0:
-            texture_size = 1024
-        if texture_size < 64 or texture_size > 4096 or texture_size & (texture_size - 1):
-            raise InvalidInput(f"texture_size must be a power of two in [64, 4096], "
-                               f"got {texture_size}")
+        texture_size = vocab.texture_size(texture_size)
         old_threads = torch.get_num_threads()
         if self.threads:
             torch.set_num_threads(self.threads)
@@ -484,7 +483,7 @@ class FitterCore:
         """The ``stage1_*`` / ``stage2_*`` / ``stage3_coeffs.npz`` files of one photo (host
         work only: safe on a worker thread)."""
         from ffhquv.imaging import png_bytes
-        from services.exporter.obj import mtl_text, obj_text
+        from ffhquv.objfile import mtl_text, obj_text
 
         files: dict[str, bytes] = {}
         img, msk = s1r.image, s1r.mask

@@ -24,13 +24,13 @@ remaining steps run eagerly.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
+from ffhquv import config
 from ffhquv.errors import Cancelled
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def graphs_enabled(device: torch.device | str, backend=None) -> bool:
     """
     if torch.device(device).type != "cuda":
         return False
-    if os.environ.get("FFHQUV_CUDA_GRAPHS", "1").strip().lower() in ("0", "false", "no", "off"):
+    if not config.cuda_graphs():
         return False
     return backend is None or bool(getattr(backend, "capturable", False))
 

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ffhquv import vocab
 from ffhquv.checkpoints import REGISTRY, expected_path, missing_message
 from ffhquv.errors import Cancelled
 from services.fitter.camera import Camera, project, rigid_transform, rotate_normals
@@ -61,7 +62,8 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str, float, str], None]
 PAPER_NETWORKS = ("texgan", "deep3d", "arcface", "vgg")
-GAN_FACE_MODEL = "hifi3dpp"  # the UV layout / coefficient layout the paper's networks know
+# the UV layout / coefficient layout the paper's networks know
+GAN_FACE_MODEL = vocab.FACE_MODEL_HIFI3DPP
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
+from ffhquv import vocab
 from ffhquv.errors import InvalidInput
 
 
@@ -57,17 +58,20 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "fast": Preset(
-        name="fast", stage1_steps=150, stage1_lr=0.05, stage3_steps=30, stage3_lr=0.02,
+    vocab.PRESET_FAST: Preset(
+        name=vocab.PRESET_FAST,
+        stage1_steps=150, stage1_lr=0.05, stage3_steps=30, stage3_lr=0.02,
         stage3_pose_lr=0.002, stage3_gamma_lr=0.01, stage3_tex_lr=0.01, raster_size=224,
         tex_opt_size=128, tex_levels=(32, 64, 128), unwrap_depth_size=448,
         paper_stage2_steps=50, paper_stage3_steps=100),
-    "standard": Preset(
-        name="standard", stage1_steps=300, stage1_lr=0.05, stage3_steps=100, stage3_lr=0.02,
+    vocab.PRESET_STANDARD: Preset(
+        name=vocab.PRESET_STANDARD,
+        stage1_steps=300, stage1_lr=0.05, stage3_steps=100, stage3_lr=0.02,
         stage3_pose_lr=0.002, stage3_gamma_lr=0.01, stage3_tex_lr=0.01, raster_size=224,
         tex_opt_size=256, tex_levels=(32, 64, 128, 256), unwrap_depth_size=512),
-    "best": Preset(
-        name="best", stage1_steps=500, stage1_lr=0.05, stage3_steps=200, stage3_lr=0.02,
+    vocab.PRESET_BEST: Preset(
+        name=vocab.PRESET_BEST,
+        stage1_steps=500, stage1_lr=0.05, stage3_steps=200, stage3_lr=0.02,
         stage3_pose_lr=0.002, stage3_gamma_lr=0.01, stage3_tex_lr=0.01, raster_size=224,
         tex_opt_size=512, tex_levels=(32, 64, 128, 256, 512), unwrap_depth_size=1024),
 }
@@ -81,7 +85,7 @@ def get_preset(preset: str | Preset) -> Preset:
     """
     if isinstance(preset, Preset):
         return preset
-    key = (preset or "standard").lower()
+    key = (preset or vocab.DEFAULT_PRESET).lower()
     if key not in PRESETS:
         raise InvalidInput(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
     return PRESETS[key]

@@ -26,49 +26,43 @@ from collections.abc import Callable, Iterator
 
 import grpc
 
-from ffhquv import metrics
+from ffhquv import config, metrics, vocab
+from ffhquv.aligned import AlignedFace
 from ffhquv.errors import Cancelled, InvalidInput
 from ffhquv.imaging import png_bytes
 from ffhquv.pb import common_pb2, fitter_pb2, fitter_pb2_grpc
-from services.detector.types import AlignedFace
 from services.fitter.batcher import BatchKey, FitBatcher, FitJob
 from services.fitter.core import FitOutput, FitterCore, resolve_device
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "ffhquv.fitter.v1.Fitter"
-PRESETS = {common_pb2.PRESET_UNSPECIFIED: "standard", common_pb2.PRESET_FAST: "fast",
-           common_pb2.PRESET_STANDARD: "standard", common_pb2.PRESET_BEST: "best"}
-DEVICES = {common_pb2.DEVICE_UNSPECIFIED: "auto", common_pb2.DEVICE_CPU: "cpu",
-           common_pb2.DEVICE_CUDA: "cuda"}
+PRESETS = vocab.preset_by_proto()
+DEVICES = vocab.device_by_proto()
 STAGES = {"stage1": common_pb2.STAGE_FIT_STAGE1, "stage2": common_pb2.STAGE_FIT_STAGE2,
           "stage3": common_pb2.STAGE_FIT_STAGE3}
-FACE_MODELS = ("default", "hifi3dpp")
+FACE_MODELS = vocab.FACE_MODELS
 # photos per batched fit on CUDA by default (BENCHMARKS.md: the fitter's throughput on an H200
 # stops growing past a batch of 8)
 CUDA_MAX_BATCH = 8
 MIN_EVENT_INTERVAL_S = 0.25  # at most ~4 progress events per second (plus stage ends)
 
-MEDIA_TYPES = {".obj": "model/obj", ".mtl": "model/mtl", ".png": "image/png",
-               ".json": "application/json", ".npz": "application/octet-stream"}
-
-
-def media_type(name: str) -> str:
-    return MEDIA_TYPES.get(os.path.splitext(name)[1].lower(), "application/octet-stream")
+MEDIA_TYPES = vocab.MEDIA_TYPES
+media_type = vocab.media_type
 
 
 def face_model_availability(topo_dir: str | None = None) -> dict[str, str]:
     """``name -> "available"`` or ``"unavailable: <why>"`` for the face models."""
     from ffhquv.config import topo_dir as env_topo
 
-    out = {"default": "available"}
+    out = {vocab.FACE_MODEL_DEFAULT: "available"}
     td = topo_dir or env_topo()
     if td is None:
-        out["hifi3dpp"] = ("unavailable: needs the paper's topo_assets folder "
+        out[vocab.FACE_MODEL_HIFI3DPP] = ("unavailable: needs the paper's topo_assets folder "
                            "(set FFHQUV_TOPO_DIR to the folder holding hifi3dpp_model_info.mat)")
     else:
         f = os.path.join(str(td), "hifi3dpp_model_info.mat")
-        out["hifi3dpp"] = "available" if os.path.isfile(f) else (
+        out[vocab.FACE_MODEL_HIFI3DPP] = "available" if os.path.isfile(f) else (
             f"unavailable: {f} is missing")
     return out
 
@@ -126,20 +120,19 @@ class FitterServicer(fitter_pb2_grpc.FitterServicer):
         self.device = device or "auto"
         self.checkpoints_dir = checkpoints_dir or env_ckpt()
         self.topo_dir = topo_dir or env_topo()
-        self.concurrency = concurrency or int(os.environ.get("FFHQUV_FITTER_CONCURRENCY", "1"))
+        self.concurrency = concurrency or config.fitter_concurrency()
         self.threads = threads
         self._cores: dict[tuple[str, str], FitterCore] = {}
-        env_batch = os.environ.get("FFHQUV_FITTER_MAX_BATCH", "").strip()
-        self.max_batch = max_batch or (int(env_batch) if env_batch else None)
+        self.max_batch = max_batch or config.fitter_max_batch()
         self.max_delay_s = (max_delay_s if max_delay_s is not None else
-                            float(os.environ.get("FFHQUV_FITTER_MAX_DELAY_MS", "20")) / 1000)
+                            config.fitter_max_delay_s())
         self._batchers: dict[str, FitBatcher] = {}
         self._lock = threading.Lock()
 
     def core(self, face_model: str, device: str) -> FitterCore:
         """The cached core for (face model, resolved device); built on first use."""
         dev = str(resolve_device(device))
-        name = face_model or "default"
+        name = face_model or vocab.DEFAULT_FACE_MODEL
         if name not in FACE_MODELS:
             raise InvalidInput(f"unknown face model {name!r}; expected one of {FACE_MODELS}")
         key = (name, dev)
@@ -167,8 +160,8 @@ class FitterServicer(fitter_pb2_grpc.FitterServicer):
                                                         workers=self.concurrency)
             return b
 
-    def warm(self, face_model: str = "default", device: str | None = None,
-             preset: str = "standard", texture_size: int = 1024,
+    def warm(self, face_model: str = vocab.DEFAULT_FACE_MODEL, device: str | None = None,
+             preset: str = vocab.DEFAULT_PRESET, texture_size: int = vocab.TEXTURE_SIZE_DEFAULT,
              batch_sizes: tuple[int, ...] | None = None) -> float:
         """Build the core and, on CUDA, run a throw-away fit of a synthetic face (CUDA init,
         cuBLAS and kernel loading, the rasteriser's context, UV tables of ``texture_size``), so
@@ -238,8 +231,8 @@ class FitterServicer(fitter_pb2_grpc.FitterServicer):
         face = AlignedFace.from_proto(request.face)
         dev = self.device if request.device == common_pb2.DEVICE_UNSPECIFIED else DEVICES[
             request.device]
-        core = self.core(request.face_model or "default", dev)
-        tex_size = int(request.texture_size) or 1024
+        core = self.core(request.face_model or vocab.DEFAULT_FACE_MODEL, dev)
+        tex_size = int(request.texture_size) or vocab.TEXTURE_SIZE_DEFAULT
 
         events: queue.Queue = queue.Queue()
         last_sent = {"t": 0.0, "stage": ""}
@@ -292,7 +285,7 @@ class FitterServicer(fitter_pb2_grpc.FitterServicer):
             cancel.set()  # the request is over: leave the queue / the batch if still there
 
     def DescribeModel(self, request, context: grpc.ServicerContext):  # noqa: N802
-        name = request.face_model or "default"
+        name = request.face_model or vocab.DEFAULT_FACE_MODEL
         avail = face_model_availability(self.topo_dir)
         if name not in avail:
             raise InvalidInput(f"unknown face model {name!r}; expected one of {FACE_MODELS}")

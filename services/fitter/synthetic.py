@@ -229,7 +229,7 @@ def synthetic_face(model: FaceModel, coeffs: dict, texture: np.ndarray, hires: i
     """
     import cv2
 
-    from services.detector.types import AlignedFace
+    from ffhquv.aligned import AlignedFace
     from services.fitter.camera import Camera, project, rigid_transform, rotate_normals
     from services.fitter.render import MeshRenderer
 

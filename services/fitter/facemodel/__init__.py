@@ -7,16 +7,16 @@ from pathlib import Path
 
 import torch
 
+from ffhquv.vocab import DEFAULT_FACE_MODEL, FACE_MODEL_HIFI3DPP, FACE_MODELS
 from services.fitter.facemodel.base import FaceModel, vertex_normals
 
 __all__ = ["FACE_MODELS", "FaceModel", "load_face_model", "vertex_normals"]
 
-FACE_MODELS = ("default", "hifi3dpp")
 _CACHE: dict[tuple[str, str, str], FaceModel] = {}
 _LOCK = threading.Lock()
 
 
-def load_face_model(name: str = "default", device: str | torch.device = "cpu",
+def load_face_model(name: str = DEFAULT_FACE_MODEL, device: str | torch.device = "cpu",
                     topo_dir: Path | None = None) -> FaceModel:
     """The face model ``name`` on ``device``, cached in-process per (name, device, topo_dir).
 
@@ -35,11 +35,11 @@ def load_face_model(name: str = "default", device: str | torch.device = "cpu",
     if name not in FACE_MODELS:
         raise InvalidInput(f"unknown face model {name!r}; expected one of {', '.join(FACE_MODELS)}")
     dev = torch.device(device)
-    key = (name, str(dev), str(topo_dir) if name == "hifi3dpp" else "")
+    key = (name, str(dev), str(topo_dir) if name == FACE_MODEL_HIFI3DPP else "")
     with _LOCK:
         if key in _CACHE:
             return _CACHE[key]
-        if name == "default":
+        if name == DEFAULT_FACE_MODEL:
             from services.fitter.facemodel.default import ensure_default_model
 
             model = FaceModel.load(ensure_default_model(progress=False), device=dev)

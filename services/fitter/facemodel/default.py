@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ffhquv.vocab import FACE_MODEL_DEFAULT
 from services.fitter.facemodel.base import FaceModel
 
 log = logging.getLogger(__name__)
@@ -302,7 +303,7 @@ def _build(progress: bool, keep_extras: bool) -> tuple[FaceModel, dict]:
     f32 = lambda a: torch.tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
     i64 = lambda a: torch.tensor(np.asarray(a), dtype=torch.int64)  # noqa: E731
     model = FaceModel(
-        name="default",
+        name=FACE_MODEL_DEFAULT,
         unit=f"anny metres x {scale:.3f} (about decimetres, eye rings matched to HiFi3D++)",
         mean_shape=f32(mean),
         id_base=f32(id_base),

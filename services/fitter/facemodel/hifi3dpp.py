@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ffhquv.errors import InvalidInput, PreconditionFailed
+from ffhquv.vocab import FACE_MODEL_HIFI3DPP
 from services.fitter.facemodel.base import FaceModel
 
 MODEL_FILE = "hifi3dpp_model_info.mat"
@@ -150,7 +151,7 @@ def load_hifi3dpp(topo_dir: Path, device: str | torch.device = "cpu") -> FaceMod
     f32 = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
     i64 = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.int64)  # noqa: E731
     model = FaceModel(
-        name="hifi3dpp",
+        name=FACE_MODEL_HIFI3DPP,
         unit="HiFi3D++ model units (about decimetres)",
         mean_shape=f32(mean),
         id_base=f32(id_base),

@@ -15,8 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# ParseLabel values of the detector's parse mask
-PARSE_BG, PARSE_SKIN, PARSE_BROWS, PARSE_EYES, PARSE_NOSE, PARSE_LIPS, PARSE_MOUTH = range(7)
+from ffhquv.vocab import ParseLabel
+
+# ParseLabel values of the detector's parse mask, as plain ints (compared with tensors)
+PARSE_BG, PARSE_SKIN, PARSE_BROWS, PARSE_EYES, PARSE_NOSE, PARSE_LIPS, PARSE_MOUTH = (
+    int(v) for v in ParseLabel)
 TEXTURE_LABELS = (PARSE_SKIN, PARSE_BROWS, PARSE_NOSE, PARSE_LIPS)
 
 

@@ -1,0 +1,334 @@
+"""The one OBJ / MTL / PNG writer of ffhq-uv, atomic file writes and atomic output folders.
+
+Every service that writes a mesh or a texture uses this module. Conventions:
+
+* Meshes are :class:`ffhquv.mesh.MeshData` in model space; texture coordinates in the OBJ
+  convention (u right, v up), written unchanged.
+* Textures are ``uint8 [H, W, 3]`` RGB arrays, row 0 = top of the PNG = ``v = 1``.
+* An OBJ names its material library (``mtllib``) and an MTL names its texture (``map_Kd``) by a
+  bare relative file name, so MeshLab and Blender find them next to the OBJ.
+* Every file is written to a temporary sibling and moved into place with ``os.replace``, and
+  :class:`OutputDir` builds the whole folder of one photo in a hidden temporary sibling folder
+  that is renamed to its final name only on success: a reader never sees a half-written file
+  or folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from ffhquv.errors import InvalidInput, PreconditionFailed
+from ffhquv.mesh import MeshData
+
+__all__ = [
+    "OutputDir",
+    "atomic_write_bytes",
+    "check_relative_name",
+    "mtl_text",
+    "obj_text",
+    "read_obj",
+    "write_mtl",
+    "write_obj",
+    "write_png",
+]
+
+
+def check_relative_name(name: str, *, allow_subdir: bool = False) -> str:
+    """Validate a file name that will be written into an output folder or referenced by name.
+
+    Args:
+        name: the name; ``"a.png"`` (or ``"sub/a.png"`` when ``allow_subdir``).
+        allow_subdir: accept ``/``-separated relative paths without ``..``.
+    Returns:
+        The name unchanged.
+    Raises:
+        InvalidInput: empty, absolute, with ``..``, backslashes, whitespace at the ends or line
+            breaks, or with a folder part when ``allow_subdir`` is False.
+    """
+    if not name or name != name.strip() or any(c in name for c in "\\\n\r\t\0"):
+        raise InvalidInput(f"invalid file name {name!r}")
+    p = PurePosixPath(name)
+    if p.is_absolute() or ".." in p.parts or "." in p.parts or name.endswith("/"):
+        raise InvalidInput(f"file name {name!r} must be a relative path inside the output folder")
+    if not allow_subdir and len(p.parts) != 1:
+        raise InvalidInput(f"file name {name!r} must not contain a folder")
+    return name
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary sibling and ``os.replace``.
+
+    The parent folder must exist. Returns the path.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _rows(fmt: str, arr: np.ndarray) -> str:
+    if len(arr) == 0:
+        return ""
+    return (fmt * len(arr)) % tuple(arr.ravel().tolist())
+
+
+def obj_text(mesh: MeshData, *, mtllib: str | None = None, material: str | None = None,
+             with_normals: bool = False, header: str | None = None) -> str:
+    """Wavefront OBJ text of one mesh.
+
+    Args:
+        mesh: the mesh; ``vertices [N, 3]``, ``faces [T, 3]`` (0-based, written 1-based),
+            optional ``uvs [M, 2]`` with ``uv_faces [T, 3]`` (OBJ convention, v up) and
+            ``normals [N, 3]`` (per vertex, same indices as the vertices).
+        mtllib: bare name of the material library (``"stage3_mesh.mtl"``), or None.
+        material: material name used for all faces (``usemtl``), or None.
+        with_normals: write ``vn`` lines (``mesh.normals`` or area-weighted vertex normals)
+            and ``v/vt/vn`` face corners.
+        header: optional comment line(s) written first.
+    Returns:
+        The file text (``\\n`` line ends). Face corners are ``v/vt`` with UVs, ``v//vn``
+        with normals but no UVs, ``v`` otherwise.
+    """
+    mesh.validate()
+    if mtllib is not None:
+        check_relative_name(mtllib)
+    if material is not None and (not material or any(c.isspace() for c in material)):
+        raise InvalidInput(f"invalid material name {material!r}")
+    parts: list[str] = []
+    if header:
+        parts.append("".join(f"# {line}\n" for line in header.splitlines()))
+    if mtllib is not None:
+        parts.append(f"mtllib {mtllib}\n")
+    parts.append(_rows("v %.6f %.6f %.6f\n", mesh.vertices.astype(np.float64)))
+    has_uv = mesh.uvs is not None
+    if has_uv:
+        parts.append(_rows("vt %.6f %.6f\n", mesh.uvs.astype(np.float64)))
+    if with_normals:
+        n = mesh.normals if mesh.normals is not None else vertex_normals(mesh)
+        parts.append(_rows("vn %.6f %.6f %.6f\n", n.astype(np.float64)))
+    if material is not None:
+        parts.append(f"usemtl {material}\n")
+    f = mesh.faces + 1
+    if has_uv and with_normals:
+        cols = np.stack([f, mesh.uv_faces + 1, f], -1).reshape(-1, 9)
+        parts.append(_rows("f %d/%d/%d %d/%d/%d %d/%d/%d\n", cols))
+    elif has_uv:
+        cols = np.stack([f, mesh.uv_faces + 1], -1).reshape(-1, 6)
+        parts.append(_rows("f %d/%d %d/%d %d/%d\n", cols))
+    elif with_normals:
+        cols = np.stack([f, f], -1).reshape(-1, 6)
+        parts.append(_rows("f %d//%d %d//%d %d//%d\n", cols))
+    else:
+        parts.append(_rows("f %d %d %d\n", f))
+    return "".join(parts)
+
+
+def vertex_normals(mesh: MeshData) -> np.ndarray:
+    """``float32 [N, 3]`` area-weighted unit vertex normals (outward for CCW faces; +z for
+    isolated vertices). numpy twin of :func:`services.fitter.facemodel.base.vertex_normals`."""
+    v = mesh.vertices.astype(np.float64)
+    f = mesh.faces
+    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    n = np.zeros_like(v)
+    for i in range(3):
+        np.add.at(n, f[:, i], fn)
+    norm = np.linalg.norm(n, axis=1, keepdims=True)
+    out = np.where(norm > 1e-12, n / np.maximum(norm, 1e-12), np.array([0.0, 0.0, 1.0]))
+    return out.astype(np.float32)
+
+
+def mtl_text(material: str, texture_name: str, *, specular: float = 0.0,
+             shininess: float = 10.0) -> str:
+    """MTL text with one material whose diffuse colour is the texture ``texture_name``.
+
+    Args:
+        material: material name (no whitespace), as used by ``usemtl``.
+        texture_name: bare relative PNG name for ``map_Kd``.
+        specular: grey specular colour ``Ks`` in [0, 1] (0 for skin, ~0.5 for wet eyes).
+        shininess: ``Ns`` exponent.
+    """
+    if not material or any(c.isspace() for c in material):
+        raise InvalidInput(f"invalid material name {material!r}")
+    check_relative_name(texture_name)
+    s = float(np.clip(specular, 0.0, 1.0))
+    illum = 2 if s > 0 else 1
+    return (f"newmtl {material}\n"
+            "Ka 1.000000 1.000000 1.000000\n"
+            "Kd 1.000000 1.000000 1.000000\n"
+            f"Ks {s:.6f} {s:.6f} {s:.6f}\n"
+            f"Ns {shininess:.6f}\n"
+            "d 1.000000\n"
+            f"illum {illum}\n"
+            f"map_Kd {texture_name}\n")
+
+
+def write_obj(path: str | os.PathLike, mesh: MeshData, *, mtllib: str | None = None,
+              material: str | None = None, with_normals: bool = False) -> Path:
+    """Write :func:`obj_text` atomically to ``path``; returns the path."""
+    return atomic_write_bytes(path, obj_text(mesh, mtllib=mtllib, material=material,
+                                             with_normals=with_normals).encode("ascii"))
+
+
+def write_mtl(path: str | os.PathLike, material: str, texture_name: str, **kw) -> Path:
+    """Write :func:`mtl_text` atomically to ``path``; returns the path."""
+    return atomic_write_bytes(path, mtl_text(material, texture_name, **kw).encode("ascii"))
+
+
+def check_texture(rgb: np.ndarray, what: str = "texture") -> np.ndarray:
+    """Validate a ``uint8 [H, W, 3]`` RGB image (H, W >= 1); raises InvalidInput otherwise."""
+    a = np.asarray(rgb)
+    if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3 or a.shape[0] < 1 or a.shape[1] < 1:
+        raise InvalidInput(f"{what} must be uint8 [H, W, 3] RGB, got {a.dtype} {a.shape}")
+    return a
+
+
+def write_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
+    """Write ``uint8 [H, W, 3]`` RGB (row 0 at the top) as PNG, atomically; returns the path."""
+    from ffhquv.imaging import png_bytes
+
+    return atomic_write_bytes(path, png_bytes(check_texture(rgb)))
+
+
+class OutputDir:
+    """The output folder of one photo, written atomically as a whole.
+
+    Usage::
+
+        with OutputDir(out / "000007", replace=True) as od:
+            write_obj(od / "stage3_mesh_id.obj", mesh, mtllib=..., material=...)
+            od.write_bytes("report.json", data)
+            (Path(od) / "notes.txt").write_text("...")  # od is os.PathLike: the temp folder
+        # here out/000007 exists with every file; on an exception nothing new exists
+
+    Files are written into a hidden temporary sibling ``.<name>.tmp-XXXX``; on a clean exit it
+    is renamed to the final path (an existing folder is replaced only when ``replace`` is
+    True -- ``overwrite`` is an alias --, otherwise :class:`ffhquv.errors.PreconditionFailed`
+    is raised on entry). On any exception the temporary folder is deleted and the exception
+    propagates.
+    """
+
+    def __init__(self, final: str | os.PathLike, *, replace: bool = False,
+                 overwrite: bool | None = None):
+        self.final = Path(final)
+        self.replace = replace if overwrite is None else bool(overwrite)  # alias
+        self.tmp: Path | None = None
+
+    def __fspath__(self) -> str:
+        """The temporary folder being written (valid inside the ``with`` block)."""
+        if self.tmp is None:
+            raise RuntimeError("OutputDir used outside its 'with' block")
+        return str(self.tmp)
+
+    def __enter__(self) -> OutputDir:
+        parent = self.final.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        if self.final.exists() and not self.replace:
+            raise PreconditionFailed(
+                f"output folder {self.final} already exists (pass replace=True to overwrite)")
+        self.tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{self.final.name}.tmp-"))
+        os.chmod(self.tmp, 0o755)  # mkdtemp makes 0700 folders
+        return self
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path(name)
+
+    def path(self, name: str) -> Path:
+        """Path of ``name`` inside the temporary folder (sub-folders are created)."""
+        if self.tmp is None:
+            raise RuntimeError("OutputDir used outside its 'with' block")
+        p = self.tmp / check_relative_name(name, allow_subdir=True)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def write_bytes(self, name: str, data: bytes) -> Path:
+        return atomic_write_bytes(self.path(name), data)
+
+    def write_text(self, name: str, text: str) -> Path:
+        return self.write_bytes(name, text.encode("utf-8"))
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        tmp, self.tmp = self.tmp, None
+        if tmp is None:
+            return
+        if exc_type is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        try:
+            if self.final.exists():
+                if not self.replace:
+                    raise PreconditionFailed(f"output folder {self.final} appeared meanwhile")
+                old = Path(tempfile.mkdtemp(dir=self.final.parent,
+                                            prefix=f".{self.final.name}.old-"))
+                os.rename(self.final, old / "d")
+                try:
+                    os.rename(tmp, self.final)
+                except BaseException:
+                    os.rename(old / "d", self.final)  # put the previous folder back
+                    shutil.rmtree(old, ignore_errors=True)
+                    raise
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(tmp, self.final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def read_obj(path: str | os.PathLike) -> MeshData:
+    """Read a triangle / polygon OBJ keeping the file's vertex order (for inputs such as the
+    reference meshes; trimesh reorders or merges vertices at UV seams).
+
+    Polygons are fanned into triangles; ``vt`` indices are kept per corner when every face has
+    them; normals and materials are ignored.
+
+    Returns:
+        :class:`MeshData` with ``vertices [N, 3]``, ``faces [T, 3]`` and, when present,
+        ``uvs [M, 2]`` / ``uv_faces [T, 3]`` (OBJ convention, v up).
+    Raises:
+        InvalidInput: a malformed line or an index out of range.
+    """
+    v: list[list[float]] = []
+    vt: list[list[float]] = []
+    f: list[list[int]] = []
+    ft: list[list[int]] = []
+    all_vt = True
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for ln, line in enumerate(fh, 1):
+            try:
+                if line.startswith("v "):
+                    v.append([float(x) for x in line.split()[1:4]])
+                elif line.startswith("vt "):
+                    vt.append([float(x) for x in line.split()[1:3]])
+                elif line.startswith("f "):
+                    c = [x.split("/") for x in line.split()[1:]]
+                    idx = [int(a[0]) for a in c]
+                    idx = [i - 1 if i > 0 else len(v) + i for i in idx]
+                    has_t = all(len(a) > 1 and a[1] for a in c)
+                    all_vt &= has_t
+                    tix = ([int(a[1]) for a in c] if has_t else [])
+                    tix = [i - 1 if i > 0 else len(vt) + i for i in tix]
+                    for k in range(1, len(idx) - 1):
+                        f.append([idx[0], idx[k], idx[k + 1]])
+                        if has_t:
+                            ft.append([tix[0], tix[k], tix[k + 1]])
+            except (ValueError, IndexError) as e:
+                raise InvalidInput(f"{path}:{ln}: malformed OBJ line: {e}") from None
+    use_uv = all_vt and bool(vt) and len(ft) == len(f)
+    mesh = MeshData(np.array(v, np.float64), np.array(f, np.int64),
+                    np.array(vt, np.float64) if use_uv else None,
+                    np.array(ft, np.int64) if use_uv else None)
+    mesh.validate()
+    return mesh

@@ -1,0 +1,144 @@
+"""Imports run one way, checked on the source with ``ast`` (nothing is imported or run).
+
+Layers, bottom up: the base package ``ffhquv/`` (errors, config, vocab, logs, metrics, pb,
+shared types: mesh, aligned face, OBJ writing), then the services ``services/<name>/``, then
+the gateway and the CLI wiring. Rules, for every import in a file (lazy ones inside functions
+too):
+
+1. no module under ``services/<a>/`` imports ``services.<b>`` (b != a);
+2. no service imports the gateway or the CLI wiring;
+3. nothing in the base package imports a service, the gateway or the CLI wiring.
+
+The CLI wiring (``ffhquv/cli.py``, ``ffhquv/commands.py``) and the deploy tool
+(``ffhquv/deploy.py``) still sit in the base package although they belong above the services;
+moving them is the next step of issue 20. Until then their imports are known exceptions below.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WIRING = ("ffhquv.cli", "ffhquv.commands", "ffhquv.deploy")
+
+# Known violations: (file, imported layer) -> why. This list must shrink, never grow: a new
+# violation fails, and so does an entry that no longer matches (remove it when fixed).
+_CLI = ("the CLI wiring sits in the base package (ffhquv/commands.py); it moves above the "
+        "services with issue 20")
+KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
+    ("ffhquv/cli.py", "ffhquv.commands"): _CLI,
+    ("ffhquv/cli.py", "ffhquv.deploy"): _CLI + "; the deploy tool goes to its own package",
+    ("ffhquv/commands.py", "gateway"): _CLI,
+    ("ffhquv/commands.py", "services.detector"): _CLI,
+    ("ffhquv/commands.py", "services.fitter"): _CLI,
+    ("ffhquv/commands.py", "services.eyeball"): _CLI,
+    ("ffhquv/commands.py", "services.exporter"): _CLI,
+    ("ffhquv/commands.py", "ffhquv.deploy"): _CLI + "; the deploy tool goes to its own package",
+    ("services/exporter/preview.py", "services.fitter"):
+        "previews render with the fitter's camera and mesh renderer (torch); fix: the renderer "
+        "in the base layer, or previews rendered by the fitter",
+    ("services/fitter/facemodel/landmarks.py", "services.detector"):
+        "building the default face model's landmark vertices runs the detector's dlib "
+        "landmarker on renders of the model (optional, lazy); fix: the 68-point landmarker in "
+        "the base layer",
+}
+
+
+def _imported_modules(tree: ast.AST) -> list[tuple[str, int]]:
+    """Absolute module names imported, ``from a import b`` giving both ``a`` and ``a.b``."""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(a.name, node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.append((node.module, node.lineno))
+            out += [(f"{node.module}.{a.name}", node.lineno) for a in node.names]
+    return out
+
+
+def _layer_of_import(module: str) -> str | None:
+    """The layer an import reaches that the rules care about: ``services.<b>``, ``gateway`` or
+    a wiring module; None for anything else."""
+    parts = module.split(".")
+    if parts[0] == "services" and len(parts) > 1:
+        return f"services.{parts[1]}"
+    if parts[0] == "gateway":
+        return "gateway"
+    for w in WIRING:
+        if module == w or module.startswith(w + "."):
+            return w
+    return None
+
+
+def violations(root: Path, files: list[str]) -> dict[tuple[str, str], list[int]]:
+    """``(file, layer) -> lines`` of imports that break the rules (module docstring)."""
+    found: dict[tuple[str, str], list[int]] = {}
+    for rel in files:
+        parts = rel.split("/")
+        tree = ast.parse((root / rel).read_text(), filename=rel)
+        for module, line in _imported_modules(tree):
+            layer = _layer_of_import(module)
+            if layer is None:
+                continue
+            if parts[0] == "services":
+                bad = layer != f"services.{parts[1]}"  # another service, the gateway, wiring
+            elif parts[0] == "ffhquv":
+                own = rel[:-3].replace("/", ".")
+                bad = layer != own
+            else:
+                bad = False
+            if bad:
+                lines = found.setdefault((rel, layer), [])
+                if line not in lines:
+                    lines.append(line)
+    return found
+
+
+def _tracked_python() -> list[str]:
+    out = subprocess.run(["git", "ls-files", "services", "ffhquv", "gateway"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout.split()
+    return sorted(f for f in out if f.endswith(".py"))
+
+
+def test_imports_run_one_way():
+    found = violations(ROOT, _tracked_python())
+    new = {k: v for k, v in found.items() if k not in KNOWN_VIOLATIONS}
+    assert not new, ("imports against the layering (file, layer reached): lines "
+                     f"{new}; see the rules in tests/test_imports.py and docs/conventions.md")
+    fixed = sorted(k for k in KNOWN_VIOLATIONS if k not in found)
+    assert not fixed, f"fixed, remove from KNOWN_VIOLATIONS: {fixed}"
+
+
+def test_the_fitter_and_eyeball_use_base_types():
+    """The aligned face and OBJ writing come from the base layer, not the detector / exporter."""
+    found = violations(ROOT, _tracked_python())
+    for rel, layer in found:
+        assert not (rel.startswith(("services/fitter/", "services/eyeball/"))
+                    and layer in ("services.exporter",))
+        assert not (rel.startswith("services/eyeball/") and layer == "services.detector")
+    for rel in ("services/fitter/core.py", "services/fitter/servicer.py"):
+        mods = {m for m, _ in _imported_modules(ast.parse((ROOT / rel).read_text()))}
+        assert "ffhquv.aligned" in mods and "services.detector.types" not in mods
+
+
+def test_the_rules_see_violations(tmp_path):
+    files = {
+        "services/a/core.py": "from services.b.core import x\nimport services.a.util\n",
+        "services/a/lazy.py": "def f():\n    from gateway import server\n",
+        "services/b/core.py": "from services import b\nfrom services.b import util\n",
+        "ffhquv/base.py": "from ffhquv import commands\nimport services.a.core\n",
+        "ffhquv/ok.py": "from ffhquv import errors, vocab\nimport numpy\n",
+        "gateway/x.py": "from services.a import core\n",
+    }
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    found = violations(tmp_path, sorted(files))
+    assert found == {
+        ("services/a/core.py", "services.b"): [1],
+        ("services/a/lazy.py", "gateway"): [2],
+        ("ffhquv/base.py", "ffhquv.commands"): [1],
+        ("ffhquv/base.py", "services.a"): [2],
+    }
