@@ -258,3 +258,64 @@ def test_exif_rotated_astronaut_landmarks_in_oriented_image(detector, astronaut_
     # and on the upright picture the face is where the astronaut's face is
     x0, y0, x1, y1 = res.faces[0].box
     assert 150 < (x0 + x1) / 2 < 300 and 60 < (y0 + y1) / 2 < 200
+
+
+# -- damage that decoders would paper over (grey or black pixels) ----------------------------------
+
+def _png_chunks(data: bytes) -> list[tuple[int, bytes, int]]:
+    """``[(offset, type, length)]`` of the chunks of a PNG."""
+    out, i = [], 8
+    while i < len(data):
+        length, kind = struct.unpack(">I4s", data[i:i + 8])
+        out.append((i, kind, length))
+        i += 12 + length
+    return out
+
+
+def _noise(side: int = 256) -> np.ndarray:
+    return np.random.default_rng(3).integers(0, 256, (side, side, 3), dtype=np.uint8)
+
+
+def test_png_flipped_idat_byte_is_rejected():
+    data = bytearray(encode(_noise()))
+    off, _, length = next(c for c in _png_chunks(bytes(data)) if c[1] == b"IDAT")
+    data[off + 8 + length // 2] ^= 0x01
+    err = expect_invalid(bytes(data), "^truncated or corrupt PNG: CRC mismatch in the IDAT")
+    assert len(str(err)) < 200
+
+
+def test_png_flipped_idat_byte_with_fixed_crc_is_rejected():
+    """The chunk CRC recomputed after the damage: zlib's Adler-32 still notices."""
+    data = bytearray(encode(_noise()))
+    off, _, length = next(c for c in _png_chunks(bytes(data)) if c[1] == b"IDAT")
+    data[off + 8 + length // 2] ^= 0x01
+    body = bytes(data[off + 4:off + 8 + length])
+    data[off + 8 + length:off + 12 + length] = struct.pack(">I", zlib.crc32(body))
+    expect_invalid(bytes(data), "^truncated or corrupt PNG: ")
+
+
+def test_png_header_larger_than_its_data_is_rejected():
+    """A valid stream of 64x64 under an IHDR that says 64x4000 (CRC fixed)."""
+    data = bytearray(encode(_noise(64)))
+    data[20:24] = struct.pack(">I", 4000)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    expect_invalid(bytes(data), "^truncated or corrupt PNG: ")
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_jpeg_header_claiming_far_more_pixels_than_data(progressive):
+    """256x256 of JPEG data under a frame header that claims 7000x7000."""
+    data = bytearray(encode(_noise(), "JPEG", quality=90, progressive=progressive))
+    sof = data.find(b"\xff\xc2" if progressive else b"\xff\xc0")
+    assert sof > 0
+    data[sof + 5:sof + 9] = struct.pack(">HH", 7000, 7000)
+    err = expect_invalid(bytes(data), "^truncated or corrupt JPEG: the header declares 7000x7000")
+    assert len(str(err)) < 200
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_plain_flat_jpeg_still_decodes(progressive):
+    """A one-colour image compresses to very few bytes per block and stays accepted."""
+    flat = np.full((2048, 2048, 3), 200, np.uint8)
+    data = encode(flat, "JPEG", quality=50, progressive=progressive, optimize=True)
+    assert decode_image(data).rgb.shape == (2048, 2048, 3)

@@ -8,6 +8,11 @@ was received. The checks run cheapest first:
 2. magic bytes (format),
 3. pixel count read from the file header, BEFORE any pixel is decoded (``max_pixels``; a
    decompression bomb is a small file with a huge header size),
+3b. structure against the header (:func:`check_structure`, no pixel decoded): every PNG chunk's
+   CRC-32, the zlib stream of the IDAT chunks (its Adler-32, and its length against the header
+   size), and for JPEG the entropy-coded data against the least a Huffman coder needs for the
+   declared number of blocks (a header that claims 7000x7000 over 256x256 of data, which
+   decoders would pad with grey),
 4. full decode, with truncation treated as an error (no partially loaded images),
 5. conversion of any mode (16-bit, grayscale, alpha, palette, CMYK) to 8-bit RGB, with a note,
 6. EXIF orientation (all 8 values),
@@ -20,8 +25,10 @@ picture; pixel centres at integer coordinates (docs/conventions.md).
 from __future__ import annotations
 
 import io
+import math
 import struct
 import warnings
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -172,6 +179,148 @@ def _jpeg_header(data: bytes) -> tuple[int, int]:
     raise InvalidInput("truncated or corrupt JPEG: no frame header (SOF) found")
 
 
+def _chunk_name(ctype: bytes) -> str:
+    return ctype.decode("latin-1") if ctype.isalpha() else ctype.hex()
+
+
+def _png_raw_size(w: int, h: int, depth: int, ctype: int) -> int:
+    """Bytes of the filtered, non-interlaced image data: ``h * (1 + row bytes)``."""
+    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(ctype, 0)
+    return h * (1 + math.ceil(w * channels * depth / 8))
+
+
+def _check_png(data: bytes, w: int, h: int, depth: int, ctype: int) -> None:
+    """Walk the chunks: lengths within the file, CRC-32 of each, an IEND; then inflate the IDAT
+    stream (its Adler-32 covers every pixel byte) and compare its length with the header's."""
+    view = memoryview(data)
+    i, n = 8, len(data)
+    inflater = zlib.decompressobj()
+    raw = 0
+    limit = _png_raw_size(w, h, depth, ctype) + 1
+    interlaced = n > 28 and data[28] == 1
+    while True:
+        if i + 12 > n:
+            raise InvalidInput(f"truncated or corrupt PNG: the file ends at byte {n} before "
+                               "its IEND chunk")
+        length, ctype_b = struct.unpack(">I4s", data[i:i + 8])
+        end = i + 12 + length
+        if end > n:
+            raise InvalidInput(f"truncated or corrupt PNG: the {_chunk_name(ctype_b)} chunk "
+                               f"at byte {i} declares {length} bytes, "
+                               f"{max(0, n - i - 12)} are left")
+        (crc,) = struct.unpack(">I", data[end - 4:end])
+        if zlib.crc32(view[i + 4:end - 4]) != crc:
+            raise InvalidInput("truncated or corrupt PNG: CRC mismatch in the "
+                               f"{_chunk_name(ctype_b)} chunk at byte {i}")
+        if ctype_b == b"IDAT" and not inflater.eof:
+            try:
+                buf = inflater.decompress(view[i + 8:end - 4], 1 << 20)
+                raw += len(buf)
+                while inflater.unconsumed_tail and raw <= limit:
+                    buf = inflater.decompress(inflater.unconsumed_tail, 1 << 20)
+                    raw += len(buf)
+            except zlib.error as e:
+                raise InvalidInput("truncated or corrupt PNG: image data does not inflate "
+                                   f"({e})") from None
+            if raw > limit and not interlaced:
+                raise InvalidInput("truncated or corrupt PNG: more image data than the "
+                                   "header's size")
+        if ctype_b == b"IEND":
+            break
+        i = end
+    if not inflater.eof:
+        raise InvalidInput("truncated or corrupt PNG: the image data stream is incomplete")
+    if not interlaced and ctype in (0, 2, 3, 4, 6) and raw != limit - 1:
+        raise InvalidInput(f"truncated or corrupt PNG: {raw} bytes of image data for a "
+                           f"{w}x{h} header ({limit - 1} expected)")
+
+
+_SEQUENTIAL_HUFFMAN = (0xC0, 0xC1)
+_PROGRESSIVE_HUFFMAN = (0xC2,)
+
+
+def _check_jpeg(data: bytes) -> None:
+    """Compare the entropy-coded data after the first SOS with the least a Huffman coder needs
+    for the frame's blocks: each block costs at least 2 bits in a sequential scan (a DC code and
+    an end-of-block code of at least one bit each) and 1 bit in a progressive DC scan."""
+    i, n = 2, len(data)
+    frame = None
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return  # the header parser already reported structural damage
+        marker = data[i + 1]
+        if marker == 0xFF or marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 1 if marker == 0xFF else 2
+            continue
+        seg_len = struct.unpack(">H", data[i + 2:i + 4])[0]
+        if marker in _SEQUENTIAL_HUFFMAN + _PROGRESSIVE_HUFFMAN and i + 10 <= n:
+            h, w, nf = struct.unpack(">HHB", data[i + 5:i + 10])
+            comps = [(data[i + 11 + 3 * k] >> 4, data[i + 11 + 3 * k] & 15)
+                     for k in range(nf) if i + 12 + 3 * k <= n]
+            frame = (marker, w, h, comps)
+        elif marker in (0xC3, 0xC5, 0xC6, 0xC7) or 0xC9 <= marker <= 0xCF:
+            return  # lossless / hierarchical / arithmetic: no simple lower bound
+        if marker == 0xDA:
+            break
+        if marker == 0xD9:
+            return
+        i += 2 + seg_len
+    else:
+        return
+    if frame is None or not frame[3]:
+        return
+    marker, w, h, comps = frame
+    hmax = max(c[0] for c in comps) or 1
+    vmax = max(c[1] for c in comps) or 1
+    mcus = math.ceil(w / (8 * hmax)) * math.ceil(h / (8 * vmax))
+    blocks = mcus * sum(max(1, hc) * max(1, vc) for hc, vc in comps)
+    bits = 2 if marker in _SEQUENTIAL_HUFFMAN else 1
+    need = blocks * bits // 8
+    have = n - i
+    if have < need:
+        raise InvalidInput(f"truncated or corrupt JPEG: the header declares {w}x{h} pixels, "
+                           f"which need at least {need} bytes of image data; {have} follow")
+
+
+def check_structure(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES,
+                    max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
+    """The checks that need no pixel decode (steps 1-3b above), in milliseconds; returns the
+    format (``"JPEG"`` / ``"PNG"``). Raises InvalidInput with the reason."""
+    _check_head(data, max_bytes, max_pixels)
+    fmt = sniff_format(data)
+    if fmt == "PNG":
+        _check_png(data, *_png_header(data))
+    else:
+        _check_jpeg(data)
+    return fmt
+
+
+def _check_head(data: bytes, max_bytes: int, max_pixels: int) -> tuple[str, int, int, tuple | None]:
+    n = len(data)
+    if n == 0:
+        raise InvalidInput("empty image: 0 bytes received; send JPEG or PNG")
+    if n > max_bytes:
+        raise InvalidInput(f"image file too large: {n / 2**20:.1f} MiB, limit is "
+                           f"{max_bytes / 2**20:.1f} MiB")
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise InvalidInput(_describe_unknown(data))
+    if fmt not in ("JPEG", "PNG"):
+        raise InvalidInput(f"unsupported image format {fmt}; send JPEG or PNG")
+    png_info = None
+    if fmt == "PNG":
+        png_info = _png_header(data)
+        w, h = png_info[:2]
+    else:
+        w, h = _jpeg_header(data)
+    if w == 0 or h == 0:
+        raise InvalidInput(f"truncated or corrupt {fmt}: header says {w}x{h} pixels")
+    if w * h > max_pixels:
+        raise InvalidInput(f"image has too many pixels: {w}x{h} = {w * h / 1e6:.1f} MP, limit "
+                           f"is {max_pixels / 1e6:.1f} MP")
+    return fmt, w, h, png_info
+
+
 # ----------------------------------------------------------------------------- orientation
 
 def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
@@ -318,29 +467,11 @@ def decode_image(
             too small; the message names the problem.
     """
     data = bytes(data)
-    n = len(data)
-    if n == 0:
-        raise InvalidInput("empty image: 0 bytes received; send JPEG or PNG")
-    if n > max_bytes:
-        raise InvalidInput(f"image file too large: {n / 2**20:.1f} MiB, limit is "
-                           f"{max_bytes / 2**20:.1f} MiB")
-    fmt = sniff_format(data)
-    if fmt is None:
-        raise InvalidInput(_describe_unknown(data))
-    if fmt not in ("JPEG", "PNG"):
-        raise InvalidInput(f"unsupported image format {fmt}; send JPEG or PNG")
-
-    png_info = None
-    if fmt == "PNG":
-        png_info = _png_header(data)
-        w, h = png_info[:2]
+    fmt, w, h, png_info = _check_head(data, max_bytes, max_pixels)
+    if png_info is not None:
+        _check_png(data, *png_info)
     else:
-        w, h = _jpeg_header(data)
-    if w == 0 or h == 0:
-        raise InvalidInput(f"truncated or corrupt {fmt}: header says {w}x{h} pixels")
-    if w * h > max_pixels:
-        raise InvalidInput(f"image has too many pixels: {w}x{h} = {w * h / 1e6:.1f} MP, limit "
-                           f"is {max_pixels / 1e6:.1f} MP")
+        _check_jpeg(data)
 
     notes: list[str] = []
     try:
