@@ -332,3 +332,14 @@ def test_landmark_model_is_configurable(tmp_path, monkeypatch):
     missing = tmp_path / "missing.dat"
     with pytest.raises(FileNotFoundError, match=f"landmark model missing: {missing}"):
         Detector("hog", landmark_model=missing)
+
+
+def test_cut_off_face_gets_a_warning(detector, astronaut_rgb, astronaut_res):
+    """The photo cut through the mouth: the chin's landmarks fall outside, and the result says
+    so; the whole face gets no such note."""
+    assert not any(n.startswith("partial face") for n in astronaut_res.notes)
+    lm = astronaut_res.faces[astronaut_res.selected_index].landmarks
+    cut = int(lm[:, 1].min() + 0.8 * (lm[:, 1].max() - lm[:, 1].min()))
+    res = detector.detect(encode(np.ascontiguousarray(astronaut_rgb[:cut])))
+    notes = [n for n in res.notes if n.startswith("partial face")]
+    assert notes and "bottom edge" in notes[0]

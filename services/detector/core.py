@@ -118,6 +118,25 @@ def _resize_longest(img: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     return small, nw / w
 
 
+
+def partial_face_note(landmarks: np.ndarray, width: int, height: int,
+                      margin: float = 0.0) -> str | None:
+    """A warning when the face is cut off by the image border: some of its ``float [68, 2]``
+    landmarks (pixels) lie outside ``[0, width) x [0, height)``; their part of the head is
+    guessed by the model, not seen in the photo."""
+    lm = np.asarray(landmarks, np.float64)
+    outside = ((lm[:, 0] < -margin) | (lm[:, 0] > width - 1 + margin)
+               | (lm[:, 1] < -margin) | (lm[:, 1] > height - 1 + margin))
+    n = int(outside.sum())
+    if n == 0:
+        return None
+    sides = [name for name, m in (("left", lm[:, 0] < 0), ("right", lm[:, 0] > width - 1),
+                                  ("top", lm[:, 1] < 0), ("bottom", lm[:, 1] > height - 1))
+             if m.any()]
+    return (f"partial face: {n} of {len(lm)} landmarks lie outside the image "
+            f"({', '.join(sides)} edge); that part of the head is estimated, not seen")
+
+
 class Detector:
     """Face detection, landmarks, alignment and masks for one photo at a time.
 
@@ -326,6 +345,9 @@ class Detector:
         faces.sort(key=lambda fb: (-fb.area, -fb.score))
         idx = self.select(faces, selection)
         face = faces[idx]
+        note = partial_face_note(face.landmarks, rgb.shape[1], rgb.shape[0])
+        if note:
+            notes.append(note)
         crop, crop_lm, a, hires = align.align_face(rgb, face.landmarks, unwrap_size)
         skin, parse, source = masks.compute_masks(crop, crop_lm, self.parser)
         aligned = AlignedFace(crop=crop, crop_landmarks=crop_lm, image_to_crop=a,
