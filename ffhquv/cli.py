@@ -42,7 +42,6 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--topo-dir", default=None, help="the paper's topo_assets/ (for hifi3dpp)")
     p.add_argument("--remote", default=None, metavar="ADDR",
                    help="send the work to a gateway at ADDR instead of running in process")
-    p.add_argument("--token", default=None, help="bearer token for --remote")
     p.add_argument("--retry-deadline", type=float, default=600.0, metavar="S",
                    help="--remote: keep retrying RESOURCE_EXHAUSTED / UNAVAILABLE (jittered "
                         "backoff, honouring the server's RetryInfo) for up to S seconds per "
@@ -54,6 +53,9 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
                    help="dlib 68-point shape predictor .dat to use instead of the one in "
                         "face_recognition_models (non-commercial terms; README 'Models and "
                         "licences'); also FFHQUV_LANDMARK_MODEL")
+    p.add_argument("--token", default=None, help="bearer token for --remote (visible in ps: "
+                   "prefer --token-file or FFHQUV_AUTH_TOKEN)")
+    p.add_argument("--token-file", default=None, help="file holding the bearer token")
     p.add_argument("--overwrite", action="store_true", help="replace existing OUT/<stem>/")
     p.add_argument("--batch-size", type=int, default=0,
                    help="photos fitted together (0 = 1 on CPU, up to 8 on CUDA)")
@@ -78,7 +80,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--storage-dir", default=None, help="gateway artifact folder")
     p.add_argument("--max-queue", type=int, default=None, help="gateway queue bound")
     p.add_argument("--max-concurrent", type=int, default=None, help="gateway fits in parallel")
-    p.add_argument("--token", default=None, help="require this bearer token (gateway)")
+    p.add_argument("--token", default=None, help="require this bearer token (gateway; visible "
+                   "in ps: prefer --token-file or FFHQUV_AUTH_TOKEN[_FILE])")
+    p.add_argument("--token-file", default=None, help="file holding the gateway's bearer token")
     p.add_argument("--tls-cert", default=None)
     p.add_argument("--tls-key", default=None)
     p.add_argument("--tls-ca", default=None, help="CA for client certificates (mTLS)")

@@ -346,9 +346,11 @@ def _fit_remote(args, photos: list[Path], stems: list[str], out: Path,
     from ffhquv.errors import status_details
     from ffhquv.pb import common_pb2, gateway_pb2, gateway_pb2_grpc
     from ffhquv.server import channel
+    from gateway.security import read_token
 
     opts = _options(args)
-    metadata = [("authorization", f"Bearer {args.token}")] if args.token else None
+    token = read_token(args.token, getattr(args, "token_file", None))
+    metadata = [("authorization", f"Bearer {token}")] if token else None
     with channel(args.remote) as ch:
         stub = gateway_pb2_grpc.ReconstructionStub(ch)
         for photo, stem in zip(photos, stems, strict=True):
@@ -454,8 +456,10 @@ def _addr(flag: str | None, env: str) -> str | None:
 
 def _serve_service(args: argparse.Namespace) -> int:
     from ffhquv.server import build_server, serve_forever
-    from gateway.security import server_credentials
+    from ffhquv.supervisor import die_with_parent
+    from gateway.security import BearerAuth, internal_token, server_credentials
 
+    die_with_parent()
     name = args.service
     if name == "detector":
         from services.detector.servicer import register
@@ -482,8 +486,13 @@ def _serve_service(args: argparse.Namespace) -> int:
     cores = os.cpu_count() or 4
     workers = args.workers or {"detector": max(4, cores), "fitter": 64, "eyeball": max(4, cores),
                                "exporter": max(4, cores)}[name]
+    token = internal_token()
     running = build_server(register, port=args.port, host=args.host, max_workers=workers,
-                           metrics_port=_metrics_port(args), credentials=creds)
+                           metrics_port=_metrics_port(args), credentials=creds,
+                           interceptors=[BearerAuth(token)] if token else ())
+    if not token and creds is None:
+        log.warning("no internal credentials: this service answers any caller that reaches "
+                    "its port (set FFHQUV_INTERNAL_TOKEN[_FILE] or FFHQUV_TLS_CA for mTLS)")
     if args.port_file:
         Path(args.port_file).write_text(str(running.port))
     print(f"ffhquv {name} serving on {args.host}:{running.port}", file=sys.stderr, flush=True)
@@ -501,14 +510,18 @@ def _gateway(args: argparse.Namespace, addrs: dict[str, str]):
     from ffhquv.config import cache_dir
     from gateway.backends import GrpcBackends
     from gateway.orchestrator import Orchestrator
-    from gateway.security import channel_credentials, server_credentials
+    from gateway.security import (
+        channel_credentials,
+        internal_token,
+        read_token,
+        server_credentials,
+    )
     from gateway.server import GatewayLimits, GatewayServer
     from gateway.storage import LocalArtifactStore
 
-    ca = args.tls_ca or os.environ.get("FFHQUV_TLS_CA")
-    cert = args.tls_cert or os.environ.get("FFHQUV_TLS_CERT")
-    key = args.tls_key or os.environ.get("FFHQUV_TLS_KEY")
-    backends = GrpcBackends(**addrs, credentials=channel_credentials(ca, cert, key))
+    ca, cert, key = _tls_paths(args)
+    backends = GrpcBackends(**addrs, credentials=channel_credentials(ca, cert, key),
+                            token=internal_token())
     storage = Path(args.storage_dir or os.environ.get("FFHQUV_STORAGE_DIR")
                    or cache_dir() / "artifacts")
     store = LocalArtifactStore(storage, int(os.environ.get("FFHQUV_STORAGE_MAX_BYTES",
@@ -520,33 +533,49 @@ def _gateway(args: argparse.Namespace, addrs: dict[str, str]):
         max_concurrent=args.max_concurrent or int(os.environ.get("FFHQUV_MAX_CONCURRENT",
                                                                  "16")))
     return GatewayServer(Orchestrator(backends), store, port=args.port, host=args.host,
-                         limits=limits, token=args.token or os.environ.get("FFHQUV_AUTH_TOKEN"),
+                         limits=limits,
+                         token=read_token(args.token, getattr(args, "token_file", None)),
                          credentials=server_credentials(cert, key, ca),
                          metrics_port=_metrics_port(args), close_backends=backends.close)
 
 
-def _run_gateway_forever(server) -> None:
+def _tls_paths(args: argparse.Namespace) -> tuple[str | None, str | None, str | None]:
+    """``(ca, cert, key)`` from the flags, else ``FFHQUV_TLS_CA/CERT/KEY``."""
+    return (args.tls_ca or os.environ.get("FFHQUV_TLS_CA"),
+            args.tls_cert or os.environ.get("FFHQUV_TLS_CERT"),
+            args.tls_key or os.environ.get("FFHQUV_TLS_KEY"))
+
+
+def _run_gateway_forever(server, on_signal=None) -> None:
     async def main() -> None:
         await server.start_async()
         print(f"ffhquv gateway serving on {server.host}:{server.port}", file=sys.stderr,
               flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def stopping() -> None:
+            if on_signal is not None:
+                on_signal()
+            stop.set()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, stopping)
         await stop.wait()
         await server.stop_async(10.0)
 
     asyncio.run(main())
 
 
-def wait_healthy(address: str, timeout: float = 120.0) -> None:
-    """Block until ``address`` answers grpc.health.v1 SERVING."""
+def wait_healthy(address: str, timeout: float = 120.0, credentials=None) -> None:
+    """Block until ``address`` answers grpc.health.v1 SERVING (over TLS with
+    ``credentials``: the same transport the callers use)."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     end = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as ch:
+    with (grpc.secure_channel(address, credentials) if credentials is not None
+          else grpc.insecure_channel(address)) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         while True:
             try:
@@ -561,15 +590,33 @@ def wait_healthy(address: str, timeout: float = 120.0) -> None:
 
 
 def spawn_service(name: str, extra: list[str] | None = None,
-                  env: dict[str, str] | None = None,
-                  port: int = 0) -> tuple[subprocess.Popen, str]:
+                  env: dict[str, str | None] | None = None,
+                  port: int = 0, credentials=None) -> tuple[subprocess.Popen, str]:
     """Start ``ffhquv serve NAME`` in a child process on loopback ``port`` (0 = a free one);
-    returns the process and its address once it is healthy."""
+    returns the process and its address once it is healthy (checked with ``credentials`` when
+    the child serves TLS). ``env`` entries set to None are removed from the child's
+    environment."""
+    return await_service(name, *launch_service(name, extra, env, port),
+                         credentials=credentials)
+
+
+def launch_service(name: str, extra: list[str] | None = None,
+                   env: dict[str, str | None] | None = None,
+                   port: int = 0) -> tuple[subprocess.Popen, Path]:
+    """The first half of :func:`spawn_service`: start the process, return it and the file
+    where it will write its port."""
     port_file = Path(tempfile.mkstemp(prefix=f"ffhquv-{name}-", suffix=".port")[1])
     port_file.unlink()
     cmd = [sys.executable, "-m", "ffhquv.cli", "serve", name, "--port", str(port),
            "--metrics-port", "0", "--port-file", str(port_file), *(extra or [])]
-    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})})
+    child_env = {**os.environ, **(env or {})}
+    proc = subprocess.Popen(cmd, env={k: v for k, v in child_env.items() if v is not None})
+    return proc, port_file
+
+
+def await_service(name: str, proc: subprocess.Popen, port_file: Path,
+                  credentials=None) -> tuple[subprocess.Popen, str]:
+    """The second half of :func:`spawn_service`: wait for the port and for health."""
     end = time.monotonic() + 300
     while not port_file.exists() or not port_file.read_text().strip():
         if proc.poll() is not None:
@@ -580,7 +627,12 @@ def spawn_service(name: str, extra: list[str] | None = None,
         time.sleep(0.1)
     address = f"127.0.0.1:{int(port_file.read_text())}"
     port_file.unlink(missing_ok=True)
-    wait_healthy(address)
+    try:
+        wait_healthy(address, credentials=credentials)
+    except TimeoutError:
+        proc.kill()
+        proc.wait(timeout=10)
+        raise
     return proc, address
 
 
@@ -611,38 +663,72 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                          for k in missing))
         _run_gateway_forever(_gateway(args, addrs))
         return 0
-    # all: the four services as child processes on free loopback ports, the gateway here. The
-    # CPU services run as several processes on big machines (their Python work holds the GIL,
-    # so threads of one process do not scale); the gateway balances calls over them.
-    children: list[subprocess.Popen] = []
+    return _serve_all(args)
+
+
+def _serve_all(args: argparse.Namespace) -> int:
+    """The four services as supervised child processes on free loopback ports, the gateway in
+    this process.
+
+    Inside the stack: with a CA (``--tls-ca``) every child serves mutual TLS with the same
+    certificate and key, and the gateway and the health checks call them with it; without one
+    the children serve plaintext on loopback. Either way every internal call carries the
+    internal token (``FFHQUV_INTERNAL_TOKEN[_FILE]``, else a random one per start), passed to
+    the children in their environment, never on a command line.
+    """
+    import secrets
+
+    from ffhquv.supervisor import PARENT_PID_ENV, Supervisor
+    from gateway.security import channel_credentials, internal_token
+
+    ca, cert, key = _tls_paths(args)
+    token = internal_token() or secrets.token_urlsafe(32)
+    os.environ["FFHQUV_INTERNAL_TOKEN"] = token  # the gateway here reads it too
+    os.environ.pop("FFHQUV_INTERNAL_TOKEN_FILE", None)
+    env: dict[str, str | None] = {
+        PARENT_PID_ENV: str(os.getpid()), "FFHQUV_INTERNAL_TOKEN": token,
+        "FFHQUV_AUTH_TOKEN": None, "FFHQUV_AUTH_TOKEN_FILE": None}
+    if ca:
+        if not (cert and key):
+            raise SystemExit("ffhquv serve all: --tls-ca needs --tls-cert and --tls-key")
+        env.update({"FFHQUV_TLS_CA": str(Path(ca).resolve()),
+                    "FFHQUV_TLS_CERT": str(Path(cert).resolve()),
+                    "FFHQUV_TLS_KEY": str(Path(key).resolve())})
+        creds = channel_credentials(ca, cert, key)
+    else:
+        env.update(dict.fromkeys(("FFHQUV_TLS_CA", "FFHQUV_TLS_CERT", "FFHQUV_TLS_KEY")))
+        creds = None
+    # The CPU services run as several processes on big machines (their Python work holds the
+    # GIL, so threads of one process do not scale); the gateway balances calls over them.
+    names = [name for name in ("detector", "fitter", "eyeball", "exporter")
+             for _ in range(1 if name == "fitter" else cpu_service_replicas())]
+    sup = Supervisor()
     try:
         from concurrent.futures import ThreadPoolExecutor
 
-        names = [name for name in ("detector", "fitter", "eyeball", "exporter")
-                 for _ in range(1 if name == "fitter" else cpu_service_replicas())]
+        def start(port: int, name: str) -> tuple[subprocess.Popen, str]:
+            extra = ["--device", args.device] if name == "fitter" else []
+            return spawn_service(name, extra, env=env, port=port, credentials=creds)
 
-        def start(name: str) -> tuple[subprocess.Popen, str]:
-            proc, addr = spawn_service(
-                name, ["--device", args.device] if name == "fitter" else [])
-            children.append(proc)
-            return proc, addr
-
-        with ThreadPoolExecutor(len(names)) as pool:  # they load and warm up side by side
-            started = list(pool.map(start, names))
-        addrs = {}
+        # Forked here, in the main thread (the parent-death signal follows the forking
+        # thread), then they load and warm up side by side.
+        launched = [launch_service(n, ["--device", args.device] if n == "fitter" else [],
+                                   env=env) for n in names]
+        with ThreadPoolExecutor(len(names)) as pool:
+            started = list(pool.map(lambda ln: await_service(*ln, credentials=creds),
+                                    [(n, *x) for n, x in zip(names, launched, strict=True)]))
+        addrs: dict[str, str] = {}
+        for i, (name, (proc, addr)) in enumerate(zip(names, started, strict=True)):
+            key = name if names.count(name) == 1 else f"{name}-{names[:i].count(name)}"
+            sup.add(key, lambda port, name=name: start(port, name), started=(proc, addr))
         for name in dict.fromkeys(names):
             found = [a for n, (_, a) in zip(names, started, strict=True) if n == name]
             addrs[name] = found[0] if len(found) == 1 else "ipv4:" + ",".join(found)
             print(f"ffhquv {name} on {addrs[name]}", file=sys.stderr, flush=True)
-        _run_gateway_forever(_gateway(args, addrs))
+        sup.start()
+        _run_gateway_forever(_gateway(args, addrs), on_signal=sup.stop_restarts)
     finally:
-        for proc in children:
-            proc.terminate()
-        for proc in children:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        sup.stop()
     return 0
 
 

@@ -213,3 +213,15 @@ def status_details(err: grpc.RpcError) -> StatusDetails:
             any_.Unpack(ri)
             out.retry_after = ri.retry_delay.ToNanoseconds() / 1e9
     return out
+
+
+ECHO_CHARS = 40
+
+
+def echo(value: object, limit: int = ECHO_CHARS) -> str:
+    """``repr`` of user input for an error message, cut to ``limit`` characters (plus the full
+    length when cut): messages stay short and never carry a client's whole payload back."""
+    s = value if isinstance(value, str) else str(value)
+    if len(s) <= limit:
+        return repr(s)
+    return f"{s[:limit]!r}... ({len(s)} characters)"

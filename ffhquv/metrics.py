@@ -36,6 +36,14 @@ FIT_QUEUE_SECONDS = Histogram(
     "Seconds a fit request waited in the batcher's queue before its batch started",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40),
 )
+CHILD_RESTARTS = Counter(
+    "ffhquv_child_restarts_total", "Services restarted by serve all after they died", ["child"]
+)
+CHILD_UP = Gauge("ffhquv_child_up", "1 while serve all's child process is running", ["child"])
+BACKEND_UP = Gauge(
+    "ffhquv_backend_up", "1 while the gateway sees the backend SERVING (grpc.health.v1)",
+    ["backend"]
+)
 
 _started: dict[int, int] = {}
 

@@ -160,11 +160,13 @@ def build_server(
     metrics_port: int | None = None,
     credentials: grpc.ServerCredentials | None = None,
     max_concurrent_rpcs: int | None = None,
+    interceptors: Iterable[grpc.ServerInterceptor] = (),
 ) -> RunningServer:
-    """Create, register and start a sync gRPC server; ``port=0`` picks a free port."""
+    """Create, register and start a sync gRPC server; ``port=0`` picks a free port.
+    ``interceptors`` (e.g. authentication) run before the project's own."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        interceptors=[ServiceInterceptor()],
+        interceptors=[*interceptors, ServiceInterceptor()],
         options=SERVER_OPTIONS,
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )

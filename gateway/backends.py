@@ -7,13 +7,14 @@ import logging
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ffhquv import tracing
+from ffhquv import metrics, tracing
 from ffhquv.errors import BackendUnavailable
 from ffhquv.pb import (
     detector_pb2,
@@ -59,17 +60,90 @@ def _aio_channel(target: str, credentials: grpc.ChannelCredentials | None) -> gr
     return grpc.aio.insecure_channel(target, options=opts, interceptors=icpt)
 
 
+BACKEND_SERVICES = {
+    "detector": detector_pb2.DESCRIPTOR.services_by_name["Detector"].full_name,
+    "fitter": fitter_pb2.DESCRIPTOR.services_by_name["Fitter"].full_name,
+    "eyeball": eyeball_pb2.DESCRIPTOR.services_by_name["Eyeball"].full_name,
+    "exporter": exporter_pb2.DESCRIPTOR.services_by_name["Exporter"].full_name,
+}
+HealthCallback = Callable[[str, bool], Awaitable[None]]
+
+
 class GrpcBackends:
-    """The services at their addresses (``host:port`` or ``dns:///name:port``)."""
+    """The services at their addresses (``host:port`` or ``dns:///name:port``).
+
+    ``token`` (the internal token) is sent as ``authorization: Bearer`` on every call. After
+    :meth:`watch_health` each backend's grpc.health.v1 state is followed by a Watch stream (over
+    the same channel, so the same transport and credentials); :meth:`down` names the backends
+    that are known to be down, so that the gateway refuses new work at once instead of queueing
+    it behind a dead service.
+    """
 
     def __init__(self, detector: str, fitter: str, eyeball: str, exporter: str,
                  credentials: grpc.ChannelCredentials | None = None,
-                 retry: RetryPolicy | None = None):
+                 retry: RetryPolicy | None = None, token: str | None = None):
         self.addresses = {"detector": detector, "fitter": fitter, "eyeball": eyeball,
                           "exporter": exporter}
         self.retry = retry or RetryPolicy()
         self.credentials = credentials
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._up: dict[str, bool | None] = dict.fromkeys(self.addresses)
+        self._since: dict[str, float] = dict.fromkeys(self.addresses, time.monotonic())
+        self._watchers: list[asyncio.Task] = []
+
+    # -- health ---------------------------------------------------------------------------------
+    def down(self, names: Iterable[str] | None = None) -> list[str]:
+        """The backends among ``names`` (default: all) whose last health state was not SERVING
+        (unknown counts as up: the call itself will tell)."""
+        return [n for n in (names or self.addresses) if self._up.get(n) is False]
+
+    def down_for(self, name: str) -> float:
+        """Seconds since ``name`` changed state."""
+        return time.monotonic() - self._since[name]
+
+    async def watch_health(self, on_change: HealthCallback | None = None,
+                           retry_s: float = 0.5) -> None:
+        """Follow every backend's health on this event loop until :meth:`close`."""
+        loop = asyncio.get_running_loop()
+        for name in self.addresses:
+            self._watchers.append(loop.create_task(self._watch(name, on_change, retry_s),
+                                                   name=f"health-{name}"))
+
+    async def _set(self, name: str, up: bool, on_change: HealthCallback | None,
+                   why: str = "") -> None:
+        if self._up.get(name) is up:
+            return
+        first = self._up.get(name) is None
+        self._up[name] = up
+        self._since[name] = time.monotonic()
+        metrics.BACKEND_UP.labels(name).set(1 if up else 0)
+        if not (first and up):
+            (log.info if up else log.warning)(
+                "backend up" if up else "backend down",
+                extra={"backend": name, "address": self.addresses[name], "why": why[:200]})
+        if on_change is not None:
+            await on_change(name, up)
+
+    async def _watch(self, name: str, on_change: HealthCallback | None, retry_s: float) -> None:
+        while True:
+            stub = health_pb2_grpc.HealthStub(self._channel(name))
+            why = "health stream ended"
+            try:
+                call = stub.Watch(health_pb2.HealthCheckRequest(service=""))
+                async for resp in call:
+                    serving = resp.status == health_pb2.HealthCheckResponse.SERVING
+                    await self._set(name, serving, on_change,
+                                    health_pb2.HealthCheckResponse.ServingStatus.Name(
+                                        resp.status))
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as e:
+                why = f"{e.code().name}: {e.details()}"
+            except Exception as e:  # noqa: BLE001 - a watcher must not die
+                why = f"{type(e).__name__}: {e}"
+            await self._set(name, False, on_change, why)
+            await asyncio.sleep(retry_s)
 
     def _channel(self, service: str) -> grpc.aio.Channel:
         # aio channels belong to the event loop that creates them: make them lazily, on the
@@ -96,6 +170,14 @@ class GrpcBackends:
         return exporter_pb2_grpc.ExporterStub(self._channel("exporter"))
 
     async def close(self) -> None:
+        for t in self._watchers:
+            t.cancel()
+        for t in self._watchers:
+            try:
+                await t
+            except asyncio.CancelledError:
+                pass
+        self._watchers.clear()
         for ch in self._channels.values():
             await ch.close()
         self._channels.clear()
@@ -109,7 +191,8 @@ class GrpcBackends:
             if left is not None and left <= 0:
                 break
             try:
-                return await call(req, timeout=left, wait_for_ready=False)
+                return await call(req, timeout=left, wait_for_ready=False,
+                                  metadata=self.metadata)
             except grpc.aio.AioRpcError as e:
                 if e.code() != grpc.StatusCode.UNAVAILABLE:
                     raise
@@ -144,7 +227,7 @@ class GrpcBackends:
             left = None if end is None else end - time.monotonic()
             if left is not None and left <= 0:
                 break
-            call = self._fitter.Fit(req, timeout=left)
+            call = self._fitter.Fit(req, timeout=left, metadata=self.metadata)
             try:
                 async for ev in call:
                     yield ev

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ffhquv import metrics
-from ffhquv.errors import BackendUnavailable, InvalidInput
+from ffhquv.errors import BackendUnavailable, InvalidInput, echo
 from ffhquv.pb import (
     common_pb2,
     detector_pb2,
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[common_pb2.Progress], Awaitable[None]]
 FACE_MODELS = ("default", "hifi3dpp")
+PIPELINE_BACKENDS = ("detector", "fitter", "eyeball", "exporter")
 
 
 class Backends(Protocol):
@@ -69,11 +70,53 @@ class PipelineOutput:
     warnings: list[str] = field(default_factory=list)
 
 
+# Longest accepted string fields (checked before anything else looks at them).
+MAX_LENGTHS = {"request_id": 128, "image.filename": 1024, "options.face_model": 32}
+MAX_FORMATS = 16
+
+
+def _enum_ok(enum, value: int) -> bool:
+    return value in enum.values()
+
+
+def validate_request(req: gateway_pb2.ReconstructRequest) -> None:
+    """Raise InvalidInput for a request no service would accept: string lengths first, then
+    every option (so a bad option fails before any work, not after a fit)."""
+    for path, limit in MAX_LENGTHS.items():
+        obj = req
+        for part in path.split("."):
+            obj = getattr(obj, part)
+        if len(obj) > limit:
+            raise InvalidInput(f"{path} is {len(obj)} characters; the limit is {limit}",
+                               field=path)
+    validate_options(req.options)
+
+
 def validate_options(opts: gateway_pb2.Options) -> None:
     """Raise InvalidInput for option values no service would accept."""
+    if len(opts.face_model) > MAX_LENGTHS["options.face_model"]:
+        raise InvalidInput(f"face_model is {len(opts.face_model)} characters; the limit is "
+                           f"{MAX_LENGTHS['options.face_model']}", field="options.face_model")
     if opts.face_model and opts.face_model not in FACE_MODELS:
-        raise InvalidInput(f"unknown face_model {opts.face_model!r}; use one of {FACE_MODELS}",
-                           field="options.face_model")
+        raise InvalidInput(f"unknown face_model {echo(opts.face_model)}; use one of "
+                           f"{FACE_MODELS}", field="options.face_model")
+    checks = (("preset", common_pb2.Preset, opts.preset),
+              ("device_hint", common_pb2.Device, opts.device_hint),
+              ("face_selection", detector_pb2.FaceSelection, opts.face_selection),
+              ("detector_backend", detector_pb2.DetectorBackend, opts.detector_backend))
+    for name, enum, value in checks:
+        if not _enum_ok(enum, value):
+            raise InvalidInput(f"unknown {name} value {value}; use one of "
+                               f"{', '.join(enum.keys())}", field=f"options.{name}")
+    if len(opts.formats) > MAX_FORMATS:
+        raise InvalidInput(f"{len(opts.formats)} export formats given; at most {MAX_FORMATS}",
+                           field="options.formats")
+    for f in opts.formats:
+        if f == exporter_pb2.EXPORT_FORMAT_UNSPECIFIED or not _enum_ok(exporter_pb2.ExportFormat,
+                                                                       f):
+            raise InvalidInput(f"unknown export format value {f}; use one of "
+                               f"{', '.join(exporter_pb2.ExportFormat.keys()[1:])}",
+                               field="options.formats")
     if opts.texture_size and not 256 <= opts.texture_size <= 2048:
         raise InvalidInput(f"texture_size must be within 256..2048, got {opts.texture_size}",
                            field="options.texture_size")
@@ -97,10 +140,23 @@ class Orchestrator:
         self.backends = backends
         self.deadlines = deadlines or Deadlines()
 
+    def preflight(self, req: gateway_pb2.ReconstructRequest) -> None:
+        """Everything that can be refused before any work: the request's fields and options,
+        and the backends this request needs (UNAVAILABLE at once when one is known to be down,
+        with backends that follow their health, see :meth:`GrpcBackends.down`)."""
+        validate_request(req)
+        down = getattr(self.backends, "down", None)
+        if down is not None:
+            dead = down(PIPELINE_BACKENDS)
+            if dead:
+                raise BackendUnavailable(
+                    f"{', '.join(dead)} service{'s are' if len(dead) > 1 else ' is'} down "
+                    "(health check failing); retry later")
+
     async def run(self, req: gateway_pb2.ReconstructRequest,
                   progress: ProgressFn | None = None) -> PipelineOutput:
         opts = req.options
-        validate_options(opts)
+        self.preflight(req)
         t0 = time.perf_counter()
         name = output_stem(req.image.filename)
 

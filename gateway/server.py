@@ -35,13 +35,24 @@ from ffhquv.errors import (
 )
 from ffhquv.pb import common_pb2, gateway_pb2, gateway_pb2_grpc
 from ffhquv.server import SERVER_OPTIONS
-from gateway.orchestrator import Orchestrator, PipelineOutput
+from gateway.backends import BACKEND_SERVICES
+from gateway.orchestrator import Orchestrator, PipelineOutput, validate_request
 from gateway.security import AsyncBearerAuth
 from gateway.storage import ArtifactStore, StoredResult, check_id
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "ffhquv.gateway.v1.Reconstruction"
 _DEADLINE_SLACK_S = 1.0
+MAX_ARTIFACT_ID = 400
+
+
+def _check_image(data: bytes, max_bytes: int) -> None:
+    """The detector's decode checks that need no pixel decode (format, header size, PNG CRCs,
+    JPEG data against its header): a corrupt upload is refused here in milliseconds instead of
+    waiting in the queue for the detector."""
+    from services.detector.decode import check_structure
+
+    check_structure(data, max_bytes=max_bytes)
 
 
 @dataclass
@@ -169,6 +180,7 @@ class ReconstructionServicer(gateway_pb2_grpc.ReconstructionServicer):
         if len(request.image.data) > self.limits.max_image_bytes:
             raise ImageTooLarge(f"image is {len(request.image.data)} bytes; the limit is "
                                 f"{self.limits.max_image_bytes} bytes", field="image.data")
+        validate_request(request)
         rid = check_id(request.request_id) if request.request_id else uuid.uuid4().hex
         tracing.tag_request(rid)
         stored = await asyncio.to_thread(self.store.get_result, rid)
@@ -176,6 +188,8 @@ class ReconstructionServicer(gateway_pb2_grpc.ReconstructionServicer):
             return _result_from_stored(stored)
         run = self._runs.get(rid)
         if run is None:
+            await asyncio.to_thread(_check_image, request.image.data, self.limits.max_image_bytes)
+            self.orchestrator.preflight(request)
             self._admit()
             self._waiting += 1
             metrics.QUEUE_DEPTH.labels("gateway").set(self._waiting)
@@ -185,8 +199,9 @@ class ReconstructionServicer(gateway_pb2_grpc.ReconstructionServicer):
             run = _Run(asyncio.get_running_loop().create_task(self._execute_guarded(rid, req)))
             self._runs[rid] = run
             # A task cancelled before it ever ran skips _execute's own bookkeeping.
-            run.task.add_done_callback(lambda _t, r=run, k=rid: (self._dequeue(r),
-                                                                 self._runs.pop(k, None)))
+            run.task.add_done_callback(lambda t, r=run, k=rid: (
+                self._dequeue(r), self._runs.pop(k, None),
+                None if t.cancelled() else t.exception()))
         run.waiters += 1
         if listener is not None:
             run.listeners.append(listener)
@@ -235,11 +250,15 @@ class ReconstructionServicer(gateway_pb2_grpc.ReconstructionServicer):
         try:
             while True:
                 getter = asyncio.ensure_future(listener.get())
-                done, _ = await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+                try:
+                    done, _ = await asyncio.wait({task, getter},
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    if not getter.done():
+                        getter.cancel()
                 if getter in done:
                     yield gateway_pb2.ReconstructEvent(progress=getter.result())
                     continue
-                getter.cancel()
                 while not listener.empty():
                     yield gateway_pb2.ReconstructEvent(progress=listener.get_nowait())
                 result = task.result()
@@ -259,6 +278,7 @@ class ReconstructionServicer(gateway_pb2_grpc.ReconstructionServicer):
                 getter.cancel()
             if not task.done():
                 task.cancel()
+                task.add_done_callback(lambda t: None if t.cancelled() else t.exception())
             metrics.REQUESTS.labels("Reconstruction", "ReconstructStream", code.name).inc()
             metrics.LATENCY.labels("Reconstruction", "ReconstructStream").observe(
                 time.perf_counter() - t0)
@@ -270,6 +290,9 @@ class ReconstructionServicer(gateway_pb2_grpc.ReconstructionServicer):
             if size > self.limits.max_chunk_bytes:
                 raise InvalidInput(f"chunk_size must be at most {self.limits.max_chunk_bytes}",
                                    field="chunk_size")
+            if len(request.artifact_id) > MAX_ARTIFACT_ID:
+                raise InvalidInput(f"artifact_id is {len(request.artifact_id)} characters; the "
+                                   f"limit is {MAX_ARTIFACT_ID}", field="artifact_id")
             art, chunks = await asyncio.to_thread(self.store.open_artifact, request.artifact_id)
             it = chunks(size)
             offset = 0
@@ -316,6 +339,7 @@ class GatewayServer:
         self._stopped = threading.Event()
         self._stop_event: asyncio.Event | None = None
         self._stop_grace = 5.0
+        self._stop_event_set = False
 
     async def start_async(self) -> int:
         self._server = grpc.aio.server(interceptors=[AsyncBearerAuth(self.token)],
@@ -326,6 +350,10 @@ class GatewayServer:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        watch = getattr(self.orchestrator.backends, "watch_health", None)
+        if watch is not None:
+            self._backends_up: dict[str, bool] = {}
+            await watch(self._backend_changed)
         reflection.enable_server_reflection(
             [SERVICE_NAME, "grpc.health.v1.Health", reflection.SERVICE_NAME], self._server)
         target = f"{self.host}:{self.port}"
@@ -341,7 +369,21 @@ class GatewayServer:
                                            "tls": self.credentials is not None})
         return bound
 
+    async def _backend_changed(self, name: str, up: bool) -> None:
+        """Health semantics: ``""`` (liveness) stays SERVING while the process runs; the
+        gateway's service name (readiness) is SERVING only while every backend is; each backend's
+        own service name mirrors that backend."""
+        if self._health is None or self._stop_event_set:
+            return
+        self._backends_up[name] = up
+        serving, not_serving = (health_pb2.HealthCheckResponse.SERVING,
+                                health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._health.set(BACKEND_SERVICES[name], serving if up else not_serving)
+        ready = all(self._backends_up.get(n, True) for n in BACKEND_SERVICES)
+        await self._health.set(SERVICE_NAME, serving if ready else not_serving)
+
     async def stop_async(self, grace: float = 10.0) -> None:
+        self._stop_event_set = True
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         if self._server is not None:

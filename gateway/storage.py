@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ffhquv.errors import InvalidInput, NotFound
+from ffhquv.errors import InvalidInput, NotFound, echo
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def check_id(result_id: str) -> str:
     if not _SAFE_ID.match(result_id or ""):
         raise InvalidInput(
             "request_id must be 1-128 characters of letters, digits, '.', '_' or '-' and start "
-            f"with a letter or digit; got {result_id!r}")
+            f"with a letter or digit; got {echo(result_id)}")
     return result_id
 
 
@@ -112,7 +112,7 @@ class LocalArtifactStore(ArtifactStore):
         final = self._dir(result_id)
         for name in files:
             if not _SAFE_NAME.match(name):
-                raise InvalidInput(f"artifact name not allowed: {name!r}")
+                raise InvalidInput(f"artifact name not allowed: {echo(name)}")
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
         try:
             arts = []
@@ -154,16 +154,16 @@ class LocalArtifactStore(ArtifactStore):
     ) -> tuple[StoredArtifact, Callable[[int], Iterator[bytes]]]:
         rid, _, name = (artifact_id or "").partition("/")
         if not rid or not name or not _SAFE_ID.match(rid) or not _SAFE_NAME.match(name):
-            raise NotFound(f"unknown artifact id {artifact_id!r}")
+            raise NotFound(f"unknown artifact id {echo(artifact_id)}")
         res = self.get_result(rid)
         art = next((a for a in res.artifacts if a.name == name), None) if res else None
         if art is None:
-            raise NotFound(f"unknown or expired artifact id {artifact_id!r}")
+            raise NotFound(f"unknown or expired artifact id {echo(artifact_id)}")
         path = self._dir(rid) / name
         try:
             fh = open(path, "rb")  # noqa: SIM115 - closed by the generator
         except FileNotFoundError as e:
-            raise NotFound(f"artifact {artifact_id!r} expired") from e
+            raise NotFound(f"artifact {echo(artifact_id)} expired") from e
 
         def chunks(size: int = 1 << 20) -> Iterator[bytes]:
             with fh:

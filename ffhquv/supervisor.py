@@ -1,0 +1,182 @@
+"""Child processes of ``ffhquv serve all``: started, watched, restarted with backoff, and tied to
+the parent's life.
+
+* A child asks the kernel for SIGTERM when its parent dies (``prctl(PR_SET_PDEATHSIG)``, Linux;
+  :func:`die_with_parent`, called by the child itself right after start, then it checks that the
+  parent it was started by is still its parent, which closes the race with a parent that died
+  during the child's start). The children also share ``serve all``'s process group, so one
+  ``kill -- -PGID`` reaches them all.
+* :class:`Supervisor` polls its children; a dead one is logged (``child exited``), counted
+  (``ffhquv_child_restarts_total{service}``) and started again on the same port after a backoff
+  that doubles per quick failure (1 s, 2 s, 4 s ... 30 s) and resets once a child stayed up for a
+  minute.
+
+The kernel's parent-death signal belongs to the *thread* that forked the child: the supervisor
+starts every child (first start and restarts) from the main thread or from its own thread, both
+of which live as long as ``serve all``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ffhquv import metrics
+
+log = logging.getLogger(__name__)
+
+PARENT_PID_ENV = "FFHQUV_PARENT_PID"
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> bool:
+    """In a child of ``serve all`` (``FFHQUV_PARENT_PID`` set): have the kernel send ``sig`` when
+    the parent dies, and exit at once when it is already gone. Returns True when armed."""
+    want = os.environ.get(PARENT_PID_ENV)
+    if not want:
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_PDEATHSIG) failed", extra={"errno": ctypes.get_errno()})
+            return False
+    except (OSError, AttributeError):  # not Linux: rely on the process group
+        return False
+    if os.getppid() != int(want):
+        log.warning("parent already gone; exiting", extra={"parent": want})
+        os._exit(0)
+    return True
+
+
+@dataclass
+class Child:
+    """One supervised service: how to start it and its current process."""
+
+    name: str
+    start: Callable[[int], tuple[subprocess.Popen, str]]  # port -> (process, address)
+    proc: subprocess.Popen | None = None
+    address: str = ""
+    port: int = 0
+    started_at: float = 0.0
+    failures: int = 0
+    restarts: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+class Supervisor:
+    """Starts children, restarts the ones that die, stops them all on :meth:`stop`.
+
+    Args:
+        backoff: first delay before a restart, seconds (doubled per quick failure).
+        max_backoff: the longest delay, seconds.
+        stable_s: a child up this long has its backoff reset.
+        poll_s: how often the children are checked.
+    """
+
+    def __init__(self, backoff: float = 1.0, max_backoff: float = 30.0, stable_s: float = 60.0,
+                 poll_s: float = 0.2):
+        self.backoff, self.max_backoff = backoff, max_backoff
+        self.stable_s, self.poll_s = stable_s, poll_s
+        self.children: dict[str, Child] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def add(self, name: str, start: Callable[[int], tuple[subprocess.Popen, str]],
+            started: tuple[subprocess.Popen, str] | None = None) -> str:
+        """Supervise ``name``: ``started`` (process, address) when it already runs, else start it
+        now (port 0 = a free one); ``start(port)`` restarts it. Returns its address."""
+        child = Child(name, start)
+        child.proc, child.address = started or start(0)
+        child.port = int(child.address.rsplit(":", 1)[1])
+        child.started_at = time.monotonic()
+        with self._lock:
+            self.children[name] = child
+        metrics.CHILD_UP.labels(name).set(1)
+        return child.address
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="supervisor", daemon=True)
+        self._thread.start()
+
+    def _delay(self, child: Child) -> float:
+        if time.monotonic() - child.started_at >= self.stable_s:
+            child.failures = 0
+        d = min(self.max_backoff, self.backoff * 2 ** child.failures)
+        child.failures += 1
+        return d
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            for child in list(self.children.values()):
+                if self._stop.is_set():
+                    return
+                proc = child.proc
+                if proc is None or proc.poll() is None:
+                    continue
+                self._restart(child, proc.returncode)
+
+    def _restart(self, child: Child, code: int) -> None:
+        metrics.CHILD_UP.labels(child.name).set(0)
+        delay = self._delay(child)
+        log.warning("child exited; restarting", extra={
+            "child": child.name, "exit_code": code, "pid": child.proc.pid if child.proc else None,
+            "backoff_s": delay, "restarts": child.restarts})
+        t_dead = time.monotonic()
+        if self._stop.wait(delay):
+            return
+        while not self._stop.is_set():
+            try:
+                proc, address = child.start(child.port)
+            except Exception as e:  # noqa: BLE001 - keep trying with a longer backoff
+                delay = self._delay(child)
+                log.error("restart failed", extra={"child": child.name, "error": str(e)[:300],
+                                                   "backoff_s": delay})
+                if self._stop.wait(delay):
+                    return
+                continue
+            if self._stop.is_set():
+                _terminate([proc])
+                return
+            child.proc, child.address = proc, address
+            child.started_at = time.monotonic()
+            child.restarts += 1
+            child.history.append({"exit_code": code, "down_s": child.started_at - t_dead})
+            metrics.CHILD_RESTARTS.labels(child.name).inc()
+            metrics.CHILD_UP.labels(child.name).set(1)
+            log.warning("child restarted", extra={
+                "child": child.name, "pid": proc.pid, "address": address,
+                "down_s": round(child.started_at - t_dead, 2)})
+            return
+
+    def stop_restarts(self) -> None:
+        """No more restarts (shutdown has begun; children may already be exiting)."""
+        self._stop.set()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop supervising, then SIGTERM every child and SIGKILL what is left after
+        ``timeout`` seconds."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=timeout + 30)
+        _terminate([c.proc for c in self.children.values() if c.proc is not None], timeout)
+
+
+def _terminate(procs: list[subprocess.Popen], timeout: float = 15.0) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    end = time.monotonic() + timeout
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=5)
