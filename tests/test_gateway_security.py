@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import grpc
@@ -15,6 +14,7 @@ from gateway.orchestrator import Orchestrator
 from gateway.security import channel_credentials, server_credentials
 from gateway.server import GatewayServer
 from gateway.storage import LocalArtifactStore
+from tests.gateway_stack import make_certs
 
 UNUSED = {k: "127.0.0.1:9" for k in ("detector", "fitter", "eyeball", "exporter")}
 
@@ -56,24 +56,9 @@ def test_bearer_token(tmp_path):
         gw.stop(0.5)
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("pki")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
-             "ca.pem", "-days", "2", "-subj", "/CN=ffhquv-test-ca", cwd=d)
-    ext = d / "san.cnf"
-    ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    for name in ("server", "client"):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
-                 f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                 "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", "san.cnf",
-                 cwd=d)
-    return d
+    return make_certs(tmp_path_factory.mktemp("pki"))
 
 
 def _health(address: str, creds) -> int:
