@@ -340,11 +340,13 @@ class GatewayServer:
         self._stop_event: asyncio.Event | None = None
         self._stop_grace = 5.0
         self._stop_event_set = False
+        self._servicer: ReconstructionServicer | None = None
 
     async def start_async(self) -> int:
         self._server = grpc.aio.server(interceptors=[AsyncBearerAuth(self.token)],
                                        options=SERVER_OPTIONS)
-        servicer = ReconstructionServicer(self.orchestrator, self.store, self.limits)
+        servicer = self._servicer = ReconstructionServicer(self.orchestrator, self.store,
+                                                           self.limits)
         gateway_pb2_grpc.add_ReconstructionServicer_to_server(servicer, self._server)
         self._health = health_async.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -388,6 +390,13 @@ class GatewayServer:
             await self._health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace)
+        # Runs whose clients are gone by now: cancel them and wait, so that no task is left
+        # pending when the loop closes.
+        runs = [r.task for r in self._servicer._runs.values()] if self._servicer else []
+        for t in runs:
+            t.cancel()
+        if runs:
+            await asyncio.gather(*runs, return_exceptions=True)
         if self.close_backends is not None:
             await self.close_backends()
 
@@ -413,6 +422,12 @@ class GatewayServer:
             self._loop = asyncio.new_event_loop()
             asyncio.set_event_loop(self._loop)
             self._loop.run_until_complete(main())
+            pending = asyncio.all_tasks(self._loop)
+            for t in pending:
+                t.cancel()
+            if pending:
+                self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
             self._loop.close()
             self._stopped.set()
 

@@ -47,6 +47,20 @@ class Stack:
                                                      "OMP_NUM_THREADS": "2"}, port=port)
         self.procs[name] = proc
         self.addrs[name] = addr
+        if self.gateway is not None:  # a restart: wait until the gateway sees it back
+            self.wait_gateway_sees(name)
+
+    def wait_gateway_sees(self, name: str, timeout: float = 120.0) -> None:
+        """Block until the gateway's health for backend ``name`` is SERVING."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        from gateway.backends import BACKEND_SERVICES
+
+        req = health_pb2.HealthCheckRequest(service=BACKEND_SERVICES[name])
+        with grpc.insecure_channel(self.gateway.address) as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            wait_until(lambda: stub.Check(req, timeout=10).status
+                       == health_pb2.HealthCheckResponse.SERVING, timeout=timeout)
 
     def kill(self, name: str) -> None:
         proc = self.procs.pop(name)

@@ -51,6 +51,23 @@ def serve_all(tmp_path_factory):
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+def drain(mport: int, timeout: float = 1800.0) -> None:
+    """Wait until the gateway has nothing queued or running (its Prometheus gauges), so that
+    what an earlier test left behind (a client that gave up leaves its run to be cancelled)
+    cannot refuse the next test's requests."""
+    end = time.monotonic() + timeout
+    while True:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10).read()
+        busy = [line for line in text.decode().splitlines()
+                if line.startswith(('ffhquv_queue_depth{service="gateway"}',
+                                    "ffhquv_inflight_fits "))
+                and float(line.rsplit(" ", 1)[1]) > 0]
+        if not busy:
+            return
+        assert time.monotonic() < end, f"gateway still busy: {busy}"
+        time.sleep(1.0)
+
+
 def test_health_and_reflection(serve_all):
     address, _, _ = serve_all
     with channel(address) as ch:
@@ -92,6 +109,7 @@ def test_eight_clients_twenty_five_requests(serve_all, astronaut_jpg_bytes):
         t.start()
     for t in threads:
         t.join()
+    drain(mport)
     assert sum(codes.values()) == 200
     assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, codes
     assert codes.get("OK", 0) >= 4 and codes.get("RESOURCE_EXHAUSTED", 0) >= 1, codes
@@ -105,7 +123,8 @@ def test_eight_clients_twenty_five_requests(serve_all, astronaut_jpg_bytes):
 
 def test_cli_fit_remote(serve_all, astronaut_png, tmp_path):
     """``ffhquv fit --remote`` sends the photo to the gateway and writes the same folder."""
-    address, _, _ = serve_all
+    address, mport, _ = serve_all
+    drain(mport)
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, "-m", "ffhquv.cli", "fit", str(astronaut_png), "-o",
                         str(out), "--remote", address, "--preset", "fast",
