@@ -1,0 +1,74 @@
+"""ffhquv.supervisor with real (small) processes: restart with backoff and a counter, children
+that die with their parent."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+from ffhquv import metrics
+from ffhquv.supervisor import Supervisor
+from tests.gateway_stack import pid_alive, wait_until
+
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]
+
+
+def test_dead_child_is_restarted_with_backoff_and_counted():
+    ports: list[int] = []
+
+    def start(port: int) -> tuple[subprocess.Popen, str]:
+        ports.append(port)
+        return subprocess.Popen(SLEEPER), f"127.0.0.1:{port or 40000 + len(ports)}"
+
+    before = metrics.CHILD_RESTARTS.labels("sleeper")._value.get()
+    sup = Supervisor(backoff=0.2, max_backoff=1.0, poll_s=0.05)
+    try:
+        sup.add("sleeper", start)
+        sup.start()
+        child = sup.children["sleeper"]
+        for n in (1, 2):
+            old = child.proc
+            old.kill()
+            wait_until(lambda n=n: child.restarts == n, timeout=60)
+            assert child.proc is not old and child.proc.poll() is None
+        assert ports == [0, 40001, 40001]  # restarted on the port it had
+        assert metrics.CHILD_RESTARTS.labels("sleeper")._value.get() == before + 2
+        assert child.failures == 2  # quick failures: the next delay doubles again
+        assert [h["exit_code"] for h in child.history] == [-signal.SIGKILL] * 2
+        last = child.proc
+    finally:
+        sup.stop(timeout=5)
+    assert last.poll() is not None  # stop ends the children
+
+
+def test_children_die_with_their_parent(tmp_path):
+    """A parent (kill -9'd) whose child armed the parent-death signal: the child goes too."""
+    pid_file = tmp_path / "child.pid"
+    child_code = textwrap.dedent(f"""
+        import os, time
+        from ffhquv.supervisor import die_with_parent
+        assert die_with_parent()
+        open({str(pid_file)!r}, "w").write(str(os.getpid()))
+        time.sleep(600)
+    """)
+    parent_code = textwrap.dedent(f"""
+        import os, subprocess, sys, time
+        env = {{**os.environ, "FFHQUV_PARENT_PID": str(os.getpid())}}
+        p = subprocess.Popen([sys.executable, "-c", {child_code!r}], env=env)
+        time.sleep(600)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", parent_code],
+                              env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), timeout=60)
+        child = int(pid_file.read_text())  # written once the signal is armed
+        assert pid_alive(child)
+        parent.kill()
+        parent.wait(timeout=10)
+        wait_until(lambda: not pid_alive(child), timeout=30)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
