@@ -140,3 +140,44 @@ def test_mtls_token_file_supervision_and_orphans(tmp_path, certs, astronaut_jpg_
         print(f"serve all kill -9: last child gone after {took:.1f} s")
     finally:
         stack.stop()
+
+
+def test_tls_public_port_env_token_and_internal_token(tmp_path, certs):
+    """TLS on the public port only (no CA), the public token from the environment: the gateway
+    answers over TLS with the token; a backend called directly (plaintext on loopback) without
+    the internal token refuses, and the internal token is on no command line."""
+    c = lambda n: str(certs / n)  # noqa: E731
+    stack = ServeAll(tmp_path, ["--tls-cert", c("server.pem"), "--tls-key", c("server.key")],
+                     env={"FFHQUV_AUTH_TOKEN": "env-token"},
+                     credentials=channel_credentials(c("ca.pem")))
+    try:
+        with stack.channel() as ch:
+            assert _status(ch, GATEWAY) == "SERVING"
+            stub = gateway_pb2_grpc.ReconstructionStub(ch)
+            req = gateway_pb2.GetArtifactRequest(artifact_id="nope/x.png")
+            with pytest.raises(grpc.RpcError) as ei:
+                list(stub.GetArtifact(req, timeout=30))
+            assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.RpcError) as ei:
+                list(stub.GetArtifact(req, metadata=[("authorization", "Bearer env-token")],
+                                      timeout=30))
+            assert ei.value.code() == grpc.StatusCode.NOT_FOUND
+        pids = stack.child_pids()
+        for pid in pids.values():
+            environ = open(f"/proc/{pid}/environ", "rb").read()
+            assert b"FFHQUV_INTERNAL_TOKEN=" in environ and b"env-token" not in environ
+            assert b"FFHQUV_INTERNAL_TOKEN" not in open(f"/proc/{pid}/cmdline", "rb").read()
+        det = stack.child_addresses()["detector"]
+        with grpc.insecure_channel(det) as ch:
+            assert _status(ch) == "SERVING"
+            with pytest.raises(grpc.RpcError) as ei:
+                detector_pb2_grpc.DetectorStub(ch).Detect(detector_pb2.DetectRequest(),
+                                                          timeout=30)
+            assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.RpcError) as ei:
+                detector_pb2_grpc.DetectorStub(ch).Detect(
+                    detector_pb2.DetectRequest(),
+                    metadata=[("authorization", "Bearer env-token")], timeout=30)
+            assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED  # the public token
+    finally:
+        stack.stop()
