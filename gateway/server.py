@@ -355,6 +355,8 @@ class GatewayServer:
         watch = getattr(self.orchestrator.backends, "watch_health", None)
         if watch is not None:
             self._backends_up: dict[str, bool] = {}
+            for name in BACKEND_SERVICES.values():  # until the first answer
+                await self._health.set(name, health_pb2.HealthCheckResponse.UNKNOWN)
             await watch(self._backend_changed)
         reflection.enable_server_reflection(
             [SERVICE_NAME, "grpc.health.v1.Health", reflection.SERVICE_NAME], self._server)

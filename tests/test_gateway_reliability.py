@@ -1,6 +1,7 @@
-"""A table of bad requests (generated here) against a real stack: the four services as child
-processes and the gateway on loopback. Each gets its precise status code, a short message that
-echoes at most a short prefix of the input, and the stack keeps serving.
+"""The gateway on a real stack (the four services as child processes, the gateway on loopback),
+each test with its own: a table of bad requests (generated here) gets precise status codes and
+short messages that echo at most a short prefix of the input, and the stack keeps serving; a dead
+exporter makes new requests fail at once; a cancelled stream leaves no error in the logs.
 
 Latencies are printed (``-s``) for the record, not asserted.
 """
@@ -8,6 +9,7 @@ Latencies are printed (``-s``) for the record, not asserted.
 from __future__ import annotations
 
 import io
+import logging
 import struct
 import time
 import zlib
@@ -193,3 +195,30 @@ def test_exporter_down_fails_fast_without_fitting(stack, astronaut_jpg_bytes):
     assert "exporter" in ei.value.details()
     # nothing was stored for it
     assert stack.gateway.store.get_result("exporter-down") is None
+
+
+def test_cancelled_stream_and_stop_log_no_errors(stack, astronaut_jpg_bytes, caplog):
+    """A client that cancels its stream mid-fit: the run is cancelled (down to the fitter), and
+    neither that nor stopping the gateway afterwards logs anything at error level (no
+    tracebacks, no "Task was destroyed but it is pending")."""
+    caplog.set_level(logging.INFO)
+    stub = stack.stub()
+    req = gateway_pb2.ReconstructRequest(
+        request_id="cancel-me", image=common_pb2.Image(data=astronaut_jpg_bytes),
+        options=gateway_pb2.Options(preset=common_pb2.PRESET_FAST, texture_size=256))
+    it = stub.ReconstructStream(req, timeout=900)
+    for ev in it:
+        kind = ev.WhichOneof("event")
+        if kind == "progress" and ev.progress.stage >= common_pb2.STAGE_FIT_STAGE1:
+            it.cancel()
+            break
+    servicer = stack.gateway._servicer
+    end = time.monotonic() + 120
+    while servicer._runs:
+        assert time.monotonic() < end, "the run was not cancelled"
+        time.sleep(0.1)
+    assert any("cancelling run" in r.getMessage() for r in caplog.records)
+    stack.gateway.stop(5.0)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [(r.name, r.getMessage()) for r in errors]
+    assert stack.gateway.store.get_result("cancel-me") is None
