@@ -197,6 +197,7 @@ def test_exporter_down_fails_fast_without_fitting(stack, astronaut_jpg_bytes):
     assert stack.gateway.store.get_result("exporter-down") is None
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 def test_cancelled_stream_and_stop_log_no_errors(stack, astronaut_jpg_bytes, caplog):
     """A client that cancels its stream mid-fit: the run is cancelled (down to the fitter), and
     neither that nor stopping the gateway afterwards logs anything at error level (no
