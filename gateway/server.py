@@ -30,6 +30,7 @@ from ffhquv.errors import (
     InvalidImage,
     InvalidInput,
     details_trailer,
+    image_error,
     rpc_status,
     status_of,
 )
@@ -52,7 +53,10 @@ def _check_image(data: bytes, max_bytes: int) -> None:
     waiting in the queue for the detector."""
     from services.detector.decode import check_structure
 
-    check_structure(data, max_bytes=max_bytes)
+    try:
+        check_structure(data, max_bytes=max_bytes)
+    except InvalidInput as e:
+        raise image_error(e) from None
 
 
 @dataclass
