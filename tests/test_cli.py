@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -78,16 +77,23 @@ def test_read_only_output_folder_exit_2(tmp_path, astronaut_png):
 def test_remote_retries_a_full_queue_then_reports(tmp_path, astronaut_png):
     """--remote against a gateway that admits nothing: RESOURCE_EXHAUSTED is retried (with the
     server's RetryInfo) until the deadline, then the photo fails with the gateway's reason and
-    the same summary as a local run."""
+    the same summary as a local run. (The backends are one real server that answers health
+    SERVING, so the gateway's backend check passes and admission is what refuses.)"""
+    from concurrent import futures
+
+    import grpc
+    from grpc_health.v1 import health, health_pb2_grpc
+
     from gateway.backends import GrpcBackends
     from gateway.orchestrator import Orchestrator
     from gateway.server import GatewayLimits, GatewayServer
     from gateway.storage import LocalArtifactStore
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed = f"127.0.0.1:{s.getsockname()[1]}"
-    backends = GrpcBackends(detector=closed, fitter=closed, eyeball=closed, exporter=closed)
+    healthy = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), healthy)
+    up = f"127.0.0.1:{healthy.add_insecure_port('127.0.0.1:0')}"
+    healthy.start()
+    backends = GrpcBackends(detector=up, fitter=up, eyeball=up, exporter=up)
     gw = GatewayServer(Orchestrator(backends), LocalArtifactStore(tmp_path / "store"),
                        limits=GatewayLimits(max_concurrent=0, max_queue=0),
                        close_backends=backends.close)
@@ -97,6 +103,7 @@ def test_remote_retries_a_full_queue_then_reports(tmp_path, astronaut_png):
                    gw.address, "--retry-deadline", "5", "--json", timeout=120)
     finally:
         gw.stop(1.0)
+        healthy.stop(None)
     assert r.returncode == 1, r.stderr
     assert "RESOURCE_EXHAUSTED" in r.stderr and "retrying in" in r.stderr, r.stderr
     assert "ffhquv fit: 1 photo(s): 0 ok, 1 failed, 0 skipped" in r.stderr
