@@ -106,7 +106,7 @@ def main(argv: list[str]) -> None:
                     help="scale the imported objects (an OBJ in model units: its metres/unit)")
     ap.add_argument("--clay", action="store_true", help="no textures: judge the shading")
     ap.add_argument("--size", type=int, default=480)
-    a = ap.parse_args(argv)
+    a = ap.parse_intermixed_args(argv)
     weights = {k: float(v) for k, v in (w.split("=", 1) for w in a.weights)}
     head = load(a.model, a.obj, a.scale)
     if weights or a.neutral:
