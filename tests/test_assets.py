@@ -249,6 +249,44 @@ def test_morph_targets_travel_in_the_mesh_message(parts):
         MeshData.from_request(dup, "head_neutral")
 
 
+
+def test_grpc_export_carries_morph_targets_and_units(parts):
+    """A real exporter server: the morph targets arrive inside the head mesh message, the unit
+    choice and metres per model unit as request fields; a bad unit is INVALID_ARGUMENT."""
+    import grpc
+
+    from ffhquv.imaging import png_bytes
+    from ffhquv.pb import exporter_pb2, exporter_pb2_grpc
+    from ffhquv.server import build_server, channel
+    from services.exporter.servicer import register
+
+    def request(units: str) -> exporter_pb2.ExportRequest:
+        return exporter_pb2.ExportRequest(
+            name="g", head_neutral=parts["head_neutral"].to_proto(),
+            head_expression=parts["head_expression"].to_proto(),
+            head_texture_png=png_bytes(parts["head_texture"]),
+            left_eye=parts["left_eye"].to_proto(), right_eye=parts["right_eye"].to_proto(),
+            eye_texture_png=png_bytes(parts["eye_texture"]),
+            formats=[exporter_pb2.EXPORT_FORMAT_GLB], metres_per_unit=0.1, units=units)
+
+    server = build_server(register, port=0)
+    try:
+        stub = exporter_pb2_grpc.ExporterStub(channel(server.address))
+        resp = stub.Export(request("cm"), timeout=60)
+        g = pygltflib.GLTF2.load_from_bytes(resp.files[0].data)
+        pos, _, dpos, _, names, w = _head_arrays(g)
+        assert names == parts["head_neutral"].morphs.names and g.asset.extras["unit"] == \
+            "centimetres"
+        assert np.ptp(pos[:, 1]) == pytest.approx(
+            np.ptp(parts["head_neutral"].vertices[:, 1]) * 10.0, rel=1e-5)
+        assert dpos[0][:, 1].min() == pytest.approx(-3.0, abs=1e-4)  # 0.3 units = 3 cm
+        with pytest.raises(grpc.RpcError) as ei:
+            stub.Export(request("inch"), timeout=60)
+        assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "units" in ei.value.details()
+    finally:
+        server.stop(0)
+
 # ---------------------------------------------------------------------------- the real model
 @pytest.fixture(scope="module")
 def model():
@@ -425,3 +463,18 @@ def test_blender_default_obj_import_is_smooth(parts, tmp_path):
     finally:
         _bpy_reset()
 
+
+
+def test_cli_units_option_reaches_the_request():
+    from ffhquv.cli import build_parser
+    from ffhquv.commands import _options
+    from gateway.orchestrator import validate_options
+
+    args = build_parser().parse_args(["fit", "a.jpg", "-o", "out", "--units", "cm"])
+    opts = _options(args)
+    assert opts.units == "cm"
+    validate_options(opts)
+    assert _options(build_parser().parse_args(["fit", "a.jpg", "-o", "out"])).units == ""
+    opts.units = "inch"
+    with pytest.raises(InvalidInput, match="unknown units"):
+        validate_options(opts)
