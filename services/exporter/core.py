@@ -201,7 +201,7 @@ def export(
     textured = bool(fmts & {"obj", "blend", "glb"})
     head_png = (head_texture_png or png_bytes(head_texture)) if textured else b""
     eye_png = (eye_texture_png or png_bytes(eye_texture)) if textured else b""
-    if "obj" in fmts or "blend" in fmts:
+    if "obj" in fmts:
         units_line = f"units: {uc.obj_unit}; {frame}"
 
         def obj(mesh: MeshData, what: str, mtl: str, mat: str) -> bytes:
@@ -220,7 +220,6 @@ def export(
         obj_files[EYE_MTL] = mtl_text(EYE_MATERIAL, EYE_PNG, specular=0.5,
                                       shininess=80.0).encode()
         obj_files[EYE_PNG] = eye_png
-    if "obj" in fmts:
         files.update(obj_files)
 
     if fmts & {"glb", "blend"}:
