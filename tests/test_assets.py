@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 VALIDATOR_JS = ROOT / "tests" / "tools" / "gltf_validate.js"
 # where `./run test` installs the npm package (or a node_modules of the checkout)
 VALIDATOR_DIRS = [ROOT / ".cache" / "npm" / "node_modules", ROOT / "node_modules"]
-NEEDS_BPY = pytest.mark.skipif(not bpy_available(), reason="bpy is not installed (pip install "
-                               "'ffhquv[blender]'); `./run test-blender` runs these")
+NEEDS_BPY = pytest.mark.skipif(not bpy_available(), reason="bpy is not installed here (it "
+                               "needs its own venv); `./run test-blender` runs these")
 
 
 def _texture(size: int = 32) -> np.ndarray:
