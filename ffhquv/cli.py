@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ffhquv import vocab
+
 EPILOG = ("exit codes: 0 all photos done (or skipped), 1 some photos failed, 2 usage error "
           "(bad arguments, missing input, unwritable output folder), 130 interrupted")
 
@@ -38,6 +40,9 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--formats", default="",
                    help="comma list of obj,glb,blend,preview,turntable,zip (default: all "
                         "available but turntable)")
+    p.add_argument("--units", choices=vocab.EXPORT_UNITS, default=None,
+                   help="unit of every mesh file; default: GLB and .blend in metres, OBJ in "
+                        "the face model's units (about decimetres)")
     p.add_argument("--checkpoints-dir", default=None, help="the paper's checkpoints/ (optional)")
     p.add_argument("--topo-dir", default=None, help="the paper's topo_assets/ (for hifi3dpp)")
     p.add_argument("--remote", default=None, metavar="ADDR",

@@ -87,6 +87,7 @@ def _options(args: argparse.Namespace):
             raise UsageError(f"--face must be 'largest', 'only' or an index, got {args.face}") \
                 from e
         opts.face_selection = detector_pb2.FACE_SELECTION_INDEX
+    opts.units = getattr(args, "units", None) or ""
     for f in filter(None, (s.strip().lower() for s in args.formats.split(","))):
         if f not in FORMATS:
             raise UsageError(f"unknown format {f!r}; choose from {', '.join(FORMATS)}")

@@ -8,6 +8,47 @@ import numpy as np
 
 
 @dataclass
+class MorphTargets:
+    """Morph targets (blend shapes) of a mesh: ``vertices + weights . offsets`` is the mesh with
+    every target at its weight.
+
+    Attributes:
+        names: ``K`` target names (the default face model's are the 52 ARKit blendshapes).
+        offsets: ``[K, N, 3]`` float32 position offsets per target, model space.
+        weights: ``[K]`` float32 weights of the fitted shape (zeros = the mesh itself).
+    """
+
+    names: list[str]
+    offsets: np.ndarray
+    weights: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.names = [str(n) for n in self.names]
+        self.offsets = np.asarray(self.offsets, dtype=np.float32)
+        self.weights = np.asarray(self.weights, dtype=np.float32).reshape(-1)
+
+    def validate(self, n_vertices: int) -> None:
+        """Raise :class:`ffhquv.errors.InvalidInput` for mismatched sizes, NaNs or bad names."""
+        from ffhquv.errors import InvalidInput
+
+        k = len(self.names)
+        if self.offsets.shape != (k, n_vertices, 3) or self.weights.shape != (k,):
+            raise InvalidInput(f"morph targets: {k} names need offsets [{k}, {n_vertices}, 3] "
+                               f"and weights [{k}], got {self.offsets.shape} and "
+                               f"{self.weights.shape}")
+        if not (np.isfinite(self.offsets).all() and np.isfinite(self.weights).all()):
+            raise InvalidInput("morph targets contain NaN or infinite values")
+        if len(set(self.names)) != k or any(not n or n != n.strip() for n in self.names):
+            raise InvalidInput("morph target names must be unique and non-empty")
+
+    def applied(self, vertices: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        """``[N, 3]`` ``vertices + sum_k w_k offsets_k`` (``weights`` None = the fitted ones)."""
+        w = self.weights if weights is None else np.asarray(weights, np.float64)
+        return (vertices.astype(np.float64)
+                + np.einsum("k,knc->nc", w.astype(np.float64), self.offsets.astype(np.float64)))
+
+
+@dataclass
 class MeshData:
     """A triangle mesh in model space.
 
@@ -17,6 +58,7 @@ class MeshData:
         uvs: optional ``[M, 2]`` float32 texture coordinates, OBJ convention (v up).
         uv_faces: optional ``[T, 3]`` int64 indices into ``uvs``, aligned with ``faces``.
         normals: optional ``[N, 3]`` float32 unit vertex normals.
+        morphs: optional :class:`MorphTargets` on these vertices.
     """
 
     vertices: np.ndarray
@@ -24,6 +66,7 @@ class MeshData:
     uvs: np.ndarray | None = None
     uv_faces: np.ndarray | None = None
     normals: np.ndarray | None = None
+    morphs: MorphTargets | None = None
 
     def __post_init__(self) -> None:
         self.vertices = np.asarray(self.vertices, dtype=np.float32).reshape(-1, 3)
@@ -51,6 +94,8 @@ class MeshData:
                 raise InvalidInput("mesh uv index out of range")
             if not np.isfinite(self.uvs).all():
                 raise InvalidInput("mesh uvs contain NaN or infinite values")
+        if self.morphs is not None:
+            self.morphs.validate(len(self.vertices))
 
     def to_proto(self):
         from ffhquv.pb import common_pb2
@@ -62,6 +107,13 @@ class MeshData:
             m.uv_faces.extend(self.uv_faces.ravel().tolist())
         if self.normals is not None:
             m.normals.extend(self.normals.ravel().tolist())
+        if self.morphs is not None:
+            for name, off, w in zip(self.morphs.names, self.morphs.offsets, self.morphs.weights,
+                                    strict=True):
+                # sparse: only the vertices the target moves (exactly-zero rows are left out)
+                idx = np.nonzero(np.any(off != 0, axis=1))[0]
+                m.morph_targets.add(name=name, indices=idx.tolist(),
+                                    offsets=off[idx].ravel().tolist(), weight=float(w))
         return m
 
     @classmethod
@@ -84,6 +136,8 @@ class MeshData:
             uv_faces=np.asarray(m.uv_faces, np.int64).reshape(-1, 3) if len(m.uv_faces) else None,
             normals=np.asarray(m.normals, np.float32).reshape(-1, 3) if len(m.normals) else None,
         )
+        if len(m.morph_targets):
+            out.morphs = _morphs_from_proto(m.morph_targets, len(out.vertices))
         return out
 
     @classmethod
@@ -102,3 +156,25 @@ class MeshData:
         except (TypeError, ValueError) as e:
             raise InvalidInput(f"{what}: malformed mesh: {e}") from None
         return mesh
+
+
+def _morphs_from_proto(targets, n_vertices: int) -> MorphTargets:
+    """Repeated ``common.v1.MorphTarget`` to :class:`MorphTargets` (dense offsets)."""
+    from ffhquv.errors import InvalidInput
+
+    k = len(targets)
+    offsets = np.zeros((k, n_vertices, 3), np.float32)
+    for i, t in enumerate(targets):
+        off = np.asarray(t.offsets, np.float32)
+        idx = np.asarray(t.indices, np.int64) if len(t.indices) or not off.size else None
+        n = n_vertices if idx is None else len(idx)
+        if off.size != 3 * n:
+            raise InvalidInput(f"morph target {t.name!r}: {off.size} offsets for {n} vertices")
+        if idx is None:
+            offsets[i] = off.reshape(-1, 3)
+            continue
+        if idx.size and (idx.min() < 0 or idx.max() >= n_vertices):
+            raise InvalidInput(f"morph target {t.name!r}: vertex index out of range")
+        offsets[i, idx] = off.reshape(-1, 3)
+    return MorphTargets(names=[t.name for t in targets], offsets=offsets,
+                        weights=np.array([t.weight for t in targets], np.float32))

@@ -32,6 +32,7 @@ __all__ = [
     "mtl_text",
     "obj_text",
     "read_obj",
+    "smooth_normals",
     "write_mtl",
     "write_obj",
     "write_png",
@@ -95,8 +96,8 @@ def obj_text(mesh: MeshData, *, mtllib: str | None = None, material: str | None 
             ``normals [N, 3]`` (per vertex, same indices as the vertices).
         mtllib: bare name of the material library (``"stage3_mesh.mtl"``), or None.
         material: material name used for all faces (``usemtl``), or None.
-        with_normals: write ``vn`` lines (``mesh.normals`` or area-weighted vertex normals)
-            and ``v/vt/vn`` face corners.
+        with_normals: write ``vn`` lines (``mesh.normals`` or :func:`smooth_normals`), ``v/vt/vn``
+            face corners and ``s 1`` (smooth shading).
         header: optional comment line(s) written first.
     Returns:
         The file text (``\\n`` line ends). Face corners are ``v/vt`` with UVs, ``v//vn``
@@ -117,10 +118,13 @@ def obj_text(mesh: MeshData, *, mtllib: str | None = None, material: str | None 
     if has_uv:
         parts.append(_rows("vt %.6f %.6f\n", mesh.uvs.astype(np.float64)))
     if with_normals:
-        n = mesh.normals if mesh.normals is not None else vertex_normals(mesh)
+        n = mesh.normals if mesh.normals is not None else smooth_normals(mesh.vertices,
+                                                                          mesh.faces)
         parts.append(_rows("vn %.6f %.6f %.6f\n", n.astype(np.float64)))
     if material is not None:
         parts.append(f"usemtl {material}\n")
+    if with_normals:
+        parts.append("s 1\n")
     f = mesh.faces + 1
     if has_uv and with_normals:
         cols = np.stack([f, mesh.uv_faces + 1, f], -1).reshape(-1, 9)
@@ -147,6 +151,36 @@ def vertex_normals(mesh: MeshData) -> np.ndarray:
         np.add.at(n, f[:, i], fn)
     norm = np.linalg.norm(n, axis=1, keepdims=True)
     out = np.where(norm > 1e-12, n / np.maximum(norm, 1e-12), np.array([0.0, 0.0, 1.0]))
+    return out.astype(np.float32)
+
+
+def smooth_normals(vertices: np.ndarray, faces: np.ndarray, *, weld: float = 1e-6
+                   ) -> np.ndarray:
+    """Area-weighted unit vertex normals that are equal on coincident vertices.
+
+    Vertices at the same position (a mesh split at UV seams or at material borders) get the
+    average over all their faces, so no crease shows where UV islands meet.
+
+    Args:
+        vertices: ``[N, 3]``.
+        faces: ``[T, 3]`` counter-clockwise seen from outside.
+        weld: positions closer than ``weld`` times the bounding-box diagonal count as one.
+    Returns:
+        ``float32 [N, 3]`` unit normals (+z for vertices without area).
+    """
+    v = np.asarray(vertices, np.float64)
+    f = np.asarray(faces, np.int64)
+    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    diag = float(np.linalg.norm(v.max(0) - v.min(0))) if len(v) else 0.0
+    q = np.round((v - v.min(0)) / max(diag * weld, 1e-30)).astype(np.int64)
+    _, group = np.unique(q, axis=0, return_inverse=True)
+    group = group.reshape(-1)
+    n = np.zeros((int(group.max()) + 1 if len(group) else 0, 3))
+    for i in range(3):
+        np.add.at(n, group[f[:, i]], fn)
+    n = n[group]
+    norm = np.linalg.norm(n, axis=1, keepdims=True)
+    out = np.where(norm > 1e-30, n / np.maximum(norm, 1e-30), np.array([0.0, 0.0, 1.0]))
     return out.astype(np.float32)
 
 

@@ -38,6 +38,8 @@ DEFAULT_DEVICE = "auto"
 # ---- export formats (what each writes: protos/ffhquv/exporter/v1/exporter.proto) ---------------
 EXPORT_FORMATS: tuple[str, ...] = ("obj", "glb", "blend", "preview", "turntable", "zip")
 DEFAULT_EXPORT_FORMATS: frozenset[str] = frozenset({"obj", "glb", "blend", "preview", "zip"})
+# units of the written mesh files ("" = GLB / .blend in metres, OBJ in the face model's units)
+EXPORT_UNITS: tuple[str, ...] = ("m", "cm", "model")
 
 # ---- media types of the files the services write, by suffix ----------------------------------
 MEDIA_TYPES: dict[str, str] = {

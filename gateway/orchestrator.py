@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ffhquv import metrics
+from ffhquv import metrics, vocab
 from ffhquv.errors import BackendUnavailable, InvalidInput, echo
 from ffhquv.pb import (
     common_pb2,
@@ -120,6 +120,9 @@ def validate_options(opts: gateway_pb2.Options) -> None:
     if opts.texture_size and not 256 <= opts.texture_size <= 2048:
         raise InvalidInput(f"texture_size must be within 256..2048, got {opts.texture_size}",
                            field="options.texture_size")
+    if opts.units and opts.units not in vocab.EXPORT_UNITS:
+        raise InvalidInput(f"unknown units {opts.units!r}; use 'm', 'cm' or 'model'",
+                           field="options.units")
     if opts.texture_size and opts.texture_size & (opts.texture_size - 1):
         raise InvalidInput(f"texture_size must be a power of two, got {opts.texture_size}",
                            field="options.texture_size")
@@ -234,7 +237,8 @@ class Orchestrator:
             name=name, head_neutral=result.mesh_neutral, head_expression=result.mesh_expression,
             head_texture_png=result.uv_texture_png, left_eye=eyes.left.mesh,
             right_eye=eyes.right.mesh, eye_texture_png=eyes.texture_png,
-            formats=list(opts.formats), extra_files=extra), self.deadlines.export)
+            formats=list(opts.formats), extra_files=extra,
+            metres_per_unit=result.metres_per_unit, units=opts.units), self.deadlines.export)
         timings["export_s"] = time.perf_counter() - t
         metrics.STAGE_SECONDS.labels("export").observe(timings["export_s"])
         await report(common_pb2.STAGE_EXPORTED, 1.0, f"{len(exp.files)} files")

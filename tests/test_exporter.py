@@ -122,13 +122,14 @@ def test_obj_files_read_back_by_trimesh(tmp_path, parts):
 
 
 def test_glb_read_back_by_trimesh_and_pygltflib(parts):
-    res = core.export("face", **parts, formats={"glb"})
+    res = core.export("face", **parts, formats={"glb"}, units="model")
     assert set(res.files) == {"face.glb"}
     data = res.files["face.glb"]
     # pygltflib: nodes, embedded PNGs, glTF texture coordinates (t down)
     g = pygltflib.GLTF2.load_from_bytes(data)
     blob = g.binary_blob()
     assert [n.name for n in g.nodes] == ["head", "eye_left", "eye_right"]
+    assert g.nodes[0].children == [1, 2] and g.scenes[0].nodes == [0]  # eyes under the head
     assert len(g.images) == 2  # the eyeballs share one image
 
     def accessor(i):
@@ -142,7 +143,7 @@ def test_glb_read_back_by_trimesh_and_pygltflib(parts):
     for node, key, tex_key in [(0, "head_neutral", "head_texture"),
                                (1, "left_eye", "eye_texture"), (2, "right_eye", "eye_texture")]:
         prim = g.meshes[g.nodes[node].mesh].primitives[0]
-        pos = accessor(prim.attributes.POSITION)
+        pos = accessor(prim.attributes.POSITION) + np.asarray(g.nodes[node].translation or 0.0)
         st = accessor(prim.attributes.TEXCOORD_0)
         nrm = accessor(prim.attributes.NORMAL)
         np.testing.assert_allclose(np.linalg.norm(nrm, axis=1), 1.0, atol=1e-4)
@@ -169,7 +170,8 @@ def test_glb_read_back_by_trimesh_and_pygltflib(parts):
         geo = scene.geometry[name]
         img = np.asarray(geo.visual.material.baseColorTexture.convert("RGB"))
         np.testing.assert_array_equal(img, parts[tex_key])
-        _match_corners(geo.vertices, geo.visual.uv, parts[key])
+        world = trimesh.transform_points(geo.vertices, scene.graph.get(name)[0])
+        _match_corners(world, geo.visual.uv, parts[key])
         col_trimesh = _sample(img, geo.visual.uv[:, 0], 1 - geo.visual.uv[:, 1])
         prim = g.meshes[[n.name for n in g.nodes].index(name)].primitives[0]
         st = accessor(prim.attributes.TEXCOORD_0)

@@ -63,7 +63,9 @@ def test_fit_round_trip(setup):
     assert read_png_bytes(r.preview_png).shape == (224, 896, 3)
     assert r.metrics["landmark_error_px"] < 2.0
     names = {f.name for f in r.files}
-    assert {"stage1_mesh.obj", "stage2_uv.png", "stage3_coeffs.npz"} <= names
+    assert {"stage1_mesh.obj", "stage2_uv.png", "stage3_coeffs.npz", "stage3_coeffs.json"} <= names
+    assert [t.name for t in r.mesh_neutral.morph_targets] == model.expression_names()
+    assert r.metres_per_unit == pytest.approx(model.metres_per_unit)
     assert list(r.left_eye_ring) == model.eye_ring_left.tolist()
     assert r.camera.focal == pytest.approx(1015.0) and r.camera.image_size == 224
     assert '"preset"' in r.report_json

@@ -101,9 +101,17 @@ def test_outputs_and_progress(fitted, model):
         model.tri.shape[0], 3)
     # expression moves the mesh (mouth open in the truth)
     assert np.abs(out.mesh_expression.vertices - out.mesh_neutral.vertices).max() > 1e-3
+    # the expression basis travels as named morph targets at the fitted weights
+    mt = out.mesh_neutral.morphs
+    assert mt.names == model.expression_names()
+    np.testing.assert_allclose(mt.weights, out.coefficients["exp"])
+    np.testing.assert_allclose(mt.applied(out.mesh_neutral.vertices),
+                               out.mesh_expression.vertices, atol=1e-4)
+    assert out.metres_per_unit == pytest.approx(model.metres_per_unit)
     assert out.preview.shape == (224, 896, 3) and out.preview.dtype == np.uint8
     for name in ("stage1_mesh.obj", "stage1_render.png", "stage1_coeffs.json", "stage2_uv.png",
-                 "stage2_mesh.obj", "stage2_mesh.mtl", "stage3_coeffs.npz"):
+                 "stage2_mesh.obj", "stage2_mesh.mtl", "stage3_coeffs.npz",
+                 "stage3_coeffs.json"):
         assert name in out.intermediates and len(out.intermediates[name]) > 0
     assert b"mtllib stage2_mesh.mtl" in out.intermediates["stage2_mesh.obj"]
     rep = out.report

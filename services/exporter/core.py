@@ -11,11 +11,18 @@ Output names (the design card's; MeshLab and Blender load the three OBJs with th
 ``R_ball.obj``          subject's right eyeball
 ``eye_ball_tex.mtl``    ``map_Kd eye_ball_tex.png``
 ``eye_ball_tex.png``    shared eyeball texture
-``<name>.glb``          neutral head + both eyeballs, textures embedded
-``<name>.blend``        the same in Blender (needs ``bpy``)
+``<name>.glb``          head + both eyeballs (children of the head), textures embedded,
+                        the head's expressions as named morph targets at the fitted weights
+``<name>.blend``        the same in Blender with shape keys (needs ``bpy``)
 ``preview_front.png``, ``preview_34.png``, ``preview_profile.png``, ``preview_turntable.gif``
 ``<name>.zip``          everything else in one file
 =====================  ==========================================================
+
+Units (``units``): by default the GLB and the ``.blend`` are in metres (glTF's and Blender's
+unit; ``metres_per_unit`` converts the face model's units) and the OBJ files keep the face
+model's units (the paper's ``stage3_mesh_id.obj`` convention), each OBJ saying so in a comment
+line. ``"m"``, ``"cm"`` or ``"model"`` puts every format in that unit. The OBJ files carry
+smooth vertex normals (``vn``, ``s 1``) equal across UV seams.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from ffhquv.imaging import png_bytes
 from ffhquv.mesh import MeshData
 from services.exporter import blend as blend_mod
 from services.exporter.bundle import zip_bytes
-from services.exporter.glb import GlbPart, glb_bytes
+from services.exporter.glb import GlbPart, glb_bytes, sphere_centre
 from services.exporter.obj import OutputDir, check_relative_name, check_texture, mtl_text, obj_text
 
 log = logging.getLogger(__name__)
@@ -57,6 +64,52 @@ DEFAULT_FORMATS = vocab.DEFAULT_EXPORT_FORMATS
 
 MEDIA_TYPES = vocab.MEDIA_TYPES
 media_type = vocab.media_type
+
+
+UNITS = ("", *vocab.EXPORT_UNITS)
+DEFAULT_METRES_PER_UNIT = 0.1
+
+
+@dataclass(frozen=True)
+class UnitChoice:
+    """Scale factors from model units and the unit's description, per file family."""
+
+    obj_scale: float
+    obj_unit: str
+    asset_scale: float
+    asset_unit: str
+
+
+def resolve_units(units: str, metres_per_unit: float) -> UnitChoice:
+    """``units`` ("" | "m" | "cm" | "model") to the scale of the OBJ files and of the
+    GLB / ``.blend`` (from model units). Raises InvalidInput for another value or a
+    non-positive ``metres_per_unit``."""
+    u = (units or "").strip().lower()
+    if u not in UNITS:
+        raise InvalidInput(f"unknown units {units!r}; use 'm', 'cm' or 'model' (empty = GLB "
+                           "and .blend in metres, OBJ in model units)")
+    mpu = float(metres_per_unit) if metres_per_unit else DEFAULT_METRES_PER_UNIT
+    if not np.isfinite(mpu) or mpu <= 0:
+        raise InvalidInput(f"metres_per_unit must be positive, got {metres_per_unit}")
+    model = (1.0, f"face-model units (1 unit = {mpu:.6g} m)")
+    metres = (mpu, "metres")
+    cm = (mpu * 100.0, "centimetres")
+    obj, asset = {"": (model, metres), "m": (metres, metres), "cm": (cm, cm),
+                  "model": (model, model)}[u]
+    return UnitChoice(obj[0], obj[1], asset[0], asset[1])
+
+
+def _scaled(mesh: MeshData, scale: float) -> MeshData:
+    """A copy of ``mesh`` with positions (and morph offsets) times ``scale`` and no stored
+    normals (the writers compute seam-consistent ones)."""
+    from ffhquv.mesh import MorphTargets
+
+    morphs = None
+    if mesh.morphs is not None:
+        morphs = MorphTargets(mesh.morphs.names, mesh.morphs.offsets * np.float32(scale),
+                              mesh.morphs.weights)
+    return MeshData(mesh.vertices * np.float32(scale), mesh.faces, mesh.uvs, mesh.uv_faces,
+                    morphs=morphs)
 
 
 @dataclass
@@ -91,6 +144,8 @@ def export(
     preview_size: int = 512,
     head_texture_png: bytes | None = None,
     eye_texture_png: bytes | None = None,
+    metres_per_unit: float = DEFAULT_METRES_PER_UNIT,
+    units: str = "",
 ) -> ExportResult:
     """Produce the requested output files in memory.
 
@@ -108,6 +163,8 @@ def export(
         head_texture_png / eye_texture_png: the textures as the PNG bytes they arrived in
             (encoded once, where they were made); written as they are instead of encoding the
             arrays again. They must encode ``head_texture`` / ``eye_texture``.
+        metres_per_unit: metres per model unit of the meshes (0 = 0.1).
+        units: "" (GLB / .blend in metres, OBJ in model units), "m", "cm" or "model".
     Returns:
         :class:`ExportResult`. A format that cannot be produced here (``blend`` without bpy,
         previews without the renderer) is skipped with a warning; the others are produced.
@@ -133,6 +190,8 @@ def export(
     check_texture(head_texture, "head texture")
     check_texture(eye_texture, "eye texture")
     extra = dict(extra_files or {})
+    uc = resolve_units(units, metres_per_unit)
+    frame = "y up, face toward +z"
 
     res = ExportResult()
     files = res.files
@@ -142,39 +201,52 @@ def export(
     textured = bool(fmts & {"obj", "blend", "glb"})
     head_png = (head_texture_png or png_bytes(head_texture)) if textured else b""
     eye_png = (eye_texture_png or png_bytes(eye_texture)) if textured else b""
-    if "obj" in fmts or "blend" in fmts:
-        obj_files[HEAD_OBJ_NEUTRAL] = obj_text(
-            head_neutral, mtllib=HEAD_MTL, material=HEAD_MATERIAL,
-            header=f"ffhq-uv {name}: head, neutral expression").encode()
-        obj_files[HEAD_OBJ_EXPRESSION] = obj_text(
-            head_expression, mtllib=HEAD_MTL, material=HEAD_MATERIAL,
-            header=f"ffhq-uv {name}: head, fitted expression").encode()
+    if "obj" in fmts:
+        units_line = f"units: {uc.obj_unit}; {frame}"
+
+        def obj(mesh: MeshData, what: str, mtl: str, mat: str) -> bytes:
+            return obj_text(_scaled(mesh, uc.obj_scale), mtllib=mtl, material=mat,
+                            with_normals=True,
+                            header=f"ffhq-uv {name}: {what}\n{units_line}").encode()
+
+        obj_files[HEAD_OBJ_NEUTRAL] = obj(head_neutral, "head, neutral expression", HEAD_MTL,
+                                          HEAD_MATERIAL)
+        obj_files[HEAD_OBJ_EXPRESSION] = obj(head_expression, "head, fitted expression",
+                                             HEAD_MTL, HEAD_MATERIAL)
         obj_files[HEAD_MTL] = mtl_text(HEAD_MATERIAL, HEAD_PNG).encode()
         obj_files[HEAD_PNG] = head_png
-        obj_files[EYE_OBJ_LEFT] = obj_text(left_eye, mtllib=EYE_MTL, material=EYE_MATERIAL,
-                                           header=f"ffhq-uv {name}: left eyeball").encode()
-        obj_files[EYE_OBJ_RIGHT] = obj_text(right_eye, mtllib=EYE_MTL, material=EYE_MATERIAL,
-                                            header=f"ffhq-uv {name}: right eyeball").encode()
+        obj_files[EYE_OBJ_LEFT] = obj(left_eye, "left eyeball", EYE_MTL, EYE_MATERIAL)
+        obj_files[EYE_OBJ_RIGHT] = obj(right_eye, "right eyeball", EYE_MTL, EYE_MATERIAL)
         obj_files[EYE_MTL] = mtl_text(EYE_MATERIAL, EYE_PNG, specular=0.5,
                                       shininess=80.0).encode()
         obj_files[EYE_PNG] = eye_png
-    if "obj" in fmts:
         files.update(obj_files)
 
+    if fmts & {"glb", "blend"}:
+        head_a = _scaled(head_neutral, uc.asset_scale)
+        eyes_a = [_scaled(e, uc.asset_scale) for e in (left_eye, right_eye)]
+        pivots = [sphere_centre(e.vertices) for e in eyes_a]
     if "glb" in fmts:
+        extras = {"metres_per_model_unit": float(metres_per_unit or DEFAULT_METRES_PER_UNIT)}
+        if head_a.morphs is not None:
+            extras["morph_targets"] = (
+                "the head mesh's targets are the face model's expressions (ARKit blendshape "
+                "names in mesh.extras.targetNames); mesh.weights = the fitted expression, "
+                "all zero = the neutral head")
         files[f"{name}.glb"] = glb_bytes([
-            GlbPart("head", head_neutral, head_texture, roughness=0.6, texture_png=head_png),
-            GlbPart("eye_left", left_eye, eye_texture, roughness=0.1, texture_key="eye",
-                    texture_png=eye_png),
-            GlbPart("eye_right", right_eye, eye_texture, roughness=0.1, texture_key="eye",
-                    texture_png=eye_png),
-        ])
+            GlbPart("head", head_a, head_texture, roughness=0.6, texture_png=head_png),
+            GlbPart("eye_left", eyes_a[0], eye_texture, roughness=0.1, texture_key="eye",
+                    texture_png=eye_png, parent="head", pivot=pivots[0]),
+            GlbPart("eye_right", eyes_a[1], eye_texture, roughness=0.1, texture_key="eye",
+                    texture_png=eye_png, parent="head", pivot=pivots[1]),
+        ], unit=uc.asset_unit, extras=extras)
 
     if "blend" in fmts:
         if not blend_mod.bpy_available():
             res.warnings.append(blend_mod.BPY_MISSING.format(name=name))
         else:
-            files[f"{name}.blend"] = _blend(name, obj_files)
+            files[f"{name}.blend"] = _blend(name, head_a, eyes_a, pivots,
+                                            {HEAD_PNG: head_png, EYE_PNG: eye_png})
 
     if fmts & {"preview", "turntable"}:
         try:
@@ -203,14 +275,15 @@ def export(
     return res
 
 
-def _blend(name: str, obj_files: dict[str, bytes]) -> bytes:
+def _blend(name: str, head: MeshData, eyes: list[MeshData], pivots: list[np.ndarray],
+           pngs: dict[str, bytes]) -> bytes:
     with tempfile.TemporaryDirectory(prefix="ffhquv-blend-") as td:
-        for fname, data in obj_files.items():
+        for fname, data in pngs.items():
             (Path(td) / fname).write_bytes(data)
         path = blend_mod.write_blend(Path(td), name, [
-            (HEAD_OBJ_NEUTRAL, HEAD_PNG, "head", 0.6),
-            (EYE_OBJ_LEFT, EYE_PNG, "eye_left", 0.1),
-            (EYE_OBJ_RIGHT, EYE_PNG, "eye_right", 0.1),
+            blend_mod.BlendPart("head", head, HEAD_PNG, 0.6),
+            blend_mod.BlendPart("eye_left", eyes[0], EYE_PNG, 0.1, "head", pivots[0]),
+            blend_mod.BlendPart("eye_right", eyes[1], EYE_PNG, 0.1, "head", pivots[1]),
         ])
         return path.read_bytes()
 
@@ -229,6 +302,8 @@ def export_to_dir(
     *,
     replace: bool = True,
     preview_size: int = 512,
+    metres_per_unit: float = DEFAULT_METRES_PER_UNIT,
+    units: str = "",
 ) -> ExportResult:
     """:func:`export`, then write every file into ``out_dir`` (the folder of this photo, e.g.
     ``OUT/<name>``) atomically through :class:`OutputDir`: on any error no folder is left.
@@ -237,7 +312,8 @@ def export_to_dir(
     :func:`export`.
     """
     res = export(name, head_neutral, head_expression, head_texture, left_eye, right_eye,
-                 eye_texture, formats, extra_files, preview_size=preview_size)
+                 eye_texture, formats, extra_files, preview_size=preview_size,
+                 metres_per_unit=metres_per_unit, units=units)
     with OutputDir(out_dir, replace=replace) as od:
         for fname, data in res.files.items():
             od.write_bytes(fname, data)

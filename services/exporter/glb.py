@@ -1,10 +1,21 @@
 """Binary glTF 2.0 (``.glb``) of the head and the two eyeballs, textures embedded.
 
+Layout: one root node ``head`` (the head mesh, identity transform) with two children
+``eye_left`` / ``eye_right``, each translated to its eyeball's centre with the eyeball mesh
+around its own origin (rotate the node to turn the eye). Positions are written in the unit the
+caller chooses (the exporter writes metres by default, glTF's own unit), frame y up, face
+toward +z (glTF's +y up, +z front).
+
 glTF stores one texture coordinate per vertex, so every mesh is split at its UV seams:
-each distinct (vertex, uv) corner pair becomes one glTF vertex. Texture coordinates are
-converted from the OBJ convention (v up) to glTF's (t down from the top of the image):
-``s = u``, ``t = 1 - v``. Positions stay in model space (y up, face toward +z, as glTF's
-+y up / +z front); units are the face model's (about decimetres), stated in ``asset.extras``.
+each distinct (vertex, uv) corner pair becomes one glTF vertex. The normals of the split
+copies are the same smooth normal (:func:`services.exporter.obj.smooth_normals`), so no crease
+shows where UV islands meet. Texture coordinates are converted from the OBJ convention (v up)
+to glTF's (t down from the top of the image): ``s = u``, ``t = 1 - v``.
+
+Morph targets: a head mesh with :class:`ffhquv.mesh.MorphTargets` (the face model's 52 ARKit
+expressions) gets one glTF morph target per entry with POSITION and NORMAL deltas, the names in
+``mesh.extras.targetNames`` (read by three.js, Babylon.js, Blender and Unity's glTF importers)
+and the fitted weights as ``mesh.weights``; all-zero weights give the neutral head.
 """
 
 from __future__ import annotations
@@ -16,7 +27,7 @@ import pygltflib as gl
 
 from ffhquv.imaging import png_bytes
 from ffhquv.mesh import MeshData
-from services.exporter.obj import check_texture, vertex_normals
+from services.exporter.obj import check_texture, smooth_normals
 
 
 @dataclass
@@ -25,12 +36,15 @@ class GlbPart:
 
     Attributes:
         name: node / mesh name ("head", "eye_left", "eye_right").
-        mesh: the mesh with ``uvs`` / ``uv_faces`` (OBJ convention).
+        mesh: the mesh with ``uvs`` / ``uv_faces`` (OBJ convention), in the file's unit;
+            ``mesh.morphs`` become morph targets.
         texture: ``uint8 [H, W, 3]`` base colour, row 0 at the top (``v = 1``).
         roughness: PBR roughness in [0, 1].
         texture_key: parts with the same key share one embedded image.
         texture_png: ``texture`` already encoded as PNG (the exporter encodes each texture once
             for the OBJ files and the GLB); None encodes it here.
+        parent: name of an earlier part this node is a child of (None = a root node).
+        pivot: ``[3]`` node translation; the mesh is written relative to it (None = origin).
     """
 
     name: str
@@ -39,26 +53,38 @@ class GlbPart:
     roughness: float = 0.6
     texture_key: str | None = None
     texture_png: bytes | None = None
+    parent: str | None = None
+    pivot: np.ndarray | None = None
 
 
-def split_seams(mesh: MeshData) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def split_seams(mesh: MeshData) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                         np.ndarray]:
     """Per-corner unique (vertex, uv) pairs.
 
     Args:
         mesh: validated mesh with UVs.
     Returns:
         ``positions [K, 3]`` float32, ``uvs [K, 2]`` float32 (OBJ convention),
-        ``normals [K, 3]`` float32 (from ``mesh.normals`` or area-weighted), ``indices [T, 3]``
-        uint32 into the K split vertices.
+        ``normals [K, 3]`` float32 (seam-consistent smooth normals), ``indices [T, 3]``
+        uint32 into the K split vertices, ``source [K]`` int64 mesh vertex of each.
     """
-    normals = mesh.normals if mesh.normals is not None else vertex_normals(mesh)
     if mesh.uvs is None:
         raise ValueError("split_seams needs a mesh with uvs")
+    normals = smooth_normals(mesh.vertices, mesh.faces)
     pairs = np.stack([mesh.faces.ravel(), mesh.uv_faces.ravel()], -1)
     uniq, inverse = np.unique(pairs, axis=0, return_inverse=True)
     inverse = inverse.reshape(-1)
     return (mesh.vertices[uniq[:, 0]], mesh.uvs[uniq[:, 1]], normals[uniq[:, 0]],
-            inverse.reshape(-1, 3).astype(np.uint32))
+            inverse.reshape(-1, 3).astype(np.uint32), uniq[:, 0])
+
+
+def sphere_centre(vertices: np.ndarray) -> np.ndarray:
+    """``[3]`` least-squares centre of the sphere through ``vertices [N, 3]`` (an eyeball's
+    pivot; its corneal bulge moves it by a small fraction of the radius)."""
+    v = vertices.astype(np.float64)
+    a = np.concatenate([2 * v, np.ones((len(v), 1))], 1)
+    sol, *_ = np.linalg.lstsq(a, (v**2).sum(1), rcond=None)
+    return sol[:3]
 
 
 class _Builder:
@@ -97,14 +123,33 @@ class _Builder:
         self.g.textures.append(gl.Texture(sampler=0, source=len(self.g.images) - 1))
         return len(self.g.textures) - 1
 
-    def part(self, part: GlbPart, tex_index: int) -> None:
-        pos, uv, nrm, idx = split_seams(part.mesh)
+    def part(self, part: GlbPart, tex_index: int, node_of: dict[str, int]) -> None:
+        mesh = part.mesh
+        pivot = (np.zeros(3) if part.pivot is None
+                 else np.asarray(part.pivot, np.float64).reshape(3))
+        pos, uv, nrm, idx, src = split_seams(mesh)
+        pos = (pos.astype(np.float64) - pivot).astype(np.float32)
         st = np.stack([uv[:, 0], 1.0 - uv[:, 1]], -1).astype(np.float32)
+        f32 = np.float32
         attrs = gl.Attributes(
-            POSITION=self.accessor(pos.astype(np.float32), gl.VEC3, gl.ARRAY_BUFFER, True),
-            NORMAL=self.accessor(nrm.astype(np.float32), gl.VEC3, gl.ARRAY_BUFFER),
+            POSITION=self.accessor(pos, gl.VEC3, gl.ARRAY_BUFFER, True),
+            NORMAL=self.accessor(nrm.astype(f32), gl.VEC3, gl.ARRAY_BUFFER),
             TEXCOORD_0=self.accessor(st, gl.VEC2, gl.ARRAY_BUFFER),
         )
+        targets, names, weights = [], None, None
+        if mesh.morphs is not None and len(mesh.morphs.names):
+            mt = mesh.morphs
+            n0 = smooth_normals(mesh.vertices, mesh.faces)
+            for off in mt.offsets:
+                moved = mesh.vertices.astype(np.float64) + off
+                dn = (smooth_normals(moved, mesh.faces) - n0)[src]
+                dn[np.abs(dn) < 1e-7] = 0.0  # float noise away from the target's region
+                targets.append(gl.Attributes(
+                    POSITION=self.accessor(off[src].astype(f32), gl.VEC3, gl.ARRAY_BUFFER,
+                                           True),
+                    NORMAL=self.accessor(dn.astype(f32), gl.VEC3, gl.ARRAY_BUFFER)))
+            names = list(mt.names)
+            weights = [float(w) for w in mt.weights]
         ind = self.accessor(idx.reshape(-1, 1), gl.SCALAR, gl.ELEMENT_ARRAY_BUFFER)
         self.g.materials.append(gl.Material(
             name=f"{part.name}_material",
@@ -112,11 +157,25 @@ class _Builder:
                 baseColorTexture=gl.TextureInfo(index=tex_index), metallicFactor=0.0,
                 roughnessFactor=float(part.roughness)),
             doubleSided=False))
-        self.g.meshes.append(gl.Mesh(name=part.name, primitives=[gl.Primitive(
-            attributes=attrs, indices=ind, material=len(self.g.materials) - 1,
-            mode=gl.TRIANGLES)]))
-        self.g.nodes.append(gl.Node(name=part.name, mesh=len(self.g.meshes) - 1))
-        self.g.scenes[0].nodes.append(len(self.g.nodes) - 1)
+        prim = gl.Primitive(attributes=attrs, indices=ind, material=len(self.g.materials) - 1,
+                            mode=gl.TRIANGLES)
+        if targets:
+            prim.targets = targets
+        gmesh = gl.Mesh(name=part.name, primitives=[prim])
+        if names is not None:
+            gmesh.weights = weights
+            gmesh.extras = {"targetNames": names}
+        self.g.meshes.append(gmesh)
+        node = gl.Node(name=part.name, mesh=len(self.g.meshes) - 1)
+        if part.pivot is not None:
+            node.translation = pivot.tolist()
+        self.g.nodes.append(node)
+        ni = len(self.g.nodes) - 1
+        node_of[part.name] = ni
+        if part.parent is None:
+            self.g.scenes[0].nodes.append(ni)
+        else:
+            self.g.nodes[node_of[part.parent]].children.append(ni)
 
     def finish(self) -> bytes:
         while len(self.blob) % 4:
@@ -126,28 +185,33 @@ class _Builder:
         return b"".join(self.g.save_to_bytes())
 
 
-def glb_bytes(parts: list[GlbPart], *, unit: str = "face-model units (about decimetres)"
+def glb_bytes(parts: list[GlbPart], *, unit: str = "metres", extras: dict | None = None
               ) -> bytes:
     """Build a ``.glb`` with one node per part.
 
     Args:
-        parts: the meshes with their textures (each mesh must have UVs).
-        unit: recorded in ``asset.extras.unit``.
+        parts: the meshes with their textures (each mesh must have UVs); a part's ``parent``
+            must come earlier in the list.
+        unit: what one position unit is, recorded in ``asset.extras.unit``.
+        extras: more ``asset.extras`` entries.
     Returns:
         The GLB file bytes.
     Raises:
-        InvalidInput: a malformed mesh (see ``MeshData.validate``), a mesh without UVs or a
-            texture that is not ``uint8 [H, W, 3]``.
+        InvalidInput: a malformed mesh (see ``MeshData.validate``), a mesh without UVs, an
+            unknown parent or a texture that is not ``uint8 [H, W, 3]``.
     """
     from ffhquv.errors import InvalidInput
 
     b = _Builder()
-    b.g.asset.extras = {"unit": unit, "frame": "y up, face toward +z"}
+    b.g.asset.extras = {"unit": unit, "frame": "y up, face toward +z", **(extras or {})}
     shared: dict[str, int] = {}
+    node_of: dict[str, int] = {}
     for p in parts:
         p.mesh.validate()
         if p.mesh.uvs is None:
             raise InvalidInput(f"{p.name}: mesh has no texture coordinates")
+        if p.parent is not None and p.parent not in node_of:
+            raise InvalidInput(f"{p.name}: parent {p.parent!r} is not an earlier part")
         tex = check_texture(p.texture, f"{p.name} texture")
         if p.texture_key is not None and p.texture_key in shared:
             ti = shared[p.texture_key]
@@ -155,5 +219,5 @@ def glb_bytes(parts: list[GlbPart], *, unit: str = "face-model units (about deci
             ti = b.texture(tex, p.texture_png)
             if p.texture_key is not None:
                 shared[p.texture_key] = ti
-        b.part(p, ti)
+        b.part(p, ti, node_of)
     return b.finish()

@@ -50,6 +50,8 @@ class ExporterServicer(exporter_pb2_grpc.ExporterServicer):
             # the PNGs go out as they came in: decoded only to check them and for previews
             head_texture_png=request.head_texture_png,
             eye_texture_png=request.eye_texture_png,
+            metres_per_unit=request.metres_per_unit,
+            units=request.units,
         )
         return exporter_pb2.ExportResponse(
             files=[common_pb2.NamedFile(name=n, media_type=core.media_type(n), data=d)

@@ -119,6 +119,10 @@ class FitOutput:
         camera: the fitting camera.
         face_model: face-model name.
         render: ``uint8 [224, 224, 3]`` final render (black background).
+        metres_per_unit: metres per model-space unit of the face model.
+
+    ``mesh_neutral.morphs`` holds the expression basis as named morph targets weighted by the
+    fitted expression (neutral + weights . offsets = ``mesh_expression``).
     """
 
     coefficients: dict[str, np.ndarray]
@@ -134,6 +138,7 @@ class FitOutput:
     camera: Camera
     face_model: str
     render: np.ndarray = field(repr=False, default=None)
+    metres_per_unit: float = 0.1
 
     @property
     def report_json(self) -> str:
@@ -420,7 +425,9 @@ class FitterCore:
         for i in range(b):
             c_np = {k: v[i].detach().cpu().numpy().astype(np.float32) for k, v in coeffs.items()}
             s1r = self._stage1_render(i, stage1_coeffs) if want_inter else None
-            per.append((c_np, self._mesh(verts_neu[i]), self._mesh(verts_exp[i]), s1r))
+            mesh_neu = self._mesh(verts_neu[i])
+            mesh_neu.morphs = m.morph_targets(c_np["exp"])
+            per.append((c_np, mesh_neu, self._mesh(verts_exp[i]), s1r))
 
         # ... then each photo's host work (metrics, preview, PNG encodes, OBJ text) on a thread
         # pool: in a batch it would otherwise run photo after photo while the GPU waits
@@ -449,7 +456,8 @@ class FitterCore:
                 intermediates=inter,
                 eye_ring_left=m.eye_ring_left.cpu().numpy().astype(np.int64),
                 eye_ring_right=m.eye_ring_right.cpu().numpy().astype(np.int64),
-                camera=cam, face_model=self.face_model, render=render_u8[i])
+                camera=cam, face_model=self.face_model, render=render_u8[i],
+                metres_per_unit=m.metres_per_unit)
 
         return per_photo(finish, b)
 
@@ -504,6 +512,8 @@ class FitterCore:
         buf = io.BytesIO()
         np.savez(buf, face_model=np.array(self.face_model), **c3)
         files["stage3_coeffs.npz"] = buf.getvalue()
+        files["stage3_coeffs.json"] = json.dumps(self.model.named_coefficients(c3),
+                                                 indent=1).encode()
         return files
 
     def _paper_status(self) -> dict[str, str]:

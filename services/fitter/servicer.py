@@ -89,6 +89,7 @@ def result_to_proto(out: FitOutput, request_id: str, want_intermediates: bool,
         camera=common_pb2.Camera(focal=cam.focal, center=cam.center,
                                  camera_distance=cam.distance, image_size=cam.size,
                                  znear=cam.znear, zfar=cam.zfar),
+        metres_per_unit=out.metres_per_unit,
     )
     if want_intermediates:
         res.files.extend(common_pb2.NamedFile(name=n, media_type=media_type(n), data=d)

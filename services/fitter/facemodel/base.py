@@ -88,6 +88,77 @@ class FaceModel:
     def device(self) -> torch.device:
         return self.mean_shape.device
 
+    @property
+    def metres_per_unit(self) -> float:
+        """Metres per model-space unit: the default model's build scale (anny is in metres),
+        0.1 otherwise (HiFi3D++ units: its inter-ocular distance 0.663 is about 66 mm)."""
+        scale = (self.meta.get("anny_to_model") or {}).get("scale")
+        return 1.0 / float(scale) if scale else 0.1
+
+    def expression_names(self) -> list[str]:
+        """``K_exp`` names of the expression coefficients (the default model's are the 52 ARKit
+        blendshapes ``browDownLeft`` ... ``tongueOut``; ``exp00`` ... when the model has none)."""
+        if len(self.exp_labels) == self.exp_dim:
+            return list(self.exp_labels)
+        return [f"exp{k:02d}" for k in range(self.exp_dim)]
+
+    def morph_targets(self, exp_coeff: np.ndarray, tol: float = 1e-6):
+        """The expression basis as morph targets of the neutral head.
+
+        Args:
+            exp_coeff: ``[K_exp]`` fitted expression coefficients (the targets' weights).
+            tol: offsets with ``|d| <= tol`` model units (float noise of the basis) become 0,
+                so a target lists only the vertices it moves.
+        Returns:
+            :class:`ffhquv.mesh.MorphTargets`: names, ``offsets [K_exp, N, 3]`` float32 (the
+            basis columns), ``weights [K_exp]``; ``neutral + weights . offsets`` is the
+            expression shape.
+        """
+        from ffhquv.mesh import MorphTargets
+
+        off = self.exp_base.detach().cpu().numpy().transpose(2, 0, 1).astype(np.float32)
+        off[np.abs(off) <= tol] = 0.0
+        return MorphTargets(names=self.expression_names(), offsets=off,
+                            weights=np.asarray(exp_coeff, np.float32).reshape(-1))
+
+    def named_coefficients(self, coeffs: dict[str, np.ndarray]) -> dict:
+        """The ``stage3_coeffs.json`` content: every coefficient under its name.
+
+        Args:
+            coeffs: ``id [K_id]``, ``exp [K_exp]``, ``angles [3]``, ``gamma [27]``,
+                ``trans [3]`` (one photo, numpy).
+        Returns:
+            A JSON-ready dict: ``expression`` {ARKit name: weight}, ``identity`` {name: value},
+            ``angles_rad`` / ``translation`` {x, y, z}, ``gamma`` [27], the unit, and which
+            expression weights fall outside the ARKit range [0, 1] with what that means.
+        """
+        exp = np.asarray(coeffs["exp"], np.float64).reshape(-1)
+        names = self.expression_names()
+        ids = (list(self.id_labels) if len(self.id_labels) == self.id_dim
+               else [f"id{k:03d}" for k in range(self.id_dim)])
+        xyz = lambda a: dict(zip("xyz", np.asarray(a, float).reshape(-1).tolist(), strict=True))  # noqa: E731
+        outside = {n: float(w) for n, w in zip(names, exp, strict=True) if not 0.0 <= w <= 1.0}
+        return {
+            "face_model": self.name,
+            "unit": self.unit,
+            "metres_per_unit": self.metres_per_unit,
+            "expression": {n: float(w) for n, w in zip(names, exp, strict=True)},
+            "expression_outside_0_1": outside,
+            "expression_note": (
+                "Expression weights of the face model's blend shapes (for the default model "
+                "the 52 ARKit blendshapes: 0 = neutral, 1 = the full expression). The fit "
+                "keeps them unconstrained (Gaussian prior) and these are the exact fitted "
+                "values: neutral + sum(weight * target) is stage3_mesh_exp.obj and the GLB's "
+                "default morph weights. A weight outside [0, 1] extrapolates the target "
+                "linearly (below 0: the opposite motion); clamp to [0, 1] when driving an "
+                "ARKit rig that accepts only that range."),
+            "identity": {n: float(v) for n, v in
+                         zip(ids, np.asarray(coeffs["id"]).reshape(-1), strict=True)},
+            "angles_rad": xyz(coeffs["angles"]),
+            "translation": xyz(coeffs["trans"]),
+            "gamma": np.asarray(coeffs["gamma"], float).reshape(-1).tolist(),
+        }
+
     # -- geometry --------------------------------------------------------------------------------
     def shape(self, id_coeff: Tensor, exp_coeff: Tensor | None = None) -> Tensor:
         """Vertices for coefficients.
