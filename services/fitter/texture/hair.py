@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,12 +98,28 @@ def hair_layer(color: np.ndarray, w_hair: np.ndarray, w_skin: np.ndarray, maps: 
     matte = zone * t * t * (3 - 2 * t)
     w_col = (w_hair * (zone > 0.05)).astype(np.float32)
     base, _ = mesh_lowpass(maps, color, w_col, sigma=s / 32, prior=hair_rgb, reach=s / 6)
-    noise = strand_noise(maps.pos_mean.cpu().numpy(), maps.head_centre)
-    synth = base * np.exp(float(stats["hair_amp"]) * noise)[..., None]
+    synth = base * np.exp(float(stats["hair_amp"]) * _atlas_strands(maps))[..., None]
     own = np.clip((w_col - 0.3) / 0.5, 0, 1)[..., None]
     out = own * color + (1 - own) * synth
     return HairLayer(color=np.clip(out, 1.0 / 255, 1.0).astype(np.float32),
                      matte=matte.astype(np.float32), info=info)
+
+
+_STRANDS: dict[int, tuple[UVMaps, np.ndarray]] = {}
+_STRANDS_LOCK = threading.Lock()
+
+
+def _atlas_strands(maps: UVMaps) -> np.ndarray:
+    """:func:`strand_noise` at every texel of ``maps`` (``float32 [S, S]``), made once per
+    atlas: it depends on the model and the size only, not on the photo."""
+    with _STRANDS_LOCK:
+        hit = _STRANDS.get(id(maps))
+        if hit is not None and hit[0] is maps:
+            return hit[1]
+    noise = strand_noise(maps.pos_mean.cpu().numpy(), maps.head_centre)
+    with _STRANDS_LOCK:
+        _STRANDS[id(maps)] = (maps, noise)
+    return noise
 
 
 # strand noise: octaves of (cycles per radian across the strands, along them, amplitude)
