@@ -265,11 +265,14 @@ def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray, cw: np
     core = cv2.erode(inside.astype(np.uint8), _disc(max(1, int(0.1 * iod)))) > 0
     top = (core & (parse == PARSE_BG) & (np.abs(xx - x_mid) < 0.8 * iod)
            & (yy < y_brow - 0.3 * iod) & (yy > y_brow - 1.6 * iod))
+    # GrabCut's head, unless it lost most of the band (hair as dark as a dark background)
+    if (top & fg).sum() > 0.5 * top.sum():
+        top = top & fg
     hair_top = (skinlike < 0.5) & top
     n_h = float(hair_top.sum())
     n_s = float(((skinlike > 0.5) & top).sum())
     stats: dict = {"hair_px": n_h, "skin_px": n_s,
-                   "has_hair": bool(n_h > 0.002 * h * w and n_h > 0.5 * (n_h + n_s))}
+                   "has_hair": bool(n_h > 0.002 * h * w and n_h > 0.6 * (n_h + n_s))}
     if n_h > 20:
         px = photo[hair_top].astype(np.float32) / 255
         luma = px @ np.array([0.299, 0.587, 0.114], np.float32)
