@@ -39,10 +39,11 @@ def test_quality_fields_and_sane_values(astronaut_result):
         assert 0 < m[k] < 1.0
     assert 0.4 < m["uv_coverage"] <= 1 and 0.2 < m["fit_coverage"] <= 1
     assert 0 <= m["sym_err_pct"] < 10
-    # the face patch comes from the photo: close in colour; outside it, a template
+    # the face patch comes from the photo: close in colour; outside it, the whole head is
+    # painted from the photo too (her dark hair on the scalp: was 20+ on a bald head)
     assert 0 <= m["dE_face"] < 6 and m["dE_face"] <= m["dEpx_face"] < 15
     assert m["px_face"] > 20000 and 0 < m["dE_outside"] < 60
-    assert m["dE_scalp"] > 5  # her dark hair vs the bald head's skin
+    assert 0 <= m["dE_scalp"] < 15
     # the images the numbers come from
     assert res.images["composite"].shape == (224, 672, 3)
     for k in quality.YAWS:
