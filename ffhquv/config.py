@@ -21,7 +21,9 @@ through this module (``tests/test_config.py`` checks both).
 | ``FFHQUV_STORAGE_DIR`` | ``<cache>/artifacts`` | gateway artifact folder |
 | ``FFHQUV_STORAGE_MAX_BYTES`` | ``5 GiB`` | gateway artifact folder size cap |
 | ``FFHQUV_MAX_QUEUE`` / ``FFHQUV_MAX_CONCURRENT`` | ``64`` / ``16`` | gateway admission |
-| ``FFHQUV_AUTH_TOKEN`` | unset | bearer token the gateway requires |
+| ``FFHQUV_AUTH_TOKEN`` / ``FFHQUV_AUTH_TOKEN_FILE`` | unset | gateway bearer token (or its file) |
+| ``FFHQUV_INTERNAL_TOKEN`` / ``FFHQUV_INTERNAL_TOKEN_FILE`` | ``serve all`` makes one | ditto |
+| ``FFHQUV_PARENT_PID`` | set by ``serve all`` | in its children: die with that parent |
 | ``FFHQUV_TLS_CERT`` / ``_KEY`` / ``_CA`` | unset | TLS; with a CA, mutual TLS |
 | ``FFHQUV_SERVICE`` | set by the image | which service a container image serves (Dockerfiles) |
 | ``FFHQUV_TORCH_SPEC`` | ``torch==2.13.0`` | torch requirement installed by ``./run`` |
@@ -98,6 +100,10 @@ VARIABLES: dict[str, str] = {
     "FFHQUV_MAX_QUEUE": "gateway admission: queued reconstructions",
     "FFHQUV_MAX_CONCURRENT": "gateway admission: running reconstructions",
     "FFHQUV_AUTH_TOKEN": "bearer token the gateway requires",
+    "FFHQUV_AUTH_TOKEN_FILE": "file holding the gateway's bearer token",
+    "FFHQUV_INTERNAL_TOKEN": "token the backends require of their callers (serve all sets one)",
+    "FFHQUV_INTERNAL_TOKEN_FILE": "file holding the internal token",
+    "FFHQUV_PARENT_PID": "set by serve all in its children: die with that parent",
     "FFHQUV_TLS_CERT": "TLS certificate (PEM)",
     "FFHQUV_TLS_KEY": "TLS private key (PEM)",
     "FFHQUV_TLS_CA": "TLS CA (PEM); with it, mutual TLS between services",

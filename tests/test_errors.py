@@ -31,6 +31,14 @@ def _closed_port() -> str:
         return f"127.0.0.1:{s.getsockname()[1]}"
 
 
+def _unwatched(backends: GrpcBackends) -> GrpcBackends:
+    """The gateway does not follow these backends' health, so a request with a dead backend
+    gets as far as calling it (the point of these tests); failing fast on a backend known to be
+    down is tested in ``tests/test_gateway_reliability.py``."""
+    backends.watch_health = None
+    return backends
+
+
 def _png(rgb: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG")
@@ -55,7 +63,7 @@ def gateway(tmp_path_factory, detector_addr):
     backends = GrpcBackends(detector=detector_addr, fitter=closed, eyeball=closed,
                             exporter=closed, retry=RetryPolicy(attempts=2, initial_backoff=0.05,
                                                                max_backoff=0.1))
-    gw = GatewayServer(Orchestrator(backends), LocalArtifactStore(
+    gw = GatewayServer(Orchestrator(_unwatched(backends)), LocalArtifactStore(
         tmp_path_factory.mktemp("artifacts")), limits=GatewayLimits(max_concurrent=1,
                                                                      max_queue=4),
         close_backends=backends.close)
@@ -138,7 +146,7 @@ def test_gateway_details_own_and_passed_through(gateway, astronaut_jpg_bytes):
 def test_full_queue_gives_retry_info(tmp_path):
     closed = _closed_port()
     backends = GrpcBackends(detector=closed, fitter=closed, eyeball=closed, exporter=closed)
-    gw = GatewayServer(Orchestrator(backends), LocalArtifactStore(tmp_path),
+    gw = GatewayServer(Orchestrator(_unwatched(backends)), LocalArtifactStore(tmp_path),
                        limits=GatewayLimits(max_concurrent=0, max_queue=0),
                        close_backends=backends.close)
     gw.start_in_thread()
@@ -174,7 +182,7 @@ def test_cancelled_and_deadline_exceeded_are_counted_as_such(tmp_path, detector_
                             exporter=closed, retry=RetryPolicy(attempts=10_000,
                                                                initial_backoff=0.2,
                                                                max_backoff=0.2))
-    gw = GatewayServer(Orchestrator(backends), LocalArtifactStore(tmp_path),
+    gw = GatewayServer(Orchestrator(_unwatched(backends)), LocalArtifactStore(tmp_path),
                        limits=GatewayLimits(max_concurrent=2, max_queue=2),
                        close_backends=backends.close)
     gw.start_in_thread()
