@@ -55,6 +55,8 @@ def main(mode: str, photo: str) -> int:
     import tempfile
 
     backends = GrpcBackends(**addrs, retry=RetryPolicy(attempts=1))
+    if mode != "full":  # closed backends: not followed, so the request reaches the detector
+        backends.watch_health = None
     gw = GatewayServer(Orchestrator(backends), LocalArtifactStore(Path(tempfile.mkdtemp())),
                        limits=GatewayLimits(), close_backends=backends.close)
     gw.start_in_thread()
