@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -136,7 +137,12 @@ def test_mtls_token_file_supervision_and_orphans(tmp_path, certs, astronaut_jpg_
         children = list(stack.child_pids().values())
         os.kill(stack.proc.pid, signal.SIGKILL)
         stack.proc.wait(timeout=10)
-        took = wait_until(lambda: not any(pid_alive(p) for p in children), timeout=60)
+        try:
+            took = wait_until(lambda: not any(pid_alive(p) for p in children), timeout=120)
+        except TimeoutError:
+            left = {p: _proc_line(p) for p in children if pid_alive(p)}
+            raise AssertionError(f"children left 120 s after kill -9 of serve all: {left}\n"
+                                 f"{stack.log()[-3000:]}") from None
         print(f"serve all kill -9: last child gone after {took:.1f} s")
     finally:
         stack.stop()
@@ -181,3 +187,13 @@ def test_tls_public_port_env_token_and_internal_token(tmp_path, certs):
             assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED  # the public token
     finally:
         stack.stop()
+
+
+def _proc_line(pid: int) -> str:
+    """``state | command line`` of a process, for the failure message."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+    except OSError:
+        return "gone"
+    return f"{stat} | {cmd}"
