@@ -83,12 +83,11 @@ def hair_layer(color: np.ndarray, w_hair: np.ndarray, w_skin: np.ndarray, maps: 
     Returns:
         :class:`HairLayer`, or None for a bald head.
     """
-    info = {k: stats.get(k) for k in ("has_hair", "hair_px", "skin_px", "hair_amp")}
-    if not stats.get("has_hair") or "hair_rgb" not in stats:
+    info = hair_info(stats)
+    if not info["has_hair"]:
         return None
     s = maps.size
     hair_rgb = np.asarray(stats["hair_rgb"], np.float32)
-    info["hair_rgb"] = [round(float(c), 4) for c in hair_rgb]
     zone = maps.hair_zone * maps.mask.cpu().numpy()
     seen = np.clip(w_hair + w_skin, 0, 1).astype(np.float32)
     frac = (w_hair / np.maximum(w_hair + w_skin, 1e-6)).astype(np.float32)
@@ -120,6 +119,18 @@ def _atlas_strands(maps: UVMaps) -> np.ndarray:
     with _STRANDS_LOCK:
         _STRANDS[id(maps)] = (maps, noise)
     return noise
+
+
+def hair_info(stats: dict) -> dict:
+    """What ``report.json`` says of the hair: ``has_hair`` (a head of hair was found and has a
+    colour), the band's hair / skin pixel counts, and the colour and strand contrast when
+    painted. ``stats``: a ``HeadMasks.hair_stats`` entry."""
+    info = {k: stats.get(k) for k in ("hair_px", "skin_px")}
+    info["has_hair"] = bool(stats.get("has_hair")) and "hair_rgb" in stats
+    if info["has_hair"]:
+        info["hair_amp"] = stats.get("hair_amp")
+        info["hair_rgb"] = [round(float(c), 4) for c in stats["hair_rgb"]]
+    return info
 
 
 # strand noise: octaves of (cycles per radian across the strands, along them, amplitude)

@@ -21,7 +21,7 @@ from services.fitter.camera import Camera
 from services.fitter.facemodel.base import FaceModel
 from services.fitter.texture.atlas import uv_maps
 from services.fitter.texture.completion import CompletedTexture, complete_texture, pad_outside
-from services.fitter.texture.hair import hair_layer
+from services.fitter.texture.hair import hair_info, hair_layer
 from services.fitter.texture.masks import HeadMasks
 from services.fitter.texture.unwrap import unwrap
 
@@ -87,7 +87,7 @@ class UnwrapTextureSource:
                                     skin=None if w_skin is None else w_skin[i])
             hair = hair_layer(col[i], w_hair[i], wt[i], maps, head.hair_stats[i])
             if hair is None:
-                done.hair = {"has_hair": False}
+                done.hair = hair_info(head.hair_stats[i])
                 return done
             m = hair.matte[..., None]
             tex = (done.texture * (1 - m) + hair.color * m).astype(np.float32)
