@@ -24,9 +24,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import header, table, write_json  # noqa: E402
-from ffhquv.commands import wait_healthy  # noqa: E402
 from ffhquv.pb import common_pb2, gateway_pb2, gateway_pb2_grpc  # noqa: E402
 from ffhquv.server import channel  # noqa: E402
+from ffhquv_cli.commands import wait_healthy  # noqa: E402
 
 PRESETS = {"fast": 1, "standard": 2, "best": 3}
 
@@ -93,7 +93,7 @@ def main() -> int:
         env = {**os.environ, "FFHQUV_MAX_QUEUE": str(args.max_queue),
                "FFHQUV_MAX_CONCURRENT": str(args.max_concurrent),
                "FFHQUV_LOG_LEVEL": "WARNING"}
-        proc = subprocess.Popen([sys.executable, "-m", "ffhquv.cli", "serve", "all", "--port",
+        proc = subprocess.Popen([sys.executable, "-m", "ffhquv_cli", "serve", "all", "--port",
                                  str(port), "--metrics-port", "-1", "--device", "cpu"], env=env,
                                 stderr=subprocess.DEVNULL)
         address = f"127.0.0.1:{port}"

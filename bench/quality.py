@@ -843,7 +843,7 @@ def collect(inputs: list[str], astronaut: bool) -> list[tuple[str, bytes]]:
     """``(name, bytes)`` of the photos in files / folders (non-recursive; sub-folders and
     :func:`is_texture` files are skipped), plus skimage's astronaut as ``astronaut.png`` when
     asked."""
-    from ffhquv.commands import IMAGE_SUFFIXES
+    from ffhquv_cli.commands import IMAGE_SUFFIXES
 
     items: list[tuple[str, bytes]] = []
     for s in inputs:

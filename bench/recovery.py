@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import header, table, write_json  # noqa: E402
 from bench.load import PRESETS, free_port, photo_bytes  # noqa: E402
-from ffhquv.commands import wait_healthy  # noqa: E402
 from ffhquv.pb import common_pb2, exporter_pb2, gateway_pb2, gateway_pb2_grpc  # noqa: E402
+from ffhquv_cli.commands import wait_healthy  # noqa: E402
 
 READY = health_pb2.HealthCheckRequest(service="ffhquv.gateway.v1.Reconstruction")
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -70,7 +70,7 @@ def main() -> int:
     port = free_port()
     env = {**os.environ, "FFHQUV_STORAGE_DIR": tempfile.mkdtemp(prefix="ffhquv-recovery-"),
            "FFHQUV_LOG_LEVEL": "WARNING"}
-    proc = subprocess.Popen([sys.executable, "-m", "ffhquv.cli", "serve", "all", "--port",
+    proc = subprocess.Popen([sys.executable, "-m", "ffhquv_cli", "serve", "all", "--port",
                              str(port), "--metrics-port", "-1", "--device", "cpu"], env=env,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"127.0.0.1:{port}"

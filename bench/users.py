@@ -114,7 +114,7 @@ def _same_fs(a: Path, b: Path) -> bool:
 
 
 def _fit_cmd(inputs: list[str], out: Path, args, batch: int | None = None) -> list[str]:
-    cmd = [sys.executable, "-m", "ffhquv.cli", "fit", *inputs, "-o", str(out), "--preset",
+    cmd = [sys.executable, "-m", "ffhquv_cli", "fit", *inputs, "-o", str(out), "--preset",
            args.preset, "--device", args.device, "--overwrite"]
     if batch:
         cmd += ["--batch-size", str(batch)]
@@ -170,8 +170,8 @@ def run_cli(args) -> list[dict]:
 def run_warm(args) -> list[dict]:
     import asyncio
 
-    from ffhquv.commands import write_output_dir
     from ffhquv.pb import common_pb2, gateway_pb2
+    from ffhquv_cli.commands import write_output_dir
     from gateway.backends import LocalBackends
     from gateway.orchestrator import Orchestrator
 
@@ -223,9 +223,9 @@ def run_serve(args) -> list[dict]:
     import grpc
 
     from bench.load import free_port, tree_rss
-    from ffhquv.commands import wait_healthy
     from ffhquv.pb import common_pb2, gateway_pb2, gateway_pb2_grpc
     from ffhquv.server import channel
+    from ffhquv_cli.commands import wait_healthy
 
     photos = [(p.read_bytes(), p.name) for p in photos_in(args.photos)]
     port = free_port()
@@ -233,7 +233,7 @@ def run_serve(args) -> list[dict]:
     if args.max_concurrent:
         env["FFHQUV_MAX_CONCURRENT"] = str(args.max_concurrent)
     t_start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "ffhquv.cli", "serve", "all", "--port",
+    proc = subprocess.Popen([sys.executable, "-m", "ffhquv_cli", "serve", "all", "--port",
                              str(port), "--metrics-port", "-1", "--device", args.device],
                             env=env, stderr=subprocess.DEVNULL)
     address = f"127.0.0.1:{port}"

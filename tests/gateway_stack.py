@@ -17,9 +17,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from ffhquv.commands import spawn_service, wait_healthy
 from ffhquv.pb import gateway_pb2_grpc
 from ffhquv.server import channel
+from ffhquv_cli.commands import spawn_service, wait_healthy
 from gateway.backends import GrpcBackends, RetryPolicy
 from gateway.orchestrator import Deadlines, Orchestrator
 from gateway.server import GatewayLimits, GatewayServer
@@ -132,7 +132,7 @@ class ServeAll:
                     "FFHQUV_LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "2", **(env or {})}
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ffhquv.cli", "serve", "all", "--port", str(self.port),
+                [sys.executable, "-m", "ffhquv_cli", "serve", "all", "--port", str(self.port),
                  "--metrics-port", "-1", "--device", "cpu", *args],
                 env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:

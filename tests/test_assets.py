@@ -466,8 +466,8 @@ def test_blender_default_obj_import_is_smooth(parts, tmp_path):
 
 
 def test_cli_units_option_reaches_the_request():
-    from ffhquv.cli import build_parser
-    from ffhquv.commands import _options
+    from ffhquv_cli.commands import _options
+    from ffhquv_cli.main import build_parser
     from gateway.orchestrator import validate_options
 
     args = build_parser().parse_args(["fit", "a.jpg", "-o", "out", "--units", "cm"])

@@ -16,7 +16,7 @@ SEED_FILES = ("stage3_mesh_id.obj", "stage3_mesh.mtl", "stage3_uv.png", "L_ball.
 
 
 def ffhquv(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ffhquv.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "ffhquv_cli", *args], capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -35,6 +35,20 @@ def test_every_subcommand_answers_help(sub):
     r = ffhquv(sub, "--help")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("usage: ffhquv " + sub), r.stdout[:200]
+
+
+@pytest.mark.parametrize("missing", ["ffhquv_deploy", "yaml"])
+def test_deploy_without_its_extra_names_the_extra(monkeypatch, capsys, missing):
+    """The service images carry neither the deploy tool nor its extra: ``ffhquv deploy`` then
+    says what to install (exit 2) instead of a traceback."""
+    from ffhquv_cli.main import main
+
+    for name in ("ffhquv_deploy", "ffhquv_deploy.deploy"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setitem(sys.modules, missing, None)  # import of it raises ModuleNotFoundError
+    assert main(["deploy", "status"]) == 2
+    err = capsys.readouterr().err
+    assert "'deploy' extra" in err and "pip install -e '.[deploy]'" in err and missing in err
 
 
 def test_usage_errors_exit_2_before_any_work(tmp_path, astronaut_png):

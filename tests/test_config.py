@@ -19,7 +19,7 @@ NAME = re.compile(r"FFHQUV_[A-Z][A-Z0-9_]*[A-Z0-9]")
 # stale entry fails the test): switch the file to the ffhquv.config accessors and remove it.
 DIRECT_READERS: dict[str, str] = {
     "ffhquv/config.py": "the owner",
-    "ffhquv/commands.py": "pending (edited on other branches): use config.log_level, "
+    "ffhquv_cli/commands.py": "pending (edited on other branches): use config.log_level, "
                           "tls_files, storage_dir, storage_max_bytes, max_queue, "
                           "max_concurrent, auth_token, service_addr, env('FFHQUV_FITTER_WARM'), "
                           "env('FFHQUV_SERVE_REPLICAS'); it also sets FFHQUV_LANDMARK_MODEL",
@@ -89,7 +89,7 @@ def _environ_reads(tree: ast.AST) -> list[int]:
 
 def test_variables_are_read_through_config():
     readers = {}
-    for rel in _tracked("services", "gateway", "ffhquv"):
+    for rel in _tracked("services", "gateway", "ffhquv", "ffhquv_cli", "ffhquv_deploy"):
         if rel.endswith(".py"):
             lines = _environ_reads(ast.parse((ROOT / rel).read_text(), filename=rel))
             if lines:

@@ -193,7 +193,7 @@ def test_load_face_model_cache(model):
 
 
 def test_cli_build_model_reports_cache(capsys):
-    from ffhquv.cli import main
+    from ffhquv_cli.main import main
 
     assert main(["build-model"]) == 0
     out = capsys.readouterr().out

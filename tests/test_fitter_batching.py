@@ -149,7 +149,7 @@ def test_servicer_batches_concurrent_fit_requests(model, faces):
 
 
 def test_cli_batch_size_default():
-    from ffhquv.commands import fit_batch_size
+    from ffhquv_cli.commands import fit_batch_size
 
     assert fit_batch_size(0, "cpu") == 1
     assert fit_batch_size(5, "cpu") == 5

@@ -20,9 +20,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from ffhquv.commands import wait_healthy
 from ffhquv.pb import common_pb2, gateway_pb2, gateway_pb2_grpc
 from ffhquv.server import channel
+from ffhquv_cli.commands import wait_healthy
 
 
 def _free_port() -> int:
@@ -37,7 +37,7 @@ def serve_all(tmp_path_factory):
     env = {**os.environ, "FFHQUV_MAX_QUEUE": "3", "FFHQUV_MAX_CONCURRENT": "1",
            "FFHQUV_STORAGE_DIR": str(tmp_path_factory.mktemp("store")),
            "FFHQUV_LOG_LEVEL": "WARNING"}
-    proc = subprocess.Popen([sys.executable, "-m", "ffhquv.cli", "serve", "all", "--port",
+    proc = subprocess.Popen([sys.executable, "-m", "ffhquv_cli", "serve", "all", "--port",
                              str(port), "--metrics-port", str(mport), "--device", "cpu"],
                             env=env, start_new_session=True)
     try:
@@ -126,7 +126,7 @@ def test_cli_fit_remote(serve_all, astronaut_png, tmp_path):
     address, mport, _ = serve_all
     drain(mport)
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "ffhquv.cli", "fit", str(astronaut_png), "-o",
+    r = subprocess.run([sys.executable, "-m", "ffhquv_cli", "fit", str(astronaut_png), "-o",
                         str(out), "--remote", address, "--preset", "fast",
                         "--texture-size", "512"], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]

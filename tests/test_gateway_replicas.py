@@ -8,9 +8,9 @@ import asyncio
 import grpc
 import pytest
 
-from ffhquv.commands import cpu_service_replicas
 from ffhquv.pb import exporter_pb2, exporter_pb2_grpc
 from ffhquv.server import build_server
+from ffhquv_cli.commands import cpu_service_replicas
 from gateway.backends import GrpcBackends, RetryPolicy
 from services.exporter.servicer import ExporterServicer
 

@@ -20,7 +20,7 @@ pytest.importorskip("kubernetes")
 
 from kubernetes import client  # noqa: E402
 
-from ffhquv import deploy  # noqa: E402
+from ffhquv_deploy import deploy  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 NS = "ffhquv"

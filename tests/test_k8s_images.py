@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ffhquv import deploy
+from ffhquv_deploy import deploy
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKER = REPO / "docker"
@@ -122,8 +122,14 @@ def test_build_steps(dockerfile):
         < runs.index(install), "stubs are generated before the package is installed"
     assert "pip install -e" not in runs, "images install the package, not an editable checkout"
     assert "ffhquv build-model" in runs
-    for src in (a.split()[0] for a in _all(build, "COPY") if not a.startswith("--")):
+    sources = [a.split()[0] for a in _all(build, "COPY") if not a.startswith("--")]
+    for src in sources:
         assert (REPO / src).exists(), f"COPY {src}: not in the repository"
+    assert "ffhquv_cli/" in sources, "the services run as `ffhquv serve` (the CLI package)"
+    assert not any(s.startswith("ffhquv_deploy") for s in sources), \
+        "the deploy tool stays out of the service images"
+    extras = {e for group in re.findall(r"\.\[([\w,-]+)\]", runs) for e in group.split(",")}
+    assert "deploy" not in extras, "no deploy extra in the images"
     final = st[-1]
     copies = _all(final, "COPY")
     assert any("/opt/venv" in c and "--from=build" in c for c in copies)
@@ -184,14 +190,14 @@ def test_dockerignore():
     lines = (REPO / ".dockerignore").read_text().splitlines()
     patterns = [x.strip() for x in lines if x.strip() and not x.startswith("#")]
     sent = ["pyproject.toml", "README.md", "protos/ffhquv/detector/v1/detector.proto",
-            "protos/released/ffhquv_v1.binpb", "ffhquv/deploy.py", "ffhquv/server.py",
+            "protos/released/ffhquv_v1.binpb", "ffhquv_cli/main.py", "ffhquv/server.py",
             "services/fitter/camera.py", "gateway/server.py"]
     kept_out = [".git/HEAD", ".venv/bin/python", ".cache/anny/v14/model.pt", "tests/conftest.py",
                 "k8s/base/fitter.yaml", "docker/Dockerfile.cpu",
                 "ffhquv/detector/v1/detector_pb2.py",
-                "ffhquv/_protos_stamp.txt", "ffhquv/__pycache__/cli.cpython-311.pyc",
+                "ffhquv/_protos_stamp.txt", "ffhquv_cli/__pycache__/main.cpython-311.pyc",
                 "services/fitter/__pycache__/x.pyc", "ffhquv.egg-info/PKG-INFO", "out/x/y.obj",
-                ".ruff_cache/x", "run", ".ci/run", "bench/x.py"]
+                ".ruff_cache/x", "run", ".ci/run", "bench/x.py", "ffhquv_deploy/deploy.py"]
     for p in sent:
         assert not _dockerignore_excludes(patterns, p), f"{p} must be in the build context"
     for p in kept_out:

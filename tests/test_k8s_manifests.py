@@ -1,4 +1,4 @@
-"""The Kubernetes manifests (k8s/): rendered by ffhquv.deploy's kustomize subset, identical to
+"""The Kubernetes manifests (k8s/): rendered by ffhquv_deploy's kustomize subset, identical to
 `kubectl kustomize` where kubectl is installed, valid against the newest Kubernetes OpenAPI
 schema that kubernetes-validate ships (strict), and checked for the deployment policy."""
 
@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ffhquv import deploy
-from ffhquv.deploy import KustomizeError, build, json_patch, label_selector_matches, render
-from ffhquv.deploy import strategic_merge as smp
+from ffhquv_deploy import deploy
+from ffhquv_deploy.deploy import KustomizeError, build, json_patch, label_selector_matches, render
+from ffhquv_deploy.deploy import strategic_merge as smp
 
 REPO = Path(__file__).resolve().parent.parent
 K8S = REPO / "k8s"

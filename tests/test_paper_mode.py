@@ -159,7 +159,7 @@ def test_cli_fit_hifi3dpp_paper_mode(tmp_path, topo, ckpt_gan_vgg, astronaut_rgb
     photo = tmp_path / "astronaut.png"
     Image.fromarray(astronaut_rgb).save(photo)
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "ffhquv.cli", "fit", str(photo), "-o", str(out),
+    r = subprocess.run([sys.executable, "-m", "ffhquv_cli", "fit", str(photo), "-o", str(out),
                         "--preset", "fast", "--device", "cpu", "--texture-size", "256",
                         "--face-model", "hifi3dpp", "--checkpoints-dir", str(ckpt_gan_vgg),
                         "--topo-dir", str(topo)], capture_output=True, text=True, timeout=600)

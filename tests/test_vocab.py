@@ -1,6 +1,7 @@
 """The vocabulary (``ffhquv/vocab.py``) is defined once: its names match the protos, the modules
 that used to define copies import it, and no stray literal of a preset or face-model name is
-left in services/, gateway/ or ffhquv/ (tests/ and bench/ are not scanned)."""
+left in services/, gateway/, ffhquv/, ffhquv_cli/ or ffhquv_deploy/ (tests/ and bench/ are
+not scanned)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from ffhquv import vocab
 from ffhquv.errors import InvalidInput
 
 ROOT = Path(__file__).resolve().parent.parent
-SCANNED = ("services", "gateway", "ffhquv")
+SCANNED = ("services", "gateway", "ffhquv", "ffhquv_cli", "ffhquv_deploy")
 
 # Names whose string literal may appear only in ffhquv/vocab.py.
 PRESET_NAMES = {"fast", "standard", "best"}
@@ -26,14 +27,14 @@ ALLOWED: dict[tuple[str, str], str] = {
     # the same word in another vocabulary: where the iris colour came from ("photo" / "default")
     ("services/eyeball/iris.py", "default"): "iris_source value, not a face model",
     # pending: files being edited on other branches at the time of the vocabulary change
-    ("ffhquv/cli.py", "fast"): "argparse choices; pending: use vocab.PRESETS",
-    ("ffhquv/cli.py", "standard"): "argparse choices / default; pending: use vocab.PRESETS",
-    ("ffhquv/cli.py", "best"): "argparse choices; pending: use vocab.PRESETS",
-    ("ffhquv/cli.py", "default"): "argparse choices / default; pending: use vocab.FACE_MODELS",
-    ("ffhquv/cli.py", "hifi3dpp"): "argparse choices; pending: use vocab.FACE_MODELS",
-    ("ffhquv/commands.py", "fast"): "name -> proto map; pending: use vocab.preset_to_proto",
-    ("ffhquv/commands.py", "standard"): "name -> proto map; pending: use vocab.preset_to_proto",
-    ("ffhquv/commands.py", "best"): "name -> proto map; pending: use vocab.preset_to_proto",
+    ("ffhquv_cli/main.py", "fast"): "argparse choices; pending: use vocab.PRESETS",
+    ("ffhquv_cli/main.py", "standard"): "argparse choices / default; pending: use vocab.PRESETS",
+    ("ffhquv_cli/main.py", "best"): "argparse choices; pending: use vocab.PRESETS",
+    ("ffhquv_cli/main.py", "default"): "argparse choices / default; pending: use vocab.FACE_MODELS",
+    ("ffhquv_cli/main.py", "hifi3dpp"): "argparse choices; pending: use vocab.FACE_MODELS",
+    ("ffhquv_cli/commands.py", "fast"): "name -> proto map; pending: use vocab.preset_to_proto",
+    ("ffhquv_cli/commands.py", "standard"): "name -> proto map; pending: use vocab.preset_to_proto",
+    ("ffhquv_cli/commands.py", "best"): "name -> proto map; pending: use vocab.preset_to_proto",
     ("gateway/orchestrator.py", "default"): "FACE_MODELS copy; pending: use vocab",
     ("gateway/orchestrator.py", "hifi3dpp"): "FACE_MODELS copy; pending: use vocab",
 }

@@ -1,4 +1,4 @@
-"""Implementations of the CLI subcommands (imported lazily by :mod:`ffhquv.cli`)."""
+"""Implementations of the CLI subcommands (imported lazily by :mod:`ffhquv_cli.main`)."""
 
 from __future__ import annotations
 
@@ -608,7 +608,7 @@ def launch_service(name: str, extra: list[str] | None = None,
     where it will write its port."""
     port_file = Path(tempfile.mkstemp(prefix=f"ffhquv-{name}-", suffix=".port")[1])
     port_file.unlink()
-    cmd = [sys.executable, "-m", "ffhquv.cli", "serve", name, "--port", str(port),
+    cmd = [sys.executable, "-m", "ffhquv_cli", "serve", name, "--port", str(port),
            "--metrics-port", "0", "--port-file", str(port_file), *(extra or [])]
     child_env = {**os.environ, **(env or {})}
     proc = subprocess.Popen(cmd, env={k: v for k, v in child_env.items() if v is not None})
@@ -733,10 +733,29 @@ def _serve_all(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_deploy(args: argparse.Namespace) -> int:
-    from ffhquv.deploy import main
+# Top-level modules of the ``deploy`` extra (and the deploy package itself, which the service
+# images leave out): when one is missing, ``ffhquv deploy`` says which extra to install.
+DEPLOY_MODULES = ("ffhquv_deploy", "yaml", "kubernetes")
+DEPLOY_EXTRA_HINT = ("ffhquv deploy needs the deploy tool and its 'deploy' extra (kubernetes, "
+                     "kubernetes-validate, pyyaml): from a checkout, pip install -e '.[deploy]'")
 
-    return main(list(args.deploy_args))
+
+def run_deploy(argv: list[str]) -> int:
+    """``ffhquv deploy ARGS...``: the deploy tool (:mod:`ffhquv_deploy`), imported only now;
+    exit code 2 with :data:`DEPLOY_EXTRA_HINT` when it or a module of its extra is missing."""
+    try:
+        from ffhquv_deploy import main
+
+        return main(list(argv))
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in DEPLOY_MODULES:
+            raise
+        print(f"{DEPLOY_EXTRA_HINT} (missing module {e.name!r})", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    return run_deploy(args.deploy_args)
 
 
 # -- clear -------------------------------------------------------------------------------

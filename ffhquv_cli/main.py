@@ -123,10 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["deploy"]:
-        # deploy has its own parser (sub-actions, --help) in ffhquv.deploy.
-        from ffhquv.deploy import main as deploy_main
+        # deploy has its own parser (sub-actions, --help) in ffhquv_deploy.
+        from ffhquv_cli.commands import run_deploy
 
-        return deploy_main(argv[1:])
+        return run_deploy(argv[1:])
     ap = build_parser()
     args = ap.parse_args(argv)
     if args.version:
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         ap.print_help()
         return 0
-    from ffhquv import commands
+    from ffhquv_cli import commands
 
     try:
         return int(getattr(commands, "cmd_" + args.command.replace("-", "_"))(args) or 0)

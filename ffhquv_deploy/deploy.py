@@ -521,7 +521,7 @@ def _accumulate(directory: Path, stack: tuple[Path, ...]) -> list[Obj]:
     unknown = set(k) - SUPPORTED_FIELDS
     if unknown:
         raise KustomizeError(f"{kfile}: unsupported kustomize fields {sorted(unknown)} "
-                             "(ffhquv.deploy renders a subset; use kubectl kustomize)")
+                             "(ffhquv_deploy renders a subset; use kubectl kustomize)")
     resources: list[Obj] = []
     for entry in k.get("resources") or []:
         path = directory / str(entry)
