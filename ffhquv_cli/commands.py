@@ -17,12 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from ffhquv import vocab
+
 log = logging.getLogger("ffhquv")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-PRESETS = {"fast": 1, "standard": 2, "best": 3}
-DEVICES = {"auto": 0, "cpu": 1, "cuda": 2}
-FORMATS = {"obj": 1, "glb": 2, "blend": 3, "preview": 4, "turntable": 5, "zip": 6}
 OUTPUT_MARKERS = ("report.json", "stage3_uv.png", "stage3_mesh_id.obj")
 
 
@@ -71,8 +70,8 @@ def _options(args: argparse.Namespace):
     from ffhquv.pb import detector_pb2, gateway_pb2
 
     opts = gateway_pb2.Options(
-        preset=PRESETS[args.preset], face_model=args.face_model,
-        texture_size=args.texture_size, device_hint=DEVICES[args.device],
+        preset=vocab.preset_to_proto(args.preset), face_model=args.face_model,
+        texture_size=args.texture_size, device_hint=vocab.device_to_proto(args.device),
         detector_backend=(detector_pb2.DETECTOR_BACKEND_CNN if args.detector == "cnn"
                           else detector_pb2.DETECTOR_BACKEND_HOG),
         seed=args.seed)
@@ -89,9 +88,10 @@ def _options(args: argparse.Namespace):
         opts.face_selection = detector_pb2.FACE_SELECTION_INDEX
     opts.units = getattr(args, "units", None) or ""
     for f in filter(None, (s.strip().lower() for s in args.formats.split(","))):
-        if f not in FORMATS:
-            raise UsageError(f"unknown format {f!r}; choose from {', '.join(FORMATS)}")
-        opts.formats.append(FORMATS[f])
+        if f not in vocab.EXPORT_FORMATS:
+            raise UsageError(f"unknown format {f!r}; choose from "
+                             f"{', '.join(vocab.EXPORT_FORMATS)}")
+        opts.formats.append(vocab.format_to_proto(f))
     return opts
 
 

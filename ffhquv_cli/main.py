@@ -30,10 +30,10 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
                        epilog=EPILOG)
     p.add_argument("inputs", nargs="+", help="image files (.jpg/.jpeg/.png) or folders of them")
     p.add_argument("-o", "--output", required=True, help="output folder")
-    p.add_argument("--preset", choices=("fast", "standard", "best"), default="standard")
-    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
-    p.add_argument("--face-model", default="default", choices=("default", "hifi3dpp"))
-    p.add_argument("--texture-size", type=int, default=1024)
+    p.add_argument("--preset", choices=vocab.PRESETS, default=vocab.DEFAULT_PRESET)
+    p.add_argument("--device", choices=vocab.DEVICES, default=vocab.DEFAULT_DEVICE)
+    p.add_argument("--face-model", default=vocab.DEFAULT_FACE_MODEL, choices=vocab.FACE_MODELS)
+    p.add_argument("--texture-size", type=int, default=vocab.TEXTURE_SIZE_DEFAULT)
     p.add_argument("--detector", choices=("hog", "cnn"), default="hog")
     p.add_argument("--face", default="largest",
                    help="'largest' (default), 'only' (fail on several faces) or an index")
@@ -77,7 +77,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics-port", type=int, default=None,
                    help="Prometheus /metrics port (default: port + 1000; -1 disables)")
     p.add_argument("--workers", type=int, default=0, help="worker threads (0 = service default)")
-    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    p.add_argument("--device", choices=vocab.DEVICES, default=vocab.DEFAULT_DEVICE)
     p.add_argument("--detector-addr", default=None)
     p.add_argument("--fitter-addr", default=None)
     p.add_argument("--eyeball-addr", default=None)

@@ -28,7 +28,7 @@ from ffhquv.pb import (
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[common_pb2.Progress], Awaitable[None]]
-FACE_MODELS = ("default", "hifi3dpp")
+FACE_MODELS = vocab.FACE_MODELS
 PIPELINE_BACKENDS = ("detector", "fitter", "eyeball", "exporter")
 
 
@@ -186,7 +186,7 @@ class Orchestrator:
         t = time.perf_counter()
         fit_req = fitter_pb2.FitRequest(
             request_id=req.request_id, face=det.aligned, preset=opts.preset,
-            face_model=opts.face_model or "default", device=opts.device_hint,
+            face_model=opts.face_model or vocab.DEFAULT_FACE_MODEL, device=opts.device_hint,
             texture_size=opts.texture_size or 1024, want_intermediates=True, seed=opts.seed)
         result: fitter_pb2.FitResult | None = None
         async for ev in self.backends.fit(fit_req, self.deadlines.fit):

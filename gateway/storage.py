@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ffhquv import vocab
 from ffhquv.errors import InvalidInput, NotFound, echo
 
 log = logging.getLogger(__name__)
@@ -29,22 +30,9 @@ log = logging.getLogger(__name__)
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
-MEDIA_TYPES = {
-    ".obj": "model/obj",
-    ".mtl": "model/mtl",
-    ".png": "image/png",
-    ".gif": "image/gif",
-    ".glb": "model/gltf-binary",
-    ".blend": "application/x-blender",
-    ".zip": "application/zip",
-    ".json": "application/json",
-    ".npz": "application/octet-stream",
-    ".txt": "text/plain",
-}
-
-
-def media_type(name: str) -> str:
-    return MEDIA_TYPES.get(Path(name).suffix.lower(), "application/octet-stream")
+# media types by suffix: the vocabulary's table and rule, not a copy
+MEDIA_TYPES = vocab.MEDIA_TYPES
+media_type = vocab.media_type
 
 
 @dataclass(frozen=True)

@@ -26,17 +26,8 @@ FACE_MODEL_NAMES = {"default", "hifi3dpp"}
 ALLOWED: dict[tuple[str, str], str] = {
     # the same word in another vocabulary: where the iris colour came from ("photo" / "default")
     ("services/eyeball/iris.py", "default"): "iris_source value, not a face model",
-    # pending: files being edited on other branches at the time of the vocabulary change
-    ("ffhquv_cli/main.py", "fast"): "argparse choices; pending: use vocab.PRESETS",
-    ("ffhquv_cli/main.py", "standard"): "argparse choices / default; pending: use vocab.PRESETS",
-    ("ffhquv_cli/main.py", "best"): "argparse choices; pending: use vocab.PRESETS",
-    ("ffhquv_cli/main.py", "default"): "argparse choices / default; pending: use vocab.FACE_MODELS",
-    ("ffhquv_cli/main.py", "hifi3dpp"): "argparse choices; pending: use vocab.FACE_MODELS",
-    ("ffhquv_cli/commands.py", "fast"): "name -> proto map; pending: use vocab.preset_to_proto",
-    ("ffhquv_cli/commands.py", "standard"): "name -> proto map; pending: use vocab.preset_to_proto",
-    ("ffhquv_cli/commands.py", "best"): "name -> proto map; pending: use vocab.preset_to_proto",
-    ("gateway/orchestrator.py", "default"): "FACE_MODELS copy; pending: use vocab",
-    ("gateway/orchestrator.py", "hifi3dpp"): "FACE_MODELS copy; pending: use vocab",
+    ("gateway/orchestrator.py", "default"): "iris_source shown in a progress message, not a "
+                                            "face model",
 }
 
 
@@ -89,6 +80,7 @@ def test_proto_maps_cover_the_enums():
 
 
 def test_copies_are_the_vocabulary():
+    from gateway import orchestrator
     from services.detector.masks import ParseLabel
     from services.exporter import core as exporter_core
     from services.exporter import servicer as exporter_servicer
@@ -106,14 +98,16 @@ def test_copies_are_the_vocabulary():
     assert exporter_core.MEDIA_TYPES is vocab.MEDIA_TYPES
     assert exporter_core.FORMATS == set(vocab.EXPORT_FORMATS)
     assert exporter_servicer.FORMAT_NAMES == vocab.format_by_proto()
+    assert orchestrator.FACE_MODELS is vocab.FACE_MODELS
 
 
-def test_gateway_media_types_agree():
-    """The gateway's table (pending its switch to the vocabulary) says nothing else."""
+def test_gateway_media_types_are_the_vocabulary():
+    """The gateway stores artifacts under the vocabulary's media types, not a copy."""
     from gateway import storage
 
-    for suffix, mt in storage.MEDIA_TYPES.items():
-        assert vocab.MEDIA_TYPES[suffix] == mt
+    assert storage.MEDIA_TYPES is vocab.MEDIA_TYPES
+    assert storage.media_type is vocab.media_type
+    assert storage.media_type("x/head.GLB") == "model/gltf-binary"
 
 
 @pytest.mark.parametrize("size, want", [(0, 1024), (None, 1024), (64, 64), (4096, 4096),
