@@ -50,6 +50,11 @@ and the texture (never from the fitter's loss terms):
   the alignment's padding beyond the photo's edge (:func:`photo_pixels`) and need
   150 pixels (else NaN, counted as missing). ``dE_outside``: mean of the outside zones
   present. A bald template scalp on a dark-haired person gives a large ``dE_scalp``.
+  In the zones whose texture is skin by design (:data:`SKIN_ZONES`: forehead top, ears, neck)
+  only photo pixels that show skin are compared (the detector's skin probability): a fringe,
+  long hair over the ears or a collar is an occluder the texture must not copy (issue 21),
+  so it is left out rather than counted against the skin under it. ``dE_outside_raw`` is the
+  same mean with every pixel of every zone, occluders included.
   For scale: dE ~ 1 is a just-noticeable difference, 2-10 is visible at a glance.
 
 Prints a per-photo table and a mean / median / worst summary (header: date, machine, load
@@ -95,11 +100,11 @@ HIGHER_IS_BETTER = {
     "uv_coverage": True, "fit_coverage": True, "sym_err_pct": False, "seam_step": False,
     "dE_face": False, "dE_forehead_top": False, "dE_scalp": False, "dE_ears": False,
     "dE_jaw": False, "dE_neck": False, "dE_outside": False, "dEpx_face": False,
-    "dEpx_outside": False,
+    "dEpx_outside": False, "dE_outside_raw": False,
 }
 #: the colour-difference columns (CIEDE2000), in table order
 DE_COLS = ["dE_face", "dE_forehead_top", "dE_scalp", "dE_ears", "dE_jaw", "dE_neck",
-           "dE_outside", "dEpx_face", "dEpx_outside"]
+           "dE_outside", "dE_outside_raw", "dEpx_face", "dEpx_outside"]
 #: yaw (degrees) of the contact sheet's renders, after the photo
 SHEET_VIEWS = {"front": 0.0, "3/4": 45.0, "profile": 90.0, "back": 180.0}
 SHEET_PX = 384
@@ -271,6 +276,15 @@ COLOUR_SIZE = 448
 MIN_REGION_PX = 150
 #: pixels dropped at the silhouette and at zone borders
 ERODE_PX = 2
+#: outside zones whose texture is skin by design (the texture keeps forehead skin under a
+#: fringe, ears under long hair, neck above a collar): there the measure compares only photo
+#: pixels that show skin (the detector's skin probability >= SKIN_PROB_MIN), not the hair,
+#: clothes or hands that cover them in the photo. ``scalp`` (hair or bald skin) and ``jaw``
+#: (beards must show) compare every pixel. ``dE_outside_raw`` keeps every pixel everywhere.
+SKIN_ZONES = ("forehead_top", "ears", "neck")
+#: skin probability (of 255, the detector's ``skin_mask``) a photo pixel needs in SKIN_ZONES;
+#: the detector's own threshold for forehead skin (services.detector.masks)
+SKIN_PROB_MIN = 128
 
 
 def head_zones(model) -> np.ndarray:
@@ -398,8 +412,8 @@ def photo_pixels(crop: np.ndarray, size: int) -> np.ndarray:
 
 
 def colour_regions(zone_img: np.ndarray, coverage: np.ndarray, parse_mask: np.ndarray,
-                   erode_px: int = ERODE_PX, valid: np.ndarray | None = None
-                   ) -> dict[str, np.ndarray]:
+                   erode_px: int = ERODE_PX, valid: np.ndarray | None = None,
+                   skin: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Pixel sets of the colour measure.
 
     ``face``: render coverage > 0.5 and the parse face labels (:data:`FACE_LABELS`), as
@@ -411,6 +425,8 @@ def colour_regions(zone_img: np.ndarray, coverage: np.ndarray, parse_mask: np.nd
         zone_img: ``int [H, W]`` from :func:`zone_image`; coverage: ``float [H, W]`` render
             coverage in [0, 1]; parse_mask: ``uint8 [H, W]`` detector ParseLabel map.
         valid: optional ``bool [H, W]`` pixels that may be used (:func:`photo_pixels`).
+        skin: optional ``bool [H, W]`` photo pixels that show skin; given, the zones of
+            :data:`SKIN_ZONES` keep only those (occluders left out).
     Returns:
         ``{"face" | zone: bool [H, W]}``.
     """
@@ -427,6 +443,8 @@ def colour_regions(zone_img: np.ndarray, coverage: np.ndarray, parse_mask: np.nd
     out = {"face": inside & np.isin(parse_mask, FACE_LABELS)}
     for name in OUTSIDE_ZONES:
         out[name] = inside & erode(zone_img == ZONES.index(name))
+        if skin is not None and name in SKIN_ZONES:
+            out[name] &= skin
     return out
 
 
@@ -746,9 +764,13 @@ class QualityEvaluator:
         photo_n = cv2.resize(a.crop_hires, (n, n), interpolation=cv2.INTER_AREA)
         render_n = (r448.image[0].clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
         zimg = zone_image(model, fit.coefficients, cam, be, self.zones, size=n)
-        regions = colour_regions(zimg, r448.mask[0, ..., 0].cpu().numpy(), parse448,
-                                 valid=photo_pixels(a.crop_hires, n))
+        cover = r448.mask[0, ..., 0].cpu().numpy()
+        valid = photo_pixels(a.crop_hires, n)
+        skin_n = cv2.resize(a.skin_mask, (n, n), interpolation=cv2.INTER_LINEAR) >= SKIN_PROB_MIN
+        regions = colour_regions(zimg, cover, parse448, valid=valid, skin=skin_n)
         m.update(colour_metrics(photo_n, render_n, regions))
+        raw = colour_metrics(photo_n, render_n, colour_regions(zimg, cover, parse448, valid=valid))
+        m["dE_outside_raw"] = raw["dE_outside"]
         images["colour"] = np.concatenate([photo_n, render_n, zone_overlay(photo_n, regions)], 1)
         m["fit_coverage"] = float(fit.metrics.get("texture_coverage", float("nan")))
         m["sym_err_pct"] = symmetry_error(fit.uv_texture, maps_tex.face.cpu().numpy() > 0.5,

@@ -229,3 +229,21 @@ def test_photo_pixels_drop_the_alignment_border():
     regions = quality.colour_regions(np.ones((100, 100), int), np.ones((100, 100)),
                                      np.ones((100, 100), np.uint8), valid=ok)
     assert not regions["face"][:, :25].any() and regions["face"][5:95, 30:70].all()
+
+
+def test_skin_zones_leave_out_occluders():
+    """Forehead top, ears and neck compare only photo pixels that show skin (a fringe or a
+    collar is left out); scalp and jaw keep every pixel (hair and beards must show)."""
+    zimg = np.zeros((100, 100), int)
+    for i, name in enumerate(quality.OUTSIDE_ZONES):
+        zimg[:, i * 20:(i + 1) * 20] = quality.ZONES.index(name)
+    skin = np.ones((100, 100), bool)
+    skin[:50] = False  # the top half of the photo shows hair / cloth
+    args = (zimg, np.ones((100, 100)), np.zeros((100, 100), np.uint8))
+    every = quality.colour_regions(*args)
+    regions = quality.colour_regions(*args, skin=skin)
+    for name in quality.OUTSIDE_ZONES:
+        if name in quality.SKIN_ZONES:
+            assert not regions[name][:50].any() and regions[name][60:].any()
+        else:
+            assert (regions[name] == every[name]).all() and regions[name][:50].any()
