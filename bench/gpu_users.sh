@@ -1,61 +1,143 @@
 #!/usr/bin/env bash
-# The users' benchmarks (bench/users.py, bench/png.py) on a CUDA machine without internet, in
-# three back-to-back calls of the device tool (DEVELOPERS.md, "GPU machine"). Run from a
-# carried folder that holds:
-#   src/        a copy of the checkout with its generated gRPC stubs
-#   whl/        wheels missing there (dlib-bin, grpcio(+health-checking, reflection), protobuf,
-#               trimesh, pygltflib + dataclasses-json, deprecated, marshmallow,
-#               diffrp-nvdiffrast), call 1 only
-#   dlib/       sp68.dat.xz.part00 (call 1) or part01 + sp68.sha256 (call 2)
-#   cache/      facemodels/default-v1.npz (the built head), call 2 and 3
-#   photos/     real photos, call 2 and 3;  tex.png a real 1024 texture, call 1
+# The users' benchmarks (bench/users.py, bench/png.py, bench/quality.py, bench/recovery.py) on a
+# CUDA machine without internet, in back-to-back calls of the device tool (DEVELOPERS.md, "GPU
+# machine"). Run from the repository root (the tool sends the checkout); the carried items sit
+# in the git-ignored folder .tp/ (TP=DIR to use another), any of them in any call:
+#   whl/        wheels missing there (dlib-bin, grpcio, grpcio-health-checking, grpcio-reflection,
+#               grpcio-status, googleapis-common-protos, protobuf, grpcio-tools, trimesh,
+#               pygltflib + dataclasses-json, deprecated, marshmallow, diffrp-nvdiffrast)
+#   dlib/       sp68.dat.xz.part00 and part01 (dlib's 68-point model, xz, in two halves carried
+#               by two calls) + sp68.sha256; resnet.dat.xz + resnet.sha256 (dlib's
+#               face-recognition model, bench/quality.py's identity distances)
+#   stubs/      the generated gRPC stubs (ffhquv/{common,...}/ and _protos_stamp.txt)
+#   cache/      facemodels/default-v1.npz (the built head)
+#   photos/     faces-dev/ and ref/ (real photos);  tex.png  a real 1024 texture
+# Every call first copies what it carried to /root/persist/tp (kept while the machine stays
+# warm), installs carried wheels into /root/persist/site and unpacks dlib's models once both
+# halves are there, so later calls carry only what they add. A cold machine: start again.
+# (The older layout, a carried folder with src/ = the checkout, still works from that folder.)
 #
-#   bash src/bench/gpu_users.sh prep|users|serve OUT_DIR
+#   bash bench/gpu_users.sh PART[,PART...] [OUT_DIR]
+#   PART = prep      wheels, GPU facts, imports, nvdiffrast's plugin build, bench/png.py
+#          quality   bench/quality.py on photos/faces-dev + photos/ref (sheets as sheets.tar*)
+#          users     bench/users.py warm, cli (1 photo cold, folder of 8, folders of 64)
+#          serve     bench/users.py serve (SERVE_SECONDS per many-clients row, default 120)
+#          recovery  bench/recovery.py (kill -9 of each child under load), --device cuda when
+#                    the script has that flag
 set -uo pipefail
-part="${1:?usage: gpu_users.sh prep|users|serve OUT_DIR}"
+parts="${1:?usage: gpu_users.sh prep|quality|users|serve|recovery[,...] [OUT_DIR]}"
 out="${2:-${OUT:-/tmp/gpu_out}}"
-P=/root/persist   # survives between calls while the machine stays warm
-mkdir -p "$out" "$P"
-export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 TORCH_CUDA_ARCH_LIST=9.0
-export TORCH_EXTENSIONS_DIR=$P/torch_ext FFHQUV_CACHE_DIR="$PWD/cache"
-export PYTHONPATH="$PWD/src:$P/site:$P/frm"
+P="${GPU_PERSIST:-/root/persist}"   # survives between calls while the machine stays warm
+if [ -f bench/gpu_users.sh ]; then ROOT=$PWD; TP="${TP:-$PWD/.tp}"
+else ROOT=$PWD/src; TP="${TP:-$PWD}"; fi
+S=$P/tp           # the carried items, gathered over the calls
+M=$P/frm/face_recognition_models/models
+mkdir -p "$out" "$S" "$M"
+export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
+export TORCH_EXTENSIONS_DIR=$P/torch_ext FFHQUV_CACHE_DIR=$S/cache
+export PYTHONPATH="$ROOT:$P/site:$P/frm"
 step() { local name="$1" lim="$2"; shift 2; echo "=== $name: $*"; local t0=$SECONDS
   timeout "$lim" "$@" 2>&1 | tee "$out/$name.log"; echo "=== $name rc=${PIPESTATUS[0]} $((SECONDS - t0)) s"; }
-case "$part" in
-  prep)
-    cp dlib/sp68.dat.xz.part00 "$P/" || exit 1
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target "$P/site" whl/*.whl || exit 1
-    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
-    nproc | tee -a "$out/gpu.txt"
-    # build nvdiffrast's CUDA plugin once (cached under TORCH_EXTENSIONS_DIR)
-    # (through the project's loader: it puts the build folder on sys.path, which a bare
-    # RasterizeCudaContext() of diffrp-nvdiffrast 0.3.3 needs and lacks)
-    step nvdiffrast 400 python3 -c 'from services.fitter.renderer import get_backend; print(get_backend("cuda", prefer="nvdiffrast"))'
-    step png 120 python3 src/bench/png.py --image tex.png --json "$out/png.json"
-    ;;
-  users|serve)
-    if [ ! -f "$P/frm/face_recognition_models/models/shape_predictor_68_face_landmarks.dat" ]; then
-      mkdir -p "$P/frm/face_recognition_models/models"
-      cat "$P/sp68.dat.xz.part00" dlib/sp68.dat.xz.part01 | xz -dc \
-        > "$P/frm/face_recognition_models/models/shape_predictor_68_face_landmarks.dat" || exit 1
-      echo "$(cat dlib/sp68.sha256)  $P/frm/face_recognition_models/models/shape_predictor_68_face_landmarks.dat" \
-        | sha256sum -c - || exit 1
-      echo '"""dlib model files (carried to this machine)."""' > "$P/frm/face_recognition_models/__init__.py"
-    fi
-    cd src || exit 1
-    if [ "$part" = users ]; then
-      step warm 150 python3 bench/users.py warm --photos ../photos --device cuda --count 6 \
-        --json "$out/warm.json"
-      step cli1 170 python3 bench/users.py cli --photos ../photos --device cuda --cold-runs 2 \
-        --batch-sizes 1 --count 8 --json "$out/cli1.json"
-      step cli8 250 python3 bench/users.py cli --photos ../photos --device cuda --cold-runs 0 \
-        --batch-sizes 8,16 --count 64 --json "$out/cli8.json"
-    else
-      step serve 560 python3 bench/users.py serve --photos ../photos --device cuda \
-        --clients 1,32 --seconds-single 40 --seconds "${SERVE_SECONDS:-120}" \
-        --json "$out/serve.json"
-    fi
-    ;;
-  *) echo "unknown part $part"; exit 2 ;;
-esac
+
+# gather what this call carried
+for x in dlib stubs cache photos tex.png; do
+  if [ -e "$TP/$x" ]; then cp -r "$TP/$x" "$S/" || exit 1; fi
+done
+if [ -d "$TP/whl" ] && [ "$(ls "$TP/whl")" != "$(cat "$P/site/.wheels" 2>/dev/null)" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target "$P/site" "$TP"/whl/*.whl || exit 1
+  ls "$TP/whl" > "$P/site/.wheels"
+fi
+[ -d "$S/stubs" ] && cp -r "$S/stubs/." "$ROOT/ffhquv/"
+# dlib's models, once their parts are there (checked against the sha256 made here)
+unpack() {  # unpack NAME SHAFILE XZFILES...
+  local dst="$M/$1" sha="$2"; shift 2
+  [ -f "$dst" ] && return 0
+  for f in "$@"; do [ -f "$f" ] || return 0; done
+  cat "$@" | xz -dc > "$dst.tmp" || { rm -f "$dst.tmp"; return 1; }
+  echo "$(cat "$sha")  $dst.tmp" | sha256sum -c --quiet - || { rm -f "$dst.tmp"; return 1; }
+  mv "$dst.tmp" "$dst" && rm -f "$@" && echo "unpacked $dst"
+}
+unpack shape_predictor_68_face_landmarks.dat "$S/dlib/sp68.sha256" \
+  "$S/dlib/sp68.dat.xz.part00" "$S/dlib/sp68.dat.xz.part01" || exit 1
+unpack dlib_face_recognition_resnet_model_v1.dat "$S/dlib/resnet.sha256" \
+  "$S/dlib/resnet.dat.xz" || exit 1
+init=$P/frm/face_recognition_models/__init__.py
+[ -f "$init" ] || echo '"""dlib model files (carried to this machine)."""' > "$init"
+need() {  # need FILE...: stop this part when a carried file is missing
+  for f in "$@"; do
+    [ -e "$f" ] || { echo "missing: $f (carry it, see the header)"; return 1; }
+  done
+}
+sp68=$M/shape_predictor_68_face_landmarks.dat
+cd "$ROOT" || exit 1
+
+rc=0
+for part in ${parts//,/ }; do
+  case "$part" in
+    prep)
+      need "$P/site" || { rc=1; continue; }
+      { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; nproc
+        python3 - <<'EOF'
+import importlib, sys, torch
+print("python", sys.version.split()[0], "torch", torch.__version__, torch.version.cuda,
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no cuda")
+for m in ("dlib", "grpc", "grpc_health.v1.health", "grpc_reflection.v1alpha.reflection",
+          "grpc_status.rpc_status", "google.rpc.status_pb2", "google.protobuf", "grpc_tools",
+          "pygltflib", "trimesh", "nvdiffrast.torch", "cv2", "skimage", "scipy", "PIL",
+          "prometheus_client", "pynvml", "tqdm", "yaml", "ffhquv.pb", "gateway.server",
+          "services.fitter.pipeline", "services.detector.core", "services.exporter.glb"):
+    try:
+        mod = importlib.import_module(m)
+        print(f"  ok   {m} {getattr(mod, '__version__', '')} {getattr(mod, '__file__', '')}")
+    except Exception as e:  # noqa: BLE001
+        print(f"  FAIL {m}: {type(e).__name__}: {e}")
+EOF
+      } 2>&1 | tee "$out/gpu.txt"
+      # nvdiffrast's CUDA plugin, built once (cached under TORCH_EXTENSIONS_DIR), through the
+      # project's loader: it puts the build folder on sys.path, which a bare
+      # RasterizeCudaContext() of diffrp-nvdiffrast 0.3.3 needs and lacks
+      step nvdiffrast 400 python3 -c 'from services.fitter.renderer import get_backend; print(get_backend("cuda", prefer="nvdiffrast"))'
+      if need "$S/tex.png"; then
+        step png 120 python3 bench/png.py --image "$S/tex.png" --json "$out/png.json"
+      fi
+      ;;
+    quality)
+      need "$sp68" "$M/dlib_face_recognition_resnet_model_v1.dat" "$S/cache" \
+        "$S/photos/faces-dev" "$S/photos/ref" || { rc=1; continue; }
+      rm -rf /tmp/sheets
+      step quality "${QUALITY_LIMIT:-540}" python3 bench/quality.py "$S/photos/faces-dev" \
+        "$S/photos/ref" --device cuda --preset standard --threads 8 --sheets /tmp/sheets \
+        --json "$out/q.json"
+      # one file back per 15 MiB (the tool returns at most 8 files): cat sheets.tar.* | tar x
+      if [ -d /tmp/sheets ]; then
+        tar -C /tmp -cf - sheets | split -b 15m -d - "$out/sheets.tar."
+        ls -la "$out"/sheets.tar.*
+      fi
+      ;;
+    users)
+      need "$sp68" "$S/cache" "$S/photos/faces-dev" || { rc=1; continue; }
+      step warm 150 python3 bench/users.py warm --photos "$S/photos/faces-dev" --device cuda \
+        --count 6 --json "$out/warm.json"
+      step cli1 170 python3 bench/users.py cli --photos "$S/photos/faces-dev" --device cuda \
+        --cold-runs 2 --batch-sizes 1 --count 8 --json "$out/cli1.json"
+      step cli8 250 python3 bench/users.py cli --photos "$S/photos/faces-dev" --device cuda \
+        --cold-runs 0 --batch-sizes 8,16 --count 64 --json "$out/cli8.json"
+      ;;
+    serve)
+      need "$sp68" "$S/cache" "$S/photos/faces-dev" || { rc=1; continue; }
+      step serve "${SERVE_LIMIT:-$((${SERVE_SECONDS:-120} + 240))}" python3 bench/users.py serve \
+        --photos "$S/photos/faces-dev" --device cuda --clients 1,32 --seconds-single 40 \
+        --seconds "${SERVE_SECONDS:-120}" --json "$out/serve.json"
+      ;;
+    recovery)
+      need "$sp68" "$S/cache" || { rc=1; continue; }
+      dev=()
+      python3 bench/recovery.py --help 2>/dev/null | grep -q -- '--device' && dev=(--device cuda)
+      step recovery "${RECOVERY_LIMIT:-240}" python3 bench/recovery.py "${dev[@]}" \
+        --json "$out/recovery.json"
+      ;;
+    *) echo "unknown part $part"; rc=2 ;;
+  esac
+done
+exit $rc
