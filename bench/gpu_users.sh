@@ -85,8 +85,8 @@ print("python", sys.version.split()[0], "torch", torch.__version__, torch.versio
 for m in ("dlib", "grpc", "grpc_health.v1.health", "grpc_reflection.v1alpha.reflection",
           "grpc_status.rpc_status", "google.rpc.status_pb2", "google.protobuf", "grpc_tools",
           "pygltflib", "trimesh", "nvdiffrast.torch", "cv2", "skimage", "scipy", "PIL",
-          "prometheus_client", "pynvml", "tqdm", "yaml", "ffhquv.pb", "gateway.server",
-          "services.fitter.pipeline", "services.detector.core", "services.exporter.glb"):
+          "prometheus_client", "pynvml", "tqdm", "ffhquv.pb", "ffhquv_cli.commands",
+          "gateway.server", "services.fitter.pipeline", "services.detector.core", "services.exporter.glb"):
     try:
         mod = importlib.import_module(m)
         print(f"  ok   {m} {getattr(mod, '__version__', '')} {getattr(mod, '__file__', '')}")
