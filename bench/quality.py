@@ -702,6 +702,7 @@ class QualityEvaluator:
         import cv2
         import torch
 
+        from ffhquv.aligned import crop_to_hires
         from services.eyeball.core import place_eyeballs
         from services.fitter.texture import seam_step, uv_maps
 
@@ -710,10 +711,10 @@ class QualityEvaluator:
         a = det.aligned
         fit = self.fitter.fit(a, preset=self.preset, texture_size=self.texture_size,
                               want_intermediates=False)
-        k = a.crop_hires.shape[0] / 224.0
         eyes = place_eyeballs(fit.mesh_neutral, fit.eye_ring_left, fit.eye_ring_right,
                               photo=a.crop_hires,
-                              photo_landmarks=(a.crop_landmarks + 0.5) * k - 0.5)
+                              photo_landmarks=crop_to_hires(a.crop_landmarks,
+                                                            a.crop_hires.shape[0]))
         t_pipe = time.perf_counter() - t0
 
         model, cam, be = self.fitter.model, self.fitter.camera, self.fitter.backend

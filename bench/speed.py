@@ -158,12 +158,13 @@ class Pipeline:
 
     @staticmethod
     def eyeballs(face, out):
+        from ffhquv.aligned import crop_to_hires
         from services.eyeball.core import place_eyeballs
 
-        k = face.crop_hires.shape[0] / 224.0
         return place_eyeballs(out.mesh_neutral, out.eye_ring_left, out.eye_ring_right,
                               photo=face.crop_hires,
-                              photo_landmarks=(face.crop_landmarks + 0.5) * k - 0.5)
+                              photo_landmarks=crop_to_hires(face.crop_landmarks,
+                                                            face.crop_hires.shape[0]))
 
     @staticmethod
     def export(name: str, out, eyes):

@@ -28,8 +28,11 @@ scale did not do better). The reference fills outside-photo regions with black; 
 
 The hi-res crop (S x S, S = 512 or 1024, for texture unwrapping) uses the same alignment
 scaled by ``k = S / 224`` with pixel centres kept consistent (pixel ``i`` of the 224 crop covers
-hi-res pixels ``k*i .. k*i + k - 1``): ``A_S = k * A_224 + (k - 1) / 2`` on the translation. It is
-sampled from the ORIGINAL photo, never by upscaling the 224 crop.
+hi-res pixels ``k*i .. k*i + k - 1``): ``A_S = k * A_224 + (k - 1) / 2`` on the translation, i.e.
+a 224 position ``x`` is ``k (x + 0.5) - 0.5`` in the hi-res crop
+(:func:`ffhquv.aligned.crop_to_hires`; ``Camera.scaled`` maps its principal point the same
+way, so renders at S line up with this crop without resampling). It is sampled from the
+ORIGINAL photo, never by upscaling the 224 crop.
 
 Regions of the crop outside the photo are filled with constant mid-grey (127, 127, 127).
 """
@@ -39,7 +42,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-CROP_SIZE = 224
+from ffhquv.aligned import CROP_SIZE, crop_to_hires
+
 BORDER_VALUE = (127, 127, 127)
 
 TEMPLATE_224 = np.array([
@@ -82,10 +86,11 @@ def alignment_affine(lm68: np.ndarray) -> np.ndarray:
 
 
 def scale_affine(a224: np.ndarray, size: int) -> np.ndarray:
-    """The 224-crop affine for an ``size`` x ``size`` crop (pixel-centre consistent)."""
+    """The 224-crop affine for an ``size`` x ``size`` crop (pixel-centre consistent): the
+    224 affine followed by :func:`ffhquv.aligned.crop_to_hires`."""
     k = size / CROP_SIZE
     out = np.asarray(a224, np.float64) * k
-    out[:, 2] += (k - 1.0) / 2.0
+    out[:, 2] = crop_to_hires(np.asarray(a224, np.float64)[:, 2], size)
     return out
 
 

@@ -9,7 +9,11 @@ Coordinate frames (all tensors float, batched):
   Camera coordinates are ``(x, y, d)`` with ``d = distance - z_world > 0`` the depth in front.
 * **pixels**: x to the right, y down, pixel *centres* at integer coordinates (as OpenCV and
   dlib report landmarks), for a square raster of ``size`` pixels:
-  ``px = focal * x / d + center``, ``py = center - focal * y / d``.
+  ``px = focal * x / d + center``, ``py = center - focal * y / d``. The raster covers
+  ``[-0.5, size - 0.5]`` in these coordinates, so the same view on an ``S`` raster
+  (:meth:`Camera.scaled`, ``k = S / size``) puts a point at ``k * (px + 0.5) - 0.5``: the
+  mapping of the detector's hi-res crop (:func:`ffhquv.aligned.crop_to_hires`), of
+  ``cv2.resize`` and of ``F.interpolate(..., align_corners=False)``.
 * **clip** (for rasterisers, nvdiffrast layout): ``(xn * d, yn * d, zn * d, d)`` where
   ``xn = (px + 0.5) / size * 2 - 1`` and ``yn = (py + 0.5) / size * 2 - 1``, so row 0 of a
   rendered image is the top of the picture, like the photo. ``zn`` is OpenGL-style depth in
@@ -36,9 +40,12 @@ class Camera:
     zfar: float = 15.0
 
     def scaled(self, size: int) -> Camera:
-        """The same view on a ``size`` x ``size`` raster (focal and centre scale with it)."""
-        s = size / self.size
-        return replace(self, focal=self.focal * s, center=self.center * s, size=size)
+        """The same view on a ``size`` x ``size`` raster, pixel-centre consistent: the focal
+        scales by ``k = size / self.size`` and the centre maps like any pixel position,
+        ``k * (center + 0.5) - 0.5`` (so clip coordinates do not depend on the raster size)."""
+        k = size / self.size
+        return replace(self, focal=self.focal * k, center=(self.center + 0.5) * k - 0.5,
+                       size=size)
 
 
 def euler_to_rotation(angles: Tensor) -> Tensor:

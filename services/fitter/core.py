@@ -595,9 +595,9 @@ class DefaultStages:
         with torch.no_grad():
             uv_maps(m, ctx.tex_size, be)
             prog("stage2", 0.3, "uv maps ready")
-            hires_adj = _hires_for_camera(photos.hires)
+            # the hi-res crop and ctx.cam.scaled(S) share the pixel grid (x_S = k (x + .5) - .5)
             masks = self._head_masks(ctx, photos, coeffs)
-            textures: list[CompletedTexture] = src.texture(m, coeffs, hires_adj, masks,
+            textures: list[CompletedTexture] = src.texture(m, coeffs, photos.hires, masks,
                                                            ctx.tex_size)
         prog("stage2", 1.0, "texture completed")
         return Stage2Result(textures=textures)
@@ -688,32 +688,6 @@ def mirror_offsets(off: torch.Tensor, own: torch.Tensor, maps) -> torch.Tensor:
     has = maps.has_mirror.reshape(-1).to(off.device).float()
     add = ((1 - w) * w[:, mi] * has)[..., None] * flat[:, mi]
     return (flat + add).reshape(b, s, s, 3)
-
-
-def _hires_for_camera(hires: torch.Tensor) -> torch.Tensor:
-    """Resample the detector's hi-res crop onto the pixel grid of ``camera.scaled(S)``.
-
-    The detector scales the 224 alignment pixel-centre consistently
-    (``x_S = k (x_224 + 0.5) - 0.5``) while ``Camera.scaled`` uses ``x_S = k x_224``; the two
-    differ by ``(k - 1) / 2`` pixels. Shifting the image here keeps the unwrap exact.
-
-    Args:
-        hires: ``[B, S, S, 3]`` float.
-    Returns:
-        ``[B, S, S, 3]`` with ``out[y, x] = hires[y + (k - 1) / 2, x + (k - 1) / 2]``.
-    """
-    s = hires.shape[1]
-    k = s / 224.0
-    off = (k - 1) / 2
-    if abs(off) < 1e-6:
-        return hires
-    # grid_sample (align_corners=False): normalised = (x + 0.5) / S * 2 - 1
-    xs = (torch.arange(s, device=hires.device, dtype=torch.float32) + off + 0.5) / s * 2 - 1
-    gy, gx = torch.meshgrid(xs, xs, indexing="ij")
-    grid = torch.stack([gx, gy], -1)[None].expand(hires.shape[0], -1, -1, -1)
-    out = F.grid_sample(hires.permute(0, 3, 1, 2), grid, mode="bilinear",
-                        padding_mode="border", align_corners=False)
-    return out.permute(0, 2, 3, 1).contiguous()
 
 
 def _metrics(face: AlignedFace, lm_fit: np.ndarray, render: np.ndarray, rmask: np.ndarray,

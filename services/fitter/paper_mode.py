@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ffhquv import vocab
+from ffhquv.aligned import CROP_SIZE
 from ffhquv.checkpoints import REGISTRY, expected_path, missing_message
 from ffhquv.errors import Cancelled
 from services.fitter.camera import Camera, project, rigid_transform, rotate_normals
@@ -255,7 +256,10 @@ class ImageLosses:
         if arcface is not None:
             from services.fitter.paper.arcface import lm68_to_lm5
 
-            self.lm5 = lm68_to_lm5(lm2d.float()) * (photo.shape[1] / 224.0)
+            # 224-crop landmarks onto this raster (pixel centres at integers, as
+            # F.interpolate(align_corners=False) resized the photo): k (x + 0.5) - 0.5
+            k = photo.shape[1] / CROP_SIZE
+            self.lm5 = (lm68_to_lm5(lm2d.float()) + 0.5) * k - 0.5
             with torch.no_grad():
                 self.emb_photo = arcface(self.photo, self.lm5)
         if vgg is not None:

@@ -242,16 +242,11 @@ def synthetic_face(model: FaceModel, coeffs: dict, texture: np.ndarray, hires: i
         bg = torch.tensor(background, device=model.device)
         imgs = {}
         for s in (224, hires):
-            # render the hi-res crop on the detector's pixel grid: x_S = k (x + 0.5) - 0.5
+            # cam.scaled(s) renders on the detector's hi-res pixel grid: x_S = k (x + 0.5) - 0.5
             out = MeshRenderer(cam, device=model.device).render(
                 world, model.tri, normals=nrm, uv=model.uv, uv_tri=model.uv_tri, texture=tex,
                 gamma=coeffs["gamma"], size=s, antialias=True, background=bg)
             img = (out.image[0].clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
-            if s != 224:
-                k = s / 224
-                sh = (k - 1) / 2
-                img = cv2.warpAffine(img, np.array([[1.0, 0, sh], [0, 1.0, sh]]), (s, s),
-                                     borderMode=cv2.BORDER_REPLICATE)
             imgs[s] = (img, out.mask[0, ..., 0].cpu().numpy())
         lm = project(model.landmarks(world), cam)[0].cpu().numpy().astype(np.float32)
     crop, mask = imgs[224]
