@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ffhquv import metrics, vocab
+from ffhquv.aligned import eye_photo
 from ffhquv.errors import BackendUnavailable, InvalidInput, echo
 from ffhquv.pb import (
     common_pb2,
@@ -204,16 +205,12 @@ class Orchestrator:
         timings["fit_s"] = time.perf_counter() - t
         metrics.STAGE_SECONDS.labels("fit").observe(timings["fit_s"])
 
-        # 3. eyeballs: sample the iris colour from the hi-res crop
+        # 3. eyeballs: sample the iris colour from the eye region of the hi-res crop
         t = time.perf_counter()
-        hires = det.aligned.crop_hires
-        scale = hires.width / 224.0 if hires.width else 1.0
-        lm_hi = common_pb2.Landmarks(points=[
-            common_pb2.Point2(x=(p.x + 0.5) * scale - 0.5, y=(p.y + 0.5) * scale - 0.5)
-            for p in det.aligned.crop_landmarks.points])
+        eye_img, eye_lm = eye_photo(det.aligned)
         eyes = await self.backends.place_eyeballs(eyeball_pb2.PlaceRequest(
             head=result.mesh_neutral, left_eye_ring=result.left_eye_ring,
-            right_eye_ring=result.right_eye_ring, photo=hires, photo_landmarks=lm_hi,
+            right_eye_ring=result.right_eye_ring, photo=eye_img, photo_landmarks=eye_lm,
             texture_size=1024), self.deadlines.eyeball)
         timings["eyeballs_s"] = time.perf_counter() - t
         metrics.STAGE_SECONDS.labels("eyeballs").observe(timings["eyeballs_s"])

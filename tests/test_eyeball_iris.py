@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from ffhquv.aligned import crop_to_hires, eye_region
 from services.eyeball.iris import (
     DEFAULT_IRIS_RGB,
     LEFT_EYE,
@@ -194,10 +195,14 @@ def test_real_photo_iris(ref_dir, detector, folder, name):
         pytest.skip(f"{path} absent")
     det = detector.detect(path.read_bytes(), unwrap_size=1024)
     a = det.aligned
-    k = a.crop_hires.shape[0] / 224.0
-    lm = (a.crop_landmarks + 0.5) * k - 0.5
+    lm = crop_to_hires(a.crop_landmarks, a.crop_hires.shape[0])
     rgb, src = iris_colour(a.crop_hires, lm)
     assert src == "photo"
+    # the eye region the gateway sends the eyeball service gives the same colour
+    patch, lm_patch = eye_region(a.crop_hires, lm)
+    assert patch.size < a.crop_hires.size / 6
+    rgb_eye, src_eye = iris_colour(np.ascontiguousarray(patch), lm_patch)
+    assert src_eye == "photo" and rgb_eye == pytest.approx(rgb, abs=1e-6)
     lightness, a_, b, hue = lab_class(rgb)
     msg = f"{name}: {tuple(round(v) for v in rgb)} Lab ({lightness:.0f}, {a_:.0f}, {b:.0f})"
     want = REAL[(folder, name)]
