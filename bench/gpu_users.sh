@@ -97,7 +97,7 @@ EOF
       # nvdiffrast's CUDA plugin, built once (cached under TORCH_EXTENSIONS_DIR), through the
       # project's loader: it puts the build folder on sys.path, which a bare
       # RasterizeCudaContext() of diffrp-nvdiffrast 0.3.3 needs and lacks
-      step nvdiffrast 400 python3 -c 'from services.fitter.renderer import get_backend; print(get_backend("cuda", prefer="nvdiffrast"))'
+      step nvdiffrast 400 python3 -c 'from ffhquv.render.raster import get_backend; print(get_backend("cuda", prefer="nvdiffrast"))'
       if need "$S/tex.png"; then
         step png 120 python3 bench/png.py --image "$S/tex.png" --json "$out/png.json"
       fi

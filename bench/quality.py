@@ -117,13 +117,13 @@ def project_landmarks(model, coeffs: dict[str, np.ndarray], camera) -> np.ndarra
     Args:
         model: :class:`services.fitter.facemodel.FaceModel`.
         coeffs: ``id [K_id]``, ``exp [K_exp]``, ``angles [3]`` (radians), ``trans [3]``.
-        camera: :class:`services.fitter.camera.Camera` (224 fitting raster).
+        camera: :class:`ffhquv.render.camera.Camera` (224 fitting raster).
     Returns:
         ``float64 [68, 2]`` pixels (x right, y down, pixel centres at integers).
     """
     import torch
 
-    from services.fitter.camera import project, rigid_transform
+    from ffhquv.render.camera import project, rigid_transform
 
     dev = model.device
     c = {k: torch.as_tensor(np.asarray(v), dtype=torch.float32, device=dev)[None]
@@ -160,16 +160,16 @@ def render_fit(model, coeffs: dict[str, np.ndarray], texture: np.ndarray, camera
         model: the face model; coeffs: as :func:`project_landmarks` plus ``gamma [27]``.
         texture: ``uint8 [S, S, 3]`` UV texture (row 0 = v = 1).
         camera: fitting camera; size: raster side (default ``camera.size``).
-        backend: rasteriser backend (:func:`services.fitter.renderer.get_backend`).
+        backend: rasteriser backend (:func:`ffhquv.render.raster.get_backend`).
     Returns:
-        :class:`services.fitter.render.RenderOutput` for a batch of one (``image [1, H, W, 3]``
+        :class:`ffhquv.render.renderer.RenderOutput` for a batch of one (``image [1, H, W, 3]``
         black background, ``mask [1, H, W, 1]`` antialiased coverage, ``uv`` texture-memory
         coordinates ``(u, 1 - v)``).
     """
     import torch
 
-    from services.fitter.camera import rigid_transform, rotate_normals
-    from services.fitter.render import MeshRenderer
+    from ffhquv.render.camera import rigid_transform, rotate_normals
+    from ffhquv.render.renderer import MeshRenderer
 
     dev = model.device
     c = {k: torch.as_tensor(np.asarray(v), dtype=torch.float32, device=dev)[None]
@@ -374,8 +374,8 @@ def zone_image(model, coeffs: dict[str, np.ndarray], camera, backend, zones: np.
     """
     import torch
 
-    from services.fitter.camera import rigid_transform, to_clip
-    from services.fitter.render import MeshRenderer
+    from ffhquv.render.camera import rigid_transform, to_clip
+    from ffhquv.render.renderer import MeshRenderer
 
     dev = model.device
     c = {k: torch.as_tensor(np.asarray(v), dtype=torch.float32, device=dev)[None]
@@ -543,10 +543,10 @@ def head_with_eyes(head, texture: np.ndarray, eyes) -> tuple:
 def turned_view(head, texture: np.ndarray, eyes, yaw_deg: float, size: int = 512,
                 backend=None) -> np.ndarray:
     """``uint8 [size, size, 3]``: the textured head with eyeballs turned by ``yaw_deg`` on a
-    mid-grey background (:func:`services.fitter.render.render_preview`, preview light)."""
+    mid-grey background (:func:`ffhquv.render.renderer.render_preview`, preview light)."""
     import torch
 
-    from services.fitter.render import render_preview
+    from ffhquv.render.renderer import render_preview
 
     v, f, uv, uvf, atlas = head_with_eyes(head, texture, eyes)
     dev = getattr(backend, "device", "cpu")  # the backend draws tensors of its own device

@@ -1,6 +1,6 @@
 """Benchmark the differentiable renderer: forward and forward+backward per backend.
 
-Times :meth:`services.fitter.render.MeshRenderer.render` (textured, SH-lit, antialiased; the
+Times :meth:`ffhquv.render.renderer.MeshRenderer.render` (textured, SH-lit, antialiased; the
 backward pass is an image MSE to vertices, texture and lighting) and the bare ``rasterize`` call,
 for each raster size, batch size and available backend (torch on CPU; nvdiffrast and torch on
 CUDA when present). The mesh is the cached default head model when it exists
@@ -30,11 +30,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.fitter.camera import Camera, rigid_transform, to_clip  # noqa: E402
+from ffhquv.render.camera import Camera, rigid_transform, to_clip  # noqa: E402
+from ffhquv.render.raster import TorchRasterizer, get_backend  # noqa: E402
+from ffhquv.render.renderer import PREVIEW_GAMMA, MeshRenderer  # noqa: E402
+from ffhquv.render.shapes import uv_sphere  # noqa: E402
 from services.fitter.graphs import StepRunner, graphs_enabled, make_adam  # noqa: E402
-from services.fitter.render import PREVIEW_GAMMA, MeshRenderer  # noqa: E402
-from services.fitter.renderer import TorchRasterizer, get_backend  # noqa: E402
-from services.fitter.renderer.shapes import uv_sphere  # noqa: E402
 
 
 def load_mesh() -> tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

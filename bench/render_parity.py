@@ -39,10 +39,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.fitter.camera import Camera, rigid_transform, to_clip  # noqa: E402
-from services.fitter.render import PREVIEW_GAMMA, MeshRenderer, sliver_pixels  # noqa: E402
-from services.fitter.renderer import TorchRasterizer, get_backend  # noqa: E402
-from services.fitter.renderer.shapes import uv_sphere  # noqa: E402
+from ffhquv.render.camera import Camera, rigid_transform, to_clip  # noqa: E402
+from ffhquv.render.raster import TorchRasterizer, get_backend  # noqa: E402
+from ffhquv.render.renderer import PREVIEW_GAMMA, MeshRenderer, sliver_pixels  # noqa: E402
+from ffhquv.render.shapes import uv_sphere  # noqa: E402
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -133,7 +133,7 @@ def op_parity(nv, tb, world, tri, uv, uv_tri, tex, size: int) -> dict[str, float
     out["interp_rast"] = cosine(grads[0][1], grads[1][1])
 
     # texture (same uv for both)
-    from services.fitter.render import obj_uv_to_texture
+    from ffhquv.render.renderer import obj_uv_to_texture
 
     uvm = obj_uv_to_texture(uv.float()).contiguous()
     with torch.no_grad():

@@ -142,7 +142,7 @@ def obj_text(mesh: MeshData, *, mtllib: str | None = None, material: str | None 
 
 def vertex_normals(mesh: MeshData) -> np.ndarray:
     """``float32 [N, 3]`` area-weighted unit vertex normals (outward for CCW faces; +z for
-    isolated vertices). numpy twin of :func:`services.fitter.facemodel.base.vertex_normals`."""
+    isolated vertices). numpy twin of :func:`ffhquv.render.renderer.vertex_normals`."""
     v = mesh.vertices.astype(np.float64)
     f = mesh.faces
     fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])

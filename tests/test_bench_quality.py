@@ -179,9 +179,9 @@ def test_colour_metrics_regions():
 def test_zone_render_of_the_default_model():
     """Every zone of the real default model shows on a frontal render of its mean shape,
     with enough pixels after the erosion, in the right part of the picture."""
-    from services.fitter.camera import Camera
+    from ffhquv.render.camera import Camera
+    from ffhquv.render.raster import get_backend
     from services.fitter.facemodel import load_face_model
-    from services.fitter.renderer import get_backend
 
     model = load_face_model("default")
     zones = quality.head_zones(model)

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from ffhquv.errors import Cancelled, InvalidInput
-from services.fitter.camera import Camera, rigid_transform
+from ffhquv.render.camera import Camera, rigid_transform
+from ffhquv.render.raster import TorchRasterizer
+from ffhquv.render.renderer import PREVIEW_GAMMA, MeshRenderer
+from ffhquv.render.shapes import uv_sphere
 from services.fitter.graphs import StepRunner, graphs_enabled, make_adam, set_lr
-from services.fitter.render import PREVIEW_GAMMA, MeshRenderer
-from services.fitter.renderer import TorchRasterizer
-from services.fitter.renderer.shapes import uv_sphere
 from services.fitter.stage3 import _face_coverage
 
 

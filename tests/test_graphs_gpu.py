@@ -12,12 +12,12 @@ import time
 import pytest
 import torch
 
-from services.fitter.camera import Camera
+from ffhquv.render.camera import Camera
+from ffhquv.render.raster import get_backend
+from ffhquv.render.renderer import MeshRenderer
 from services.fitter.core import FitterCore
 from services.fitter.graphs import StepRunner, make_adam
 from services.fitter.presets import get_preset
-from services.fitter.render import MeshRenderer
-from services.fitter.renderer import get_backend
 from services.fitter.synthetic import build_synthetic_model, synthetic_face, synthetic_texture
 
 pytestmark = pytest.mark.gpu

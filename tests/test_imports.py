@@ -24,9 +24,6 @@ WIRING = ("ffhquv_cli", "ffhquv_deploy")
 # Known violations: (file, imported layer) -> why. This list must shrink, never grow: a new
 # violation fails, and so does an entry that no longer matches (remove it when fixed).
 KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
-    ("services/exporter/preview.py", "services.fitter"):
-        "previews render with the fitter's camera and mesh renderer (torch); fix: the renderer "
-        "in the base layer, or previews rendered by the fitter",
     ("services/fitter/facemodel/landmarks.py", "services.detector"):
         "building the default face model's landmark vertices runs the detector's dlib "
         "landmarker on renders of the model (optional, lazy); fix: the 68-point landmarker in "

@@ -191,7 +191,7 @@ def test_dockerignore():
     patterns = [x.strip() for x in lines if x.strip() and not x.startswith("#")]
     sent = ["pyproject.toml", "README.md", "protos/ffhquv/detector/v1/detector.proto",
             "protos/released/ffhquv_v1.binpb", "ffhquv_cli/main.py", "ffhquv/server.py",
-            "services/fitter/camera.py", "gateway/server.py"]
+            "ffhquv/render/camera.py", "services/fitter/core.py", "gateway/server.py"]
     kept_out = [".git/HEAD", ".venv/bin/python", ".cache/anny/v14/model.pt", "tests/conftest.py",
                 "k8s/base/fitter.yaml", "docker/Dockerfile.cpu",
                 "ffhquv/detector/v1/detector_pb2.py",

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from ffhquv.errors import InvalidInput
-from services.fitter.camera import Camera, project
-from services.fitter.render import (
+from ffhquv.render.camera import Camera, project
+from ffhquv.render.renderer import (
     PREVIEW_GAMMA,
     MeshRenderer,
     obj_uv_to_texture,
@@ -21,7 +21,7 @@ from services.fitter.render import (
     uv_space_interpolate,
     uv_triangle_ids,
 )
-from services.fitter.renderer.shapes import uv_sphere
+from ffhquv.render.shapes import uv_sphere
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from ffhquv.errors import InvalidInput, PreconditionFailed
-from services.fitter.renderer import RasterBackend, TorchRasterizer, get_backend
-from services.fitter.renderer.torch_backend import _opposite_vertices
+from ffhquv.render.raster import RasterBackend, TorchRasterizer, get_backend
+from ffhquv.render.raster.torch_backend import _opposite_vertices
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

@@ -12,17 +12,17 @@ import time
 import pytest
 import torch
 
-from services.fitter.camera import Camera, rigid_transform
-from services.fitter.render import PREVIEW_GAMMA, MeshRenderer
-from services.fitter.renderer import TorchRasterizer, get_backend
-from services.fitter.renderer.shapes import uv_sphere
+from ffhquv.render.camera import Camera, rigid_transform
+from ffhquv.render.raster import TorchRasterizer, get_backend
+from ffhquv.render.renderer import PREVIEW_GAMMA, MeshRenderer
+from ffhquv.render.shapes import uv_sphere
 
 pytestmark = pytest.mark.gpu
 
 
 @pytest.fixture(scope="module")
 def backends():
-    from services.fitter.renderer.nvdiffrast_backend import NvdiffrastBackend
+    from ffhquv.render.raster.nvdiffrast_backend import NvdiffrastBackend
 
     t0 = time.perf_counter()
     nv = get_backend("cuda", prefer="nvdiffrast")

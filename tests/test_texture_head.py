@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from ffhquv.render.raster import get_backend
 from services.fitter.facemodel import load_face_model
-from services.fitter.renderer import get_backend
 from services.fitter.texture import (
     flatten_shading,
     hair_layer,

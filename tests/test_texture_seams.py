@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from ffhquv.render.raster import get_backend
 from services.fitter.core import lr_asymmetry
 from services.fitter.facemodel import load_face_model
 from services.fitter.facemodel.topology import screened_smooth, uv_seams
-from services.fitter.renderer import get_backend
 from services.fitter.texture import (
     complete_texture,
     mesh_lowpass,

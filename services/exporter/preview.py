@@ -1,7 +1,7 @@
 """Preview renders of the textured head with its eyeballs (front, 3/4, profile, turntable GIF).
 
-Rendering uses the project's renderer (:func:`services.fitter.render.render_preview`) with the
-shared camera of :mod:`services.fitter.camera` (at distance 10 looking down -z), its focal length
+Rendering uses the project's renderer (:func:`ffhquv.render.renderer.render_preview`) with the
+shared camera of :mod:`ffhquv.render.camera` (at distance 10 looking down -z), its focal length
 chosen so the whole head fills ~85 % of the frame. Head and eyeballs are rasterised together
 in one mesh (one depth test) with their two textures packed side by side in one atlas: the
 head texture on the left half, the eyeball texture (resized) on the right half; each part's
@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 
 from ffhquv.mesh import MeshData
-from services.fitter.camera import Camera
-from services.fitter.render import render_preview
+from ffhquv.render.camera import Camera
+from ffhquv.render.renderer import render_preview
 
 VIEWS_DEG = (0.0, 35.0, 90.0)  # front, 3/4, profile; positive turns the face to the image right
 

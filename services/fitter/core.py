@@ -19,7 +19,7 @@ stage with :func:`~services.fitter.pipeline.timed`.
 
 Batching: :meth:`FitterCore.fit_batch` stacks the per-photo parameters on the batch axis of
 every tensor, so one optimisation serves B photos (useful on GPU). Coordinates: crop pixels of
-the 224 aligned crop; model / world / camera frames of :mod:`services.fitter.camera`.
+the 224 aligned crop; model / world / camera frames of :mod:`ffhquv.render.camera`.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ from ffhquv import vocab
 from ffhquv.aligned import AlignedFace
 from ffhquv.errors import Cancelled, InvalidInput, PreconditionFailed
 from ffhquv.mesh import MeshData
-from services.fitter.camera import Camera, project, rigid_transform, rotate_normals
+from ffhquv.render.camera import Camera, project, rigid_transform, rotate_normals
+from ffhquv.render.renderer import MeshRenderer
 from services.fitter.facemodel.base import FaceModel
 from services.fitter.graphs import graphs_enabled
 from services.fitter.pipeline import (
@@ -58,7 +59,6 @@ from services.fitter.pipeline import (
     timed,
 )
 from services.fitter.presets import Preset, get_preset
-from services.fitter.render import MeshRenderer
 from services.fitter.stage1 import Stage1Options, Stage1Result, fit_landmarks, initial_lighting
 from services.fitter.stage3 import fit_joint
 from services.fitter.texture import (
@@ -239,7 +239,7 @@ class FitterCore:
             model = loader(face_model, self.device, topo_dir)
         self.model = model.to(self.device)
         self.face_model = self.model.name
-        from services.fitter.renderer import get_backend
+        from ffhquv.render.raster import get_backend
 
         self.backend = get_backend(self.device)
         self.camera = Camera()

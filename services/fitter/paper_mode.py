@@ -54,7 +54,7 @@ from ffhquv import vocab
 from ffhquv.aligned import CROP_SIZE
 from ffhquv.checkpoints import REGISTRY, expected_path, missing_message
 from ffhquv.errors import Cancelled
-from services.fitter.camera import Camera, project, rigid_transform, rotate_normals
+from ffhquv.render.camera import Camera, project, rigid_transform, rotate_normals
 from services.fitter.facemodel.base import FaceModel
 from services.fitter.landmark_bases import LandmarkBases, landmark_weights
 from services.fitter.pipeline import FitContext, PhotoBatch, Stage2Result, StagesResult
@@ -221,7 +221,7 @@ def deep3d_coefficients(deep3d, photo: Tensor, model: FaceModel) -> dict[str, Te
     Returns:
         ``id [B, K_id]``, ``exp [B, K_exp]``, ``angles [B, 3]`` (radians), ``trans [B, 3]``,
         ``gamma [B, 27]`` on the model's device. The camera of Deep3D (focal 1015, centre 112,
-        distance 10) is :class:`services.fitter.camera.Camera`'s, so no conversion is needed.
+        distance 10) is :class:`ffhquv.render.camera.Camera`'s, so no conversion is needed.
     """
     with torch.no_grad():
         out = deep3d(photo.permute(0, 3, 1, 2).contiguous())
@@ -319,7 +319,7 @@ class _Scene:
     """Renders the face model with a UV texture and gives the colour-loss mask."""
 
     def __init__(self, model: FaceModel, cam: Camera, backend, photo: Tensor, photo_mask: Tensor):
-        from services.fitter.render import MeshRenderer
+        from ffhquv.render.renderer import MeshRenderer
 
         self.model, self.cam, self.backend = model, cam, backend
         self.renderer = MeshRenderer(cam, backend)

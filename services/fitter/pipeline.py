@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from torch import Tensor
 
-from services.fitter.camera import Camera
+from ffhquv.render.camera import Camera
 from services.fitter.facemodel.base import FaceModel
 from services.fitter.presets import Preset
 
@@ -42,8 +42,8 @@ class FitContext:
     Attributes:
         model: the face model on the fit device.
         cam: the 224 fitting camera.
-        backend: the rasteriser backend (:mod:`services.fitter.renderer`).
-        renderer: the :class:`services.fitter.render.MeshRenderer` of ``cam`` on ``backend``,
+        backend: the rasteriser backend (:mod:`ffhquv.render.raster`).
+        renderer: the :class:`ffhquv.render.renderer.MeshRenderer` of ``cam`` on ``backend``,
             one per fit (backends cache per-topology data by tensor identity).
         preset: steps, learning rates, sizes (:class:`services.fitter.presets.Preset`).
         tex_size: side S of the output UV texture.

@@ -2,7 +2,7 @@
 
 1. A closed-form initial pose: PnP (OpenCV EPnP + Levenberg-Marquardt) between the mean
    shape's 3D landmarks and the crop landmarks, with the shared camera
-   (:mod:`services.fitter.camera`).
+   (:mod:`ffhquv.render.camera`).
 2. A few hundred Adam steps on the weighted landmark loss (eyes, nose, mouth weigh more than
    the jaw contour, which follows the silhouette in a turned face) with N(0, I) priors on the
    identity and expression coefficients. Only the landmark rows of the bases are evaluated, so
@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from services.fitter.camera import Camera, euler_to_rotation, project, rigid_transform
+from ffhquv.render.camera import Camera, euler_to_rotation, project, rigid_transform
+from ffhquv.render.sh import AMBIENT, sh_basis
 from services.fitter.facemodel.base import FaceModel
 from services.fitter.graphs import StepRunner, graphs_enabled, make_adam, set_lr
 from services.fitter.landmark_bases import LandmarkBases, landmark_weights
 from services.fitter.sampling import sample_image
-from services.fitter.sh import AMBIENT, sh_basis
 
 Progress = Callable[[str, float, str], None]
 
@@ -39,7 +39,7 @@ _FLIP = np.diag([1.0, -1.0, -1.0])
 
 
 def rotation_to_euler(rot: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`services.fitter.camera.euler_to_rotation` for ``R = Rz @ Ry @ Rx``.
+    """Inverse of :func:`ffhquv.render.camera.euler_to_rotation` for ``R = Rz @ Ry @ Rx``.
 
     Args:
         rot: ``[3, 3]`` rotation matrix.
@@ -259,7 +259,7 @@ def fit_lighting(normals_world: Tensor, colors: Tensor, weights: Tensor, albedo:
         albedo: ``[B, 3]`` flat albedo guess.
         reg: ridge weight relative to the total sample weight.
     Returns:
-        ``[B, 27]`` gamma (channel-major, see :mod:`services.fitter.sh`).
+        ``[B, 27]`` gamma (channel-major, see :mod:`ffhquv.render.sh`).
     """
     b = colors.shape[0]
     basis = sh_basis(normals_world)  # [B, P, 9]
@@ -320,7 +320,7 @@ def initial_lighting(model: FaceModel, coeffs: dict[str, Tensor], photo: Tensor,
     Returns:
         ``gamma [B, 27]`` and the flat albedo guess ``[B, 3]``.
     """
-    from services.fitter.camera import rotate_normals
+    from ffhquv.render.camera import rotate_normals
 
     verts = model.shape(coeffs["id"], coeffs["exp"])
     normals = rotate_normals(model.vertex_normals(verts), coeffs["angles"])

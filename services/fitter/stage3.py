@@ -7,7 +7,7 @@ smoothness regulariser acts per level. Losses:
 
 * landmarks: the weighted landmark loss of stage 1 (pixels^2, scaled);
 * photometric: mean absolute colour error inside render mask x parse-face mask x skin mask,
-  rendered through :class:`services.fitter.render.MeshRenderer` at the preset's raster size
+  rendered through :class:`ffhquv.render.renderer.MeshRenderer` at the preset's raster size
   (antialiased);
 * regularisers: ``||id||^2``, ``||exp||^2``; gamma toward white low-order light (RGB spread of
   the coefficients, band-2 energy, distance to the stage-1 lighting); texel offsets: L2,
@@ -26,16 +26,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from services.fitter.camera import project, rigid_transform, rotate_normals
+from ffhquv.render.camera import project, rigid_transform, rotate_normals
+from ffhquv.render.renderer import MeshRenderer, RenderOutput
 from services.fitter.graphs import StepRunner, graphs_enabled, make_adam, set_lr
 from services.fitter.landmark_bases import LandmarkBases, landmark_weights
 from services.fitter.pipeline import FitContext, PhotoBatch
-from services.fitter.render import MeshRenderer, RenderOutput
 
 Progress = Callable[[str, float, str], None]
 
 # px^2 on the stage-3 raster: pixels of smaller (edge-on) triangles give no barycentric
-# gradient (see services.fitter.render.sliver_pixels)
+# gradient (see ffhquv.render.renderer.sliver_pixels)
 SLIVER_AREA = 0.5
 
 

@@ -230,8 +230,8 @@ def synthetic_face(model: FaceModel, coeffs: dict, texture: np.ndarray, hires: i
     import cv2
 
     from ffhquv.aligned import AlignedFace
-    from services.fitter.camera import Camera, project, rigid_transform, rotate_normals
-    from services.fitter.render import MeshRenderer
+    from ffhquv.render.camera import Camera, project, rigid_transform, rotate_normals
+    from ffhquv.render.renderer import MeshRenderer
 
     cam = Camera()
     with torch.no_grad():

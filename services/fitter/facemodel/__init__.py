@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 
 from ffhquv.vocab import DEFAULT_FACE_MODEL, FACE_MODEL_HIFI3DPP, FACE_MODELS
-from services.fitter.facemodel.base import FaceModel, vertex_normals
+from services.fitter.facemodel.base import FaceModel
 
-__all__ = ["FACE_MODELS", "FaceModel", "load_face_model", "vertex_normals"]
+__all__ = ["FACE_MODELS", "FaceModel", "load_face_model"]
 
 _CACHE: dict[tuple[str, str, str], FaceModel] = {}
 _LOCK = threading.Lock()

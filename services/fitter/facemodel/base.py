@@ -1,6 +1,6 @@
 """The face-model interface shared by the ``default`` (anny) and ``hifi3dpp`` models.
 
-Both are linear morphable models in the *model* frame of :mod:`services.fitter.camera`
+Both are linear morphable models in the *model* frame of :mod:`ffhquv.render.camera`
 (y up, face toward +z, HiFi3D++-like units, about decimetres):
 
     shape(id, exp) = mean_shape + id_base . id + exp_base . exp        # [B, N, 3]
@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+
+from ffhquv.render.renderer import vertex_normals
 
 
 @dataclass
@@ -254,23 +256,3 @@ class FaceModel:
                 kw[f.name] = torch.from_numpy(a.astype(np.float32)).to(device)
         return cls(**kw)
 
-
-def vertex_normals(vertices: Tensor, tri: Tensor) -> Tensor:
-    """Area-weighted vertex normals.
-
-    Args:
-        vertices: ``[B, N, 3]``.
-        tri: ``[T, 3]`` long, counter-clockwise seen from the outside.
-    Returns:
-        ``[B, N, 3]`` unit normals (zero-area vertices get +z).
-    """
-    v0, v1, v2 = (vertices[:, tri[:, i]] for i in range(3))
-    fn = torch.cross(v1 - v0, v2 - v0, dim=-1)  # [B, T, 3], length = 2 * area
-    n = torch.zeros_like(vertices)
-    for i in range(3):
-        n = n.index_add(1, tri[:, i], fn)
-    norm = n.norm(dim=-1, keepdim=True)
-    # built on the device (no host-to-device copy: this runs inside captured CUDA graphs)
-    fallback = torch.zeros_like(n)
-    fallback[..., 2] = 1.0
-    return torch.where(norm > 1e-12, n / norm.clamp(min=1e-12), fallback)

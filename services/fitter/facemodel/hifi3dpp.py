@@ -4,7 +4,7 @@ Field semantics follow ``hifi3dpp-facts.md``: ``hifi3dpp_model_info.mat`` (MATLA
 mean shape / texture and the identity, expression and texture bases as ``3N x K`` matrices
 (rows ``x0, y0, z0, x1, ...``), 1-based triangle / texture-coordinate / keypoint indices;
 ``unwrap_1024_info.mat`` holds per-texel barycentrics and vertex ids of the 1024 UV map. The
-model space is already the one of :mod:`services.fitter.camera` (y up, face toward +z, about
+model space is already the one of :mod:`ffhquv.render.camera` (y up, face toward +z, about
 decimetres); the mean shape is recentred to zero vertex mean on load (as the reference does).
 """
 

@@ -1,6 +1,6 @@
 """Embed the 68 iBUG landmarks on a head mesh by rendering it and running dlib on the render.
 
-The head is rendered frontally with the shared camera (:mod:`services.fitter.camera`), lit, with
+The head is rendered frontally with the shared camera (:mod:`ffhquv.render.camera`), lit, with
 a skin-coloured per-vertex albedo and painted eyes closing the eye openings (dlib needs eyes);
 dlib's HOG detector and 68-point shape predictor (``face_recognition_models``) find the
 landmarks; each one is back-projected through the rasteriser's triangle id to a 3D surface
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from services.fitter.camera import Camera
+from ffhquv.render.camera import Camera
 
 #: albedo (linear-ish RGB in [0, 1]) of the render used for dlib.
 SKIN = (0.80, 0.60, 0.50)
@@ -142,7 +142,8 @@ def render_for_dlib(vertices: np.ndarray, tri: np.ndarray, albedo: np.ndarray, c
     """Render head + eye caps lit for dlib, and the surface under each pixel.
 
     Args:
-        vertices: ``[N, 3]`` model-space head vertices (camera of :mod:`..camera`, zero pose).
+        vertices: ``[N, 3]`` model-space head vertices (camera of :mod:`ffhquv.render.camera`,
+            zero pose).
         tri: ``[T, 3]`` head triangles.
         albedo: ``[N, 3]`` per-vertex albedo in [0, 1].
         caps: the painted eyes.
@@ -155,8 +156,8 @@ def render_for_dlib(vertices: np.ndarray, tri: np.ndarray, albedo: np.ndarray, c
         ``(image uint8 [S, S, 3], triangle id [S, S] int64 into id_tri (-1 background),
         points [S, S, 3] float64 (model frame, before the yaw))``.
     """
-    from services.fitter.camera import to_clip
-    from services.fitter.render import PREVIEW_GAMMA, MeshRenderer
+    from ffhquv.render.camera import to_clip
+    from ffhquv.render.renderer import PREVIEW_GAMMA, MeshRenderer
 
     n = len(vertices)
     v = np.concatenate([vertices, caps.vertices], 0)
@@ -314,7 +315,7 @@ def closest_point_on_triangles(p: np.ndarray, tris: np.ndarray
 def project_points(points: np.ndarray, yaw_deg: float = 0.0, scale: float = 1.0,
                    size: int = 512) -> np.ndarray:
     """``[K, 3]`` model points to ``[K, 2]`` pixels of :func:`render_for_dlib`'s view."""
-    from services.fitter.camera import project
+    from ffhquv.render.camera import project
 
     cam = _camera(scale, size)
     w = points @ rotation_y(yaw_deg).T

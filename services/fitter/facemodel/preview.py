@@ -16,7 +16,7 @@ YAWS = (0.0, 45.0, 90.0)
 
 def preview_camera():
     """The fitting camera zoomed out (focal x 0.8) so the whole head shows."""
-    from services.fitter.camera import Camera
+    from ffhquv.render.camera import Camera
 
     return Camera(focal=Camera().focal * 0.8)
 
@@ -30,7 +30,7 @@ def _albedo(model: FaceModel) -> torch.Tensor:
 
 def _render(model: FaceModel, v: torch.Tensor, yaw: float, size: int,
             albedo: torch.Tensor | None = None) -> np.ndarray:
-    from services.fitter.render import render_preview
+    from ffhquv.render.renderer import render_preview
 
     return render_preview(v, model.tri, vertex_albedo=_albedo(model) if albedo is None else albedo,
                           yaw_deg=yaw, size=size, camera=preview_camera())
@@ -86,7 +86,7 @@ def write_previews(model: FaceModel, out: Path, size: int = 384) -> Path:
     """
     from PIL import Image, ImageDraw
 
-    from services.fitter.camera import project
+    from ffhquv.render.camera import project
 
     out.mkdir(parents=True, exist_ok=True)
     heads = sample_heads(model)

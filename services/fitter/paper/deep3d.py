@@ -23,7 +23,7 @@ whose ``'net_recon'`` entry is the state dict of
 The expression head ends in a ReLU in the FFHQ-UV fork (``limit_exp_range``), so the state dict
 key is ``final_layers.1.0.weight`` (not ``final_layers.1.weight`` as in upstream Deep3D).
 The gamma output is raw: the initial ambient 0.8 is added by the lighting
-(:mod:`services.fitter.sh`), as in FFHQ-UV's face model. Coordinates are Deep3D's (y up in
+(:mod:`ffhquv.render.sh`), as in FFHQ-UV's face model. Coordinates are Deep3D's (y up in
 image space for landmarks); mapping them onto our camera is the fitter's job.
 """
 

@@ -104,8 +104,8 @@ def uv_maps(model: FaceModel, size: int, backend) -> UVMaps:
     with _UV_LOCK:
         if key in _UV_CACHE:
             return _UV_CACHE[key]
-    from services.fitter.render import uv_rasterize
-    from services.fitter.renderer import get_backend
+    from ffhquv.render.raster import get_backend
+    from ffhquv.render.renderer import uv_rasterize
 
     dev = model.device
     backend = backend or get_backend(dev)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from services.fitter.camera import Camera
+from ffhquv.render.camera import Camera
 from services.fitter.facemodel.base import FaceModel
 from services.fitter.texture.atlas import uv_maps
 from services.fitter.texture.completion import CompletedTexture, complete_texture, pad_outside

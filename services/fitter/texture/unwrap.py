@@ -1,7 +1,7 @@
 """Unwrap: the high-resolution crop sampled into UV through the fitted geometry.
 
 Every texel of the ``S x S`` atlas gets its 3D world position and normal from the
-fitted mesh (:func:`services.fitter.render.uv_space_interpolate`), is projected into the
+fitted mesh (:func:`ffhquv.render.renderer.uv_space_interpolate`), is projected into the
 high-resolution aligned crop (``camera.scaled(S_hires)``) and sampled bilinearly. A texel is
 trusted by
 
@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from services.fitter.camera import Camera, project, rigid_transform, rotate_normals
+from ffhquv.render.camera import Camera, project, rigid_transform, rotate_normals
+from ffhquv.render.sh import irradiance
 from services.fitter.facemodel.base import FaceModel
 from services.fitter.sampling import sample_image
-from services.fitter.sh import irradiance
 from services.fitter.texture.atlas import UVMaps
 
 COS_MIN = 0.3
@@ -65,7 +65,7 @@ def unwrap(model: FaceModel, coeffs: dict[str, Tensor], crop_hires: Tensor, face
     Returns:
         :class:`UnwrapResult` at ``maps.size``.
     """
-    from services.fitter.render import MeshRenderer, uv_space_interpolate
+    from ffhquv.render.renderer import MeshRenderer, uv_space_interpolate
 
     verts = model.shape(coeffs["id"], coeffs["exp"])
     world = rigid_transform(verts, coeffs["angles"], coeffs["trans"])
@@ -111,7 +111,7 @@ def _depth_of(out, world: Tensor, tri: Tensor, cam: Camera, backend) -> Tensor:
     d = getattr(out, "depth", None)
     if d is not None:
         return d if d.dim() == 4 else d[..., None]
-    from services.fitter.camera import to_camera
+    from ffhquv.render.camera import to_camera
 
     dcam = to_camera(world, cam)[..., 2:3]
     return backend.interpolate(dcam, out.rast, tri)

@@ -12,8 +12,8 @@ import logging
 import torch
 
 from ffhquv.errors import InvalidInput, PreconditionFailed
-from services.fitter.renderer.base import RasterBackend
-from services.fitter.renderer.torch_backend import TorchRasterizer
+from ffhquv.render.raster.base import RasterBackend
+from ffhquv.render.raster.torch_backend import TorchRasterizer
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def get_backend(device: str | torch.device = "cpu", prefer: str = "auto") -> Ras
         if dev.type != "cuda":
             raise PreconditionFailed(f"the nvdiffrast backend needs a CUDA device, got {dev}")
         try:
-            from services.fitter.renderer.nvdiffrast_backend import NvdiffrastBackend
+            from ffhquv.render.raster.nvdiffrast_backend import NvdiffrastBackend
 
             backend = NvdiffrastBackend(dev)
         except Exception as err:  # noqa: BLE001 - any import/build failure means fallback

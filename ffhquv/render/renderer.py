@@ -1,8 +1,8 @@
 """Mesh rendering on top of a rasteriser backend: textured / vertex-colour, SH-lit, UV-space.
 
-Frames and conventions: world space and the camera are those of :mod:`services.fitter.camera`
+Frames and conventions: world space and the camera are those of :mod:`ffhquv.render.camera`
 (rendered images have row 0 at the top, x to the right, like the photo); SH lighting is
-:mod:`services.fitter.sh`. Images are ``float [B, H, W, C]``.
+:mod:`ffhquv.render.sh`. Images are ``float [B, H, W, C]``.
 
 UV: meshes carry OBJ texture coordinates (u right, v up, in [0, 1]); a texture array's row 0 is
 the top of the PNG, i.e. ``v = 1``. This module is the one place that converts between the two:
@@ -19,15 +19,14 @@ import torch
 from torch import Tensor
 
 from ffhquv.errors import InvalidInput
-from services.fitter.camera import Camera, project, to_clip
-from services.fitter.facemodel.base import vertex_normals
-from services.fitter.renderer import RasterBackend, get_backend
-from services.fitter.sh import shade
+from ffhquv.render.camera import Camera, project, to_clip
+from ffhquv.render.raster import RasterBackend, get_backend
+from ffhquv.render.sh import shade
 
 DEFAULT_ALBEDO = 0.7
 
 # A soft frontal key light from above-front with a gentle fill, as 27 SH coefficients
-# (channel-major R, G, B; ambient 0.8 is added by services.fitter.sh).
+# (channel-major R, G, B; ambient 0.8 is added by ffhquv.render.sh).
 PREVIEW_GAMMA = torch.tensor([-0.25, 0.0, 0.35, 0.0, 0.0, 0.0, -0.05, 0.0, 0.0] * 3)
 
 
@@ -106,6 +105,27 @@ def obj_uv_to_texture(uv: Tensor) -> Tensor:
     return torch.stack([uv[..., 0], 1.0 - uv[..., 1]], -1)
 
 
+def vertex_normals(vertices: Tensor, tri: Tensor) -> Tensor:
+    """Area-weighted vertex normals.
+
+    Args:
+        vertices: ``[B, N, 3]``.
+        tri: ``[T, 3]`` long, counter-clockwise seen from the outside.
+    Returns:
+        ``[B, N, 3]`` unit normals (zero-area vertices get +z).
+    """
+    v0, v1, v2 = (vertices[:, tri[:, i]] for i in range(3))
+    fn = torch.cross(v1 - v0, v2 - v0, dim=-1)  # [B, T, 3], length = 2 * area
+    n = torch.zeros_like(vertices)
+    for i in range(3):
+        n = n.index_add(1, tri[:, i], fn)
+    norm = n.norm(dim=-1, keepdim=True)
+    # built on the device (no host-to-device copy: this runs inside captured CUDA graphs)
+    fallback = torch.zeros_like(n)
+    fallback[..., 2] = 1.0
+    return torch.where(norm > 1e-12, n / norm.clamp(min=1e-12), fallback)
+
+
 def _as_batch(x: Tensor, b: int, name: str, last: int) -> Tensor:
     if x.dim() == 2:
         x = x[None]
@@ -179,7 +199,7 @@ class MeshRenderer:
         """Render a batch of meshes.
 
         Args:
-            vertices: ``[B, N, 3]`` world-space positions (:mod:`services.fitter.camera`).
+            vertices: ``[B, N, 3]`` world-space positions (:mod:`ffhquv.render.camera`).
             tri: ``[T, 3]`` int vertex indices (counter-clockwise seen from outside).
             normals: ``[B, N, 3]`` world-space vertex normals; None computes area-weighted ones.
             uv: ``[M, 2]`` OBJ texture coordinates (v up); needed with ``texture``.
@@ -187,7 +207,7 @@ class MeshRenderer:
             texture: ``[B|1, Ht, Wt, 3]`` in [0, 1], row 0 = top of the PNG (v = 1).
             vertex_albedo: ``[B|1, N, 3]`` per-vertex albedo, used when there is no texture.
                 Without either the surface is a uniform grey of 0.7.
-            gamma: ``[B, 27]`` SH lighting (:mod:`services.fitter.sh`); None = unlit albedo.
+            gamma: ``[B, 27]`` SH lighting (:mod:`ffhquv.render.sh`); None = unlit albedo.
             size: raster size (square); default ``camera.size``, via ``camera.scaled(size)``.
             antialias: run silhouette antialiasing on image and mask.
             background: optional colour composited behind the mesh (scalar, ``[3]``, or
@@ -345,7 +365,7 @@ def uv_overlap_count(uv: Tensor, uv_tri: Tensor, size: int) -> Tensor:
     """``[S, S]`` long: how many UV triangles cover each texel centre (row 0 = v = 1).
 
     Values above 1 are UV overlaps. Uses the torch rasteriser (no depth test needed)."""
-    from services.fitter.renderer.torch_backend import TorchRasterizer
+    from ffhquv.render.raster.torch_backend import TorchRasterizer
 
     clip = _uv_clip(uv)
     return TorchRasterizer(uv.device).coverage_count(clip, uv_tri.to(uv.device).long(),
@@ -373,7 +393,7 @@ def render_preview(
 
     Args:
         vertices: ``[N, 3]`` or ``[1, N, 3]`` world-space vertices (as fitted: the camera of
-            :mod:`services.fitter.camera` sees them).
+            :mod:`ffhquv.render.camera` sees them).
         tri: ``[T, 3]`` triangles.
         uv, uv_tri, texture: as in :meth:`MeshRenderer.render`; ``texture`` may also be a
             ``uint8 [Ht, Wt, 3]`` array (row 0 = top of the PNG).

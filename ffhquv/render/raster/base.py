@@ -6,7 +6,7 @@ Every backend (:mod:`.torch_backend` on any device, :mod:`.nvdiffrast_backend` o
 * **clip space**: ``pos [B, V, 4]`` homogeneous ``(x, y, z, w)``; ndc = ``xyz / w``.
 * **pixels**: pixel (row ``i``, column ``j``) of an ``H x W`` raster has its centre at ndc
   ``((j + 0.5) / W * 2 - 1, (i + 0.5) / H * 2 - 1)``: row 0 is ndc ``y = -1``. The fitting camera
-  (:mod:`services.fitter.camera`) maps the top of the photo to ndc ``y = -1`` so rendered images
+  (:mod:`ffhquv.render.camera`) maps the top of the photo to ndc ``y = -1`` so rendered images
   have row 0 at the top like the photo.
 * **rast** ``[B, H, W, 4]``: ``(u, v, z / w, triangle_id + 1)`` per pixel, all zero where no
   triangle covers the pixel centre. ``u, v`` are perspective-correct barycentrics: the surface
@@ -15,7 +15,7 @@ Every backend (:mod:`.torch_backend` on any device, :mod:`.nvdiffrast_backend` o
 * **texture coordinates** (``texture``): nvdiffrast's, ``(0, 0)`` is the outer corner of the first
   texel in memory, ``u`` runs along the width and ``v`` along the height (rows), texel centres at
   ``((j + 0.5) / Wt, (i + 0.5) / Ht)``. Converting OBJ uv (v up) happens only in
-  :mod:`services.fitter.render`.
+  :mod:`ffhquv.render.renderer`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A differentiable rasteriser in plain torch (any device), with nvdiffrast.torch semantics.
 
-Conventions are those of :mod:`services.fitter.renderer.base` (clip space, pixel centres, the
+Conventions are those of :mod:`ffhquv.render.raster.base` (clip space, pixel centres, the
 ``rast`` layout, texture coordinates).
 
 How :func:`rasterize` works (vectorised, no Python loop over triangles):

@@ -6,7 +6,7 @@ ninja; about a minute or two, cached in the torch extensions folder afterwards).
 longer leaves the built module importable by name, so the build directory is put on
 ``sys.path`` before nvdiffrast imports it. The first-use build is logged with its duration.
 
-Semantics are those of :mod:`services.fitter.renderer.base`; results are converted back to the
+Semantics are those of :mod:`ffhquv.render.raster.base`; results are converted back to the
 input dtype.
 """
 
@@ -115,7 +115,7 @@ class _AttachRast(torch.autograd.Function):
 
 
 class NvdiffrastBackend:
-    """:class:`~services.fitter.renderer.base.RasterBackend` over ``nvdiffrast.torch``.
+    """:class:`~ffhquv.render.raster.base.RasterBackend` over ``nvdiffrast.torch``.
 
     Args:
         device: a CUDA device.
