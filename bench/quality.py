@@ -169,7 +169,7 @@ def render_fit(model, coeffs: dict[str, np.ndarray], texture: np.ndarray, camera
     import torch
 
     from ffhquv.render.camera import rigid_transform, rotate_normals
-    from ffhquv.render.renderer import MeshRenderer
+    from ffhquv.render.renderer import MeshRenderer, RasterOptions, Surface
 
     dev = model.device
     c = {k: torch.as_tensor(np.asarray(v), dtype=torch.float32, device=dev)[None]
@@ -180,8 +180,8 @@ def render_fit(model, coeffs: dict[str, np.ndarray], texture: np.ndarray, camera
         world = rigid_transform(v, c["angles"], c["trans"])
         nrm = rotate_normals(model.vertex_normals(v), c["angles"])
         return MeshRenderer(camera, backend, device=dev).render(
-            world, model.tri, normals=nrm, uv=model.uv, uv_tri=model.uv_tri, texture=tex,
-            gamma=c["gamma"], size=size, antialias=True)
+            world, model.tri, Surface(normals=nrm, uv=model.uv, uv_tri=model.uv_tri, texture=tex),
+            gamma=c["gamma"], options=RasterOptions(size=size, antialias=True))
 
 
 def face_region(parse_mask: np.ndarray, render_mask: np.ndarray,
@@ -546,16 +546,16 @@ def turned_view(head, texture: np.ndarray, eyes, yaw_deg: float, size: int = 512
     mid-grey background (:func:`ffhquv.render.renderer.render_preview`, preview light)."""
     import torch
 
-    from ffhquv.render.renderer import render_preview
+    from ffhquv.render.renderer import PreviewOptions, Surface, render_preview
 
     v, f, uv, uvf, atlas = head_with_eyes(head, texture, eyes)
     dev = getattr(backend, "device", "cpu")  # the backend draws tensors of its own device
+    surface = Surface(uv=torch.tensor(uv, dtype=torch.float32, device=dev),
+                      uv_tri=torch.tensor(uvf, device=dev), texture=torch.from_numpy(atlas))
     return render_preview(torch.tensor(v, dtype=torch.float32, device=dev),
-                          torch.tensor(f, device=dev),
-                          uv=torch.tensor(uv, dtype=torch.float32, device=dev),
-                          uv_tri=torch.tensor(uvf, device=dev),
-                          texture=atlas, yaw_deg=yaw_deg, size=size, background=BACKGROUND,
-                          backend=backend)
+                          torch.tensor(f, device=dev), surface,
+                          PreviewOptions(yaw_deg=yaw_deg, size=size, background=BACKGROUND,
+                                         backend=backend))
 
 
 def contact_sheet(photo: np.ndarray, head, texture: np.ndarray, eyes, size: int = SHEET_PX,

@@ -32,7 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ffhquv.render.camera import Camera, rigid_transform, to_clip  # noqa: E402
 from ffhquv.render.raster import TorchRasterizer, get_backend  # noqa: E402
-from ffhquv.render.renderer import PREVIEW_GAMMA, MeshRenderer  # noqa: E402
+from ffhquv.render.renderer import (  # noqa: E402
+    PREVIEW_GAMMA,
+    MeshRenderer,
+    RasterOptions,
+    Surface,
+)
 from ffhquv.render.shapes import uv_sphere  # noqa: E402
 from services.fitter.graphs import StepRunner, graphs_enabled, make_adam  # noqa: E402
 
@@ -88,8 +93,8 @@ def step_time(r: MeshRenderer, world, tri, uv, uv_tri, tex, gamma, size: int, *,
             static.copy_(r.rasterize(wv, tri, size))
 
     def body() -> dict[str, torch.Tensor]:
-        out = r.render(wv, tri, uv=uv, uv_tri=uv_tri, texture=tx, gamma=gm, size=size,
-                       rast=static)
+        out = r.render(wv, tri, Surface(uv=uv, uv_tri=uv_tri, texture=tx), gamma=gm,
+                       rast=static, options=RasterOptions(size=size))
         loss = (out.image - 0.5).square().mean()
         loss.backward()
         opt.step()
@@ -182,16 +187,16 @@ def main(argv: list[str] | None = None) -> int:
                 def fwd(world=world, tex=tex, gamma=gamma, size=size, r=r, trid=trid, uvd=uvd,
                         uvtd=uvtd):
                     with torch.no_grad():
-                        r.render(world, trid, uv=uvd, uv_tri=uvtd, texture=tex, gamma=gamma,
-                                 size=size)
+                        r.render(world, trid, Surface(uv=uvd, uv_tri=uvtd, texture=tex),
+                                 gamma=gamma, options=RasterOptions(size=size))
 
                 def fwd_bwd(world=world, tex=tex, gamma=gamma, size=size, r=r, trid=trid,
                             uvd=uvd, uvtd=uvtd):
                     wv = world.clone().requires_grad_(True)
                     tx = tex.clone().requires_grad_(True)
                     gm = gamma.clone().requires_grad_(True)
-                    out = r.render(wv, trid, uv=uvd, uv_tri=uvtd, texture=tx, gamma=gm,
-                                   size=size)
+                    out = r.render(wv, trid, Surface(uv=uvd, uv_tri=uvtd, texture=tx),
+                                   gamma=gm, options=RasterOptions(size=size))
                     (out.image - 0.5).square().mean().backward()
 
                 t_r = timeit(raster, dev, args.repeat)

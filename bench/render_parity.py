@@ -41,7 +41,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ffhquv.render.camera import Camera, rigid_transform, to_clip  # noqa: E402
 from ffhquv.render.raster import TorchRasterizer, get_backend  # noqa: E402
-from ffhquv.render.renderer import PREVIEW_GAMMA, MeshRenderer, sliver_pixels  # noqa: E402
+from ffhquv.render.renderer import (  # noqa: E402
+    PREVIEW_GAMMA,
+    MeshRenderer,
+    RasterOptions,
+    Surface,
+    sliver_pixels,
+)
 from ffhquv.render.shapes import uv_sphere  # noqa: E402
 
 
@@ -167,8 +173,8 @@ def image_grad(be, world, tri, uv, uv_tri, tex, gamma, size, aa: bool,
                gate: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     r = MeshRenderer(Camera(), backend=be, device=world.device)
     w = world.clone().requires_grad_(True)
-    o = r.render(w, tri, uv=uv, uv_tri=uv_tri, texture=tex, gamma=gamma, size=size,
-                 antialias=aa, rast=rast, min_grad_area=gate)
+    o = r.render(w, tri, Surface(uv=uv, uv_tri=uv_tri, texture=tex), gamma=gamma, rast=rast,
+                 options=RasterOptions(size=size, antialias=aa, min_grad_area=gate))
     err = (o.image - 0.5) ** 2
     if mask is not None:
         err = err * mask
@@ -206,7 +212,8 @@ def fd_ratio(be, world, tri, gamma, size, mask, eps: float) -> float:
     r = MeshRenderer(Camera(), backend=be, device=world.device)
 
     def loss(w: torch.Tensor) -> torch.Tensor:
-        o = r.render(w, tri, vertex_albedo=va, gamma=gamma, size=size, antialias=False)
+        o = r.render(w, tri, Surface(vertex_albedo=va), gamma=gamma,
+                     options=RasterOptions(size=size, antialias=False))
         return (((o.image - 0.5) ** 2) * mask).sum()
 
     w = world.clone().requires_grad_(True)

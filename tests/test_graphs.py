@@ -11,7 +11,7 @@ import torch
 from ffhquv.errors import Cancelled, InvalidInput
 from ffhquv.render.camera import Camera, rigid_transform
 from ffhquv.render.raster import TorchRasterizer
-from ffhquv.render.renderer import PREVIEW_GAMMA, MeshRenderer
+from ffhquv.render.renderer import PREVIEW_GAMMA, MeshRenderer, RasterOptions, Surface
 from ffhquv.render.shapes import uv_sphere
 from services.fitter.graphs import StepRunner, graphs_enabled, make_adam, set_lr
 from services.fitter.stage3 import _face_coverage
@@ -31,7 +31,8 @@ def _render_grads(r: MeshRenderer, pre_rasterised: bool):
     t = tex.clone().requires_grad_(True)
     g = gamma.clone().requires_grad_(True)
     rast = r.rasterize(w, tri, 96) if pre_rasterised else None
-    out = r.render(w, tri, uv=uv, uv_tri=uv_tri, texture=t, gamma=g, size=96, rast=rast)
+    out = r.render(w, tri, Surface(uv=uv, uv_tri=uv_tri, texture=t), gamma=g, rast=rast,
+                   options=RasterOptions(size=96))
     ((out.image - 0.5) ** 2).sum().backward()
     return out.image.detach(), w.grad, t.grad, g.grad
 
@@ -49,7 +50,7 @@ def test_pre_rasterised_render_checks_shape():
     r = MeshRenderer(Camera(), backend=TorchRasterizer("cpu"))
     world, tri, *_ = _scene()
     with pytest.raises(InvalidInput, match="rast must be"):
-        r.render(world, tri, size=64, rast=torch.zeros(1, 32, 32, 4))
+        r.render(world, tri, rast=torch.zeros(1, 32, 32, 4), options=RasterOptions(size=64))
 
 
 def test_step_runner_runs_eagerly_on_cpu():

@@ -14,7 +14,7 @@ import torch
 
 from ffhquv.render.camera import Camera
 from ffhquv.render.raster import get_backend
-from ffhquv.render.renderer import MeshRenderer
+from ffhquv.render.renderer import MeshRenderer, RasterOptions, Surface
 from services.fitter.core import FitterCore
 from services.fitter.graphs import StepRunner, make_adam
 from services.fitter.presets import get_preset
@@ -33,8 +33,8 @@ def test_attach_rast_matches_rasterize_on_nvdiffrast():
         world, tri, uv, uv_tri, tex, gamma = (x.cuda() for x in _scene())
         w = world.clone().requires_grad_(True)
         rast = r.rasterize(w, tri, 224) if pre else None
-        out = r.render(w, tri, uv=uv, uv_tri=uv_tri, texture=tex, gamma=gamma, size=224,
-                       rast=rast)
+        out = r.render(w, tri, Surface(uv=uv, uv_tri=uv_tri, texture=tex), gamma=gamma,
+                       rast=rast, options=RasterOptions(size=224))
         ((out.image - 0.5) ** 2).sum().backward()
         res.append((out.image.detach(), w.grad))
     torch.testing.assert_close(res[0][0], res[1][0])

@@ -15,6 +15,9 @@ from ffhquv.render.camera import Camera, project
 from ffhquv.render.renderer import (
     PREVIEW_GAMMA,
     MeshRenderer,
+    PreviewOptions,
+    RasterOptions,
+    Surface,
     obj_uv_to_texture,
     render_preview,
     uv_overlap_count,
@@ -48,7 +51,8 @@ def test_textured_quad_orientation(tmp_path):
 
     v, tri, uv = quad()
     cam = Camera()
-    out = MeshRenderer(cam).render(v[None], tri, uv=uv, texture=tex, antialias=False)
+    out = MeshRenderer(cam).render(v[None], tri, Surface(uv=uv, texture=tex),
+                                   options=RasterOptions(antialias=False))
     img = out.image[0]
     Image.fromarray((img.numpy() * 255).astype(np.uint8)).save("/tmp/ffhquv_render_quad.png")
     c = cam.center
@@ -88,7 +92,7 @@ def test_lit_sphere_png(tmp_path):
     gamma[:, [1, 10, 19]] = -0.4  # light from above (+y)
     gamma[:, [2, 11, 20]] = 0.3  # and from the front
     albedo = torch.tensor([0.8, 0.6, 0.5]).expand(1, v.shape[0], 3)
-    out = MeshRenderer(Camera()).render(v[None], tri, vertex_albedo=albedo, gamma=gamma)
+    out = MeshRenderer(Camera()).render(v[None], tri, Surface(vertex_albedo=albedo), gamma=gamma)
     img = (out.image[0].clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
     path = tmp_path / "sphere.png"
     Image.fromarray(img).save(path)
@@ -113,8 +117,8 @@ def test_render_gradients_reach_every_input():
     verts = v[None].clone().requires_grad_(True)
     tex = torch.rand(1, 32, 64, 3, requires_grad=True)
     gamma = (PREVIEW_GAMMA[None] * 1.0).requires_grad_(True)
-    out = MeshRenderer(Camera()).render(verts, tri, uv=uv, uv_tri=uv_tri, texture=tex,
-                                        gamma=gamma, size=96)
+    out = MeshRenderer(Camera()).render(verts, tri, Surface(uv=uv, uv_tri=uv_tri, texture=tex),
+                                        gamma=gamma, options=RasterOptions(size=96))
     target = torch.rand_like(out.image)
     ((out.image - target) ** 2).mean().backward()
     for t in (verts, tex, gamma):
@@ -125,8 +129,8 @@ def test_render_gradients_reach_every_input():
 def test_size_scales_the_camera():
     v, tri, _, _ = uv_sphere(16, 32)
     r = MeshRenderer(Camera())
-    a = r.render(v[None], tri, antialias=False).mask.sum() / 224**2
-    b = r.render(v[None], tri, antialias=False, size=448).mask.sum() / 448**2
+    a = r.render(v[None], tri, options=RasterOptions(antialias=False)).mask.sum() / 224**2
+    b = r.render(v[None], tri, options=RasterOptions(antialias=False, size=448)).mask.sum() / 448**2
     assert abs(float(a - b)) < 0.005
 
 
@@ -158,8 +162,9 @@ def test_uv_space_interpolate_unwraps_positions():
 def test_preview_turns_the_face_toward_the_right():
     v, tri, uv, uv_tri = uv_sphere(32, 64)
     albedo = torch.where(v[:, 2:3] > 0.9, torch.tensor([1.0, 0.0, 0.0]), torch.tensor(0.6))
-    img0 = render_preview(v, tri, vertex_albedo=albedo, yaw_deg=0, size=128)
-    img = render_preview(v, tri, vertex_albedo=albedo, yaw_deg=40, size=128)
+    img0 = render_preview(v, tri, Surface(vertex_albedo=albedo), PreviewOptions(size=128))
+    img = render_preview(v, tri, Surface(vertex_albedo=albedo),
+                         PreviewOptions(yaw_deg=40, size=128))
     Image.fromarray(img).save("/tmp/ffhquv_render_preview_yaw40.png")
     assert img.dtype == np.uint8 and img.shape == (128, 128, 3)
     assert img[0, 0].tolist() == [255, 255, 255]
@@ -178,7 +183,7 @@ def test_render_errors():
     with pytest.raises(InvalidInput, match="vertices"):
         r.render(v, tri)
     with pytest.raises(InvalidInput, match="texture given without uv"):
-        r.render(v[None], tri, texture=torch.zeros(1, 4, 4, 3))
+        r.render(v[None], tri, Surface(texture=torch.zeros(1, 4, 4, 3)))
     with pytest.raises(InvalidInput, match="gamma"):
         r.render(v[None], tri, gamma=torch.zeros(27))
     with pytest.raises(InvalidInput, match="uv_tri"):
@@ -196,7 +201,7 @@ def test_head_sized_mesh_is_fast_enough():
     best = float("inf")
     for _ in range(3):
         t0 = time.perf_counter()
-        out = r.render(verts, tri, uv=uv, uv_tri=uv_tri, texture=tex, gamma=gamma)
+        out = r.render(verts, tri, Surface(uv=uv, uv_tri=uv_tri, texture=tex), gamma=gamma)
         out.image.square().mean().backward()
         best = min(best, time.perf_counter() - t0)
     print(f"224x224 head-sized forward+backward: {best * 1e3:.1f} ms")

@@ -14,7 +14,7 @@ import torch
 
 from ffhquv.render.camera import Camera, rigid_transform
 from ffhquv.render.raster import TorchRasterizer, get_backend
-from ffhquv.render.renderer import PREVIEW_GAMMA, MeshRenderer
+from ffhquv.render.renderer import PREVIEW_GAMMA, MeshRenderer, RasterOptions, Surface
 from ffhquv.render.shapes import uv_sphere
 
 pytestmark = pytest.mark.gpu
@@ -62,8 +62,8 @@ def run(backend, size, device="cuda", term="both", rast_from=None, gate=0.0):
     r = MeshRenderer(Camera(), backend=backend, device=device)
     rast = (None if rast_from is None else
             MeshRenderer(Camera(), backend=rast_from, device=device).rasterize(world, tri, size))
-    out = r.render(world, tri, uv=uv, uv_tri=uv_tri, texture=tex, gamma=gamma, size=size,
-                   rast=rast, min_grad_area=gate)
+    out = r.render(world, tri, Surface(uv=uv, uv_tri=uv_tri, texture=tex), gamma=gamma,
+                   rast=rast, options=RasterOptions(size=size, min_grad_area=gate))
     target = torch.full_like(out.image, 0.5)
     img_l, mask_l = ((out.image - target) ** 2).sum(), out.mask.sum()
     loss = img_l if term == "image" else mask_l if term == "mask" else img_l + mask_l

@@ -64,6 +64,50 @@ class RenderOutput:
         return self.rast[..., 3].detach().long() - 1
 
 
+
+@dataclass(frozen=True, eq=False)
+class Surface:
+    """What covers a mesh besides its positions (:meth:`MeshRenderer.render`); every field is
+    optional and tensors may live on any device (they are moved to the vertices' device).
+
+    Attributes:
+        normals: ``[B, N, 3]`` (or ``[N, 3]``) float world-space vertex normals; None computes
+            area-weighted ones (:func:`vertex_normals`).
+        uv: ``[M, 2]`` float OBJ texture coordinates (v up); needed with ``texture``.
+        uv_tri: ``[T, 3]`` int per-corner indices into ``uv``, triangle ``k`` the same face as
+            ``tri[k]`` (default: ``tri``).
+        texture: ``[B|1, Ht, Wt, 3]`` float in [0, 1], row 0 = top of the PNG (v = 1).
+            :func:`render_preview` also takes ``uint8`` ``[Ht, Wt, 3]``.
+        vertex_albedo: ``[B|1, N, 3]`` float per-vertex albedo, used when there is no
+            texture. Without either the surface is a uniform grey of :data:`DEFAULT_ALBEDO`.
+    """
+
+    normals: Tensor | None = None
+    uv: Tensor | None = None
+    uv_tri: Tensor | None = None
+    texture: Tensor | None = None
+    vertex_albedo: Tensor | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class RasterOptions:
+    """How :meth:`MeshRenderer.render` rasterises and composites.
+
+    Attributes:
+        size: raster size (square); None = ``camera.size``, else ``camera.scaled(size)``.
+        antialias: run silhouette antialiasing on image and mask.
+        background: optional colour composited behind the mesh (float scalar, ``[3]``, or
+            ``[B, H, W, 3]``); None = black.
+        min_grad_area: pixels of triangles smaller than this on screen (px^2) pass no gradient
+            to the vertices through their barycentrics (see :func:`sliver_pixels`); 0 keeps
+            every pixel. Silhouette (antialiasing) gradients are not affected.
+    """
+
+    size: int | None = None
+    antialias: bool = True
+    background: Tensor | float | None = None
+    min_grad_area: float = 0.0
+
 def triangle_pixel_area(clip: Tensor, tri: Tensor, size: int) -> Tensor:
     """Screen-space area of each triangle.
 
@@ -183,46 +227,33 @@ class MeshRenderer:
         self,
         vertices: Tensor,
         tri: Tensor,
+        surface: Surface | None = None,
         *,
-        normals: Tensor | None = None,
-        uv: Tensor | None = None,
-        uv_tri: Tensor | None = None,
-        texture: Tensor | None = None,
-        vertex_albedo: Tensor | None = None,
         gamma: Tensor | None = None,
-        size: int | None = None,
-        antialias: bool = True,
-        background: Tensor | float | None = None,
         rast: Tensor | None = None,
-        min_grad_area: float = 0.0,
+        options: RasterOptions | None = None,
     ) -> RenderOutput:
         """Render a batch of meshes.
 
         Args:
-            vertices: ``[B, N, 3]`` world-space positions (:mod:`ffhquv.render.camera`).
+            vertices: ``[B, N, 3]`` float world-space positions (:mod:`ffhquv.render.camera`).
             tri: ``[T, 3]`` int vertex indices (counter-clockwise seen from outside).
-            normals: ``[B, N, 3]`` world-space vertex normals; None computes area-weighted ones.
-            uv: ``[M, 2]`` OBJ texture coordinates (v up); needed with ``texture``.
-            uv_tri: ``[T, 3]`` per-corner indices into ``uv`` (default: ``tri``).
-            texture: ``[B|1, Ht, Wt, 3]`` in [0, 1], row 0 = top of the PNG (v = 1).
-            vertex_albedo: ``[B|1, N, 3]`` per-vertex albedo, used when there is no texture.
-                Without either the surface is a uniform grey of 0.7.
-            gamma: ``[B, 27]`` SH lighting (:mod:`ffhquv.render.sh`); None = unlit albedo.
-            size: raster size (square); default ``camera.size``, via ``camera.scaled(size)``.
-            antialias: run silhouette antialiasing on image and mask.
-            background: optional colour composited behind the mesh (scalar, ``[3]``, or
-                ``[B, H, W, 3]``); default black.
+            surface: normals, texture coordinates and colour (:class:`Surface`); None = the
+                area-weighted normals and a uniform grey of :data:`DEFAULT_ALBEDO`.
+            gamma: ``[B, 27]`` float SH lighting (:mod:`ffhquv.render.sh`); None = unlit albedo.
             rast: optional ``[B, S, S, 4]`` rasterisation of these same vertices made
-                beforehand (e.g. without autograd, before a CUDA-graph replay); it is used
-                instead of rasterising again and gets its gradients through
-                ``backend.attach_rast``.
-            min_grad_area: pixels of triangles smaller than this on screen (px^2) pass no
-                gradient to the vertices through their barycentrics (see
-                :func:`sliver_pixels`); 0 keeps every pixel. Silhouette (antialiasing)
-                gradients are not affected.
+                beforehand (:meth:`rasterize`, e.g. without autograd, before a CUDA-graph
+                replay); it is used instead of rasterising again and gets its gradients
+                through ``backend.attach_rast``.
+            options: raster size, antialiasing, background, sliver gradient gate
+                (:class:`RasterOptions`); None = the defaults.
         Returns:
             :class:`RenderOutput`.
         """
+        sf = surface or Surface()
+        opt = options or RasterOptions()
+        normals, uv, uv_tri, texture = sf.normals, sf.uv, sf.uv_tri, sf.texture
+        size, min_grad_area = opt.size, opt.min_grad_area
         if vertices.dim() != 3 or vertices.shape[-1] != 3:
             raise InvalidInput(f"vertices must be [B, N, 3], got {tuple(vertices.shape)}")
         if tri.dim() != 2 or tri.shape[-1] != 3:
@@ -268,8 +299,8 @@ class MeshRenderer:
             if texture.dim() != 4 or texture.shape[-1] != 3 or texture.shape[0] not in (1, b):
                 raise InvalidInput(f"texture must be [B, Ht, Wt, 3], got {tuple(texture.shape)}")
             albedo = be.texture(texture.contiguous(), uv_img.contiguous()) * cover
-        elif vertex_albedo is not None:
-            va = _as_batch(vertex_albedo, b, "vertex_albedo", 3)
+        elif sf.vertex_albedo is not None:
+            va = _as_batch(sf.vertex_albedo, b, "vertex_albedo", 3)
             albedo = be.interpolate(va.contiguous(), rast, tri32)
         else:
             albedo = cover.expand(-1, -1, -1, 3) * DEFAULT_ALBEDO
@@ -282,11 +313,11 @@ class MeshRenderer:
             image = albedo
 
         mask = cover
-        if antialias:
+        if opt.antialias:
             both = be.antialias(torch.cat([image, cover], -1).contiguous(), rast, clip, tri32)
             image, mask = both[..., :3], both[..., 3:4]
-        if background is not None:
-            bg = torch.as_tensor(background, dtype=image.dtype, device=image.device)
+        if opt.background is not None:
+            bg = torch.as_tensor(opt.background, dtype=image.dtype, device=image.device)
             image = image + (1 - mask) * bg
         return RenderOutput(image=image, mask=mask, albedo=albedo, depth=depth, normal=nrm,
                             uv=uv_img, rast=rast, clip=clip)
@@ -372,52 +403,61 @@ def uv_overlap_count(uv: Tensor, uv_tri: Tensor, size: int) -> Tensor:
                                                      (size, size))[0]
 
 
-def render_preview(
-    vertices: Tensor,
-    tri: Tensor,
-    *,
-    uv: Tensor | None = None,
-    uv_tri: Tensor | None = None,
-    texture: Tensor | np.ndarray | None = None,
-    vertex_albedo: Tensor | None = None,
-    yaw_deg: float = 0.0,
-    size: int = 512,
-    camera: Camera | None = None,
-    gamma: Tensor | None = None,
-    background: tuple[float, float, float] = (1.0, 1.0, 1.0),
-    frame: bool = True,
-    backend: RasterBackend | None = None,
-) -> np.ndarray:
-    """A pleasant lit preview of one world-space mesh, turned by ``yaw_deg`` about the vertical
-    axis through its centroid (positive yaw turns the face toward the image right).
+@dataclass(frozen=True, eq=False)
+class PreviewOptions:
+    """How :func:`render_preview` turns, frames, lights and rasterises the mesh.
 
-    Args:
-        vertices: ``[N, 3]`` or ``[1, N, 3]`` world-space vertices (as fitted: the camera of
-            :mod:`ffhquv.render.camera` sees them).
-        tri: ``[T, 3]`` triangles.
-        uv, uv_tri, texture: as in :meth:`MeshRenderer.render`; ``texture`` may also be a
-            ``uint8 [Ht, Wt, 3]`` array (row 0 = top of the PNG).
-        vertex_albedo: ``[N, 3]`` albedo when there is no texture.
-        yaw_deg: turn about the y axis, degrees.
-        size: output size in pixels.
+    Attributes:
+        yaw_deg: turn about the vertical axis through the mesh's vertex centroid, degrees
+            (positive turns the face toward the image right).
+        size: output side in pixels.
         camera: default :class:`Camera`; rendered at ``camera.scaled(size)``.
-        gamma: ``[27]`` or ``[1, 27]`` SH light; default :data:`PREVIEW_GAMMA`.
+        gamma: ``[27]`` or ``[1, 27]`` float SH light; None = :data:`PREVIEW_GAMMA`.
         background: RGB in [0, 1].
         frame: centre the (turned) mesh on the optical axis and zoom so that it fills 90% of
-            the picture; False keeps the fitted framing of ``camera``.
+            the picture; False keeps the framing of ``camera``.
+        backend: rasteriser; None = :func:`get_backend` for the vertices' device.
+    """
+
+    yaw_deg: float = 0.0
+    size: int = 512
+    camera: Camera | None = None
+    gamma: Tensor | None = None
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    frame: bool = True
+    backend: RasterBackend | None = None
+
+
+def render_preview(vertices: Tensor, tri: Tensor, surface: Surface | None = None,
+                   options: PreviewOptions | None = None) -> np.ndarray:
+    """A pleasant lit preview of one world-space mesh, turned by ``options.yaw_deg`` about the
+    vertical axis through its centroid (positive yaw turns the face toward the image right).
+
+    Args:
+        vertices: ``[N, 3]`` or ``[1, N, 3]`` float world-space vertices (as fitted: the camera
+            of :mod:`ffhquv.render.camera` sees them).
+        tri: ``[T, 3]`` int triangles.
+        surface: as in :meth:`MeshRenderer.render` for one mesh (``vertex_albedo`` may be
+            ``[N, 3]``); ``texture`` may also be ``uint8`` ``[Ht, Wt, 3]`` (row 0 = top of the
+            PNG, divided by 255) or float ``[Ht, Wt, 3]``. ``normals`` are not used (the mesh
+            is turned; normals are recomputed).
+        options: :class:`PreviewOptions`; None = the defaults.
     Returns:
         ``uint8 [size, size, 3]`` RGB, row 0 at the top.
     """
+    sf = surface or Surface()
+    opt = options or PreviewOptions()
+    size = opt.size
     with torch.no_grad():
         v = vertices if vertices.dim() == 3 else vertices[None]
         v = v.float()
         centre = v.mean(1, keepdim=True)
-        a = math.radians(yaw_deg)
+        a = math.radians(opt.yaw_deg)
         rot = torch.tensor([[math.cos(a), 0.0, math.sin(a)], [0.0, 1.0, 0.0],
                             [-math.sin(a), 0.0, math.cos(a)]], device=v.device)
         v = (v - centre) @ rot.T + centre
-        cam = (camera or Camera()).scaled(size)
-        if frame:
+        cam = (opt.camera or Camera()).scaled(size)
+        if opt.frame:
             lo, hi = v[0].amin(0), v[0].amax(0)
             mid = (lo + hi) / 2
             v = v - torch.stack([mid[0], mid[1], torch.zeros_like(mid[0])])
@@ -425,18 +465,18 @@ def render_preview(
             extent = float((px - cam.center).abs().max()) * 2
             if extent > 0:
                 cam = replace(cam, focal=cam.focal * 0.9 * size / extent)
-        tex = texture
-        if isinstance(tex, np.ndarray):
-            tex = torch.from_numpy(tex.astype(np.float32) / (255.0 if tex.dtype == np.uint8
-                                                              else 1.0))
+        tex = sf.texture
         if tex is not None:
+            if tex.dtype == torch.uint8:
+                tex = tex.float() / 255.0
             tex = (tex if tex.dim() == 4 else tex[None]).float().to(v.device)
-        g = PREVIEW_GAMMA if gamma is None else gamma
+        g = PREVIEW_GAMMA if opt.gamma is None else opt.gamma
         g = g.reshape(1, 27).float().to(v.device)
-        va = None if vertex_albedo is None else vertex_albedo.reshape(1, -1, 3).float()
-        r = MeshRenderer(cam, backend=backend, device=v.device)
-        out = r.render(v, tri, uv=uv, uv_tri=uv_tri, texture=tex, vertex_albedo=va, gamma=g,
-                       antialias=True,
-                       background=torch.tensor(background, device=v.device))
+        va = None if sf.vertex_albedo is None else sf.vertex_albedo.reshape(1, -1, 3).float()
+        r = MeshRenderer(cam, backend=opt.backend, device=v.device)
+        out = r.render(v, tri, Surface(uv=sf.uv, uv_tri=sf.uv_tri, texture=tex, vertex_albedo=va),
+                       gamma=g, options=RasterOptions(
+                           antialias=True,
+                           background=torch.tensor(opt.background, device=v.device)))
         img = out.image[0].clamp(0, 1).cpu().numpy()
     return (img * 255 + 0.5).astype(np.uint8)

@@ -18,7 +18,7 @@ from PIL import Image
 
 from ffhquv.mesh import MeshData
 from ffhquv.render.camera import Camera
-from ffhquv.render.renderer import render_preview
+from ffhquv.render.renderer import PreviewOptions, Surface, render_preview
 
 VIEWS_DEG = (0.0, 35.0, 90.0)  # front, 3/4, profile; positive turns the face to the image right
 
@@ -100,12 +100,12 @@ def render_views(head: MeshData, head_texture: np.ndarray, left_eye: MeshData,
     tri = torch.from_numpy(mesh.faces)
     uv = torch.from_numpy(mesh.uvs)
     uvt = torch.from_numpy(mesh.uv_faces)
+    surface = Surface(uv=uv, uv_tri=uvt, texture=torch.from_numpy(atlas))
     out = []
     with torch.no_grad():
         for yaw in yaws_deg:
-            out.append(render_preview(verts, tri, uv=uv, uv_tri=uvt, texture=atlas,
-                                      yaw_deg=float(yaw), size=size, camera=cam,
-                                      background=background))
+            out.append(render_preview(verts, tri, surface, PreviewOptions(
+                yaw_deg=float(yaw), size=size, camera=cam, background=background)))
     return out
 
 

@@ -47,7 +47,7 @@ from ffhquv.aligned import AlignedFace
 from ffhquv.errors import Cancelled, InvalidInput, PreconditionFailed
 from ffhquv.mesh import MeshData
 from ffhquv.render.camera import Camera, project, rigid_transform, rotate_normals
-from ffhquv.render.renderer import MeshRenderer
+from ffhquv.render.renderer import MeshRenderer, RasterOptions, Surface
 from services.fitter.facemodel.base import FaceModel
 from services.fitter.graphs import graphs_enabled
 from services.fitter.pipeline import (
@@ -387,7 +387,8 @@ class FitterCore:
         with torch.no_grad():
             world1 = rigid_transform(m.shape(coeffs["id"], coeffs["exp"]), coeffs["angles"],
                                      coeffs["trans"])
-            d1 = ctx.renderer.render(world1, m.tri, size=cam.size, antialias=False).depth
+            d1 = ctx.renderer.render(world1, m.tri, options=RasterOptions(
+                size=cam.size, antialias=False)).depth
             gamma, _ = initial_lighting(m, coeffs, photos.photo, photos.skin, cam, d1)
         coeffs["gamma"] = gamma
         prog("stage1", 1.0, f"landmark error {float(s1.landmark_error_px.mean()):.2f} px")
@@ -408,8 +409,8 @@ class FitterCore:
             world = rigid_transform(verts_exp, coeffs["angles"], coeffs["trans"])
             nrm = rotate_normals(m.vertex_normals(verts_exp), coeffs["angles"])
             out = ctx.renderer.render(
-                world, m.tri, normals=nrm, uv=m.uv, uv_tri=m.uv_tri, texture=final,
-                gamma=coeffs["gamma"], antialias=True)
+                world, m.tri, Surface(normals=nrm, uv=m.uv, uv_tri=m.uv_tri, texture=final),
+                gamma=coeffs["gamma"], options=RasterOptions(antialias=True))
             lm_fit = project(m.landmarks(world), cam)
         tex_u8 = (final.cpu().numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
         render_u8 = (out.image.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
@@ -477,8 +478,9 @@ class FitterCore:
             v1 = m.shape(ci["id"], ci["exp"])
             world = rigid_transform(v1, ci["angles"], ci["trans"])
             nrm = rotate_normals(m.vertex_normals(v1), ci["angles"])
-            r = MeshRenderer(cam, self.backend).render(world, m.tri, normals=nrm,
-                                                       gamma=ci["gamma"], antialias=True)
+            r = MeshRenderer(cam, self.backend).render(world, m.tri, Surface(normals=nrm),
+                                                       gamma=ci["gamma"],
+                                                       options=RasterOptions(antialias=True))
             lm_fit = project(m.landmarks(world), cam)[0].cpu().numpy()
         return _Stage1Render(image=r.image[0].clamp(0, 1).cpu().numpy(),
                              mask=r.mask[0].cpu().numpy(), landmarks=lm_fit,
@@ -612,7 +614,8 @@ class DefaultStages:
         m = ctx.model
         world = rigid_transform(m.shape(coeffs["id"], coeffs["exp"]), coeffs["angles"],
                                 coeffs["trans"])
-        head = ctx.renderer.render(world, m.tri, size=ctx.cam.size, antialias=False).mask
+        head = ctx.renderer.render(world, m.tri, options=RasterOptions(
+            size=ctx.cam.size, antialias=False)).mask
         return head_masks(photos.photo, photos.parse, photos.skin_prob, photos.lm,
                           head[..., 0], photos.hires)
 

@@ -55,6 +55,7 @@ from ffhquv.aligned import CROP_SIZE
 from ffhquv.checkpoints import REGISTRY, expected_path, missing_message
 from ffhquv.errors import Cancelled
 from ffhquv.render.camera import Camera, project, rigid_transform, rotate_normals
+from ffhquv.render.renderer import MeshRenderer, RasterOptions, Surface
 from services.fitter.facemodel.base import FaceModel
 from services.fitter.landmark_bases import LandmarkBases, landmark_weights
 from services.fitter.pipeline import FitContext, PhotoBatch, Stage2Result, StagesResult
@@ -319,8 +320,6 @@ class _Scene:
     """Renders the face model with a UV texture and gives the colour-loss mask."""
 
     def __init__(self, model: FaceModel, cam: Camera, backend, photo: Tensor, photo_mask: Tensor):
-        from ffhquv.render.renderer import MeshRenderer
-
         self.model, self.cam, self.backend = model, cam, backend
         self.renderer = MeshRenderer(cam, backend)
         self.photo = photo
@@ -339,8 +338,9 @@ class _Scene:
         """Render with ``tex [B, S, S, 3]`` (row 0 = v = 1); returns the render output and the
         colour mask ``[B, H, W, 1]`` (render x parse face x model skin x face triangles)."""
         m = self.model
-        out = self.renderer.render(world, m.tri, normals=nrm, uv=m.uv, uv_tri=m.uv_tri,
-                                   texture=tex, gamma=gamma, antialias=True)
+        out = self.renderer.render(world, m.tri,
+                                   Surface(normals=nrm, uv=m.uv, uv_tri=m.uv_tri, texture=tex),
+                                   gamma=gamma, options=RasterOptions(antialias=True))
         b = world.shape[0]
         skin_px = self.backend.interpolate(self.skin_attr.expand(b, -1, -1).contiguous(),
                                            out.rast, self.tri32)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ffhquv.render.camera import project, rigid_transform, rotate_normals
-from ffhquv.render.renderer import MeshRenderer, RenderOutput
+from ffhquv.render.renderer import MeshRenderer, RasterOptions, RenderOutput, Surface
 from services.fitter.graphs import StepRunner, graphs_enabled, make_adam, set_lr
 from services.fitter.landmark_bases import LandmarkBases, landmark_weights
 from services.fitter.pipeline import FitContext, PhotoBatch
@@ -180,9 +180,10 @@ def fit_joint(ctx: FitContext, photos: PhotoBatch, coeffs: dict[str, Tensor], ba
         nrm = rotate_normals(model.vertex_normals(verts), params["angles"])
         off = pyr() if gate is None else pyr() * gate
         tex = (base_tex + off).clamp(0, 1)
-        out = renderer.render(world, model.tri, normals=nrm, uv=model.uv, uv_tri=model.uv_tri,
-                              texture=tex, gamma=params["gamma"], antialias=True, rast=rast,
-                              min_grad_area=SLIVER_AREA)
+        out = renderer.render(world, model.tri,
+                              Surface(normals=nrm, uv=model.uv, uv_tri=model.uv_tri, texture=tex),
+                              gamma=params["gamma"], rast=rast,
+                              options=RasterOptions(antialias=True, min_grad_area=SLIVER_AREA))
         # region of the model's skin triangles inside the face area
         skin_px = backend.interpolate(skin_attr, out.rast, tri32)
         face_cov = _face_coverage(out.rast, model.face_tri_mask)

@@ -231,7 +231,7 @@ def synthetic_face(model: FaceModel, coeffs: dict, texture: np.ndarray, hires: i
 
     from ffhquv.aligned import AlignedFace
     from ffhquv.render.camera import Camera, project, rigid_transform, rotate_normals
-    from ffhquv.render.renderer import MeshRenderer
+    from ffhquv.render.renderer import MeshRenderer, RasterOptions, Surface
 
     cam = Camera()
     with torch.no_grad():
@@ -244,8 +244,9 @@ def synthetic_face(model: FaceModel, coeffs: dict, texture: np.ndarray, hires: i
         for s in (224, hires):
             # cam.scaled(s) renders on the detector's hi-res pixel grid: x_S = k (x + 0.5) - 0.5
             out = MeshRenderer(cam, device=model.device).render(
-                world, model.tri, normals=nrm, uv=model.uv, uv_tri=model.uv_tri, texture=tex,
-                gamma=coeffs["gamma"], size=s, antialias=True, background=bg)
+                world, model.tri,
+                Surface(normals=nrm, uv=model.uv, uv_tri=model.uv_tri, texture=tex),
+                gamma=coeffs["gamma"], options=RasterOptions(size=s, antialias=True, background=bg))
             img = (out.image[0].clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
             imgs[s] = (img, out.mask[0, ..., 0].cpu().numpy())
         lm = project(model.landmarks(world), cam)[0].cpu().numpy().astype(np.float32)

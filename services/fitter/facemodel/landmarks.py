@@ -157,7 +157,7 @@ def render_for_dlib(vertices: np.ndarray, tri: np.ndarray, albedo: np.ndarray, c
         points [S, S, 3] float64 (model frame, before the yaw))``.
     """
     from ffhquv.render.camera import to_clip
-    from ffhquv.render.renderer import PREVIEW_GAMMA, MeshRenderer
+    from ffhquv.render.renderer import PREVIEW_GAMMA, MeshRenderer, RasterOptions, Surface
 
     n = len(vertices)
     v = np.concatenate([vertices, caps.vertices], 0)
@@ -168,9 +168,10 @@ def render_for_dlib(vertices: np.ndarray, tri: np.ndarray, albedo: np.ndarray, c
     r = MeshRenderer(cam)
     with torch.no_grad():
         out = r.render(torch.tensor((v @ rot.T)[None], dtype=torch.float32), torch.tensor(t),
-                       vertex_albedo=torch.tensor(a[None], dtype=torch.float32),
-                       gamma=PREVIEW_GAMMA.reshape(1, 27), size=size,
-                       background=torch.tensor([0.35, 0.38, 0.42]))
+                       Surface(vertex_albedo=torch.tensor(a[None], dtype=torch.float32)),
+                       gamma=PREVIEW_GAMMA.reshape(1, 27),
+                       options=RasterOptions(size=size,
+                                             background=torch.tensor([0.35, 0.38, 0.42])))
         it = torch.tensor(tri if id_tri is None else id_tri, dtype=torch.int32)
         clip = to_clip(torch.tensor((vertices @ rot.T)[None], dtype=torch.float32), cam)
         rast = r.backend.rasterize(clip.contiguous(), it, (size, size))

@@ -30,10 +30,11 @@ def _albedo(model: FaceModel) -> torch.Tensor:
 
 def _render(model: FaceModel, v: torch.Tensor, yaw: float, size: int,
             albedo: torch.Tensor | None = None) -> np.ndarray:
-    from ffhquv.render.renderer import render_preview
+    from ffhquv.render.renderer import PreviewOptions, Surface, render_preview
 
-    return render_preview(v, model.tri, vertex_albedo=_albedo(model) if albedo is None else albedo,
-                          yaw_deg=yaw, size=size, camera=preview_camera())
+    return render_preview(v, model.tri,
+                          Surface(vertex_albedo=_albedo(model) if albedo is None else albedo),
+                          PreviewOptions(yaw_deg=yaw, size=size, camera=preview_camera()))
 
 
 def sample_heads(model: FaceModel, seed: int = 0) -> list[tuple[str, torch.Tensor]]:

@@ -65,7 +65,7 @@ def unwrap(model: FaceModel, coeffs: dict[str, Tensor], crop_hires: Tensor, face
     Returns:
         :class:`UnwrapResult` at ``maps.size``.
     """
-    from ffhquv.render.renderer import MeshRenderer, uv_space_interpolate
+    from ffhquv.render.renderer import MeshRenderer, RasterOptions, uv_space_interpolate
 
     verts = model.shape(coeffs["id"], coeffs["exp"])
     world = rigid_transform(verts, coeffs["angles"], coeffs["trans"])
@@ -81,7 +81,8 @@ def unwrap(model: FaceModel, coeffs: dict[str, Tensor], crop_hires: Tensor, face
     w = ((cos - COS_MIN) / (1 - COS_MIN)).clamp(0, 1)
     # visibility from a depth render
     dcam = cam.scaled(depth_size)
-    out = MeshRenderer(dcam, backend).render(world, model.tri, size=depth_size, antialias=False)
+    out = MeshRenderer(dcam, backend).render(
+        world, model.tri, options=RasterOptions(size=depth_size, antialias=False))
     depth = _depth_of(out, world, model.tri, dcam, backend)
     d_here = cam.distance - pos[..., 2]
     d_map = sample_image(depth, project(pos, dcam), mode="bilinear")[..., 0]
