@@ -794,7 +794,16 @@ def cmd_build_model(args: argparse.Namespace) -> int:
     cached = path.is_file() and not args.rebuild
     t0 = time.time()
     preview = Path(args.preview) if args.preview else None
-    path = ensure_default_model(rebuild=args.rebuild, progress=True, preview_dir=preview)
+    landmarker = None  # the builder falls back to dlib directly
+    if not cached:
+        try:
+            from services.detector.core import Detector
+
+            landmarker = Detector("hog").largest_face_landmarks
+        except Exception as err:  # noqa: BLE001 - the detector is optional here
+            log.warning("detector unavailable (%s); landmarks from dlib directly", err)
+    path = ensure_default_model(rebuild=args.rebuild, progress=True, preview_dir=preview,
+                                landmarker=landmarker)
     took = time.time() - t0
     state = "cached" if cached else f"built in {took:.1f} s"
     print(f"default face model: {path} ({state})")

@@ -124,6 +124,24 @@ def test_landmarks_match_dlib_on_render(model):
     assert float(model.lmk_bary.min()) >= 0
 
 
+
+def test_detector_landmarker_matches_dlib_on_the_build_render(model):
+    """``ffhquv build-model`` injects the detector service's landmarker; without one the build
+    runs dlib directly: both find the same landmarks on the landmark render, so the built model
+    is the same whichever is wired (the builder never imports the detector)."""
+    from services.detector.core import Detector
+    from services.fitter.facemodel.landmarks import dlib_landmarks, eye_caps, render_for_dlib
+
+    mean = model.mean_shape.double().numpy()
+    rings = [model.eye_ring_left.numpy(), model.eye_ring_right.numpy()]
+    img, _, _ = render_for_dlib(mean, model.tri.numpy(), landmark_render_albedo(model),
+                                eye_caps(mean, rings), size=512)
+    direct = dlib_landmarks(img)
+    injected = Detector("hog").largest_face_landmarks(img)
+    assert direct is not None and injected is not None
+    assert np.array_equal(np.asarray(injected, np.float64), direct)
+    assert Detector("hog").largest_face_landmarks(np.zeros((64, 64, 3), np.uint8)) is None
+
 def test_uv_atlas(model):
     from scipy.ndimage import binary_dilation
 

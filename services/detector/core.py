@@ -277,6 +277,16 @@ class Detector:
             shape = self.shape_predictor(rgb, rect)
         return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float32)
 
+    def largest_face_landmarks(self, rgb: np.ndarray) -> np.ndarray | None:
+        """``float32 [68, 2]`` landmarks of the largest face the default backend finds in
+        ``uint8 [H, W, 3]`` RGB, or None when there is none: a 68-point landmarker for renders
+        (``ffhquv build-model`` passes it to the fitter's default face-model build)."""
+        boxes, _notes = self.find_faces(rgb)
+        if not boxes:
+            return None
+        box = max(boxes, key=lambda b: (b[0][2] - b[0][0]) * (b[0][3] - b[0][1]))[0]
+        return self.landmarks(rgb, box)
+
     @staticmethod
     def select(faces: list[FaceBox], selection: str | int) -> int:
         """Index of the face to prepare; ``faces`` sorted by area, descending."""

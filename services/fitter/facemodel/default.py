@@ -18,7 +18,8 @@ Build (:func:`build_default_model`, a few minutes at most on 2 cores, cached by
    shared camera frames both models alike (``s`` is about 10: decimetres).
 5. UVs: anny's full-body atlas islands used by the head, split into face / left / right
    side islands and repacked into one head-only atlas (face island largest).
-6. Landmarks from dlib on renders of the mean head (:mod:`.landmarks`).
+6. Landmarks from dlib on renders of the mean head (:mod:`.landmarks`): the caller's 68-point
+   landmarker (``ffhquv build-model`` passes the detector service's), else dlib directly.
 """
 
 from __future__ import annotations
@@ -26,12 +27,16 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ffhquv.vocab import FACE_MODEL_DEFAULT
 from services.fitter.facemodel.base import FaceModel
+
+if TYPE_CHECKING:
+    from services.fitter.facemodel.landmarks import Landmarker
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +65,8 @@ def default_model_path() -> Path:
 
 
 def ensure_default_model(rebuild: bool = False, progress: bool = True,
-                         preview_dir: Path | None = None) -> Path:
+                         preview_dir: Path | None = None,
+                         landmarker: Landmarker | None = None) -> Path:
     """Build the default model unless it is cached; return the cache file.
 
     Args:
@@ -68,13 +74,18 @@ def ensure_default_model(rebuild: bool = False, progress: bool = True,
         progress: show tqdm progress bars for the long steps.
         preview_dir: also write preview renders (mean head, random identities / expressions,
             front / 45 degrees / profile, the UV layout, the landmarks) to this folder.
+        landmarker: the 68-point landmarker run on renders of the mean head when building
+            (:data:`services.fitter.facemodel.landmarks.Landmarker`; ``ffhquv build-model``
+            passes the detector service's); None = dlib directly
+            (:func:`~services.fitter.facemodel.landmarks.dlib_landmarks`).
     Returns:
         the ``.npz`` path (load it with :meth:`FaceModel.load`).
     """
     path = default_model_path()
     if rebuild or not path.is_file():
         t0 = time.time()
-        model, extras = build_default_model(progress=progress, keep_extras=preview_dir is not None)
+        model, extras = build_default_model(progress=progress, keep_extras=preview_dir is not None,
+                                            landmarker=landmarker)
         model.save(path)
         log.info("default face model built in %.1f s -> %s", time.time() - t0, path)
         if preview_dir is not None:
@@ -121,9 +132,14 @@ def _sample_identities(head, lc_idx: list[int], n: int, rng: np.random.Generator
     return ph, np.clip(lc, -1, 1)
 
 
-def build_default_model(progress: bool = True, keep_extras: bool = False
-                        ) -> tuple[FaceModel, dict]:
+def build_default_model(progress: bool = True, keep_extras: bool = False,
+                        landmarker: Landmarker | None = None) -> tuple[FaceModel, dict]:
     """Build the default model from anny (see the module docstring).
+
+    Args:
+        progress: show tqdm progress bars.
+        keep_extras: keep the landmark renders for the previews.
+        landmarker: see :func:`ensure_default_model`; None = dlib directly.
 
     Returns:
         ``(model, extras)``; ``extras`` holds build diagnostics (renders for the landmark
@@ -132,12 +148,13 @@ def build_default_model(progress: bool = True, keep_extras: bool = False
     threads = torch.get_num_threads()
     torch.set_num_threads(min(2, threads))
     try:
-        return _build(progress, keep_extras)
+        return _build(progress, keep_extras, landmarker)
     finally:
         torch.set_num_threads(threads)
 
 
-def _build(progress: bool, keep_extras: bool) -> tuple[FaceModel, dict]:
+def _build(progress: bool, keep_extras: bool, landmarker: Landmarker | None
+           ) -> tuple[FaceModel, dict]:
     from tqdm import tqdm
 
     from services.fitter.facemodel.anny_build import (
@@ -253,7 +270,7 @@ def _build(progress: bool, keep_extras: bool) -> tuple[FaceModel, dict]:
     lips_v[np.unique(tri[regions["lips"] & ~mouth])] = True
     albedo = render_albedo(n_v, np.nonzero(lips_v)[0], np.nonzero(mouth_v)[0])
     lm = derive_landmarks(mean, tri, albedo, [ring_l, ring_r], allowed=~mouth,
-                          progress=progress)
+                          landmarker=landmarker, progress=progress)
     lmk_pos = (mean[lm["tri_vertices"]] * lm["bary"][..., None]).sum(1)
     t = step("landmarks", t)
 

@@ -2,23 +2,32 @@
 
 The head is rendered frontally with the shared camera (:mod:`ffhquv.render.camera`), lit, with
 a skin-coloured per-vertex albedo and painted eyes closing the eye openings (dlib needs eyes);
-dlib's HOG detector and 68-point shape predictor (``face_recognition_models``) find the
-landmarks; each one is back-projected through the rasteriser's triangle id to a 3D surface
-point. Several renders (small yaws and scales) can be averaged in 3D, then snapped to the
-surface; the default is the frontal render alone. Landmarks dlib puts inside an eye opening
-(eye corners, lid points) are embedded in flat triangles spanning the opening between ring
-vertices (:func:`ring_triangles`), so they follow the lids.
+a 68-point landmarker finds the landmarks on the render: the caller's (:data:`Landmarker`;
+``ffhquv build-model`` passes the detector service's) or dlib's HOG detector and 68-point shape
+predictor (``face_recognition_models``) directly; each one is back-projected through the
+rasteriser's triangle id to a 3D surface point. Several renders (small yaws and scales) can
+be averaged in 3D, then snapped to the surface; the default is the frontal render alone.
+Landmarks dlib puts inside an eye opening (eye corners, lid points) are embedded in flat
+triangles spanning the opening between ring vertices (:func:`ring_triangles`), so they follow
+the lids.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ffhquv.render.camera import Camera
+
+#: A 68-point landmarker: ``uint8 [H, W, 3]`` RGB render -> the 68 iBUG landmarks of its
+#: largest face, ``float [68, 2]`` pixels (dlib order, centres at integers), or None when it
+#: finds no face. Injected by the caller (the CLI wires the detector service's); the builder
+#: never imports another service.
+Landmarker = Callable[[np.ndarray], "np.ndarray | None"]
 
 #: albedo (linear-ish RGB in [0, 1]) of the render used for dlib.
 SKIN = (0.80, 0.60, 0.50)
@@ -183,17 +192,10 @@ def render_for_dlib(vertices: np.ndarray, tri: np.ndarray, albedo: np.ndarray, c
 
 
 def dlib_landmarks(img: np.ndarray) -> np.ndarray | None:
-    """68 iBUG landmarks ``[68, 2]`` (pixels, centres at integers) of the largest face dlib's
-    HOG detector finds in ``uint8 [H, W, 3]`` RGB, or None. Uses the detector service's core
-    (:class:`services.detector.core.Detector`) when it imports, else dlib directly (the same
-    HOG detector and 68-point shape predictor of ``face_recognition_models``)."""
-    det = _service_detector()
-    if det is not None:
-        boxes, _notes = det.find_faces(img, "hog")
-        if not boxes:
-            return None
-        box = max(boxes, key=lambda b: (b[0][2] - b[0][0]) * (b[0][3] - b[0][1]))[0]
-        return np.asarray(det.landmarks(img, box), np.float64).reshape(68, 2)
+    """68 iBUG landmarks ``float64 [68, 2]`` (pixels, centres at integers) of the largest face
+    dlib's HOG detector finds in ``uint8 [H, W, 3]`` RGB, or None: the :data:`Landmarker` used
+    when the caller passes none (dlib directly: the HOG detector with one upsampling and the
+    68-point shape predictor of ``FFHQUV_LANDMARK_MODEL``, else ``face_recognition_models``)."""
     hog, pred = _dlib_models()
     rects = hog(img, 1)
     if len(rects) == 0:
@@ -201,20 +203,6 @@ def dlib_landmarks(img: np.ndarray) -> np.ndarray | None:
     rect = max(rects, key=lambda r: r.width() * r.height())
     s = pred(img, rect)
     return np.array([[s.part(i).x, s.part(i).y] for i in range(68)], np.float64)
-
-
-_DETECTOR: list = []
-
-
-def _service_detector():
-    if not _DETECTOR:
-        try:
-            from services.detector.core import Detector
-
-            _DETECTOR.append(Detector("hog"))
-        except Exception:  # noqa: BLE001 - the detector service is optional here
-            _DETECTOR.append(None)
-    return _DETECTOR[0]
 
 
 _DLIB: tuple | None = None
@@ -328,20 +316,35 @@ def inter_ocular(lm: np.ndarray) -> float:
     return float(np.linalg.norm(lm[36:42].mean(0) - lm[42:48].mean(0)))
 
 
+@dataclass(frozen=True)
+class LandmarkViews:
+    """The renders :func:`derive_landmarks` runs the landmarker on.
+
+    Attributes:
+        views: ``(yaw degrees, scale)`` of each render; the 3D points are averaged. The first
+            view is the frontal reference of ``frontal_error``. Default: the frontal view only
+            (averaging views in 3D moved inner-lip points of the closed mouth off the lips).
+        size: raster size of each render (pixels).
+    """
+
+    views: tuple[tuple[float, float], ...] = ((0.0, 1.0),)
+    size: int = 512
+
+
 def derive_landmarks(vertices: np.ndarray, tri: np.ndarray, albedo: np.ndarray,
                      rings: list[np.ndarray], allowed: np.ndarray | None = None,
-                     views: tuple[tuple[float, float], ...] = ((0.0, 1.0),),
-                     size: int = 512, progress: bool = False) -> dict:
-    """68 landmarks on the surface of a head from dlib on renders of it.
+                     views: LandmarkViews | None = None, landmarker: Landmarker | None = None,
+                     progress: bool = False) -> dict:
+    """68 landmarks on the surface of a head from a 68-point landmarker on renders of it.
 
     Args:
         vertices: ``[N, 3]`` model-space mean head; tri ``[T, 3]``; albedo ``[N, 3]``.
         rings: ordered eye-opening loops (painted eyes close them in the render; landmarks
             inside an opening are embedded in flat triangles of ring vertices).
         allowed: ``[T]`` bool mesh triangles that may hold a landmark (default all).
-        views: ``(yaw degrees, scale)`` of each render; the 3D points are averaged. The first
-            view is the frontal reference of ``frontal_error``. Default: the frontal view only
-            (averaging views in 3D moved inner-lip points of the closed mouth off the lips).
+        views: the renders (:class:`LandmarkViews`); None = the frontal view at 512 px.
+        landmarker: finds the landmarks on each render (:data:`Landmarker`); None =
+            :func:`dlib_landmarks` (dlib directly).
     Returns:
         dict with ``tri_vertices [68, 3]``, ``bary [68, 3]``, ``frontal_error`` (max landmark
         distance / IOD between the embedded landmarks projected in the first view and dlib's on
@@ -350,25 +353,29 @@ def derive_landmarks(vertices: np.ndarray, tri: np.ndarray, albedo: np.ndarray,
     """
     from tqdm import tqdm
 
+    rv = views or LandmarkViews()
+    find = landmarker or dlib_landmarks
     caps = eye_caps(vertices, rings)
     ring_t = ring_triangles(vertices, rings)
     id_tri = np.concatenate([tri, ring_t], 0)
     ok = np.ones(len(tri), bool) if allowed is None else allowed
     ok = np.concatenate([ok, np.ones(len(ring_t), bool)])
     pts3, dl, imgs = [], [], []
-    for yaw, sc in tqdm(views, desc="landmarks (dlib)", disable=not progress, leave=False):
-        img, tid, pts = render_for_dlib(vertices, tri, albedo, caps, yaw, sc, size, id_tri)
-        lm = dlib_landmarks(img)
+    for yaw, sc in tqdm(rv.views, desc="landmarks (dlib)", disable=not progress, leave=False):
+        img, tid, pts = render_for_dlib(vertices, tri, albedo, caps, yaw, sc, rv.size, id_tri)
+        lm = find(img)
+        if lm is not None:
+            lm = np.asarray(lm, np.float64).reshape(68, 2)
         imgs.append(img)
         dl.append(lm)
         if lm is not None:
             pts3.append(backproject(lm, tid, pts))
     if dl[0] is None:
-        raise RuntimeError("dlib found no face on the frontal render of the mean head")
+        raise RuntimeError("the landmarker found no face on the frontal render of the mean head")
     mean3 = np.mean(pts3, 0)
     tv, bary = snap_to_surface(mean3, vertices, id_tri, ok)
     emb = (vertices[tv] * bary[..., None]).sum(1)
-    proj = project_points(emb, views[0][0], views[0][1], size)
+    proj = project_points(emb, rv.views[0][0], rv.views[0][1], rv.size)
     err = np.linalg.norm(proj - dl[0], axis=1) / inter_ocular(dl[0])
     return {"tri_vertices": tv, "bary": bary, "frontal_error": float(err.max()),
             "frontal_error_mean": float(err.mean()), "images": imgs, "dlib": dl,
