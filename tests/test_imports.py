@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,3 +131,19 @@ def test_the_rules_see_violations(tmp_path):
         ("ffhquv/base.py", "services.a"): [2],
         ("gateway/y.py", "ffhquv_cli"): [1],
     }
+
+
+# Base modules the gateway (and any service without a renderer) imports: no torch. The renderer
+# package ffhquv.render itself is light; its modules import torch.
+NO_TORCH = ("ffhquv", "ffhquv.errors", "ffhquv.config", "ffhquv.vocab", "ffhquv.mesh",
+            "ffhquv.aligned", "ffhquv.objfile", "ffhquv.server", "ffhquv.render")
+
+
+def test_base_modules_import_no_torch():
+    """torch is imported only by the modules that need it (checked in a fresh interpreter)."""
+    code = ("import importlib, sys\n"
+            f"for m in {NO_TORCH!r}:\n"
+            "    importlib.import_module(m)\n"
+            "    assert 'torch' not in sys.modules, m + ' imports torch'\n")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
