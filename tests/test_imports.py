@@ -1,9 +1,11 @@
-"""Imports run one way, checked on the source with ``ast`` (nothing is imported or run).
+"""Imports run one way, checked on the source with ``ast`` (nothing is imported or run; only
+the torch check at the end imports the base modules, in a fresh interpreter).
 
 Layers, bottom up: the base package ``ffhquv/`` (errors, config, vocab, logs, metrics, pb,
-shared types: mesh, aligned face, OBJ writing), then the services ``services/<name>/``, then
-the gateway, then the wiring: the CLI package ``ffhquv_cli/`` and the deploy tool
-``ffhquv_deploy/``. Rules, for every import in a file (lazy ones inside functions too):
+shared types: mesh, aligned face, OBJ writing; the renderer), then the services
+``services/<name>/``, then the gateway, then the wiring: the CLI package ``ffhquv_cli/`` and
+the deploy tool ``ffhquv_deploy/``. Rules, for every import in a file (lazy ones inside
+functions too):
 
 1. no module under ``services/<a>/`` imports ``services.<b>`` (b != a);
 2. no service imports the gateway, the CLI package or the deploy tool;

@@ -1,4 +1,4 @@
-"""High-level rendering (services/fitter/render.py): orientation, lighting, UV space, previews."""
+"""High-level rendering (ffhquv/render/renderer.py): orientation, lighting, UV space, previews."""
 
 from __future__ import annotations
 
