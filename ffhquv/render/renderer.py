@@ -64,11 +64,10 @@ class RenderOutput:
         return self.rast[..., 3].detach().long() - 1
 
 
-
 @dataclass(frozen=True, eq=False)
 class Surface:
-    """What covers a mesh besides its positions (:meth:`MeshRenderer.render`); every field is
-    optional and tensors may live on any device (they are moved to the vertices' device).
+    """What covers a mesh besides its positions (:meth:`MeshRenderer.render`). Every field is
+    optional; tensors live on the vertices' device (``uv`` and ``uv_tri`` are moved there).
 
     Attributes:
         normals: ``[B, N, 3]`` (or ``[N, 3]``) float world-space vertex normals; None computes
@@ -107,6 +106,7 @@ class RasterOptions:
     antialias: bool = True
     background: Tensor | float | None = None
     min_grad_area: float = 0.0
+
 
 def triangle_pixel_area(clip: Tensor, tri: Tensor, size: int) -> Tensor:
     """Screen-space area of each triangle.
