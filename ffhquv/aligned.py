@@ -9,7 +9,7 @@ Geometry of the two crops (docs/conventions.md, "Geometry"): the fitting crop is
 sampled ``k = S / 224`` times finer. Pixel ``i`` of the 224 crop covers ``[i - 0.5, i + 0.5]``,
 i.e. hi-res ``[k i - 0.5, k i + k - 0.5]``, so a position ``x`` in the 224 crop is
 ``k (x + 0.5) - 0.5`` in the hi-res crop (:func:`crop_to_hires`); the camera scales the same
-way (``services/fitter/camera.py``, ``Camera.scaled``).
+way (``ffhquv/render/camera.py``, ``Camera.scaled``).
 """
 
 from __future__ import annotations

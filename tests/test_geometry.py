@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from ffhquv.aligned import CROP_SIZE, crop_to_hires, eye_photo, eye_region
+from ffhquv.render.camera import Camera, project, to_clip
+from ffhquv.render.renderer import MeshRenderer, RasterOptions
 from services.detector.align import TEMPLATE_224, align_face, transform_points
-from services.fitter.camera import Camera, project, to_clip
-from services.fitter.render import MeshRenderer
 
 
 def _landmarks_for(scale: float, shift: np.ndarray) -> np.ndarray:
@@ -102,7 +102,8 @@ def test_renders_at_two_sizes_line_up_like_the_crops():
     r = MeshRenderer(cam)
 
     def centroid(size: int) -> np.ndarray:
-        mask = r.render(world, tri, size=size, antialias=False).mask[0, ..., 0].numpy()
+        opt = RasterOptions(size=size, antialias=False)
+        mask = r.render(world, tri, options=opt).mask[0, ..., 0].numpy()
         return _centroid(mask * 255)
 
     c224, c1024 = centroid(224), centroid(1024)
