@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import grpc
 import numpy as np
@@ -107,7 +106,6 @@ def test_client_cancel_mid_fit(setup):
                                 preset=common_pb2.PRESET_BEST, device=common_pb2.DEVICE_CPU,
                                 texture_size=128)
     call = stub.Fit(req, timeout=120)
-    t0 = time.perf_counter()
     got = []
     with pytest.raises(grpc.RpcError) as e:
         for ev in call:
@@ -121,7 +119,6 @@ def test_client_cancel_mid_fit(setup):
     events = list(stub.Fit(_request(face), timeout=120))
     done.set()
     assert events[-1].HasField("result")
-    assert time.perf_counter() - t0 < 100
     assert np.isfinite(events[-1].result.metrics["psnr_masked"])
 
 

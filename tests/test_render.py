@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -190,19 +189,18 @@ def test_render_errors():
         uv_space_interpolate(v, tri, uv, tri[:1], 8)
 
 
-def test_head_sized_mesh_is_fast_enough():
-    """~4.5k vertices / 9k triangles at 224 x 224, forward + backward (the fitter's inner loop)."""
+def test_head_sized_mesh_forward_backward():
+    """~4.5k vertices / 9k triangles at 224 x 224, forward + backward (the fitter's inner loop)
+    gives finite gradients everywhere. Its speed is measured in bench/render.py, not here (no
+    test depends on the machine's load)."""
     v, tri, uv, uv_tri = uv_sphere(48, 96)
     assert 8500 < tri.shape[0] < 9500
     r = MeshRenderer(Camera())
     tex = torch.rand(1, 256, 256, 3, requires_grad=True)
     verts = v[None].clone().requires_grad_(True)
     gamma = PREVIEW_GAMMA[None].clone().requires_grad_(True)
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        out = r.render(verts, tri, Surface(uv=uv, uv_tri=uv_tri, texture=tex), gamma=gamma)
-        out.image.square().mean().backward()
-        best = min(best, time.perf_counter() - t0)
-    print(f"224x224 head-sized forward+backward: {best * 1e3:.1f} ms")
-    assert best < 1.0
+    out = r.render(verts, tri, Surface(uv=uv, uv_tri=uv_tri, texture=tex), gamma=gamma)
+    out.image.square().mean().backward()
+    for g in (verts.grad, tex.grad, gamma.grad):
+        assert g is not None and torch.isfinite(g).all()
+    assert verts.grad.abs().sum() > 0 and tex.grad.abs().sum() > 0
