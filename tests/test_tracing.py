@@ -24,8 +24,10 @@ def probe(mode: str, photo: Path) -> tuple[list[dict], str, list[dict]]:
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     logs = [json.loads(line) for line in r.stderr.splitlines() if line.startswith("{")]
-    # the gateway's own watch of its backends' health runs in traces of its own: left out
-    spans = [s for s in rows[:-1] if not s["name"].startswith("/grpc.health.v1.Health/")]
+    # the gateway's own watch of its backends' health (and its question to the fitter for its
+    # devices when the fitter comes up) runs in traces of its own: left out
+    spans = [s for s in rows[:-1] if not s["name"].startswith("/grpc.health.v1.Health/")
+             and s["name"] != "/ffhquv.fitter.v1.Fitter/DescribeModel"]
     return spans, rows[-1]["call_code"], logs
 
 
