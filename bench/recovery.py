@@ -157,8 +157,11 @@ def _run(args, meta, proc, address, data, name) -> int:
 
     def load() -> None:
         while not stop.is_set():
-            background.append(request())
-            if background[-1] != "OK":
+            code = request()
+            if stop.is_set():  # cut by the kill of serve all at the end: not an outcome
+                return
+            background.append(code)
+            if code != "OK":
                 time.sleep(0.5)
 
     for _ in range(args.load_clients):
