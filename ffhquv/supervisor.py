@@ -1,15 +1,20 @@
 """Child processes of ``ffhquv serve all``: started, watched, restarted with backoff, and tied to
 the parent's life.
 
-* A child asks the kernel for SIGTERM when its parent dies (``prctl(PR_SET_PDEATHSIG)``, Linux;
+* A child asks the kernel for SIGKILL when its parent dies (``prctl(PR_SET_PDEATHSIG)``, Linux;
   :func:`die_with_parent`, called by the child itself right after start, then it checks that the
   parent it was started by is still its parent, which closes the race with a parent that died
-  during the child's start). The children also share ``serve all``'s process group, so one
-  ``kill -- -PGID`` reaches them all.
+  during the child's start). SIGKILL, not SIGTERM: with the gateway gone there is no caller
+  left to drain calls for, and a graceful stop plus interpreter teardown of a process with torch
+  loaded took tens of seconds on a loaded machine, during which the orphan held its port and
+  memory. (``serve all``'s own orderly stop still sends SIGTERM and lets children drain.) The
+  children also share ``serve all``'s process group, so one ``kill -- -PGID`` reaches them all.
 * :class:`Supervisor` polls its children; a dead one is logged (``child exited``), counted
   (``ffhquv_child_restarts_total{service}``) and started again on the same port after a backoff
   that doubles per quick failure (1 s, 2 s, 4 s ... 30 s) and resets once a child stayed up for a
-  minute.
+  minute. A process still starting (launched, not yet healthy) is announced with
+  :meth:`Supervisor.starting`, so that :meth:`Supervisor.stop` ends it too instead of waiting
+  for its start.
 
 The kernel's parent-death signal belongs to the *thread* that forked the child: the supervisor
 starts every child (first start and restarts) from the main thread or from its own thread, both
@@ -36,7 +41,7 @@ PARENT_PID_ENV = "FFHQUV_PARENT_PID"
 _PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent(sig: int = signal.SIGTERM) -> bool:
+def die_with_parent(sig: int = signal.SIGKILL) -> bool:
     """In a child of ``serve all`` (``FFHQUV_PARENT_PID`` set): have the kernel send ``sig`` when
     the parent dies, and exit at once when it is already gone. Returns True when armed."""
     want = os.environ.get(PARENT_PID_ENV)
@@ -88,6 +93,7 @@ class Supervisor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._starting: set[subprocess.Popen] = set()
 
     def add(self, name: str, start: Callable[[int], tuple[subprocess.Popen, str]],
             started: tuple[subprocess.Popen, str] | None = None) -> str:
@@ -136,6 +142,8 @@ class Supervisor:
             try:
                 proc, address = child.start(child.port)
             except Exception as e:  # noqa: BLE001 - keep trying with a longer backoff
+                if self._stop.is_set():  # stopped while starting (see starting())
+                    return
                 delay = self._delay(child)
                 log.error("restart failed", extra={"child": child.name, "error": str(e)[:300],
                                                    "backoff_s": delay})
@@ -156,6 +164,17 @@ class Supervisor:
                 "down_s": round(child.started_at - t_dead, 2)})
             return
 
+    def starting(self, proc: subprocess.Popen, done: bool = False) -> None:
+        """Announce a child process that is starting (``done``: it is up, or gone); a stop
+        meanwhile terminates it. Ended at once when the supervisor is already stopping."""
+        with self._lock:
+            if done:
+                self._starting.discard(proc)
+                return
+            self._starting.add(proc)
+        if self._stop.is_set():
+            _terminate([proc], timeout=5.0)
+
     def stop_restarts(self) -> None:
         """No more restarts (shutdown has begun; children may already be exiting)."""
         self._stop.set()
@@ -164,9 +183,15 @@ class Supervisor:
         """Stop supervising, then SIGTERM every child and SIGKILL what is left after
         ``timeout`` seconds."""
         self._stop.set()
+        with self._lock:
+            starting = list(self._starting)
+        _terminate(starting, timeout)  # a restart under way: its wait for health ends now
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=timeout + 30)
-        _terminate([c.proc for c in self.children.values() if c.proc is not None], timeout)
+        with self._lock:
+            starting = list(self._starting)
+        _terminate([*starting, *(c.proc for c in self.children.values() if c.proc is not None)],
+                   timeout)
 
 
 def _terminate(procs: list[subprocess.Popen], timeout: float = 15.0) -> None:

@@ -709,7 +709,12 @@ def _serve_all(args: argparse.Namespace) -> int:
 
         def start(port: int, name: str) -> tuple[subprocess.Popen, str]:
             extra = ["--device", args.device] if name == "fitter" else []
-            return spawn_service(name, extra, env=env, port=port, credentials=creds)
+            proc, port_file = launch_service(name, extra, env, port)
+            sup.starting(proc)  # a stop meanwhile ends it
+            try:
+                return await_service(name, proc, port_file, credentials=creds)
+            finally:
+                sup.starting(proc, done=True)
 
         # Forked here, in the main thread (the parent-death signal follows the forking
         # thread), then they load and warm up side by side.

@@ -91,12 +91,30 @@ class GrpcBackends:
         self._up: dict[str, bool | None] = dict.fromkeys(self.addresses)
         self._since: dict[str, float] = dict.fromkeys(self.addresses, time.monotonic())
         self._watchers: list[asyncio.Task] = []
+        self._fitter_devices: frozenset[int] | None = None
 
     # -- health ---------------------------------------------------------------------------------
     def down(self, names: Iterable[str] | None = None) -> list[str]:
         """The backends among ``names`` (default: all) whose last health state was not SERVING
         (unknown counts as up: the call itself will tell)."""
         return [n for n in (names or self.addresses) if self._up.get(n) is False]
+
+    def fitter_devices(self) -> frozenset[int] | None:
+        """The ``common.v1.Device`` values the fitter said it can fit on (``DescribeModel``,
+        asked each time it comes up, before it counts as up); None while unknown."""
+        return self._fitter_devices
+
+    async def _describe_fitter(self, timeout: float = 30.0) -> None:
+        try:
+            resp = await self._fitter.DescribeModel(fitter_pb2.DescribeModelRequest(),
+                                                    timeout=timeout, metadata=self.metadata)
+        except grpc.aio.AioRpcError as e:
+            self._fitter_devices = None
+            log.warning("fitter did not describe itself", extra={
+                "address": self.addresses["fitter"], "why": f"{e.code().name}: {e.details()}"})
+            return
+        # an older fitter lists no devices: unknown, the fitter itself will tell
+        self._fitter_devices = frozenset(resp.devices) or None
 
     def down_for(self, name: str) -> float:
         """Seconds since ``name`` changed state."""
@@ -116,6 +134,8 @@ class GrpcBackends:
             return
         first = self._up.get(name) is None
         self._up[name] = up
+        if name == "fitter" and not up:
+            self._fitter_devices = None  # a new fitter may have other devices
         self._since[name] = time.monotonic()
         metrics.BACKEND_UP.labels(name).set(1 if up else 0)
         if not (first and up):
@@ -133,6 +153,8 @@ class GrpcBackends:
                 call = stub.Watch(health_pb2.HealthCheckRequest(service=""))
                 async for resp in call:
                     serving = resp.status == health_pb2.HealthCheckResponse.SERVING
+                    if serving and name == "fitter" and self._up.get(name) is not True:
+                        await self._describe_fitter()
                     await self._set(name, serving, on_change,
                                     health_pb2.HealthCheckResponse.ServingStatus.Name(
                                         resp.status))
@@ -312,6 +334,10 @@ class LocalBackends:
     async def fit(self, req, timeout):
         async for ev in iterate_in_thread(lambda cancel: self.fitter.events(req, cancel)):
             yield ev
+
+    def fitter_devices(self) -> frozenset[int]:
+        """The devices the in-process fitter can fit on."""
+        return frozenset(self.fitter.devices())
 
     async def close(self) -> None:
         self.fitter.close()

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from ffhquv import metrics, vocab
 from ffhquv.aligned import eye_photo
-from ffhquv.errors import BackendUnavailable, InvalidInput, echo
+from ffhquv.errors import BackendUnavailable, InvalidInput, PreconditionFailed, echo
 from ffhquv.pb import (
     common_pb2,
     detector_pb2,
@@ -146,9 +146,21 @@ class Orchestrator:
 
     def preflight(self, req: gateway_pb2.ReconstructRequest) -> None:
         """Everything that can be refused before any work: the request's fields and options,
-        and the backends this request needs (UNAVAILABLE at once when one is known to be down,
-        with backends that follow their health, see :meth:`GrpcBackends.down`)."""
+        the device asked of the fitter (FAILED_PRECONDITION when the fitter said it has no such
+        device, see :meth:`GrpcBackends.fitter_devices`), and the backends this request needs
+        (UNAVAILABLE at once when one is known to be down, with backends that follow their
+        health, see :meth:`GrpcBackends.down`)."""
         validate_request(req)
+        hint = req.options.device_hint
+        devices_of = getattr(self.backends, "fitter_devices", None)
+        devices = devices_of() if devices_of is not None else None
+        if hint != common_pb2.DEVICE_UNSPECIFIED and devices and hint not in devices:
+            name = vocab.device_by_proto()[hint]
+            have = ", ".join(vocab.device_by_proto()[d] for d in sorted(devices))
+            raise PreconditionFailed(
+                f"device {name!r} was requested but the fitter has no {name.upper()} device "
+                f"(it fits on: {have}); use device_hint {have.split(', ')[0]!r} or leave it "
+                "unset", field="options.device_hint")
         down = getattr(self.backends, "down", None)
         if down is not None:
             dead = down(PIPELINE_BACKENDS)

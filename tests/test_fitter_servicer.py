@@ -78,6 +78,11 @@ def test_fit_without_intermediates_and_describe(setup):
     assert d.vertex_count == model.n_vertices and d.identity_dim == model.id_dim
     assert d.available["default"] == "available"
     assert d.available["hifi3dpp"].startswith(("unavailable", "available"))
+    import torch
+
+    want = [common_pb2.DEVICE_CPU] + ([common_pb2.DEVICE_CUDA] if torch.cuda.is_available()
+                                      else [])
+    assert list(d.devices) == want
 
 
 def test_bad_requests(setup):

@@ -158,12 +158,43 @@ def test_bad_inputs_get_precise_codes(stack, astronaut_jpg_bytes):
         if case.echo:
             assert case.echo[:60] not in err.details(), case.name
     print("\n" + "\n".join(rows))
+    _cuda_refused_before_any_work(stack, astronaut_jpg_bytes)
     # the stack keeps serving
     with grpc.insecure_channel(stack.gateway.address) as ch:
         r = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(
             service="ffhquv.gateway.v1.Reconstruction"), timeout=10)
         assert r.status == health_pb2.HealthCheckResponse.SERVING
     assert all(p.poll() is None for p in stack.procs.values())
+
+
+def _cuda_refused_before_any_work(stack, photo: bytes) -> None:
+    """``device_hint`` CUDA asked of a CPU-only fitter: FAILED_PRECONDITION from the gateway's
+    preflight (the fitter listed its devices when it came up), with no detection run."""
+    import torch
+    from prometheus_client import REGISTRY
+
+    from ffhquv.errors import status_details
+
+    if torch.cuda.is_available():
+        return  # the fitter here has CUDA: nothing to refuse
+    stack.wait_gateway_sees("fitter")
+    assert stack.gateway.orchestrator.backends.fitter_devices() == {common_pb2.DEVICE_CPU}
+
+    def detections() -> float:
+        return REGISTRY.get_sample_value("ffhquv_stage_seconds_count", {"stage": "detect"}) or 0
+
+    before = detections()
+    req = gateway_pb2.ReconstructRequest(
+        request_id="cuda-on-cpu", image=common_pb2.Image(data=photo, filename="a.jpg"),
+        options=gateway_pb2.Options(preset=common_pb2.PRESET_FAST,
+                                    device_hint=common_pb2.DEVICE_CUDA))
+    with pytest.raises(grpc.RpcError) as ei:
+        stack.stub().Reconstruct(req, timeout=120)
+    assert ei.value.code() == FP, ei.value.details()
+    assert "no CUDA device" in ei.value.details() and "cpu" in ei.value.details()
+    assert status_details(ei.value).field_violations[0][0] == "options.device_hint"
+    assert detections() == before, "refused only after detection"
+    assert stack.gateway.store.get_result("cuda-on-cpu") is None
 
 
 def test_exporter_down_fails_fast_without_fitting(stack, astronaut_jpg_bytes):

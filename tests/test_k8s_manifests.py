@@ -271,7 +271,8 @@ def test_references_resolve(overlay):
     cms, secrets, pvcs = (_by_name(docs, k) for k in
                           ("ConfigMap", "Secret", "PersistentVolumeClaim"))
     sas = _by_name(docs, "ServiceAccount")
-    external_secrets = {"ffhquv-auth"} if name == "prod" else set()  # made out of band
+    # made out of band in prod
+    external_secrets = {"ffhquv-auth", "ffhquv-internal"} if name == "prod" else set()
     for dep in _kind(docs, "Deployment"):
         ps = _pod_spec(dep)
         assert ps["serviceAccountName"] in sas
@@ -289,15 +290,23 @@ def test_references_resolve(overlay):
                     assert ref["name"] in secrets or ref["name"] in external_secrets
     gw = _containers(_by_name(docs, "Deployment")["ffhquv-gateway"])[0]
     assert any(e["name"] == "FFHQUV_AUTH_TOKEN" for e in gw["env"])
+    # the internal token: sent by the gateway, required by every backend, one Secret for all
+    for dname, dep in _by_name(docs, "Deployment").items():
+        (tok,) = [e for e in _containers(dep)[0]["env"] if e["name"] == "FFHQUV_INTERNAL_TOKEN"]
+        assert tok["valueFrom"]["secretKeyRef"] == {"name": "ffhquv-internal", "key": "token"}, \
+            dname
     assert any(m["mountPath"] == "/data/artifacts" for m in gw["volumeMounts"])
     fitter = _containers(_by_name(docs, "Deployment")["ffhquv-fitter"])[0]
     (models,) = [m for m in fitter["volumeMounts"] if m["name"] == "models"]
     assert models["readOnly"] is True and models["mountPath"] == "/models"
     if name == "prod":
         assert "ffhquv-auth" not in secrets, "prod must not ship the placeholder token"
+        assert "ffhquv-internal" not in secrets, "prod must not ship the placeholder token"
         assert pvcs["ffhquv-artifacts"]["spec"]["accessModes"] == ["ReadWriteMany"]
     else:
         assert secrets["ffhquv-auth"]["stringData"]["token"]
+        assert secrets["ffhquv-internal"]["stringData"]["token"] \
+            != secrets["ffhquv-auth"]["stringData"]["token"]
 
 
 def test_autoscalers_and_disruption_budgets(overlay):

@@ -148,10 +148,11 @@ def test_mtls_token_file_supervision_and_orphans(tmp_path, certs, astronaut_jpg_
         stack.stop()
 
 
-def test_tls_public_port_env_token_and_internal_token(tmp_path, certs):
+def test_tls_public_port_env_token_and_internal_token(tmp_path, certs, astronaut_jpg_bytes):
     """TLS on the public port only (no CA), the public token from the environment: the gateway
     answers over TLS with the token; a backend called directly (plaintext on loopback) without
-    the internal token refuses, and the internal token is on no command line."""
+    the internal token refuses, and the internal token is on no command line; CUDA asked of the
+    CPU-only fitter is refused FAILED_PRECONDITION before any work."""
     c = lambda n: str(certs / n)  # noqa: E731
     stack = ServeAll(tmp_path, ["--tls-cert", c("server.pem"), "--tls-key", c("server.key")],
                      env={"FFHQUV_AUTH_TOKEN": "env-token"},
@@ -168,6 +169,19 @@ def test_tls_public_port_env_token_and_internal_token(tmp_path, certs):
                 list(stub.GetArtifact(req, metadata=[("authorization", "Bearer env-token")],
                                       timeout=30))
             assert ei.value.code() == grpc.StatusCode.NOT_FOUND
+            if not _has_cuda():
+                # CUDA asked of this CPU-only fitter: refused by the gateway before any work
+                # (ready = every backend up, the fitter's devices known)
+                wait_until(lambda: _status(ch, GATEWAY) == "SERVING", timeout=120)
+                cuda = gateway_pb2.ReconstructRequest(
+                    request_id="cuda-on-cpu", image=common_pb2.Image(data=astronaut_jpg_bytes),
+                    options=gateway_pb2.Options(device_hint=common_pb2.DEVICE_CUDA))
+                with pytest.raises(grpc.RpcError) as ei:
+                    stub.Reconstruct(cuda, metadata=[("authorization", "Bearer env-token")],
+                                     timeout=30)
+                assert ei.value.code() == grpc.StatusCode.FAILED_PRECONDITION, \
+                    ei.value.details()
+                assert "no CUDA device" in ei.value.details()
         pids = stack.child_pids()
         for pid in pids.values():
             environ = open(f"/proc/{pid}/environ", "rb").read()
@@ -187,6 +201,12 @@ def test_tls_public_port_env_token_and_internal_token(tmp_path, certs):
             assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED  # the public token
     finally:
         stack.stop()
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _proc_line(pid: int) -> str:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 from ffhquv import metrics
 from ffhquv.supervisor import Supervisor
@@ -45,11 +46,13 @@ def test_dead_child_is_restarted_with_backoff_and_counted():
 
 
 def test_children_die_with_their_parent(tmp_path):
-    """A parent (kill -9'd) whose child armed the parent-death signal: the child goes too."""
+    """A parent (kill -9'd) whose child armed the parent-death signal: the child goes too, even
+    one that would not stop on SIGTERM (a server draining its calls, a long start-up)."""
     pid_file = tmp_path / "child.pid"
     child_code = textwrap.dedent(f"""
-        import os, time
+        import os, signal, time
         from ffhquv.supervisor import die_with_parent
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         assert die_with_parent()
         open({str(pid_file)!r}, "w").write(str(os.getpid()))
         time.sleep(600)
@@ -72,3 +75,33 @@ def test_children_die_with_their_parent(tmp_path):
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+def test_stop_ends_a_child_still_starting():
+    """A restart under way (the new process launched, its start-up not finished): stop ends
+    that process too instead of waiting for its start."""
+    launched: list[subprocess.Popen] = []
+    sup = Supervisor(backoff=0.05, poll_s=0.05)
+
+    def start(port: int) -> tuple[subprocess.Popen, str]:
+        proc = subprocess.Popen(SLEEPER)
+        launched.append(proc)
+        if len(launched) == 1:
+            return proc, "127.0.0.1:40000"
+        sup.starting(proc)
+        try:
+            while proc.poll() is None:  # never healthy: waits until someone ends it
+                time.sleep(0.05)
+            raise RuntimeError("exited before serving")
+        finally:
+            sup.starting(proc, done=True)
+
+    try:
+        sup.add("slow", start)
+        sup.start()
+        launched[0].kill()
+        wait_until(lambda: len(launched) == 2, timeout=60)
+    finally:
+        sup.stop(timeout=5)
+    assert all(p.poll() is not None for p in launched)
+    assert sup.children["slow"].restarts == 0

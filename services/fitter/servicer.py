@@ -285,6 +285,17 @@ class FitterServicer(fitter_pb2_grpc.FitterServicer):
         finally:
             cancel.set()  # the request is over: leave the queue / the batch if still there
 
+    @staticmethod
+    def devices() -> list[int]:
+        """The ``common.v1.Device`` values this server can fit on (CPU always, CUDA when a
+        GPU is visible); what :meth:`DescribeModel` reports for the gateway's preflight."""
+        import torch
+
+        out = [common_pb2.DEVICE_CPU]
+        if torch.cuda.is_available():
+            out.append(common_pb2.DEVICE_CUDA)
+        return out
+
     def DescribeModel(self, request, context: grpc.ServicerContext):  # noqa: N802
         name = request.face_model or vocab.DEFAULT_FACE_MODEL
         avail = face_model_availability(self.topo_dir)
@@ -298,7 +309,8 @@ class FitterServicer(fitter_pb2_grpc.FitterServicer):
         return fitter_pb2.DescribeModelResponse(
             face_model=name, vertex_count=model.n_vertices,
             triangle_count=int(model.tri.shape[0]), identity_dim=model.id_dim,
-            expression_dim=model.exp_dim, unit=model.unit, available=avail)
+            expression_dim=model.exp_dim, unit=model.unit, available=avail,
+            devices=self.devices())
 
     def _cpu_model(self, name: str):
         with self._lock:
