@@ -103,8 +103,9 @@ def flatten_shading(albedo: np.ndarray, skin: np.ndarray, maps: UVMaps,
     sockets) and the shading of creases, which would print as dark smears and deep wrinkles
     under a neutral light. Skin texels darker than their surroundings (luma blurred over
     ``S / 512`` against over ``S / 32`` texels, both over the skin only) are brightened by
-    ``ratio ** -strength`` (at most 1.8x); brighter ones, fine detail below ``S / 512``
-    (pores) and every non-skin texel (brows, lips, beard) stay.
+    ``ratio ** -strength``, thin marks darker than their ``S / 128`` surroundings (strand
+    remnants, creases) by ``thin ** -(1 - strength)`` more (at most 2x); brighter ones,
+    fine detail below ``S / 512`` (pores) and every non-skin texel (brows, lips, beard) stay.
 
     Args:
         albedo: ``float32 [S, S, 3]``; skin: ``float32 [S, S]`` confidence of the
@@ -117,10 +118,15 @@ def flatten_shading(albedo: np.ndarray, skin: np.ndarray, maps: UVMaps,
     w = np.clip(skin, 0, 1).astype(np.float32)
     mid, den_mid = normalized_blur(lum[..., None], w, sigma=max(1.0, s / 512))
     broad, den = normalized_blur(lum[..., None], w, sigma=max(1.0, s / 32))
+    local, _ = normalized_blur(lum[..., None], w, sigma=max(1.0, s / 128))
     ratio = mid[..., 0] / np.maximum(broad[..., 0], 1e-3)
     gain = np.clip(np.minimum(ratio, 1.0), 1e-3, 1.0) ** -strength
+    # thin dark marks (strand remnants, creases: darker than their S / 128 surroundings) are
+    # lifted all the way to them
+    thin = mid[..., 0] / np.maximum(local[..., 0], 1e-3)
+    gain = gain * np.clip(np.minimum(thin, 1.0), 1e-3, 1.0) ** -(1 - strength)
     trust = np.clip(2 * w, 0, 1) * np.clip(den / 0.3, 0, 1) * np.clip(den_mid / 0.3, 0, 1)
-    gain = 1 + trust * (np.minimum(gain, 1.8) - 1)
+    gain = 1 + trust * (np.minimum(gain, 2.0) - 1)
     return (albedo * gain[..., None]).astype(np.float32)
 
 

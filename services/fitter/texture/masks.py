@@ -157,16 +157,27 @@ def head_masks(photo: Tensor, parse: Tensor, skin: Tensor, landmarks: Tensor,
     cw = skin_colour_weight(photo, (lab == PARSE_SKIN) & (sk > 0.8), landmarks)
     tex, hair, stats = [], [], []
     fine = strand_energy(photo if hires is None else hires, photo.shape[1])
+    marks = dark_marks(photo if hires is None else hires, photo.shape[1])
+    keep = []
     for i in range(photo.shape[0]):
+        lm_i = landmarks[i].detach().cpu().numpy()
+        par_i = parse[i].cpu().numpy()
+        frames, g_stats = eyeglass_frames(marks[i], lm_i, par_i)
         t, h, st = _head_masks_one(
             (photo[i].detach().cpu().numpy() * 255 + 0.5).astype(np.uint8),
-            parse[i].cpu().numpy(), sk[i].cpu().numpy(), cw[i].cpu().numpy(),
-            landmarks[i].detach().cpu().numpy(), head[i].detach().cpu().numpy(), fine[i])
+            par_i, sk[i].cpu().numpy(), cw[i].cpu().numpy(), lm_i,
+            head[i].detach().cpu().numpy(), fine[i], marks[i])
+        # eyeglass frames: out of the texture, completion fills skin there
+        t = t * (1 - frames)
+        st["glasses"] = g_stats
+        keep.append((t > 0) | (par_i != PARSE_SKIN))
         tex.append(t)
         hair.append(h)
         stats.append(st)
     dev = photo.device
     skin_face = (lab == PARSE_SKIN).float() * ((sk - 0.5) / 0.3).clamp(0, 1) * cw
+    # what the texture leaves out (strands, strand edges, frames) is not skin to flatten either
+    skin_face = skin_face * torch.tensor(np.stack(keep), device=dev).float()
     return HeadMasks(texture=torch.tensor(np.stack(tex), device=dev)[..., None],
                      hair=torch.tensor(np.stack(hair), device=dev)[..., None], hair_stats=stats,
                      skin=skin_face[..., None])
@@ -194,14 +205,198 @@ def strand_energy(img: Tensor, size: int) -> np.ndarray:
     return np.stack(out).astype(np.float32)
 
 
+# thin dark marks: darker than their closing over a disc of MARK_RADIUS_IOD x the inter-ocular
+# distance by at least this fraction (hair strands on skin ~0.3-0.6, eyeglass frames > 0.5,
+# skin creases and pores < 0.2), measured at MARK_SIDE pixels
+MARK_RADIUS_IOD = 0.05
+MARK_SIDE = 448
+STRAND_CONTRAST = 0.3
+FRAME_CONTRAST = 0.4
+
+
+def dark_marks(img: Tensor, size: int) -> np.ndarray:
+    """Relative darkness of thin structures (hair strands, eyeglass frames) per pixel.
+
+    Args:
+        img: ``float [B, S, S, 3]`` in [0, 1] (the hi-res crops; resampled to 448).
+        size: side of the photo raster the masks are made at (224).
+    Returns:
+        ``float32 [B, 448, 448]`` in [0, 1]: ``1 - luma / closing(luma)`` with a disc of
+        ``MARK_RADIUS_IOD`` times a typical inter-ocular distance (0.4 of the crop side):
+        0 on smooth skin, about 0.3 on a strand, near 1 on a black frame.
+    """
+    side = MARK_SIDE
+    r = max(2, int(round(MARK_RADIUS_IOD * 0.4 * side)))
+    out = []
+    for im in img.detach().cpu().numpy():
+        if im.shape[0] != side:
+            im = cv2.resize(im, (side, side), interpolation=cv2.INTER_AREA)
+        luma = im.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        close = cv2.morphologyEx(luma, cv2.MORPH_CLOSE, _disc(r))
+        out.append(np.clip(1 - luma / np.maximum(close, 1e-3), 0, 1))
+    return np.stack(out).astype(np.float32)
+
+
+def _to_photo(m: np.ndarray, size: int) -> np.ndarray:
+    """A 0/1 mask at MARK_SIDE pixels -> ``float32 [size, size]``, any covered pixel counts."""
+    return (cv2.resize(m.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
+            > 0.15).astype(np.float32)
+
+
+def _columns(m: np.ndarray, x0: float, x1: float) -> float:
+    """Fraction of the columns ``x0..x1`` of ``m`` that hold a pixel of it."""
+    c = m.any(0)[max(0, int(np.ceil(x0))):max(0, int(x1) + 1)]
+    return float(c.mean()) if c.size else 0.0
+
+
+def eyeglass_frames(marks: np.ndarray, lm: np.ndarray, parse: np.ndarray
+                    ) -> tuple[np.ndarray, dict]:
+    """Eyeglass frames in a crop: thin dark structures around the eyes, outside the eyes.
+
+    Glasses are present when a dark line crosses the nose bridge (between the inner eye
+    corners, below the brows) over most of its width and one rim (below the eyes or
+    between them and the brows) runs across both eyes; the frames are then the thin dark
+    pixels (:func:`dark_marks` > ``FRAME_CONTRAST``) in an ellipse around each eye and the
+    bridge, outside the eyes and the brows.
+
+    Args:
+        marks: ``float32 [448, 448]`` :func:`dark_marks` of the crop.
+        lm: ``[68, 2]`` landmarks in pixels of the ``[H, W]`` ``parse`` map.
+        parse: ``uint8 [H, W]`` ParseLabel map.
+    Returns:
+        ``float32 [H, W]`` 0/1 frame pixels (all 0 without glasses) and
+        ``{"bridge", "rims", "has_glasses"}``.
+    """
+    size, side = parse.shape[0], marks.shape[0]
+    k = side / size
+    p = (lm + 0.5) * k - 0.5
+    iod = float(np.linalg.norm(p[36] - p[45]))
+    thin = marks > FRAME_CONTRAST
+    eyes = np.zeros((side, side), np.uint8)
+    for a in (36, 42):
+        cv2.fillPoly(eyes, [np.round(p[a:a + 6]).astype(np.int32)], 1)
+    thin &= cv2.dilate(eyes, _disc(max(1, int(0.06 * iod)))) == 0
+    brows = cv2.resize((parse == PARSE_BROWS).astype(np.uint8), (side, side),
+                       interpolation=cv2.INTER_NEAREST)
+    thin &= cv2.dilate(brows, _disc(max(1, int(0.03 * iod)))) == 0
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
+    xb0, xb1 = p[39, 0] + 0.08 * iod, p[42, 0] - 0.08 * iod
+    box = ((xx >= xb0) & (xx <= xb1) & (yy >= p[[21, 22], 1].mean() + 0.05 * iod)
+           & (yy <= p[28, 1]))
+    bridge = _columns(thin & box, xb0, xb1)
+    zone, lower, upper = box.copy(), [], []
+    for a in (36, 42):
+        e = p[a:a + 6]
+        x0, x1 = float(e[:, 0].min()), float(e[:, 0].max())
+        across = (xx >= x0) & (xx <= x1)
+        yl, yu = e[:, 1].max() + 0.08 * iod, e[:, 1].min() - 0.05 * iod
+        lower.append(_columns(thin & across & (yy >= yl) & (yy <= yl + 0.35 * iod), x0, x1))
+        upper.append(_columns(thin & across & (yy <= yu) & (yy >= yu - 0.35 * iod), x0, x1))
+        c = e.mean(0)
+        zone |= ((xx - c[0]) / (0.6 * iod)) ** 2 + ((yy - c[1]) / (0.45 * iod)) ** 2 <= 1
+    has = bridge >= 0.6 and max(float(np.mean(lower)), float(np.mean(upper))) >= 0.6
+    st = {"bridge": round(bridge, 3), "rims": [round(float(np.mean(lower)), 3),
+                                               round(float(np.mean(upper)), 3)],
+          "has_glasses": bool(has)}
+    if not has:
+        return np.zeros(parse.shape, np.float32), st
+    frames = cv2.dilate((thin & zone).astype(np.uint8), _disc(max(1, int(0.03 * iod))))
+    return _to_photo(frames > 0, size), st
+
+
+# hair is darker than DARK_HAIR x the luma of the face skin in its column
+DARK_HAIR = 0.5
+
+
+def _column_skin_luma(lum: np.ndarray, ref: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """Median luma of the face skin per image column (``float32 [W]``), from the reference
+    skin ``ref`` between the eyes and the mouth (hair never covers it), over columns
+    0.3 inter-ocular distances wide, continued flat past the face's sides."""
+    h, w = lum.shape
+    iod = float(np.linalg.norm(lm[36] - lm[45]))
+    rows = np.zeros((h, 1), bool)
+    rows[int(max(0, lm[36:48, 1].mean())):int(min(h, lm[[48, 54], 1].mean())) + 1] = True
+    m = ref & rows
+    glob = float(np.median(lum[m])) if m.sum() > 20 else float(np.median(lum[ref])) \
+        if ref.sum() > 20 else float(np.median(lum))
+    half = max(1, int(0.15 * iod))
+    out = np.full(w, np.nan, np.float32)
+    for x in range(w):
+        sel = m[:, max(0, x - half):x + half + 1]
+        if sel.sum() >= 15:
+            out[x] = np.median(lum[:, max(0, x - half):x + half + 1][sel])
+    ok = np.nonzero(np.isfinite(out))[0]
+    if ok.size == 0:
+        return np.full(w, max(glob, 1e-3), np.float32)
+    out = np.interp(np.arange(w), ok, out[ok]).astype(np.float32)
+    return np.maximum(out, 1e-3)
+
+
+def _forehead_strands(parse: np.ndarray, skin_w: np.ndarray, hair: np.ndarray,
+                      marks: np.ndarray | None, lm: np.ndarray, upper: np.ndarray
+                      ) -> np.ndarray:
+    """Strands of hair over the forehead and their edges, ``float32 [H, W]`` 0/1.
+
+    Candidates are the pixels that fail the colour test (``skin_w < 0.5``) and the thin dark
+    marks (:func:`dark_marks` > ``STRAND_CONTRAST``, at 448); those connected to the hair
+    (strands hang from it; freckles, pores and creases do not touch it) are strands, on the
+    skin label in ``upper`` (bool ``[H, W]``: the forehead and the brows), dilated by 0.04
+    inter-ocular distances (a strand's anti-aliased, shadowed edge).
+    """
+    h, w = parse.shape
+    iod = float(np.linalg.norm(lm[36] - lm[45]))
+    side = h if marks is None else marks.shape[0]
+    up = (lambda m: m.astype(np.uint8)) if side == h else (
+        lambda m: cv2.resize(m.astype(np.uint8), (side, side), interpolation=cv2.INTER_NEAREST))
+    cand = up((skin_w < 0.5) & upper) > 0
+    if marks is not None:
+        cand |= marks > STRAND_CONTRAST
+    seed = cv2.dilate(up(hair), np.ones((3, 3), np.uint8)) > 0
+    cand &= up(upper) > 0
+    n, lab = cv2.connectedComponents((cand | seed).astype(np.uint8), connectivity=8)
+    hit = np.zeros(n, bool)
+    hit[np.unique(lab[seed])] = True
+    hit[0] = False
+    strands = hit[lab] & cand
+    strands = _to_photo(strands, h) > 0 if side != h else strands
+    s = (parse == PARSE_SKIN) & upper & (strands | hair)
+    s = cv2.dilate(s.astype(np.uint8), _disc(max(1, int(round(0.04 * iod)))))
+    return (s > 0).astype(np.float32)
+
+
+def hair_colour(photo: np.ndarray, hair: np.ndarray) -> np.ndarray:
+    """The colour of the hair itself, in sRGB ``float32 [3]`` in [0, 1].
+
+    In CIELAB, from the hair pixels off the mask's border (mixed with the background or the
+    skin) when enough remain: the lightness is the median of the darker half (below the
+    sheen and highlights), the hue and chroma the median a*, b* of the lit hair body (L*
+    between its 40th and 85th percentiles): deep shadows take the colour cast of what lies
+    around (green of foliage), highlights the colour of the sky.
+
+    Args:
+        photo: ``uint8 [H, W, 3]`` RGB; hair: bool ``[H, W]`` hair pixels (at least one).
+    """
+    lab = cv2.cvtColor(photo.astype(np.float32) / 255, cv2.COLOR_RGB2Lab)
+    core = cv2.erode(hair.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    px = lab[core if core.sum() >= 40 else hair]
+    lo, mid, hi = np.percentile(px[:, 0], [40, 50, 85])
+    light = float(np.median(px[px[:, 0] <= mid, 0]))
+    body = px[(px[:, 0] >= lo) & (px[:, 0] <= hi)]
+    ab = np.median(body[:, 1:] if len(body) else px[:, 1:], 0)
+    med = np.array([light, ab[0], ab[1]], np.float32)
+    rgb = cv2.cvtColor(med[None, None], cv2.COLOR_Lab2RGB)[0, 0]
+    return np.clip(rgb, 0, 1).astype(np.float32)
+
+
 def _disc(r: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
 
 
 def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray, cw: np.ndarray,
-                    lm: np.ndarray, head: np.ndarray, fine: np.ndarray
-                    ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """:func:`head_masks` of one photo (numpy ``[H, W]`` maps, ``uint8 [H, W, 3]`` photo)."""
+                    lm: np.ndarray, head: np.ndarray, fine: np.ndarray,
+                    marks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """:func:`head_masks` of one photo (numpy ``[H, W]`` maps, ``uint8 [H, W, 3]`` photo,
+    ``marks``: :func:`dark_marks` at 448 or None)."""
     h, w = parse.shape
     iod = float(np.linalg.norm(lm[36] - lm[45]))
     face = np.isin(parse, TEXTURE_LABELS)
@@ -235,12 +430,26 @@ def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray, cw: np
         # strand texture: well above the face skin's fine detail is hair, whatever its colour
         stranded = fine > 2.5 * max(float(np.median(fine[ref])), 1e-4)
         skinlike = skinlike * ~stranded
-    hair = fg & (skinlike < 0.5) & (parse == PARSE_BG)
+    # above the brows, hair much darker than the face skin of its own column (a side light
+    # darkens both) is hair whatever the skin probability and the parse say (dark hair
+    # labelled skin, hair whose colour the skin model of a side-lit face tolerates)
+    y_brow = float(lm[17:27, 1].mean())
+    darkrel = lum / _column_skin_luma(lum, ref, lm)[None, :]
+    dark_hair = fg & (darkrel < DARK_HAIR) & (yy < y_brow - 0.1 * iod) & (parse != PARSE_BROWS)
+    dark_hair = cv2.morphologyEx(dark_hair.astype(np.uint8), cv2.MORPH_OPEN,
+                                 np.ones((2, 2), np.uint8)) > 0
+    skinlike = skinlike * ~dark_hair
+    hair = fg & (skinlike < 0.5) & ((parse == PARSE_BG) | (dark_hair & (parse == PARSE_SKIN)))
     hair = cv2.morphologyEx(hair.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
     # texture: face labels, colour-tested above the nose only (beards stay)
     y_nose = float(lm[33, 1]) - 0.05 * iod
     soft = np.where((parse == PARSE_SKIN) & (yy <= y_nose), skin_w, 1.0)
     tex = face * soft
+    # strands over the forehead and their edges (anti-aliased, shadowed skin next to them)
+    # stay out: what is not skin there, the thin dark marks near hair, dilated
+    strands = _forehead_strands(parse, skin_w, hair | dark_hair, marks, lm,
+                                yy < y_brow + 0.15 * iod)
+    tex = tex * (1 - strands)
     # facial hair below the jaw line
     jaw = lm[2:15].astype(np.float32)
     band = np.zeros((h, w), np.uint8)
@@ -261,9 +470,10 @@ def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray, cw: np
     # forehead, inside the fitted head, over the middle of the head (where a head of hair or a
     # bald crown is, never the background; a bald head's shaded sides are left out)
     xx = np.arange(w, dtype=np.float32)[None, :].repeat(h, 0)
-    x_mid, y_brow = float(lm[27:31, 0].mean()), float(lm[17:27, 1].mean())
+    x_mid = float(lm[27:31, 0].mean())
     core = cv2.erode(inside.astype(np.uint8), _disc(max(1, int(0.1 * iod)))) > 0
-    top = (core & (parse == PARSE_BG) & (np.abs(xx - x_mid) < 0.8 * iod)
+    top = (core & ((parse == PARSE_BG) | (hair & (parse == PARSE_SKIN)))
+           & (np.abs(xx - x_mid) < 0.8 * iod)
            & (yy < y_brow - 0.3 * iod) & (yy > y_brow - 1.6 * iod))
     # GrabCut's head, unless it lost most of the band (hair as dark as a dark background)
     if (top & fg).sum() > 0.5 * top.sum():
@@ -271,14 +481,12 @@ def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray, cw: np
     hair_top = (skinlike < 0.5) & top
     n_h = float(hair_top.sum())
     n_s = float(((skinlike > 0.5) & top).sum())
-    stats: dict = {"hair_px": n_h, "skin_px": n_s,
+    stats: dict = {"hair_px": n_h, "skin_px": n_s, "dark_px": float((dark_hair & top).sum()),
                    "has_hair": bool(n_h > 0.002 * h * w and n_h > 0.6 * (n_h + n_s))}
     if n_h > 20:
         px = photo[hair_top].astype(np.float32) / 255
         luma = px @ np.array([0.299, 0.587, 0.114], np.float32)
-        # the colour of the hair itself, below its sheen: the median of the darker half
-        body = luma <= np.percentile(luma, 50)
-        stats["hair_rgb"] = np.median(px[body], 0)
+        stats["hair_rgb"] = hair_colour(photo, hair_top)
         spread = np.log(np.clip(luma / max(float(np.median(luma)), 1e-3), 0.05, 20))
         stats["hair_amp"] = float(np.clip(np.std(spread), 0.1, 0.22))
         # hair pixels far from the hair's colour are background or skin GrabCut let through
