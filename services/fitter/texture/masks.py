@@ -118,10 +118,11 @@ class HeadMasks:
         hair: ``float32 [B, H, W, 1]`` 0/1, hair of the head (not face labels, not skin).
         skin: ``float32 [B, H, W, 1]`` the colour-consistent skin of the face (no beard,
             brows or lips), whose shadows are lifted from the albedo; None to keep them.
-        hair_stats: per photo ``{"hair_px", "skin_px", "has_hair", "hair_rgb" [3],
-            "hair_amp"}``: hair and skin pixel counts of the head above the brows, whether the
-            person has a head of hair, the median hair colour (sRGB in [0, 1]) and the spread of
-            its log-luma (strand contrast).
+        hair_stats: per photo ``{"hair_px", "skin_px", "dark_px", "has_hair", "hair_rgb" [3],
+            "hair_amp", "glasses"}``: hair and skin pixel counts of the head above the brows
+            (``dark_px`` of the hair: darker than the face skin of its column), whether the
+            person has a head of hair, the hair colour (:func:`hair_colour`, sRGB in [0, 1]),
+            the spread of its log-luma (strand contrast) and :func:`eyeglass_frames`' stats.
     """
 
     texture: Tensor
