@@ -168,8 +168,9 @@ def head_masks(photo: Tensor, parse: Tensor, skin: Tensor, landmarks: Tensor,
             (photo[i].detach().cpu().numpy() * 255 + 0.5).astype(np.uint8),
             par_i, sk[i].cpu().numpy(), cw[i].cpu().numpy(), lm_i,
             head[i].detach().cpu().numpy(), fine[i], marks[i])
-        # eyeglass frames: out of the texture, completion fills skin there
-        t = t * (1 - frames)
+        # eyeglass frames: out of the texture, completion fills skin there (not over the
+        # brows: a top rim on the brows would take them out with it)
+        t = t * (1 - frames * (par_i != PARSE_BROWS))
         st["glasses"] = g_stats
         keep.append((t > 0) | (par_i != PARSE_SKIN))
         tex.append(t)
