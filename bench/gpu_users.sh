@@ -121,6 +121,15 @@ EOF
         --count 6 --json "$out/warm.json"
       step cli1 170 python3 bench/users.py cli --photos "$S/photos/faces-dev" --device cuda \
         --cold-runs 2 --batch-sizes 1 --count 8 --json "$out/cli1.json"
+      # where a cold process's time goes: interpreter + torch, CUDA context, project imports;
+      # then one cold photo without CUDA-graph capture (is capture worth it for one photo?)
+      step coldparts 60 python3 -c 'import time; t = time.perf_counter(); import torch
+a = time.perf_counter(); torch.zeros(1, device="cuda"); torch.cuda.synchronize(); b = time.perf_counter()
+import ffhquv_cli.commands, gateway.orchestrator, services.fitter.core, services.detector.core, services.eyeball.core, services.exporter.core
+c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a:.2f} s, project imports {c - b:.2f} s")'
+      step cli1_nographs 120 env FFHQUV_CUDA_GRAPHS=0 python3 bench/users.py cli \
+        --photos "$S/photos/faces-dev" --device cuda --cold-runs 2 --batch-sizes "" \
+        --json "$out/cli1_nographs.json"
       step cli8 250 python3 bench/users.py cli --photos "$S/photos/faces-dev" --device cuda \
         --cold-runs 0 --batch-sizes 8,16 --count 64 --json "$out/cli8.json"
       ;;
