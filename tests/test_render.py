@@ -204,3 +204,30 @@ def test_head_sized_mesh_forward_backward():
     for g in (verts.grad, tex.grad, gamma.grad):
         assert g is not None and torch.isfinite(g).all()
     assert verts.grad.abs().sum() > 0 and tex.grad.abs().sum() > 0
+
+
+def test_two_sided_lights_the_inside_of_an_open_mesh():
+    """A sphere with its camera-facing cap cut off: through the opening the camera sees the
+    inside of the far wall, whose outward normals point away from it. One-sided shading
+    draws it dark (like the black neck opening seen from behind); ``two_sided`` lights it
+    like a front face, and leaves the outside (the rim) as it was."""
+    v, tri, _, _ = uv_sphere(24, 48)
+    centre_z = v[tri].mean(1)[:, 2]
+    tri = tri[centre_z < 0.5]  # the cap toward the camera (+z) removed
+    r = MeshRenderer(Camera())
+    verts = v[None]
+    lit = {}
+    for two in (False, True):
+        out = r.render(verts, tri, Surface(), gamma=PREVIEW_GAMMA[None],
+                       options=RasterOptions(antialias=False, two_sided=two))
+        lit[two] = out.image[0].mean(-1)
+    s = lit[True].shape[0]
+    inside = lit[True][s // 2 - 4:s // 2 + 4, s // 2 - 4:s // 2 + 4]
+    before = lit[False][s // 2 - 4:s // 2 + 4, s // 2 - 4:s // 2 + 4]
+    assert inside.mean() > 2 * before.mean() + 0.05
+    # the outside of the sphere (the band around the opening) is lit the same either way
+    cover = lit[True] > 0
+    yy, xx = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
+    d = ((yy - (s - 1) / 2) ** 2 + (xx - (s - 1) / 2) ** 2).sqrt()
+    rim = cover & (d > 0.95 * d[cover].max())
+    assert rim.sum() > 20 and torch.allclose(lit[True][rim], lit[False][rim])

@@ -100,12 +100,17 @@ class RasterOptions:
         min_grad_area: pixels of triangles smaller than this on screen (px^2) pass no gradient
             to the vertices through their barycentrics (see :func:`sliver_pixels`); 0 keeps
             every pixel. Silhouette (antialiasing) gradients are not affected.
+        two_sided: light back faces as front faces (their normal turned toward the camera),
+            as Blender and most viewers draw an open mesh: the inside of the neck seen through
+            its opening is lit like skin, not black. Off for fitting (the photo never shows
+            a back face).
     """
 
     size: int | None = None
     antialias: bool = True
     background: Tensor | float | None = None
     min_grad_area: float = 0.0
+    two_sided: bool = False
 
 
 def triangle_pixel_area(clip: Tensor, tri: Tensor, size: int) -> Tensor:
@@ -282,6 +287,8 @@ class MeshRenderer:
         normals = _as_batch(normals, b, "normals", 3)
         nrm = be.interpolate(normals.contiguous(), rast, tri32)
         nrm = nrm / nrm.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+        if opt.two_sided:
+            nrm = torch.where(_back_facing(vertices, tri32, rast, cam.distance), -nrm, nrm)
 
         uv_img = None
         if uv is not None:
@@ -321,6 +328,21 @@ class MeshRenderer:
             image = image + (1 - mask) * bg
         return RenderOutput(image=image, mask=mask, albedo=albedo, depth=depth, normal=nrm,
                             uv=uv_img, rast=rast, clip=clip)
+
+
+def _back_facing(vertices: Tensor, tri: Tensor, rast: Tensor, distance: float) -> Tensor:
+    """``bool [B, H, W, 1]``: pixels whose triangle turns its back to the camera (its winding
+    normal points away from the camera at ``z = distance``), from the triangle ids of
+    ``rast`` (``[B, H, W, 4]``, id + 1 in the last channel, 0 = empty)."""
+    t = tri.long()
+    p0, p1, p2 = vertices[:, t[:, 0]], vertices[:, t[:, 1]], vertices[:, t[:, 2]]
+    n = torch.cross(p1 - p0, p2 - p0, dim=-1)
+    to_cam = -(p0 + p1 + p2) / 3
+    to_cam[..., 2] += distance
+    back = torch.cat([torch.zeros_like(n[:, :1, 0], dtype=torch.bool),
+                      (n * to_cam).sum(-1) < 0], 1)  # [B, T + 1], index 0 = no triangle
+    ids = rast[..., 3].round().long().clamp(0, t.shape[0])
+    return torch.gather(back, 1, ids.flatten(1)).reshape(ids.shape)[..., None]
 
 
 def _uv_clip(uv: Tensor) -> Tensor:
@@ -476,7 +498,7 @@ def render_preview(vertices: Tensor, tri: Tensor, surface: Surface | None = None
         r = MeshRenderer(cam, backend=opt.backend, device=v.device)
         out = r.render(v, tri, Surface(uv=sf.uv, uv_tri=sf.uv_tri, texture=tex, vertex_albedo=va),
                        gamma=g, options=RasterOptions(
-                           antialias=True,
+                           antialias=True, two_sided=True,
                            background=torch.tensor(opt.background, device=v.device)))
         img = out.image[0].clamp(0, 1).cpu().numpy()
     return (img * 255 + 0.5).astype(np.uint8)
