@@ -25,7 +25,7 @@
 #          recovery  bench/recovery.py (kill -9 of each child under load), --device cuda when
 #                    the script has that flag
 set -uo pipefail
-parts="${1:?usage: gpu_users.sh prep|quality|users|serve|recovery[,...] [OUT_DIR]}"
+parts="${1:?usage: gpu_users.sh prep|quality|users|altwarm|serve|recovery[,...] [OUT_DIR]}"
 out="${2:-${OUT:-/tmp/gpu_out}}"
 P="${GPU_PERSIST:-/root/persist}"   # survives between calls while the machine stays warm
 if [ -f bench/gpu_users.sh ]; then ROOT=$PWD; TP="${TP:-$PWD/.tp}"
@@ -40,7 +40,7 @@ step() { local name="$1" lim="$2"; shift 2; echo "=== $name: $*"; local t0=$SECO
   timeout "$lim" "$@" 2>&1 | tee "$out/$name.log"; echo "=== $name rc=${PIPESTATUS[0]} $((SECONDS - t0)) s"; }
 
 # gather what this call carried
-for x in dlib stubs cache photos tex.png; do
+for x in dlib stubs cache photos tex.png alt; do
   if [ -e "$TP/$x" ]; then cp -r "$TP/$x" "$S/" || exit 1; fi
 done
 if [ -d "$TP/whl" ] && [ "$(ls "$TP/whl")" != "$(cat "$P/site/.wheels" 2>/dev/null)" ]; then
@@ -132,6 +132,14 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
         --json "$out/cli1_nographs.json"
       step cli8 250 python3 bench/users.py cli --photos "$S/photos/faces-dev" --device cuda \
         --cold-runs 0 --batch-sizes 8,16 --count 64 --json "$out/cli8.json"
+      ;;
+    altwarm)
+      # the warm rows again from another tree of the code (.tp/alt: e.g. a branch under test,
+      # `git -C WORKTREE archive HEAD | tar -x -C .tp/alt`), to compare it with this checkout
+      need "$sp68" "$S/cache" "$S/photos/faces-dev" "$S/alt" || { rc=1; continue; }
+      cp -r "$S/stubs/." "$S/alt/ffhquv/"
+      step altwarm 150 env PYTHONPATH="$S/alt:$P/site:$P/frm" python3 "$S/alt/bench/users.py" \
+        warm --photos "$S/photos/faces-dev" --device cuda --count 6 --json "$out/altwarm.json"
       ;;
     serve)
       need "$sp68" "$S/cache" "$S/photos/faces-dev" || { rc=1; continue; }
