@@ -36,7 +36,10 @@ def test_astronaut_landmarks_and_photometric(astronaut_fit):
     _, out = astronaut_fit
     m = out.metrics
     assert m["landmark_error_iod"] < 0.04, m
-    assert m["psnr_masked"] > 25, m
+    # the render at the fitted pose reproduces the photo's face; not to the last strand: the
+    # astronaut's fringe, its anti-aliased edges and thin dark marks are kept out of the skin
+    # texture on purpose (issue 21), which costs about 3 dB here (26.5 -> 23.6 dB)
+    assert m["psnr_masked"] > 22, m
     assert 0.2 < m["texture_coverage"] <= 1.0
     for k in ("seconds_stage1", "seconds_stage2", "seconds_stage3", "seconds_total"):
         assert m[k] > 0
