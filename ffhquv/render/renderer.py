@@ -154,6 +154,19 @@ def obj_uv_to_texture(uv: Tensor) -> Tensor:
     return torch.stack([uv[..., 0], 1.0 - uv[..., 1]], -1)
 
 
+def face_normals(vertices: Tensor, tri: Tensor) -> Tensor:
+    """Unnormalised triangle normals by the winding (length = twice the area).
+
+    Args:
+        vertices: ``[B, N, 3]``.
+        tri: ``[T, 3]`` long, counter-clockwise seen from the outside.
+    Returns:
+        ``[B, T, 3]``.
+    """
+    v0, v1, v2 = (vertices[:, tri[:, i]] for i in range(3))
+    return torch.cross(v1 - v0, v2 - v0, dim=-1)
+
+
 def vertex_normals(vertices: Tensor, tri: Tensor) -> Tensor:
     """Area-weighted vertex normals.
 
@@ -163,8 +176,7 @@ def vertex_normals(vertices: Tensor, tri: Tensor) -> Tensor:
     Returns:
         ``[B, N, 3]`` unit normals (zero-area vertices get +z).
     """
-    v0, v1, v2 = (vertices[:, tri[:, i]] for i in range(3))
-    fn = torch.cross(v1 - v0, v2 - v0, dim=-1)  # [B, T, 3], length = 2 * area
+    fn = face_normals(vertices, tri)  # [B, T, 3], length = 2 * area
     n = torch.zeros_like(vertices)
     for i in range(3):
         n = n.index_add(1, tri[:, i], fn)
@@ -335,9 +347,8 @@ def _back_facing(vertices: Tensor, tri: Tensor, rast: Tensor, distance: float) -
     normal points away from the camera at ``z = distance``), from the triangle ids of
     ``rast`` (``[B, H, W, 4]``, id + 1 in the last channel, 0 = empty)."""
     t = tri.long()
-    p0, p1, p2 = vertices[:, t[:, 0]], vertices[:, t[:, 1]], vertices[:, t[:, 2]]
-    n = torch.cross(p1 - p0, p2 - p0, dim=-1)
-    to_cam = -(p0 + p1 + p2) / 3
+    n = face_normals(vertices, t)
+    to_cam = -vertices[:, t].mean(2)
     to_cam[..., 2] += distance
     back = torch.cat([torch.zeros_like(n[:, :1, 0], dtype=torch.bool),
                       (n * to_cam).sum(-1) < 0], 1)  # [B, T + 1], index 0 = no triangle
