@@ -270,12 +270,11 @@ def test_eyeglass_frames_found_on_glasses_only(detected):
 def test_head_masks_hair_strands_and_bald(detected):
     """Hair found on side-lit and parse-mislabelled heads, not on a bald one; strands over
     the forehead (fd14's fringe) stay out of the skin texture with their edges."""
-    from services.fitter.camera import rigid_transform
-    from services.fitter.core import FitterCore, _photo_batch
+    from ffhquv.render.renderer import MeshRenderer
+    from services.fitter.core import DefaultStages, FitterCore, _photo_batch
     from services.fitter.pipeline import FitContext
     from services.fitter.presets import get_preset
-    from services.fitter.render import MeshRenderer
-    from services.fitter.texture.masks import STRAND_CONTRAST, dark_marks, head_masks
+    from services.fitter.texture.masks import STRAND_CONTRAST, dark_marks
 
     fitter = FitterCore("default", device="cpu", threads=2)
     m = fitter.model
@@ -291,9 +290,7 @@ def test_head_masks_hair_strands_and_bald(detected):
         torch.manual_seed(0)
         _, c = fitter._stage1(ctx, pb)
         with torch.no_grad():
-            world = rigid_transform(m.shape(c["id"], c["exp"]), c["angles"], c["trans"])
-            head = rend.render(world, m.tri, size=224, antialias=False).mask[..., 0]
-            hm = head_masks(pb.photo, pb.parse, pb.skin_prob, pb.lm, head, pb.hires)
+            hm = DefaultStages._head_masks(ctx, pb, c)
         st = hm.hair_stats[0]
         assert st["has_hair"] is hair, (name, st)
         if name.startswith("fd14"):
