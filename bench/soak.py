@@ -8,7 +8,9 @@ cancelled and counted as ``CUT_AT_END`` (not errors). Reports completed requests
 status code, p50/p95 latency of the first and of the last quarter of the run, and the
 resident memory of every process of the stack (``serve all`` and each child, by name) sampled
 over time: first, last, max, and the change from the first sample after warm-up (the first
-completed request) to the last. The issue asks for an hour; shorter runs say less about slow leaks.
+completed request) to the last, and the trend once warm (second-quarter vs last-quarter
+median, slope over the second half). The issue asks for an hour; shorter runs say less about
+slow leaks.
 """
 
 from __future__ import annotations
@@ -62,6 +64,23 @@ def percentiles(lat: list[float]) -> tuple[float | None, float | None]:
     if not lat:
         return None, None
     return float(np.percentile(lat, 50)), float(np.percentile(lat, 95))
+
+
+def _trend(series: list[tuple[float, int]], wall: float) -> dict[str, float]:
+    """Whether RSS still grows once the allocator has warmed up: the median of the second
+    quarter of the run against the median of the last quarter (robust to the swing of one
+    large buffer), and the least-squares slope over the second half, in MB per hour."""
+    t = np.array([x for x, _ in series], float)
+    v = np.array([y for _, y in series], float) / 2**20
+    q2 = v[(t >= wall / 4) & (t < wall / 2)]
+    q4 = v[t >= 3 * wall / 4]
+    half = t >= wall / 2
+    out = {"q2_median_mb": float(np.median(q2)) if q2.size else float("nan"),
+           "q4_median_mb": float(np.median(q4)) if q4.size else float("nan")}
+    out["q2_to_q4_pct"] = 100.0 * (out["q4_median_mb"] - out["q2_median_mb"]) / out["q2_median_mb"]
+    out["slope_2nd_half_mb_per_h"] = (float(np.polyfit(t[half], v[half], 1)[0] * 3600)
+                                      if half.sum() >= 3 else float("nan"))
+    return out
 
 
 def main() -> int:
@@ -177,7 +196,8 @@ def _soak(args, meta: dict, proc: subprocess.Popen, address: str, data: bytes,
             "process": proc_name, "samples": len(series),
             "first_mb": series[0][1] / 2**20, "warm_mb": after[0] / 2**20,
             "last_mb": series[-1][1] / 2**20, "max_mb": max(v for _, v in series) / 2**20,
-            "change_after_warmup_pct": 100.0 * (after[-1] - after[0]) / after[0]})
+            "change_after_warmup_pct": 100.0 * (after[-1] - after[0]) / after[0],
+            **_trend(series, wall)})
     table(rss_rows, list(rss_rows[0]) if rss_rows else ["process"])
     unexpected = {k: v for k, v in codes.items() if k not in EXPECTED}
     print(f"# unexpected errors: {unexpected or 0}")

@@ -652,6 +652,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logs.setup("json")
     tracing.setup(args.service)  # on only when OTEL_TRACES_EXPORTER asks for it
     _check_landmark_model(args.landmark_model)
+    if args.service != "fitter":
+        from ffhquv.server import tune_allocator
+
+        tune_allocator()  # flat RSS under load (the fitter keeps glibc's defaults)
     if args.service in ("detector", "fitter", "eyeball", "exporter"):
         return _serve_service(args)
     if args.service == "gateway":
