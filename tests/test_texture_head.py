@@ -221,6 +221,35 @@ def test_hair_colour_ignores_highlights_and_shadow_casts():
     assert 0.12 < got.mean() < 0.3, got
 
 
+def test_hair_colour_blond_with_roots_casts_and_dye():
+    """Blond hair whose parting and roots (a third of the pixels) are darker and pinker stays
+    blond; dark hair with an olive cast of foliage comes out brown (red >= green); strongly
+    dyed hair keeps its hue."""
+    import cv2
+
+    from services.fitter.texture.masks import hair_colour
+
+    rng = np.random.default_rng(0)
+    ones = np.ones((60, 60), bool)
+    blond = np.zeros((60, 60, 3), np.float32)
+    blond[:] = [0.86, 0.78, 0.66]
+    blond *= rng.uniform(0.9, 1.1, (60, 60, 1)).astype(np.float32)
+    blond[:, :20] = [0.6, 0.42, 0.38]  # parting and roots
+    got = hair_colour((np.clip(blond, 0, 1) * 255).astype(np.uint8), ones)
+    lab = cv2.cvtColor(got[None, None], cv2.COLOR_RGB2Lab)[0, 0]
+    assert lab[0] > 72 and got[1] > 0.6, got  # light, not the roots' salmon
+
+    olive = np.zeros((60, 60, 3), np.float32)
+    olive[:] = [0.25, 0.26, 0.17]
+    olive *= rng.uniform(0.85, 1.15, (60, 60, 1)).astype(np.float32)
+    got = hair_colour((olive * 255).astype(np.uint8), ones)
+    assert got[0] >= got[1] > got[2], got
+
+    blue = np.full((60, 60, 3), [0.1, 0.3, 0.8], np.float32)
+    got = hair_colour((blue * 255).astype(np.uint8), ones)
+    assert got[2] > got[1] > got[0], got
+
+
 # --------------------------------------------------------------- photo masks (faces-dev)
 GLASSES = {"fd18_light_f_glasses_detection1.jpg": True,
            "fd07_medium_m_glasses_goatee_FACE_2.jpg": True,
@@ -233,6 +262,8 @@ HEADS = {  # photo: has a head of hair (head_masks' test)
     "fd02_dark_f_face_paint.png": True,  # short dark hair labelled skin by the parse
     "fd14_light_m_fullbeard_fringe_man4.jpg": True,
     "fd13_light_m_bald_img20.jpg": False,
+    "fd21_light_f_wavyblonde_hand_model_face.jpg": True,  # blond: passes the colour test
+    "fd06_medium_f_longcurly_img_1696.png": True,  # bushy brows, hair at the temples
 }
 
 
@@ -268,8 +299,9 @@ def test_eyeglass_frames_found_on_glasses_only(detected):
 
 @pytest.mark.slow
 def test_head_masks_hair_strands_and_bald(detected):
-    """Hair found on side-lit and parse-mislabelled heads, not on a bald one; strands over
-    the forehead (fd14's fringe) stay out of the skin texture with their edges."""
+    """Hair found on side-lit, parse-mislabelled and blond heads, not on a bald one; a blond
+    head's colour is light; strands over the forehead (fd14's fringe) stay out of the skin
+    texture with their edges."""
     from ffhquv.render.renderer import MeshRenderer
     from services.fitter.core import DefaultStages, FitterCore, _photo_batch
     from services.fitter.pipeline import FitContext
@@ -293,6 +325,19 @@ def test_head_masks_hair_strands_and_bald(detected):
             hm = DefaultStages._head_masks(ctx, pb, c)
         st = hm.hair_stats[0]
         assert st["has_hair"] is hair, (name, st)
+        if name.startswith("fd21"):  # blond, not the salmon of its parting and roots
+            import cv2
+
+            rgb = np.asarray(st["hair_rgb"], np.float32)[None, None]
+            assert cv2.cvtColor(rgb, cv2.COLOR_RGB2Lab)[0, 0, 0] > 65, st["hair_rgb"]
+        if name.startswith("fd06"):  # the brows stay in the texture, not taken for strands
+            from services.fitter.texture.masks import PARSE_BROWS
+
+            brows = a.parse_mask == PARSE_BROWS
+            tex = hm.texture[0, ..., 0].numpy()
+            # 0.39 (the label's thin ends go with the outline erosion); 0.01 when the brows
+            # were taken for strands hanging from the hair at the temples
+            assert (tex[brows] > 0).mean() > 0.3, (tex[brows] > 0).mean()
         if name.startswith("fd14"):
             marks = dark_marks(pb.hires, 224)[0]
             lm = a.crop_landmarks

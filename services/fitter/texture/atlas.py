@@ -168,6 +168,11 @@ def _texel_matrix(rast: np.ndarray, tri: np.ndarray, n: int) -> sp.csr_matrix:
                          shape=(flat.shape[0], n))
 
 
+# the forehead zone starts this fraction of the eye-to-brow height above the brows' landmarks
+# (and the temples this fraction of the outer eye corners' half-width beside them)
+BROW_MARGIN = 0.3
+
+
 def _face_zones(model: FaceModel, pos: np.ndarray, covered: np.ndarray) -> dict[str, np.ndarray]:
     """``forehead`` and ``central_face`` texel masks from the mean shape's landmarks."""
     lm = model.landmarks(model.mean_shape[None])[0].detach().cpu().numpy()
@@ -176,8 +181,12 @@ def _face_zones(model: FaceModel, pos: np.ndarray, covered: np.ndarray) -> dict[
     outer = float(np.abs(lm[[36, 45], 0]).mean())  # outer eye corners
     brows, eyes, mouth = (float(lm[i, 1].mean()) for i in (slice(17, 27), slice(36, 48),
                                                              [48, 54]))
-    # above the brows, and the temples (beside the outer eye corners, above the eyes)
-    forehead = covered & front & ((y > brows) | ((np.abs(x) > outer) & (y > eyes)))
+    # above the brows, and the temples (beside the outer eye corners, above the eyes); with a
+    # margin over the brows' landmarks, which run along their middle: the upper half of a
+    # bushy brow is brow, not hair over the forehead
+    over = BROW_MARGIN * (brows - eyes)
+    forehead = covered & front & ((y > brows + over)
+                                  | ((np.abs(x) > (1 + BROW_MARGIN) * outer) & (y > eyes)))
     central = covered & front & (np.abs(x) < outer) & (y < eyes) & (y > mouth)
     return {"forehead": forehead, "central_face": central}
 

@@ -172,7 +172,8 @@ def head_masks(photo: Tensor, parse: Tensor, skin: Tensor, landmarks: Tensor,
         # brows: a top rim on the brows would take them out with it)
         t = t * (1 - frames * (par_i != PARSE_BROWS))
         st["glasses"] = g_stats
-        keep.append((t > 0) | (par_i != PARSE_SKIN))
+        # ... nor are the brows (bushy brows reach beyond their label: not creases to lift)
+        keep.append(((t > 0) | (par_i != PARSE_SKIN)) & ~brow_band(lm_i, par_i.shape))
         tex.append(t)
         hair.append(h)
         stats.append(st)
@@ -308,6 +309,9 @@ def eyeglass_frames(marks: np.ndarray, lm: np.ndarray, parse: np.ndarray
 
 # hair is darker than DARK_HAIR x the luma of the face skin in its column
 DARK_HAIR = 0.5
+# fine-detail energy against the face skin's median above which a forehead pixel is a streak
+# of hair (strands over the forehead, :func:`_forehead_strands`)
+STREAK_RATIO = 4.0
 
 
 def _column_skin_luma(lum: np.ndarray, ref: np.ndarray, lm: np.ndarray) -> np.ndarray:
@@ -335,15 +339,17 @@ def _column_skin_luma(lum: np.ndarray, ref: np.ndarray, lm: np.ndarray) -> np.nd
 
 
 def _forehead_strands(parse: np.ndarray, skin_w: np.ndarray, hair: np.ndarray,
-                      marks: np.ndarray | None, lm: np.ndarray, upper: np.ndarray
-                      ) -> np.ndarray:
+                      marks: np.ndarray | None, lm: np.ndarray, upper: np.ndarray,
+                      stranded: np.ndarray | None = None) -> np.ndarray:
     """Strands of hair over the forehead and their edges, ``float32 [H, W]`` 0/1.
 
-    Candidates are the pixels that fail the colour test (``skin_w < 0.5``) and the thin dark
-    marks (:func:`dark_marks` > ``STRAND_CONTRAST``, at 448); those connected to the hair
-    (strands hang from it; freckles, pores and creases do not touch it) are strands, on the
-    skin label in ``upper`` (bool ``[H, W]``: the forehead and the brows), dilated by 0.04
-    inter-ocular distances (a strand's anti-aliased, shadowed edge).
+    Candidates are the pixels that fail the colour test (``skin_w < 0.5``), the thin dark
+    marks (:func:`dark_marks` > ``STRAND_CONTRAST``, at 448) and the pixels of strand texture
+    (``stranded``, bool ``[H, W]``: blond hair passes the colour test and is not dark, but is
+    streaked); those connected to the hair or to the non-face pixels above the brows
+    (strands hang from the hairline; freckles, pores and creases do not touch it) are
+    strands, on the skin label in ``upper`` (bool ``[H, W]``: the forehead and the brows),
+    dilated by 0.04 inter-ocular distances (a strand's anti-aliased, shadowed edge).
     """
     h, w = parse.shape
     iod = float(np.linalg.norm(lm[36] - lm[45]))
@@ -353,8 +359,14 @@ def _forehead_strands(parse: np.ndarray, skin_w: np.ndarray, hair: np.ndarray,
     cand = up((skin_w < 0.5) & upper) > 0
     if marks is not None:
         cand |= marks > STRAND_CONTRAST
+    if stranded is not None:
+        cand |= up(stranded) > 0
+        hair = hair | ((parse == PARSE_BG) & upper)
     seed = cv2.dilate(up(hair), np.ones((3, 3), np.uint8)) > 0
-    cand &= up(upper) > 0
+    # the brows (thicker than their label on bushy brows) are neither strands nor a path
+    # from the hair at the temples to the rest of the forehead
+    brows = up(brow_band(lm, (h, w))) > 0
+    cand &= (up(upper) > 0) & ~brows
     n, lab = cv2.connectedComponents((cand | seed).astype(np.uint8), connectivity=8)
     hit = np.zeros(n, bool)
     hit[np.unique(lab[seed])] = True
@@ -363,17 +375,46 @@ def _forehead_strands(parse: np.ndarray, skin_w: np.ndarray, hair: np.ndarray,
     strands = _to_photo(strands, h) > 0 if side != h else strands
     s = (parse == PARSE_SKIN) & upper & (strands | hair)
     s = cv2.dilate(s.astype(np.uint8), _disc(max(1, int(round(0.04 * iod)))))
-    return (s > 0).astype(np.float32)
+    return ((s > 0) & ~brow_band(lm, (h, w))).astype(np.float32)
+
+
+# half-height of the brow band around the brow landmarks, in inter-ocular distances
+BROW_BAND_IOD = 0.1
+
+
+def brow_band(lm: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """bool ``[H, W]``: each brow's landmarks (17-21, 22-26) swept up and down by
+    ``BROW_BAND_IOD`` inter-ocular distances and filled (the brows as they are, not as thin
+    as the landmark-drawn parse label)."""
+    iod = float(np.linalg.norm(lm[36] - lm[45]))
+    d = np.array([0.0, BROW_BAND_IOD * iod], np.float32)
+    band = np.zeros(shape, np.uint8)
+    for sl in (slice(17, 22), slice(22, 27)):
+        b = lm[sl].astype(np.float32)
+        cv2.fillConvexPoly(band, cv2.convexHull(np.concatenate([b - d, b + d])
+                                                .astype(np.int32)), 1)
+    return band > 0
+
+
+# natural hair hues in CIELAB (degrees in the a*b* plane): from auburn / red (about 25) to
+# brown (about 70) for dark hair, to light blonde (about 90) for hair of L* 70 and more; hair
+# of lower chroma than ``HAIR_NATURAL_CHROMA`` whose median hue falls outside is a colour cast
+# (green foliage, blue sky, purple-tinted shadows), not dye
+HAIR_HUE_DEG = (25.0, 70.0, 90.0)  # lowest, highest for dark hair, highest for light hair
+HAIR_NATURAL_CHROMA = 30.0
 
 
 def hair_colour(photo: np.ndarray, hair: np.ndarray) -> np.ndarray:
     """The colour of the hair itself, in sRGB ``float32 [3]`` in [0, 1].
 
     In CIELAB, from the hair pixels off the mask's border (mixed with the background or the
-    skin) when enough remain: the lightness is the median of the darker half (below the
-    sheen and highlights), the hue and chroma the median a*, b* of the lit hair body (L*
-    between its 40th and 85th percentiles): deep shadows take the colour cast of what lies
-    around (green of foliage), highlights the colour of the sky.
+    skin) when enough remain: the lightness is the median of the darker half for dark hair
+    (below the sheen) and the median for light hair (a darker statistic makes blond hair look
+    like its roots), blended between L* 30 and 60; the hue and chroma the median a*, b* of the
+    lit hair body (L* between its 40th and 85th percentiles): deep shadows take the colour
+    cast of what lies around (green of foliage), highlights the colour of the sky. A hue
+    outside the natural range (:data:`HAIR_HUE_DEG`, by lightness) at a natural chroma is
+    turned to its nearest end; strongly coloured (dyed) hair keeps its hue.
 
     Args:
         photo: ``uint8 [H, W, 3]`` RGB; hair: bool ``[H, W]`` hair pixels (at least one).
@@ -382,10 +423,22 @@ def hair_colour(photo: np.ndarray, hair: np.ndarray) -> np.ndarray:
     core = cv2.erode(hair.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
     px = lab[core if core.sum() >= 40 else hair]
     lo, mid, hi = np.percentile(px[:, 0], [40, 50, 85])
-    light = float(np.median(px[px[:, 0] <= mid, 0]))
+    # dark hair: the median of the darker half (its sheen and highlights, a large share of
+    # the pixels on black hair, lift the median); light hair: the median
+    dark = float(np.median(px[px[:, 0] <= mid, 0]))
+    t = float(np.clip((mid - 30) / 30, 0, 1))
+    light = (1 - t) * dark + t * float(mid)
     body = px[(px[:, 0] >= lo) & (px[:, 0] <= hi)]
-    ab = np.median(body[:, 1:] if len(body) else px[:, 1:], 0)
-    med = np.array([light, ab[0], ab[1]], np.float32)
+    a, b = np.median(body[:, 1:] if len(body) else px[:, 1:], 0)
+    chroma, hue = float(np.hypot(a, b)), float(np.degrees(np.arctan2(b, a)))
+    rise = float(np.clip((light - 30) / 40, 0, 1))
+    hue_max = HAIR_HUE_DEG[1] + (HAIR_HUE_DEG[2] - HAIR_HUE_DEG[1]) * rise
+    if chroma < HAIR_NATURAL_CHROMA and not HAIR_HUE_DEG[0] <= hue <= hue_max:
+        # nearest end of the range, going round the circle
+        ends = np.array([HAIR_HUE_DEG[0], hue_max])
+        hue = float(ends[np.argmin(np.abs((hue - ends + 180.0) % 360.0 - 180.0))])
+        a, b = chroma * np.cos(np.radians(hue)), chroma * np.sin(np.radians(hue))
+    med = np.array([light, a, b], np.float32)
     rgb = cv2.cvtColor(med[None, None], cv2.COLOR_Lab2RGB)[0, 0]
     return np.clip(rgb, 0, 1).astype(np.float32)
 
@@ -430,8 +483,13 @@ def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray, cw: np
         bright = lum > np.percentile(lum[ref], 60)
         skinlike = np.maximum(skinlike, (bright & (cw > 0.05)).astype(np.float32))
         # strand texture: well above the face skin's fine detail is hair, whatever its colour
-        stranded = fine > 2.5 * max(float(np.median(fine[ref])), 1e-4)
-        skinlike = skinlike * ~stranded
+        fine_ref = max(float(np.median(fine[ref])), 1e-4)
+        skinlike = skinlike * ~(fine > 2.5 * fine_ref)
+        # strong streaks: candidates for strands over the forehead (a textured forehead
+        # reaches 2.5x its cheeks' detail, rarely 4x; blond strands reach 5-7x)
+        stranded = fine > STREAK_RATIO * fine_ref
+    else:
+        stranded = None
     # above the brows, hair much darker than the face skin of its own column (a side light
     # darkens both) is hair whatever the skin probability and the parse say (dark hair
     # labelled skin, hair whose colour the skin model of a side-lit face tolerates)
@@ -448,9 +506,11 @@ def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray, cw: np
     soft = np.where((parse == PARSE_SKIN) & (yy <= y_nose), skin_w, 1.0)
     tex = face * soft
     # strands over the forehead and their edges (anti-aliased, shadowed skin next to them)
-    # stay out: what is not skin there, the thin dark marks near hair, dilated
+    # stay out: what is not skin there, the thin dark marks and the streaks near hair, dilated
     strands = _forehead_strands(parse, skin_w, hair | dark_hair, marks, lm,
-                                yy < y_brow + 0.15 * iod)
+                                yy < y_brow + 0.15 * iod,
+                                None if stranded is None else
+                                stranded & (yy < y_brow - 0.1 * iod))
     tex = tex * (1 - strands)
     # facial hair below the jaw line
     jaw = lm[2:15].astype(np.float32)
@@ -488,7 +548,11 @@ def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray, cw: np
     if n_h > 20:
         px = photo[hair_top].astype(np.float32) / 255
         luma = px @ np.array([0.299, 0.587, 0.114], np.float32)
-        stats["hair_rgb"] = hair_colour(photo, hair_top)
+        # the colour also from the streaked hair beside the band (blond hair passes the skin
+        # colour test, so the band alone keeps only its darker roots and parting)
+        ring = (fg & (parse == PARSE_BG) & (yy < y_brow) & (np.abs(xx - x_mid) < 1.4 * iod)
+                & (stranded if stranded is not None else False))
+        stats["hair_rgb"] = hair_colour(photo, hair_top | ring)
         spread = np.log(np.clip(luma / max(float(np.median(luma)), 1e-3), 0.05, 20))
         stats["hair_amp"] = float(np.clip(np.std(spread), 0.1, 0.22))
         # hair pixels far from the hair's colour are background or skin GrabCut let through
