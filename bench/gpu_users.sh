@@ -21,6 +21,7 @@
 #   PART = prep      wheels, GPU facts, imports, nvdiffrast's plugin build, bench/png.py
 #          quality   bench/quality.py on photos/faces-dev + photos/ref (sheets as sheets.tar*)
 #          users     bench/users.py warm, cli (1 photo cold, folder of 8, folders of 64)
+#          warm      bench/users.py warm alone (users' first step, for a short session)
 #          serve     bench/users.py serve (SERVE_SECONDS per many-clients row, default 120)
 #          recovery  bench/recovery.py (kill -9 of each child under load), --device cuda when
 #                    the script has that flag
@@ -132,6 +133,12 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
         --json "$out/cli1_nographs.json"
       step cli8 250 python3 bench/users.py cli --photos "$S/photos/faces-dev" --device cuda \
         --cold-runs 0 --batch-sizes 8,16 --count 64 --json "$out/cli8.json"
+      ;;
+    warm)
+      # the warm rows alone (users' first step), for a short session
+      need "$sp68" "$S/cache" "$S/photos/faces-dev" || { rc=1; continue; }
+      step warm 150 python3 bench/users.py warm --photos "$S/photos/faces-dev" --device cuda \
+        --count 6 --json "$out/warm.json"
       ;;
     altwarm)
       # the warm rows again from another tree of the code (.tp/alt: e.g. a branch under test,
