@@ -484,12 +484,13 @@ def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray, cw: np
         skinlike = np.maximum(skinlike, (bright & (cw > 0.05)).astype(np.float32))
         # strand texture: well above the face skin's fine detail is hair, whatever its colour
         fine_ref = max(float(np.median(fine[ref])), 1e-4)
-        skinlike = skinlike * ~(fine > 2.5 * fine_ref)
+        streaky = fine > 2.5 * fine_ref
+        skinlike = skinlike * ~streaky
         # strong streaks: candidates for strands over the forehead (a textured forehead
         # reaches 2.5x its cheeks' detail, rarely 4x; blond strands reach 5-7x)
         stranded = fine > STREAK_RATIO * fine_ref
     else:
-        stranded = None
+        streaky = stranded = None
     # above the brows, hair much darker than the face skin of its own column (a side light
     # darkens both) is hair whatever the skin probability and the parse say (dark hair
     # labelled skin, hair whose colour the skin model of a side-lit face tolerates)
@@ -551,7 +552,7 @@ def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray, cw: np
         # the colour also from the streaked hair beside the band (blond hair passes the skin
         # colour test, so the band alone keeps only its darker roots and parting)
         ring = (fg & (parse == PARSE_BG) & (yy < y_brow) & (np.abs(xx - x_mid) < 1.4 * iod)
-                & (stranded if stranded is not None else False))
+                & (streaky if streaky is not None else False))
         stats["hair_rgb"] = hair_colour(photo, hair_top | ring)
         spread = np.log(np.clip(luma / max(float(np.median(luma)), 1e-3), 0.05, 20))
         stats["hair_amp"] = float(np.clip(np.std(spread), 0.1, 0.22))
