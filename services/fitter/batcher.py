@@ -121,12 +121,20 @@ class FitBatcher:
                 self.ready.clear()
             self._cv.notify_all()
 
-    def close(self) -> None:
+    def close(self, timeout: float = 10.0) -> None:
+        """Cancel the queued jobs and stop the workers, waiting up to ``timeout`` seconds for
+        a running batch to end: a worker thread that ran torch work and is still alive when
+        the interpreter exits can abort the process in C++ teardown ("terminate called
+        without an active exception", seen on ``ffhquv fit`` under load)."""
         with self._cv:
             self._closed = True
             self._cv.notify_all()
         for j in self._take_all():
             j.finish(error=Cancelled("fitter shutting down"))
+        end = time.monotonic() + timeout
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(max(0.0, end - time.monotonic()))
 
     # -- worker -----------------------------------------------------------------------------
     def _take_all(self) -> list[FitJob]:
