@@ -41,8 +41,10 @@ def test_pre_rasterised_render_matches_rasterising():
     r = MeshRenderer(Camera(), backend=TorchRasterizer("cpu"))
     a = _render_grads(r, False)
     b = _render_grads(r, True)
+    # float noise: the vertex gradients are scatter-added by several threads, in an order
+    # that varies from run to run (one of 3318 values once differed by 2.6e-6)
     for x, y in zip(a, b, strict=True):
-        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
     assert a[1].abs().sum() > 0  # vertex gradients flow through the attached rasterisation
 
 
