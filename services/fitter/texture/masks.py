@@ -365,8 +365,8 @@ def _forehead_strands(parse: np.ndarray, skin_w: np.ndarray, hair: np.ndarray,
     seed = cv2.dilate(up(hair), np.ones((3, 3), np.uint8)) > 0
     # the brows (thicker than their label on bushy brows) are neither strands nor a path
     # from the hair at the temples to the rest of the forehead
-    brows = up(brow_band(lm, (h, w))) > 0
-    cand &= (up(upper) > 0) & ~brows
+    brows = brow_band(lm, (h, w))
+    cand &= (up(upper) > 0) & ~(up(brows) > 0)
     n, lab = cv2.connectedComponents((cand | seed).astype(np.uint8), connectivity=8)
     hit = np.zeros(n, bool)
     hit[np.unique(lab[seed])] = True
@@ -375,7 +375,7 @@ def _forehead_strands(parse: np.ndarray, skin_w: np.ndarray, hair: np.ndarray,
     strands = _to_photo(strands, h) > 0 if side != h else strands
     s = (parse == PARSE_SKIN) & upper & (strands | hair)
     s = cv2.dilate(s.astype(np.uint8), _disc(max(1, int(round(0.04 * iod)))))
-    return ((s > 0) & ~brow_band(lm, (h, w))).astype(np.float32)
+    return ((s > 0) & ~brows).astype(np.float32)
 
 
 # half-height of the brow band around the brow landmarks, in inter-ocular distances
@@ -551,9 +551,9 @@ def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray, cw: np
         luma = px @ np.array([0.299, 0.587, 0.114], np.float32)
         # the colour also from the streaked hair beside the band (blond hair passes the skin
         # colour test, so the band alone keeps only its darker roots and parting)
-        ring = (fg & (parse == PARSE_BG) & (yy < y_brow) & (np.abs(xx - x_mid) < 1.4 * iod)
-                & (streaky if streaky is not None else False))
-        stats["hair_rgb"] = hair_colour(photo, hair_top | ring)
+        colour_px = hair_top if streaky is None else hair_top | (
+            streaky & fg & (parse == PARSE_BG) & (yy < y_brow) & (np.abs(xx - x_mid) < 1.4 * iod))
+        stats["hair_rgb"] = hair_colour(photo, colour_px)
         spread = np.log(np.clip(luma / max(float(np.median(luma)), 1e-3), 0.05, 20))
         stats["hair_amp"] = float(np.clip(np.std(spread), 0.1, 0.22))
         # hair pixels far from the hair's colour are background or skin GrabCut let through
