@@ -173,12 +173,11 @@ def tune_allocator(mmap_threshold: int = 1 << 20, arenas: int = 2) -> bool:
     import ctypes.util
 
     name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = libc.mallopt if libc is not None else None
-    except (OSError, AttributeError):
+    if not name:
         return False
-    if mallopt is None:
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):  # no libc, or one without mallopt (not glibc)
         return False
     ok = bool(mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)))
     ok = bool(mallopt(_M_ARENA_MAX, int(arenas))) and ok
