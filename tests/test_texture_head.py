@@ -15,6 +15,7 @@ import torch
 from ffhquv.render.raster import get_backend
 from services.fitter.facemodel import load_face_model
 from services.fitter.texture import (
+    complete_texture,
     flatten_shading,
     hair_layer,
     head_zones,
@@ -187,6 +188,35 @@ def test_photos_hair_beard_and_skin_tone(photo_fits):
             chin = (mask & (np.abs(pos[..., 0]) < 0.15) & (pos[..., 1] < lm[57, 1] - 0.05)
                     & (pos[..., 1] > lm[8, 1] + 0.05) & (pos[..., 2] > 0))
             assert np.median(tex[chin] @ lw) < 0.6 * skin_lum, name
+
+
+def test_completion_keeps_the_photos_skin_level(maps):
+    """Lifting shadows and trusting the brighter mirror side make a half-shadowed face
+    brighter; the completed albedo keeps the seen skin's confidence-weighted level (the
+    neutral-light convention: under a light of irradiance 1 the skin shows the photo's
+    average brightness) while the shadow side is still lifted toward the lit side."""
+    from services.fitter.texture.completion import skin_level
+
+    mask = maps.mask.numpy()
+    pos = maps.pos_mean.numpy()
+    face = mask & (maps.face.numpy() > 0.5)
+    rng = np.random.default_rng(1)
+    albedo = np.full((S, S, 3), 0.55, np.float32) * (1 + 0.05 * rng.standard_normal((S, S, 1)))
+    shadow = face & (pos[..., 0] > 0.05)
+    albedo[shadow] *= 0.55
+    albedo = albedo.astype(np.float32)
+    weight = face.astype(np.float32)
+    skin = weight.copy()
+    done = complete_texture(albedo, weight, maps, skin=skin)
+    lv_in, lv_out = skin_level(albedo, skin), skin_level(done.texture, skin)
+    assert abs(lv_out / lv_in - 1) < 0.03, (lv_in, lv_out)
+    lit = face & (pos[..., 0] < -0.05)
+    lum = done.texture @ np.array([0.299, 0.587, 0.114], np.float32)
+    # the shadow side is still lifted toward the lit side (0.55 of it in the input)
+    assert lum[shadow].mean() / lum[lit].mean() > 0.7
+    # no skin given: no rescaling
+    plain = complete_texture(albedo, weight, maps)
+    assert skin_level(plain.texture, skin) > 0
 
 
 def test_flatten_shading_lifts_thin_dark_marks(maps):

@@ -130,6 +130,29 @@ def flatten_shading(albedo: np.ndarray, skin: np.ndarray, maps: UVMaps,
     return (albedo * gain[..., None]).astype(np.float32)
 
 
+def skin_level(albedo: np.ndarray, skin: np.ndarray) -> float:
+    """The skin's luma as the photo shows it: the median of the Rec. 601 luma of ``albedo``
+    over the skin texels, each weighted by its confidence (which falls with the view angle as
+    a texel's area in the photo does; an unweighted median over-counts the cheeks' sides,
+    far more texels than pixels). NaN when no texel has confidence above 0.05.
+
+    Args:
+        albedo: ``float32 [S, S, 3]``; skin: ``float32 [S, S]`` confidence in [0, 1].
+    """
+    w = np.clip(skin, 0, 1)
+    sel = w > 0.05
+    if not sel.any():
+        return float("nan")
+    lum = albedo[sel] @ np.array([0.299, 0.587, 0.114], np.float32)
+    order = np.argsort(lum)
+    cum = np.cumsum(w[sel][order])
+    return float(lum[order][np.searchsorted(cum, 0.5 * cum[-1])])
+
+
+#: the most :func:`complete_texture` rescales a texture to keep the photo's skin level
+LEVEL_MAX = 1.3
+
+
 def complete_texture(albedo: np.ndarray, weight: np.ndarray, maps: UVMaps,
                      symmetric_lowfreq: bool = True,
                      skin: np.ndarray | None = None) -> CompletedTexture:
@@ -214,6 +237,13 @@ def complete_texture(albedo: np.ndarray, weight: np.ndarray, maps: UVMaps,
     tex = template + fade[..., None] * (tex - template)
     if symmetric_lowfreq:
         tex = symmetrize_lowfreq(tex, maps, sigma=s / 16)
+    if skin is not None:
+        # lifting the shadows (above) and trusting the brighter mirror side raise the seen
+        # skin above the photo's level; the albedo keeps the photo's average skin brightness
+        # (the neutral-light convention): one factor for the whole texture, no new edges
+        before, after = skin_level(albedo, skin * mask), skin_level(tex, skin * mask)
+        if math.isfinite(before) and math.isfinite(after) and after > 1e-3:
+            tex = tex * float(np.clip(before / after, 1 / LEVEL_MAX, LEVEL_MAX))
     tex = np.clip(tex, 1.0 / 255, 1.0)
     return CompletedTexture(texture=tex.astype(np.float32), observed=w, combined=w_tot,
                             skin_color=np.asarray(skin_color, np.float32))
