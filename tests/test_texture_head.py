@@ -280,6 +280,27 @@ def test_hair_colour_blond_with_roots_casts_and_dye():
     assert got[2] > got[1] > got[0], got
 
 
+def test_hair_colour_black_hair_is_not_dark_red():
+    """Black hair in a thin band above a warm forehead (000055, fd10: half the band's
+    pixels are the warm sheen and the hairline's mixed pixels): the colour is a dark,
+    barely saturated brown, not the lit body's chroma at black's lightness (out of sRGB,
+    clipped to dark red with blue 0)."""
+    import cv2
+
+    from services.fitter.texture.masks import hair_colour
+
+    rng = np.random.default_rng(0)
+    img = np.zeros((60, 60, 3), np.float32)
+    img[:] = [0.07, 0.06, 0.05]
+    img[:, 30:] = [0.45, 0.27, 0.18]  # warm sheen / hairline
+    img *= rng.uniform(0.85, 1.15, (60, 60, 1)).astype(np.float32)
+    got = hair_colour((np.clip(img, 0, 1) * 255).astype(np.uint8), np.ones((60, 60), bool))
+    lab = cv2.cvtColor(got[None, None], cv2.COLOR_RGB2Lab)[0, 0]
+    assert lab[0] < 30, got
+    assert np.hypot(lab[1], lab[2]) < lab[0], (got, lab)  # chroma of a dark brown (was 4x L*)
+    assert got[2] > 0.4 * got[0], got  # blue not clipped away
+
+
 # --------------------------------------------------------------- photo masks (faces-dev)
 GLASSES = {"fd18_light_f_glasses_detection1.jpg": True,
            "fd07_medium_m_glasses_goatee_FACE_2.jpg": True,

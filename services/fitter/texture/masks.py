@@ -410,9 +410,10 @@ def hair_colour(photo: np.ndarray, hair: np.ndarray) -> np.ndarray:
     In CIELAB, from the hair pixels off the mask's border (mixed with the background or the
     skin) when enough remain: the lightness is the median of the darker half for dark hair
     (below the sheen) and the median for light hair (a darker statistic makes blond hair look
-    like its roots), blended between L* 30 and 60; the hue and chroma the median a*, b* of the
-    lit hair body (L* between its 40th and 85th percentiles): deep shadows take the colour
-    cast of what lies around (green of foliage), highlights the colour of the sky. A hue
+    like its roots), blended between L* 30 and 60; the hue the median a*, b* of the lit hair
+    body (L* between its 40th and 85th percentiles): deep shadows take the colour cast of what
+    lies around (green of foliage), highlights the colour of the sky; the chroma the body's,
+    scaled by that lightness over the body's (a darker shade is less saturated). A hue
     outside the natural range (:data:`HAIR_HUE_DEG`, by lightness) at a natural chroma is
     turned to its nearest end; strongly coloured (dyed) hair keeps its hue.
 
@@ -429,7 +430,14 @@ def hair_colour(photo: np.ndarray, hair: np.ndarray) -> np.ndarray:
     t = float(np.clip((mid - 30) / 30, 0, 1))
     light = (1 - t) * dark + t * float(mid)
     body = px[(px[:, 0] >= lo) & (px[:, 0] <= hi)]
-    a, b = np.median(body[:, 1:] if len(body) else px[:, 1:], 0)
+    if not len(body):
+        body = px
+    a, b = np.median(body[:, 1:], 0)
+    # the body's chroma at the chosen lightness: a darker shade of one material is less
+    # saturated in proportion (the body's a*, b* at the darker half's L* fall outside sRGB
+    # and turn black hair dark red)
+    scale = float(np.clip(light / max(float(np.median(body[:, 0])), 1e-3), 0, 1))
+    a, b = a * scale, b * scale
     chroma, hue = float(np.hypot(a, b)), float(np.degrees(np.arctan2(b, a)))
     rise = float(np.clip((light - 30) / 40, 0, 1))
     hue_max = HAIR_HUE_DEG[1] + (HAIR_HUE_DEG[2] - HAIR_HUE_DEG[1]) * rise
