@@ -162,26 +162,33 @@ def smooth_normals(vertices: np.ndarray, faces: np.ndarray, *, weld: float = 1e-
     average over all their faces, so no crease shows where UV islands meet.
 
     Args:
-        vertices: ``[N, 3]``.
+        vertices: ``[N, 3]``, or ``[K, N, 3]`` for K poses of one mesh (a neutral head and its
+            morph targets: one pass for all, welded where the first pose's vertices coincide).
         faces: ``[T, 3]`` counter-clockwise seen from outside.
         weld: positions closer than ``weld`` times the bounding-box diagonal count as one.
     Returns:
-        ``float32 [N, 3]`` unit normals (+z for vertices without area).
+        ``float32 [N, 3]`` (``[K, N, 3]``) unit normals (+z for vertices without area).
     """
     v = np.asarray(vertices, np.float64)
+    vb = v if v.ndim == 3 else v[None]
     f = np.asarray(faces, np.int64)
-    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
-    diag = float(np.linalg.norm(v.max(0) - v.min(0))) if len(v) else 0.0
-    q = np.round((v - v.min(0)) / max(diag * weld, 1e-30)).astype(np.int64)
+    k = vb.shape[0]
+    fn = np.cross(vb[:, f[:, 1]] - vb[:, f[:, 0]], vb[:, f[:, 2]] - vb[:, f[:, 0]])  # [K, T, 3]
+    v0 = vb[0]
+    diag = float(np.linalg.norm(v0.max(0) - v0.min(0))) if len(v0) else 0.0
+    q = np.round((v0 - v0.min(0)) / max(diag * weld, 1e-30)).astype(np.int64)
     _, group = np.unique(q, axis=0, return_inverse=True)
     group = group.reshape(-1)
-    n = np.zeros((int(group.max()) + 1 if len(group) else 0, 3))
-    for i in range(3):
-        np.add.at(n, group[f[:, i]], fn)
-    n = n[group]
-    norm = np.linalg.norm(n, axis=1, keepdims=True)
+    g = int(group.max()) + 1 if len(group) else 0
+    # each face's normal onto its three corners' groups, all poses in one bincount per axis
+    slot = (np.arange(k)[:, None, None] * g + group[f][None]).reshape(-1)  # [K * T * 3]
+    n = np.stack([np.bincount(slot, weights=np.broadcast_to(
+        fn[:, :, None, c], (k, len(f), 3)).reshape(-1), minlength=k * g) for c in range(3)],
+        -1).reshape(k, g, 3)[:, group]
+    norm = np.linalg.norm(n, axis=-1, keepdims=True)
     out = np.where(norm > 1e-30, n / np.maximum(norm, 1e-30), np.array([0.0, 0.0, 1.0]))
-    return out.astype(np.float32)
+    out = out.astype(np.float32)
+    return out if v.ndim == 3 else out[0]
 
 
 def mtl_text(material: str, texture_name: str, *, specular: float = 0.0,

@@ -126,6 +126,21 @@ def test_smooth_normals_equal_across_uv_seams():
     assert (n * radial).sum(1).min() > 0.98
 
 
+def test_smooth_normals_of_many_poses_in_one_pass():
+    """A stack of poses (a neutral head and its morph targets) gives each pose's own normals,
+    welded where the first pose's vertices coincide."""
+    m = _split_sphere()
+    c, s = np.cos(0.4), np.sin(0.4)
+    rot = np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+    poses = np.stack([m.vertices, m.vertices * [1.0, 1.3, 0.8], m.vertices @ rot.T + 0.5])
+    got = smooth_normals(poses, m.faces)
+    assert got.shape == poses.shape and got.dtype == np.float32
+    for i in range(3):
+        np.testing.assert_array_equal(got[i], smooth_normals(poses[i], m.faces))
+    # the rotated pose's normals are the rotated normals
+    np.testing.assert_allclose(got[2], got[0] @ rot.T, atol=1e-5)
+
+
 def test_obj_has_normals_smoothing_and_units(parts, tmp_path):
     res = core.export("u", **parts, formats={"obj"}, metres_per_unit=0.1)
     text = res.files["stage3_mesh_id.obj"].decode()

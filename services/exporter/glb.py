@@ -139,10 +139,13 @@ class _Builder:
         targets, names, weights = [], None, None
         if mesh.morphs is not None and len(mesh.morphs.names):
             mt = mesh.morphs
-            n0 = smooth_normals(mesh.vertices, mesh.faces)
-            for off in mt.offsets:
-                moved = mesh.vertices.astype(np.float64) + off
-                dn = (smooth_normals(moved, mesh.faces) - n0)[src]
+            base = mesh.vertices.astype(np.float64)
+            # the neutral pose and every target's in one pass
+            poses = np.concatenate([base[None], base[None] + np.asarray(mt.offsets)], 0)
+            nrm_all = smooth_normals(poses, mesh.faces)
+            n0 = nrm_all[0]
+            for off, n_t in zip(mt.offsets, nrm_all[1:], strict=True):
+                dn = (n_t - n0)[src]
                 dn[np.abs(dn) < 1e-7] = 0.0  # float noise away from the target's region
                 targets.append(gl.Attributes(
                     POSITION=self.accessor(off[src].astype(f32), gl.VEC3, gl.ARRAY_BUFFER,
