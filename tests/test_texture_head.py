@@ -219,6 +219,33 @@ def test_completion_keeps_the_photos_skin_level(maps):
     assert skin_level(plain.texture, skin) > 0
 
 
+def test_completion_keeps_brows_that_are_off_the_mirror_line(maps):
+    """A brow (dark, not skin in the photo's labels) whose mirror texels are skin (the
+    person's brows are not where the mean shape's mirror map puts them) stays dark: only
+    skin darker than its mirror is a shadow to replace with the mirror side."""
+    mask = maps.mask.numpy()
+    pos = maps.pos_mean.numpy()
+    face = mask & (maps.face.numpy() > 0.5)
+    albedo = np.full((S, S, 3), 0.6, np.float32)
+    ys = pos[face][:, 1]
+    brow = face & (pos[..., 0] > 0.15) & (pos[..., 0] < 0.45) & (
+        np.abs(pos[..., 1] - np.percentile(ys, 75)) < 0.04)
+    assert brow.sum() > 30
+    albedo[brow] = [0.15, 0.1, 0.08]
+    weight = face.astype(np.float32)
+    skin = (face & ~brow).astype(np.float32)
+    tex = complete_texture(albedo, weight, maps, skin=skin).texture
+    core = brow & (cv2_erode(brow) > 0)
+    lw = np.array([0.299, 0.587, 0.114], np.float32)
+    assert np.median(tex[core] @ lw) < 0.5 * 0.6, np.median(tex[core] @ lw)
+
+
+def cv2_erode(m: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.erode(m.astype(np.uint8), np.ones((3, 3), np.uint8))
+
+
 def test_flatten_shading_lifts_thin_dark_marks(maps):
     """A strand remnant or a crease (a thin dark line on even skin) is lifted toward the
     skin around it, not left as a scratch."""

@@ -177,6 +177,9 @@ def complete_texture(albedo: np.ndarray, weight: np.ndarray, maps: UVMaps,
     a = albedo.astype(np.float32)
     if skin is not None:
         a = flatten_shading(a, skin * mask, maps)
+    # the share of each texel's weight that the photo called skin (1 without a skin mask)
+    share = (np.ones_like(w) if skin is None
+             else np.clip(skin * mask / np.maximum(w, 1e-6), 0, 1).astype(np.float32))
     w = w * hair_weight(a, w, maps)
     # shadows only darken: where the mirror texel is seen and clearly brighter at low
     # frequency (a cast / attached shadow the SH light cannot explain), trust the mirror
@@ -185,7 +188,9 @@ def complete_texture(albedo: np.ndarray, weight: np.ndarray, maps: UVMaps,
     wf0 = w.reshape(-1)
     ratio = lum / np.maximum(lum[mirror], 1e-3)
     shade_ok = np.clip((ratio - 0.65) / 0.25, 0, 1)
-    use = has_m & (wf0[mirror] > 0.3) & (wf0 > 0)
+    # (skin only: a brow, a beard or the lips beside their mirror's skin, where the person's
+    # features do not sit on the mean shape's mirror line, are darker and stay)
+    use = has_m & (wf0[mirror] > 0.3) & (wf0 > 0) & (share.reshape(-1) > 0.5)
     w = np.where(use, wf0 * shade_ok, wf0).reshape(s, s).astype(np.float32)
     # (a) mirror
     wf, af = w.reshape(-1), a.reshape(-1, 3)
