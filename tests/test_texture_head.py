@@ -60,6 +60,19 @@ def test_head_zones_sit_where_a_head_has_them(model):
     # left / right symmetric through the model's vertex mirror
     mi = model.mirror.numpy()
     assert np.abs(z["hair"] - z["hair"][mi]).mean() < 0.02
+    # each ear is one piece (a skull vertex beside the ear box once passed the box test
+    # alone: a skin speck in every head's hair above the ear)
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import connected_components
+
+    tri = model.tri.numpy()
+    e = np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]])
+    for side in (v[:, 0] < 0, v[:, 0] >= 0):
+        sel = ear & side
+        ee = e[sel[e[:, 0]] & sel[e[:, 1]]]
+        adj = sp.coo_matrix((np.ones(len(ee)), (ee[:, 0], ee[:, 1])), shape=(len(v),) * 2)
+        comp = connected_components(adj, directed=False)[1][sel]
+        assert len(np.unique(comp)) == 1, np.bincount(np.unique(comp, return_inverse=True)[1])
 
 
 def test_strand_noise_is_deterministic_and_seamless(maps):

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import scipy.sparse as sp
+import scipy.sparse.csgraph  # noqa: F401  (sp.csgraph)
 import torch
 from scipy.spatial import cKDTree
 from torch import Tensor
@@ -255,6 +256,26 @@ _HAIRLINE_ANGLE = (0.0, 0.6, 1.1, 1.5, 1.9, 2.4, math.pi)
 _HAIRLINE_HEIGHT = (0.45, 0.42, 0.3, 0.05, -0.05, -0.45, -0.6)
 
 
+def _largest_per_side(sel: np.ndarray, tri: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``sel`` (bool ``[N]``) reduced to its largest edge-connected piece on each side of
+    ``x = 0``: a skull vertex beside the ear box's edge that passes the box test alone is not
+    an ear (it would leave a skin-coloured speck in the hair)."""
+    idx = np.nonzero(sel)[0]
+    if len(idx) == 0:
+        return sel
+    e = np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]])
+    e = e[sel[e[:, 0]] & sel[e[:, 1]]]
+    n = len(sel)
+    adj = sp.coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n))
+    _, comp = sp.csgraph.connected_components(adj, directed=False)
+    out = np.zeros_like(sel)
+    for side in (x[idx] < 0, x[idx] >= 0):
+        if side.any():
+            c = comp[idx[side]]
+            out[idx[side][c == np.bincount(c).argmax()]] = True
+    return out
+
+
 def head_zones(model: FaceModel) -> dict[str, np.ndarray]:
     """Per-vertex zones of the head on the mean shape, from its 68 landmarks.
 
@@ -282,6 +303,7 @@ def head_zones(model: FaceModel) -> dict[str, np.ndarray]:
     x_ear = float(np.abs(lm[[0, 16], 0]).mean())
     ear = ((np.abs(x) > x_ear + 0.015 * h) & (y < brow + 0.1 * h)
            & (y > float(lm[33, 1]) - 0.25 * h) & (np.abs(z - zc) < 0.45 * h))
+    ear = _largest_per_side(ear, model.tri.detach().cpu().numpy(), x)
     neck = np.clip((chin + 0.05 * h - y) / (0.1 * h), 0, 1) * (z < float(lm[8, 2]) - 0.05 * h)
     neck = np.maximum(neck, np.clip((float(lm[57, 1]) - y) / (0.1 * h), 0, 1) * (angle > 1.2))
     skin = model.skin_mask.detach().cpu().numpy().astype(np.float64)
