@@ -45,6 +45,36 @@ def test_astronaut_landmarks_and_photometric(astronaut_fit):
         assert m[k] > 0
 
 
+def test_astronaut_skin_renders_at_the_photos_level(astronaut_fit, core):
+    """The neutral-light convention end to end: the head rendered at the fitted pose and
+    light shows the photo's skin at its brightness (median L* over the skin both show within
+    2.5; stage 2's shadow lifting and stage 3's trade of light for texel brightness had put
+    it 2-6 L* above the photo on faces-dev)."""
+    from skimage.color import rgb2lab
+
+    from ffhquv.render.camera import rigid_transform, rotate_normals
+    from ffhquv.render.renderer import MeshRenderer, RasterOptions, Surface
+
+    face, out = astronaut_fit
+    m = core.model
+    c = {k: torch.as_tensor(np.asarray(v), dtype=torch.float32)[None]
+         for k, v in out.coefficients.items()}
+    with torch.no_grad():
+        v = m.shape(c["id"], c["exp"])
+        r = MeshRenderer(core.camera, core.backend).render(
+            rigid_transform(v, c["angles"], c["trans"]), m.tri,
+            Surface(normals=rotate_normals(m.vertex_normals(v), c["angles"]), uv=m.uv,
+                    uv_tri=m.uv_tri,
+                    texture=torch.from_numpy(out.uv_texture).float()[None] / 255),
+            gamma=c["gamma"], options=RasterOptions(antialias=True))
+    render = r.image[0].clamp(0, 1).numpy()
+    skin = (face.parse_mask == 1) & (face.skin_mask > 0.5) & (r.mask[0, ..., 0].numpy() > 0.99)
+    assert skin.sum() > 2000
+    lp = np.median(rgb2lab(face.crop[skin][None] / 255.0)[0, :, 0])
+    lr = np.median(rgb2lab(render[skin][None])[0, :, 0])
+    assert abs(lr - lp) < 2.5, (lp, lr)
+
+
 def test_astronaut_texture_complete_and_symmetric(astronaut_fit, core, tmp_path):
     _, out = astronaut_fit
     tex = out.uv_texture

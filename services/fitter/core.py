@@ -627,8 +627,9 @@ class DefaultStages:
         maps = uv_maps(m, tex_size, be)
         base_full = torch.tensor(np.stack([t.texture for t in textures]), device=dev)
         if p.stage3_steps <= 0:
+            final = photo_level(ctx, photos, coeffs, base_full)
             ctx.progress("stage3", 1.0, "done")
-            return StagesResult(textures=textures, final=base_full, coeffs=coeffs)
+            return StagesResult(textures=textures, final=final, coeffs=coeffs)
         opt_maps = uv_maps(m, p.tex_opt_size, be)
         base_opt = F.interpolate(base_full.permute(0, 3, 1, 2), size=p.tex_opt_size,
                                  mode="area").permute(0, 2, 3, 1).contiguous()
@@ -669,9 +670,54 @@ class DefaultStages:
 
         final = torch.tensor(np.stack(per_photo(finish, len(off_np))),
                              device=dev).clamp(1.0 / 255, 1.0)
+        final = photo_level(ctx, photos, s3.coeffs, final)
         ctx.progress("stage3", 1.0, "done")
         return StagesResult(textures=textures, final=final, coeffs=s3.coeffs, losses=s3.losses,
                             graph_steps=s3.graph_steps)
+
+
+#: the most :func:`photo_level` rescales a texture
+LEVEL_RANGE = (1 / 1.3, 1.3)
+
+
+def photo_level(ctx: FitContext, photos: PhotoBatch, coeffs: dict[str, torch.Tensor],
+                texture: torch.Tensor) -> torch.Tensor:
+    """The textures rescaled so that the head at the fitted pose and light shows the photo's
+    skin at its brightness (the neutral-light convention, ``docs/conventions.md``).
+
+    Stage 2 lifts shadows and fills a shadowed side from its brighter mirror, and stage 3
+    trades light for texel brightness (its light must also explain the skin its gate keeps
+    fixed): the head rendered at the fitted light came out 2-6 L* brighter than the photo's
+    skin (faces-dev). One factor per photo (within :data:`LEVEL_RANGE`), the ratio of the
+    photo's to the render's median luma over the photo's skin (``photos.skin``) that the
+    render covers; photos with under 200 such pixels keep their texture.
+
+    Args:
+        ctx: the fit's context (renderer, model); photos: the batch; coeffs: the final
+            coefficients; texture: ``float32 [B, S, S, 3]`` in [0, 1].
+    Returns:
+        ``float32 [B, S, S, 3]`` in ``[1 / 255, 1]``.
+    """
+    m = ctx.model
+    with torch.no_grad():
+        v = m.shape(coeffs["id"], coeffs["exp"])
+        out = ctx.renderer.render(
+            rigid_transform(v, coeffs["angles"], coeffs["trans"]), m.tri,
+            Surface(normals=rotate_normals(m.vertex_normals(v), coeffs["angles"]), uv=m.uv,
+                    uv_tri=m.uv_tri, texture=texture),
+            gamma=coeffs["gamma"], options=RasterOptions(antialias=False))
+        luma = torch.tensor([0.299, 0.587, 0.114], device=texture.device)
+        sel = (photos.skin[..., 0] > 0.5) & (out.mask[..., 0] > 0.5)
+        scale = []
+        for i in range(texture.shape[0]):
+            if int(sel[i].sum()) < 200:
+                scale.append(1.0)
+                continue
+            want = float((photos.photo[i][sel[i]] @ luma).median())
+            got = float((out.image[i][sel[i]] @ luma).median())
+            scale.append(min(max(want / max(got, 1e-3), LEVEL_RANGE[0]), LEVEL_RANGE[1]))
+        k = torch.tensor(scale, device=texture.device, dtype=texture.dtype)[:, None, None, None]
+        return (texture * k).clamp(1.0 / 255, 1.0)
 
 
 def mirror_offsets(off: torch.Tensor, own: torch.Tensor, maps) -> torch.Tensor:
