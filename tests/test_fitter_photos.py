@@ -73,6 +73,8 @@ def test_astronaut_skin_renders_at_the_photos_level(astronaut_fit, core):
     lp = np.median(rgb2lab(face.crop[skin][None] / 255.0)[0, :, 0])
     lr = np.median(rgb2lab(render[skin][None])[0, :, 0])
     assert abs(lr - lp) < 2.5, (lp, lr)
+    # the factor that did it is in the report
+    assert 1 / 1.3 <= out.report["texture_level_scale"] <= 1.3, out.report
 
 
 def test_astronaut_texture_complete_and_symmetric(astronaut_fit, core, tmp_path):

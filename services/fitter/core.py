@@ -358,6 +358,10 @@ class FitterCore:
             o.report["cuda_graph_steps"] = dict(graph_steps)
             # the head of hair painted on the scalp (texture.hair_layer), when looked for
             o.report["hair"] = res.textures[i].hair
+            # the one factor that put the final texture at the photo's skin level
+            # (photo_level): how far stages 2 and 3 had moved the skin's brightness
+            if res.level_scale is not None:
+                o.report["texture_level_scale"] = round(float(res.level_scale[i]), 4)
             if res.latents is not None:
                 o.report["texture_source"] = "texgan"
         return outputs
@@ -627,9 +631,10 @@ class DefaultStages:
         maps = uv_maps(m, tex_size, be)
         base_full = torch.tensor(np.stack([t.texture for t in textures]), device=dev)
         if p.stage3_steps <= 0:
-            final = photo_level(ctx, photos, coeffs, base_full)
+            final, scale = photo_level(ctx, photos, coeffs, base_full)
             ctx.progress("stage3", 1.0, "done")
-            return StagesResult(textures=textures, final=final, coeffs=coeffs)
+            return StagesResult(textures=textures, final=final, coeffs=coeffs,
+                                level_scale=scale)
         opt_maps = uv_maps(m, p.tex_opt_size, be)
         base_opt = F.interpolate(base_full.permute(0, 3, 1, 2), size=p.tex_opt_size,
                                  mode="area").permute(0, 2, 3, 1).contiguous()
@@ -670,10 +675,10 @@ class DefaultStages:
 
         final = torch.tensor(np.stack(per_photo(finish, len(off_np))),
                              device=dev).clamp(1.0 / 255, 1.0)
-        final = photo_level(ctx, photos, s3.coeffs, final)
+        final, scale = photo_level(ctx, photos, s3.coeffs, final)
         ctx.progress("stage3", 1.0, "done")
         return StagesResult(textures=textures, final=final, coeffs=s3.coeffs, losses=s3.losses,
-                            graph_steps=s3.graph_steps)
+                            graph_steps=s3.graph_steps, level_scale=scale)
 
 
 #: the most :func:`photo_level` rescales a texture
@@ -681,7 +686,7 @@ LEVEL_RANGE = (1 / 1.3, 1.3)
 
 
 def photo_level(ctx: FitContext, photos: PhotoBatch, coeffs: dict[str, torch.Tensor],
-                texture: torch.Tensor) -> torch.Tensor:
+                texture: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
     """The textures rescaled so that the head at the fitted pose and light shows the photo's
     skin at its brightness (the neutral-light convention, ``docs/conventions.md``).
 
@@ -696,7 +701,8 @@ def photo_level(ctx: FitContext, photos: PhotoBatch, coeffs: dict[str, torch.Ten
         ctx: the fit's context (renderer, model); photos: the batch; coeffs: the final
             coefficients; texture: ``float32 [B, S, S, 3]`` in [0, 1].
     Returns:
-        ``float32 [B, S, S, 3]`` in ``[1 / 255, 1]``.
+        ``float32 [B, S, S, 3]`` in ``[1 / 255, 1]`` and the B factors (the report's
+        ``texture_level_scale``: how far stages 2 and 3 had moved the skin's brightness).
     """
     m = ctx.model
     with torch.no_grad():
@@ -717,7 +723,7 @@ def photo_level(ctx: FitContext, photos: PhotoBatch, coeffs: dict[str, torch.Ten
             got = float((out.image[i][sel[i]] @ luma).median())
             scale.append(min(max(want / max(got, 1e-3), LEVEL_RANGE[0]), LEVEL_RANGE[1]))
         k = torch.tensor(scale, device=texture.device, dtype=texture.dtype)[:, None, None, None]
-        return (texture * k).clamp(1.0 / 255, 1.0)
+        return (texture * k).clamp(1.0 / 255, 1.0), scale
 
 
 def mirror_offsets(off: torch.Tensor, own: torch.Tensor, maps) -> torch.Tensor:

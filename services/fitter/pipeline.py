@@ -115,6 +115,8 @@ class StagesResult:
         losses: per-photo stage-3 loss terms ``{name: [B]}`` (None without stage 3).
         latents: paper mode's ``{"z": [B, L, Z], "w_plus": [B, L, W]}`` numpy float32.
         graph_steps: stage-3 steps replayed as CUDA graphs.
+        level_scale: per photo, the factor that put the final texture at the photo's skin
+            level (``services.fitter.core.photo_level``); None where it was not applied.
     """
 
     textures: list[CompletedTexture]
@@ -123,6 +125,7 @@ class StagesResult:
     losses: dict[str, Any] | None = None
     latents: dict[str, Any] | None = None
     graph_steps: int = 0
+    level_scale: list[float] | None = None
 
 
 class StagePlan(Protocol):
