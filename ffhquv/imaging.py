@@ -11,6 +11,9 @@ import io
 import numpy as np
 from PIL import Image
 
+#: Rec. 601 luma weights of sRGB (``rgb @ LUMA``): the one brightness the services compare
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
 # Every PNG the services make: OpenCV's encoder at zlib level 1. On a real 1024 texture it is
 # about 5 times faster than level 6 for a file about 14 % larger, and faster than Pillow at the
 # same level and size (bench/png.py; BENCHMARKS.md "PNG encoding").

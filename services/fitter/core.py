@@ -45,6 +45,7 @@ import ffhquv
 from ffhquv import vocab
 from ffhquv.aligned import AlignedFace
 from ffhquv.errors import Cancelled, InvalidInput, PreconditionFailed
+from ffhquv.imaging import LUMA
 from ffhquv.mesh import MeshData
 from ffhquv.render.camera import Camera, project, rigid_transform, rotate_normals
 from ffhquv.render.renderer import MeshRenderer, RasterOptions, Surface
@@ -62,6 +63,7 @@ from services.fitter.presets import Preset, get_preset
 from services.fitter.stage1 import Stage1Options, Stage1Result, fit_landmarks, initial_lighting
 from services.fitter.stage3 import fit_joint
 from services.fitter.texture import (
+    LEVEL_MAX,
     PARSE_EYES,
     PARSE_MOUTH,
     CompletedTexture,
@@ -681,10 +683,6 @@ class DefaultStages:
                             graph_steps=s3.graph_steps, level_scale=scale)
 
 
-#: the most :func:`photo_level` rescales a texture
-LEVEL_RANGE = (1 / 1.3, 1.3)
-
-
 def photo_level(ctx: FitContext, photos: PhotoBatch, coeffs: dict[str, torch.Tensor],
                 texture: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
     """The textures rescaled so that the head at the fitted pose and light shows the photo's
@@ -693,9 +691,10 @@ def photo_level(ctx: FitContext, photos: PhotoBatch, coeffs: dict[str, torch.Ten
     Stage 2 lifts shadows and fills a shadowed side from its brighter mirror, and stage 3
     trades light for texel brightness (its light must also explain the skin its gate keeps
     fixed): the head rendered at the fitted light came out 2-6 L* brighter than the photo's
-    skin (faces-dev). One factor per photo (within :data:`LEVEL_RANGE`), the ratio of the
-    photo's to the render's median luma over the photo's skin (``photos.skin``) that the
-    render covers; photos with under 200 such pixels keep their texture.
+    skin (faces-dev). One factor per photo (within ``1 / LEVEL_MAX .. LEVEL_MAX``, the bound
+    of stage 2's level correction), the ratio of the photo's to the render's median luma
+    over the photo's skin (``photos.skin``) that the render covers; photos with under 200
+    such pixels keep their texture.
 
     Args:
         ctx: the fit's context (renderer, model); photos: the batch; coeffs: the final
@@ -712,7 +711,7 @@ def photo_level(ctx: FitContext, photos: PhotoBatch, coeffs: dict[str, torch.Ten
             Surface(normals=rotate_normals(m.vertex_normals(v), coeffs["angles"]), uv=m.uv,
                     uv_tri=m.uv_tri, texture=texture),
             gamma=coeffs["gamma"], options=RasterOptions(antialias=False))
-        luma = torch.tensor([0.299, 0.587, 0.114], device=texture.device)
+        luma = torch.tensor(LUMA, device=texture.device)
         sel = (photos.skin[..., 0] > 0.5) & (out.mask[..., 0] > 0.5)
         scale = []
         for i in range(texture.shape[0]):
@@ -721,7 +720,7 @@ def photo_level(ctx: FitContext, photos: PhotoBatch, coeffs: dict[str, torch.Ten
                 continue
             want = float((photos.photo[i][sel[i]] @ luma).median())
             got = float((out.image[i][sel[i]] @ luma).median())
-            scale.append(min(max(want / max(got, 1e-3), LEVEL_RANGE[0]), LEVEL_RANGE[1]))
+            scale.append(min(max(want / max(got, 1e-3), 1 / LEVEL_MAX), LEVEL_MAX))
         k = torch.tensor(scale, device=texture.device, dtype=texture.dtype)[:, None, None, None]
         return (texture * k).clamp(1.0 / 255, 1.0), scale
 

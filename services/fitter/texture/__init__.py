@@ -20,6 +20,7 @@ Texture arrays follow the project convention: ``[S, S, 3]`` with row 0 = ``v = 1
 
 from services.fitter.texture.atlas import UVMaps, head_zones, seam_step, seam_texel_pairs, uv_maps
 from services.fitter.texture.completion import (
+    LEVEL_MAX,
     CompletedTexture,
     complete_texture,
     coverage,
@@ -59,7 +60,8 @@ from services.fitter.texture.source import TextureSource, UnwrapTextureSource, p
 from services.fitter.texture.unwrap import COS_MIN, UnwrapResult, unwrap
 
 __all__ = [
-    "COS_MIN", "HAIR_RATIO", "HairLayer", "HeadMasks", "hair_layer", "head_masks", "head_zones",
+    "COS_MIN", "HAIR_RATIO", "LEVEL_MAX", "HairLayer", "HeadMasks", "hair_layer", "head_masks",
+    "head_zones",
     "strand_noise", "PARSE_BG", "PARSE_BROWS", "PARSE_EYES", "PARSE_LIPS",
     "PARSE_MOUTH", "PARSE_NOSE", "PARSE_SKIN", "TEXTURE_LABELS", "CompletedTexture",
     "TextureSource", "UVMaps", "UnwrapResult", "UnwrapTextureSource", "complete_texture",

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ffhquv.imaging import LUMA
 from services.fitter.texture.atlas import UVMaps
 from services.fitter.texture.hair import hair_weight
 from services.fitter.texture.lowpass import mesh_lowpass, symmetrize_lowfreq
@@ -114,7 +115,7 @@ def flatten_shading(albedo: np.ndarray, skin: np.ndarray, maps: UVMaps,
         ``float32 [S, S, 3]``.
     """
     s = maps.size
-    lum = albedo @ np.array([0.299, 0.587, 0.114], np.float32)
+    lum = albedo @ LUMA
     w = np.clip(skin, 0, 1).astype(np.float32)
     mid, den_mid = normalized_blur(lum[..., None], w, sigma=max(1.0, s / 512))
     broad, den = normalized_blur(lum[..., None], w, sigma=max(1.0, s / 32))
@@ -143,7 +144,7 @@ def skin_level(albedo: np.ndarray, skin: np.ndarray) -> float:
     sel = w > 0.05
     if not sel.any():
         return float("nan")
-    lum = albedo[sel] @ np.array([0.299, 0.587, 0.114], np.float32)
+    lum = albedo[sel] @ LUMA
     order = np.argsort(lum)
     cum = np.cumsum(w[sel][order])
     return float(lum[order][np.searchsorted(cum, 0.5 * cum[-1])])

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ffhquv.imaging import LUMA
 from services.fitter.texture.atlas import UVMaps
 from services.fitter.texture.lowpass import mesh_lowpass
 
@@ -32,7 +33,7 @@ def hair_weight(albedo: np.ndarray, weight: np.ndarray, maps: UVMaps) -> np.ndar
         ``float32 [S, S]`` in [0, 1]: 0 below ``HAIR_RATIO[0]`` of the skin luma, 1 above
         ``HAIR_RATIO[1]``, 1 outside the forehead.
     """
-    lum = albedo @ np.array([0.299, 0.587, 0.114], np.float32)
+    lum = albedo @ LUMA
     skin = maps.skin.cpu().numpy() > 0.5
     ref = skin & maps.central_face & (weight > 0.5)
     if ref.sum() < 50:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ffhquv.imaging import LUMA
 from ffhquv.vocab import ParseLabel
 
 # ParseLabel values of the detector's parse mask, as plain ints (compared with tensors)
@@ -201,7 +202,7 @@ def strand_energy(img: Tensor, size: int) -> np.ndarray:
         side = min(im.shape[0], 448)
         if im.shape[0] != side:
             im = cv2.resize(im, (side, side), interpolation=cv2.INTER_AREA)
-        luma = im.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        luma = im.astype(np.float32) @ LUMA
         hp = np.abs(luma - cv2.GaussianBlur(luma, (0, 0), 1.0))
         e = cv2.GaussianBlur(hp, (0, 0), 2.0)
         out.append(cv2.resize(e, (size, size), interpolation=cv2.INTER_AREA))
@@ -234,7 +235,7 @@ def dark_marks(img: Tensor, size: int) -> np.ndarray:
     for im in img.detach().cpu().numpy():
         if im.shape[0] != side:
             im = cv2.resize(im, (side, side), interpolation=cv2.INTER_AREA)
-        luma = im.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        luma = im.astype(np.float32) @ LUMA
         close = cv2.morphologyEx(luma, cv2.MORPH_CLOSE, _disc(r))
         out.append(np.clip(1 - luma / np.maximum(close, 1e-3), 0, 1))
     return np.stack(out).astype(np.float32)
@@ -485,7 +486,7 @@ def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray, cw: np
     # skin-like: the colour model and the skin probability; highlights on skin are brighter
     # and less saturated than the skin, with its hue
     skinlike = np.clip((sk - 0.6) / 0.2, 0, 1) * np.clip((cw - 0.3) / 0.4, 0, 1)
-    lum = photo.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32) / 255
+    lum = photo.astype(np.float32) @ LUMA / 255
     ref = (parse == PARSE_SKIN) & (skin_w > 0.5)
     if ref.sum() > 50:
         bright = lum > np.percentile(lum[ref], 60)
@@ -556,7 +557,7 @@ def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray, cw: np
                    "has_hair": bool(n_h > 0.002 * h * w and n_h > 0.6 * (n_h + n_s))}
     if n_h > 20:
         px = photo[hair_top].astype(np.float32) / 255
-        luma = px @ np.array([0.299, 0.587, 0.114], np.float32)
+        luma = px @ LUMA
         # the colour also from the streaked hair beside the band (blond hair passes the skin
         # colour test, so the band alone keeps only its darker roots and parting)
         colour_px = hair_top if streaky is None else hair_top | (
