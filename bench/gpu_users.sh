@@ -22,7 +22,9 @@
 #          quality   bench/quality.py on photos/faces-dev + photos/ref (sheets as sheets.tar*)
 #          users     bench/users.py warm, cli (1 photo cold, folder of 8, folders of 64)
 #          warm      bench/users.py warm alone (users' first step, for a short session)
-#          serve     bench/users.py serve (SERVE_SECONDS per many-clients row, default 120)
+#          serve     bench/users.py serve (SERVE_SECONDS per many-clients row, default 120;
+#                    SERVE_FITTERS="1 2 4" one run per FFHQUV_FITTER_REPLICAS, SERVE_CLIENTS,
+#                    SERVE_MAX_CONCURRENT the gateway's limit)
 #          recovery  bench/recovery.py (kill -9 of each child under load), --device cuda when
 #                    the script has that flag
 set -uo pipefail
@@ -150,9 +152,16 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
       ;;
     serve)
       need "$sp68" "$S/cache" "$S/photos/faces-dev" || { rc=1; continue; }
-      step serve "${SERVE_LIMIT:-$((${SERVE_SECONDS:-120} + 240))}" python3 bench/users.py serve \
-        --photos "$S/photos/faces-dev" --device cuda --clients 1,32 --seconds-single 40 \
-        --seconds "${SERVE_SECONDS:-120}" --json "$out/serve.json"
+      # SERVE_FITTERS="1 4": one run per fitter replica count (default: serve all's own)
+      for r in ${SERVE_FITTERS:-default}; do
+        fr=(); sfx=""
+        [ "$r" != default ] && { fr=(env "FFHQUV_FITTER_REPLICAS=$r"); sfx="-f$r"; }
+        step "serve$sfx" "${SERVE_LIMIT:-$((${SERVE_SECONDS:-120} + 240))}" "${fr[@]}" \
+          python3 bench/users.py serve --photos "$S/photos/faces-dev" --device cuda \
+          --clients "${SERVE_CLIENTS:-1,32}" --seconds-single 40 \
+          --max-concurrent "${SERVE_MAX_CONCURRENT:-0}" \
+          --seconds "${SERVE_SECONDS:-120}" --json "$out/serve$sfx.json"
+      done
       ;;
     recovery)
       need "$sp68" "$S/cache" || { rc=1; continue; }

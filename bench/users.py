@@ -225,9 +225,10 @@ def run_serve(args) -> list[dict]:
     from bench.load import free_port, tree_rss
     from ffhquv.pb import common_pb2, gateway_pb2, gateway_pb2_grpc
     from ffhquv.server import channel
-    from ffhquv_cli.commands import wait_healthy
+    from ffhquv_cli.commands import fitter_replicas, wait_healthy
 
     photos = [(p.read_bytes(), p.name) for p in photos_in(args.photos)]
+    fitters = fitter_replicas(args.device)
     port = free_port()
     env = {**os.environ, "FFHQUV_LOG_LEVEL": "WARNING"}
     if args.max_concurrent:
@@ -300,8 +301,8 @@ def run_serve(args) -> list[dict]:
             for c, _, _ in results:
                 codes[c] = codes.get(c, 0) + 1
             sizes = [b for c, _, b in results if b]
-            rows.append({"what": f"serve all, {n} clients, {secs:.0f} s",
-                         "clients": n, "ok": int(len(ok)), "wall_s": wall,
+            rows.append({"what": f"serve all, {n} clients, {secs:.0f} s, {fitters} fitters",
+                         "clients": n, "fitters": fitters, "ok": int(len(ok)), "wall_s": wall,
                          "photos_per_s": len(ok) / wall,
                          "p50_s": float(np.percentile(ok, 50)) if len(ok) else None,
                          "p95_s": float(np.percentile(ok, 95)) if len(ok) else None,

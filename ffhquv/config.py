@@ -17,6 +17,7 @@ through this module (``tests/test_config.py`` checks both).
 | ``FFHQUV_FITTER_MAX_DELAY_MS`` | ``20`` | longest wait of a request for batch-mates |
 | ``FFHQUV_FITTER_WARM`` | ``auto`` (on CUDA only) | ``1`` / ``0``: warm up before serving |
 | ``FFHQUV_SERVE_REPLICAS`` | one per 4 cores, 1 to 4 | ``serve all``: processes per CPU service |
+| ``FFHQUV_FITTER_REPLICAS`` | CPU 1, CUDA 1 per 8 cores (1-4) | ``serve all``: fitter processes |
 | ``FFHQUV_DETECTOR_ADDR`` ... ``FFHQUV_EXPORTER_ADDR`` | unset | gateway: where each service is |
 | ``FFHQUV_STORAGE_DIR`` | ``<cache>/artifacts`` | gateway artifact folder |
 | ``FFHQUV_STORAGE_MAX_BYTES`` | ``5 GiB`` | gateway artifact folder size cap |
@@ -94,6 +95,7 @@ VARIABLES: dict[str, str] = {
     "FFHQUV_FITTER_MAX_DELAY_MS": "longest wait of a fit request for batch-mates",
     "FFHQUV_FITTER_WARM": "1 / 0: warm the fitter up before serving (default: on CUDA only)",
     "FFHQUV_SERVE_REPLICAS": "serve all: processes of each CPU service",
+    "FFHQUV_FITTER_REPLICAS": "serve all: fitter processes (sharing the GPU on CUDA)",
     **{f"FFHQUV_{s.upper()}_ADDR": f"gateway: address of the {s} service" for s in SERVICES},
     "FFHQUV_STORAGE_DIR": "gateway artifact folder",
     "FFHQUV_STORAGE_MAX_BYTES": "gateway artifact folder size cap",
@@ -155,6 +157,13 @@ def fitter_max_batch() -> int | None:
     """``FFHQUV_FITTER_MAX_BATCH``, None when unset (the servicer picks by device)."""
     v = os.environ.get("FFHQUV_FITTER_MAX_BATCH", "").strip()
     return int(v) if v else None
+
+
+def fitter_replicas() -> int | None:
+    """``FFHQUV_FITTER_REPLICAS`` (at least 1), None when unset (``serve all`` picks by
+    device and cores)."""
+    v = os.environ.get("FFHQUV_FITTER_REPLICAS", "").strip()
+    return max(1, int(v)) if v else None
 
 
 def fitter_max_delay_s() -> float:

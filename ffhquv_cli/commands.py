@@ -646,6 +646,27 @@ def cpu_service_replicas() -> int:
     return max(1, min(4, (os.cpu_count() or 1) // 4))
 
 
+def fitter_replicas(device: str) -> int:
+    """Fitter processes in ``serve all``: ``FFHQUV_FITTER_REPLICAS``, else one on the CPU and,
+    on CUDA, one per 8 cores (1 to 4) sharing the GPU: a fit's host work (texture completion,
+    solves, PNG-free numpy) holds one process's GIL while the GPU waits, so replicas on one
+    device overlap it (BENCHMARKS.md, serve all rows)."""
+    from ffhquv import config
+
+    n = config.fitter_replicas()
+    if n is not None:
+        return n
+    if device == "cpu" or (device == "auto" and not _cuda_available()):
+        return 1
+    return max(1, min(4, (os.cpu_count() or 1) // 8))
+
+
+def _cuda_available() -> bool:
+    """An NVIDIA driver is loaded (the fitter children resolve "auto" with torch; the
+    gateway process does not import it)."""
+    return Path("/proc/driver/nvidia/version").exists()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from ffhquv import logs, tracing
 
@@ -705,8 +726,12 @@ def _serve_all(args: argparse.Namespace) -> int:
         creds = None
     # The CPU services run as several processes on big machines (their Python work holds the
     # GIL, so threads of one process do not scale); the gateway balances calls over them.
+    n_fit = fitter_replicas(args.device)
     names = [name for name in ("detector", "fitter", "eyeball", "exporter")
-             for _ in range(1 if name == "fitter" else cpu_service_replicas())]
+             for _ in range(n_fit if name == "fitter" else cpu_service_replicas())]
+    if n_fit > 1:
+        # replicas share the cores: torch's intra-op threads split between them
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n_fit)))
     sup = Supervisor()
     try:
         from concurrent.futures import ThreadPoolExecutor

@@ -10,7 +10,8 @@ import pytest
 
 from ffhquv.pb import exporter_pb2, exporter_pb2_grpc
 from ffhquv.server import build_server
-from ffhquv_cli.commands import cpu_service_replicas
+from ffhquv_cli import commands
+from ffhquv_cli.commands import cpu_service_replicas, fitter_replicas
 from gateway.backends import GrpcBackends, RetryPolicy
 from services.exporter.servicer import ExporterServicer
 
@@ -60,3 +61,17 @@ def test_calls_are_balanced_over_replicas():
 def test_replicas_from_environment(monkeypatch, env, want):
     monkeypatch.setenv("FFHQUV_SERVE_REPLICAS", env)
     assert cpu_service_replicas() == want
+
+
+def test_fitter_replicas(monkeypatch):
+    """One fitter on the CPU; on CUDA one per 8 cores (1 to 4); the variable wins."""
+    monkeypatch.delenv("FFHQUV_FITTER_REPLICAS", raising=False)
+    monkeypatch.setattr(commands.os, "cpu_count", lambda: 16)
+    assert fitter_replicas("cpu") == 1
+    assert fitter_replicas("cuda") == 2
+    monkeypatch.setattr(commands.os, "cpu_count", lambda: 128)
+    assert fitter_replicas("cuda") == 4
+    monkeypatch.setattr(commands, "_cuda_available", lambda: False)
+    assert fitter_replicas("auto") == 1
+    monkeypatch.setenv("FFHQUV_FITTER_REPLICAS", "3")
+    assert fitter_replicas("cpu") == 3
