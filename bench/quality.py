@@ -781,6 +781,7 @@ class QualityEvaluator:
         m["fit_landmark_error_iod"] = float(fit.metrics.get("landmark_error_iod", float("nan")))
         m["fit_psnr_masked"] = float(fit.metrics.get("psnr_masked", float("nan")))
         m["fit_seconds"] = float(fit.report["timings_s"]["total"])
+        m["long_hair"] = float(bool((fit.report.get("hair") or {}).get("long_hair")))
         if sheet:
             images["sheet"] = contact_sheet(a.crop_hires, fit.mesh_neutral, fit.uv_texture, eyes,
                                             backend=be)

@@ -113,6 +113,37 @@ def test_hair_layer_covers_the_scalp_not_the_face(maps):
     assert 0.12 < np.median(lum) < 0.4 and lum.std() > 0.01
 
 
+def test_long_hair_hangs_over_the_neck_behind_the_ears(model, maps):
+    """Long hair covers the back of the neck below the short hairline, whatever the photo saw
+    there, with a smooth edge; never the face, the ears or their hollows; short hair leaves
+    the neck skin."""
+    mask = maps.mask.numpy()
+    pos = maps.pos_mean.numpy()
+    colour = np.full((S, S, 3), 0.3, np.float32)
+    # the photo saw the face and the side of the neck as skin
+    w_skin = (mask & (pos[..., 2] > -0.2) & (maps.hair_zone < 0.1)).astype(np.float32)
+    w_hair = (mask & (pos[..., 2] > 0.0) & (maps.hair_zone > 0.5)).astype(np.float32)
+    short = hair_layer(colour, w_hair, w_skin, maps, _stats(True))
+    long = hair_layer(colour, w_hair, w_skin, maps, {**_stats(True), "long_hair": True})
+    assert long.info["long_hair"] and not short.info["long_hair"]
+    nape = mask & (maps.hair_zone < 0.01) & (maps.hair_zone_long > 0.99)
+    assert nape.sum() > 100
+    assert short.matte[nape].max() < 0.05 and long.matte[nape].min() > 0.95
+    face = mask & (maps.face.numpy() > 0.5)
+    assert long.matte[face].max() < 0.05
+    # the ears and the skin just around them (the hollows) keep the short line
+    zones = head_zones(model)
+    from scipy.spatial import cKDTree
+
+    d, _ = cKDTree(zones["ear_points"]).query(pos[mask], k=1)
+    near = np.zeros_like(mask)
+    near[mask] = d < 0.05 * zones["frame"][1]
+    assert long.matte[near & (maps.hair_zone < 0.01)].max() < 0.05
+    # both sides alike (the zone is symmetric)
+    left, right = nape & (pos[..., 0] < 0), nape & (pos[..., 0] > 0)
+    assert abs(int(left.sum()) - int(right.sum())) < 0.1 * nape.sum()
+
+
 def test_hair_layer_keeps_a_seen_bald_scalp_skin(maps):
     mask = maps.mask.numpy()
     pos = maps.pos_mean.numpy()
@@ -357,6 +388,15 @@ HEADS = {  # photo: has a head of hair (head_masks' test)
     "fd06_medium_f_longcurly_img_1696.png": True,  # bushy brows, hair at the temples
 }
 
+LONG_HAIR = {  # photo: hair hangs beside the cheeks (head_masks' long_hair)
+    "fd17_light_f_longhair_face.png": True,
+    "fd21_light_f_wavyblonde_hand_model_face.jpg": True,
+    "fd06_medium_f_longcurly_img_1696.png": True,
+    "fd14_light_m_fullbeard_fringe_man4.jpg": False,  # short hair, beard beside the jaw
+    "fd11_light_m_sidelit_src_man1.jpg": False,
+    "fd02_dark_f_face_paint.png": False,
+}
+
 
 @pytest.fixture(scope="module")
 def detected():
@@ -366,7 +406,7 @@ def detected():
     from services.detector.core import Detector
 
     det = Detector()
-    names = sorted(set(GLASSES) | set(HEADS))
+    names = sorted(set(GLASSES) | set(HEADS) | set(LONG_HAIR))
     return {n: det.detect((d / n).read_bytes(), unwrap_size=512).aligned
             for n in names if (d / n).is_file()}
 
@@ -390,7 +430,8 @@ def test_eyeglass_frames_found_on_glasses_only(detected):
 
 @pytest.mark.slow
 def test_head_masks_hair_strands_and_bald(detected):
-    """Hair found on side-lit, parse-mislabelled and blond heads, not on a bald one; a blond
+    """Hair found on side-lit, parse-mislabelled and blond heads, not on a bald one; long
+    hair told from short (:data:`LONG_HAIR`); a blond
     head's colour is light; strands over the forehead (fd14's fringe) stay out of the skin
     texture with their edges."""
     from ffhquv.render.renderer import MeshRenderer
@@ -405,7 +446,8 @@ def test_head_masks_hair_strands_and_bald(detected):
     ctx = FitContext(model=m, cam=fitter.camera, backend=fitter.backend, renderer=rend,
                      preset=get_preset("fast"), tex_size=256, progress=lambda *a: None,
                      cancel=None)
-    for name, hair in HEADS.items():
+    for name in sorted(set(HEADS) | set(LONG_HAIR)):
+        hair = HEADS.get(name, True)
         if name not in detected:
             continue
         a = detected[name]
@@ -416,6 +458,8 @@ def test_head_masks_hair_strands_and_bald(detected):
             hm = DefaultStages._head_masks(ctx, pb, c)
         st = hm.hair_stats[0]
         assert st["has_hair"] is hair, (name, st)
+        if name in LONG_HAIR:
+            assert bool(st.get("long_hair")) is LONG_HAIR[name], (name, st)
         if name.startswith("fd21"):  # blond, not the salmon of its parting and roots
             import cv2
 

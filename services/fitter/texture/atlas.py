@@ -66,6 +66,8 @@ class UVMaps:
         hair_zone: ``[S, S]`` float32 in [0, 1], where a head of hair grows on the mean shape
             (:func:`head_zones`): 1 on the scalp behind a typical hairline, 0 on the face,
             ears and neck, a soft band between.
+        hair_zone_long: the same for long hair: also down behind the ears and over the back
+            of the neck.
         head_centre: ``[3]`` float64 model-space centre of the skull (eye height, ear depth),
             the pole of the hair strands' directions.
     """
@@ -87,6 +89,7 @@ class UVMaps:
     forehead: np.ndarray
     central_face: np.ndarray
     hair_zone: np.ndarray
+    hair_zone_long: np.ndarray
     head_centre: np.ndarray
 
 
@@ -150,11 +153,32 @@ def uv_maps(model: FaceModel, size: int, backend) -> UVMaps:
                   vertex_mirror=model.mirror.cpu().numpy().astype(np.int64),
                   texel_len=texel_len, seam_fade=seam_fade,
                   hair_zone=np.asarray(to_texel @ zones["hair"], np.float32).reshape(size, size),
+                  hair_zone_long=_long_hair_zone(flat, to_texel, vals[..., 3], zones),
                   head_centre=zones["centre"],
                   **_face_zones(model, pos.detach().cpu().numpy(), m.cpu().numpy()))
     with _UV_LOCK:
         _UV_CACHE[key] = maps
     return maps
+
+
+def _long_hair_zone(pos: np.ndarray, to_texel: sp.csr_matrix, skin: Tensor,
+                    zones: dict[str, np.ndarray]) -> np.ndarray:
+    """:func:`hairline_zone` of the long line at each texel's own mean-shape position (its
+    edge runs across the neck's large triangles: per vertex it would zigzag), times the skin
+    and not the ears. ``pos``: ``[S*S, 3]``; returns ``float32 [S, S]``."""
+    size = skin.shape[-1]
+    p = pos.astype(np.float64)
+    ear = np.asarray(to_texel @ zones["ear"]).reshape(size, size)
+    z = hairline_zone(p, zones["frame"], long=True)
+    # around the ears (their hollows are not in the ear zone) the short line holds: hair falls
+    # behind the ear, not into it
+    ears = zones["ear_points"]
+    if len(ears):
+        h = float(zones["frame"][1])
+        d, _ = cKDTree(ears).query(p, k=1, workers=1)
+        w = np.clip((d - 0.1 * h) / (0.1 * h), 0, 1)
+        z = w * z + (1 - w) * hairline_zone(p, zones["frame"])
+    return (z.reshape(size, size) * skin.detach().cpu().numpy() * (1 - ear)).astype(np.float32)
 
 
 def _texel_matrix(rast: np.ndarray, tri: np.ndarray, n: int) -> sp.csr_matrix:
@@ -254,6 +278,11 @@ def seam_step(texture: np.ndarray, maps: UVMaps) -> float:
 # the nape. A typical adult hairline; the photo decides where it is seen (texture.hair).
 _HAIRLINE_ANGLE = (0.0, 0.6, 1.1, 1.5, 1.9, 2.4, math.pi)
 _HAIRLINE_HEIGHT = (0.45, 0.42, 0.3, 0.05, -0.05, -0.45, -0.6)
+# long hair (``hair_stats["long_hair"]``): the same line over the face and temples, then down
+# behind the ears to below the jaw and over the whole back of the neck (hair that hangs there,
+# on a head mesh without hair geometry)
+_LONG_HAIRLINE_ANGLE = (0.0, 0.6, 1.1, 1.5, 1.8, 1.95, math.pi)
+_LONG_HAIRLINE_HEIGHT = (0.45, 0.42, 0.3, 0.05, -0.05, -1.4, -1.4)
 
 
 def _largest_per_side(sel: np.ndarray, tri: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -276,6 +305,26 @@ def _largest_per_side(sel: np.ndarray, tri: np.ndarray, x: np.ndarray) -> np.nda
     return out
 
 
+def hairline_zone(points: np.ndarray, frame: np.ndarray, long: bool = False) -> np.ndarray:
+    """1 above the hairline, 0 below, a ``0.08 h`` smoothstep between.
+
+    Args:
+        points: ``float [N, 3]`` model-frame positions on the mean shape (vertices, texels).
+        frame: ``[3]`` brow height, brow-to-chin height ``h`` and ear depth
+            (``head_zones(...)["frame"]``).
+        long: the long-hair line (:data:`_LONG_HAIRLINE_HEIGHT`) instead of the short one.
+    Returns:
+        ``float64 [N]`` in [0, 1].
+    """
+    brow, h, zc = (float(f) for f in frame)
+    angle = np.abs(np.arctan2(points[:, 0], points[:, 2] - zc))
+    table = (_LONG_HAIRLINE_ANGLE, _LONG_HAIRLINE_HEIGHT) if long else (_HAIRLINE_ANGLE,
+                                                                       _HAIRLINE_HEIGHT)
+    line = brow + h * np.interp(angle, *table)
+    t = np.clip((points[:, 1] - line) / (0.08 * h) + 0.5, 0, 1)
+    return t * t * (3 - 2 * t)
+
+
 def head_zones(model: FaceModel) -> dict[str, np.ndarray]:
     """Per-vertex zones of the head on the mean shape, from its 68 landmarks.
 
@@ -286,6 +335,8 @@ def head_zones(model: FaceModel) -> dict[str, np.ndarray]:
     Returns:
         ``hair``: ``float32 [N]`` in [0, 1], skin vertices above the hairline
         (:data:`_HAIRLINE_HEIGHT` by angle around the vertical axis, a ``0.08 h`` soft band);
+        ``frame``: ``float64 [3]`` brow height, ``h`` and ear depth (:func:`hairline_zone`);
+        ``ear_points``: ``float64 [E, 3]`` the ear vertices;
         ``ear``: ``float32 [N]`` 0/1, beside the head between brow and nose-bottom heights;
         ``neck``: ``float32 [N]`` in [0, 1], below the chin in front and below the mouth at
         the back and sides; ``centre``: ``float64 [3]`` the skull centre (eye height, ear
@@ -298,8 +349,7 @@ def head_zones(model: FaceModel) -> dict[str, np.ndarray]:
     h = max(brow - chin, 1e-6)
     zc = float(lm[[0, 16], 2].mean())
     angle = np.abs(np.arctan2(x, z - zc))
-    line = brow + h * np.interp(angle, _HAIRLINE_ANGLE, _HAIRLINE_HEIGHT)
-    t = np.clip((y - line) / (0.08 * h) + 0.5, 0, 1)
+    frame = np.array([brow, h, zc])
     x_ear = float(np.abs(lm[[0, 16], 0]).mean())
     ear = ((np.abs(x) > x_ear + 0.015 * h) & (y < brow + 0.1 * h)
            & (y > float(lm[33, 1]) - 0.25 * h) & (np.abs(z - zc) < 0.45 * h))
@@ -307,6 +357,7 @@ def head_zones(model: FaceModel) -> dict[str, np.ndarray]:
     neck = np.clip((chin + 0.05 * h - y) / (0.1 * h), 0, 1) * (z < float(lm[8, 2]) - 0.05 * h)
     neck = np.maximum(neck, np.clip((float(lm[57, 1]) - y) / (0.1 * h), 0, 1) * (angle > 1.2))
     skin = model.skin_mask.detach().cpu().numpy().astype(np.float64)
-    return {"hair": (t * t * (3 - 2 * t) * skin * ~ear).astype(np.float32),
+    return {"hair": (hairline_zone(v, frame) * skin * ~ear).astype(np.float32), "frame": frame,
+            "ear_points": v[ear],
             "ear": ear.astype(np.float32), "neck": (neck * ~ear).astype(np.float32),
             "centre": np.array([0.0, float(lm[36:48, 1].mean()), zc])}

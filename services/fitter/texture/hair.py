@@ -51,7 +51,8 @@ class HairLayer:
     Attributes:
         color: ``float32 [S, S, 3]`` hair albedo (sRGB in [0, 1]).
         matte: ``float32 [S, S]`` in [0, 1], where hair covers the skin.
-        info: ``{"has_hair", "hair_rgb", "hair_amp", "hair_px", "skin_px"}`` for the report.
+        info: ``{"has_hair", "long_hair", "hair_rgb", "hair_amp", "hair_px", "skin_px"}`` for
+            the report.
     """
 
     color: np.ndarray
@@ -66,7 +67,9 @@ def hair_layer(color: np.ndarray, w_hair: np.ndarray, w_skin: np.ndarray, maps: 
     Where: the mean shape's hair zone (``maps.hair_zone``) times a field that is the seen
     hair / (hair + skin) fraction where the photo shows the scalp (a receding or shaved
     hairline stays skin, a lower one stays as the zone says) and continues over the unseen
-    scalp toward 1 (:func:`~services.fitter.texture.lowpass.mesh_lowpass`). A bald head
+    scalp toward 1 (:func:`~services.fitter.texture.lowpass.mesh_lowpass`); long hair
+    (``stats["long_hair"]``) also covers what ``maps.hair_zone_long`` adds (behind the ears,
+    the back of the neck) whatever the photo saw there. A bald head
     (``stats["has_hair"]`` false) gets none. Hair that hangs over the face, ears or
     shoulders is never painted: the zone is 0 there.
 
@@ -89,14 +92,19 @@ def hair_layer(color: np.ndarray, w_hair: np.ndarray, w_skin: np.ndarray, maps: 
         return None
     s = maps.size
     hair_rgb = np.asarray(stats["hair_rgb"], np.float32)
-    zone = maps.hair_zone * maps.mask.cpu().numpy()
+    covered = maps.mask.cpu().numpy()
+    zone = maps.hair_zone * covered
+    # long hair: below the short line it hangs over whatever the photo saw there (the side of
+    # the neck at a grazing angle): the zone alone, with its smooth edge
+    hang = (np.clip(maps.hair_zone_long - maps.hair_zone, 0, 1) * covered
+            if info.get("long_hair") else 0.0)
     seen = np.clip(w_hair + w_skin, 0, 1).astype(np.float32)
     frac = (w_hair / np.maximum(w_hair + w_skin, 1e-6)).astype(np.float32)
     field, _ = mesh_lowpass(maps, frac[..., None], seen, sigma=s / 96, prior=np.ones(1),
                             reach=s / 16)
     t = np.clip((field[..., 0] - 0.35) / 0.3, 0, 1)
-    matte = zone * t * t * (3 - 2 * t)
-    w_col = (w_hair * (zone > 0.05)).astype(np.float32)
+    matte = np.clip(zone * t * t * (3 - 2 * t) + hang, 0, 1)
+    w_col = (w_hair * (np.maximum(zone, hang) > 0.05)).astype(np.float32)
     base, _ = mesh_lowpass(maps, color, w_col, sigma=s / 32, prior=hair_rgb, reach=s / 6)
     synth = base * np.exp(float(stats["hair_amp"]) * _atlas_strands(maps))[..., None]
     own = np.clip((w_col - 0.3) / 0.5, 0, 1)[..., None]
@@ -129,6 +137,7 @@ def hair_info(stats: dict) -> dict:
     info = {k: stats.get(k) for k in ("hair_px", "skin_px")}
     info["has_hair"] = bool(stats.get("has_hair")) and "hair_rgb" in stats
     if info["has_hair"]:
+        info["long_hair"] = bool(stats.get("long_hair"))
         info["hair_amp"] = stats.get("hair_amp")
         info["hair_rgb"] = [round(float(c), 4) for c in stats["hair_rgb"]]
     return info

@@ -120,10 +120,12 @@ class HeadMasks:
         skin: ``float32 [B, H, W, 1]`` the colour-consistent skin of the face (no beard,
             brows or lips), whose shadows are lifted from the albedo; None to keep them.
         hair_stats: per photo ``{"hair_px", "skin_px", "dark_px", "has_hair", "hair_rgb" [3],
-            "hair_amp", "glasses"}``: hair and skin pixel counts of the head above the brows
+            "hair_amp", "long_hair", "long_hair_share", "glasses"}``: hair and skin pixel
+            counts of the head above the brows
             (``dark_px`` of the hair: darker than the face skin of its column), whether the
             person has a head of hair, the hair colour (:func:`hair_colour`, sRGB in [0, 1]),
-            the spread of its log-luma (strand contrast) and :func:`eyeglass_frames`' stats.
+            the spread of its log-luma (strand contrast), whether it hangs beside the cheeks
+            (:func:`long_hair_share`) and :func:`eyeglass_frames`' stats.
     """
 
     texture: Tensor
@@ -452,6 +454,44 @@ def hair_colour(photo: np.ndarray, hair: np.ndarray) -> np.ndarray:
     return np.clip(rgb, 0, 1).astype(np.float32)
 
 
+# long hair: the share of the strips beside the cheeks (both sides summed) that is hair of the
+# head's colour with strand texture; a smooth background of the hair's colour is not hair
+LONG_HAIR_SHARE = 0.4
+LONG_HAIR_DE = 20.0  # CIELAB distance to the hair colour
+LONG_HAIR_FINE = 1.5  # strand texture, times the face skin's fine detail
+
+
+def long_hair_share(photo: np.ndarray, parse: np.ndarray, fine: np.ndarray, fine_ref: float,
+                    lm: np.ndarray, hair_rgb: np.ndarray) -> float:
+    """How much hair hangs beside the cheeks: of the background-labelled pixels 0.15 to 0.55
+    inter-ocular distances outside the face outline, beside the ears' line, from eye height
+    down to the jaw (landmarks 4 / 12), the share per side that is within
+    :data:`LONG_HAIR_DE` of ``hair_rgb`` with strand texture (``fine`` above
+    :data:`LONG_HAIR_FINE` times ``fine_ref``), summed over both sides (0 to 2). Short hair
+    and ears leave these strips to the ears, neck and background.
+
+    Args:
+        photo: ``uint8 [H, W, 3]`` RGB crop; parse: ``[H, W]`` ParseLabel map; fine: ``[H, W]``
+            :func:`strand_energy`; fine_ref: the face skin's median of it; lm: ``[68, 2]``;
+        hair_rgb: ``[3]`` :func:`hair_colour`.
+    """
+    h, w = parse.shape
+    iod = float(np.linalg.norm(lm[36:42].mean(0) - lm[42:48].mean(0)))
+    hull = np.zeros((h, w), np.uint8)
+    cv2.fillConvexPoly(hull, cv2.convexHull(lm[:27].astype(np.int32)), 1)
+    dist = cv2.distanceTransform(1 - hull, cv2.DIST_L2, 5)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    x_mid = float(lm[27:31, 0].mean())
+    beside = np.abs(xx - x_mid) > float(np.abs(lm[[0, 16], 0] - x_mid).mean())
+    strip = ((dist > 0.15 * iod) & (dist < 0.55 * iod) & beside & (parse == PARSE_BG)
+             & (yy > float(lm[36:48, 1].mean())) & (yy < float(lm[[4, 12], 1].mean())))
+    lab = cv2.cvtColor(photo.astype(np.float32) / 255, cv2.COLOR_RGB2Lab)
+    ref = cv2.cvtColor(np.asarray(hair_rgb, np.float32)[None, None], cv2.COLOR_RGB2Lab)[0, 0]
+    hairy = (np.linalg.norm(lab - ref, axis=-1) < LONG_HAIR_DE) & (fine > LONG_HAIR_FINE * fine_ref)
+    return float(sum((hairy & strip & side).sum() / max(int((strip & side).sum()), 1)
+                     for side in (xx < x_mid, xx >= x_mid)))
+
+
 def _disc(r: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
 
@@ -563,6 +603,10 @@ def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray, cw: np
         colour_px = hair_top if streaky is None else hair_top | (
             streaky & fg & (parse == PARSE_BG) & (yy < y_brow) & (np.abs(xx - x_mid) < 1.4 * iod))
         stats["hair_rgb"] = hair_colour(photo, colour_px)
+        if streaky is not None:
+            share = long_hair_share(photo, parse, fine, fine_ref, lm, stats["hair_rgb"])
+            stats["long_hair_share"] = share
+            stats["long_hair"] = share >= LONG_HAIR_SHARE
         spread = np.log(np.clip(luma / max(float(np.median(luma)), 1e-3), 0.05, 20))
         stats["hair_amp"] = float(np.clip(np.std(spread), 0.1, 0.22))
         # hair pixels far from the hair's colour are background or skin GrabCut let through
