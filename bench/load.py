@@ -60,6 +60,40 @@ def tree_rss(pid: int) -> int:
     return total
 
 
+def tree_cpu_by_service(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of ``pid`` ("gateway") and its descendants, summed by
+    the service each runs (``... serve NAME ...`` on its command line; "other" otherwise),
+    from Linux /proc (clock ticks of ``stat`` fields 14 and 15)."""
+    import os
+
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out: dict[str, float] = {}
+    stack = [pid]
+    while stack:
+        p = stack.pop()
+        stack.extend(children.get(p, []))
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            argv = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        name = "gateway" if p == pid else "other"
+        if p != pid and b"serve" in argv:
+            i = argv.index(b"serve")
+            if i + 1 < len(argv):
+                name = argv[i + 1].decode(errors="replace")
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def photo_bytes(path: str | None) -> tuple[bytes, str]:
     if path:
         return Path(path).read_bytes(), Path(path).name

@@ -222,7 +222,7 @@ def run_warm(args) -> list[dict]:
 def run_serve(args) -> list[dict]:
     import grpc
 
-    from bench.load import free_port, tree_rss
+    from bench.load import free_port, tree_cpu_by_service, tree_rss
     from ffhquv.pb import common_pb2, gateway_pb2, gateway_pb2_grpc
     from ffhquv.server import channel
     from ffhquv_cli.commands import fitter_replicas, wait_healthy
@@ -287,6 +287,7 @@ def run_serve(args) -> list[dict]:
                             time.sleep(0.2)
 
             peak = 0
+            cpu0 = tree_cpu_by_service(proc.pid)
             with GpuSampler() as g:
                 t0 = time.perf_counter()
                 threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
@@ -296,7 +297,10 @@ def run_serve(args) -> list[dict]:
                     peak = max(peak, tree_rss(proc.pid))
                     time.sleep(1.0)
                 wall = time.perf_counter() - t0
+            cpu1 = tree_cpu_by_service(proc.pid)
             ok = np.array([dt for c, dt, _ in results if c == "OK"])
+            # where the cores went: CPU seconds per finished photo, by service
+            cpu = {k: (cpu1.get(k, 0.0) - cpu0.get(k, 0.0)) / max(len(ok), 1) for k in cpu1}
             codes: dict[str, int] = {}
             for c, _, _ in results:
                 codes[c] = codes.get(c, 0) + 1
@@ -309,6 +313,8 @@ def run_serve(args) -> list[dict]:
                          "mean_batch": float(np.mean(sizes)) if sizes else None,
                          "gpu_busy_pct": g.mean, "peak_rss_gb": peak / 2 ** 30,
                          "ready_s": ready_s,
+                         "cpu_s_per_photo": ", ".join(f"{k} {v:.2f}" for k, v in
+                                                      sorted(cpu.items(), key=lambda x: -x[1])),
                          "codes": ", ".join(f"{k}={v}" for k, v in sorted(codes.items()))})
             table(rows[-1:], list(rows[-1]))
     finally:

@@ -11,7 +11,7 @@ import pytest
 from ffhquv.pb import exporter_pb2, exporter_pb2_grpc
 from ffhquv.server import build_server
 from ffhquv_cli import commands
-from ffhquv_cli.commands import cpu_service_replicas, fitter_replicas
+from ffhquv_cli.commands import cpu_service_replicas, fitter_replicas, service_threads
 from gateway.backends import GrpcBackends, RetryPolicy
 from services.exporter.servicer import ExporterServicer
 
@@ -75,3 +75,12 @@ def test_fitter_replicas(monkeypatch):
     assert fitter_replicas("auto") == 1
     monkeypatch.setenv("FFHQUV_FITTER_REPLICAS", "3")
     assert fitter_replicas("cpu") == 3
+
+
+def test_service_threads_share_the_cores(monkeypatch):
+    monkeypatch.delenv("FFHQUV_SERVE_REPLICAS", raising=False)
+    monkeypatch.setattr(commands.os, "cpu_count", lambda: 16)
+    assert service_threads("fitter", 2) == 8
+    assert service_threads("exporter", 2) == 1  # 4 replicas of each CPU service
+    monkeypatch.setattr(commands.os, "cpu_count", lambda: 2)
+    assert service_threads("fitter", 1) == 2 and service_threads("detector", 1) == 1
