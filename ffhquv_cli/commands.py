@@ -478,7 +478,11 @@ def _serve_service(args: argparse.Namespace) -> int:
     elif name == "eyeball":
         from services.eyeball.servicer import register
     else:
+        from functools import partial
+
         from services.exporter.servicer import register
+
+        register = partial(register, device=args.device)  # the previews' renderer
     creds = server_credentials(args.tls_cert or os.environ.get("FFHQUV_TLS_CERT"),
                                args.tls_key or os.environ.get("FFHQUV_TLS_KEY"),
                                args.tls_ca or os.environ.get("FFHQUV_TLS_CA"))
@@ -648,9 +652,10 @@ def cpu_service_replicas() -> int:
 
 def fitter_replicas(device: str) -> int:
     """Fitter processes in ``serve all``: ``FFHQUV_FITTER_REPLICAS``, else one on the CPU and,
-    on CUDA, one per 8 cores (1 to 4) sharing the GPU: a fit's host work (texture completion,
-    solves, PNG-free numpy) holds one process's GIL while the GPU waits, so replicas on one
-    device overlap it (BENCHMARKS.md, serve all rows)."""
+    on CUDA, one per 4 cores (1 to 4) sharing the GPU: a fit's host work (texture completion,
+    solves, numpy) holds one process's GIL while the GPU waits, so replicas on one device
+    overlap it (BENCHMARKS.md, serve all rows: 4 fitters on 16 cores 2.5 photos/s, 2 fitters
+    1.9, 1 fitter 0.9)."""
     from ffhquv import config
 
     n = config.fitter_replicas()
@@ -658,7 +663,11 @@ def fitter_replicas(device: str) -> int:
         return n
     if device == "cpu" or (device == "auto" and not _cuda_available()):
         return 1
-    return max(1, min(4, (os.cpu_count() or 1) // 8))
+    return max(1, min(4, (os.cpu_count() or 1) // 4))
+
+
+#: ``serve all`` children given its ``--device``: the fitter, and the exporter for its previews
+GPU_CHILDREN = ("fitter", "exporter")
 
 
 def service_threads(name: str, n_fit: int) -> int:
@@ -751,7 +760,7 @@ def _serve_all(args: argparse.Namespace) -> int:
         from concurrent.futures import ThreadPoolExecutor
 
         def start(port: int, name: str) -> tuple[subprocess.Popen, str]:
-            extra = ["--device", args.device] if name == "fitter" else []
+            extra = ["--device", args.device] if name in GPU_CHILDREN else []
             proc, port_file = launch_service(name, extra, env_of(name), port)
             sup.starting(proc)  # a stop meanwhile ends it
             try:
@@ -761,7 +770,7 @@ def _serve_all(args: argparse.Namespace) -> int:
 
         # Forked here, in the main thread (the parent-death signal follows the forking
         # thread), then they load and warm up side by side.
-        launched = [launch_service(n, ["--device", args.device] if n == "fitter" else [],
+        launched = [launch_service(n, ["--device", args.device] if n in GPU_CHILDREN else [],
                                    env=env_of(n)) for n in names]
         with ThreadPoolExecutor(len(names)) as pool:
             started = list(pool.map(lambda ln: await_service(*ln, credentials=creds),

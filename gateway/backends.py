@@ -320,7 +320,7 @@ class LocalBackends:
                                      topo_dir=topo_dir, max_batch=max_batch,
                                      max_delay_s=max_delay_s)
         self.eyeball = EyeballServicer()
-        self.exporter = ExporterServicer()
+        self.exporter = ExporterServicer(device)  # previews on the GPU when there is one
 
     async def detect(self, req, timeout):
         return await asyncio.to_thread(self.detector.handle, req)

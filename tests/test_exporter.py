@@ -397,3 +397,19 @@ def test_reference_head_exports(ref_dir: Path, tmp_path):
     np.testing.assert_allclose(again.uvs, mesh.uvs, atol=1e-6)
     scene = trimesh.load(io.BytesIO(res.files["teaser_1.glb"]), file_type="glb")
     assert len(scene.geometry["head"].faces) == len(mesh.faces)
+
+
+def test_preview_device_choice(monkeypatch):
+    """The exporter's previews render where it is told: cpu by default, the GPU for "auto" on
+    a machine with one; a CUDA device asked for on a machine without one is refused at start."""
+    import torch
+
+    from services.exporter.servicer import ExporterServicer, preview_device
+
+    assert preview_device(None) == "cpu" and ExporterServicer().device == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert preview_device("auto") == "cpu"
+    with pytest.raises(ValueError, match="no CUDA"):
+        preview_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert preview_device("auto") == "cuda" and preview_device("cuda:0") == "cuda:0"

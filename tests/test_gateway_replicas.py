@@ -64,10 +64,12 @@ def test_replicas_from_environment(monkeypatch, env, want):
 
 
 def test_fitter_replicas(monkeypatch):
-    """One fitter on the CPU; on CUDA one per 8 cores (1 to 4); the variable wins."""
+    """One fitter on the CPU; on CUDA one per 4 cores (1 to 4); the variable wins."""
     monkeypatch.delenv("FFHQUV_FITTER_REPLICAS", raising=False)
     monkeypatch.setattr(commands.os, "cpu_count", lambda: 16)
     assert fitter_replicas("cpu") == 1
+    assert fitter_replicas("cuda") == 4
+    monkeypatch.setattr(commands.os, "cpu_count", lambda: 8)
     assert fitter_replicas("cuda") == 2
     monkeypatch.setattr(commands.os, "cpu_count", lambda: 128)
     assert fitter_replicas("cuda") == 4

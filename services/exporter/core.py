@@ -146,6 +146,7 @@ def export(
     eye_texture_png: bytes | None = None,
     metres_per_unit: float = DEFAULT_METRES_PER_UNIT,
     units: str = "",
+    preview_device: str = "cpu",
 ) -> ExportResult:
     """Produce the requested output files in memory.
 
@@ -165,6 +166,7 @@ def export(
             arrays again. They must encode ``head_texture`` / ``eye_texture``.
         metres_per_unit: metres per model unit of the meshes (0 = 0.1).
         units: "" (GLB / .blend in metres, OBJ in model units), "m", "cm" or "model".
+        preview_device: where the previews render ("cpu", "cuda": the GPU rasteriser).
     Returns:
         :class:`ExportResult`. A format that cannot be produced here (``blend`` without bpy,
         previews without the renderer) is skipped with a warning; the others are produced.
@@ -255,14 +257,15 @@ def export(
             res.warnings.append(f"previews skipped: the renderer is not available ({e})")
         else:
             views = preview.render_views(head_neutral, head_texture, left_eye, right_eye,
-                                         eye_texture, size=preview_size)
+                                         eye_texture, size=preview_size,
+                                         device=preview_device)
             if "preview" in fmts:
                 for fname, img in zip(PREVIEW_FILES, views, strict=True):
                     files[fname] = png_bytes(img)
             if "turntable" in fmts:
                 files[TURNTABLE_FILE] = preview.turntable_gif(
                     head_neutral, head_texture, left_eye, right_eye, eye_texture,
-                    size=min(preview_size, 256))
+                    size=min(preview_size, 256), device=preview_device)
 
     for fname, data in extra.items():
         check_relative_name(fname, allow_subdir=True)

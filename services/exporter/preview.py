@@ -76,7 +76,8 @@ def _framing(vertices: np.ndarray, size: int) -> tuple[np.ndarray, Camera]:
 def render_views(head: MeshData, head_texture: np.ndarray, left_eye: MeshData,
                  right_eye: MeshData, eye_texture: np.ndarray, *, size: int = 512,
                  yaws_deg: tuple[float, ...] = VIEWS_DEG,
-                 background: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> list[np.ndarray]:
+                 background: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                 device: str | torch.device = "cpu") -> list[np.ndarray]:
     """Render the head with its eyeballs from several yaw angles.
 
     Args:
@@ -87,6 +88,8 @@ def render_views(head: MeshData, head_texture: np.ndarray, left_eye: MeshData,
         size: output side in pixels.
         yaws_deg: turns about the vertical axis through the head's box centre, degrees.
         background: RGB in [0, 1].
+        device: where to render ("cuda": the GPU rasteriser; the same pictures to the
+            rasterisers' agreement, ``bench/render_parity.py``).
     Returns:
         One ``uint8 [size, size, 3]`` RGB image per yaw (row 0 at the top).
     """
@@ -96,11 +99,12 @@ def render_views(head: MeshData, head_texture: np.ndarray, left_eye: MeshData,
     centre, cam = _framing(head.vertices, size)
     # render_preview turns about the vertex centroid, near the box centre for a head
     v = mesh.vertices.astype(np.float32) - centre
-    verts = torch.from_numpy(v)
-    tri = torch.from_numpy(mesh.faces)
-    uv = torch.from_numpy(mesh.uvs)
-    uvt = torch.from_numpy(mesh.uv_faces)
-    surface = Surface(uv=uv, uv_tri=uvt, texture=torch.from_numpy(atlas))
+    dev = torch.device(device)
+    verts = torch.from_numpy(v).to(dev)
+    tri = torch.from_numpy(mesh.faces).to(dev)
+    uv = torch.from_numpy(mesh.uvs).to(dev)
+    uvt = torch.from_numpy(mesh.uv_faces).to(dev)
+    surface = Surface(uv=uv, uv_tri=uvt, texture=torch.from_numpy(atlas).to(dev))
     out = []
     with torch.no_grad():
         for yaw in yaws_deg:
@@ -111,11 +115,12 @@ def render_views(head: MeshData, head_texture: np.ndarray, left_eye: MeshData,
 
 def turntable_gif(head: MeshData, head_texture: np.ndarray, left_eye: MeshData,
                   right_eye: MeshData, eye_texture: np.ndarray, *, size: int = 256,
-                  frames: int = 24, frame_ms: int = 80) -> bytes:
+                  frames: int = 24, frame_ms: int = 80, device: str | torch.device = "cpu"
+                  ) -> bytes:
     """An animated GIF turning the head once around the vertical axis (``frames`` steps)."""
     yaws = tuple(360.0 * i / frames for i in range(frames))
     imgs = render_views(head, head_texture, left_eye, right_eye, eye_texture, size=size,
-                        yaws_deg=yaws)
+                        yaws_deg=yaws, device=device)
     pil = [Image.fromarray(i).convert("P", palette=Image.ADAPTIVE, colors=255) for i in imgs]
     buf = io.BytesIO()
     pil[0].save(buf, format="GIF", save_all=True, append_images=pil[1:], duration=frame_ms,

@@ -27,7 +27,27 @@ def formats_from_proto(values) -> set[str] | None:
     return out or None
 
 
+def preview_device(device: str | None) -> str:
+    """Where the previews render: "cuda" when asked ("cuda", or "auto" on a machine with a
+    GPU torch can use), else "cpu" (the exporter's pods have no GPU; ``serve all`` on a GPU
+    machine gives its exporters the GPU for the previews)."""
+    if device in (None, "", "cpu"):
+        return "cpu"
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"exporter: device {device!r} asked for, but torch sees no CUDA device")
+    return device
+
+
 class ExporterServicer(exporter_pb2_grpc.ExporterServicer):
+    """Args: device: where the previews render (:func:`preview_device`)."""
+
+    def __init__(self, device: str | None = "cpu"):
+        self.device = preview_device(device)
+
     def Export(self, request, context: grpc.ServicerContext):  # noqa: N802 - gRPC name
         return self.handle(request)
 
@@ -52,6 +72,7 @@ class ExporterServicer(exporter_pb2_grpc.ExporterServicer):
             eye_texture_png=request.eye_texture_png,
             metres_per_unit=request.metres_per_unit,
             units=request.units,
+            preview_device=self.device,
         )
         return exporter_pb2.ExportResponse(
             files=[common_pb2.NamedFile(name=n, media_type=core.media_type(n), data=d)
@@ -59,7 +80,7 @@ class ExporterServicer(exporter_pb2_grpc.ExporterServicer):
             warnings=res.warnings)
 
 
-def register(server: grpc.Server) -> list[str]:
+def register(server: grpc.Server, device: str | None = "cpu") -> list[str]:
     """Add the Exporter servicer to ``server``; returns its full service name."""
-    exporter_pb2_grpc.add_ExporterServicer_to_server(ExporterServicer(), server)
+    exporter_pb2_grpc.add_ExporterServicer_to_server(ExporterServicer(device), server)
     return [SERVICE_NAME]
