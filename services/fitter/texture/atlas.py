@@ -171,13 +171,15 @@ def _long_hair_zone(pos: np.ndarray, to_texel: sp.csr_matrix, skin: Tensor,
     ear = np.asarray(to_texel @ zones["ear"]).reshape(size, size)
     z = hairline_zone(p, zones["frame"], long=True)
     # around the ears (their hollows are not in the ear zone) the short line holds: hair falls
-    # behind the ear, not into it
+    # behind the ear, not into it (only texels where the two lines differ are looked up)
     ears = zones["ear_points"]
-    if len(ears):
+    short = hairline_zone(p, zones["frame"])
+    sel = np.flatnonzero((z - short > 1e-4) & (skin.detach().cpu().numpy().reshape(-1) > 0))
+    if len(ears) and len(sel):
         h = float(zones["frame"][1])
-        d, _ = cKDTree(ears).query(p, k=1, workers=1)
+        d, _ = cKDTree(ears).query(p[sel], k=1, workers=1)
         w = np.clip((d - 0.1 * h) / (0.1 * h), 0, 1)
-        z = w * z + (1 - w) * hairline_zone(p, zones["frame"])
+        z[sel] = w * z[sel] + (1 - w) * short[sel]
     return (z.reshape(size, size) * skin.detach().cpu().numpy() * (1 - ear)).astype(np.float32)
 
 
