@@ -670,6 +670,13 @@ def fitter_replicas(device: str) -> int:
 GPU_CHILDREN = ("fitter", "exporter")
 
 
+def serve_all_max_concurrent(n_fit: int) -> int:
+    """The gateway's running reconstructions in ``serve all`` unless set: 16, or 8 per fitter
+    process when there are more (each fitter batches what arrives; BENCHMARKS.md's serve rows
+    with 4 fitters ran 32)."""
+    return max(16, 8 * n_fit)
+
+
 def service_threads(name: str, n_fit: int) -> int:
     """torch / OpenMP threads of one ``serve all`` child: the fitters share the cores, and
     the CPU services' replicas share a third of them each (their parallelism is the replicas;
@@ -751,6 +758,9 @@ def _serve_all(args: argparse.Namespace) -> int:
     # the processes share the cores: torch's intra-op threads (the exporter's and eyeball's
     # previews, the fitter's CPU work) split between them instead of each taking every core
     # and spinning (unless the user set OMP_NUM_THREADS)
+    if not (args.max_concurrent or os.environ.get("FFHQUV_MAX_CONCURRENT")):
+        args.max_concurrent = serve_all_max_concurrent(n_fit)
+
     def env_of(name: str) -> dict[str, str | None]:
         if os.environ.get("OMP_NUM_THREADS"):
             return env

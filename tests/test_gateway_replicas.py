@@ -11,7 +11,12 @@ import pytest
 from ffhquv.pb import exporter_pb2, exporter_pb2_grpc
 from ffhquv.server import build_server
 from ffhquv_cli import commands
-from ffhquv_cli.commands import cpu_service_replicas, fitter_replicas, service_threads
+from ffhquv_cli.commands import (
+    cpu_service_replicas,
+    fitter_replicas,
+    serve_all_max_concurrent,
+    service_threads,
+)
 from gateway.backends import GrpcBackends, RetryPolicy
 from services.exporter.servicer import ExporterServicer
 
@@ -86,3 +91,7 @@ def test_service_threads_share_the_cores(monkeypatch):
     assert service_threads("exporter", 2) == 1  # 4 replicas of each CPU service
     monkeypatch.setattr(commands.os, "cpu_count", lambda: 2)
     assert service_threads("fitter", 1) == 2 and service_threads("detector", 1) == 1
+
+
+def test_serve_all_runs_enough_at_once_for_its_fitters():
+    assert serve_all_max_concurrent(1) == 16 and serve_all_max_concurrent(4) == 32
