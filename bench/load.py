@@ -37,8 +37,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def tree_rss(pid: int) -> int:
-    """Resident bytes of ``pid`` and all its descendants (Linux /proc)."""
+def tree_pids(pid: int) -> list[int]:
+    """``pid`` and all its descendants, ``pid`` first (Linux /proc)."""
     children: dict[int, list[int]] = {}
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
@@ -47,10 +47,18 @@ def tree_rss(pid: int) -> int:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(d.name))
-    total, stack = 0, [pid]
+    out, stack = [], [pid]
     while stack:
         p = stack.pop()
+        out.append(p)
         stack.extend(children.get(p, []))
+    return out
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of ``pid`` and all its descendants (Linux /proc)."""
+    total = 0
+    for p in tree_pids(pid):
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -64,22 +72,9 @@ def tree_cpu_by_service(pid: int) -> dict[str, float]:
     """CPU seconds (user + system) so far of ``pid`` ("gateway") and its descendants, summed by
     the service each runs (``... serve NAME ...`` on its command line; "other" otherwise),
     from Linux /proc (clock ticks of ``stat`` fields 14 and 15)."""
-    import os
-
     tick = os.sysconf("SC_CLK_TCK")
-    children: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(d.name))
     out: dict[str, float] = {}
-    stack = [pid]
-    while stack:
-        p = stack.pop()
-        stack.extend(children.get(p, []))
+    for p in tree_pids(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             argv = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
