@@ -167,6 +167,7 @@ def _long_hair_zone(pos: np.ndarray, to_texel: sp.csr_matrix, skin: Tensor,
     edge runs across the neck's large triangles: per vertex it would zigzag), times the skin
     and not the ears. ``pos``: ``[S*S, 3]``; returns ``float32 [S, S]``."""
     size = skin.shape[-1]
+    skin_np = skin.detach().cpu().numpy()
     p = pos.astype(np.float64)
     ear = np.asarray(to_texel @ zones["ear"]).reshape(size, size)
     z = hairline_zone(p, zones["frame"], long=True)
@@ -174,13 +175,13 @@ def _long_hair_zone(pos: np.ndarray, to_texel: sp.csr_matrix, skin: Tensor,
     # behind the ear, not into it (only texels where the two lines differ are looked up)
     ears = zones["ear_points"]
     short = hairline_zone(p, zones["frame"])
-    sel = np.flatnonzero((z - short > 1e-4) & (skin.detach().cpu().numpy().reshape(-1) > 0))
+    sel = np.flatnonzero((z - short > 1e-4) & (skin_np.reshape(-1) > 0))
     if len(ears) and len(sel):
         h = float(zones["frame"][1])
         d, _ = cKDTree(ears).query(p[sel], k=1, workers=1)
         w = np.clip((d - 0.1 * h) / (0.1 * h), 0, 1)
         z[sel] = w * z[sel] + (1 - w) * short[sel]
-    return (z.reshape(size, size) * skin.detach().cpu().numpy() * (1 - ear)).astype(np.float32)
+    return (z.reshape(size, size) * skin_np * (1 - ear)).astype(np.float32)
 
 
 def _texel_matrix(rast: np.ndarray, tri: np.ndarray, n: int) -> sp.csr_matrix:

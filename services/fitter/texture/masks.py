@@ -464,9 +464,9 @@ LONG_HAIR_FINE = 1.5  # strand texture, times the face skin's fine detail
 def long_hair_share(photo: np.ndarray, parse: np.ndarray, fine: np.ndarray, fine_ref: float,
                     lm: np.ndarray, hair_rgb: np.ndarray) -> float:
     """How much hair hangs beside the cheeks: of the background-labelled pixels 0.15 to 0.55
-    inter-ocular distances outside the face outline, beside the ears' line, from eye height
-    down to the jaw (landmarks 4 / 12), the share per side that is within
-    :data:`LONG_HAIR_DE` of ``hair_rgb`` with strand texture (``fine`` above
+    inter-ocular distances (eye centre to eye centre) outside the face outline, beside the
+    ears' line, from eye height down to the jaw (landmarks 4 / 12), the share per side that is
+    within :data:`LONG_HAIR_DE` of ``hair_rgb`` with strand texture (``fine`` above
     :data:`LONG_HAIR_FINE` times ``fine_ref``), summed over both sides (0 to 2). Short hair
     and ears leave these strips to the ears, neck and background.
 
