@@ -71,16 +71,18 @@ from __future__ import annotations
 import argparse
 import io
 import math
+import os
 import statistics
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as ffhquv_cli/__init__.py sets it
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from bench.common import header, loadavg, table, write_json  # noqa: E402
 
 # ParseLabel skin, brows, nose, lips: the face labels the head mesh can reproduce (the

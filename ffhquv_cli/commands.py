@@ -677,14 +677,27 @@ def serve_all_max_concurrent(n_fit: int) -> int:
     return max(16, 8 * n_fit)
 
 
+# the thread pools a ``serve all`` child sizes to its share of the cores: torch's intra-op
+# (OpenMP) threads and OpenCV's (by default one per core in every process)
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENCV_FOR_THREADS_NUM")
+
+
 def service_threads(name: str, n_fit: int) -> int:
-    """torch / OpenMP threads of one ``serve all`` child: the fitters share the cores, and
-    the CPU services' replicas share a third of them each (their parallelism is the replicas;
-    16 threads in each of 4 exporter replicas spun 3 CPU seconds a photo on previews)."""
+    """torch / OpenMP and OpenCV threads of one ``serve all`` child: the fitters share the
+    cores, and the CPU services' replicas share a third of them each (their parallelism is
+    the replicas; 16 threads in each of 4 exporter replicas spun 3 CPU seconds a photo on
+    previews)."""
     cores = os.cpu_count() or 1
     if name == "fitter":
         return max(1, cores // max(1, n_fit))
     return max(1, cores // (3 * cpu_service_replicas()))
+
+
+def thread_env(name: str, n_fit: int) -> dict[str, str]:
+    """The environment that sizes a ``serve all`` child's thread pools (:data:`THREAD_VARS`)
+    to :func:`service_threads`; a variable the user set is left to the user."""
+    share = str(service_threads(name, n_fit))
+    return {v: share for v in THREAD_VARS if not os.environ.get(v)}
 
 
 def _cuda_available() -> bool:
@@ -762,9 +775,7 @@ def _serve_all(args: argparse.Namespace) -> int:
         args.max_concurrent = serve_all_max_concurrent(n_fit)
 
     def env_of(name: str) -> dict[str, str | None]:
-        if os.environ.get("OMP_NUM_THREADS"):
-            return env
-        return {**env, "OMP_NUM_THREADS": str(service_threads(name, n_fit))}
+        return {**env, **thread_env(name, n_fit)}
     sup = Supervisor()
     try:
         from concurrent.futures import ThreadPoolExecutor

@@ -16,6 +16,7 @@ from ffhquv_cli.commands import (
     fitter_replicas,
     serve_all_max_concurrent,
     service_threads,
+    thread_env,
 )
 from gateway.backends import GrpcBackends, RetryPolicy
 from services.exporter.servicer import ExporterServicer
@@ -91,6 +92,35 @@ def test_service_threads_share_the_cores(monkeypatch):
     assert service_threads("exporter", 2) == 1  # 4 replicas of each CPU service
     monkeypatch.setattr(commands.os, "cpu_count", lambda: 2)
     assert service_threads("fitter", 1) == 2 and service_threads("detector", 1) == 1
+
+
+def test_children_size_torch_and_opencv_pools_unless_the_user_did(monkeypatch):
+    monkeypatch.delenv("FFHQUV_SERVE_REPLICAS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OPENCV_FOR_THREADS_NUM", raising=False)
+    monkeypatch.setattr(commands.os, "cpu_count", lambda: 16)
+    assert thread_env("fitter", 4) == {"OMP_NUM_THREADS": "4", "OPENCV_FOR_THREADS_NUM": "4"}
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert thread_env("exporter", 4) == {"OPENCV_FOR_THREADS_NUM": "1"}
+
+
+def test_the_command_line_keeps_numpy_blas_to_one_thread():
+    """numpy's OpenBLAS would spin a thread per core after every small product: the
+    ``ffhquv`` package sets one thread before numpy loads (a user's value wins)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, sys; import ffhquv_cli; "
+            "print(os.environ['OPENBLAS_NUM_THREADS'], 'numpy' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["1", "False"]
+    env["OPENBLAS_NUM_THREADS"] = "3"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out[0] == "3"
 
 
 def test_serve_all_runs_enough_at_once_for_its_fitters():
