@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import resource
 import sys
 import time
 import tracemalloc
 from pathlib import Path
 
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as ffhquv_cli/__init__.py sets it
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from bench.common import header, table, write_json  # noqa: E402
 
 
@@ -59,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default=None,
                     help="also profile one batch-1 fit of the first preset (torch.profiler) and "
                          "write the top operators to this text file")
+    ap.add_argument("--cprofile", default=None,
+                    help="also run --repeat batch-1 fits of the first preset under cProfile "
+                         "timed by the process's CPU time (all threads, charged to the Python "
+                         "function that was running) and write the top functions here: where "
+                         "the host's CPU seconds go")
     args = ap.parse_args(argv)
 
     import torch
@@ -117,7 +123,41 @@ def main(argv: list[str] | None = None) -> int:
                texture_size=args.texture_size)
     if args.profile:
         profile_fit(core, face, args.presets.split(",")[0], args.texture_size, args.profile)
+    if args.cprofile:
+        cpu_profile(core, face, args.presets.split(",")[0], args.texture_size, args.repeat,
+                    args.cprofile)
     return 0
+
+
+def cpu_profile(core, face, preset: str, texture_size: int, repeat: int, path: str) -> None:
+    """``repeat`` fits under cProfile with ``time.process_time`` as its clock: CPU seconds of
+    every thread of the process (torch's and BLAS's pools, CUDA's host threads, a spinning
+    synchronise) charged to the Python function running when they were spent."""
+    import cProfile
+    import pstats
+
+    import torch
+
+    cuda = core.device.type == "cuda"
+    pr = cProfile.Profile(time.process_time)
+    c0, t0 = time.process_time(), time.perf_counter()
+    pr.enable()
+    for _ in range(repeat):
+        core.fit(face, preset=preset, texture_size=texture_size, want_intermediates=False)
+        if cuda:
+            torch.cuda.synchronize()
+    pr.disable()
+    cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+    buf = io.StringIO()
+    buf.write(f"{repeat} {preset} fits on {core.device}, {torch.get_num_threads()} threads: "
+              f"{cpu / repeat:.3f} CPU s and {wall / repeat:.3f} wall s a photo\n\n")
+    st = pstats.Stats(pr, stream=buf)
+    st.sort_stats("tottime").print_stats(45)
+    st.sort_stats("cumulative").print_stats(70)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(buf.getvalue())
+    pr.dump_stats(str(Path(path).with_suffix(".prof")))  # for pstats' callers / callees
+    print(buf.getvalue().splitlines()[0] + f"\nwrote {path} and its .prof")
 
 
 def profile_fit(core, face, preset: str, texture_size: int, path: str) -> None:

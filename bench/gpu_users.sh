@@ -21,14 +21,16 @@
 #   PART = prep      wheels, GPU facts, imports, nvdiffrast's plugin build, bench/png.py
 #          quality   bench/quality.py on photos/faces-dev + photos/ref (sheets as sheets.tar*)
 #          users     bench/users.py warm, cli (1 photo cold, folder of 8, folders of 64)
+#          cli       bench/users.py cli alone (CLI_COLD, CLI_BATCHES, CLI_COUNT)
 #          warm      bench/users.py warm alone (users' first step, for a short session)
 #          serve     bench/users.py serve (SERVE_SECONDS per many-clients row, default 120;
 #                    SERVE_FITTERS="1 2 4" one run per FFHQUV_FITTER_REPLICAS, SERVE_CLIENTS,
 #                    SERVE_MAX_CONCURRENT the gateway's limit)
+#          profile   bench/fit.py --cprofile: the fitter's host CPU seconds by function
 #          recovery  bench/recovery.py (kill -9 of each child under load), --device cuda when
 #                    the script has that flag
 set -uo pipefail
-parts="${1:?usage: gpu_users.sh prep|quality|users|altwarm|serve|recovery[,...] [OUT_DIR]}"
+parts="${1:?usage: gpu_users.sh prep|quality|users|cli|warm|altwarm|serve|profile|recovery[,...] [OUT_DIR]}"
 out="${2:-${OUT:-/tmp/gpu_out}}"
 P="${GPU_PERSIST:-/root/persist}"   # survives between calls while the machine stays warm
 if [ -f bench/gpu_users.sh ]; then ROOT=$PWD; TP="${TP:-$PWD/.tp}"
@@ -136,6 +138,14 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
       step cli8 250 python3 bench/users.py cli --photos "$S/photos/faces-dev" --device cuda \
         --cold-runs 0 --batch-sizes 8,16 --count 64 --json "$out/cli8.json"
       ;;
+    cli)
+      # ffhquv fit as users run it: one photo cold (CLI_COLD runs), a folder of CLI_COUNT
+      # photos with each of CLI_BATCHES
+      need "$sp68" "$S/cache" "$S/photos/faces-dev" || { rc=1; continue; }
+      step cli "${CLI_LIMIT:-400}" python3 bench/users.py cli --photos "$S/photos/faces-dev" \
+        --device cuda --cold-runs "${CLI_COLD:-2}" --batch-sizes "${CLI_BATCHES:-8}" \
+        --count "${CLI_COUNT:-64}" --json "$out/cli.json"
+      ;;
     warm)
       # the warm rows alone (users' first step), for a short session
       need "$sp68" "$S/cache" "$S/photos/faces-dev" || { rc=1; continue; }
@@ -162,6 +172,14 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
           --max-concurrent "${SERVE_MAX_CONCURRENT:-0}" \
           --seconds "${SERVE_SECONDS:-120}" --json "$out/serve$sfx.json"
       done
+      ;;
+    profile)
+      # where a fitter process's host CPU goes (bench/fit.py --cprofile; 4 threads as one of
+      # serve all's four fitters on 16 cores), and the fitter core's batch sizes
+      need "$sp68" "$S/cache" "$S/photos/faces-dev" || { rc=1; continue; }
+      step profile 240 python3 bench/fit.py --presets standard --device cuda --threads 4 \
+        --batch 1,8 --repeat 3 --photo "$(ls "$S"/photos/faces-dev/fd05* | head -1)" \
+        --cprofile "$out/cprofile.txt" --json "$out/fit.json"
       ;;
     recovery)
       need "$sp68" "$S/cache" || { rc=1; continue; }
