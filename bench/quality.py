@@ -784,6 +784,7 @@ class QualityEvaluator:
         m["fit_psnr_masked"] = float(fit.metrics.get("psnr_masked", float("nan")))
         m["fit_seconds"] = float(fit.report["timings_s"]["total"])
         m["long_hair"] = float(bool((fit.report.get("hair") or {}).get("long_hair")))
+        m["hair_from_photo"] = float((fit.report.get("hair") or {}).get("texture") == "photo")
         if sheet:
             images["sheet"] = contact_sheet(a.crop_hires, fit.mesh_neutral, fit.uv_texture, eyes,
                                             backend=be)

@@ -18,8 +18,10 @@ from services.fitter.texture import (
     complete_texture,
     flatten_shading,
     hair_layer,
+    hair_swatch,
     head_zones,
     strand_noise,
+    swatch_on_head,
     uv_maps,
 )
 
@@ -142,6 +144,92 @@ def test_long_hair_hangs_over_the_neck_behind_the_ears(model, maps):
     # both sides alike (the zone is symmetric)
     left, right = nape & (pos[..., 0] < 0), nape & (pos[..., 0] > 0)
     assert abs(int(left.sum()) - int(right.sum())) < 0.1 * nape.sum()
+
+
+def _hair_photo(kind: str, angle_deg: float = 0.0) -> np.ndarray:
+    """``float32 [1024, 1024, 3]``: straight strands running at ``angle_deg`` from the x axis
+    (``kind="straight"``), or curls (small dark rings, no direction)."""
+    yy, xx = np.mgrid[0:1024, 0:1024].astype(np.float32)
+    if kind == "straight":
+        t = np.radians(angle_deg)
+        lum = 0.4 + 0.2 * np.sin((-np.sin(t) * xx + np.cos(t) * yy) / 6.0)
+    else:
+        rng = np.random.default_rng(1)
+        lum = np.full((1024, 1024), 0.45, np.float32)
+        for cy, cx in rng.integers(0, 1024, (1500, 2)):
+            d = np.hypot(yy[cy - 20: cy + 20, cx - 20: cx + 20] - cy,
+                         xx[cy - 20: cy + 20, cx - 20: cx + 20] - cx)
+            lum[cy - 20: cy + 20, cx - 20: cx + 20] -= 0.25 * np.exp(-((d - 8) / 2) ** 2)
+    return np.repeat(np.clip(lum, 0.02, 1)[..., None], 3, -1).astype(np.float32)
+
+
+def _anisotropy(img: np.ndarray) -> float:
+    """Mean squared x-gradient over y-gradient: large for strands running down the rows."""
+    gx, gy = np.gradient(img.astype(np.float64), axis=1), np.gradient(img.astype(np.float64),
+                                                                        axis=0)
+    return float((gx ** 2).mean() / (gy ** 2).mean())
+
+
+def test_hair_swatch_turns_strands_down_and_keeps_curls():
+    """The photo's own hair, quilted: straight strands at any angle in the photo run down the
+    swatch's rows (down the head's meridians); curls stay without a direction; a photo with
+    too little hair gives none; the same photo and seed give the same swatch."""
+    hair = np.zeros((224, 224), bool)
+    hair[10:100, 20:200] = True
+    for angle in (0.0, 35.0, 100.0):
+        sw = hair_swatch(_hair_photo("straight", angle), hair, 60.0)
+        assert sw is not None and sw.shape == (256, 256)
+        assert _anisotropy(sw) > 4, angle
+        assert abs(float(sw.mean())) < 1e-3 and 0.04 <= float(sw.std()) <= 0.3 + 1e-6
+    curls = hair_swatch(_hair_photo("curls"), hair, 60.0)
+    assert 0.5 < _anisotropy(curls) < 2.0
+    assert np.array_equal(curls, hair_swatch(_hair_photo("curls"), hair, 60.0))
+    few = np.zeros((224, 224), bool)
+    few[50:56, 50:60] = True
+    assert hair_swatch(_hair_photo("curls"), few, 60.0) is None
+
+
+def test_hair_from_the_photo_covers_the_head_without_a_seam(maps):
+    """The swatch laid over the head is a function of each texel's place on the head: the
+    two sides of the back of the head (where the angle around wraps) match; the hair layer
+    carries it over the unseen scalp and says so in the report."""
+    sw = hair_swatch(_hair_photo("curls"), np.pad(np.ones((90, 180), bool), ((10, 124), (20, 24))),
+                     60.0)
+    # a smooth tileable swatch for the seam check (neighbouring texels must agree with it)
+    rng = np.random.default_rng(3)
+    smooth = np.real(np.fft.ifft2(np.fft.fft2(rng.standard_normal((256, 256)))
+                                  * np.exp(-(np.fft.fftfreq(256)[:, None] ** 2
+                                             + np.fft.fftfreq(256)[None, :] ** 2) * 2000)))
+    on = swatch_on_head(smooth.astype(np.float32), maps)
+    mask = maps.mask.numpy()
+    pos = maps.pos_mean.numpy().astype(np.float64)
+    scalp = mask & (maps.hair_zone > 0.5)
+    d = pos - maps.head_centre
+    around = np.arctan2(d[..., 0], d[..., 2])
+    from scipy.spatial import cKDTree
+
+    def step(left: np.ndarray, right: np.ndarray) -> float:
+        """Mean difference between texels of ``left`` and their nearest of ``right``."""
+        dist, nn = cKDTree(pos[right]).query(pos[left], k=1)
+        close = dist < 2 * maps.texel_len
+        assert close.sum() > 5
+        return float(np.abs(on[left][close] - on[right][nn[close]]).mean())
+
+    # across the back, where the angle around wraps: neighbours agree (a whole number of
+    # tiles goes round; a fraction more would put unrelated swatch columns side by side there,
+    # a step of about the field's own spread)
+    back_step = step(scalp & (around > np.pi - 0.12), scalp & (around < -np.pi + 0.12))
+    assert back_step < 0.5 * float(on[scalp].std()), back_step
+    colour = np.full((S, S, 3), 0.3, np.float32)
+    w_hair = (mask & (pos[..., 2] > 0.0) & (maps.hair_zone > 0.5)).astype(np.float32)
+    got = hair_layer(colour, w_hair, np.zeros((S, S), np.float32), maps,
+                     {**_stats(True), "hair_swatch": sw})
+    assert got.info["texture"] == "photo"
+    back = scalp & (pos[..., 2] < -0.3)
+    ratio = np.log(got.color[back].mean(-1) / np.median(got.color[back].mean(-1)))
+    assert 0.5 * sw.std() < ratio.std() < 2 * sw.std()
+    assert hair_layer(colour, w_hair, np.zeros((S, S), np.float32), maps,
+                      _stats(True)).info["texture"] == "strands"
 
 
 def test_hair_layer_keeps_a_seen_bald_scalp_skin(maps):
@@ -397,6 +485,11 @@ LONG_HAIR = {  # photo: hair hangs beside the cheeks (head_masks' long_hair)
     "fd02_dark_f_face_paint.png": False,
 }
 
+HAIR_TEXTURE = {  # photo: the texture its hair swatch must have (head_masks' hair_swatch)
+    "fd05_medium_m_curly_src_man2.jpg": "coils",  # no direction
+    "fd16_light_f_bangs_img_1585.png": "straight",  # strands down the head
+}
+
 
 @pytest.fixture(scope="module")
 def detected():
@@ -406,7 +499,7 @@ def detected():
     from services.detector.core import Detector
 
     det = Detector()
-    names = sorted(set(GLASSES) | set(HEADS) | set(LONG_HAIR))
+    names = sorted(set(GLASSES) | set(HEADS) | set(LONG_HAIR) | set(HAIR_TEXTURE))
     return {n: det.detect((d / n).read_bytes(), unwrap_size=512).aligned
             for n in names if (d / n).is_file()}
 
@@ -430,8 +523,9 @@ def test_eyeglass_frames_found_on_glasses_only(detected):
 
 @pytest.mark.slow
 def test_head_masks_hair_strands_and_bald(detected):
-    """Hair found on side-lit, parse-mislabelled and blond heads, not on a bald one; long
-    hair told from short (:data:`LONG_HAIR`); a blond
+    """Hair found on side-lit, parse-mislabelled and blond heads, not on a bald one, with a
+    texture swatch of its own (coils without a direction, straight hair in strands:
+    :data:`HAIR_TEXTURE`); long hair told from short (:data:`LONG_HAIR`); a blond
     head's colour is light; strands over the forehead (fd14's fringe) stay out of the skin
     texture with their edges."""
     from ffhquv.render.renderer import MeshRenderer
@@ -446,7 +540,7 @@ def test_head_masks_hair_strands_and_bald(detected):
     ctx = FitContext(model=m, cam=fitter.camera, backend=fitter.backend, renderer=rend,
                      preset=get_preset("fast"), tex_size=256, progress=lambda *a: None,
                      cancel=None)
-    for name in sorted(set(HEADS) | set(LONG_HAIR)):
+    for name in sorted(set(HEADS) | set(LONG_HAIR) | set(HAIR_TEXTURE)):
         hair = HEADS.get(name, True)
         if name not in detected:
             continue
@@ -458,6 +552,11 @@ def test_head_masks_hair_strands_and_bald(detected):
             hm = DefaultStages._head_masks(ctx, pb, c)
         st = hm.hair_stats[0]
         assert st["has_hair"] is hair, (name, st)
+        # the scalp's hair texture from the photo's own hair whenever there is hair
+        assert (st.get("hair_swatch") is not None) is hair, name
+        if name in HAIR_TEXTURE:
+            a_ = _anisotropy(st["hair_swatch"])
+            assert (a_ < 3) if HAIR_TEXTURE[name] == "coils" else (a_ > 10), (name, a_)
         if name in LONG_HAIR:
             assert bool(st.get("long_hair")) is LONG_HAIR[name], (name, st)
         if name.startswith("fd21"):  # blond, not the salmon of its parting and roots

@@ -11,7 +11,8 @@ One concept per file:
 - :mod:`.unwrap`: the photo sampled into UV through the fitted mesh (:func:`unwrap`).
 - :mod:`.completion`: mirror + skin template + pyramid blend (:func:`complete_texture`).
 - :mod:`.hair`: hair over the skin (:func:`hair_weight`), the head of hair painted on the scalp
-  (:func:`hair_layer`, :func:`strand_noise`).
+  (:func:`hair_layer`; its texture from the photo's hair, :func:`hair_swatch` laid over the
+  head by :func:`swatch_on_head`, else :func:`strand_noise`).
 - :mod:`.source`: where the stage-2 texture comes from (:class:`TextureSource`,
   :class:`UnwrapTextureSource`) and the per-photo thread pool (:func:`per_photo`).
 
@@ -32,8 +33,10 @@ from services.fitter.texture.hair import (
     HAIR_RATIO,
     HairLayer,
     hair_layer,
+    hair_swatch,
     hair_weight,
     strand_noise,
+    swatch_on_head,
 )
 from services.fitter.texture.lowpass import (
     mesh_lowpass,
@@ -62,7 +65,8 @@ from services.fitter.texture.unwrap import COS_MIN, UnwrapResult, unwrap
 __all__ = [
     "COS_MIN", "HAIR_RATIO", "LEVEL_MAX", "HairLayer", "HeadMasks", "hair_layer", "head_masks",
     "head_zones",
-    "strand_noise", "PARSE_BG", "PARSE_BROWS", "PARSE_EYES", "PARSE_LIPS",
+    "hair_swatch", "strand_noise", "swatch_on_head", "PARSE_BG", "PARSE_BROWS", "PARSE_EYES",
+    "PARSE_LIPS",
     "PARSE_MOUTH", "PARSE_NOSE", "PARSE_SKIN", "TEXTURE_LABELS", "CompletedTexture",
     "TextureSource", "UVMaps", "UnwrapResult", "UnwrapTextureSource", "complete_texture",
     "coverage", "flatten_shading", "hair_weight", "laplacian_blend", "mesh_lowpass",

@@ -70,6 +70,8 @@ class UVMaps:
             of the neck.
         head_centre: ``[3]`` float64 model-space centre of the skull (eye height, ear depth),
             the pole of the hair strands' directions.
+        iod: the mean shape's inter-ocular distance (outer eye corners, landmarks 36 / 45) in
+            model units: photo pixels measured in it map onto the head.
     """
 
     size: int
@@ -91,6 +93,7 @@ class UVMaps:
     hair_zone: np.ndarray
     hair_zone_long: np.ndarray
     head_centre: np.ndarray
+    iod: float = 1.0
 
 
 _UV_CACHE: dict[tuple, UVMaps] = {}
@@ -154,7 +157,7 @@ def uv_maps(model: FaceModel, size: int, backend) -> UVMaps:
                   texel_len=texel_len, seam_fade=seam_fade,
                   hair_zone=np.asarray(to_texel @ zones["hair"], np.float32).reshape(size, size),
                   hair_zone_long=_long_hair_zone(flat, to_texel, vals[..., 3], zones),
-                  head_centre=zones["centre"],
+                  head_centre=zones["centre"], iod=float(zones["iod"]),
                   **_face_zones(model, pos.detach().cpu().numpy(), m.cpu().numpy()))
     with _UV_LOCK:
         _UV_CACHE[key] = maps
@@ -343,7 +346,7 @@ def head_zones(model: FaceModel) -> dict[str, np.ndarray]:
         ``ear``: ``float32 [N]`` 0/1, beside the head between brow and nose-bottom heights;
         ``neck``: ``float32 [N]`` in [0, 1], below the chin in front and below the mouth at
         the back and sides; ``centre``: ``float64 [3]`` the skull centre (eye height, ear
-        depth).
+        depth); ``iod``: the outer eye corners' distance.
     """
     v = model.mean_shape.detach().cpu().numpy().astype(np.float64)
     lm = model.landmarks(model.mean_shape[None])[0].detach().cpu().numpy().astype(np.float64)
@@ -363,4 +366,5 @@ def head_zones(model: FaceModel) -> dict[str, np.ndarray]:
     return {"hair": (hairline_zone(v, frame) * skin * ~ear).astype(np.float32), "frame": frame,
             "ear_points": v[ear],
             "ear": ear.astype(np.float32), "neck": (neck * ~ear).astype(np.float32),
-            "centre": np.array([0.0, float(lm[36:48, 1].mean()), zc])}
+            "centre": np.array([0.0, float(lm[36:48, 1].mean()), zc]),
+            "iod": float(np.linalg.norm(lm[36] - lm[45]))}

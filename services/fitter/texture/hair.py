@@ -7,6 +7,7 @@ import math
 import threading
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from ffhquv.imaging import LUMA
@@ -74,9 +75,11 @@ def hair_layer(color: np.ndarray, w_hair: np.ndarray, w_skin: np.ndarray, maps: 
     shoulders is never painted: the zone is 0 there.
 
     Colour: the seen hair's colour continued smoothly over the scalp from the photo's median
-    hair colour, times strand noise (:func:`strand_noise`, computed from each texel's 3D
-    position, so it has no seams) with the photo's strand contrast; the photo's own hair
-    texels where they were seen well.
+    hair colour, times the texture of the photo's own hair (``stats["hair_swatch"]``, from
+    :func:`hair_swatch`: curls stay curls) laid over the head by
+    :func:`swatch_on_head`, or, when too little hair was seen for one, strand noise
+    (:func:`strand_noise`) with the photo's strand contrast (both are functions of each
+    texel's 3D position: no seams); the photo's own hair texels where they were seen well.
 
     Args:
         color: ``float32 [S, S, 3]`` the photo colour sampled into UV (hair is not de-lit:
@@ -106,11 +109,151 @@ def hair_layer(color: np.ndarray, w_hair: np.ndarray, w_skin: np.ndarray, maps: 
     matte = np.clip(zone * t * t * (3 - 2 * t) + hang, 0, 1)
     w_col = (w_hair * (np.maximum(zone, hang) > 0.05)).astype(np.float32)
     base, _ = mesh_lowpass(maps, color, w_col, sigma=s / 32, prior=hair_rgb, reach=s / 6)
-    synth = base * np.exp(float(stats["hair_amp"]) * _atlas_strands(maps))[..., None]
+    swatch = stats.get("hair_swatch")
+    if swatch is not None:  # the photo's own hair, synthesised over the scalp
+        detail = swatch_on_head(swatch, maps)
+    else:  # too little hair seen: strands of the photo's contrast
+        detail = float(stats["hair_amp"]) * _atlas_strands(maps)
+    synth = base * np.exp(detail)[..., None]
     own = np.clip((w_col - 0.3) / 0.5, 0, 1)[..., None]
     out = own * color + (1 - own) * synth
     return HairLayer(color=np.clip(out, 1.0 / 255, 1.0).astype(np.float32),
                      matte=matte.astype(np.float32), info=info)
+
+
+# hair_swatch: a tileable SWATCH x SWATCH texture at SWATCH_PER_IOD pixels per inter-ocular
+# distance, quilted from PATCH x PATCH patches of the seen hair (fewer than SWATCH_MIN_PATCHES
+# places for a patch: no swatch); its log-luma contrast kept within SWATCH_STD
+SWATCH = 256
+SWATCH_PER_IOD = 128
+PATCH = 24
+SWATCH_MIN_PATCHES = 4
+SWATCH_STD = (0.04, 0.3)
+SWATCH_COVER = 0.85
+SWATCH_ALONG = 6.0  # swatch pixels: how far straight hair's patches are drawn out
+
+
+def hair_swatch(hires: np.ndarray, hair: np.ndarray, iod_px: float, seed: int = 0
+                ) -> np.ndarray | None:
+    """A tileable texture of the photo's own hair (patch-based synthesis), for the scalp the
+    photo did not show.
+
+    The hair pixels are taken at :data:`SWATCH_PER_IOD` pixels per inter-ocular distance;
+    their log-luma detail (the hair's texture without its shading, finer than ``PATCH / 8``
+    pixels) is cut into ``PATCH``-pixel patches lying on hair (:data:`SWATCH_COVER` of their
+    pixels), each turned so that its strands run down the meridians, and the patches are laid
+    at random on a toroidal ``SWATCH``-pixel grid, half-overlapping, cross-faded. Curls,
+    waves, coils or straight strands come out as the photo shows them, at their size.
+
+    Args:
+        hires: ``uint8`` or ``float [Sh, Sh, 3]`` RGB crop (float in [0, 1]).
+        hair: bool ``[H, W]`` hair pixels of the same crop at any resolution.
+        iod_px: the inter-ocular distance (outer eye corners) in pixels of ``hair``.
+        seed: the patches' random placement.
+    Returns:
+        ``float32 [SWATCH, SWATCH]`` log-luma detail (zero mean), or None when the photo
+        shows too little hair.
+    """
+    img = np.asarray(hires, np.float32)
+    if img.max() > 1.5:
+        img = img / 255.0
+    sh = img.shape[0]
+    scale = SWATCH_PER_IOD / max(iod_px * sh / hair.shape[0], 1e-6)
+    side = max(int(round(sh * scale)), 1)
+    img = cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA if scale < 1
+                     else cv2.INTER_LINEAR)
+    m = cv2.resize(hair.astype(np.uint8), (side, side), interpolation=cv2.INTER_NEAREST)
+    luma = np.maximum(img @ LUMA, 1.0 / 255)
+    detail = np.log(luma) - np.log(cv2.GaussianBlur(luma, (0, 0), PATCH / 8))
+    # top-left corners of the patches lying on hair (SWATCH_COVER of their pixels at least)
+    inner = cv2.erode(m, np.ones((3, 3), np.uint8))
+    cover = cv2.boxFilter(inner.astype(np.float32), -1, (PATCH, PATCH), anchor=(0, 0),
+                          normalize=True, borderType=cv2.BORDER_CONSTANT)
+    ys, xs = np.nonzero(cover[: side - PATCH + 1, : side - PATCH + 1] >= SWATCH_COVER)
+    if len(ys) < SWATCH_MIN_PATCHES * PATCH:  # a handful of distinct places, not one blob
+        return None
+    rng = np.random.default_rng(seed)
+    ramp = np.sin(np.linspace(0, np.pi, PATCH, dtype=np.float32)) ** 2 + 1e-3
+    win = ramp[:, None] * ramp[None, :]
+    acc = np.zeros((SWATCH, SWATCH), np.float32)
+    wsum = np.zeros((SWATCH, SWATCH), np.float32)
+    idx = np.arange(PATCH)
+    step = PATCH // 2
+    # each patch turned so that its strands run down the swatch's rows (down the meridians
+    # on the head): straight hair stays straight strands however it fell in the photo;
+    # curls have no direction to turn
+    pad = PATCH
+    padded = cv2.copyMakeBorder(detail, pad, pad, pad, pad, cv2.BORDER_REFLECT)
+    gx_, gy_ = cv2.Sobel(detail, cv2.CV_32F, 1, 0), cv2.Sobel(detail, cv2.CV_32F, 0, 1)
+    box = (PATCH, PATCH)
+    jxx = cv2.boxFilter(gx_ * gx_, -1, box, anchor=(0, 0), borderType=cv2.BORDER_CONSTANT)
+    jyy = cv2.boxFilter(gy_ * gy_, -1, box, anchor=(0, 0), borderType=cv2.BORDER_CONSTANT)
+    jxy = cv2.boxFilter(gx_ * gy_, -1, box, anchor=(0, 0), borderType=cv2.BORDER_CONSTANT)
+    coh = np.sqrt((jxx - jyy) ** 2 + 4 * jxy ** 2) / np.maximum(jxx + jyy, 1e-9)
+    coherence = float(np.median(coh[ys, xs]))
+    for gy in range(0, SWATCH, step):
+        for gx in range(0, SWATCH, step):
+            k = int(rng.integers(len(ys)))
+            y0, x0 = int(ys[k]), int(xs[k])
+            # the gradients' main direction, across the strands (degrees from the x axis)
+            across = 0.5 * math.degrees(math.atan2(2 * jxy[y0, x0], jxx[y0, x0] - jyy[y0, x0]))
+            c = (x0 + pad + PATCH / 2 - 0.5, y0 + pad + PATCH / 2 - 0.5)
+            rot = cv2.getRotationMatrix2D(c, across, 1.0)  # gradients to the x axis
+            rot[:, 2] += [PATCH / 2 - 0.5 - c[0], PATCH / 2 - 0.5 - c[1]]
+            patch = cv2.warpAffine(padded, rot, (PATCH, PATCH), flags=cv2.INTER_LINEAR)
+            rows, cols = (gy + idx) % SWATCH, (gx + idx) % SWATCH
+            acc[np.ix_(rows, cols)] += patch * win
+            wsum[np.ix_(rows, cols)] += win
+    out = acc / wsum
+    # straight hair (its patches' gradients share one direction): drawn out along the strands,
+    # which the cross-faded patches had broken into pieces; curls (no shared direction) keep
+    # their shape
+    along = SWATCH_ALONG * float(np.clip((coherence - 0.2) / 0.4, 0, 1))
+    if along > 0.5:
+        m_ = int(math.ceil(3 * along))  # the swatch tiles: blur it as a torus
+        big = np.pad(out, ((m_, m_), (2, 2)), mode="wrap")
+        out = cv2.GaussianBlur(big, (0, 0), sigmaX=0.5, sigmaY=along)[m_:-m_, 2:-2]
+    out -= out.mean()
+    # the cross-fades average patches and lower the contrast: back to the seen hair's
+    seen = float(np.std(detail[inner > 0]))
+    target = float(np.clip(seen, *SWATCH_STD))
+    return (out * (target / max(float(np.std(out)), 1e-6))).astype(np.float32)
+
+
+_ANGLES: dict[int, tuple[UVMaps, np.ndarray, np.ndarray, float]] = {}
+
+
+def _head_angles(maps: UVMaps) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(around, down, radius)`` of every texel of ``maps`` seen from ``maps.head_centre``:
+    the angle around the vertical axis and down from the crown (radians, ``float64 [S, S]``)
+    and the scalp's median distance from the centre; made once per atlas."""
+    with _STRANDS_LOCK:
+        hit = _ANGLES.get(id(maps))
+    if hit is not None and hit[0] is maps:
+        return hit[1], hit[2], hit[3]
+    d = maps.pos_mean.cpu().numpy().astype(np.float64) - maps.head_centre
+    around = np.arctan2(d[..., 0], d[..., 2])
+    r = np.linalg.norm(d, axis=-1) + 1e-9
+    down = np.arccos(np.clip(d[..., 1] / r, -1.0, 1.0))
+    scalp = maps.hair_zone > 0.5
+    radius = float(np.median(r[scalp] if scalp.any() else r))
+    with _STRANDS_LOCK:
+        _ANGLES[id(maps)] = (maps, around, down, radius)
+    return around, down, radius
+
+
+def swatch_on_head(swatch: np.ndarray, maps: UVMaps) -> np.ndarray:
+    """:func:`hair_swatch` laid over the head of ``maps``: the swatch's rows run down the
+    meridians from the crown (the photo's vertical over the forehead), its columns around the
+    head, at the photo's scale (``SWATCH_PER_IOD`` pixels per ``maps.iod``, on a sphere of
+    the scalp's radius); a whole number of tiles goes round, so the back of the head has no
+    seam. Returns ``float32 [S, S]``."""
+    around, down, radius = _head_angles(maps)
+    per_unit = SWATCH_PER_IOD / max(maps.iod, 1e-9)
+    tiles = max(1, int(round(2 * np.pi * radius * per_unit / SWATCH)))
+    mx = ((around + np.pi) / (2 * np.pi) * tiles * SWATCH).astype(np.float32)
+    my = (down * radius * per_unit).astype(np.float32)
+    return cv2.remap(swatch, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP)
 
 
 _STRANDS: dict[int, tuple[UVMaps, np.ndarray]] = {}
@@ -133,10 +276,13 @@ def _atlas_strands(maps: UVMaps) -> np.ndarray:
 def hair_info(stats: dict) -> dict:
     """What ``report.json`` says of the hair: ``has_hair`` (a head of hair was found and has a
     colour), the band's hair / skin pixel counts, and the colour and strand contrast when
-    painted. ``stats``: a ``HeadMasks.hair_stats`` entry."""
+    painted, and ``texture``: ``"photo"`` (:func:`hair_swatch`) or ``"strands"``
+    (:func:`strand_noise`). ``stats``: a ``HeadMasks.hair_stats`` entry."""
     info = {k: stats.get(k) for k in ("hair_px", "skin_px")}
     info["has_hair"] = bool(stats.get("has_hair")) and "hair_rgb" in stats
     if info["has_hair"]:
+        # where the unseen scalp's hair texture came from: the photo's hair or strand noise
+        info["texture"] = "photo" if stats.get("hair_swatch") is not None else "strands"
         info["long_hair"] = bool(stats.get("long_hair"))
         info["hair_amp"] = stats.get("hair_amp")
         info["hair_rgb"] = [round(float(c), 4) for c in stats["hair_rgb"]]

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ffhquv.imaging import LUMA
 from ffhquv.vocab import ParseLabel
+from services.fitter.texture.hair import hair_swatch
 
 # ParseLabel values of the detector's parse mask, as plain ints (compared with tensors)
 PARSE_BG, PARSE_SKIN, PARSE_BROWS, PARSE_EYES, PARSE_NOSE, PARSE_LIPS, PARSE_MOUTH = (
@@ -120,6 +121,7 @@ class HeadMasks:
         skin: ``float32 [B, H, W, 1]`` the colour-consistent skin of the face (no beard,
             brows or lips), whose shadows are lifted from the albedo; None to keep them.
         hair_stats: per photo ``{"hair_px", "skin_px", "dark_px", "has_hair", "hair_rgb" [3],
+            "hair_swatch" (:func:`~services.fitter.texture.hair.hair_swatch` or None),
             "hair_amp", "long_hair", "long_hair_share", "glasses"}``: hair and skin pixel
             counts of the head above the brows
             (``dark_px`` of the hair: darker than the face skin of its column), whether the
@@ -175,6 +177,15 @@ def head_masks(photo: Tensor, parse: Tensor, skin: Tensor, landmarks: Tensor,
         # brows: a top rim on the brows would take them out with it)
         t = t * (1 - frames * (par_i != PARSE_BROWS))
         st["glasses"] = g_stats
+        seen = st.pop("hair_seen", [])
+        if st.get("has_hair") and seen:
+            # the hair's own texture for the unseen scalp (hair_layer), from the sharper crop
+            src = (photo if hires is None else hires)[i].detach().cpu().numpy()
+            iod_i = float(np.linalg.norm(lm_i[36] - lm_i[45]))
+            for mask in seen:  # the first that shows enough hair
+                st["hair_swatch"] = hair_swatch(src, mask, iod_i)
+                if st["hair_swatch"] is not None:
+                    break
         # ... nor are the brows (bushy brows reach beyond their label: not creases to lift)
         keep.append(((t > 0) | (par_i != PARSE_SKIN)) & ~brow_band(lm_i, par_i.shape))
         tex.append(t)
@@ -539,7 +550,7 @@ def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray, cw: np
         # reaches 2.5x its cheeks' detail, rarely 4x; blond strands reach 5-7x)
         stranded = fine > STREAK_RATIO * fine_ref
     else:
-        streaky = stranded = None
+        streaky = stranded = fine_ref = None
     # above the brows, hair much darker than the face skin of its own column (a side light
     # darkens both) is hair whatever the skin probability and the parse say (dark hair
     # labelled skin, hair whose colour the skin model of a side-lit face tolerates)
@@ -612,6 +623,17 @@ def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray, cw: np
         # hair pixels far from the hair's colour are background or skin GrabCut let through
         dist = np.linalg.norm(photo.astype(np.float32) / 255 - stats["hair_rgb"], axis=-1)
         hair_m = hair_m & (dist < 0.3)
+        # the hair the photo shows, for hair_swatch's patches: the head's (GrabCut's), and
+        # when that is too little, also what around the head has the hair's colour and strand
+        # texture (a wall of that colour would come in too: second choice)
+        stats["hair_seen"] = [hair & (dist < 0.3)]
+        if fine_ref is not None:
+            lab = cv2.cvtColor(photo.astype(np.float32) / 255, cv2.COLOR_RGB2Lab)
+            ref_lab = cv2.cvtColor(np.asarray(stats["hair_rgb"], np.float32)[None, None],
+                                   cv2.COLOR_RGB2Lab)[0, 0]
+            hairy = ((np.linalg.norm(lab - ref_lab, axis=-1) < LONG_HAIR_DE)
+                     & (fine > LONG_HAIR_FINE * fine_ref) & (parse == PARSE_BG))
+            stats["hair_seen"].append((hair | hairy) & (dist < 0.3))
     else:
         stats["has_hair"] = False
     return tex.astype(np.float32), hair_m.astype(np.float32), stats
