@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
                          "timed by the process's CPU time (all threads, charged to the Python "
                          "function that was running) and write the top functions here: where "
                          "the host's CPU seconds go")
+    ap.add_argument("--cprofile-first", default=None,
+                    help="profile the process's first fit (the warm-up, first preset) by wall "
+                         "clock and write the top functions here: where a cold start goes")
     args = ap.parse_args(argv)
 
     import torch
@@ -82,7 +85,29 @@ def main(argv: list[str] | None = None) -> int:
         core = FitterCore(args.face_model, device=args.device)
     gpu = core.device.type == "cuda"
     # warm-up: builds the UV lookups and (on GPU) the kernels
-    core.fit(face, preset="fast", texture_size=args.texture_size, want_intermediates=False)
+    if args.cprofile_first:  # where a new process's first fit spends its time (wall clock)
+        import cProfile
+        import pstats
+
+        pr = cProfile.Profile(time.perf_counter)
+        t0 = time.perf_counter()
+        pr.enable()
+        core.fit(face, preset=args.presets.split(",")[0], texture_size=args.texture_size,
+                 want_intermediates=False)
+        if core.device.type == "cuda":
+            torch.cuda.synchronize()
+        pr.disable()
+        buf = io.StringIO()
+        buf.write(f"first {args.presets.split(',')[0]} fit in a new process on {core.device}: "
+                  f"{time.perf_counter() - t0:.3f} s wall\n\n")
+        st = pstats.Stats(pr, stream=buf)
+        st.sort_stats("cumulative").print_stats(80)
+        st.sort_stats("tottime").print_stats(30)
+        Path(args.cprofile_first).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.cprofile_first).write_text(buf.getvalue())
+        print(buf.getvalue().splitlines()[0] + f"\nwrote {args.cprofile_first}")
+    else:
+        core.fit(face, preset="fast", texture_size=args.texture_size, want_intermediates=False)
     rows = []
     for preset in args.presets.split(","):
         for bs in [int(b) for b in args.batch.split(",")]:

@@ -27,6 +27,7 @@
 #                    SERVE_FITTERS="1 2 4" one run per FFHQUV_FITTER_REPLICAS, SERVE_CLIENTS,
 #                    SERVE_MAX_CONCURRENT the gateway's limit)
 #          profile   bench/fit.py --cprofile: the fitter's host CPU seconds by function
+#          profilefirst  bench/fit.py --cprofile-first: a new process's first fit by function
 #          recovery  bench/recovery.py (kill -9 of each child under load), --device cuda when
 #                    the script has that flag
 set -uo pipefail
@@ -180,6 +181,13 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
       step profile 240 python3 bench/fit.py --presets standard --device cuda --threads 4 \
         --batch 1,8 --repeat 3 --photo "$(ls "$S"/photos/faces-dev/fd05* | head -1)" \
         --cprofile "$out/cprofile.txt" --json "$out/fit.json"
+      ;;
+    profilefirst)
+      # where a new process's first fit goes (wall clock, cProfile): cold start
+      need "$sp68" "$S/cache" "$S/photos/faces-dev" || { rc=1; continue; }
+      step profilefirst 200 python3 bench/fit.py --presets standard --device cuda --threads 4 \
+        --batch 1 --photo "$(ls "$S"/photos/faces-dev/fd05* | head -1)" \
+        --cprofile-first "$out/cprofile_first.txt"
       ;;
     recovery)
       need "$sp68" "$S/cache" || { rc=1; continue; }

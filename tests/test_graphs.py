@@ -4,6 +4,7 @@ on the CPU (the CUDA-graph replays themselves are checked in tests/test_graphs_g
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -83,6 +84,59 @@ def test_step_runner_runs_eagerly_on_cpu():
     assert seen[:4] == [("prepare", 0), ("step", 0), ("prepare", 1), ("step", 1)]
     assert len(losses) == 80 and losses[-1] < 0.05 * losses[0]
     assert opt.param_groups[0]["lr"] == 0.02
+
+
+def test_adam_steps_as_torch_optim_adam():
+    """The fitter's Adam (torch's functional Adam without the Optimizer class) takes the
+    same steps as ``torch.optim.Adam`` over several groups, with a group left without a
+    gradient and a learning rate changed on the way."""
+    g = torch.Generator().manual_seed(0)
+    init = [torch.randn(5, generator=g), torch.randn(3, 2, generator=g),
+            torch.randn(4, generator=g)]
+    targets = [torch.randn(t.shape, generator=g) for t in init]
+
+    def run(make) -> list[torch.Tensor]:
+        ps = [t.clone().requires_grad_(True) for t in init]
+        opt = make([{"params": ps[:2], "lr": 0.1}, {"params": ps[2:], "lr": 0.03}])
+        for i in range(40):
+            if i == 20:
+                opt.param_groups[0]["lr"] = 0.02
+            opt.zero_grad(set_to_none=True)
+            loss = sum(((p - t) ** 3).abs().sum() for p, t in zip(ps[:2], targets[:2], strict=True))
+            if i % 3:  # the second group gets a gradient on two steps of three
+                loss = loss + ((ps[2] - targets[2]) ** 2).sum()
+            loss.backward()
+            opt.step()
+        return [p.detach() for p in ps]
+
+    ours = run(lambda groups: make_adam(groups, graph=False))
+    ref = run(torch.optim.Adam)
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_first_fit_does_not_import_torch_dynamo():
+    """Constructing a torch.optim.Optimizer imports torch._dynamo (sympy, triton, FSDP) on
+    first use, 1-5 s of a new process: a fit must not (a new interpreter, synthetic model)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from services.fitter.core import FitterCore\n"
+        "from services.fitter.synthetic import (build_synthetic_model, synthetic_face,\n"
+        "                                       synthetic_texture)\n"
+        "m = build_synthetic_model()\n"
+        "c = m.zeros(1)\n"
+        "c['gamma'][0, [0, 9, 18]] = 0.33\n"
+        "face = synthetic_face(m, c, synthetic_texture(128), hires=256)[0]\n"
+        "core = FitterCore(model=m, device='cpu', threads=1)\n"
+        "core.fit(face, preset='fast', texture_size=128, want_intermediates=False)\n"
+        "print('torch._dynamo' in sys.modules)\n")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=str(root))
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stdout[-500:]
 
 
 def test_step_runner_cancel():

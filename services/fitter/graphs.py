@@ -55,7 +55,72 @@ def graphs_enabled(device: torch.device | str, backend=None) -> bool:
     return backend is None or bool(getattr(backend, "capturable", False))
 
 
-def make_adam(groups: list[dict], *, graph: bool) -> torch.optim.Adam:
+class Adam:
+    """``torch.optim.Adam``'s update over parameter groups, without ``torch.optim.Optimizer``.
+
+    The step is torch's own functional Adam (:func:`torch.optim.adam.adam`, the function the
+    class calls) with the class's defaults and state (``exp_avg``, ``exp_avg_sq``, a float32
+    step counter: on the host, or on the device when ``capturable``), so the arithmetic is
+    the same. The class itself is left out because constructing any ``Optimizer`` imports
+    ``torch._dynamo`` (with sympy, triton and FSDP) the first time: 1-5 s of a new process's
+    first fit (BENCHMARKS.md, sixth session), for nothing the fitter uses.
+
+    Args:
+        groups: dicts with ``params`` (tensors to optimise) and ``lr`` (float, or a 0-d
+            device tensor when ``capturable``).
+        capturable: step counters on the device and the foreach implementation, so that a
+            step can be recorded in a CUDA graph (:class:`StepRunner`).
+        betas, eps: as ``torch.optim.Adam``'s (its defaults).
+    """
+
+    def __init__(self, groups: list[dict], *, capturable: bool = False,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.param_groups = [{**g, "params": list(g["params"])} for g in groups]
+        self.capturable = capturable
+        self.betas = betas
+        self.eps = eps
+        scalar = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+        self.state: dict[Tensor, dict[str, Tensor]] = {}
+        for g in self.param_groups:
+            for p in g["params"]:
+                self.state[p] = {
+                    "step": torch.zeros((), dtype=scalar,
+                                        device=p.device if capturable else "cpu"),
+                    "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                    "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Drop (or zero) the gradients of every parameter."""
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                if set_to_none:
+                    p.grad = None
+                else:
+                    p.grad.detach_().zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One Adam step of every parameter that has a gradient."""
+        from torch.optim.adam import adam
+
+        for g in self.param_groups:
+            ps = [p for p in g["params"] if p.grad is not None]
+            if not ps:
+                continue
+            st = [self.state[p] for p in ps]
+            adam(ps, [p.grad for p in ps], [s["exp_avg"] for s in st],
+                 [s["exp_avg_sq"] for s in st], [], [s["step"] for s in st],
+                 foreach=True if self.capturable else None, capturable=self.capturable,
+                 differentiable=False, fused=None, grad_scale=None, found_inf=None,
+                 has_complex=any(torch.is_complex(p) for p in ps),
+                 decoupled_weight_decay=False, amsgrad=False, beta1=self.betas[0],
+                 beta2=self.betas[1], lr=g["lr"], weight_decay=0.0, eps=self.eps,
+                 maximize=False)
+
+
+def make_adam(groups: list[dict], *, graph: bool) -> Adam:
     """Adam over parameter groups (dicts with ``params`` and a float ``lr``).
 
     In graph mode the optimizer is ``capturable`` (its step counters live on the device) and
@@ -65,11 +130,11 @@ def make_adam(groups: list[dict], *, graph: bool) -> torch.optim.Adam:
     if graph:
         groups = [{**g, "lr": torch.tensor(float(g["lr"]), device=g["params"][0].device)}
                   for g in groups]
-        return torch.optim.Adam(groups, capturable=True, foreach=True)
-    return torch.optim.Adam(groups)
+        return Adam(groups, capturable=True)
+    return Adam(groups)
 
 
-def set_lr(opt: torch.optim.Optimizer, index: int, value: float) -> None:
+def set_lr(opt: Adam, index: int, value: float) -> None:
     """Set the learning rate of parameter group ``index`` (a device tensor in graph mode)."""
     g = opt.param_groups[index]
     if isinstance(g["lr"], Tensor):
@@ -90,7 +155,7 @@ class StepRunner:
             capture requires; they are real steps and count toward ``steps``).
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, body: Body,
+    def __init__(self, optimizer: Adam, body: Body,
                  prepare: Prepare | None = None, *, graph: bool, warmup: int = 3):
         self.opt = optimizer
         self.body = body
