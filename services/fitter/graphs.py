@@ -59,11 +59,12 @@ class Adam:
     """``torch.optim.Adam``'s update over parameter groups, without ``torch.optim.Optimizer``.
 
     The step is torch's own functional Adam (:func:`torch.optim.adam.adam`, the function the
-    class calls) with the class's defaults and state (``exp_avg``, ``exp_avg_sq``, a float32
-    step counter: on the host, or on the device when ``capturable``), so the arithmetic is
-    the same. The class itself is left out because constructing any ``Optimizer`` imports
-    ``torch._dynamo`` (with sympy, triton and FSDP) the first time: 1-5 s of a new process's
-    first fit (BENCHMARKS.md, sixth session), for nothing the fitter uses.
+    class calls, given only arguments it has had since torch 2.4) with the class's defaults
+    and state (``exp_avg``, ``exp_avg_sq``, a float32 step counter: on the host, or on the
+    device when ``capturable``), so the arithmetic is the same. The class itself is left out
+    because constructing any ``Optimizer`` imports ``torch._dynamo`` (with sympy, triton and
+    FSDP) the first time: 1-5 s of a new process's first fit (BENCHMARKS.md, sixth
+    session), for nothing the fitter uses.
 
     Args:
         groups: dicts with ``params`` (tensors to optimise) and ``lr`` (float, or a 0-d
@@ -115,7 +116,7 @@ class Adam:
                  foreach=True if self.capturable else None, capturable=self.capturable,
                  differentiable=False, fused=None, grad_scale=None, found_inf=None,
                  has_complex=any(torch.is_complex(p) for p in ps),
-                 decoupled_weight_decay=False, amsgrad=False, beta1=self.betas[0],
+                 amsgrad=False, beta1=self.betas[0],
                  beta2=self.betas[1], lr=g["lr"], weight_decay=0.0, eps=self.eps,
                  maximize=False)
 
