@@ -460,6 +460,24 @@ def test_hair_colour_black_hair_is_not_dark_red():
     assert got[2] > 0.4 * got[0], got  # blue not clipped away
 
 
+def test_hair_colour_of_underexposed_black_hair_is_the_darkest_albedo():
+    """Hair the photo shows near black (L* 1-3) is given the darkest hair albedo, so its
+    strands can show; hair at or above it keeps its lightness."""
+    import cv2
+
+    from services.fitter.texture.masks import HAIR_MIN_L, hair_colour
+
+    rng = np.random.default_rng(1)
+    for rgb, lifted in (([0.012, 0.010, 0.009], True), ([0.30, 0.22, 0.15], False)):
+        img = np.clip(np.array(rgb, np.float32) * rng.uniform(0.8, 1.2, (40, 40, 1)), 0, 1)
+        got = hair_colour((img * 255 + 0.5).astype(np.uint8), np.ones((40, 40), bool))
+        lab = cv2.cvtColor(got[None, None], cv2.COLOR_RGB2Lab)[0, 0]
+        if lifted:
+            assert abs(lab[0] - HAIR_MIN_L) < 1.0 and np.hypot(lab[1], lab[2]) < 8, lab
+        else:
+            assert lab[0] > HAIR_MIN_L + 10, lab
+
+
 # --------------------------------------------------------------- photo masks (faces-dev)
 GLASSES = {"fd18_light_f_glasses_detection1.jpg": True,
            "fd07_medium_m_glasses_goatee_FACE_2.jpg": True,

@@ -416,6 +416,9 @@ def brow_band(lm: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 # (green foliage, blue sky, purple-tinted shadows), not dye
 HAIR_HUE_DEG = (25.0, 70.0, 90.0)  # lowest, highest for dark hair, highest for light hair
 HAIR_NATURAL_CHROMA = 30.0
+# the darkest hair albedo (CIELAB L*): black hair reflects a few per cent; an underexposed
+# photo's hair near L* 0 would paint a black cap on which no strand shows
+HAIR_MIN_L = 10.0
 
 
 def hair_colour(photo: np.ndarray, hair: np.ndarray) -> np.ndarray:
@@ -429,7 +432,8 @@ def hair_colour(photo: np.ndarray, hair: np.ndarray) -> np.ndarray:
     lies around (green of foliage), highlights the colour of the sky; the chroma the body's,
     scaled by that lightness over the body's (a darker shade is less saturated). A hue
     outside the natural range (:data:`HAIR_HUE_DEG`, by lightness) at a natural chroma is
-    turned to its nearest end; strongly coloured (dyed) hair keeps its hue.
+    turned to its nearest end; strongly coloured (dyed) hair keeps its hue. No hair is darker
+    than :data:`HAIR_MIN_L` (an underexposed photo's black hair is lifted to it).
 
     Args:
         photo: ``uint8 [H, W, 3]`` RGB; hair: bool ``[H, W]`` hair pixels (at least one).
@@ -460,6 +464,10 @@ def hair_colour(photo: np.ndarray, hair: np.ndarray) -> np.ndarray:
         ends = np.array([HAIR_HUE_DEG[0], hue_max])
         hue = float(ends[np.argmin(np.abs((hue - ends + 180.0) % 360.0 - 180.0))])
         a, b = chroma * np.cos(np.radians(hue)), chroma * np.sin(np.radians(hue))
+    if light < HAIR_MIN_L:  # lifted to the darkest albedo, its hue kept
+        a, b = a * HAIR_MIN_L / max(light, 1.0), b * HAIR_MIN_L / max(light, 1.0)
+        a, b = float(np.clip(a, -8, 8)), float(np.clip(b, -8, 8))
+        light = HAIR_MIN_L
     med = np.array([light, a, b], np.float32)
     rgb = cv2.cvtColor(med[None, None], cv2.COLOR_Lab2RGB)[0, 0]
     return np.clip(rgb, 0, 1).astype(np.float32)
