@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import threading
-from collections import OrderedDict
-
 import numpy as np
 import scipy.sparse as sp
 
@@ -216,6 +212,8 @@ def screened_smooth(lap: sp.csr_matrix, data: np.ndarray, weight: np.ndarray, le
     Returns:
         ``[N, C]`` float64.
     """
+    from scipy.sparse.linalg import splu
+
     n = data.shape[0]
     w = np.clip(weight.astype(np.float64), 0, None)
     d = data.astype(np.float64).reshape(n, -1)
@@ -223,36 +221,6 @@ def screened_smooth(lap: sp.csr_matrix, data: np.ndarray, weight: np.ndarray, le
         prior = (d * w[:, None]).sum(0) / max(w.sum(), 1e-9) if w.sum() > 0 else d.mean(0)
     p = np.asarray(prior, np.float64).reshape(1, -1)
     eps = (length / (reach if reach is not None else 4.0 * length)) ** 2
+    a = (sp.diags(w + eps) + length**2 * lap).tocsc()
     rhs = w[:, None] * d + eps * p
-    lu, lock = _factor(lap, w, eps, length)
-    with lock:  # one factor may serve the photos of a batch, solved on their threads
-        return lu.solve(rhs).reshape(data.shape)
-
-
-_FACTORS: OrderedDict[tuple, tuple] = OrderedDict()
-_FACTORS_LOCK = threading.Lock()
-_FACTORS_MAX = 16
-
-
-def _factor(lap: sp.csr_matrix, w: np.ndarray, eps: float, length: float
-            ) -> tuple[object, threading.Lock]:
-    """``(SuperLU, its lock)``: the sparse LU of ``diag(w + eps) + length^2 lap``, kept for
-    the last few systems: the calls whose weights do not depend on the photo (the
-    symmetrisation's, weighted by the atlas's coverage) factor once per atlas instead of
-    once per photo."""
-    from scipy.sparse.linalg import splu
-
-    key = (id(lap), lap.nnz, float(eps), float(length),
-           hashlib.blake2b(w.tobytes(), digest_size=16).digest())
-    with _FACTORS_LOCK:
-        hit = _FACTORS.get(key)
-        if hit is not None and hit[0] is lap:
-            _FACTORS.move_to_end(key)
-            return hit[1], hit[2]
-    lu = splu((sp.diags(w + eps) + length**2 * lap).tocsc())
-    lock = threading.Lock()
-    with _FACTORS_LOCK:
-        _FACTORS[key] = (lap, lu, lock)
-        while len(_FACTORS) > _FACTORS_MAX:
-            _FACTORS.popitem(last=False)
-    return lu, lock
+    return splu(a).solve(rhs).reshape(data.shape)
