@@ -351,6 +351,26 @@ def test_completion_keeps_the_photos_skin_level(maps):
     assert skin_level(plain.texture, skin) > 0
 
 
+def test_unseen_skin_does_not_continue_the_shadow_under_the_jaw(model, maps):
+    """The unseen neck takes the person's skin tone, not the dark shadow (or clothing, or
+    hair) the photo shows along the face's lower edge: dark texels count little in the skin
+    template that fills what the photo did not see."""
+    mask = maps.mask.numpy()
+    pos = maps.pos_mean.numpy()
+    face = mask & (maps.face.numpy() > 0.5)
+    lm = model.landmarks(model.mean_shape[None])[0].numpy()
+    albedo = np.full((S, S, 3), [0.45, 0.32, 0.26], np.float32)
+    jaw = face & (pos[..., 1] < lm[57, 1])  # below the lower lip: in the jaw's shadow
+    albedo[jaw] *= 0.3
+    weight = face.astype(np.float32)
+    done = complete_texture(albedo, weight, maps, skin=weight.copy())
+    neck = mask & (np.asarray(maps.to_texel @ head_zones(model)["neck"]).reshape(S, S) > 0.5)
+    lum = done.texture @ np.array([0.299, 0.587, 0.114], np.float32)
+    skin_lum = float(np.median(lum[face & ~jaw]))
+    assert neck.sum() > 50
+    assert np.median(lum[neck]) > 0.75 * skin_lum, (np.median(lum[neck]), skin_lum)
+
+
 def test_completion_keeps_brows_that_are_off_the_mirror_line(maps):
     """A brow (dark, not skin in the photo's labels) whose mirror texels are skin (the
     person's brows are not where the mean shape's mirror map puts them) stays dark: only

@@ -1,9 +1,9 @@
 """Completion: a hole-free albedo texture from one unwrap.
 
 Unseen texels are completed by (a) the left/right mirror texel (``UVMaps.mirror``) and (b) a
-shading-free skin-tone template (the low frequencies of the seen skin, continued over the
-head on the surface and relaxing to its median colour), joined by Laplacian-pyramid
-blending. The low frequencies are then made left/right symmetric
+shading-free skin-tone template (the low frequencies of the seen skin, its shadows
+discounted, continued over the head on the surface and relaxing to its median colour),
+joined by Laplacian-pyramid blending. The low frequencies are then made left/right symmetric
 (:func:`~services.fitter.texture.lowpass.symmetrize_lowfreq`).
 """
 
@@ -150,6 +150,10 @@ def skin_level(albedo: np.ndarray, skin: np.ndarray) -> float:
     return float(lum[order][np.searchsorted(cum, 0.5 * cum[-1])])
 
 
+#: the skin template's weight of a texel rises from 0.05 at ``SHADOW_LEVEL[0]`` of the median
+#: skin's luma to 1 at ``SHADOW_LEVEL[1]``: shadows and dark edges barely shape the unseen skin
+SHADOW_LEVEL = (0.45, 0.75)
+
 #: the most :func:`complete_texture` rescales a texture to keep the photo's skin level
 LEVEL_MAX = 1.3
 
@@ -220,8 +224,15 @@ def complete_texture(albedo: np.ndarray, weight: np.ndarray, maps: UVMaps,
     else:
         skin_color = np.array([0.78, 0.6, 0.5], np.float32)
     # on the surface, so that it is continuous across the atlas's seams; it continues the
-    # seen skin's colour smoothly over the head and relaxes to the median skin colour
-    template, _ = mesh_lowpass(maps, comb, sw, sigma=s / 24, prior=skin_color, reach=s / 4)
+    # seen skin's colour smoothly over the head and relaxes to the median skin colour. Its
+    # colour, not its shadows: the shadow under the jaw (or clothing, or hair at the face's
+    # edge) continued over the unseen neck as a dark band; texels darker than SHADOW_LEVEL
+    # of the median skin count little
+    lvl = max(float(np.asarray(skin_color, np.float32) @ LUMA), 1e-3)
+    lo, hi = SHADOW_LEVEL
+    bright = np.clip(((comb @ LUMA) / lvl - lo) / (hi - lo), 0.05, 1.0)
+    template, _ = mesh_lowpass(maps, comb, sw * bright, sigma=s / 24, prior=skin_color,
+                               reach=s / 4)
     template = pad_outside(template, mask)
     # texels near a seam take the template: the photo detail on one side of a seam has no
     # counterpart on the other
