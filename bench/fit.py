@@ -86,26 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     gpu = core.device.type == "cuda"
     # warm-up: builds the UV lookups and (on GPU) the kernels
     if args.cprofile_first:  # where a new process's first fit spends its time (wall clock)
-        import cProfile
-        import pstats
-
-        pr = cProfile.Profile(time.perf_counter)
-        t0 = time.perf_counter()
-        pr.enable()
-        core.fit(face, preset=args.presets.split(",")[0], texture_size=args.texture_size,
-                 want_intermediates=False)
-        if core.device.type == "cuda":
-            torch.cuda.synchronize()
-        pr.disable()
-        buf = io.StringIO()
-        buf.write(f"first {args.presets.split(',')[0]} fit in a new process on {core.device}: "
-                  f"{time.perf_counter() - t0:.3f} s wall\n\n")
-        st = pstats.Stats(pr, stream=buf)
-        st.sort_stats("cumulative").print_stats(80)
-        st.sort_stats("tottime").print_stats(30)
-        Path(args.cprofile_first).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.cprofile_first).write_text(buf.getvalue())
-        print(buf.getvalue().splitlines()[0] + f"\nwrote {args.cprofile_first}")
+        first_fit_profile(core, face, args.presets.split(",")[0], args.texture_size,
+                          args.cprofile_first)
     else:
         core.fit(face, preset="fast", texture_size=args.texture_size, want_intermediates=False)
     rows = []
@@ -159,7 +141,6 @@ def cpu_profile(core, face, preset: str, texture_size: int, repeat: int, path: s
     every thread of the process (torch's and BLAS's pools, CUDA's host threads, a spinning
     synchronise) charged to the Python function running when they were spent."""
     import cProfile
-    import pstats
 
     import torch
 
@@ -173,16 +154,45 @@ def cpu_profile(core, face, preset: str, texture_size: int, repeat: int, path: s
             torch.cuda.synchronize()
     pr.disable()
     cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+    write_stats(pr, f"{repeat} {preset} fits on {core.device}, {torch.get_num_threads()} "
+                f"threads: {cpu / repeat:.3f} CPU s and {wall / repeat:.3f} wall s a photo",
+                path, (("tottime", 45), ("cumulative", 70)))
+
+
+def first_fit_profile(core, face, preset: str, texture_size: int, path: str) -> None:
+    """The process's first fit (the warm-up) under cProfile by wall clock: where a cold
+    start goes (imports on first use, kernel loading, atlas building)."""
+    import cProfile
+
+    import torch
+
+    pr = cProfile.Profile(time.perf_counter)
+    t0 = time.perf_counter()
+    pr.enable()
+    core.fit(face, preset=preset, texture_size=texture_size, want_intermediates=False)
+    if core.device.type == "cuda":
+        torch.cuda.synchronize()
+    pr.disable()
+    write_stats(pr, f"first {preset} fit in a new process on {core.device}: "
+                f"{time.perf_counter() - t0:.3f} s wall", path,
+                (("cumulative", 80), ("tottime", 30)))
+
+
+def write_stats(pr, header: str, path: str, sorts: tuple[tuple[str, int], ...]) -> None:
+    """``header`` and the top functions of ``pr`` by each ``(key, rows)`` of ``sorts`` to
+    the text file ``path``, the raw stats beside it (``.prof``, for pstats' callers /
+    callees)."""
+    import pstats
+
     buf = io.StringIO()
-    buf.write(f"{repeat} {preset} fits on {core.device}, {torch.get_num_threads()} threads: "
-              f"{cpu / repeat:.3f} CPU s and {wall / repeat:.3f} wall s a photo\n\n")
+    buf.write(header + "\n\n")
     st = pstats.Stats(pr, stream=buf)
-    st.sort_stats("tottime").print_stats(45)
-    st.sort_stats("cumulative").print_stats(70)
+    for key, rows in sorts:
+        st.sort_stats(key).print_stats(rows)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(buf.getvalue())
-    pr.dump_stats(str(Path(path).with_suffix(".prof")))  # for pstats' callers / callees
-    print(buf.getvalue().splitlines()[0] + f"\nwrote {path} and its .prof")
+    pr.dump_stats(str(Path(path).with_suffix(".prof")))
+    print(header + f"\nwrote {path} and its .prof")
 
 
 def profile_fit(core, face, preset: str, texture_size: int, path: str) -> None:
