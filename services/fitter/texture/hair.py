@@ -220,26 +220,16 @@ def hair_swatch(hires: np.ndarray, hair: np.ndarray, iod_px: float, seed: int = 
     return (out * (target / max(float(np.std(out)), 1e-6))).astype(np.float32)
 
 
-_ANGLES: dict[int, tuple[UVMaps, np.ndarray, np.ndarray, float]] = {}
-
-
 def _head_angles(maps: UVMaps) -> tuple[np.ndarray, np.ndarray, float]:
-    """``(around, down, radius)`` of every texel of ``maps`` seen from ``maps.head_centre``:
-    the angle around the vertical axis and down from the crown (radians, ``float64 [S, S]``)
-    and the scalp's median distance from the centre; made once per atlas."""
-    with _STRANDS_LOCK:
-        hit = _ANGLES.get(id(maps))
-    if hit is not None and hit[0] is maps:
-        return hit[1], hit[2], hit[3]
-    d = maps.pos_mean.cpu().numpy().astype(np.float64) - maps.head_centre
-    around = np.arctan2(d[..., 0], d[..., 2])
-    r = np.linalg.norm(d, axis=-1) + 1e-9
-    down = np.arccos(np.clip(d[..., 1] / r, -1.0, 1.0))
-    scalp = maps.hair_zone > 0.5
-    radius = float(np.median(r[scalp] if scalp.any() else r))
-    with _STRANDS_LOCK:
-        _ANGLES[id(maps)] = (maps, around, down, radius)
-    return around, down, radius
+    """``(around, down, radius)`` of every texel of ``maps`` (:func:`head_angles` from
+    ``maps.head_centre``) and the scalp's median distance from the centre; made once per
+    atlas."""
+    def build() -> tuple[np.ndarray, np.ndarray, float]:
+        around, down, r = head_angles(maps.pos_mean.cpu().numpy(), maps.head_centre)
+        scalp = maps.hair_zone > 0.5
+        return around, down, float(np.median(r[scalp] if scalp.any() else r))
+
+    return _per_atlas("angles", maps, build)
 
 
 def swatch_on_head(swatch: np.ndarray, maps: UVMaps) -> np.ndarray:
@@ -256,21 +246,29 @@ def swatch_on_head(swatch: np.ndarray, maps: UVMaps) -> np.ndarray:
     return cv2.remap(swatch, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP)
 
 
-_STRANDS: dict[int, tuple[UVMaps, np.ndarray]] = {}
-_STRANDS_LOCK = threading.Lock()
+_PER_ATLAS: dict[tuple[str, int], tuple[UVMaps, object]] = {}
+_PER_ATLAS_LOCK = threading.Lock()
+
+
+def _per_atlas(name: str, maps: UVMaps, build):
+    """``build()``'s result, made once per atlas (it depends on the model and the size, not
+    on the photo) and kept under ``name``."""
+    key = (name, id(maps))
+    with _PER_ATLAS_LOCK:
+        hit = _PER_ATLAS.get(key)
+        if hit is not None and hit[0] is maps:
+            return hit[1]
+    value = build()
+    with _PER_ATLAS_LOCK:
+        _PER_ATLAS[key] = (maps, value)
+    return value
 
 
 def _atlas_strands(maps: UVMaps) -> np.ndarray:
     """:func:`strand_noise` at every texel of ``maps`` (``float32 [S, S]``), made once per
-    atlas: it depends on the model and the size only, not on the photo."""
-    with _STRANDS_LOCK:
-        hit = _STRANDS.get(id(maps))
-        if hit is not None and hit[0] is maps:
-            return hit[1]
-    noise = strand_noise(maps.pos_mean.cpu().numpy(), maps.head_centre)
-    with _STRANDS_LOCK:
-        _STRANDS[id(maps)] = (maps, noise)
-    return noise
+    atlas."""
+    return _per_atlas("strands", maps,
+                      lambda: strand_noise(maps.pos_mean.cpu().numpy(), maps.head_centre))
 
 
 def hair_info(stats: dict) -> dict:
@@ -293,6 +291,17 @@ def hair_info(stats: dict) -> dict:
 _STRAND_OCTAVES = ((40, 3, 0.55), (110, 8, 0.35), (260, 14, 0.25), (520, 30, 0.15))
 
 
+def head_angles(pos: np.ndarray, centre: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Model-space points ``[..., 3]`` (y up, face toward +z) seen from ``centre`` ``[3]``:
+    ``(around, down, r)``, the angle around the vertical axis (0 at the face, radians), the
+    angle down from the crown (0 at the top) and the distance, all ``float64 [...]``."""
+    d = np.asarray(pos, np.float64) - np.asarray(centre, np.float64)
+    r = np.linalg.norm(d, axis=-1) + 1e-9
+    return (np.arctan2(d[..., 0], d[..., 2]), np.arccos(np.clip(d[..., 1] / r, -1.0, 1.0)),
+            r)
+
+
 def strand_noise(pos: np.ndarray, centre: np.ndarray, seed: int = 0) -> np.ndarray:
     """Hair-strand noise at model-space points: fast across, slow along the meridians that
     run from the crown (the ``+y`` pole over ``centre``) down the head.
@@ -303,11 +312,8 @@ def strand_noise(pos: np.ndarray, centre: np.ndarray, seed: int = 0) -> np.ndarr
     Returns:
         ``float32 [...]``, zero mean, standard deviation about 0.5.
     """
-    d = np.asarray(pos, np.float64) - np.asarray(centre, np.float64)
-    around = np.arctan2(d[..., 0], d[..., 2])
-    r = np.linalg.norm(d, axis=-1) + 1e-9
-    down = np.arccos(np.clip(d[..., 1] / r, -1.0, 1.0))
-    total = np.zeros(d.shape[:-1], np.float64)
+    around, down, _ = head_angles(pos, centre)
+    total = np.zeros(around.shape, np.float64)
     for k, (ka, kd, amp) in enumerate(_STRAND_OCTAVES):
         total += amp * _value_noise(around, down, seed + k, ka, kd)
     norm = math.sqrt(sum(a * a for _, _, a in _STRAND_OCTAVES))
