@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = "ffhquv.gateway.v1.Reconstruction"
 _DEADLINE_SLACK_S = 1.0
 MAX_ARTIFACT_ID = 400
+# Event loops of stopped in-thread gateways, kept open and referenced (see start_in_thread).
+_STOPPED_LOOPS: list[asyncio.AbstractEventLoop] = []
 
 
 def _check_image(data: bytes, max_bytes: int) -> None:
@@ -434,7 +436,13 @@ class GatewayServer:
             if pending:
                 self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self._loop.run_until_complete(self._loop.shutdown_asyncgens())
-            self._loop.close()
+            # The loop is left open, not closed: grpc's aio poller thread hands completion
+            # events of this loop's calls (a cancelled fitter call, a closing channel) to the
+            # loop with call_soon_threadsafe, possibly after it stopped; on a closed loop that
+            # raises "Event loop is closed" inside whichever live loop drains the queue next
+            # (another gateway of the process), logged there at error level. On a stopped,
+            # open loop the late callback is queued and never runs.
+            _STOPPED_LOOPS.append(self._loop)
             self._stopped.set()
 
         self._thread = threading.Thread(target=run, name="gateway", daemon=True)

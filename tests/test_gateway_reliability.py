@@ -254,3 +254,41 @@ def test_cancelled_stream_and_stop_log_no_errors(stack, astronaut_jpg_bytes, cap
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, [(r.name, r.getMessage()) for r in errors]
     assert stack.gateway.store.get_result("cancel-me") is None
+
+
+def test_stopped_gateway_keeps_its_loop_open_for_late_grpc_events(tmp_path, caplog):
+    """grpc's aio poller hands a call's completion to the loop that made the call, also after
+    that gateway stopped (a cancelled backend call completing late). A closed loop makes that
+    raise "Event loop is closed" inside the next gateway's loop, logged there at error level
+    (the flake of the test above); a stopped gateway therefore leaves its loop open: the late
+    callback is queued and never runs, and a second gateway in the process logs no error."""
+    from concurrent import futures
+
+    from grpc_health.v1 import health
+
+    from gateway.backends import GrpcBackends
+    from gateway.orchestrator import Orchestrator
+    from gateway.server import GatewayLimits, GatewayServer
+    from gateway.storage import LocalArtifactStore
+
+    caplog.set_level(logging.INFO)
+    healthy = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), healthy)
+    up = f"127.0.0.1:{healthy.add_insecure_port('127.0.0.1:0')}"
+    healthy.start()
+    try:
+        loops = []
+        for i in range(2):
+            backends = GrpcBackends(detector=up, fitter=up, eyeball=up, exporter=up)
+            gw = GatewayServer(Orchestrator(backends), LocalArtifactStore(tmp_path / f"s{i}"),
+                               limits=GatewayLimits(), close_backends=backends.close)
+            gw.start_in_thread()
+            gw.stop(1.0)
+            loops.append(gw._loop)
+            assert not gw._loop.is_closed() and not gw._loop.is_running()
+            gw._loop.call_soon_threadsafe(lambda: None)  # a late event: no RuntimeError
+    finally:
+        healthy.stop(None)
+    assert loops[0] is not loops[1]
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [(r.name, r.getMessage()) for r in errors]
