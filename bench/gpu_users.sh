@@ -3,7 +3,8 @@
 # CUDA machine without internet, in back-to-back calls of the device tool (DEVELOPERS.md, "GPU
 # machine"). Run from the repository root (the tool sends the checkout); the carried items sit
 # in the git-ignored folder .tp/ (TP=DIR to use another), any of them in any call:
-#   whl/        wheels missing there (dlib-bin, grpcio, grpcio-health-checking, grpcio-reflection,
+#   whl/        wheels missing there (py-spy for CLI_SPY; dlib-bin, grpcio,
+#               grpcio-health-checking, grpcio-reflection,
 #               grpcio-status, googleapis-common-protos, protobuf, grpcio-tools, trimesh,
 #               pygltflib + dataclasses-json, deprecated, marshmallow, diffrp-nvdiffrast)
 #   dlib/       sp68.dat.xz.part00 and part01 (dlib's 68-point model, xz, in two halves carried
@@ -21,7 +22,11 @@
 #   PART = prep      wheels, GPU facts, imports, nvdiffrast's plugin build, bench/png.py
 #          quality   bench/quality.py on photos/faces-dev + photos/ref (sheets as sheets.tar*)
 #          users     bench/users.py warm, cli (1 photo cold, folder of 8, folders of 64)
-#          cli       bench/users.py cli alone (CLI_COLD, CLI_BATCHES, CLI_COUNT)
+#          cli       bench/users.py cli alone (CLI_COLD, CLI_BATCHES: "" none, CLI_COUNT; CLI_SPY=1 records
+#                    the cold runs with py-spy)
+#          bytecode  compileall of site-packages, the carried wheels and the checkout into
+#                    $P/pycache (with BYTECODE=1 on this and later calls: the cold rows as on a
+#                    machine where pip compiled at install)
 #          warm      bench/users.py warm alone (users' first step, for a short session)
 #          serve     bench/users.py serve (SERVE_SECONDS per many-clients row, default 120;
 #                    SERVE_FITTERS="1 2 4" one run per FFHQUV_FITTER_REPLICAS, SERVE_CLIENTS,
@@ -41,7 +46,11 @@ M=$P/frm/face_recognition_models/models
 mkdir -p "$out" "$S" "$M"
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
 export TORCH_EXTENSIONS_DIR=$P/torch_ext FFHQUV_CACHE_DIR=$S/cache
-export PYTHONPATH="$ROOT:$P/site:$P/frm"
+export PYTHONPATH="$ROOT:$P/site:$P/frm" PATH="$P/site/bin:$PATH"
+# BYTECODE=1: Python keeps its bytecode under $P/pycache, as pip's install-time compile gives a
+# user's machine (the lent machine's torch folder has none: each new process compiled torch's
+# modules again, ~4 s); the part "bytecode" compiles it once
+[ "${BYTECODE:-0}" = 1 ] && export PYTHONPYCACHEPREFIX=$P/pycache
 step() { local name="$1" lim="$2"; shift 2; echo "=== $name: $*"; local t0=$SECONDS
   timeout "$lim" "$@" 2>&1 | tee "$out/$name.log"; echo "=== $name rc=${PIPESTATUS[0]} $((SECONDS - t0)) s"; }
 
@@ -143,9 +152,18 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
       # ffhquv fit as users run it: one photo cold (CLI_COLD runs), a folder of CLI_COUNT
       # photos with each of CLI_BATCHES
       need "$sp68" "$S/cache" "$S/photos/faces-dev" || { rc=1; continue; }
+      # CLI_SPY=1: each cold run recorded by py-spy (carry its wheel in whl/), summaries in spy/
       step cli "${CLI_LIMIT:-400}" python3 bench/users.py cli --photos "$S/photos/faces-dev" \
-        --device cuda --cold-runs "${CLI_COLD:-2}" --batch-sizes "${CLI_BATCHES:-8}" \
-        --count "${CLI_COUNT:-64}" --json "$out/cli.json"
+        --device cuda --cold-runs "${CLI_COLD:-2}" --batch-sizes "${CLI_BATCHES-8}" \
+        --count "${CLI_COUNT:-64}" --json "$out/cli.json" \
+        ${CLI_SPY:+--spy "$out/spy"}
+      ;;
+    bytecode)
+      # what pip's install-time compile gives a user: bytecode for every module (BYTECODE=1)
+      [ -n "$PYTHONPYCACHEPREFIX" ] || { echo "bytecode: set BYTECODE=1"; rc=1; continue; }
+      step bytecode 300 python3 -m compileall -q -j 0 \
+        "$(python3 -c 'import numpy, os; print(os.path.dirname(os.path.dirname(numpy.__file__)))')" \
+        "$P/site" "$ROOT" | tail -5
       ;;
     warm)
       # the warm rows alone (users' first step), for a short session

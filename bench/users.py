@@ -36,6 +36,7 @@ from bench.common import header, table, write_json  # noqa: E402
 
 PRESETS = {"fast": 1, "standard": 2, "best": 3}
 DEVICES = {"auto": 0, "cpu": 1, "cuda": 2}
+SPY_RATE = 100  # py-spy samples a second (--spy)
 
 
 class GpuSampler:
@@ -134,13 +135,22 @@ def run_cli(args) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.cold_runs):
             out = Path(tmp) / f"cold{r}"
+            cmd = _fit_cmd([str(photos[r % len(photos)])], out, args)
+            if args.spy:
+                Path(args.spy).mkdir(parents=True, exist_ok=True)
+                cmd = ["py-spy", "record", "--idle", "--threads", "-r", str(SPY_RATE), "-f",
+                       "raw", "-o", str(Path(args.spy) / f"cold{r}.txt"), "--", *cmd]
             with GpuSampler() as g:
                 t = time.perf_counter()
-                p = subprocess.run(_fit_cmd([str(photos[r % len(photos)])], out, args), env=env,
-                                   capture_output=True, text=True)
+                p = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 wall = time.perf_counter() - t
+            if args.spy and (Path(args.spy) / f"cold{r}.txt").exists():
+                from bench.stacks import summarise
+                (Path(args.spy) / f"cold{r}_summary.txt").write_text(summarise(
+                    (Path(args.spy) / f"cold{r}.txt").read_text(), SPY_RATE))
             rep = _reports(out)
-            rows.append({"what": "ffhquv fit, 1 photo, cold (new process)", "photos": 1,
+            rows.append({"what": "ffhquv fit, 1 photo, cold (new process)"
+                         + (", under py-spy" if args.spy else ""), "photos": 1,
                          "batch": 1, "wall_s": wall, "photos_per_s": 1 / wall,
                          "fit_s": rep[0]["timings_s"]["total"] if rep else None,
                          "rasteriser": rep[0].get("backend") if rep else None,
@@ -337,6 +347,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--count", type=int, default=64, help="photos per folder run / warm run")
     ap.add_argument("--batch-sizes", default="1,8", help="cli: --batch-size values")
     ap.add_argument("--cold-runs", type=int, default=2, help="cli: cold one-photo runs")
+    ap.add_argument("--spy", default=None, metavar="DIR",
+                    help="cli: record each cold run with py-spy (all threads, waits included) "
+                         "into DIR/coldN.txt and its summary (bench/stacks.py) into "
+                         "DIR/coldN_summary.txt; py-spy must be on PATH")
     ap.add_argument("--clients", default="1,32", help="serve: concurrent clients per row")
     ap.add_argument("--seconds", type=float, default=120.0, help="serve: time per row")
     ap.add_argument("--seconds-single", type=float, default=0.0,
