@@ -255,7 +255,7 @@ async def _fit_local(args, photos: list[Path], stems: list[str], out: Path,
     ones get their eyeballs, exports and files; the fitter warms up on a thread meanwhile."""
     from ffhquv.errors import FfhquvError
     from ffhquv.pb import common_pb2, gateway_pb2
-    from gateway.backends import LocalBackends
+    from gateway.backends import LocalBackends, in_own_thread
     from gateway.orchestrator import Orchestrator
 
     opts = _options(args)
@@ -276,8 +276,12 @@ async def _fit_local(args, photos: list[Path], stems: list[str], out: Path,
         todo.append((photo, stem))
     if not todo:
         return rep.summary()
-    warm = asyncio.create_task(asyncio.to_thread(
-        backends.fitter.warm, args.face_model, None, args.preset, args.texture_size))
+    # the fitter's tables and the eyeballs' texture layers are built while the first photos
+    # are detected; no throw-away fit: the first real fit follows at once
+    warm = asyncio.create_task(in_own_thread(
+        backends.fitter.warm, args.face_model, None, args.preset, args.texture_size, None,
+        False))
+    eyes_warm = asyncio.create_task(in_own_thread(backends.eyeball.warm))
     slots = asyncio.Semaphore(window)
 
     async def one(photo: Path, stem: str) -> None:
@@ -310,10 +314,11 @@ async def _fit_local(args, photos: list[Path], stems: list[str], out: Path,
     try:
         await asyncio.gather(*(one(p, s) for p, s in todo))
     finally:
-        try:
-            await warm
-        except Exception as e:  # noqa: BLE001 - the fits themselves report real problems
-            log.warning("fitter warm-up failed: %s", e)
+        for name, task in (("fitter", warm), ("eyeball", eyes_warm)):
+            try:
+                await task
+            except Exception as e:  # noqa: BLE001 - the fits themselves report real problems
+                log.warning("%s warm-up failed: %s", name, e)
         await backends.close()
     return rep.summary()
 

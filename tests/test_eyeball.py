@@ -15,6 +15,7 @@ from ffhquv.mesh import MeshData
 from services.exporter.obj import read_obj
 from services.eyeball import core
 from services.eyeball.mesh import CORNEA_APEX, eyeball_mesh, surface_radius
+from services.eyeball.servicer import EyeballServicer
 from services.eyeball.texture import DEFAULT_IRIS_RGB, eyeball_texture, iris_colour
 
 PREVIEWS = Path("/tmp/eyeball_previews")
@@ -312,7 +313,7 @@ def test_grpc_place_round_trip(ref_head):
                                                    right_eye_ring=HIFI_RIGHT, texture_size=64),
                           timeout=120)
         assert resp.iris_source == "default"
-        from services.eyeball.servicer import EyeballServicer
+
 
         local = EyeballServicer().handle(eyeball_pb2.PlaceRequest(
             head=head.to_proto(), left_eye_ring=HIFI_LEFT, right_eye_ring=HIFI_RIGHT,
@@ -322,3 +323,18 @@ def test_grpc_place_round_trip(ref_head):
             EyeballServicer().handle(bad)
     finally:
         server.stop(0)
+
+
+def test_warm_builds_the_texture_layers_a_request_uses():
+    """The service warms before it serves: after ``warm(S)`` a texture of side S is built from
+    the cached layers (no miss), the same as without the warm-up."""
+    from services.eyeball import texture
+
+    texture._eyeball_layers.cache_clear()
+    cold = texture.eyeball_texture((90, 120, 160), 128)
+    texture._eyeball_layers.cache_clear()
+    EyeballServicer.warm(128)
+    misses = texture._eyeball_layers.cache_info().misses
+    warm = texture.eyeball_texture((90, 120, 160), 128)
+    assert texture._eyeball_layers.cache_info().misses == misses
+    np.testing.assert_array_equal(cold, warm)

@@ -165,3 +165,26 @@ def test_make_register_serves(setup, monkeypatch):
     finally:
         ch.close()
         server.stop(0)
+
+
+def test_warm_builds_the_photo_independent_tables_without_a_fit():
+    """``warm(fit=False)`` (``ffhquv fit``'s warm-up, overlapped with detection) builds the
+    core's UV tables at the texture size and the preset's optimisation size and fits
+    nothing; the batcher is ready afterwards."""
+    from services.fitter.presets import get_preset
+    from services.fitter.texture.atlas import _UV_CACHE, _model_key
+
+    model = build_synthetic_model()
+    servicer = FitterServicer()
+    core = FitterCore(model=model, device="cpu")
+    servicer.add_core(core, face_model="default")
+    fits = []
+    core.fit_batch = lambda *a, **k: fits.append(a)  # a fit here would be recorded
+    opt = get_preset("fast").tex_opt_size
+    for size in (256, opt):
+        _UV_CACHE.pop(_model_key(core.model, size), None)
+    servicer.warm("default", "cpu", "fast", 256, fit=False)
+    assert _model_key(core.model, 256) in _UV_CACHE and _model_key(core.model, opt) in _UV_CACHE
+    assert not fits
+    assert servicer.batcher("cpu").ready.is_set()
+    servicer.close()

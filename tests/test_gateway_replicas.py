@@ -125,3 +125,46 @@ def test_the_command_line_keeps_numpy_blas_to_one_thread():
 
 def test_serve_all_runs_enough_at_once_for_its_fitters():
     assert serve_all_max_concurrent(1) == 16 and serve_all_max_concurrent(4) == 32
+
+
+def test_local_calls_leave_no_threads_behind():
+    """The in-process backends run the detector / eyeball / exporter calls and the CLI's
+    warm-ups on threads that end with the call (``in_own_thread``): a thread that ran a
+    parallel torch op keeps an OpenMP team while it lives, and more OpenMP threads than cores
+    stop libgomp's spinning in every team (the fitter's stage 3 ran 2x slower on 2 cores).
+    After a call whose torch op runs in parallel, the process's thread count returns to what
+    it was (polled, no timing assumed)."""
+    import os
+    import threading
+    import time
+
+    import torch
+
+    from gateway.backends import in_own_thread
+
+    def tasks() -> int:
+        return len(os.listdir("/proc/self/task"))
+
+    def work() -> tuple[str, float]:
+        return threading.current_thread().name, float(torch.ones(1 << 22).sin().sum())
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.ones(1 << 22).sin().sum()  # this thread's own team, before counting
+
+        async def main() -> tuple[int, int, str]:  # one loop: its executor threads live on
+            before = tasks()
+            name, _ = await in_own_thread(work)
+            end = time.monotonic() + 60
+            while tasks() > before and time.monotonic() < end:
+                await asyncio.sleep(0.05)
+            return before, tasks(), name
+
+        before, after, name = asyncio.run(main())
+        assert name != threading.current_thread().name
+        assert after <= before
+        with pytest.raises(ZeroDivisionError):
+            asyncio.run(in_own_thread(lambda: 1 / 0))
+    finally:
+        torch.set_num_threads(old)

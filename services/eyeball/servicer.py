@@ -10,6 +10,7 @@ from ffhquv.errors import InvalidInput
 from ffhquv.imaging import from_raw, png_bytes
 from ffhquv.mesh import MeshData
 from ffhquv.pb import common_pb2, eyeball_pb2, eyeball_pb2_grpc
+from services.eyeball import texture
 from services.eyeball.core import place_eyeballs
 
 SERVICE_NAME = "ffhquv.eyeball.v1.Eyeball"
@@ -24,6 +25,11 @@ def _fit(mesh: MeshData, centre: np.ndarray, radius: float):
 class EyeballServicer(eyeball_pb2_grpc.EyeballServicer):
     def Place(self, request, context: grpc.ServicerContext):  # noqa: N802 - gRPC name
         return self.handle(request)
+
+    @staticmethod
+    def warm(texture_size: int = vocab.TEXTURE_SIZE_DEFAULT) -> None:
+        """Build the texture's photo-independent layers before the first request."""
+        texture.warm(texture_size)
 
     def handle(self, request) -> eyeball_pb2.PlaceResponse:
         """``PlaceRequest`` -> ``PlaceResponse`` without gRPC (the in-process gateway path);
@@ -57,5 +63,7 @@ class EyeballServicer(eyeball_pb2_grpc.EyeballServicer):
 
 def register(server: grpc.Server) -> list[str]:
     """Add the Eyeball servicer to ``server``; returns its full service name."""
-    eyeball_pb2_grpc.add_EyeballServicer_to_server(EyeballServicer(), server)
+    servicer = EyeballServicer()
+    servicer.warm()  # before the server reports SERVING
+    eyeball_pb2_grpc.add_EyeballServicer_to_server(servicer, server)
     return [SERVICE_NAME]

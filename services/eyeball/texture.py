@@ -14,6 +14,7 @@ import math
 import cv2
 import numpy as np
 
+from ffhquv import vocab
 from services.eyeball.iris import (  # noqa: F401  (re-exported: the iris colour API)
     DEFAULT_IRIS_RGB,
     LEFT_EYE,
@@ -28,6 +29,7 @@ from services.eyeball.mesh import LIMBUS_ANGLE, PUPIL_FRACTION
 
 VEIN_RGB = np.array([182.0, 70.0, 66.0])
 BACK_RGB = np.array([196.0, 140.0, 130.0])
+DEFAULT_SEED = 7  # of the veins and iris fibres
 
 
 def _smoothstep(e0: float, e1: float, x: np.ndarray) -> np.ndarray:
@@ -46,7 +48,7 @@ def _periodic_noise(rng: np.random.Generator, n: int, x: np.ndarray) -> np.ndarr
 
 
 def eyeball_texture(iris_rgb: tuple[float, float, float] | np.ndarray = DEFAULT_IRIS_RGB,
-                    size: int = 1024, seed: int = 7) -> np.ndarray:
+                    size: int = 1024, seed: int = DEFAULT_SEED) -> np.ndarray:
     """Procedural eyeball texture.
 
     Args:
@@ -61,6 +63,12 @@ def eyeball_texture(iris_rgb: tuple[float, float, float] | np.ndarray = DEFAULT_
     a, b = _eyeball_layers(int(size), int(seed))
     base = np.asarray(iris_rgb, np.float32).reshape(3)
     return np.clip(a * base + b + 0.5, 0, 255).astype(np.uint8)
+
+
+def warm(size: int = vocab.TEXTURE_SIZE_DEFAULT) -> None:
+    """Build the photo-independent layers of a ``size`` texture now (most of a second at 1024),
+    so that the first request does not wait for them."""
+    _eyeball_layers(int(size), DEFAULT_SEED)
 
 
 @functools.lru_cache(maxsize=4)

@@ -307,6 +307,24 @@ class FitterCore:
             if self.threads:
                 torch.set_num_threads(old_threads)
 
+    def prepare(self, preset: str | Preset = vocab.DEFAULT_PRESET,
+                texture_size: int = vocab.TEXTURE_SIZE_DEFAULT) -> float:
+        """Build now what a first fit would build that needs no photo: the UV tables
+        (:func:`uv_maps`) at ``texture_size`` and at the preset's optimisation size and, on
+        CUDA, the context and cuBLAS (one small product). What it leaves to the first fit:
+        loading the kernels it runs and capturing its CUDA graphs (a throw-away fit does
+        those, :meth:`FitterServicer.warm`). Returns the seconds it took."""
+        t0 = time.perf_counter()
+        p = get_preset(preset)
+        size = vocab.texture_size(texture_size)
+        with self._lock, torch.no_grad():
+            for s in dict.fromkeys((size, p.tex_opt_size)):
+                uv_maps(self.model, s, self.backend)
+            if self.device.type == "cuda":
+                a = torch.ones(8, 8, device=self.device)
+                float((a @ a).sum())
+        return time.perf_counter() - t0
+
     def _model_on(self, device: torch.device) -> FaceModel:
         """The face model on another device (cached), e.g. the CPU copy for stage 1."""
         cache = self.__dict__.setdefault("_model_copies", {})

@@ -163,18 +163,23 @@ class FitterServicer(fitter_pb2_grpc.FitterServicer):
 
     def warm(self, face_model: str = vocab.DEFAULT_FACE_MODEL, device: str | None = None,
              preset: str = vocab.DEFAULT_PRESET, texture_size: int = vocab.TEXTURE_SIZE_DEFAULT,
-             batch_sizes: tuple[int, ...] | None = None) -> float:
-        """Build the core and, on CUDA, run a throw-away fit of a synthetic face (CUDA init,
-        cuBLAS and kernel loading, the rasteriser's context, UV tables of ``texture_size``), so
-        that the first real request costs what later ones do. Requests that arrive meanwhile
-        queue in the batcher. Returns the seconds it took. Safe to call from a thread."""
+             batch_sizes: tuple[int, ...] | None = None, fit: bool = True) -> float:
+        """Build the core and its photo-independent tables (:meth:`FitterCore.prepare`) and,
+        on CUDA with ``fit``, run a throw-away fit of a synthetic face per batch size (kernel
+        loading, CUDA graphs), so that the first real request costs what later ones do: a
+        service warms so before it reports ready. ``fit=False`` is for a run whose first real
+        fit comes at once (``ffhquv fit``): a throw-away fit would only delay it. Requests that
+        arrive meanwhile queue in the batcher. Returns the seconds it took. Safe to call from
+        a thread."""
         t0 = time.perf_counter()
         dev = self.device if device is None else device
         batcher = self.batcher(str(resolve_device(dev)))
         batcher.set_ready(False)
         try:
             core = self.core(face_model, dev)
-            self._warm(core, preset, texture_size, batch_sizes or (1,))
+            core.prepare(preset, texture_size)
+            if fit:
+                self._warm(core, preset, texture_size, batch_sizes or (1,))
         finally:
             batcher.set_ready(True)
         log.info("fitter warm", extra={"device": str(core.device), "seconds":
