@@ -14,9 +14,14 @@ Texture arrays follow the project convention: ``[S, S, 3]`` with row 0 = ``v = 1
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
+import os
+import sys
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -26,8 +31,12 @@ import torch
 from scipy.spatial import cKDTree
 from torch import Tensor
 
+from ffhquv.config import cache_dir
+from services.fitter.facemodel import topology
 from services.fitter.facemodel.base import FaceModel
 from services.fitter.facemodel.topology import edge_laplacian, uv_seams
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -106,16 +115,103 @@ def _model_key(model: FaceModel, size: int) -> tuple:
 
 
 def uv_maps(model: FaceModel, size: int, backend) -> UVMaps:
-    """The cached :class:`UVMaps` of ``model`` at ``size`` (built on first use)."""
+    """The cached :class:`UVMaps` of ``model`` at ``size``: from this process's cache, else
+    from the disk cache (``<FFHQUV_CACHE_DIR>/atlas/``, :func:`_disk_key`), else built (most
+    of a second at 1024) and saved there."""
     key = _model_key(model, size)
     with _UV_LOCK:
         if key in _UV_CACHE:
             return _UV_CACHE[key]
     from ffhquv.render.raster import get_backend
+
+    backend = backend or get_backend(model.device)
+    path = cache_dir() / "atlas" / f"{_disk_key(model, size, backend)}.npz"
+    maps = _load_maps(path, model, size)
+    if maps is None:
+        maps = _build_maps(model, size, backend)
+        _save_maps(path, maps)
+    with _UV_LOCK:
+        _UV_CACHE[key] = maps
+    return maps
+
+
+# UVMaps fields kept on disk as arrays (the others are derived again on load)
+_SAVED_TENSORS = ("mask", "pos_mean", "skin", "face", "mirror", "has_mirror")
+_SAVED_ARRAYS = ("seam_fade", "forehead", "central_face", "hair_zone", "hair_zone_long",
+                 "head_centre")
+
+
+def _disk_key(model: FaceModel, size: int, backend) -> str:
+    """What the maps are built from: the source of this module, the topology module, the UV
+    rasterisation and the rasteriser (backends may differ in the last bit), the model's
+    geometry, UV layout, landmarks, masks and mirror map, and the size."""
+    from ffhquv.render import renderer
+
+    h = hashlib.sha256()
+    for f in (__file__, topology.__file__, renderer.__file__,
+              sys.modules[type(backend).__module__].__file__):
+        h.update(Path(f).read_bytes())
+    for t in (model.mean_shape, model.tri, model.uv, model.uv_tri, model.lmk_tri_vertices,
+              model.lmk_bary, model.face_tri_mask, model.skin_mask, model.mirror):
+        a = np.ascontiguousarray(t.detach().cpu().numpy())
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    h.update(f"{model.name}|{size}|{type(backend).__name__}".encode())
+    return h.hexdigest()[:32]
+
+
+def _save_maps(path: Path, maps: UVMaps) -> None:
+    """Write ``maps`` to ``path`` (a temporary sibling moved into place); a cache that cannot
+    be written is logged and skipped."""
+    arrays = {k: getattr(maps, k).detach().cpu().numpy() for k in _SAVED_TENSORS}
+    arrays.update({k: np.asarray(getattr(maps, k)) for k in _SAVED_ARRAYS})
+    t = maps.to_texel
+    arrays.update(texel_data=t.data, texel_indices=t.indices, texel_indptr=t.indptr,
+                  texel_shape=np.asarray(t.shape), texel_len=np.float64(maps.texel_len),
+                  iod=np.float64(maps.iod))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        log.warning("atlas cache not written", extra={"path": str(path), "error": str(e)})
+
+
+def _load_maps(path: Path, model: FaceModel, size: int) -> UVMaps | None:
+    """The maps saved at ``path``, or None when there are none or they cannot be read (then
+    they are built again and the file replaced)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as z:
+            a = {k: z[k] for k in z.files}
+        dev = model.device
+        to_texel = sp.csr_matrix((a["texel_data"], a["texel_indices"], a["texel_indptr"]),
+                                 shape=tuple(int(x) for x in a["texel_shape"]))
+        if to_texel.shape != (size * size, model.n_vertices):
+            raise ValueError(f"to_texel shape {to_texel.shape}")
+        tensors = {k: torch.from_numpy(a[k]).to(dev) for k in _SAVED_TENSORS}
+    except (OSError, ValueError, KeyError, EOFError) as e:
+        log.warning("atlas cache unreadable, building again",
+                    extra={"path": str(path), "error": str(e)})
+        return None
+    tri_np = model.tri.cpu().numpy()
+    mean_np = model.mean_shape.detach().cpu().numpy().astype(np.float64)
+    return UVMaps(size=size, **tensors, to_texel=to_texel, to_vertex=to_texel.T.tocsr(),
+                  footprint=np.asarray(to_texel.sum(0), np.float32).ravel(),
+                  laplacian=edge_laplacian(mean_np, tri_np),
+                  vertex_mirror=model.mirror.cpu().numpy().astype(np.int64),
+                  texel_len=float(a["texel_len"]), iod=float(a["iod"]),
+                  **{k: a[k] for k in _SAVED_ARRAYS})
+
+
+def _build_maps(model: FaceModel, size: int, backend) -> UVMaps:
     from ffhquv.render.renderer import uv_rasterize
 
     dev = model.device
-    backend = backend or get_backend(dev)
     face_v = torch.zeros(model.n_vertices, device=dev)
     face_v[model.tri[model.face_tri_mask].reshape(-1)] = 1.0
     attr = torch.cat([model.mean_shape, model.skin_mask.float()[:, None], face_v[:, None]], -1)
@@ -159,8 +255,6 @@ def uv_maps(model: FaceModel, size: int, backend) -> UVMaps:
                   hair_zone_long=_long_hair_zone(flat, to_texel, vals[..., 3], zones),
                   head_centre=zones["centre"], iod=float(zones["iod"]),
                   **_face_zones(model, pos.detach().cpu().numpy(), m.cpu().numpy()))
-    with _UV_LOCK:
-        _UV_CACHE[key] = maps
     return maps
 
 
