@@ -17,6 +17,7 @@ keeps serving.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import queue
@@ -341,5 +342,9 @@ def make_register(device: str = "auto", checkpoints_dir: str | None = None,
     servicer = FitterServicer(device=device, checkpoints_dir=checkpoints_dir,
                               topo_dir=topo_dir, concurrency=concurrency, threads=threads)
     if warm:
-        servicer.warm()
+        # on a thread that ends with it: a live thread that ran parallel torch ops keeps its
+        # OpenMP team, and more OpenMP threads than cores slow every team's parallel regions
+        # (gateway.backends.in_own_thread)
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="warm") as pool:
+            pool.submit(servicer.warm).result()
     return lambda server: register(server, servicer)
