@@ -273,9 +273,9 @@ async def in_own_thread(fn: Callable[..., Any], *args: Any) -> Any:
     """``await fn(*args)`` run on a new thread that ends with the call.
 
     For work that may run parallel torch ops beside the fitter in one process (the CPU
-    rasteriser of the exporter's previews, the fitter's warm-up): a thread that ran one keeps
-    its own OpenMP team while it lives, and once a process's OpenMP threads outnumber its
-    cores, libgomp stops spinning between parallel regions in every team. asyncio's
+    rasteriser of the exporter's previews, the warm-ups of ``ffhquv fit``): a thread that
+    ran one keeps its own OpenMP team while it lives, and once a process's OpenMP threads
+    outnumber its cores, libgomp stops spinning between parallel regions in every team. asyncio's
     long-lived executor threads did that: on 2 cores, every fit after the first export of an
     ``ffhquv fit`` folder run had a 9.7 s stage 3 instead of 4.3 s. A thread's team goes
     with the thread."""
@@ -341,12 +341,14 @@ class LocalBackends:
         self.exporter = ExporterServicer(device)  # previews on the GPU when there is one
 
     async def detect(self, req, timeout):
-        return await in_own_thread(self.detector.handle, req)
+        return await asyncio.to_thread(self.detector.handle, req)
 
     async def place_eyeballs(self, req, timeout):
-        return await in_own_thread(self.eyeball.handle, req)
+        return await asyncio.to_thread(self.eyeball.handle, req)
 
     async def export(self, req, timeout):
+        # its previews may render with torch on the CPU: see in_own_thread (the detector and
+        # the eyeballs run no torch and keep their per-thread dlib state in the pool's threads)
         return await in_own_thread(self.exporter.handle, req)
 
     async def fit(self, req, timeout):

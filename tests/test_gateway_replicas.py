@@ -128,7 +128,7 @@ def test_serve_all_runs_enough_at_once_for_its_fitters():
 
 
 def test_local_calls_leave_no_threads_behind():
-    """The in-process backends run the detector / eyeball / exporter calls and the CLI's
+    """The in-process backends run the exporter calls and the CLI's
     warm-ups on threads that end with the call (``in_own_thread``): a thread that ran a
     parallel torch op keeps an OpenMP team while it lives, and more OpenMP threads than cores
     stop libgomp's spinning in every team (the fitter's stage 3 ran 2x slower on 2 cores).
