@@ -177,7 +177,8 @@ def _save_maps(path: Path, maps: UVMaps) -> None:
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        log.warning("atlas cache not written", extra={"path": str(path), "error": str(e)})
+        log.info("atlas cache not written (built again by each new process)",
+                 extra={"path": str(path), "error": str(e)})
 
 
 def _load_maps(path: Path, model: FaceModel, size: int) -> UVMaps | None:
