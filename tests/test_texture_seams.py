@@ -187,3 +187,16 @@ def test_atlas_disk_cache_gives_the_built_maps(model, tmp_path, monkeypatch):
     assert torch.equal(again.pos_mean, built.pos_mean)
     with np.load(path) as z:  # replaced by a good one
         assert "pos_mean" in z.files
+
+
+def test_atlas_builds_when_its_cache_cannot_be_written(model, tmp_path, monkeypatch):
+    """A cache folder that cannot take the atlas (a read-only image in k8s; here ``atlas`` is
+    a file) costs the build, not the fit."""
+    from services.fitter.texture import atlas
+
+    (tmp_path / "atlas").write_text("in the way")
+    monkeypatch.setenv("FFHQUV_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(atlas, "_UV_CACHE", {})
+    maps = uv_maps(model, 64, get_backend("cpu"))
+    assert maps.size == 64 and bool(maps.mask.any())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["atlas"]
