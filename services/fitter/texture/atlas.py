@@ -14,6 +14,7 @@ Texture arrays follow the project convention: ``[S, S, 3]`` with row 0 = ``v = 1
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -176,7 +177,8 @@ def _save_maps(path: Path, maps: UVMaps) -> None:
             np.savez(f, **arrays)
         os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
         log.info("atlas cache not written (built again by each new process)",
                  extra={"path": str(path), "error": str(e)})
 
