@@ -201,14 +201,21 @@ def _load_maps(path: Path, model: FaceModel, size: int) -> UVMaps | None:
         log.warning("atlas cache unreadable, building again",
                     extra={"path": str(path), "error": str(e)})
         return None
-    tri_np = model.tri.cpu().numpy()
-    mean_np = model.mean_shape.detach().cpu().numpy().astype(np.float64)
-    return UVMaps(size=size, **tensors, to_texel=to_texel, to_vertex=to_texel.T.tocsr(),
-                  footprint=np.asarray(to_texel.sum(0), np.float32).ravel(),
-                  laplacian=edge_laplacian(mean_np, tri_np),
-                  vertex_mirror=model.mirror.cpu().numpy().astype(np.int64),
+    return UVMaps(size=size, **tensors, **_vertex_maps(model, to_texel),
                   texel_len=float(a["texel_len"]), iod=float(a["iod"]),
                   **{k: a[k] for k in _SAVED_ARRAYS})
+
+
+def _vertex_maps(model: FaceModel, to_texel: sp.csr_matrix) -> dict:
+    """The :class:`UVMaps` fields derived from the texel matrix and the model (built and
+    loaded maps alike): ``to_texel``, ``to_vertex``, ``footprint``, ``laplacian``,
+    ``vertex_mirror``."""
+    return {"to_texel": to_texel, "to_vertex": to_texel.T.tocsr(),
+            "footprint": np.asarray(to_texel.sum(0), np.float32).ravel(),
+            "laplacian": edge_laplacian(
+                model.mean_shape.detach().cpu().numpy().astype(np.float64),
+                model.tri.cpu().numpy()),
+            "vertex_mirror": model.mirror.cpu().numpy().astype(np.int64)}
 
 
 def _build_maps(model: FaceModel, size: int, backend) -> UVMaps:
@@ -249,11 +256,7 @@ def _build_maps(model: FaceModel, size: int, backend) -> UVMaps:
     maps = UVMaps(size=size, mask=m, pos_mean=pos, skin=vals[..., 3] * m, face=vals[..., 4] * m,
                   mirror=torch.from_numpy(mirror).to(dev),
                   has_mirror=torch.from_numpy(has.reshape(size, size)).to(dev),
-                  to_texel=to_texel, to_vertex=to_texel.T.tocsr(),
-                  footprint=np.asarray(to_texel.sum(0), np.float32).ravel(),
-                  laplacian=edge_laplacian(mean_np, tri_np),
-                  vertex_mirror=model.mirror.cpu().numpy().astype(np.int64),
-                  texel_len=texel_len, seam_fade=seam_fade,
+                  **_vertex_maps(model, to_texel), texel_len=texel_len, seam_fade=seam_fade,
                   hair_zone=np.asarray(to_texel @ zones["hair"], np.float32).reshape(size, size),
                   hair_zone_long=_long_hair_zone(flat, to_texel, vals[..., 3], zones),
                   head_centre=zones["centre"], iod=float(zones["iod"]),
