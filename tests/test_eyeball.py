@@ -313,8 +313,6 @@ def test_grpc_place_round_trip(ref_head):
                                                    right_eye_ring=HIFI_RIGHT, texture_size=64),
                           timeout=120)
         assert resp.iris_source == "default"
-
-
         local = EyeballServicer().handle(eyeball_pb2.PlaceRequest(
             head=head.to_proto(), left_eye_ring=HIFI_LEFT, right_eye_ring=HIFI_RIGHT,
             texture_size=64))
