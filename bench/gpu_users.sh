@@ -3,10 +3,11 @@
 # CUDA machine without internet, in back-to-back calls of the device tool (DEVELOPERS.md, "GPU
 # machine"). Run from the repository root (the tool sends the checkout); the carried items sit
 # in the git-ignored folder .tp/ (TP=DIR to use another), any of them in any call:
-#   whl/        wheels missing there (py-spy for CLI_SPY; dlib-bin, grpcio,
-#               grpcio-health-checking, grpcio-reflection,
+#   whl/        wheels missing there (dlib-bin, grpcio, grpcio-health-checking, grpcio-reflection,
 #               grpcio-status, googleapis-common-protos, protobuf, grpcio-tools, trimesh,
 #               pygltflib + dataclasses-json, deprecated, marshmallow, diffrp-nvdiffrast)
+#   pyspy/      the py-spy wheel, for CLI_SPY (a folder of its own: whl/ with it no longer fits
+#               call 1)
 #   dlib/       sp68.dat.xz.part00 and part01 (dlib's 68-point model, xz, in two halves carried
 #               by two calls) + sp68.sha256; resnet.dat.xz + resnet.sha256 (dlib's
 #               face-recognition model, bench/quality.py's identity distances)
@@ -22,8 +23,8 @@
 #   PART = prep      wheels, GPU facts, imports, nvdiffrast's plugin build, bench/png.py
 #          quality   bench/quality.py on photos/faces-dev + photos/ref (sheets as sheets.tar*)
 #          users     bench/users.py warm, cli (1 photo cold, folder of 8, folders of 64)
-#          cli       bench/users.py cli alone (CLI_COLD, CLI_BATCHES: "" none, CLI_COUNT; CLI_SPY=1 records
-#                    the cold runs with py-spy)
+#          cli       bench/users.py cli alone (CLI_COLD, CLI_BATCHES: "" none, CLI_COUNT;
+#                    CLI_SPY=1 records the cold runs with py-spy)
 #          bytecode  compileall of site-packages, the carried wheels and the checkout into
 #                    $P/pycache (with BYTECODE=1 on this and later calls: the cold rows as on a
 #                    machine where pip compiled at install)
@@ -36,7 +37,7 @@
 #          recovery  bench/recovery.py (kill -9 of each child under load), --device cuda when
 #                    the script has that flag
 set -uo pipefail
-parts="${1:?usage: gpu_users.sh prep|quality|users|cli|warm|altwarm|serve|profile|recovery[,...] [OUT_DIR]}"
+parts="${1:?usage: gpu_users.sh prep|quality|users|cli|bytecode|warm|altwarm|serve|profile|profilefirst|recovery[,...] [OUT_DIR]}"
 out="${2:-${OUT:-/tmp/gpu_out}}"
 P="${GPU_PERSIST:-/root/persist}"   # survives between calls while the machine stays warm
 if [ -f bench/gpu_users.sh ]; then ROOT=$PWD; TP="${TP:-$PWD/.tp}"
@@ -62,6 +63,10 @@ if [ -d "$TP/whl" ] && [ "$(ls "$TP/whl")" != "$(cat "$P/site/.wheels" 2>/dev/nu
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target "$P/site" "$TP"/whl/*.whl || exit 1
   ls "$TP/whl" > "$P/site/.wheels"
+fi
+if [ -d "$TP/pyspy" ] && ! command -v py-spy > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-cache-dir --upgrade \
+    --target "$P/site" "$TP"/pyspy/*.whl || exit 1
 fi
 [ -d "$S/stubs" ] && cp -r "$S/stubs/." "$ROOT/ffhquv/"
 # dlib's models, once their parts are there (checked against the sha256 made here)
@@ -152,7 +157,7 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
       # ffhquv fit as users run it: one photo cold (CLI_COLD runs), a folder of CLI_COUNT
       # photos with each of CLI_BATCHES
       need "$sp68" "$S/cache" "$S/photos/faces-dev" || { rc=1; continue; }
-      # CLI_SPY=1: each cold run recorded by py-spy (carry its wheel in whl/), summaries in spy/
+      # CLI_SPY=1: each cold run recorded by py-spy (carry its wheel in pyspy/), summaries in spy/
       step cli "${CLI_LIMIT:-400}" python3 bench/users.py cli --photos "$S/photos/faces-dev" \
         --device cuda --cold-runs "${CLI_COLD:-2}" --batch-sizes "${CLI_BATCHES-8}" \
         --count "${CLI_COUNT:-64}" --json "$out/cli.json" \
