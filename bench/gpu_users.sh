@@ -23,7 +23,8 @@
 #   PART = prep      wheels, GPU facts, imports, nvdiffrast's plugin build, bench/png.py
 #          quality   bench/quality.py on photos/faces-dev + photos/ref (sheets as sheets.tar*)
 #          users     bench/users.py warm, cli (1 photo cold, folder of 8, folders of 64)
-#          cli       bench/users.py cli alone (CLI_COLD, CLI_BATCHES: "" none, CLI_COUNT;
+#          cli       bench/users.py cli alone (CLI_COLD, CLI_BATCHES: "" none, CLI_COUNT,
+#                    CLI_WORKERS: --workers values, e.g. "1,4", default the CLI's own;
 #                    CLI_SPY=1 records the cold runs with py-spy)
 #          bytecode  compileall of site-packages, the carried wheels and the checkout into
 #                    $P/pycache (with BYTECODE=1 on this and later calls: the cold rows as on a
@@ -160,7 +161,7 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
       # CLI_SPY=1: each cold run recorded by py-spy (carry its wheel in pyspy/), summaries in spy/
       step cli "${CLI_LIMIT:-400}" python3 bench/users.py cli --photos "$S/photos/faces-dev" \
         --device cuda --cold-runs "${CLI_COLD:-2}" --batch-sizes "${CLI_BATCHES-8}" \
-        --count "${CLI_COUNT:-64}" --json "$out/cli.json" \
+        --count "${CLI_COUNT:-64}" --workers "${CLI_WORKERS:-0}" --json "$out/cli.json" \
         ${CLI_SPY:+--spy "$out/spy"}
       ;;
     bytecode)

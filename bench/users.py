@@ -1,6 +1,7 @@
 """What users get: real photos, real detection, every output written, timed end to end.
 
-    python bench/users.py cli   --photos DIR [--device cuda] [--batch-sizes 1,8] [--cold-runs 3]
+    python bench/users.py cli   --photos DIR [--device cuda] [--batch-sizes 1,8] [--workers 1,4]
+                                [--cold-runs 3]
     python bench/users.py warm  --photos DIR [--device cuda] [--count 8]
     python bench/users.py serve --photos DIR [--device cuda] [--clients 1,32] [--seconds 120]
 
@@ -116,11 +117,14 @@ def _same_fs(a: Path, b: Path) -> bool:
         return False
 
 
-def _fit_cmd(inputs: list[str], out: Path, args, batch: int | None = None) -> list[str]:
+def _fit_cmd(inputs: list[str], out: Path, args, batch: int | None = None,
+             workers: int | None = None) -> list[str]:
     cmd = [sys.executable, "-m", "ffhquv_cli", "fit", *inputs, "-o", str(out), "--preset",
            args.preset, "--device", args.device, "--overwrite"]
     if batch:
         cmd += ["--batch-size", str(batch)]
+    if workers:
+        cmd += ["--workers", str(workers)]
     return cmd
 
 
@@ -157,17 +161,20 @@ def run_cli(args) -> list[dict]:
                          "gpu_busy_pct": g.mean, "rc": p.returncode})
             if p.returncode:
                 print(p.stderr[-2000:], file=sys.stderr)
-        for b in [int(x) for x in args.batch_sizes.split(",") if x]:
-            src = folder_of(photos, args.count, Path(tmp) / f"in{b}")
-            out = Path(tmp) / f"out{b}"
+        folders = [(int(b), int(w)) for b in args.batch_sizes.split(",") if b
+                   for w in args.workers.split(",") if w]
+        for b, w in folders:
+            src = folder_of(photos, args.count, Path(tmp) / f"in{b}-{w}")
+            out = Path(tmp) / f"out{b}-{w}"
             with GpuSampler() as g:
                 t = time.perf_counter()
-                p = subprocess.run(_fit_cmd([str(src)], out, args, batch=b), env=env,
-                                   capture_output=True, text=True)
+                p = subprocess.run(_fit_cmd([str(src)], out, args, batch=b, workers=w),
+                                   env=env, capture_output=True, text=True)
                 wall = time.perf_counter() - t
             reps = _reports(out)
             sizes = [r_["batch_size"] for r_ in reps]
-            rows.append({"what": f"ffhquv fit, folder of {args.count}, --batch-size {b}",
+            rows.append({"what": f"ffhquv fit, folder of {args.count}, --batch-size {b}"
+                         + (f", --workers {w}" if w else ""), "workers": w,
                          "photos": len(reps), "batch": b, "wall_s": wall,
                          "photos_per_s": len(reps) / wall,
                          "batch_sizes_seen": ",".join(str(s) for s in sorted(set(sizes))),
@@ -346,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", choices=tuple(PRESETS), default="standard")
     ap.add_argument("--count", type=int, default=64, help="photos per folder run / warm run")
     ap.add_argument("--batch-sizes", default="1,8", help="cli: --batch-size values")
+    ap.add_argument("--workers", default="0",
+                    help="cli: --workers values, each folder run once per value and batch "
+                         "size (0 = the CLI's default)")
     ap.add_argument("--cold-runs", type=int, default=2, help="cli: cold one-photo runs")
     ap.add_argument("--spy", default=None, metavar="DIR",
                     help="cli: record each cold run with py-spy (all threads, waits included) "

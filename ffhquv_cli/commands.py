@@ -183,9 +183,13 @@ class FitReporter:
     ``timings`` in seconds, ``warnings``, ``error`` {code, reason, message, field}).
     """
 
-    def __init__(self, json_lines: bool = False, tty: bool | None = None):
+    def __init__(self, json_lines: bool = False, tty: bool | None = None,
+                 results: bool = True):
         self.json = json_lines
         self.tty = sys.stderr.isatty() if tty is None else tty
+        #: False in a ``--workers`` worker: its parent prints the result and summary lines
+        #: (from the worker's ``--json`` records); the worker prints progress only
+        self.results = results
         self.counts = {"ok": 0, "failed": 0, "skipped": 0}
         self.t0 = time.monotonic()
 
@@ -198,43 +202,55 @@ class FitReporter:
             sys.stdout.write(json.dumps(record, sort_keys=True) + "\n")
             sys.stdout.flush()
 
+    def record(self, rec: dict) -> None:
+        """Report one photo's record (the ``--json`` object): its result line on stderr, then
+        the record itself on stdout with ``--json``."""
+        if self.results:
+            if rec["status"] == "ok":
+                m, t = rec["metrics"], rec["timings"]
+                lm, psnr = m.get("landmark_error_iod"), m.get("psnr_masked")
+                print(f"{rec['input']} -> {rec['output']}/  landmark error "
+                      f"{'n/a' if lm is None else f'{lm:.3f}'} IOD, PSNR "
+                      f"{'n/a' if psnr is None else f'{psnr:.1f}'} dB, "
+                      f"{t.get('total_s') or 0:.1f} s", file=sys.stderr, flush=True)
+                for w in rec["warnings"]:
+                    print(f"  note: {w}", file=sys.stderr)
+            elif rec["status"] == "failed":
+                print(f"{rec['input']}: {rec['error']['code']}: {rec['error']['message']}",
+                      file=sys.stderr, flush=True)
+            else:
+                print(f"{rec['input']}: {rec['output']} exists; skipped (use --overwrite to "
+                      "replace)", file=sys.stderr, flush=True)
+        self._emit(rec)
+
     def ok(self, photo: Path, name: str, final: Path, metrics: dict[str, float],
            warnings: list[str], files: list[str]) -> None:
         m = {k: _finite(v) for k, v in metrics.items()}
-        lm, psnr = m.get("landmark_error_iod"), m.get("psnr_masked")
-        print(f"{photo} -> {final}/  landmark error "
-              f"{'n/a' if lm is None else f'{lm:.3f}'} IOD, PSNR "
-              f"{'n/a' if psnr is None else f'{psnr:.1f}'} dB, {m.get('total_s') or 0:.1f} s",
-              file=sys.stderr, flush=True)
-        for w in warnings:
-            print(f"  note: {w}", file=sys.stderr)
-        self._emit({"input": str(photo), "name": name, "status": "ok", "output": str(final),
-                    "files": sorted(files),
-                    "metrics": {k: v for k, v in m.items() if not k.endswith("_s")},
-                    "timings": {k: v for k, v in m.items() if k.endswith("_s")},
-                    "warnings": list(warnings), "error": None})
+        self.record({"input": str(photo), "name": name, "status": "ok", "output": str(final),
+                     "files": sorted(files),
+                     "metrics": {k: v for k, v in m.items() if not k.endswith("_s")},
+                     "timings": {k: v for k, v in m.items() if k.endswith("_s")},
+                     "warnings": list(warnings), "error": None})
 
     def failed(self, photo: Path, name: str, code: str, message: str, reason: str = "",
                field: str = "") -> None:
-        print(f"{photo}: {code}: {message}", file=sys.stderr, flush=True)
-        self._emit({"input": str(photo), "name": name, "status": "failed", "output": None,
-                    "files": [], "metrics": {}, "timings": {}, "warnings": [],
-                    "error": {"code": code, "reason": reason or code, "message": message,
-                              "field": field or None}})
+        self.record({"input": str(photo), "name": name, "status": "failed", "output": None,
+                     "files": [], "metrics": {}, "timings": {}, "warnings": [],
+                     "error": {"code": code, "reason": reason or code, "message": message,
+                               "field": field or None}})
 
     def skipped(self, photo: Path, name: str, final: Path) -> None:
-        print(f"{photo}: {final} exists; skipped (use --overwrite to replace)",
-              file=sys.stderr, flush=True)
-        self._emit({"input": str(photo), "name": name, "status": "skipped",
-                    "output": str(final), "files": [], "metrics": {}, "timings": {},
-                    "warnings": [], "error": None})
+        self.record({"input": str(photo), "name": name, "status": "skipped",
+                     "output": str(final), "files": [], "metrics": {}, "timings": {},
+                     "warnings": [], "error": None})
 
     def summary(self) -> int:
         """Print the summary line; returns the exit code (1 when a photo failed)."""
         c = self.counts
-        print(f"ffhquv fit: {sum(c.values())} photo(s): {c['ok']} ok, {c['failed']} failed, "
-              f"{c['skipped']} skipped in {time.monotonic() - self.t0:.1f} s",
-              file=sys.stderr, flush=True)
+        if self.results:
+            print(f"ffhquv fit: {sum(c.values())} photo(s): {c['ok']} ok, {c['failed']} "
+                  f"failed, {c['skipped']} skipped in {time.monotonic() - self.t0:.1f} s",
+                  file=sys.stderr, flush=True)
         return EXIT_FAILED if c["failed"] else EXIT_OK
 
 
@@ -248,8 +264,20 @@ def fit_batch_size(requested: int, device: str) -> int:
     return CUDA_MAX_BATCH if resolve_device(device).type == "cuda" else 1
 
 
-async def _fit_local(args, photos: list[Path], stems: list[str], out: Path,
-                     rep: FitReporter) -> int:
+def _todo(photos: list[Path], stems: list[str], out: Path, overwrite: bool,
+          rep: FitReporter) -> list[tuple[Path, str]]:
+    """The (photo, output name) pairs to fit: those whose output folder is already there are
+    reported skipped unless ``overwrite``."""
+    todo = []
+    for photo, stem in zip(photos, stems, strict=True):
+        if (out / stem).exists() and not overwrite:
+            rep.skipped(photo, stem, out / stem)
+            continue
+        todo.append((photo, stem))
+    return todo
+
+
+async def _fit_local(args, todo: list[tuple[Path, str]], out: Path, rep: FitReporter) -> int:
     """Runs several photos' pipelines at once: the fitter's batcher fits those that reach it
     together (``--batch-size`` photos a batch) while the next photos are detected and finished
     ones get their eyeballs, exports and files; the fitter warms up on a thread meanwhile."""
@@ -268,14 +296,6 @@ async def _fit_local(args, photos: list[Path], stems: list[str], out: Path,
                              # for batch-mates when it is idle (it is rarely idle under load)
                              max_delay_s=0.0 if batch == 1 else 1.0)
     orch = Orchestrator(backends)
-    todo = []
-    for photo, stem in zip(photos, stems, strict=True):
-        if (out / stem).exists() and not args.overwrite:
-            rep.skipped(photo, stem, out / stem)
-            continue
-        todo.append((photo, stem))
-    if not todo:
-        return rep.summary()
     # the fitter's tables and the eyeballs' texture layers are built while the first photos
     # are detected; no throw-away fit: the first real fit follows at once
     warm = asyncio.create_task(in_own_thread(
@@ -449,10 +469,26 @@ def cmd_fit(args: argparse.Namespace) -> int:
     _check_landmark_model(args.landmark_model)
     _options(args)  # option errors before any work
     stems = _unique_stems(photos)
-    rep = FitReporter(json_lines=args.json)
+    worker = bool(args.worker_stems)  # one of a --workers parent's processes
+    if worker:
+        from ffhquv.supervisor import die_with_parent
+        from ffhquv_cli.workers import read_stems
+
+        die_with_parent(signal.SIGINT)  # stops cleanly (no half-written folder) with it
+        stems = read_stems(args.worker_stems, len(photos))
+    rep = FitReporter(json_lines=args.json or worker, results=not worker)
     if args.remote:
         return _fit_remote(args, photos, stems, out, rep)
-    return asyncio.run(_fit_local(args, photos, stems, out, rep))
+    todo = _todo(photos, stems, out, args.overwrite, rep)
+    if not todo:
+        return rep.summary()
+    if not worker:
+        from ffhquv_cli.workers import fit_with_workers, fit_workers
+
+        n = fit_workers(args.workers, args.device, len(todo))
+        if n > 1:
+            return fit_with_workers(args, todo, out, rep, n)
+    return asyncio.run(_fit_local(args, todo, out, rep))
 
 
 # -- serve -------------------------------------------------------------------------------

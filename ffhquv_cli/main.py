@@ -66,6 +66,11 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
                    help="photos fitted together (0 = 1 on CPU, up to 8 on CUDA)")
     p.add_argument("--seed", type=int, default=0,
                    help="random seed of the fit (same seed, device and preset: same result)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes that share the photos, each fitting its share in batches "
+                        "(0 = 1 on CPU; on CUDA one per 4 cores, 1 to 4, as the GPU's memory "
+                        "allows; never more than the photos)")
+    p.add_argument("--worker-stems", default=None, help=argparse.SUPPRESS)
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:

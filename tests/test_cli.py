@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import trimesh
@@ -175,3 +176,83 @@ def test_fit_folder_with_a_bad_file_then_clear(tmp_path, astronaut_rgb):
     r = ffhquv("clear", str(out), "--yes")
     assert r.returncode == 0
     assert list(out.iterdir()) == []
+
+
+def test_workers_deal_the_photos_and_default_to_one_on_cpu():
+    from ffhquv_cli.workers import deal, fit_workers
+
+    assert deal(list(range(5)), 2) == [[0, 2, 4], [1, 3]]
+    assert deal([0], 3) == [[0], [], []]
+    assert fit_workers(0, "cpu", 64) == 1  # torch already spreads one CPU fit over the cores
+    assert fit_workers(3, "cpu", 2) == 2  # never more workers than photos
+    assert fit_workers(4, "cuda", 1) == 1  # one photo: one process, no parent in between
+
+
+def test_a_worker_gets_the_parents_options(tmp_path):
+    """The worker's command line parses to the parent's options (and its own photos, output
+    names and a single worker), so a photo is fitted the same either way."""
+    from ffhquv_cli.main import build_parser
+    from ffhquv_cli.workers import FORWARDED, worker_argv
+
+    parent = build_parser().parse_args(
+        ["fit", "a.jpg", "b.png", "c.jpg", "-o", str(tmp_path), "--preset", "best",
+         "--device", "cuda", "--texture-size", "2048", "--face", "only", "--formats",
+         "obj,glb", "--units", "m", "--batch-size", "4", "--seed", "7", "--overwrite",
+         "--landmark-model", "/models/sp68.dat", "--workers", "3"])
+    argv = worker_argv(parent, [Path("b.png")], tmp_path / "stems.json", tmp_path)
+    assert argv[:4] == [sys.executable, "-m", "ffhquv_cli", "fit"]
+    child = build_parser().parse_args(argv[3:])
+    assert child.inputs == ["b.png"] and child.workers == 1
+    assert child.worker_stems == str(tmp_path / "stems.json")
+    for _, attr in FORWARDED:
+        assert getattr(child, attr) == getattr(parent, attr), attr
+    assert child.overwrite and not child.json
+
+
+def test_a_killed_worker_reports_its_photos_failed_and_leaves_no_folder(tmp_path):
+    """A worker that dies (here a real process that starts writing an output folder and is
+    killed) leaves its photos reported failed with its exit code, and no temporary folder."""
+    import threading
+
+    from ffhquv_cli.commands import FitReporter
+    from ffhquv_cli.workers import _Worker
+
+    out = tmp_path / "out"
+    out.mkdir()
+    dies = ("import os, sys; os.mkdir(sys.argv[1]); print('not a record', flush=True); "
+            "os.kill(os.getpid(), 9)")
+    rep = FitReporter(json_lines=False, tty=False)
+    w = _Worker([sys.executable, "-c", dies, str(out / ".a.tmp-x1y2")], dict(os.environ),
+                [(Path("a.jpg"), "a"), (Path("b.jpg"), "b")], out, rep, threading.Lock())
+    w.finish()
+    assert rep.counts == {"ok": 0, "failed": 2, "skipped": 0}
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_fit_folder_in_two_workers(tmp_path, astronaut_rgb):
+    """``--workers 2``: the photos are dealt to two processes and reported as one run (result
+    lines, one JSON record per photo, one summary); a bad photo fails alone."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(astronaut_rgb).save(photos / "a_astronaut.png")
+    Image.fromarray(astronaut_rgb[:, ::-1].copy()).save(photos / "c_mirrored.png")
+    (photos / "b_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    out = tmp_path / "out"
+    r = ffhquv("fit", str(photos), "-o", str(out), "--preset", "fast", "--device", "cpu",
+               "--texture-size", "256", "--json", "--workers", "2", "--formats", "obj")
+    assert r.returncode == 1, r.stderr
+    assert "ffhquv fit: 3 photo(s): 2 ok, 1 failed, 0 skipped" in r.stderr
+    assert r.stderr.count("ffhquv fit:") == 1, r.stderr  # the workers print no summary
+    records = {rec["name"]: rec for rec in map(json.loads, r.stdout.splitlines())}
+    assert sorted(records) == ["a_astronaut", "b_broken", "c_mirrored"]
+    assert records["b_broken"]["error"]["reason"] == "INVALID_IMAGE"
+    lines = r.stderr.splitlines()
+    for name in ("a_astronaut", "c_mirrored"):
+        assert records[name]["status"] == "ok"
+        assert f"-> {out / name}/  landmark error" in r.stderr
+        for stage in ("detected", "stage 3", "exported"):
+            assert sum(ln.startswith(f"{name}: {stage}") for ln in lines) == 1, (stage, lines)
+        assert (out / name / "stage3_mesh_id.obj").is_file()
+        assert json.loads((out / name / "report.json").read_text())["preset"]["name"] == "fast"
+    assert sorted(p.name for p in out.iterdir()) == ["a_astronaut", "c_mirrored"]

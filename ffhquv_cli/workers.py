@@ -1,0 +1,195 @@
+"""``ffhquv fit --workers N``: the photos of one call shared by N processes of the same CLI.
+
+One process fits its photos in batches on the GPU, but the host work around each fit
+(detection, texture completion, eyeballs, export, PNG encoding) runs under that process's
+GIL: one process keeps one to two of a GPU host's cores busy and the GPU idle most of the
+time (BENCHMARKS.md, folder rows). Several processes, each the whole in-process pipeline on
+its share of the photos, overlap that host work and share the GPU.
+
+The parent never imports torch. It deals the photos out in turn (every worker gets
+neighbouring batches' worth), starts each worker as ``python -m ffhquv_cli fit`` with the
+same options, its photos and their output names (``--worker-stems``), each with its share of
+the cores' threads, and re-reports what the workers print: their progress lines pass through
+to stderr, their one JSON record per photo becomes the parent's result line and ``--json``
+record, so a multi-process run reads exactly as a single-process one. A photo a worker did
+not report (the worker crashed or was killed) is reported failed, with the worker's exit code.
+Ctrl-C reaches every worker (one process group); each leaves no half-written output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from ffhquv_cli.commands import THREAD_VARS, FitReporter
+
+#: GPU memory a worker may need at the default batch of 8 (CUDA context, 1024 textures,
+#: ``standard``: 2.4 GB peak in BENCHMARKS.md) with headroom: more workers than fit are not
+#: started
+WORKER_GPU_GB = 4.0
+
+#: the options a worker gets as given to the parent (flag, attribute)
+FORWARDED = (("--preset", "preset"), ("--device", "device"), ("--face-model", "face_model"),
+             ("--texture-size", "texture_size"), ("--detector", "detector"), ("--face", "face"),
+             ("--formats", "formats"), ("--units", "units"),
+             ("--checkpoints-dir", "checkpoints_dir"), ("--topo-dir", "topo_dir"),
+             ("--landmark-model", "landmark_model"), ("--batch-size", "batch_size"),
+             ("--seed", "seed"))
+
+
+def _gpu_memory_gb() -> float | None:
+    """Total memory of the first NVIDIA GPU (``nvidia-smi``), None when it cannot be read."""
+    try:
+        r = subprocess.run(["nvidia-smi", "--query-gpu=memory.total",
+                            "--format=csv,noheader,nounits"], capture_output=True, text=True,
+                           timeout=10)
+        return float(r.stdout.split()[0]) / 1024 if r.returncode == 0 else None
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+        return None
+
+
+def fit_workers(requested: int, device: str, n_photos: int) -> int:
+    """Processes for ``n_photos`` photos: ``requested`` (at most one per photo), else 1 on the
+    CPU (torch already spreads one fit over every core) and, on CUDA, one per 4 cores (1 to 4,
+    as ``serve all``'s fitters) that the GPU's memory holds (:data:`WORKER_GPU_GB` each)."""
+    from ffhquv_cli.commands import _cuda_available
+
+    if n_photos <= 1:
+        return 1
+    if requested > 0:
+        return min(requested, n_photos)
+    if device == "cpu" or not _cuda_available():
+        return 1
+    n = max(1, min(4, (os.cpu_count() or 1) // 4))
+    mem = _gpu_memory_gb()
+    if mem is not None:
+        n = max(1, min(n, int(mem // WORKER_GPU_GB)))
+    return min(n, n_photos)
+
+
+def deal(items: list, n: int) -> list[list]:
+    """``items`` dealt in turn to ``n`` hands (``deal([0..4], 2) == [[0, 2, 4], [1, 3]]``)."""
+    return [items[i::n] for i in range(n)]
+
+
+def worker_argv(args: argparse.Namespace, photos: list[Path], stems_file: Path,
+                out: Path) -> list[str]:
+    """The command line of one worker: this CLI's ``fit`` with the parent's options."""
+    argv = [sys.executable, "-m", "ffhquv_cli", "fit", *map(str, photos), "-o", str(out),
+            "--workers", "1", "--worker-stems", str(stems_file)]
+    for flag, attr in FORWARDED:
+        v = getattr(args, attr, None)
+        if v is not None:
+            argv += [flag, str(v)]
+    if args.overwrite:
+        argv.append("--overwrite")
+    return argv
+
+
+def worker_env(n: int) -> dict[str, str]:
+    """A worker's environment: its share of the cores for torch's and OpenCV's thread pools
+    (unless the user set them), and the parent's pid (it dies with the parent)."""
+    from ffhquv.supervisor import PARENT_PID_ENV
+
+    share = str(max(1, (os.cpu_count() or 1) // n))
+    env = dict(os.environ)
+    env.update({v: share for v in THREAD_VARS if not os.environ.get(v)})
+    env[PARENT_PID_ENV] = str(os.getpid())
+    return env
+
+
+class _Worker:
+    """One worker process and what it has reported."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], todo: list[tuple[Path, str]],
+                 out: Path, rep: FitReporter, lock: threading.Lock):
+        self.todo, self.out = todo, out
+        self.reported: set[str] = set()
+        self.rep, self.lock = rep, lock
+        self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, bufsize=1)
+        self.threads = [threading.Thread(target=self._records, daemon=True),
+                        threading.Thread(target=self._stderr, daemon=True)]
+        for t in self.threads:
+            t.start()
+
+    def _records(self) -> None:
+        for line in self.proc.stdout:
+            try:
+                rec = json.loads(line)
+                name = rec["name"]
+            except (ValueError, KeyError, TypeError):
+                sys.stderr.write(line)  # not a record: show it as the worker printed it
+                continue
+            with self.lock:
+                self.reported.add(name)
+                self.rep.record(rec)
+
+    def _stderr(self) -> None:
+        for line in self.proc.stderr:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+
+    def finish(self) -> None:
+        """Wait for the worker; report its unreported photos as failed and remove what it
+        left of their output folders (a killed worker cannot remove its temporary ones)."""
+        rc = self.proc.wait()
+        for t in self.threads:
+            t.join()
+        with self.lock:
+            for photo, stem in self.todo:
+                if stem not in self.reported:
+                    for tmp in self.out.glob(f".{glob.escape(stem)}.tmp-*"):
+                        shutil.rmtree(tmp, ignore_errors=True)
+                    self.rep.failed(photo, stem, "INTERNAL",
+                                    f"the worker process fitting it exited with code {rc} "
+                                    "before it was done", reason="WORKER_EXITED")
+
+
+def fit_with_workers(args: argparse.Namespace, todo: list[tuple[Path, str]], out: Path,
+                     rep: FitReporter, n: int) -> int:
+    """Fit ``todo`` (photo, output name) in ``n`` worker processes; returns the exit code."""
+    hands = [h for h in deal(todo, n) if h]
+    lock = threading.Lock()
+    workers: list[_Worker] = []
+    with tempfile.TemporaryDirectory(prefix="ffhquv-workers-") as tmp:
+        env = worker_env(len(hands))
+        try:
+            for i, hand in enumerate(hands):
+                stems_file = Path(tmp) / f"stems-{i}.json"
+                stems_file.write_text(json.dumps([s for _, s in hand]))
+                workers.append(_Worker(worker_argv(args, [p for p, _ in hand], stems_file, out),
+                                       env, hand, out, rep, lock))
+            for w in workers:
+                w.finish()
+        except KeyboardInterrupt:
+            # a terminal's Ctrl-C reached the workers too; a signal to this process alone
+            # is passed on. Each worker stops its fits and removes its unfinished folders.
+            for w in workers:
+                if w.proc.poll() is None:
+                    w.proc.send_signal(signal.SIGINT)
+            for w in workers:
+                try:
+                    w.proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    w.proc.kill()
+            raise
+    return rep.summary()
+
+
+def read_stems(path: str, n_photos: int) -> list[str]:
+    """A worker's output names (``--worker-stems``), one per photo on its command line."""
+    stems = json.loads(Path(path).read_text())
+    if (not isinstance(stems, list) or len(stems) != n_photos
+            or not all(isinstance(s, str) and s for s in stems)):
+        raise ValueError(f"{path}: expected {n_photos} output names")
+    return stems
