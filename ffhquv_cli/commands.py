@@ -466,6 +466,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.remote and args.landmark_model:
         raise UsageError("--landmark-model applies to local fits; with --remote set "
                          "FFHQUV_LANDMARK_MODEL on the detector service")
+    if args.remote and args.workers > 1:
+        raise UsageError("--workers applies to local fits; with --remote the gateway spreads "
+                         "the photos over its services")
+    if args.workers < 0:
+        raise UsageError(f"--workers must be 0 (the default) or more, got {args.workers}")
     _check_landmark_model(args.landmark_model)
     _options(args)  # option errors before any work
     stems = _unique_stems(photos)

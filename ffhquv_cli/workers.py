@@ -37,6 +37,10 @@ from ffhquv_cli.commands import THREAD_VARS, FitReporter
 #: started
 WORKER_GPU_GB = 4.0
 
+#: host memory a worker may need (a CPU worker peaks at 1.4 GB resident, ``standard``, 1024
+#: textures)
+WORKER_RAM_GB = 2.0
+
 #: the options a worker gets as given to the parent (flag, attribute)
 FORWARDED = (("--preset", "preset"), ("--device", "device"), ("--face-model", "face_model"),
              ("--texture-size", "texture_size"), ("--detector", "detector"), ("--face", "face"),
@@ -57,23 +61,45 @@ def _gpu_memory_gb() -> float | None:
         return None
 
 
+def _available_ram_gb() -> float | None:
+    """``MemAvailable`` of ``/proc/meminfo`` in GB, None where there is none."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024 ** 2
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def default_workers(cores: int, cuda: bool, ram_gb: float | None,
+                    gpu_gb: float | None) -> int:
+    """Workers for a folder when ``--workers`` is not given: one per 4 cores, 2 to 4 (one
+    process leaves a core idle while its Python holds the GIL, even on 2 cores: a folder of 6
+    took 53 s in one process and 40 s in two on the 2-core CI machine, BENCHMARKS.md), as many
+    as the memory holds (:data:`WORKER_RAM_GB`, :data:`WORKER_GPU_GB` each); 1 on one core."""
+    if cores < 2:
+        return 1
+    n = min(4, max(2, cores // 4))
+    if ram_gb is not None:
+        n = min(n, int(ram_gb // WORKER_RAM_GB))
+    if cuda and gpu_gb is not None:
+        n = min(n, int(gpu_gb // WORKER_GPU_GB))
+    return max(1, n)
+
+
 def fit_workers(requested: int, device: str, n_photos: int) -> int:
-    """Processes for ``n_photos`` photos: ``requested`` (at most one per photo), else 1 on the
-    CPU (torch already spreads one fit over every core) and, on CUDA, one per 4 cores (1 to 4,
-    as ``serve all``'s fitters) that the GPU's memory holds (:data:`WORKER_GPU_GB` each)."""
+    """Processes for ``n_photos`` photos: ``requested``, else :func:`default_workers` for this
+    machine; never more than the photos (one photo: no parent in between)."""
     from ffhquv_cli.commands import _cuda_available
 
     if n_photos <= 1:
         return 1
     if requested > 0:
         return min(requested, n_photos)
-    if device == "cpu" or not _cuda_available():
-        return 1
-    n = max(1, min(4, (os.cpu_count() or 1) // 4))
-    mem = _gpu_memory_gb()
-    if mem is not None:
-        n = max(1, min(n, int(mem // WORKER_GPU_GB)))
-    return min(n, n_photos)
+    cuda = device != "cpu" and _cuda_available()
+    return min(n_photos, default_workers(os.cpu_count() or 1, cuda, _available_ram_gb(),
+                                         _gpu_memory_gb() if cuda else None))
 
 
 def deal(items: list, n: int) -> list[list]:

@@ -65,6 +65,10 @@ def test_usage_errors_exit_2_before_any_work(tmp_path, astronaut_png):
          "--face must be"),
         (["fit", str(astronaut_png), "-o", str(tmp_path / "o"), "--formats", "obj,fbx"],
          "unknown format 'fbx'"),
+        (["fit", str(astronaut_png), "-o", str(tmp_path / "o"), "--workers", "-1"],
+         "--workers must be 0"),
+        (["fit", str(astronaut_png), "-o", str(tmp_path / "o"), "--workers", "2", "--remote",
+          "127.0.0.1:1"], "--workers applies to local fits"),
     ]
     for args, message in cases:
         r = ffhquv(*args, timeout=120)
@@ -178,14 +182,20 @@ def test_fit_folder_with_a_bad_file_then_clear(tmp_path, astronaut_rgb):
     assert list(out.iterdir()) == []
 
 
-def test_workers_deal_the_photos_and_default_to_one_on_cpu():
-    from ffhquv_cli.workers import deal, fit_workers
+def test_workers_deal_the_photos_and_how_many_by_default():
+    from ffhquv_cli.workers import deal, default_workers, fit_workers
 
     assert deal(list(range(5)), 2) == [[0, 2, 4], [1, 3]]
     assert deal([0], 3) == [[0], [], []]
-    assert fit_workers(0, "cpu", 64) == 1  # torch already spreads one CPU fit over the cores
     assert fit_workers(3, "cpu", 2) == 2  # never more workers than photos
     assert fit_workers(4, "cuda", 1) == 1  # one photo: one process, no parent in between
+    assert 1 <= fit_workers(0, "cpu", 64) <= 4
+    # one per 4 cores, 2 to 4, as the memory holds
+    assert [default_workers(c, False, None, None) for c in (1, 2, 8, 16, 64)] == [1, 2, 2, 4, 4]
+    assert default_workers(16, False, 5.0, None) == 2  # 2 GB of RAM each
+    assert default_workers(16, True, 100.0, 8.0) == 2  # 4 GB of GPU memory each
+    assert default_workers(16, False, 100.0, 8.0) == 4  # the GPU's memory only bounds CUDA
+    assert default_workers(16, True, 1.0, 1.0) == 1
 
 
 def test_a_worker_gets_the_parents_options(tmp_path):
