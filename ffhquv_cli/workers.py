@@ -74,13 +74,14 @@ def _available_ram_gb() -> float | None:
 
 def default_workers(cores: int, cuda: bool, ram_gb: float | None,
                     gpu_gb: float | None) -> int:
-    """Workers for a folder when ``--workers`` is not given: one per 4 cores, 2 to 4 (one
-    process leaves a core idle while its Python holds the GIL, even on 2 cores: a folder of 6
-    took 53 s in one process and 40 s in two on the 2-core CI machine, BENCHMARKS.md), as many
-    as the memory holds (:data:`WORKER_RAM_GB`, :data:`WORKER_GPU_GB` each); 1 on one core."""
+    """Workers for a folder when ``--workers`` is not given: one per 2 cores, 2 to 8, as many
+    as the memory holds (:data:`WORKER_RAM_GB`, :data:`WORKER_GPU_GB` each); 1 on one core.
+    Measured (BENCHMARKS.md, 2026-12-03 eighth session): on the 16-core H200 host a folder of
+    64 ran at 0.77 photos/s in one process, 1.70 in 4, 2.17 in 8, 2.22 in 16; on the 2-core
+    CI machine a folder of 6 took 53 s in one process and 40 s in two."""
     if cores < 2:
         return 1
-    n = min(4, max(2, cores // 4))
+    n = min(8, max(2, cores // 2))
     if ram_gb is not None:
         n = min(n, int(ram_gb // WORKER_RAM_GB))
     if cuda and gpu_gb is not None:

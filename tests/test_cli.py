@@ -189,12 +189,12 @@ def test_workers_deal_the_photos_and_how_many_by_default():
     assert deal([0], 3) == [[0], [], []]
     assert fit_workers(3, "cpu", 2) == 2  # never more workers than photos
     assert fit_workers(4, "cuda", 1) == 1  # one photo: one process, no parent in between
-    assert 1 <= fit_workers(0, "cpu", 64) <= 4
-    # one per 4 cores, 2 to 4, as the memory holds
-    assert [default_workers(c, False, None, None) for c in (1, 2, 8, 16, 64)] == [1, 2, 2, 4, 4]
+    assert 1 <= fit_workers(0, "cpu", 64) <= 8
+    # one per 2 cores, 2 to 8, as the memory holds
+    assert [default_workers(c, False, None, None) for c in (1, 2, 8, 16, 64)] == [1, 2, 4, 8, 8]
     assert default_workers(16, False, 5.0, None) == 2  # 2 GB of RAM each
     assert default_workers(16, True, 100.0, 8.0) == 2  # 4 GB of GPU memory each
-    assert default_workers(16, False, 100.0, 8.0) == 4  # the GPU's memory only bounds CUDA
+    assert default_workers(16, False, 100.0, 8.0) == 8  # the GPU's memory only bounds CUDA
     assert default_workers(16, True, 1.0, 1.0) == 1
 
 
