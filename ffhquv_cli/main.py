@@ -68,8 +68,8 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
                    help="random seed of the fit (same seed, device and preset: same result)")
     p.add_argument("--workers", type=int, default=0,
                    help="processes that share the photos, each fitting its share in batches "
-                        "(0 = 1 on CPU; on CUDA one per 4 cores, 1 to 4, as the GPU's memory "
-                        "allows; never more than the photos)")
+                        "(0 = one per 2 cores, 2 to 8, as host and GPU memory allow; never "
+                        "more than the photos)")
     p.add_argument("--worker-stems", default=None, help=argparse.SUPPRESS)
 
 
