@@ -150,6 +150,46 @@ def skin_level(albedo: np.ndarray, skin: np.ndarray) -> float:
     return float(lum[order][np.searchsorted(cum, 0.5 * cum[-1])])
 
 
+#: the low-frequency luma ratio to the mirror texel below which a texel counts as shadowed
+#: (lifted fully at ``SHADOW_RATIO[0]``, not at all from ``SHADOW_RATIO[1]``), and the most a
+#: shadow is lifted (as :func:`flatten_shading`)
+SHADOW_RATIO = (0.65, 0.9)
+SHADOW_LIFT_MAX = 2.0
+
+
+def lift_to_mirror(albedo: np.ndarray, weight: np.ndarray, share: np.ndarray,
+                   maps: UVMaps) -> np.ndarray:
+    """Shadows only darken: where a seen skin texel is clearly darker at low frequency than
+    its seen mirror texel (a cast or attached shadow the SH light cannot explain, one side of
+    a side-lit face), its low frequencies are lifted toward the mirror's; its own detail
+    stays (pores, stubble), and the lift is a smooth field, so no island of the other cheek's
+    light (nor an edge around it) is printed on this one.
+
+    Args:
+        albedo: ``float32 [S, S, 3]``; weight: ``float32 [S, S]`` own-view confidence;
+            share: ``float32 [S, S]`` share of the weight the photo called skin (a brow, a
+            beard or the lips beside their mirror's skin, where the person's features do not
+            sit on the mean shape's mirror line, are darker and stay); maps: UV maps of size S.
+    Returns:
+        ``float32 [S, S, 3]``.
+    """
+    s = maps.size
+    mirror = maps.mirror.cpu().numpy()
+    has_m = maps.has_mirror.cpu().numpy().reshape(-1)
+    low, _ = normalized_blur(albedo, weight, sigma=max(1.0, s / 128))
+    lum = low.mean(-1).reshape(-1)
+    wf = weight.reshape(-1)
+    lo, hi = SHADOW_RATIO
+    shadowed = 1 - np.clip((lum / np.maximum(lum[mirror], 1e-3) - lo) / (hi - lo), 0, 1)
+    use = has_m & (wf[mirror] > 0.3) & (wf > 0) & (share.reshape(-1) > 0.5)
+    gain = 1 + np.where(use, shadowed, 0.0) * (
+        np.clip(lum[mirror] / np.maximum(lum, 1e-3), 1.0, SHADOW_LIFT_MAX) - 1)
+    gain, _ = normalized_blur(gain.reshape(s, s, 1).astype(np.float32),
+                              np.maximum(weight, 1e-3).astype(np.float32),
+                              sigma=max(1.0, s / 128))
+    return (albedo * gain).astype(np.float32)
+
+
 #: the skin template's weight of a texel rises from 0.05 at ``SHADOW_LEVEL[0]`` of the median
 #: skin's luma to 1 at ``SHADOW_LEVEL[1]``: shadows and dark edges barely shape the unseen skin
 SHADOW_LEVEL = (0.45, 0.75)
@@ -186,17 +226,7 @@ def complete_texture(albedo: np.ndarray, weight: np.ndarray, maps: UVMaps,
     share = (np.ones_like(w) if skin is None
              else np.clip(skin * mask / np.maximum(w, 1e-6), 0, 1).astype(np.float32))
     w = w * hair_weight(a, w, maps)
-    # shadows only darken: where the mirror texel is seen and clearly brighter at low
-    # frequency (a cast / attached shadow the SH light cannot explain), trust the mirror
-    low, _ = normalized_blur(a, w, sigma=max(1.0, s / 128))
-    lum = low.mean(-1).reshape(-1)
-    wf0 = w.reshape(-1)
-    ratio = lum / np.maximum(lum[mirror], 1e-3)
-    shade_ok = np.clip((ratio - 0.65) / 0.25, 0, 1)
-    # (skin only: a brow, a beard or the lips beside their mirror's skin, where the person's
-    # features do not sit on the mean shape's mirror line, are darker and stay)
-    use = has_m & (wf0[mirror] > 0.3) & (wf0 > 0) & (share.reshape(-1) > 0.5)
-    w = np.where(use, wf0 * shade_ok, wf0).reshape(s, s).astype(np.float32)
+    a = lift_to_mirror(a, w, share, maps)
     # (a) mirror
     wf, af = w.reshape(-1), a.reshape(-1, 3)
     wm = np.where(has_m, wf[mirror], 0.0)
