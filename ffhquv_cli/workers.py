@@ -6,14 +6,15 @@ GIL: one process keeps one to two of a GPU host's cores busy and the GPU idle mo
 time (BENCHMARKS.md, folder rows). Several processes, each the whole in-process pipeline on
 its share of the photos, overlap that host work and share the GPU.
 
-The parent never imports torch. It deals the photos out in turn (every worker gets
-neighbouring batches' worth), starts each worker as ``python -m ffhquv_cli fit`` with the
-same options, its photos and their output names (``--worker-stems``), each with its share of
-the cores' threads, and re-reports what the workers print: their progress lines pass through
-to stderr, their one JSON record per photo becomes the parent's result line and ``--json``
-record, so a multi-process run reads exactly as a single-process one. A photo a worker did
-not report (the worker crashed or was killed) is reported failed, with the worker's exit code.
-Ctrl-C reaches every worker (one process group); each leaves no half-written output folder.
+The parent never imports torch. It deals the photos out in turn (photo i to worker i mod N,
+so the workers' shares differ by one photo at most), starts each worker as ``python -m
+ffhquv_cli fit`` with the same options, its photos and their output names
+(``--worker-stems``), each with its share of the cores' threads, and re-reports what the
+workers print: their progress lines pass through to stderr, their one JSON record per photo
+becomes the parent's result line and ``--json`` record, so a multi-process run reads exactly
+as a single-process one. A photo a worker did not report (the worker crashed or was killed)
+is reported failed, with the worker's exit code. Ctrl-C reaches every worker (one process
+group); each leaves no half-written output folder.
 """
 
 from __future__ import annotations
@@ -155,7 +156,8 @@ class _Worker:
                 rec = json.loads(line)
                 name = rec["name"]
             except (ValueError, KeyError, TypeError):
-                sys.stderr.write(line)  # not a record: show it as the worker printed it
+                with self.lock:  # not a record: show it as the worker printed it
+                    sys.stderr.write(line)
                 continue
             with self.lock:
                 self.reported.add(name)
@@ -163,8 +165,9 @@ class _Worker:
 
     def _stderr(self) -> None:
         for line in self.proc.stderr:
-            sys.stderr.write(line)
-            sys.stderr.flush()
+            with self.lock:  # whole lines: the workers' and the result lines never interleave
+                sys.stderr.write(line)
+                sys.stderr.flush()
 
     def finish(self) -> None:
         """Wait for the worker; report its unreported photos as failed and remove what it
