@@ -351,6 +351,38 @@ def test_completion_keeps_the_photos_skin_level(maps):
     assert skin_level(plain.texture, skin) > 0
 
 
+def test_a_shadowed_cheek_keeps_its_own_detail(maps):
+    """Shadows only darken, so a skin texel much darker than its seen mirror is lifted; it is
+    lifted toward the mirror's low frequencies with its own detail kept, not replaced by the
+    mirror texel (which printed the lit cheek's light, edges and all, as an island on the
+    shadowed one)."""
+    from services.fitter.texture.completion import lift_to_mirror
+
+    mask = maps.mask.numpy()
+    pos = maps.pos_mean.numpy()
+    face = mask & (maps.face.numpy() > 0.5)
+    rng = np.random.default_rng(3)
+    detail = 0.06 * rng.standard_normal((S, S, 1)).astype(np.float32)
+    albedo = np.clip(0.5 + detail, 0, 1).repeat(3, -1).astype(np.float32)
+    shadow = face & (pos[..., 0] > 0.05)
+    albedo[shadow] *= 0.5
+    weight = face.astype(np.float32)
+    out = lift_to_mirror(albedo, weight, np.ones_like(weight), maps)
+    lum_in, lum_out = albedo.mean(-1), out.mean(-1)
+    lit = face & (pos[..., 0] < -0.05)
+    inner = shadow & (pos[..., 0] > 0.15)  # away from the shadow's edge
+    assert lum_out[inner].mean() > 1.6 * lum_in[inner].mean()  # lifted toward the lit side
+    assert abs(lum_out[lit].mean() / lum_in[lit].mean() - 1) < 0.02  # the lit side stays
+    # the shadowed texels keep their own fine detail: it correlates with the input's, not with
+    # the mirror texels' detail
+    mirror = maps.mirror.numpy().reshape(S, S)
+    own = detail[..., 0][inner]
+    theirs = detail[..., 0].reshape(-1)[mirror[inner]]
+    got = lum_out[inner] - lum_out[inner].mean()
+    assert np.corrcoef(got, own)[0, 1] > 0.8
+    assert abs(np.corrcoef(got, theirs)[0, 1]) < 0.2
+
+
 def test_unseen_skin_does_not_continue_the_shadow_under_the_jaw(model, maps):
     """The unseen neck takes the person's skin tone, not the dark shadow (or clothing, or
     hair) the photo shows along the face's lower edge: dark texels count little in the skin
