@@ -363,8 +363,7 @@ def retry_delay(err, attempt: int, base: float = 0.5, cap: float = 30.0) -> floa
     return delay
 
 
-def _fit_remote(args, photos: list[Path], stems: list[str], out: Path,
-                rep: FitReporter) -> int:
+def _fit_remote(args, todo: list[tuple[Path, str]], out: Path, rep: FitReporter) -> int:
     import uuid
 
     import grpc
@@ -379,11 +378,8 @@ def _fit_remote(args, photos: list[Path], stems: list[str], out: Path,
     metadata = [("authorization", f"Bearer {token}")] if token else None
     with channel(args.remote) as ch:
         stub = gateway_pb2_grpc.ReconstructionStub(ch)
-        for photo, stem in zip(photos, stems, strict=True):
+        for photo, stem in todo:
             final = out / stem
-            if final.exists() and not args.overwrite:
-                rep.skipped(photo, stem, final)
-                continue
             bar = rep.progress(stem)
             # One id for every attempt: the gateway joins or returns the same run.
             req = gateway_pb2.ReconstructRequest(
@@ -482,11 +478,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
         die_with_parent(signal.SIGINT)  # stops cleanly (no half-written folder) with it
         stems = read_stems(args.worker_stems, len(photos))
     rep = FitReporter(json_lines=args.json or worker, results=not worker)
-    if args.remote:
-        return _fit_remote(args, photos, stems, out, rep)
     todo = _todo(photos, stems, out, args.overwrite, rep)
     if not todo:
         return rep.summary()
+    if args.remote:
+        return _fit_remote(args, todo, out, rep)
     if not worker:
         from ffhquv_cli.workers import fit_with_workers, fit_workers
 
