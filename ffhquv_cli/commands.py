@@ -735,11 +735,16 @@ def service_threads(name: str, n_fit: int) -> int:
     return max(1, cores // (3 * cpu_service_replicas()))
 
 
+def threads_env(threads: int) -> dict[str, str]:
+    """The environment that sizes a child process's thread pools (:data:`THREAD_VARS`) to
+    ``threads``; a variable the user set is left to the user."""
+    return {v: str(threads) for v in THREAD_VARS if not os.environ.get(v)}
+
+
 def thread_env(name: str, n_fit: int) -> dict[str, str]:
-    """The environment that sizes a ``serve all`` child's thread pools (:data:`THREAD_VARS`)
-    to :func:`service_threads`; a variable the user set is left to the user."""
-    share = str(service_threads(name, n_fit))
-    return {v: share for v in THREAD_VARS if not os.environ.get(v)}
+    """The environment of a ``serve all`` child: :func:`threads_env` of
+    :func:`service_threads`."""
+    return threads_env(service_threads(name, n_fit))
 
 
 def _cuda_available() -> bool:

@@ -31,7 +31,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from ffhquv_cli.commands import THREAD_VARS, FitReporter
+from ffhquv_cli.commands import FitReporter, threads_env
 
 #: GPU memory a worker may need at the default batch of 8 (CUDA context, 1024 textures,
 #: ``standard``: 2.4 GB peak in BENCHMARKS.md) with headroom: more workers than fit are not
@@ -128,9 +128,7 @@ def worker_env(n: int) -> dict[str, str]:
     (unless the user set them), and the parent's pid (it dies with the parent)."""
     from ffhquv.supervisor import PARENT_PID_ENV
 
-    share = str(max(1, (os.cpu_count() or 1) // n))
-    env = dict(os.environ)
-    env.update({v: share for v in THREAD_VARS if not os.environ.get(v)})
+    env = {**os.environ, **threads_env(max(1, (os.cpu_count() or 1) // n))}
     env[PARENT_PID_ENV] = str(os.getpid())
     return env
 
