@@ -26,8 +26,9 @@ and the texture (never from the fitter's loss terms):
   model_v1``; < 0.6 = same person by dlib's convention) between the input crop and the
   composite crop (both upsampled x2, each detected independently).
   ``id_front`` / ``id_yaw_p30`` / ``id_yaw_m30``: distance between the input photo and renders
-  of the textured neutral head with its eyeballs (preview light, mid-grey background) facing
-  the camera and turned 30 degrees (positive yaw turns the face toward the image right).
+  of the textured head as the GLB opens it (fitted expression) with its eyeballs (preview
+  light, mid-grey background) facing the camera and turned 30 degrees (positive yaw turns the
+  face toward the image right). ``id_front_neutral``: the same front view of the neutral head.
   ``id_crop_baseline``: input photo vs its own 224 crop (the resolution noise floor).
 * ``uv_coverage``: fraction of the face UV region (the model's face triangles) seen in the
   photo: the fitted mesh rendered at 448 px, pixels inside the render and the same face
@@ -98,7 +99,8 @@ HIGHER_IS_BETTER = {
     "lmk_err_iod": False, "lmk_err_inner_iod": False, "lmk_err_max_iod": False,
     "lmk_composite_iod": False,
     "psnr": True, "ssim": True, "id_composite": False, "id_front": False,
-    "id_yaw_p30": False, "id_yaw_m30": False, "id_crop_baseline": False,
+    "id_yaw_p30": False, "id_yaw_m30": False, "id_front_neutral": False,
+    "id_crop_baseline": False,
     "uv_coverage": True, "fit_coverage": True, "sym_err_pct": False, "seam_step": False,
     "dE_face": False, "dE_forehead_top": False, "dE_scalp": False, "dE_ears": False,
     "dE_jaw": False, "dE_neck": False, "dE_outside": False, "dEpx_face": False,
@@ -746,9 +748,11 @@ class QualityEvaluator:
         m["id_composite"] = ident.distance(d_crop, d_comp)
         images = {"composite": np.concatenate([a.crop, comp, render], 1)}
         for key, yaw in YAWS.items():
-            view = turned_view(fit.mesh_neutral, fit.uv_texture, eyes, yaw, backend=be)
+            view = turned_view(fit.mesh_expression, fit.uv_texture, eyes, yaw, backend=be)
             m[key] = ident.distance(d_photo, ident.descriptor(view))
             images[key] = view
+        m["id_front_neutral"] = ident.distance(d_photo, ident.descriptor(
+            turned_view(fit.mesh_neutral, fit.uv_texture, eyes, 0.0, backend=be)))
         m["id_same_person_all"] = all(
             m[k] < ID_THRESHOLD for k in ("id_composite", *YAWS) if math.isfinite(m[k]))
         m["id_faces_missed"] = sum(not math.isfinite(m[k])
@@ -786,8 +790,8 @@ class QualityEvaluator:
         m["long_hair"] = float(bool((fit.report.get("hair") or {}).get("long_hair")))
         m["hair_from_photo"] = float((fit.report.get("hair") or {}).get("texture") == "photo")
         if sheet:
-            images["sheet"] = contact_sheet(a.crop_hires, fit.mesh_neutral, fit.uv_texture, eyes,
-                                            backend=be)
+            images["sheet"] = contact_sheet(a.crop_hires, fit.mesh_expression, fit.uv_texture,
+                                            eyes, backend=be)
         m["eval_s"] = time.perf_counter() - t0 - t_pipe
         return PhotoResult(name=name, metrics=m, images=images)
 
@@ -825,7 +829,7 @@ def plot(rows: list[dict], out_dir: Path) -> list[Path]:
                       "lmk_composite_iod"],
         "photometric": ["psnr", "ssim"],
         "identity": ["id_crop_baseline", "id_composite", "id_front", "id_yaw_p30",
-                     "id_yaw_m30"],
+                     "id_yaw_m30", "id_front_neutral"],
         "texture": ["uv_coverage", "fit_coverage", "sym_err_pct", "seam_step"],
         "colour": DE_COLS,
     }
@@ -896,7 +900,8 @@ def collect(inputs: list[str], astronaut: bool) -> list[tuple[str, bytes]]:
 
 PHOTO_COLS = ["photo", "lmk_err_iod", "lmk_err_inner_iod", "lmk_composite_iod", "psnr", "ssim",
               "id_crop_baseline",
-              "id_composite", "id_front", "id_yaw_p30", "id_yaw_m30", "uv_coverage",
+              "id_composite", "id_front", "id_yaw_p30", "id_yaw_m30", "id_front_neutral",
+              "uv_coverage",
               "fit_coverage", "sym_err_pct", "seam_step", "fit_seconds"]
 #: the second per-photo table: whole-head colour (CIEDE2000) next to identity
 COLOUR_COLS = ["photo", *DE_COLS, "id_front", "id_yaw_p30", "id_yaw_m30"]

@@ -279,6 +279,23 @@ def test_preview_renders(parts):
         assert im.n_frames == 4
 
 
+def test_previews_show_the_head_as_the_glb_opens(parts):
+    """The preview PNGs are the head with its fitted expression (the GLB's initial morph
+    weights, the .blend's shape keys), not the neutral head."""
+    from services.exporter.preview import render_views
+
+    exp = parts["head_expression"]
+    wide = MeshData(exp.vertices * np.array([1.3, 1.0, 1.0], np.float32), exp.faces, exp.uvs,
+                    exp.uv_faces)
+    res = core.export("p", parts["head_neutral"], wide, parts["head_texture"],
+                      parts["left_eye"], parts["right_eye"], parts["eye_texture"],
+                      formats={"preview"}, preview_size=96)
+    front = np.asarray(Image.open(io.BytesIO(res.files["preview_front.png"])).convert("RGB"))
+    args = (parts["head_texture"], parts["left_eye"], parts["right_eye"], parts["eye_texture"])
+    assert np.array_equal(front, render_views(wide, *args, size=96)[0])
+    assert not np.array_equal(front, render_views(parts["head_neutral"], *args, size=96)[0])
+
+
 def test_output_dir_is_atomic(tmp_path, parts):
     final = tmp_path / "photo"
     with pytest.raises(RuntimeError), OutputDir(final) as od:

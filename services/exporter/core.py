@@ -15,6 +15,7 @@ Output names (the design card's; MeshLab and Blender load the three OBJs with th
                         the head's expressions as named morph targets at the fitted weights
 ``<name>.blend``        the same in Blender with shape keys (needs ``bpy``)
 ``preview_front.png``, ``preview_34.png``, ``preview_profile.png``, ``preview_turntable.gif``
+                        the head as the GLB opens (fitted expression) with its eyeballs
 ``<name>.zip``          everything else in one file
 =====================  ==========================================================
 
@@ -256,7 +257,8 @@ def export(
         except ImportError as e:
             res.warnings.append(f"previews skipped: the renderer is not available ({e})")
         else:
-            views = preview.render_views(head_neutral, head_texture, left_eye, right_eye,
+            # the head as a viewer opens the GLB / .blend: the fitted expression on
+            views = preview.render_views(head_expression, head_texture, left_eye, right_eye,
                                          eye_texture, size=preview_size,
                                          device=preview_device)
             if "preview" in fmts:
@@ -264,7 +266,7 @@ def export(
                     files[fname] = png_bytes(img)
             if "turntable" in fmts:
                 files[TURNTABLE_FILE] = preview.turntable_gif(
-                    head_neutral, head_texture, left_eye, right_eye, eye_texture,
+                    head_expression, head_texture, left_eye, right_eye, eye_texture,
                     size=min(preview_size, 256), device=preview_device)
 
     for fname, data in extra.items():
