@@ -657,3 +657,34 @@ def cv2_area(m: np.ndarray, size: int = 224) -> np.ndarray:
     import cv2
 
     return cv2.resize(m.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
+
+
+def test_fit_range_keeps_the_hue_of_bright_skin(maps):
+    """Over-bright albedo (a bright photo divided by its light, shadows lifted) comes back
+    into [1/255, 1] with each texel's channel ratios kept, not clipped channel by channel
+    (red at its limit while green and blue rise printed yellow-green patches); texels below
+    the knee are unchanged; numpy and torch agree; brighter stays brighter."""
+    from services.fitter.texture.completion import HIGHLIGHT_KNEE, fit_range
+
+    rng = np.random.default_rng(5)
+    skin = np.array([0.95, 0.72, 0.6], np.float32)
+    rgb = (skin * rng.uniform(0.5, 1.5, (4096, 1))).astype(np.float32)  # max up to 1.43
+    out = fit_range(rgb)
+    assert out.dtype == np.float32 and out.shape == rgb.shape
+    assert out.min() >= 1 / 255 and out.max() <= 1.0
+    ratio = out / out[:, :1]
+    assert np.abs(ratio - skin / skin[0]).max() < 1e-5  # hue kept everywhere
+    low = rgb.max(-1) <= HIGHLIGHT_KNEE
+    assert low.any() and np.array_equal(out[low], rgb[low])
+    order = np.argsort(rgb[:, 0])
+    assert (np.diff(out[order, 0]) >= -1e-7).all()  # monotone
+    got = fit_range(torch.from_numpy(rgb)).numpy()
+    assert np.abs(got - out).max() < 1e-6
+    # the whole completion goes through it: a texture above 1 keeps its skin hue
+    mask = maps.mask.numpy()
+    face = mask & (maps.face.numpy() > 0.5)
+    albedo = np.broadcast_to(skin * 1.25, (S, S, 3)).astype(np.float32).copy()
+    done = complete_texture(albedo, face.astype(np.float32), maps).texture
+    seen = done[face]
+    assert seen[:, 0].max() < 1.0
+    assert np.abs(seen[:, 1] / seen[:, 0] - skin[1] / skin[0]).mean() < 0.01

@@ -71,6 +71,7 @@ from services.fitter.texture import (
     TextureSource,
     UnwrapTextureSource,
     coverage,
+    fit_range,
     head_masks,
     per_photo,
     photo_face_mask,
@@ -689,12 +690,12 @@ class DefaultStages:
         # stage 3 may have baked one-sided shading back into the texels: make the low
         # frequencies left/right symmetric again, as in stage 2
         def finish(i: int) -> np.ndarray:
-            t = np.clip(base_np[i] + spread_offsets(off_np[i], gate_np[i], maps),
-                        1.0 / 255, 1.0)
+            # above 1 kept: photo_level rescales, then fit_range rolls the highlights off
+            t = np.maximum(base_np[i] + spread_offsets(off_np[i], gate_np[i], maps), 1.0 / 255)
             return symmetrize_lowfreq(t, maps, sigma=tex_size / 16)
 
         final = torch.tensor(np.stack(per_photo(finish, len(off_np))),
-                             device=dev).clamp(1.0 / 255, 1.0)
+                             device=dev).clamp(min=1.0 / 255)
         final, scale = photo_level(ctx, photos, s3.coeffs, final)
         ctx.progress("stage3", 1.0, "done")
         return StagesResult(textures=textures, final=final, coeffs=s3.coeffs, losses=s3.losses,
@@ -716,9 +717,10 @@ def photo_level(ctx: FitContext, photos: PhotoBatch, coeffs: dict[str, torch.Ten
 
     Args:
         ctx: the fit's context (renderer, model); photos: the batch; coeffs: the final
-            coefficients; texture: ``float32 [B, S, S, 3]`` in [0, 1].
+            coefficients; texture: ``float32 [B, S, S, 3]``, at least 1 / 255 (may exceed 1).
     Returns:
-        ``float32 [B, S, S, 3]`` in ``[1 / 255, 1]`` and the B factors (the report's
+        ``float32 [B, S, S, 3]`` in ``[1 / 255, 1]`` (highlights rolled off with their hue
+        kept, :func:`~services.fitter.texture.completion.fit_range`) and the B factors (the report's
         ``texture_level_scale``: how far stages 2 and 3 had moved the skin's brightness).
     """
     m = ctx.model
@@ -740,7 +742,7 @@ def photo_level(ctx: FitContext, photos: PhotoBatch, coeffs: dict[str, torch.Ten
             got = float((out.image[i][sel[i]] @ luma).median())
             scale.append(min(max(want / max(got, 1e-3), 1 / LEVEL_MAX), LEVEL_MAX))
         k = torch.tensor(scale, device=texture.device, dtype=texture.dtype)[:, None, None, None]
-        return (texture * k).clamp(1.0 / 255, 1.0), scale
+        return fit_range(texture * k), scale
 
 
 def mirror_offsets(off: torch.Tensor, own: torch.Tensor, maps) -> torch.Tensor:

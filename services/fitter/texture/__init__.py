@@ -9,7 +9,8 @@ One concept per file:
 - :mod:`.masks`: photo-space masks (:func:`photo_face_mask`, :func:`skin_colour_weight`; the
   whole head's skin, facial hair and hair once its pose is known: :func:`head_masks`).
 - :mod:`.unwrap`: the photo sampled into UV through the fitted mesh (:func:`unwrap`).
-- :mod:`.completion`: mirror + skin template + pyramid blend (:func:`complete_texture`).
+- :mod:`.completion`: mirror + skin template + pyramid blend (:func:`complete_texture`); the
+  albedo into [1 / 255, 1] with each texel's hue kept (:func:`fit_range`).
 - :mod:`.hair`: hair over the skin (:func:`hair_weight`), the head of hair painted on the scalp
   (:func:`hair_layer`; its texture from the photo's hair, :func:`hair_swatch` laid over the
   head by :func:`swatch_on_head`, else :func:`strand_noise`).
@@ -25,6 +26,7 @@ from services.fitter.texture.completion import (
     CompletedTexture,
     complete_texture,
     coverage,
+    fit_range,
     flatten_shading,
     laplacian_blend,
     normalized_blur,
@@ -69,7 +71,7 @@ __all__ = [
     "PARSE_LIPS",
     "PARSE_MOUTH", "PARSE_NOSE", "PARSE_SKIN", "TEXTURE_LABELS", "CompletedTexture",
     "TextureSource", "UVMaps", "UnwrapResult", "UnwrapTextureSource", "complete_texture",
-    "coverage", "flatten_shading", "hair_weight", "laplacian_blend", "mesh_lowpass",
+    "coverage", "fit_range", "flatten_shading", "hair_weight", "laplacian_blend", "mesh_lowpass",
     "normalized_blur",
     "per_photo", "photo_face_mask", "seam_step", "seam_texel_pairs", "skin_colour_weight",
     "spread_offsets", "symmetrize_lowfreq", "to_texels", "to_vertices", "unwrap", "uv_maps",

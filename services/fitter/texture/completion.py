@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TypeVar
 
 import cv2
 import numpy as np
+import torch
 
 from ffhquv.imaging import LUMA
 from services.fitter.texture.atlas import UVMaps
 from services.fitter.texture.hair import hair_weight
 from services.fitter.texture.lowpass import mesh_lowpass, symmetrize_lowfreq
+
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
 
 def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
@@ -197,6 +201,34 @@ SHADOW_LEVEL = (0.45, 0.75)
 #: the most :func:`complete_texture` rescales a texture to keep the photo's skin level
 LEVEL_MAX = 1.3
 
+#: :func:`fit_range` leaves a texel whose brightest channel is at most this unchanged
+HIGHLIGHT_KNEE = 0.85
+
+
+def fit_range(rgb: ArrayT) -> ArrayT:
+    """Albedo into ``[1 / 255, 1]`` keeping each texel's hue: a texel whose brightest channel
+    ``m`` exceeds :data:`HIGHLIGHT_KNEE` is scaled as a whole (its channel ratios kept) so that
+    ``m`` rolls off smoothly toward 1 (``k + (1 - k) (1 - exp(-(m - k) / (1 - k)))``, slope 1
+    at the knee). Clipping each channel at 1 instead turned the brightest skin of a bright
+    photo (red at its limit, green and blue still rising) into yellow-green patches.
+
+    Args:
+        rgb: ``float [..., 3]``, numpy array or torch tensor (unclipped albedo).
+    Returns:
+        the same type, shape and dtype, in ``[1 / 255, 1]``.
+    """
+    k = HIGHLIGHT_KNEE
+    if isinstance(rgb, np.ndarray):
+        m = np.maximum(rgb.max(-1, keepdims=True), 1e-6)
+        over = np.maximum(m - k, 0.0)
+        gain = np.where(m > k, (k + (1 - k) * (1 - np.exp(-over / (1 - k)))) / m, 1.0)
+        return np.clip(rgb * gain, 1.0 / 255, 1.0).astype(rgb.dtype, copy=False)
+    m = rgb.amax(-1, keepdim=True).clamp(min=1e-6)
+    over = (m - k).clamp(min=0.0)
+    gain = torch.where(m > k, (k + (1 - k) * (1 - torch.exp(-over / (1 - k)))) / m,
+                       torch.ones_like(m))
+    return (rgb * gain).clamp(1.0 / 255, 1.0)
+
 
 def complete_texture(albedo: np.ndarray, weight: np.ndarray, maps: UVMaps,
                      symmetric_lowfreq: bool = True,
@@ -291,7 +323,7 @@ def complete_texture(albedo: np.ndarray, weight: np.ndarray, maps: UVMaps,
         before, after = skin_level(albedo, skin * mask), skin_level(tex, skin * mask)
         if math.isfinite(before) and math.isfinite(after) and after > 1e-3:
             tex = tex * float(np.clip(before / after, 1 / LEVEL_MAX, LEVEL_MAX))
-    tex = np.clip(tex, 1.0 / 255, 1.0)
+    tex = fit_range(tex)
     return CompletedTexture(texture=tex.astype(np.float32), observed=w, combined=w_tot,
                             skin_color=np.asarray(skin_color, np.float32))
 
