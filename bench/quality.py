@@ -55,7 +55,10 @@ and the texture (never from the fitter's loss terms):
   only photo pixels that show skin are compared (the detector's skin probability): a fringe,
   long hair over the ears or a collar is an occluder the texture must not copy (issue 21),
   so it is left out rather than counted against the skin under it. ``dE_outside_raw`` is the
-  same mean with every pixel of every zone, occluders included.
+  same mean with every pixel of every zone, occluders included. ``dE_face_neutral`` /
+  ``dE_outside_neutral``: the same region medians with the head under the neutral light
+  (uniform white, irradiance 1, :func:`ffhquv.render.sh.uniform_gamma`) instead of the fitted
+  one: does the albedo alone show the photo's skin (issue 21, item 2)?
   For scale: dE ~ 1 is a just-noticeable difference, 2-10 is visible at a glance.
 
 Prints a per-photo table and a mean / median / worst summary (header: date, machine, load
@@ -104,11 +107,13 @@ HIGHER_IS_BETTER = {
     "uv_coverage": True, "fit_coverage": True, "sym_err_pct": False, "seam_step": False,
     "dE_face": False, "dE_forehead_top": False, "dE_scalp": False, "dE_ears": False,
     "dE_jaw": False, "dE_neck": False, "dE_outside": False, "dEpx_face": False,
-    "dEpx_outside": False, "dE_outside_raw": False,
+    "dEpx_outside": False, "dE_outside_raw": False, "dE_face_neutral": False,
+    "dE_outside_neutral": False,
 }
 #: the colour-difference columns (CIEDE2000), in table order
 DE_COLS = ["dE_face", "dE_forehead_top", "dE_scalp", "dE_ears", "dE_jaw", "dE_neck",
-           "dE_outside", "dE_outside_raw", "dEpx_face", "dEpx_outside"]
+           "dE_outside", "dE_outside_raw", "dEpx_face", "dEpx_outside", "dE_face_neutral",
+           "dE_outside_neutral"]
 #: yaw (degrees) of the contact sheet's renders, after the photo
 SHEET_VIEWS = {"front": 0.0, "3/4": 45.0, "profile": 90.0, "back": 180.0}
 SHEET_PX = 384
@@ -778,6 +783,16 @@ class QualityEvaluator:
         m.update(colour_metrics(photo_n, render_n, regions))
         raw = colour_metrics(photo_n, render_n, colour_regions(zimg, cover, parse448, valid=valid))
         m["dE_outside_raw"] = raw["dE_outside"]
+        # the same head under the neutral light (uniform white, irradiance 1): does the albedo
+        # alone show the photo's skin (the neutral-light convention, docs/conventions.md)?
+        from ffhquv.render.sh import uniform_gamma
+
+        neutral = dict(fit.coefficients, gamma=uniform_gamma().numpy())
+        rn = render_fit(model, neutral, fit.uv_texture, cam, be, size=448)
+        render_nl = (rn.image[0].clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+        nl = colour_metrics(photo_n, render_nl, regions)
+        m["dE_face_neutral"] = nl["dE_face"]
+        m["dE_outside_neutral"] = nl["dE_outside"]
         images["colour"] = np.concatenate([photo_n, render_n, zone_overlay(photo_n, regions)], 1)
         m["fit_coverage"] = float(fit.metrics.get("texture_coverage", float("nan")))
         m["sym_err_pct"] = symmetry_error(fit.uv_texture, maps_tex.face.cpu().numpy() > 0.5,

@@ -2,7 +2,9 @@
 
 ``gamma`` holds 27 coefficients laid out channel-major (``[B, 3, 9]`` after reshaping: R's nine,
 then G's, then B's); an ambient of ``ambient`` (0.8) is added to each channel's DC term, so
-``gamma = 0`` is a uniform light of 0.8.
+``gamma = 0`` is a uniform white light of irradiance 0.8 * pi / sqrt(4 pi) = 0.709, and
+:func:`uniform_gamma` gives any other uniform irradiance (1: the neutral light of the albedo
+convention, ``docs/conventions.md``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,15 @@ def sh_basis(normals: Tensor) -> Tensor:
         ],
         -1,
     )
+
+
+def uniform_gamma(level: float = 1.0, ambient: float = AMBIENT) -> Tensor:
+    """``float32 [27]``: the SH coefficients of a uniform white light of irradiance ``level``
+    (every normal, every channel), e.g. the neutral light under which an albedo shows the
+    photo's skin (``level = 1``)."""
+    g = torch.zeros(3, 9)
+    g[:, 0] = level / (_A0 * _C0) - ambient
+    return g.reshape(27)
 
 
 def irradiance(normals: Tensor, gamma: Tensor, ambient: float = AMBIENT) -> Tensor:
