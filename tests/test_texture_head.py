@@ -688,3 +688,38 @@ def test_fit_range_keeps_the_hue_of_bright_skin(maps):
     seen = done[face]
     assert seen[:, 0].max() < 1.0
     assert np.abs(seen[:, 1] / seen[:, 0] - skin[1] / skin[0]).mean() < 0.01
+
+
+def test_a_hole_filled_from_the_mirror_takes_its_surroundings_colour(maps):
+    """A small hole in what the photo showed (a strand, a mark) is filled from the mirror
+    texel, whose side is lit and coloured differently: the fill takes the colour of the hole's
+    own surroundings (no lighter or more orange island), the mirror's detail with it; a whole
+    unseen side still takes the mirror's colour."""
+    from services.fitter.texture.completion import match_mirror
+
+    mask = maps.mask.numpy()
+    pos = maps.pos_mean.numpy()
+    face = mask & (maps.face.numpy() > 0.5)
+    right = face & (pos[..., 0] > 0.03)
+    left = face & (pos[..., 0] < -0.03)
+    albedo = np.zeros((S, S, 3), np.float32)
+    albedo[left] = (0.7, 0.5, 0.4)  # a lit, warmer side
+    albedo[right] = (0.45, 0.35, 0.3)
+    weight = (left | right).astype(np.float32)
+    # a hole on the right side, a few texels across, away from the face's edges
+    cx = float(np.median(pos[right][:, 0]))
+    cy = float(np.median(pos[right][:, 1]))
+    r = np.hypot(pos[..., 0] - cx, pos[..., 1] - cy)
+    hole = right & (r < np.quantile(r[right], 0.02))
+    ring = right & ~hole & (r < np.quantile(r[right], 0.08))
+    weight[hole] = 0.0
+    got = match_mirror(albedo, weight, maps).reshape(S, S, 3)
+    assert np.abs(got[hole].mean(0) - albedo[ring].mean(0)).max() < 0.03
+    done = complete_texture(albedo, weight, maps).texture
+    assert np.abs(done[hole].mean(0) - done[ring].mean(0)).max() < 0.03
+    # nothing seen on this side: the mirror's own colour
+    unseen = weight.copy()
+    unseen[right] = 0.0
+    far = match_mirror(albedo, unseen, maps).reshape(S, S, 3)
+    inner = right & (pos[..., 0] > 0.25)
+    assert np.abs(far[inner].mean(0) - np.array([0.7, 0.5, 0.4])).max() < 0.02

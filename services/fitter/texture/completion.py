@@ -1,6 +1,7 @@
 """Completion: a hole-free albedo texture from one unwrap.
 
-Unseen texels are completed by (a) the left/right mirror texel (``UVMaps.mirror``) and (b) a
+Unseen texels are completed by (a) the left/right mirror texel (``UVMaps.mirror``), its colour
+matched to what surrounds the texel on its own side (:func:`match_mirror`), and (b) a
 shading-free skin-tone template (the low frequencies of the seen skin, its shadows
 discounted, continued over the head on the surface and relaxing to its median colour),
 joined by Laplacian-pyramid blending. The low frequencies are then made left/right symmetric
@@ -194,6 +195,42 @@ def lift_to_mirror(albedo: np.ndarray, weight: np.ndarray, share: np.ndarray,
     return (albedo * gain).astype(np.float32)
 
 
+#: :func:`match_mirror`: the scale (texels of a 1024 map) of the surroundings whose colour a
+#: mirrored texel takes, and the most it is scaled
+MATCH_SIGMA = 24.0
+MATCH_GAIN = (0.5, 2.0)
+
+
+def match_mirror(albedo: np.ndarray, weight: np.ndarray, maps: UVMaps) -> np.ndarray:
+    """The mirror texels' colours, matched to what surrounds each texel on its own side.
+
+    A hole in what the photo showed (a strand over the forehead, a mark under an eye) is
+    filled from the mirror texel, whose light and skin differ from this side's: copied as
+    it is, it printed a lighter or more orange island. The mirror's value is scaled per
+    channel by the ratio of the own side's low frequencies around the texel to the mirror's
+    (``normalized_blur`` over ``MATCH_SIGMA * S / 1024`` texels, the ratio within
+    :data:`MATCH_GAIN`): its detail is kept, its colour is the surroundings'. Where this
+    side has seen nothing nearby (a turned-away cheek, the unseen half of the head) the
+    mirror's own colour is kept.
+
+    Args:
+        albedo: ``float32 [S, S, 3]``; weight: ``float32 [S, S]`` own-view confidence;
+            maps: UV maps of size S.
+    Returns:
+        ``float32 [S * S, 3]``: the matched mirror value of every texel (flat, as
+        ``maps.mirror`` indexes).
+    """
+    s = maps.size
+    mirror = maps.mirror.cpu().numpy()
+    low, den = normalized_blur(albedo, weight, sigma=max(1.0, MATCH_SIGMA * s / 1024))
+    low, den = low.reshape(-1, 3), den.reshape(-1)
+    lo, hi = MATCH_GAIN
+    gain = np.clip(low / np.maximum(low[mirror], 1e-3), lo, hi)
+    trust = np.clip(den / 0.15, 0, 1)[:, None] * np.clip(den[mirror] / 0.15, 0, 1)[:, None]
+    gain = 1 + trust * (gain - 1)
+    return (albedo.reshape(-1, 3)[mirror] * gain).astype(np.float32)
+
+
 #: the skin template's weight of a texel rises from 0.05 at ``SHADOW_LEVEL[0]`` of the median
 #: skin's luma to 1 at ``SHADOW_LEVEL[1]``: shadows and dark edges barely shape the unseen skin
 SHADOW_LEVEL = (0.45, 0.75)
@@ -262,7 +299,7 @@ def complete_texture(albedo: np.ndarray, weight: np.ndarray, maps: UVMaps,
     # (a) mirror
     wf, af = w.reshape(-1), a.reshape(-1, 3)
     wm = np.where(has_m, wf[mirror], 0.0)
-    am = af[mirror]
+    am = match_mirror(a, w, maps)
     w_tot = wf + (1 - wf) * wm
     comb = (wf[:, None] * af + ((1 - wf) * wm)[:, None] * am) / np.maximum(w_tot, 1e-6)[:, None]
     comb = comb.reshape(s, s, 3).astype(np.float32)
