@@ -29,9 +29,10 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
-from ffhquv_cli.commands import FitReporter, threads_env
+from ffhquv_cli.commands import OUTPUT_MARKERS, FitReporter, threads_env
 
 #: GPU memory a worker may need at the default batch of 8 (CUDA context, 1024 textures,
 #: ``standard``: 2.4 GB peak in BENCHMARKS.md) with headroom: more workers than fit are not
@@ -133,6 +134,24 @@ def worker_env(n: int) -> dict[str, str]:
     return env
 
 
+def _written_since(folder: Path, since: float) -> bool:
+    """Whether ``folder`` is an output folder (its markers present) written after ``since``
+    (a time.time() value; one second of slack for coarse file-system clocks)."""
+    try:
+        return all((folder / m).stat().st_mtime >= since - 1.0 for m in OUTPUT_MARKERS)
+    except OSError:
+        return False
+
+
+def _report_metrics(folder: Path) -> dict[str, float]:
+    """The fitter's metrics from ``folder/report.json`` (empty when unreadable)."""
+    try:
+        m = json.loads((folder / "report.json").read_text()).get("metrics") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {k: float(v) for k, v in m.items() if isinstance(v, (int, float))}
+
+
 class _Worker:
     """One worker process and what it has reported."""
 
@@ -141,6 +160,7 @@ class _Worker:
         self.todo, self.out = todo, out
         self.reported: set[str] = set()
         self.rep, self.lock = rep, lock
+        self.started = time.time()
         self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, bufsize=1)
         self.threads = [threading.Thread(target=self._records, daemon=True),
@@ -169,13 +189,22 @@ class _Worker:
 
     def finish(self) -> None:
         """Wait for the worker; report its unreported photos as failed and remove what it
-        left of their output folders (a killed worker cannot remove its temporary ones)."""
+        left of their output folders (a killed worker cannot remove its temporary ones). A
+        photo whose output folder the worker finished (output folders appear whole, by one
+        rename) during this run but did not report is reported done, its metrics read back
+        from its ``report.json``."""
         rc = self.proc.wait()
         for t in self.threads:
             t.join()
         with self.lock:
             for photo, stem in self.todo:
-                if stem not in self.reported:
+                final = self.out / stem
+                if stem not in self.reported and _written_since(final, self.started):
+                    self.rep.ok(photo, stem, final, _report_metrics(final),
+                                [f"its worker process exited with code {rc} after writing "
+                                 f"{stem}/ and before reporting it: metrics from its "
+                                 "report.json"], [p.name for p in final.iterdir()])
+                elif stem not in self.reported:
                     for tmp in self.out.glob(f".{glob.escape(stem)}.tmp-*"):
                         shutil.rmtree(tmp, ignore_errors=True)
                     self.rep.failed(photo, stem, "INTERNAL",

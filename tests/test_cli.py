@@ -266,3 +266,41 @@ def test_fit_folder_in_two_workers(tmp_path, astronaut_rgb):
         assert (out / name / "stage3_mesh_id.obj").is_file()
         assert json.loads((out / name / "report.json").read_text())["preset"]["name"] == "fast"
     assert sorted(p.name for p in out.iterdir()) == ["a_astronaut", "c_mirrored"]
+
+
+def test_a_worker_that_dies_after_writing_a_folder_reports_it_done(tmp_path, capsys):
+    """A worker killed after its photo's output folder appeared (one rename) but before its
+    record reached the parent: that photo is reported done (its metrics read back from its
+    report.json, a note saying so), the unfinished one failed; a folder older than the run
+    (kept by a worker that died before replacing it) is not taken for this run's."""
+    import threading
+
+    from ffhquv_cli.commands import FitReporter
+    from ffhquv_cli.workers import _Worker
+
+    out = tmp_path / "out"
+    out.mkdir()
+    old = out / "c"
+    old.mkdir()
+    for m in ("report.json", "stage3_uv.png", "stage3_mesh_id.obj"):
+        (old / m).write_text("{}")
+        os.utime(old / m, (1e9, 1e9))
+    writes = (
+        "import json, os, sys; d = sys.argv[1]; os.mkdir(d)\n"
+        "json.dump({'metrics': {'landmark_error_iod': 0.01, 'psnr_masked': 30.0}},"
+        " open(d + '/report.json', 'w'))\n"
+        "open(d + '/stage3_uv.png', 'wb').close(); open(d + '/stage3_mesh_id.obj', 'w').close()\n"
+        "os.kill(os.getpid(), 9)")
+    rep = FitReporter(json_lines=True, tty=False)
+    w = _Worker([sys.executable, "-c", writes, str(out / "a")], dict(os.environ),
+                [(Path("a.jpg"), "a"), (Path("b.jpg"), "b"), (Path("c.jpg"), "c")], out, rep,
+                threading.Lock())
+    w.finish()
+    assert rep.counts == {"ok": 1, "failed": 2, "skipped": 0}
+    assert sorted(p.name for p in out.iterdir()) == ["a", "c"]
+    records = {r["name"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert records["a"]["status"] == "ok" and records["a"]["output"] == str(out / "a")
+    assert records["a"]["metrics"]["psnr_masked"] == 30.0
+    assert "report.json" in records["a"]["warnings"][0]
+    assert records["a"]["files"] == ["report.json", "stage3_mesh_id.obj", "stage3_uv.png"]
+    assert records["c"]["error"]["reason"] == "WORKER_EXITED"
