@@ -231,3 +231,18 @@ def test_two_sided_lights_the_inside_of_an_open_mesh():
     d = ((yy - (s - 1) / 2) ** 2 + (xx - (s - 1) / 2) ** 2).sqrt()
     rim = cover & (d > 0.95 * d[cover].max())
     assert rim.sum() > 20 and torch.allclose(lit[True][rim], lit[False][rim])
+
+
+def test_uniform_gamma_is_a_uniform_white_light():
+    """``sh.uniform_gamma(level)`` lights every normal, every channel, at ``level`` (the
+    neutral light of the albedo convention at 1); ``gamma = 0`` is the ambient alone."""
+    from ffhquv.render.sh import AMBIENT, irradiance, uniform_gamma
+
+    n = torch.nn.functional.normalize(torch.randn(1, 500, 3, generator=torch.Generator()
+                                                  .manual_seed(0)), dim=-1)
+    for level in (1.0, 0.5):
+        got = irradiance(n, uniform_gamma(level)[None])
+        assert torch.allclose(got, torch.full_like(got, level), atol=1e-6)
+    zero = irradiance(n, torch.zeros(1, 27))
+    assert torch.allclose(zero, torch.full_like(zero, AMBIENT * math.sqrt(math.pi) / 2),
+                          atol=1e-6)
