@@ -3,7 +3,8 @@
 Unseen texels are completed by (a) the left/right mirror texel (``UVMaps.mirror``), its colour
 matched to what surrounds the texel on its own side (:func:`match_mirror`), and (b) a
 shading-free skin-tone template (the low frequencies of the seen skin, its shadows
-discounted, continued over the head on the surface and relaxing to its median colour),
+discounted, continued over the head on the surface and relaxing to its median colour, in the
+median seen skin's hue: :func:`skin_hue`),
 joined by Laplacian-pyramid blending. The low frequencies are then made left/right symmetric
 (:func:`~services.fitter.texture.lowpass.symmetrize_lowfreq`).
 """
@@ -231,6 +232,22 @@ def match_mirror(albedo: np.ndarray, weight: np.ndarray, maps: UVMaps) -> np.nda
     return (albedo.reshape(-1, 3)[mirror] * gain).astype(np.float32)
 
 
+def skin_hue(template: np.ndarray, skin_color: np.ndarray) -> np.ndarray:
+    """The skin template with the person's skin hue: its brightness kept, its chromaticity
+    (RGB over luma) the median seen skin's. The few seen texels around unseen skin (the
+    underside of the jaw and the neck in shadow, lit by the sky; a collar's edge) carried
+    their cast over the whole unseen neck: a mauve neck under a brown face.
+
+    Args:
+        template: ``float32 [S, S, 3]``; skin_color: ``[3]`` the median seen skin albedo.
+    Returns:
+        ``float32 [S, S, 3]``.
+    """
+    sc = np.asarray(skin_color, np.float32)
+    chroma = sc / max(float(sc @ LUMA), 1e-3)
+    return ((template @ LUMA)[..., None] * chroma).astype(np.float32)
+
+
 #: the skin template's weight of a texel rises from 0.05 at ``SHADOW_LEVEL[0]`` of the median
 #: skin's luma to 1 at ``SHADOW_LEVEL[1]``: shadows and dark edges barely shape the unseen skin
 SHADOW_LEVEL = (0.45, 0.75)
@@ -332,6 +349,7 @@ def complete_texture(albedo: np.ndarray, weight: np.ndarray, maps: UVMaps,
     bright = np.clip(((comb @ LUMA) / lvl - lo) / (hi - lo), 0.05, 1.0)
     template, _ = mesh_lowpass(maps, comb, sw * bright, sigma=s / 24, prior=skin_color,
                                reach=s / 4)
+    template = skin_hue(template, skin_color)
     template = pad_outside(template, mask)
     # texels near a seam take the template: the photo detail on one side of a seam has no
     # counterpart on the other
