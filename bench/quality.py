@@ -65,9 +65,9 @@ Prints a per-photo table and a mean / median / worst summary (header: date, mach
 average, exact command); ``--json`` writes every number, ``--plots`` the distributions
 (matplotlib, from the ``dev`` extra), ``--views`` the composites, turned renders and the
 colour regions as PNG, ``--sheets`` one contact sheet per photo (photo | front | 3/4 | profile
-| back, textured head with eyeballs, preview light). Folder inputs skip UV textures
-(``*_texture.png``, :func:`is_texture`) and sub-folders; a photo whose face is not found is
-reported and the others go on.
+| back, the textured head as the GLB opens it with its eyeballs, preview light). Folder inputs
+skip UV textures (``*_texture.png``, :func:`is_texture`) and sub-folders; a photo whose face is
+not found is reported and the others go on.
 """
 
 from __future__ import annotations
