@@ -199,12 +199,14 @@ class _Worker:
         with self.lock:
             for photo, stem in self.todo:
                 final = self.out / stem
-                if stem not in self.reported and _written_since(final, self.started):
+                if stem in self.reported:
+                    continue
+                if _written_since(final, self.started):
                     self.rep.ok(photo, stem, final, _report_metrics(final),
                                 [f"its worker process exited with code {rc} after writing "
                                  f"{stem}/ and before reporting it: metrics from its "
                                  "report.json"], [p.name for p in final.iterdir()])
-                elif stem not in self.reported:
+                else:
                     for tmp in self.out.glob(f".{glob.escape(stem)}.tmp-*"):
                         shutil.rmtree(tmp, ignore_errors=True)
                     self.rep.failed(photo, stem, "INTERNAL",

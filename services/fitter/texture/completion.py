@@ -271,12 +271,9 @@ def fit_range(rgb: ArrayT) -> ArrayT:
     Returns:
         the same type, shape and dtype, in ``[1 / 255, 1]``.
     """
+    if isinstance(rgb, np.ndarray):  # one formula: numpy arrays go through torch (no copy in)
+        return fit_range(torch.from_numpy(np.ascontiguousarray(rgb))).numpy()
     k = HIGHLIGHT_KNEE
-    if isinstance(rgb, np.ndarray):
-        m = np.maximum(rgb.max(-1, keepdims=True), 1e-6)
-        over = np.maximum(m - k, 0.0)
-        gain = np.where(m > k, (k + (1 - k) * (1 - np.exp(-over / (1 - k)))) / m, 1.0)
-        return np.clip(rgb * gain, 1.0 / 255, 1.0).astype(rgb.dtype, copy=False)
     m = rgb.amax(-1, keepdim=True).clamp(min=1e-6)
     over = (m - k).clamp(min=0.0)
     gain = torch.where(m > k, (k + (1 - k) * (1 - torch.exp(-over / (1 - k)))) / m,
