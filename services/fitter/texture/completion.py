@@ -92,6 +92,8 @@ class CompletedTexture:
         skin_color: ``[3]`` mean visible skin albedo.
         hair: the hair painted over the skin (``HairLayer.info``: has_hair, hair colour ...),
             None where none was looked for.
+        hair_matte: ``float32 [S, S]`` where the hair covers the scalp (``HairLayer.matte``),
+            None for a bald head or where none was looked for.
     """
 
     texture: np.ndarray
@@ -99,6 +101,7 @@ class CompletedTexture:
     combined: np.ndarray
     skin_color: np.ndarray
     hair: dict | None = None
+    hair_matte: np.ndarray | None = None
 
 
 def flatten_shading(albedo: np.ndarray, skin: np.ndarray, maps: UVMaps,

@@ -274,7 +274,8 @@ def _atlas_strands(maps: UVMaps) -> np.ndarray:
 def hair_info(stats: dict) -> dict:
     """What ``report.json`` says of the hair: ``has_hair`` (a head of hair was found and has a
     colour), the band's hair / skin pixel counts, and the colour and strand contrast when
-    painted, and ``texture``: ``"photo"`` (:func:`hair_swatch`) or ``"strands"``
+    painted, its volume and length (:func:`~services.fitter.texture.masks.hair_extent`), and
+    ``texture``: ``"photo"`` (:func:`hair_swatch`) or ``"strands"``
     (:func:`strand_noise`). ``stats``: a ``HeadMasks.hair_stats`` entry."""
     info = {k: stats.get(k) for k in ("hair_px", "skin_px")}
     info["has_hair"] = bool(stats.get("has_hair")) and "hair_rgb" in stats
@@ -284,6 +285,10 @@ def hair_info(stats: dict) -> dict:
         info["long_hair"] = bool(stats.get("long_hair"))
         info["hair_amp"] = stats.get("hair_amp")
         info["hair_rgb"] = [round(float(c), 4) for c in stats["hair_rgb"]]
+        # the hair mesh's measures (masks.hair_extent), in face heights
+        for k in ("hair_volume", "hair_below", "hair_cut"):
+            if k in stats:
+                info[k] = stats[k]
     return info
 
 

@@ -511,6 +511,73 @@ def long_hair_share(photo: np.ndarray, parse: np.ndarray, fine: np.ndarray, fine
                      for side in (xx < x_mid, xx >= x_mid)))
 
 
+# hair_extent: the strips where hanging hair is looked for, beside the neck, in inter-ocular
+# distances (outer eye corners) from the face's middle; a row counts when HANG_ROW of a strip's
+# pixels are hair; HAIR_VOLUME_MAX caps the hair's height over the head (face heights)
+HANG_STRIP = (0.6, 1.1)
+HANG_ROW = 0.3
+HAIR_VOLUME_MAX = 0.35
+
+
+def hair_extent(fg: np.ndarray, inside: np.ndarray, hair: np.ndarray, lm: np.ndarray) -> dict:
+    """How far the hair stands off the head and hangs down, for the hair mesh
+    (:mod:`services.fitter.hair_mesh`), in face heights (landmark 27, the top of the nose
+    bridge, to 8, the chin, in the photo).
+
+    ``hair_volume``: how far the head (``fg`` and ``hair`` next to the fitted head) stands out
+    beyond the fitted head's silhouette (``inside``) at the temples, both sides' mean, the
+    median over the rows from the brows up half a face height (the crops cut the top of the
+    head), at most :data:`HAIR_VOLUME_MAX` (a dark backdrop behind dark hair passes for hair:
+    the cap keeps such a head from a mushroom of hair).
+    ``hair_below``: how far below the chin the hair hangs beside the neck (strips
+    :data:`HANG_STRIP` from the middle): the lowest row, from the jaw down, up to which at
+    least half the rows have :data:`HANG_ROW` of a strip's pixels hair (negative: it ends
+    above the chin); ``hair_cut``: that row is the crop's last (the hair is longer than the
+    photo shows).
+
+    Args:
+        fg: bool ``[H, W]`` GrabCut's head; inside: bool ``[H, W]`` the fitted head's
+            silhouette; hair: bool ``[H, W]`` hair pixels (the head's and hair-like ones around
+            it); lm: ``[68, 2]`` landmarks in the crop's pixels.
+    """
+    h, w = fg.shape
+    hf = max(float(lm[8, 1] - lm[27, 1]), 1.0)
+    iod = float(np.linalg.norm(lm[36] - lm[45]))
+    x_mid = float(lm[27:31, 0].mean())
+    # the crops cut the top of the head: the hair's volume is read at its sides, over the
+    # temples (rows from the brows up half a face height), head or hair beyond the fitted
+    # silhouette, on both sides
+    # GrabCut's head, and the hair next to the fitted head (GrabCut often keeps to the
+    # silhouette it was seeded with)
+    head = fg | (hair & (cv2.dilate(inside.astype(np.uint8),
+                                    _disc(max(1, int(HAIR_VOLUME_MAX * hf)))) > 0))
+    y_brow = float(lm[17:27, 1].mean())
+    rise = []
+    for y in range(max(0, int(y_brow - 0.5 * hf)), min(h, int(y_brow) + 1)):
+        xs_in, xs_head = np.nonzero(inside[y])[0], np.nonzero(head[y])[0]
+        if len(xs_in) and len(xs_head):
+            rise.append(0.5 * ((xs_in[0] - xs_head[0]) + (xs_head[-1] - xs_in[-1])))
+    vol = float(np.clip(np.median(rise) / hf, 0.0, HAIR_VOLUME_MAX)) if rise else 0.0
+    xx = np.abs(np.arange(w, dtype=np.float32) - x_mid)
+    strip = (xx >= HANG_STRIP[0] * iod) & (xx <= HANG_STRIP[1] * iod)
+    left = strip & (np.arange(w) < x_mid)
+    right = strip & (np.arange(w) >= x_mid)
+    y0 = int(np.clip(round(float(lm[[4, 12], 1].mean())), 0, h - 1))
+    rows = hair[y0:]
+    frac = np.maximum(rows[:, left].mean(1) if left.any() else 0,
+                      rows[:, right].mean(1) if right.any() else 0)
+    ok = frac >= HANG_ROW
+    low = y0
+    if ok.any():
+        run = np.cumsum(ok) / np.arange(1, len(ok) + 1)
+        good = np.nonzero(ok & (run >= 0.5))[0]
+        if len(good):
+            low = y0 + int(good[-1])
+    return {"hair_volume": round(vol, 4),
+            "hair_below": round(float(low - lm[8, 1]) / hf, 4),
+            "hair_cut": bool(low >= h - 2)}
+
+
 def _disc(r: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
 
@@ -642,6 +709,9 @@ def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray, cw: np
             hairy = ((np.linalg.norm(lab - ref_lab, axis=-1) < LONG_HAIR_DE)
                      & (fine > LONG_HAIR_FINE * fine_ref) & (parse == PARSE_BG))
             stats["hair_seen"].append((hair | hairy) & (dist < 0.3))
+            stats.update(hair_extent(fg, inside, hair | hairy, lm))
+        else:
+            stats.update(hair_extent(fg, inside, hair, lm))
     else:
         stats["has_hair"] = False
     return tex.astype(np.float32), hair_m.astype(np.float32), stats

@@ -95,6 +95,7 @@ class UnwrapTextureSource:
             # mip-mapped lookups at island borders read them: no skin-coloured seam lines)
             done.texture = pad_outside(tex, maps.mask.cpu().numpy())
             done.hair = hair.info
+            done.hair_matte = hair.matte
             return done
 
         return per_photo(one, alb.shape[0])
