@@ -517,13 +517,14 @@ def colour_metrics(photo: np.ndarray, render: np.ndarray, regions: dict[str, np.
     return m
 
 
-def head_with_eyes(head, texture: np.ndarray, eyes) -> tuple:
-    """One mesh + one texture atlas for the textured head and its two eyeballs.
+def head_with_eyes(head, texture: np.ndarray, eyes, hair=None) -> tuple:
+    """One mesh + one texture atlas for the textured head, its hair and its two eyeballs.
 
     Args:
         head: :class:`ffhquv.mesh.MeshData` (model space, UVs into ``texture``).
         texture: ``uint8 [S, S, 3]`` head texture.
         eyes: :class:`services.eyeball.core.EyeballResult`.
+        hair: the fit's hair mesh (UVs into ``texture``, posed as ``head``) or None.
     Returns:
         ``(vertices [N, 3], faces [T, 3], uvs [M, 2], uv_faces [T, 3], atlas uint8 [S, 2S, 3])``
         numpy arrays; the head's UVs map into the left half of the atlas, the eyes' into the
@@ -536,7 +537,9 @@ def head_with_eyes(head, texture: np.ndarray, eyes) -> tuple:
     atlas = np.concatenate([texture, eye_tex], axis=1)
     verts, faces, uvs, uv_faces = [], [], [], []
     nv = nuv = 0
-    for mesh, off in ((head, 0.0), (eyes.left, 0.5), (eyes.right, 0.5)):
+    parts = ((head, 0.0), (eyes.left, 0.5), (eyes.right, 0.5)) + (
+        () if hair is None else ((hair, 0.0),))
+    for mesh, off in parts:
         uv = np.asarray(mesh.uvs, np.float64).copy()
         uv[:, 0] = off + 0.5 * uv[:, 0]
         verts.append(np.asarray(mesh.vertices, np.float64))
@@ -550,14 +553,14 @@ def head_with_eyes(head, texture: np.ndarray, eyes) -> tuple:
 
 
 def turned_view(head, texture: np.ndarray, eyes, yaw_deg: float, size: int = 512,
-                backend=None) -> np.ndarray:
+                backend=None, hair=None) -> np.ndarray:
     """``uint8 [size, size, 3]``: the textured head with eyeballs turned by ``yaw_deg`` on a
     mid-grey background (:func:`ffhquv.render.renderer.render_preview`, preview light)."""
     import torch
 
     from ffhquv.render.renderer import PreviewOptions, Surface, render_preview
 
-    v, f, uv, uvf, atlas = head_with_eyes(head, texture, eyes)
+    v, f, uv, uvf, atlas = head_with_eyes(head, texture, eyes, hair)
     dev = getattr(backend, "device", "cpu")  # the backend draws tensors of its own device
     surface = Surface(uv=torch.tensor(uv, dtype=torch.float32, device=dev),
                       uv_tri=torch.tensor(uvf, device=dev), texture=torch.from_numpy(atlas))
@@ -568,7 +571,7 @@ def turned_view(head, texture: np.ndarray, eyes, yaw_deg: float, size: int = 512
 
 
 def contact_sheet(photo: np.ndarray, head, texture: np.ndarray, eyes, size: int = SHEET_PX,
-                  views: dict[str, float] = SHEET_VIEWS, backend=None) -> np.ndarray:
+                  views: dict[str, float] = SHEET_VIEWS, backend=None, hair=None) -> np.ndarray:
     """One row: the photo, then the textured head with its eyeballs at each yaw of ``views``
     (:func:`turned_view`), each ``size`` square and labelled.
 
@@ -583,7 +586,8 @@ def contact_sheet(photo: np.ndarray, head, texture: np.ndarray, eyes, size: int 
     tiles = [cv2.resize(photo, (size, size), interpolation=cv2.INTER_AREA)]
     labels = ["photo"]
     for label, yaw in views.items():
-        tiles.append(turned_view(head, texture, eyes, yaw, size=size, backend=backend))
+        tiles.append(turned_view(head, texture, eyes, yaw, size=size, backend=backend,
+                                 hair=hair))
         labels.append(f"{label} {yaw:g} deg")
     for t, label in zip(tiles, labels, strict=True):
         (w, h), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.55, 1)
@@ -752,12 +756,18 @@ class QualityEvaluator:
         m["id_crop_baseline"] = ident.distance(d_photo, d_crop)
         m["id_composite"] = ident.distance(d_crop, d_comp)
         images = {"composite": np.concatenate([a.crop, comp, render], 1)}
+        # the head as the GLB opens: fitted expression, its hair (posed the same) and eyeballs
+        hair = None if fit.hair is None else fit.hair.posed()
         for key, yaw in YAWS.items():
-            view = turned_view(fit.mesh_expression, fit.uv_texture, eyes, yaw, backend=be)
+            view = turned_view(fit.mesh_expression, fit.uv_texture, eyes, yaw, backend=be,
+                               hair=hair)
             m[key] = ident.distance(d_photo, ident.descriptor(view))
             images[key] = view
         m["id_front_neutral"] = ident.distance(d_photo, ident.descriptor(
-            turned_view(fit.mesh_neutral, fit.uv_texture, eyes, 0.0, backend=be)))
+            turned_view(fit.mesh_neutral, fit.uv_texture, eyes, 0.0, backend=be,
+                        hair=None if fit.hair is None else fit.hair.posed(
+                            np.zeros_like(fit.hair.morphs.weights)
+                            if fit.hair.morphs is not None else None))))
         m["id_same_person_all"] = all(
             m[k] < ID_THRESHOLD for k in ("id_composite", *YAWS) if math.isfinite(m[k]))
         m["id_faces_missed"] = sum(not math.isfinite(m[k])
@@ -804,9 +814,10 @@ class QualityEvaluator:
         m["fit_seconds"] = float(fit.report["timings_s"]["total"])
         m["long_hair"] = float(bool((fit.report.get("hair") or {}).get("long_hair")))
         m["hair_from_photo"] = float((fit.report.get("hair") or {}).get("texture") == "photo")
+        m["hair_mesh_vertices"] = 0.0 if fit.hair is None else float(len(fit.hair.vertices))
         if sheet:
             images["sheet"] = contact_sheet(a.crop_hires, fit.mesh_expression, fit.uv_texture,
-                                            eyes, backend=be)
+                                            eyes, backend=be, hair=hair)
         m["eval_s"] = time.perf_counter() - t0 - t_pipe
         return PhotoResult(name=name, metrics=m, images=images)
 

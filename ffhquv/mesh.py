@@ -97,6 +97,14 @@ class MeshData:
         if self.morphs is not None:
             self.morphs.validate(len(self.vertices))
 
+    def posed(self, weights: np.ndarray | None = None) -> MeshData:
+        """This mesh with its morph targets applied (``weights`` None = the fitted ones) and
+        no morphs: what a viewer shows when it opens the mesh. Without morphs, ``self``."""
+        if self.morphs is None:
+            return self
+        return MeshData(self.morphs.applied(self.vertices, weights).astype(np.float32),
+                        self.faces, self.uvs, self.uv_faces)
+
     def to_proto(self):
         from ffhquv.pb import common_pb2
 

@@ -247,7 +247,8 @@ class Orchestrator:
             head_texture_png=result.uv_texture_png, left_eye=eyes.left.mesh,
             right_eye=eyes.right.mesh, eye_texture_png=eyes.texture_png,
             formats=list(opts.formats), extra_files=extra,
-            metres_per_unit=result.metres_per_unit, units=opts.units), self.deadlines.export)
+            metres_per_unit=result.metres_per_unit, units=opts.units,
+            hair=result.hair if result.HasField("hair") else None), self.deadlines.export)
         timings["export_s"] = time.perf_counter() - t
         metrics.STAGE_SECONDS.labels("export").observe(timings["export_s"])
         await report(common_pb2.STAGE_EXPORTED, 1.0, f"{len(exp.files)} files")

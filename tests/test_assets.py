@@ -376,6 +376,42 @@ def test_default_model_glb_real_size_and_arkit_targets(model, model_parts, tmp_p
         rep["issues"]["messages"]
 
 
+def _cap(head: MeshData) -> MeshData:
+    """A hair-like part for ``head``: its faces above the brows lifted outward 2 % of its
+    height, UVs into the head texture, the head's morph targets on their roots (as
+    ``services.fitter.hair_mesh`` makes it; built here without OpenCV, which the Blender venv's
+    numpy cannot import)."""
+    v = head.vertices.astype(np.float64)
+    top = v[:, 1] > v[:, 1].min() + 0.7 * np.ptp(v[:, 1])
+    keep = top[head.faces].all(1)
+    sub = np.unique(head.faces[keep])
+    idx = np.full(len(v), -1)
+    idx[sub] = np.arange(len(sub))
+    c = v.mean(0)
+    out = (v[sub] - c) / np.linalg.norm(v[sub] - c, axis=1, keepdims=True)
+    morphs = MorphTargets(head.morphs.names, head.morphs.offsets[:, sub], head.morphs.weights)
+    return MeshData(v[sub] + out * 0.02 * np.ptp(v[:, 1]), idx[head.faces[keep]], head.uvs,
+                    head.uv_faces[keep], morphs=morphs)
+
+
+def test_glb_with_hair_passes_khronos_validator(model, model_parts, tmp_path):
+    hair = _cap(model_parts["head_neutral"])
+    res = core.export("hh", **model_parts, formats={"glb"}, hair=hair,
+                      metres_per_unit=model.metres_per_unit)
+    path = tmp_path / "hh.glb"
+    path.write_bytes(res.files["hh.glb"])
+    g = pygltflib.GLTF2.load_from_bytes(res.files["hh.glb"])
+    names = [n.name for n in g.nodes]
+    assert names.index("hair") in g.nodes[names.index("head")].children
+    assert len(g.images) == 2  # the hair reads the head's image
+    gl = g.meshes[g.nodes[names.index("hair")].mesh]
+    assert gl.extras["targetNames"] == model.exp_labels
+    np.testing.assert_allclose(gl.weights, model_parts["head_neutral"].morphs.weights, atol=1e-6)
+    rep = validate_glb(path)
+    assert (rep["issues"]["numErrors"], rep["issues"]["numWarnings"]) == (0, 0), \
+        rep["issues"]["messages"]
+
+
 def test_named_coefficients(model):
     c = {"id": np.zeros(model.id_dim), "exp": np.linspace(-0.5, 1.5, model.exp_dim),
          "angles": np.zeros(3), "gamma": np.zeros(27), "trans": np.zeros(3)}
@@ -419,6 +455,27 @@ def test_blend_shape_keys_metres_and_parented_eyes(model, model_parts, tmp_path)
         nose = co[np.argmin(co[:, 1])]
         assert front[0] < -0.07 and abs(nose[0]) < 0.01  # the face looks toward -y
         assert all(p.use_smooth for p in head.data.polygons)
+    finally:
+        _bpy_reset()
+
+
+@NEEDS_BPY
+def test_blend_hair_is_parented_with_the_heads_shape_keys(model, model_parts, tmp_path):
+    out = tmp_path / "hb"
+    core.export_to_dir("hb", **model_parts, out_dir=out, formats={"blend"},
+                       metres_per_unit=model.metres_per_unit,
+                       hair=_cap(model_parts["head_neutral"]))
+    bpy = _bpy_reset()
+    bpy.ops.wm.open_mainfile(filepath=str(out / "hb.blend"))
+    try:
+        hair, head = bpy.data.objects["hair"], bpy.data.objects["head"]
+        assert hair.parent == head
+        keys = hair.data.shape_keys.key_blocks
+        assert [k.name for k in keys][1:] == model.exp_labels
+        np.testing.assert_allclose([k.value for k in keys][1:],
+                                   model_parts["head_neutral"].morphs.weights, atol=1e-6)
+        assert hair.data.materials[0].node_tree.nodes["Image Texture"].image.name == \
+            head.data.materials[0].node_tree.nodes["Image Texture"].image.name
     finally:
         _bpy_reset()
 

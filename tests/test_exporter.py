@@ -374,6 +374,13 @@ def test_grpc_export_round_trip(parts, tmp_path):
             stub.Export(_request(parts, head=bad_head), timeout=60)
         assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "head_neutral" in ei.value.details()
+        # a malformed hair mesh: INVALID_ARGUMENT naming the field
+        req = _request(parts)
+        req.hair.CopyFrom(bad_head.to_proto())
+        with pytest.raises(grpc.RpcError) as ei:
+            stub.Export(req, timeout=60)
+        assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert ei.value.details().startswith("hair:")
         with pytest.raises(grpc.RpcError) as ei:
             stub.Export(_request(parts, eye_png=b"not a png"), timeout=60)
         assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import threading
 import time
 
@@ -73,6 +74,13 @@ def test_full_result_and_artifacts(stack, astronaut_jpg_bytes, tmp_path):
     assert mesh.visual.uv is not None and len(mesh.faces) > 1000
     uv = np.asarray(Image.open(tmp_path / "stage3_uv.png"))
     assert uv.shape[:2] == (512, 512)
+    # her hair as geometry: its OBJ pair on the head's material, or none for a bald head
+    hair = json.loads((tmp_path / "report.json").read_text())["hair"]
+    assert ({"hair_id.obj", "hair_exp.obj"} <= names) == bool(hair.get("has_hair")), hair
+    if hair.get("has_hair"):
+        shell = trimesh.load(tmp_path / "hair_id.obj", force="mesh")
+        assert len(shell.faces) > 100 and shell.visual.uv is not None
+        assert "mtllib stage3_mesh.mtl" in (tmp_path / "hair_id.obj").read_text()
 
 
 def test_stream_progress_order(stack, astronaut_jpg_bytes):

@@ -11,11 +11,16 @@ Output names (the design card's; MeshLab and Blender load the three OBJs with th
 ``R_ball.obj``          subject's right eyeball
 ``eye_ball_tex.mtl``    ``map_Kd eye_ball_tex.png``
 ``eye_ball_tex.png``    shared eyeball texture
-``<name>.glb``          head + both eyeballs (children of the head), textures embedded,
-                        the head's expressions as named morph targets at the fitted weights
+``hair_id.obj``         the hair (a shell over the scalp, a curtain for long hair) on the
+                        neutral head; ``hair_exp.obj`` on the fitted expression; both use
+                        the head's material and texture (no hair: neither)
+``<name>.glb``          head + hair + both eyeballs (children of the head), textures
+                        embedded, the head's (and hair's) expressions as named morph targets
+                        at the fitted weights
 ``<name>.blend``        the same in Blender with shape keys (needs ``bpy``)
 ``preview_front.png``, ``preview_34.png``, ``preview_profile.png``, ``preview_turntable.gif``
-                        the head as the GLB opens (fitted expression) with its eyeballs
+                        the head as the GLB opens (fitted expression) with its hair and
+                        eyeballs
 ``<name>.zip``          everything else in one file
 =====================  ==========================================================
 
@@ -57,6 +62,8 @@ EYE_OBJ_RIGHT = "R_ball.obj"
 EYE_MTL = "eye_ball_tex.mtl"
 EYE_PNG = "eye_ball_tex.png"
 EYE_MATERIAL = "eye_ball_tex"
+HAIR_OBJ_NEUTRAL = "hair_id.obj"
+HAIR_OBJ_EXPRESSION = "hair_exp.obj"
 PREVIEW_FILES = ("preview_front.png", "preview_34.png", "preview_profile.png")
 TURNTABLE_FILE = "preview_turntable.gif"
 
@@ -148,6 +155,7 @@ def export(
     metres_per_unit: float = DEFAULT_METRES_PER_UNIT,
     units: str = "",
     preview_device: str = "cpu",
+    hair: MeshData | None = None,
 ) -> ExportResult:
     """Produce the requested output files in memory.
 
@@ -168,6 +176,8 @@ def export(
         metres_per_unit: metres per model unit of the meshes (0 = 0.1).
         units: "" (GLB / .blend in metres, OBJ in model units), "m", "cm" or "model".
         preview_device: where the previews render ("cpu", "cuda": the GPU rasteriser).
+        hair: the hair mesh (model space, neutral head; UVs into ``head_texture``; morph
+            targets, when present, named as ``head_neutral``'s) or None.
     Returns:
         :class:`ExportResult`. A format that cannot be produced here (``blend`` without bpy,
         previews without the renderer) is skipped with a warning; the others are produced.
@@ -189,6 +199,12 @@ def export(
     if head_expression.vertices.shape != head_neutral.vertices.shape:
         raise InvalidInput("head_expression must have the same vertex count as head_neutral")
     _check_mesh(left_eye, "left_eye")
+    if hair is not None:
+        _check_mesh(hair, "hair")
+        if hair.morphs is not None and (head_neutral.morphs is None
+                                        or hair.morphs.names != head_neutral.morphs.names):
+            raise InvalidInput("hair: its morph targets must be the head's (same names, same "
+                               "order)")
     _check_mesh(right_eye, "right_eye")
     check_texture(head_texture, "head texture")
     check_texture(eye_texture, "eye texture")
@@ -223,10 +239,16 @@ def export(
         obj_files[EYE_MTL] = mtl_text(EYE_MATERIAL, EYE_PNG, specular=0.5,
                                       shininess=80.0).encode()
         obj_files[EYE_PNG] = eye_png
+        if hair is not None:
+            obj_files[HAIR_OBJ_NEUTRAL] = obj(hair, "hair, neutral expression", HEAD_MTL,
+                                              HEAD_MATERIAL)
+            obj_files[HAIR_OBJ_EXPRESSION] = obj(hair.posed(), "hair, fitted expression",
+                                                 HEAD_MTL, HEAD_MATERIAL)
         files.update(obj_files)
 
     if fmts & {"glb", "blend"}:
         head_a = _scaled(head_neutral, uc.asset_scale)
+        hair_a = None if hair is None else _scaled(hair, uc.asset_scale)
         eyes_a = [_scaled(e, uc.asset_scale) for e in (left_eye, right_eye)]
         pivots = [sphere_centre(e.vertices) for e in eyes_a]
     if "glb" in fmts:
@@ -236,8 +258,12 @@ def export(
                 "the head mesh's targets are the face model's expressions (ARKit blendshape "
                 "names in mesh.extras.targetNames); mesh.weights = the fitted expression, "
                 "all zero = the neutral head")
+        hair_part = [] if hair_a is None else [
+            GlbPart("hair", hair_a, head_texture, roughness=0.8, texture_key="head",
+                    texture_png=head_png, parent="head")]
         files[f"{name}.glb"] = glb_bytes([
-            GlbPart("head", head_a, head_texture, roughness=0.6, texture_png=head_png),
+            GlbPart("head", head_a, head_texture, roughness=0.6, texture_key="head",
+                    texture_png=head_png), *hair_part,
             GlbPart("eye_left", eyes_a[0], eye_texture, roughness=0.1, texture_key="eye",
                     texture_png=eye_png, parent="head", pivot=pivots[0]),
             GlbPart("eye_right", eyes_a[1], eye_texture, roughness=0.1, texture_key="eye",
@@ -249,7 +275,7 @@ def export(
             res.warnings.append(blend_mod.BPY_MISSING.format(name=name))
         else:
             files[f"{name}.blend"] = _blend(name, head_a, eyes_a, pivots,
-                                            {HEAD_PNG: head_png, EYE_PNG: eye_png})
+                                            {HEAD_PNG: head_png, EYE_PNG: eye_png}, hair_a)
 
     if fmts & {"preview", "turntable"}:
         try:
@@ -258,16 +284,17 @@ def export(
             res.warnings.append(f"previews skipped: the renderer is not available ({e})")
         else:
             # the head as a viewer opens the GLB / .blend: the fitted expression on
+            posed_hair = None if hair is None else hair.posed()
             views = preview.render_views(head_expression, head_texture, left_eye, right_eye,
                                          eye_texture, size=preview_size,
-                                         device=preview_device)
+                                         device=preview_device, hair=posed_hair)
             if "preview" in fmts:
                 for fname, img in zip(PREVIEW_FILES, views, strict=True):
                     files[fname] = png_bytes(img)
             if "turntable" in fmts:
                 files[TURNTABLE_FILE] = preview.turntable_gif(
                     head_expression, head_texture, left_eye, right_eye, eye_texture,
-                    size=min(preview_size, 256), device=preview_device)
+                    size=min(preview_size, 256), device=preview_device, hair=posed_hair)
 
     for fname, data in extra.items():
         check_relative_name(fname, allow_subdir=True)
@@ -281,7 +308,7 @@ def export(
 
 
 def _blend(name: str, head: MeshData, eyes: list[MeshData], pivots: list[np.ndarray],
-           pngs: dict[str, bytes]) -> bytes:
+           pngs: dict[str, bytes], hair: MeshData | None = None) -> bytes:
     with tempfile.TemporaryDirectory(prefix="ffhquv-blend-") as td:
         for fname, data in pngs.items():
             (Path(td) / fname).write_bytes(data)
@@ -289,7 +316,8 @@ def _blend(name: str, head: MeshData, eyes: list[MeshData], pivots: list[np.ndar
             blend_mod.BlendPart("head", head, HEAD_PNG, 0.6),
             blend_mod.BlendPart("eye_left", eyes[0], EYE_PNG, 0.1, "head", pivots[0]),
             blend_mod.BlendPart("eye_right", eyes[1], EYE_PNG, 0.1, "head", pivots[1]),
-        ])
+        ] + ([] if hair is None else [blend_mod.BlendPart("hair", hair, HEAD_PNG, 0.8,
+                                                           "head")]))
         return path.read_bytes()
 
 
@@ -309,6 +337,7 @@ def export_to_dir(
     preview_size: int = 512,
     metres_per_unit: float = DEFAULT_METRES_PER_UNIT,
     units: str = "",
+    hair: MeshData | None = None,
 ) -> ExportResult:
     """:func:`export`, then write every file into ``out_dir`` (the folder of this photo, e.g.
     ``OUT/<name>``) atomically through :class:`OutputDir`: on any error no folder is left.
@@ -318,7 +347,7 @@ def export_to_dir(
     """
     res = export(name, head_neutral, head_expression, head_texture, left_eye, right_eye,
                  eye_texture, formats, extra_files, preview_size=preview_size,
-                 metres_per_unit=metres_per_unit, units=units)
+                 metres_per_unit=metres_per_unit, units=units, hair=hair)
     with OutputDir(out_dir, replace=replace) as od:
         for fname, data in res.files.items():
             od.write_bytes(fname, data)

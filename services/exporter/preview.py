@@ -60,6 +60,14 @@ def combine(parts: list[tuple[MeshData, np.ndarray]], max_side: int | None = Non
     return mesh, np.concatenate(cols, axis=1)
 
 
+def merge(a: MeshData, b: MeshData) -> MeshData:
+    """One mesh of two that share a texture (vertices, faces, UVs concatenated; no morphs)."""
+    return MeshData(np.concatenate([a.vertices, b.vertices]),
+                    np.concatenate([a.faces, b.faces + len(a.vertices)]),
+                    np.concatenate([a.uvs, b.uvs]),
+                    np.concatenate([a.uv_faces, b.uv_faces + len(a.uvs)]))
+
+
 def _framing(vertices: np.ndarray, size: int) -> tuple[np.ndarray, Camera]:
     """Centre the model on the bounding box centre of the head and a camera framing it."""
     lo, hi = vertices.min(0), vertices.max(0)
@@ -77,7 +85,8 @@ def render_views(head: MeshData, head_texture: np.ndarray, left_eye: MeshData,
                  right_eye: MeshData, eye_texture: np.ndarray, *, size: int = 512,
                  yaws_deg: tuple[float, ...] = VIEWS_DEG,
                  background: tuple[float, float, float] = (1.0, 1.0, 1.0),
-                 device: str | torch.device = "cpu") -> list[np.ndarray]:
+                 device: str | torch.device = "cpu", hair: MeshData | None = None
+                 ) -> list[np.ndarray]:
     """Render the head with its eyeballs from several yaw angles.
 
     Args:
@@ -90,10 +99,13 @@ def render_views(head: MeshData, head_texture: np.ndarray, left_eye: MeshData,
         background: RGB in [0, 1].
         device: where to render ("cuda": the GPU rasteriser; the same pictures to the
             rasterisers' agreement, ``bench/render_parity.py``).
+        hair: the hair mesh posed as ``head`` (UVs into ``head_texture``) or None.
     Returns:
         One ``uint8 [size, size, 3]`` RGB image per yaw (row 0 at the top).
     """
     # a preview cannot show more texels than it has pixels; small textures render much faster
+    if hair is not None:  # the same texture: one part with the head
+        head = merge(head, hair)
     mesh, atlas = combine([(head, head_texture), (left_eye, eye_texture),
                            (right_eye, eye_texture)], max_side=max(256, 2 * size))
     centre, cam = _framing(head.vertices, size)
@@ -115,12 +127,12 @@ def render_views(head: MeshData, head_texture: np.ndarray, left_eye: MeshData,
 
 def turntable_gif(head: MeshData, head_texture: np.ndarray, left_eye: MeshData,
                   right_eye: MeshData, eye_texture: np.ndarray, *, size: int = 256,
-                  frames: int = 24, frame_ms: int = 80, device: str | torch.device = "cpu"
-                  ) -> bytes:
+                  frames: int = 24, frame_ms: int = 80, device: str | torch.device = "cpu",
+                  hair: MeshData | None = None) -> bytes:
     """An animated GIF turning the head once around the vertical axis (``frames`` steps)."""
     yaws = tuple(360.0 * i / frames for i in range(frames))
     imgs = render_views(head, head_texture, left_eye, right_eye, eye_texture, size=size,
-                        yaws_deg=yaws, device=device)
+                        yaws_deg=yaws, device=device, hair=hair)
     pil = [Image.fromarray(i).convert("P", palette=Image.ADAPTIVE, colors=255) for i in imgs]
     buf = io.BytesIO()
     pil[0].save(buf, format="GIF", save_all=True, append_images=pil[1:], duration=frame_ms,

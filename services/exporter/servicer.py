@@ -73,6 +73,8 @@ class ExporterServicer(exporter_pb2_grpc.ExporterServicer):
             metres_per_unit=request.metres_per_unit,
             units=request.units,
             preview_device=self.device,
+            hair=(MeshData.from_request(request.hair, "hair")
+                  if len(request.hair.vertices) else None),
         )
         return exporter_pb2.ExportResponse(
             files=[common_pb2.NamedFile(name=n, media_type=core.media_type(n), data=d)

@@ -51,6 +51,7 @@ from ffhquv.render.camera import Camera, project, rigid_transform, rotate_normal
 from ffhquv.render.renderer import MeshRenderer, RasterOptions, Surface
 from services.fitter.facemodel.base import FaceModel
 from services.fitter.graphs import graphs_enabled
+from services.fitter.hair_mesh import hair_mesh
 from services.fitter.pipeline import (
     FitContext,
     PhotoBatch,
@@ -123,6 +124,9 @@ class FitOutput:
         face_model: face-model name.
         render: ``uint8 [224, 224, 3]`` final render (black background).
         metres_per_unit: metres per model-space unit of the face model.
+        hair: the hair as geometry (:func:`services.fitter.hair_mesh.hair_mesh`: a shell over
+            the scalp, for long hair a curtain), UVs into ``uv_texture``, morph targets on
+            ``mesh_neutral``'s names; None for a bald head.
 
     ``mesh_neutral.morphs`` holds the expression basis as named morph targets weighted by the
     fitted expression (neutral + weights . offsets = ``mesh_expression``).
@@ -142,6 +146,7 @@ class FitOutput:
     face_model: str
     render: np.ndarray = field(repr=False, default=None)
     metres_per_unit: float = 0.1
+    hair: MeshData | None = None
 
     @property
     def report_json(self) -> str:
@@ -379,6 +384,10 @@ class FitterCore:
             o.report["cuda_graph_steps"] = dict(graph_steps)
             # the head of hair painted on the scalp (texture.hair_layer), when looked for
             o.report["hair"] = res.textures[i].hair
+            if o.hair is not None:  # and as geometry (hair_mesh): its size
+                o.report["hair"] = dict(o.report["hair"] or {},
+                                        mesh_vertices=len(o.hair.vertices),
+                                        mesh_faces=len(o.hair.faces))
             # the one factor that put the final texture at the photo's skin level
             # (photo_level): how far stages 2 and 3 had moved the skin's brightness
             if res.level_scale is not None:
@@ -437,6 +446,7 @@ class FitterCore:
                 world, m.tri, Surface(normals=nrm, uv=m.uv, uv_tri=m.uv_tri, texture=final),
                 gamma=coeffs["gamma"], options=RasterOptions(antialias=True))
             lm_fit = project(m.landmarks(world), cam)
+            lm_neu = m.landmarks(verts_neu).cpu().numpy()
         tex_u8 = (final.cpu().numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
         render_u8 = (out.image.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
         rmask = out.mask.cpu().numpy()[..., 0]
@@ -455,6 +465,7 @@ class FitterCore:
             mesh_neu.morphs = m.morph_targets(c_np["exp"])
             per.append((c_np, mesh_neu, self._mesh(verts_exp[i]), s1r))
 
+        covered = maps.mask.cpu().numpy()
         # ... then each photo's host work (metrics, preview, PNG encodes, OBJ text) on a thread
         # pool: in a batch it would otherwise run photo after photo while the GPU waits
         def finish(i: int) -> FitOutput:
@@ -475,7 +486,12 @@ class FitterCore:
                     buf = io.BytesIO()
                     np.savez(buf, **{k: v[i] for k, v in latents.items()})
                     inter["stage3_latents.npz"] = buf.getvalue()
+            hair = None
+            if textures[i].hair_matte is not None:
+                hair = hair_mesh(mesh_neu, textures[i].hair_matte, textures[i].hair or {},
+                                 lm_neu[i], covered=covered)
             return FitOutput(
+                hair=hair,
                 coefficients=c_np, mesh_neutral=mesh_neu, mesh_expression=mesh_exp,
                 uv_texture=tex_u8[i], metrics=metrics, report={},
                 preview=make_preview(f.crop, render_u8[i], rmask[i], tex_u8[i]),

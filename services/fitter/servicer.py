@@ -92,6 +92,8 @@ def result_to_proto(out: FitOutput, request_id: str, want_intermediates: bool,
                                  znear=cam.znear, zfar=cam.zfar),
         metres_per_unit=out.metres_per_unit,
     )
+    if out.hair is not None:
+        res.hair.CopyFrom(out.hair.to_proto())
     if want_intermediates:
         res.files.extend(common_pb2.NamedFile(name=n, media_type=media_type(n), data=d)
                          for n, d in sorted(out.intermediates.items()))

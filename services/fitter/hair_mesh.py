@@ -1,0 +1,400 @@
+"""The hair as geometry: a shell over the scalp and, for long hair, a curtain hanging from it.
+
+The texture paints the hair on the scalp (:func:`services.fitter.texture.hair_layer`); seen
+from the side that is a bald head painted dark, and long hair ends at the nape. The hair mesh
+gives it its volume and its length, textured from the same head texture (no image of its
+own):
+
+- **shell**: the head's faces where the hair matte covers the scalp, lifted along the vertex
+  normals by the photo's hair volume (``hair_volume``, how far the hair rises above the fitted
+  head in the photo), thinning to nothing at the hairline over the face and ears; its UVs are
+  the head's, so it shows exactly the painted hair.
+- **curtain** (long hair): round the back of the head, from behind one ear to behind the
+  other, a closed slab whose top follows the hairline's lowest point at each angle about the
+  head's axis, tucked up under the shell, hanging straight down to the length the photo shows
+  (``hair_below``: how far below the chin the hair hangs beside the neck; :data:`CUT_LENGTH`
+  when the photo cuts it off), flaring out a little; each column's UVs run from its hairline
+  texels up the scalp toward the crown in the same UV island (and back), on the painted hair
+  only, so the curtain shows the painted hair's strands running down it.
+
+Each hair vertex follows one head vertex (its root): the hair carries the head's morph
+targets on its roots' offsets, so it moves with the brows and keeps to the head at every
+expression weight. Units are the head's (model space, y up, face toward +z).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse import csgraph
+
+from ffhquv.mesh import MeshData, MorphTargets
+
+# the matte's level that is hair (vertices), and the share of its neighbours that closes a
+# pinhole; the curtain's columns (degrees about the axis), its least length below the hairline
+# and how far its top tucks under the shell (face heights); the least shell thickness (face
+# heights); the taper over so many edge rings from the hairline; the curtain's rows; how far it
+# flares out at its tips (face heights, beyond the shell's thickness); how far up the scalp its
+# texture may reach (of the way from the edge to the crown) and the matte it reads there at
+# least
+HAIR_LEVEL = 0.6
+HOLE_SHARE = 0.75
+COLUMN_DEG = 4.0
+MIN_HANG = 0.2
+TUCK = 0.12
+MIN_THICKNESS = 0.04
+TAPER_RINGS = 3.0
+CURTAIN_ROWS = 14
+CURTAIN_FLARE = 0.18
+UV_REACH = 0.8
+HAIR_SOLID = 0.85
+_STEPS = np.linspace(0.0, UV_REACH, 33)
+# long hair whose end the photo does not show hangs this far below the chin (face heights)
+CUT_LENGTH = 1.2
+# the curtain hangs from the shell's edge this far behind the jaw's back (face heights)
+BEHIND_EARS = 0.0
+
+
+def padded_matte(matte: np.ndarray, covered: np.ndarray | None) -> np.ndarray:
+    """``matte`` continued past its UV islands' borders (``covered``: ``[S, S]`` texels inside
+    the islands) from the nearest texels inside: a UV corner on an island's border reads the
+    empty texels outside it half-way, and the seams down the scalp would open as slits in the
+    hair. Inside the islands the matte is unchanged."""
+    matte = np.ascontiguousarray(matte, np.float32)
+    if covered is None:
+        return matte
+    k = max(3, 2 * (matte.shape[0] // 256) + 1)
+    grown = cv2.dilate(matte, np.ones((k, k), np.uint8))
+    return np.where(np.asarray(covered) > 0.5, matte, grown).astype(np.float32)
+
+
+def _sample(matte: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """``matte`` bilinear at UVs ``[..., 2]`` (row 0 = ``v = 1``)."""
+    s = matte.shape[0]
+    flat = uv.reshape(-1, 2).astype(np.float32)
+    mx = (flat[:, 0] * s - 0.5).reshape(1, -1)
+    my = ((1.0 - flat[:, 1]) * s - 0.5).reshape(1, -1)
+    return cv2.remap(matte, mx, my, cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_REPLICATE)[0].reshape(uv.shape[:-1])
+
+
+def vertex_hair(matte: np.ndarray, head: MeshData) -> np.ndarray:
+    """``float32 [N]`` the hair matte (:func:`padded_matte`) at each head vertex: the most of
+    its UV corners, the matte bilinear at the UV, row 0 = ``v = 1``."""
+    per_uv = _sample(np.ascontiguousarray(matte, np.float32), head.uvs)
+    out = np.zeros(len(head.vertices), np.float32)
+    np.maximum.at(out, head.faces.ravel(), per_uv[head.uv_faces.ravel()])
+    return out
+
+
+def _normals(v: np.ndarray, f: np.ndarray) -> np.ndarray:
+    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    n = np.zeros_like(v)
+    for k in range(3):
+        np.add.at(n, f[:, k], fn)
+    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+
+
+def _rings_from(seeds: np.ndarray, adj: sp.csr_matrix) -> np.ndarray:
+    """Edge rings (hops over the mesh's edges, ``adj``: :func:`_adjacency`) from the nearest
+    of the ``seeds`` vertex ids; ``inf`` where none reaches."""
+    return csgraph.dijkstra(adj, indices=np.asarray(seeds), unweighted=True, min_only=True)
+
+
+def _uv_islands(uv_faces: np.ndarray, n_uv: int) -> np.ndarray:
+    """``int [n_uv]`` the UV island (connected over ``uv_faces``) of each UV vertex."""
+    return csgraph.connected_components(_adjacency(uv_faces, n_uv), directed=False)[1]
+
+
+def _adjacency(faces: np.ndarray, n: int) -> sp.csr_matrix:
+    """The ``[n, n]`` vertex adjacency of ``faces``' edges (1 where an edge joins two)."""
+    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    a = sp.coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n)).tocsr()
+    a = ((a + a.T) > 0).astype(np.float64)
+    return a.tocsr()
+
+
+def _close_holes(on: np.ndarray, adj: sp.csr_matrix, rounds: int = 2) -> np.ndarray:
+    """``on`` with each vertex that is off but has at least :data:`HOLE_SHARE` of its
+    neighbours on turned on (``rounds`` times): no pinholes or one-vertex notches in the
+    shell (each would hang a tube of curtain)."""
+    on = on.copy()
+    deg = np.maximum(np.asarray(adj.sum(1)).ravel(), 1)
+    for _ in range(rounds):
+        on |= (adj @ on.astype(np.float64)) / deg >= HOLE_SHARE
+    return on
+
+
+def _outer_chain(sf: np.ndarray, v: np.ndarray) -> list[int]:
+    """The shell's outer edge as a closed vertex path (its longest boundary loop), in order;
+    the vertex ids of ``v``."""
+    e = np.concatenate([sf[:, [0, 1]], sf[:, [1, 2]], sf[:, [2, 0]]])
+    key = np.sort(e, 1)
+    _, inv, cnt = np.unique(key, axis=0, return_inverse=True, return_counts=True)
+    edges = e[cnt[inv.ravel()] == 1]
+    nxt: dict[int, list[int]] = {}
+    for a, b in edges:
+        nxt.setdefault(int(a), []).append(int(b))
+    seen: set[int] = set()
+    best: list[int] = []
+    for start in nxt:
+        if start in seen:
+            continue
+        path, x = [], start
+        while x not in seen and x in nxt:
+            seen.add(x)
+            path.append(x)
+            x = nxt[x][0]
+        if len(path) > len(best):
+            best = path
+    return best
+
+
+def hair_mesh(head: MeshData, matte: np.ndarray, info: dict, landmarks: np.ndarray,
+              covered: np.ndarray | None = None) -> MeshData | None:
+    """The hair of one fitted head as a mesh textured by the head texture.
+
+    Args:
+        head: the neutral head (model space, with ``uvs`` / ``uv_faces``; its ``morphs``, when
+            present, are carried to the hair).
+        matte: ``float32 [S, S]`` where the hair covers the scalp in the head texture
+            (``CompletedTexture.hair_matte``).
+        info: the report's hair entry (``hair_info``): ``long_hair``, ``hair_volume``,
+            ``hair_below``, ``hair_cut``.
+        landmarks: ``[68, 3]`` the 68 landmarks on ``head`` (model space).
+        covered: ``[S, S]`` the texels inside the UV islands (``UVMaps.mask``), to read the
+            matte past the islands' borders (:func:`padded_matte`); None = as it is.
+    Returns:
+        :class:`MeshData` with UVs into the head texture (and morph targets on the head's
+        names), or None when the matte covers too little of the head (bald, shaved).
+    """
+    v = head.vertices.astype(np.float64)
+    f = head.faces
+    n = len(v)
+    matte = padded_matte(matte, covered)
+    adj = _adjacency(f, n)
+    on = _close_holes(vertex_hair(matte, head) > HAIR_LEVEL, adj)
+    keep = on[f].all(1)
+    if keep.sum() < 40:
+        return None
+    sf, suf = f[keep], head.uv_faces[keep]
+    hf = float(np.linalg.norm(landmarks[27] - landmarks[8]))
+    thick = hf * max(float(info.get("hair_volume") or 0.0), MIN_THICKNESS)
+    nrm = _normals(v, f)
+
+    # the curtain hangs from the run of the shell's outer edge behind the ears
+    chain = _outer_chain(sf, v)
+    below = float(info.get("hair_below") or 0.0)
+    if info.get("hair_cut"):
+        below = max(below, CUT_LENGTH)
+    y_tip = float(landmarks[8, 1]) - below * hf
+    z_jaw = float(landmarks[[0, 16], 2].mean())
+    run = _hanging_run(chain, v, z_jaw - BEHIND_EARS * hf) if info.get("long_hair") else []
+    # full thickness a few rings in from the hairline; where the curtain hangs, all of it
+    edge_v = np.unique(chain) if chain else np.zeros(0, np.int64)
+    free = np.setdiff1d(edge_v, run)
+    sub = np.unique(sf)
+    rings = (_rings_from(free, _adjacency(sf, n)) if len(free) else np.full(n, np.inf))
+    t = thick * np.clip((rings + 0.5) / TAPER_RINGS, 0.15, 1.0)
+    # the shell's vertices: the head's hair vertices, lifted
+    idx = np.full(n, -1)
+    idx[sub] = np.arange(len(sub))
+    pos = [v[sub] + nrm[sub] * t[sub, None]]
+    root = [sub]
+    faces = [idx[sf]]
+    uvs = [head.uvs]
+    uv_faces = [suf]
+    got = None if len(run) < 2 else _curtain(v, np.asarray(run), on, thick, y_tip, hf, head,
+                                              sf, suf, matte, len(sub), len(head.uvs))
+    if got is not None:
+        cp, cr, cf, cu, cuf = got
+        pos.append(cp)
+        root.append(cr)
+        faces.append(cf)
+        uvs.append(cu)
+        uv_faces.append(cuf)
+    roots_all = np.concatenate(root)
+    morphs = None
+    if head.morphs is not None:
+        morphs = MorphTargets(head.morphs.names, head.morphs.offsets[:, roots_all],
+                              head.morphs.weights)
+    # only the UV vertices used
+    uv_all = np.concatenate(uvs)
+    uvf_all = np.concatenate(uv_faces)
+    used, uvf_new = np.unique(uvf_all, return_inverse=True)
+    return MeshData(vertices=np.concatenate(pos).astype(np.float32),
+                    faces=np.concatenate(faces), uvs=uv_all[used],
+                    uv_faces=uvf_new.reshape(-1, 3), morphs=morphs)
+
+
+def _hanging_run(chain: list[int], v: np.ndarray, z_max: float) -> list[int]:
+    """The longest run of the closed ``chain`` (the shell's outer edge) behind ``z_max``: the
+    hairline behind the ears and over the nape, where the curtain hangs."""
+    if not chain:
+        return []
+    ok = [bool(v[x, 2] < z_max) for x in chain]
+    if all(ok) or not any(ok):
+        return []  # no front to the loop (not a hairline), or nothing behind the ears
+    k0 = ok.index(False)
+    order = chain[k0:] + chain[:k0]
+    flags = ok[k0:] + ok[:k0]
+    best: list[int] = []
+    run: list[int] = []
+    for x, good in zip(order + [order[0]], flags + [False], strict=True):
+        if good:
+            run.append(x)
+        else:
+            if len(run) > len(best):
+                best = run
+            run = []
+    return best if len(best) >= 2 else []
+
+
+def _curtain(v: np.ndarray, run: np.ndarray, on: np.ndarray, thick: float, y_tip: float,
+             hf: float, head: MeshData, sf: np.ndarray, suf: np.ndarray, matte: np.ndarray,
+             base: int, nu: int):
+    """The curtain: a closed slab round the back of the head, its columns every
+    :data:`COLUMN_DEG` of angle about the hair's vertical axis over the angles of ``run`` (the
+    hairline behind the ears). Its top follows the hairline's lowest point at each angle,
+    smoothed, and is tucked :data:`TUCK` face heights up under the shell (no seam to show);
+    it hangs straight down to ``y_tip`` (at least :data:`MIN_HANG` below the hairline),
+    flaring out by :data:`CURTAIN_FLARE`; its inner sheet lies ``thick`` inside the outer.
+    Each column reads the painted hair of the hairline vertex nearest its angle (its root:
+    texture and morph offsets), walked up toward the crown of that vertex's UV island.
+
+    Returns positions ``[M, 3]``, root head vertex ids ``[M]``, faces ``[F, 3]`` (ids from
+    ``base``), UVs ``[U, 2]`` (ids from ``nu``) and UV faces ``[F, 3]``, every face turned
+    outward; None when the run spans too small an angle."""
+    c = v[on].mean(0)
+
+    def angle(p: np.ndarray) -> np.ndarray:  # degrees about the axis, 0 at the back
+        return np.degrees(np.arctan2(-(p[..., 0] - c[0]), -(p[..., 2] - c[2])))
+
+    a_run = angle(v[run])
+    lo_a, hi_a = float(a_run.min()), float(a_run.max())
+    n_cols = int(np.floor((hi_a - lo_a) / COLUMN_DEG)) + 1
+    if n_cols < 3:
+        return None
+    angs = lo_a + COLUMN_DEG * np.arange(n_cols) + 0.5 * ((hi_a - lo_a) - COLUMN_DEG * (n_cols - 1))
+    # the hairline's lowest point near each column's angle, smoothed along the angle
+    y_edge = np.empty(n_cols)
+    for k, a in enumerate(angs):
+        near = np.abs(a_run - a) <= 1.5 * COLUMN_DEG
+        y_edge[k] = v[run[near], 1].min() if near.any() else np.nan
+    ok = np.isfinite(y_edge)
+    y_edge = np.interp(np.arange(n_cols), np.nonzero(ok)[0], y_edge[ok])
+    pad = np.pad(y_edge, 2, mode="edge")
+    y_edge = np.median(np.stack([pad[i:i + n_cols] for i in range(5)]), 0)
+    y_top = y_edge + TUCK * hf
+    # the head's horizontal radius at each column's top: its outermost vertex nearby
+    a_all = angle(v)
+    r_all = np.hypot(v[:, 0] - c[0], v[:, 2] - c[2])
+    r_top = np.empty(n_cols)
+    for k in range(n_cols):
+        near = (np.abs(a_all - angs[k]) < 2 * COLUMN_DEG) & (np.abs(v[:, 1] - y_top[k]) < 0.08 * hf)
+        r_top[k] = r_all[near].max() if near.any() else np.nan
+    ok = np.isfinite(r_top)
+    r_top = np.interp(np.arange(n_cols), np.nonzero(ok)[0], r_top[ok])
+    tips = np.minimum(y_tip, y_edge - MIN_HANG * hf)
+    rows = CURTAIN_ROWS
+    s = np.arange(rows + 1) / rows
+    d = np.stack([-np.sin(np.radians(angs)), np.zeros(n_cols), -np.cos(np.radians(angs))], 1)
+    # the flare grows with the length (a short curtain does not stand out like a collar); the
+    # slab thins toward the tips
+    flare = CURTAIN_FLARE * np.minimum(y_top - tips, hf)
+    r_out = (r_top[:, None] + thick * (0.6 + 0.4 * np.minimum(s * 4, 1))[None]
+             + flare[:, None] * s[None] ** 0.7)
+    y = y_top[:, None] + (tips - y_top)[:, None] * s[None]
+    axis = np.stack([np.full_like(y, c[0]), y, np.full_like(y, c[2])], -1)
+    outer = axis + d[:, None] * r_out[..., None]
+    slab = thick * (1.0 - 0.6 * s)[None]
+    inner = axis + d[:, None] * np.maximum(r_out - slab, r_top[:, None] * 0.98)[..., None]
+    pos = np.concatenate([outer.reshape(-1, 3), inner.reshape(-1, 3)])
+    o_id = base + np.arange(n_cols * (rows + 1)).reshape(n_cols, rows + 1)
+    i_id = o_id + n_cols * (rows + 1)
+    # roots: the hairline vertex nearest in angle; its UV corners by island
+    roots = run[np.argmin(np.abs(a_run[None, :] - angs[:, None]), 1)]
+    root = np.concatenate([np.repeat(roots, rows + 1)] * 2)
+    isl = _uv_islands(head.uv_faces, len(head.uvs))
+    corners: dict[int, dict[int, int]] = {int(x): {} for x in run}
+    for fv, fu in zip(sf.ravel(), suf.ravel(), strict=True):
+        if int(fv) in corners:
+            corners[int(fv)].setdefault(int(isl[fu]), int(fu))
+    uv_vert = np.full(len(head.uvs), -1)
+    uv_vert[head.uv_faces.ravel()] = head.faces.ravel()
+    hair_uv = (uv_vert >= 0) & on[np.maximum(uv_vert, 0)]
+    crown: dict[int, np.ndarray] = {}
+    uvs: list[np.ndarray] = []
+    walked: dict[tuple[int, int], np.ndarray] = {}
+
+    def column_uv(k: int, il: int) -> np.ndarray:
+        """UV ids of column ``k``'s rows in island ``il``: from its root's texels up toward
+        the island's crown and back down, as far as the curtain is long against the way up
+        the scalp, on the painted hair only (matte above HAIR_SOLID: no ear or temple)."""
+        if (k, il) in walked:
+            return walked[(k, il)]
+        if il not in crown:
+            cand = np.nonzero(hair_uv & (isl == il))[0]
+            crown[il] = head.uvs[cand[np.argmax(v[uv_vert[cand], 1])]]
+        x = int(roots[k])
+        ux = corners[x].get(il)
+        if ux is None:  # the root lies in another island: its nearest hairline vertex here
+            cands = [(abs(float(a_run[j]) - float(angs[k])), int(run[j]))
+                     for j in range(len(run)) if il in corners[int(run[j])]]
+            x = min(cands)[1]
+            ux = corners[x][il]
+        cr = crown[il]
+        line = head.uvs[ux][None] + (cr - head.uvs[ux])[None] * _STEPS[:, None]
+        solid = _sample(matte, line) >= HAIR_SOLID
+        lo = int(np.argmax(solid)) if solid.any() else 0
+        hi = lo + (int(np.argmin(solid[lo:])) if not solid[lo:].all() else len(solid) - lo)
+        t0, t1 = _STEPS[lo], _STEPS[max(hi - 1, lo)]
+        span = max(t1 - t0, 1e-6)
+        # the whole length over the way up (strands drawn out along the curtain; a way there
+        # and back would mirror the texture half-way down)
+        tri = t0 + span * s
+        ids = nu + sum(len(u) for u in uvs) + np.arange(rows + 1)
+        uvs.append(head.uvs[ux][None] + (cr - head.uvs[ux])[None] * tri[:, None])
+        walked[(k, il)] = ids
+        return ids
+
+    # each column reads the island of its side: the islands of the first and last roots,
+    # the one nearer in angle for a root that has both
+    side = [next(iter(corners[int(roots[0])])), next(iter(corners[int(roots[-1])]))]
+    island = [side[0] if angs[k] * np.sign(angs[0] or -1) > 0 else side[1] for k in range(n_cols)]
+    faces, uvf, want = [], [], []
+    down = np.array([0.0, -1.0, 0.0])
+    for ka in range(n_cols - 1):
+        kb = ka + 1
+        il = island[ka]
+        ua_id, ub_id = column_uv(ka, il), column_uv(kb, il)
+        rad = d[ka] + d[kb]
+        for r in range(rows):
+            oa0, oa1, ob0, ob1 = o_id[ka, r], o_id[ka, r + 1], o_id[kb, r], o_id[kb, r + 1]
+            na0, na1, nb0, nb1 = i_id[ka, r], i_id[ka, r + 1], i_id[kb, r], i_id[kb, r + 1]
+            quad_uv = [(ua_id[r], ua_id[r + 1], ub_id[r]), (ua_id[r + 1], ub_id[r + 1], ub_id[r])]
+            faces += [(oa0, oa1, ob0), (oa1, ob1, ob0), (na0, na1, nb0), (na1, nb1, nb0)]
+            uvf += quad_uv + quad_uv
+            want += [rad, rad, -rad, -rad]
+        oa, ob, na, nb = o_id[ka, -1], o_id[kb, -1], i_id[ka, -1], i_id[kb, -1]
+        faces += [(oa, na, ob), (na, nb, ob)]
+        uvf += [(ua_id[-1], ua_id[-1], ub_id[-1]), (ua_id[-1], ub_id[-1], ub_id[-1])]
+        want += [down, down]
+    # the two ends: outer and inner joined down the side, facing away from the next column
+    for k, kn in ((0, 1), (n_cols - 1, n_cols - 2)):
+        ids = column_uv(k, island[min(k, n_cols - 2)])
+        away = outer[k, 0] - outer[kn, 0]
+        for r in range(rows):
+            a0, a1, b0, b1 = o_id[k, r], o_id[k, r + 1], i_id[k, r], i_id[k, r + 1]
+            faces += [(a0, a1, b0), (a1, b1, b0)]
+            uvf += [(ids[r], ids[r + 1], ids[r]), (ids[r + 1], ids[r + 1], ids[r])]
+            want += [away, away]
+    faces = np.asarray(faces, np.int64)
+    uvf = np.asarray(uvf, np.int64)
+    p = pos[faces - base]
+    fn = np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])
+    flip = np.einsum("ij,ij->i", fn, np.asarray(want)) < 0
+    faces[flip] = faces[flip][:, ::-1]
+    uvf[flip] = uvf[flip][:, ::-1]
+    return pos, root, faces, np.concatenate(uvs), uvf
