@@ -308,7 +308,10 @@ def _curtain(v: np.ndarray, run: np.ndarray, on: np.ndarray, thick: float, y_tip
     y = y_top[:, None] + (tips - y_top)[:, None] * s[None]
     axis = np.stack([np.full_like(y, c[0]), y, np.full_like(y, c[2])], -1)
     outer = axis + d[:, None] * r_out[..., None]
-    slab = thick * (1.0 - 0.6 * s)[None]
+    # and toward its two ends (a thick end would face the viewer as a lit strip)
+    k = np.arange(n_cols)
+    ends = np.clip(np.minimum(k, n_cols - 1 - k) / 3.0, 0.1, 1.0)
+    slab = thick * ends[:, None] * (1.0 - 0.6 * s)[None]
     inner = axis + d[:, None] * np.maximum(r_out - slab, r_top[:, None] * 0.98)[..., None]
     pos = np.concatenate([outer.reshape(-1, 3), inner.reshape(-1, 3)])
     o_id = base + np.arange(n_cols * (rows + 1)).reshape(n_cols, rows + 1)
