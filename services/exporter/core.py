@@ -176,8 +176,8 @@ def export(
         metres_per_unit: metres per model unit of the meshes (0 = 0.1).
         units: "" (GLB / .blend in metres, OBJ in model units), "m", "cm" or "model".
         preview_device: where the previews render ("cpu", "cuda": the GPU rasteriser).
-        hair: the hair mesh (model space, neutral head; UVs into ``head_texture``; morph
-            targets, when present, named as ``head_neutral``'s) or None.
+        hair: the hair mesh (model space, neutral head; UVs into ``head_texture``; its morph
+            targets, when present, some of ``head_neutral``'s, by name, in its order) or None.
     Returns:
         :class:`ExportResult`. A format that cannot be produced here (``blend`` without bpy,
         previews without the renderer) is skipped with a warning; the others are produced.
@@ -201,10 +201,12 @@ def export(
     _check_mesh(left_eye, "left_eye")
     if hair is not None:
         _check_mesh(hair, "hair")
-        if hair.morphs is not None and (head_neutral.morphs is None
-                                        or hair.morphs.names != head_neutral.morphs.names):
-            raise InvalidInput("hair: its morph targets must be the head's (same names, same "
-                               "order)")
+        if hair.morphs is not None:
+            names = [] if head_neutral.morphs is None else head_neutral.morphs.names
+            pos = [names.index(n) if n in names else -1 for n in hair.morphs.names]
+            if -1 in pos or pos != sorted(pos):
+                raise InvalidInput("hair: its morph targets must be the head's (names the head "
+                                   "has, in the head's order)")
     _check_mesh(right_eye, "right_eye")
     check_texture(head_texture, "head texture")
     check_texture(eye_texture, "eye texture")

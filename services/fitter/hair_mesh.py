@@ -18,8 +18,9 @@ own):
   only, so the curtain shows the painted hair's strands running down it.
 
 Each hair vertex follows one head vertex (its root): the hair carries the head's morph
-targets on its roots' offsets, so it moves with the brows and keeps to the head at every
-expression weight. Units are the head's (model space, y up, face toward +z).
+targets that move its roots (the brows' mostly), on its roots' offsets, so it moves with the
+brows and keeps to the head at every expression weight. Units are the head's (model space,
+y up, face toward +z).
 """
 
 from __future__ import annotations
@@ -166,8 +167,9 @@ def hair_mesh(head: MeshData, matte: np.ndarray, info: dict, landmarks: np.ndarr
         covered: ``[S, S]`` the texels inside the UV islands (``UVMaps.mask``), to read the
             matte past the islands' borders (:func:`padded_matte`); None = as it is.
     Returns:
-        :class:`MeshData` with UVs into the head texture (and morph targets on the head's
-        names), or None when the matte covers too little of the head (bald, shaved).
+        :class:`MeshData` with UVs into the head texture (and those of the head's morph targets
+        that move it, same names and weights), or None when the matte covers too little of the
+        head (bald, shaved).
     """
     v = head.vertices.astype(np.float64)
     f = head.faces
@@ -217,8 +219,13 @@ def hair_mesh(head: MeshData, matte: np.ndarray, info: dict, landmarks: np.ndarr
     roots_all = np.concatenate(root)
     morphs = None
     if head.morphs is not None:
-        morphs = MorphTargets(head.morphs.names, head.morphs.offsets[:, roots_all],
-                              head.morphs.weights)
+        # the head's targets that move the hair at all (most move only the face: as targets
+        # of the hair they would be megabytes of zeros in a GLB)
+        off = head.morphs.offsets[:, roots_all]
+        moves = np.nonzero(np.abs(off).max(axis=(1, 2)) > 0)[0]
+        if len(moves):
+            morphs = MorphTargets([head.morphs.names[k] for k in moves], off[moves],
+                                  head.morphs.weights[moves])
     # only the UV vertices used
     uv_all = np.concatenate(uvs)
     uvf_all = np.concatenate(uv_faces)
