@@ -286,7 +286,7 @@ def hair_info(stats: dict) -> dict:
         info["hair_amp"] = stats.get("hair_amp")
         info["hair_rgb"] = [round(float(c), 4) for c in stats["hair_rgb"]]
         # the hair mesh's measures (masks.hair_extent), in face heights
-        for k in ("hair_volume", "hair_below", "hair_cut"):
+        for k in ("long_hair_share", "hair_volume", "hair_below", "hair_cut"):
             if k in stats:
                 info[k] = stats[k]
     return info

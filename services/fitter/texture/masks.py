@@ -122,12 +122,14 @@ class HeadMasks:
             brows or lips), whose shadows are lifted from the albedo; None to keep them.
         hair_stats: per photo ``{"hair_px", "skin_px", "dark_px", "has_hair", "hair_rgb" [3],
             "hair_swatch" (:func:`~services.fitter.texture.hair.hair_swatch` or None),
-            "hair_amp", "long_hair", "long_hair_share", "glasses"}``: hair and skin pixel
-            counts of the head above the brows
+            "hair_amp", "long_hair", "long_hair_share", "hair_volume", "hair_below",
+            "hair_cut", "glasses"}``: hair and skin pixel counts of the head above the brows
             (``dark_px`` of the hair: darker than the face skin of its column), whether the
             person has a head of hair, the hair colour (:func:`hair_colour`, sRGB in [0, 1]),
-            the spread of its log-luma (strand contrast), whether it hangs beside the cheeks
-            (:func:`long_hair_share`) and :func:`eyeglass_frames`' stats.
+            the spread of its log-luma (strand contrast), whether it is long (hangs beside the
+            cheeks, :func:`long_hair_share`, or beside the neck past the frame,
+            :data:`LONG_HAIR_BELOW`), how it stands off the head and hangs
+            (:func:`hair_extent`) and :func:`eyeglass_frames`' stats.
     """
 
     texture: Tensor
@@ -478,6 +480,9 @@ def hair_colour(photo: np.ndarray, hair: np.ndarray) -> np.ndarray:
 LONG_HAIR_SHARE = 0.4
 LONG_HAIR_DE = 20.0  # CIELAB distance to the hair colour
 LONG_HAIR_FINE = 1.5  # strand texture, times the face skin's fine detail
+# or: hair beside the neck down to the crop's last row, at least this far below the chin (face
+# heights; hair_extent)
+LONG_HAIR_BELOW = 0.1
 
 
 def long_hair_share(photo: np.ndarray, parse: np.ndarray, fine: np.ndarray, fine_ref: float,
@@ -712,6 +717,10 @@ def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray, cw: np
             stats.update(hair_extent(fg, inside, hair | hairy, lm))
         else:
             stats.update(hair_extent(fg, inside, hair, lm))
+        # hair that hangs beside the neck past the photo's frame is long hair too, whatever
+        # hangs beside the cheeks (pulled behind the ears, on one side)
+        if stats["hair_cut"] and stats["hair_below"] > LONG_HAIR_BELOW:
+            stats["long_hair"] = True
     else:
         stats["has_hair"] = False
     return tex.astype(np.float32), hair_m.astype(np.float32), stats
