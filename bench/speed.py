@@ -172,7 +172,8 @@ class Pipeline:
 
         return export(name, out.mesh_neutral, out.mesh_expression, out.uv_texture, eyes.left,
                       eyes.right, eyes.texture,
-                      extra_files={"report.json": out.report_json.encode()})
+                      extra_files={"report.json": out.report_json.encode()},
+                      hair=out.hair)
 
     def run(self, named: list[tuple[str, object]], preset: str) -> dict:
         """One batch through fit -> eyeballs -> export; seconds per stage for the batch."""

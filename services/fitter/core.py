@@ -125,8 +125,8 @@ class FitOutput:
         render: ``uint8 [224, 224, 3]`` final render (black background).
         metres_per_unit: metres per model-space unit of the face model.
         hair: the hair as geometry (:func:`services.fitter.hair_mesh.hair_mesh`: a shell over
-            the scalp, for long hair a curtain), UVs into ``uv_texture``, morph targets on
-            ``mesh_neutral``'s names; None for a bald head.
+            the scalp, for long hair a curtain), UVs into ``uv_texture``, its morph targets
+            those of ``mesh_neutral``'s that move it; None for a bald head.
 
     ``mesh_neutral.morphs`` holds the expression basis as named morph targets weighted by the
     fitted expression (neutral + weights . offsets = ``mesh_expression``).
