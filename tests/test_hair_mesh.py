@@ -102,6 +102,10 @@ def test_long_hair_hangs_a_curtain_to_the_measured_length(head, maps):
     padded = padded_matte(matte, covered)
     used = np.unique(hair.uv_faces[np.isin(hair.faces, np.nonzero(low)[0]).any(1)])
     assert np.percentile(_sample(padded, hair.uvs[used]), 5) >= HAIR_SOLID - 0.15
+    # inside its faces too: no quad spans an ear or a temple between two far-apart walks
+    low_f = low[hair.faces].any(1)
+    mid_uv = hair.uvs[hair.uv_faces[low_f]].mean(1)
+    assert np.percentile(_sample(padded, mid_uv), 1) >= 0.5
     # every curtain face turned outward: seen from the back, the back sheet faces the camera
     f = hair.faces
     p = hair.vertices[f].astype(np.float64)

@@ -756,3 +756,31 @@ def test_unseen_skin_takes_the_persons_skin_hue(maps):
     luma = np.array([0.299, 0.587, 0.114], np.float32)
     assert np.allclose(out @ luma, t @ luma, atol=1e-5)
     assert np.allclose(out / out[..., :1], brown / brown[0], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_photos_hair_as_geometry(photo_fits):
+    """The hair mesh of real photos: none for the bald head, a shell for short hair, a curtain
+    for fd01's long hair (pulled to one side, it hangs beside her neck past the frame) whose
+    every face reads hair-coloured texels, not an ear's or a temple's skin."""
+    from services.fitter.hair_mesh import _sample
+
+    fits, fitter = photo_fits
+    lm_y = {}
+    for name, (_, fit) in fits.items():
+        lm = fitter.model.landmarks(torch.from_numpy(fit.mesh_neutral.vertices)[None])[0]
+        lm_y[name] = float(lm[8, 1])
+    assert fits["fd13_light_m_bald_img20.jpg"][1].hair is None
+    short = fits["fd14_light_m_fullbeard_fringe_man4.jpg"][1]
+    assert short.hair is not None and short.hair.vertices[:, 1].min() > lm_y[
+        "fd14_light_m_fullbeard_fringe_man4.jpg"]
+    name = "fd01_dark_f_woman_portrait.jpg"
+    fit = fits[name][1]
+    assert fit.report["hair"]["long_hair"] and fit.report["hair"]["hair_cut"], fit.report["hair"]
+    low = fit.hair.vertices[:, 1] < lm_y[name]
+    assert low.any()
+    faces = low[fit.hair.faces].any(1)
+    mid = fit.hair.uvs[fit.hair.uv_faces[faces]].mean(1)
+    tex = fit.uv_texture.astype(np.float32) / 255
+    far = np.abs(_sample(tex, mid) - np.asarray(fit.report["hair"]["hair_rgb"])).max(-1)
+    assert np.mean(far < 0.3) > 0.97, np.percentile(far, [50, 90, 99])

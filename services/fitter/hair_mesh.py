@@ -37,8 +37,8 @@ from ffhquv.mesh import MeshData, MorphTargets
 # and how far its top tucks under the shell (face heights); the least shell thickness (face
 # heights); the taper over so many edge rings from the hairline; the curtain's rows; how far it
 # flares out at its tips (face heights, beyond the shell's thickness); how far up the scalp its
-# texture may reach (of the way from the edge to the crown) and the matte it reads there at
-# least
+# texture may reach (of the way from the edge to the crown), the matte it reads there at least
+# and how much farther apart than usual two neighbouring columns' walks may lie in UV
 HAIR_LEVEL = 0.6
 HOLE_SHARE = 0.75
 COLUMN_DEG = 4.0
@@ -50,6 +50,7 @@ CURTAIN_ROWS = 14
 CURTAIN_FLARE = 0.18
 UV_REACH = 0.8
 HAIR_SOLID = 0.85
+UV_GAP = 3.0
 _STEPS = np.linspace(0.0, UV_REACH, 33)
 # long hair whose end the photo does not show hangs this far below the chin (face heights)
 CUT_LENGTH = 1.2
@@ -71,13 +72,14 @@ def padded_matte(matte: np.ndarray, covered: np.ndarray | None) -> np.ndarray:
 
 
 def _sample(matte: np.ndarray, uv: np.ndarray) -> np.ndarray:
-    """``matte`` bilinear at UVs ``[..., 2]`` (row 0 = ``v = 1``)."""
+    """``matte`` (``float32 [S, S]`` or ``[S, S, C]``) bilinear at UVs ``[..., 2]`` (row 0 =
+    ``v = 1``): ``[...]`` or ``[..., C]``."""
     s = matte.shape[0]
     flat = uv.reshape(-1, 2).astype(np.float32)
     mx = (flat[:, 0] * s - 0.5).reshape(1, -1)
     my = ((1.0 - flat[:, 1]) * s - 0.5).reshape(1, -1)
-    return cv2.remap(matte, mx, my, cv2.INTER_LINEAR,
-                     borderMode=cv2.BORDER_REPLICATE)[0].reshape(uv.shape[:-1])
+    out = cv2.remap(matte, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[0]
+    return out.reshape(uv.shape[:-1] + matte.shape[2:])
 
 
 def vertex_hair(matte: np.ndarray, head: MeshData) -> np.ndarray:
@@ -373,12 +375,21 @@ def _curtain(v: np.ndarray, run: np.ndarray, on: np.ndarray, thick: float, y_tip
     # the one nearer in angle for a root that has both
     side = [next(iter(corners[int(roots[0])])), next(iter(corners[int(roots[-1])]))]
     island = [side[0] if angs[k] * np.sign(angs[0] or -1) > 0 else side[1] for k in range(n_cols)]
+    pairs = [(column_uv(k, island[k]), column_uv(k + 1, island[k])) for k in range(n_cols - 1)]
+    # a quad reads the texels between its two columns' walks: where those lie far apart in UV
+    # (roots far apart on the hairline) that is an ear or a temple, not hair: such a quad
+    # reads one column's walk on both sides
+    coords = np.concatenate(uvs)
+    gap = np.array([np.linalg.norm(coords[a - nu] - coords[b - nu], axis=1).max()
+                    for a, b in pairs])
+    wide = gap > UV_GAP * max(float(np.median(gap)), 1e-6)
     faces, uvf, want = [], [], []
     down = np.array([0.0, -1.0, 0.0])
     for ka in range(n_cols - 1):
         kb = ka + 1
-        il = island[ka]
-        ua_id, ub_id = column_uv(ka, il), column_uv(kb, il)
+        ua_id, ub_id = pairs[ka]
+        if wide[ka]:
+            ub_id = ua_id
         rad = d[ka] + d[kb]
         for r in range(rows):
             oa0, oa1, ob0, ob1 = o_id[ka, r], o_id[ka, r + 1], o_id[kb, r], o_id[kb, r + 1]
