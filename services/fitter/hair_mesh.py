@@ -51,6 +51,11 @@ CURTAIN_FLARE = 0.18
 UV_REACH = 0.8
 HAIR_SOLID = 0.85
 UV_GAP = 3.0
+# the curtain's locks: radial waves (face heights) every WAVE_DEG degrees round the head, tips
+# ragged by up to RAGGED face heights
+WAVE = 0.04
+WAVE_DEG = 30.0
+RAGGED = 0.12
 _STEPS = np.linspace(0.0, UV_REACH, 33)
 # long hair whose end the photo does not show hangs this far below the chin (face heights)
 CUT_LENGTH = 1.2
@@ -312,8 +317,16 @@ def _curtain(v: np.ndarray, run: np.ndarray, on: np.ndarray, thick: float, y_tip
     # the flare grows with the length (a short curtain does not stand out like a collar); the
     # slab thins toward the tips
     flare = CURTAIN_FLARE * np.minimum(y_top - tips, hf)
+    # locks: the slab waves round the head and down its length, more toward the tips, and its
+    # tips are ragged (a fixed pattern: the same head gets the same hair)
+    a_rad = np.radians(angs)[:, None]
+    wave = (np.sin(a_rad * 360.0 / WAVE_DEG + 2.2 * np.pi * s[None])
+            + 0.5 * np.sin(a_rad * 720.0 / WAVE_DEG + 1.3 + 3.1 * np.pi * s[None]))
     r_out = (r_top[:, None] + thick * (0.6 + 0.4 * np.minimum(s * 4, 1))[None]
-             + flare[:, None] * s[None] ** 0.7)
+             + flare[:, None] * s[None] ** 0.7 + WAVE * hf * wave * s[None] ** 0.8)
+    ragged = RAGGED * hf * (0.5 + 0.3 * np.sin(np.radians(angs) * 360.0 / (0.37 * WAVE_DEG))
+                            + 0.2 * np.sin(np.radians(angs) * 360.0 / (0.23 * WAVE_DEG) + 0.9))
+    tips = tips - ragged * np.clip((y_top - tips) / hf, 0, 1)
     y = y_top[:, None] + (tips - y_top)[:, None] * s[None]
     axis = np.stack([np.full_like(y, c[0]), y, np.full_like(y, c[2])], -1)
     outer = axis + d[:, None] * r_out[..., None]
