@@ -25,6 +25,8 @@ y up, face toward +z).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 import scipy.sparse as sp
@@ -214,8 +216,9 @@ def hair_mesh(head: MeshData, matte: np.ndarray, info: dict, landmarks: np.ndarr
     faces = [idx[sf]]
     uvs = [head.uvs]
     uv_faces = [suf]
-    got = None if len(run) < 2 else _curtain(v, np.asarray(run), on, thick, y_tip, hf, head,
-                                              sf, suf, matte, len(sub), len(head.uvs))
+    got = None if len(run) < 2 else _curtain(
+        _Shell(head, v, on, sf, suf, matte, thick, hf), np.asarray(run), y_tip, len(sub),
+        len(head.uvs))
     if got is not None:
         cp, cr, cf, cu, cuf = got
         pos.append(cp)
@@ -265,9 +268,23 @@ def _hanging_run(chain: list[int], v: np.ndarray, z_max: float) -> list[int]:
     return best if len(best) >= 2 else []
 
 
-def _curtain(v: np.ndarray, run: np.ndarray, on: np.ndarray, thick: float, y_tip: float,
-             hf: float, head: MeshData, sf: np.ndarray, suf: np.ndarray, matte: np.ndarray,
-             base: int, nu: int):
+@dataclass
+class _Shell:
+    """What the curtain hangs from: the head (``v`` its vertices as float64, ``on`` its hair
+    vertices), the shell's faces ``sf`` and their UV faces ``suf``, the padded matte, the
+    shell's full thickness and the face height ``hf`` (model units)."""
+
+    head: MeshData
+    v: np.ndarray
+    on: np.ndarray
+    sf: np.ndarray
+    suf: np.ndarray
+    matte: np.ndarray
+    thick: float
+    hf: float
+
+
+def _curtain(shell: _Shell, run: np.ndarray, y_tip: float, base: int, nu: int):
     """The curtain: a closed slab round the back of the head, its columns every
     :data:`COLUMN_DEG` of angle about the hair's vertical axis over the angles of ``run`` (the
     hairline behind the ears). Its top follows the hairline's lowest point at each angle,
@@ -280,6 +297,8 @@ def _curtain(v: np.ndarray, run: np.ndarray, on: np.ndarray, thick: float, y_tip
     Returns positions ``[M, 3]``, root head vertex ids ``[M]``, faces ``[F, 3]`` (ids from
     ``base``), UVs ``[U, 2]`` (ids from ``nu``) and UV faces ``[F, 3]``, every face turned
     outward; None when the run spans too small an angle."""
+    head, v, on, sf, suf = shell.head, shell.v, shell.on, shell.sf, shell.suf
+    matte, thick, hf = shell.matte, shell.thick, shell.hf
     c = v[on].mean(0)
 
     def angle(p: np.ndarray) -> np.ndarray:  # degrees about the axis, 0 at the back
