@@ -13,14 +13,17 @@ own):
   other, a closed slab whose top follows the hairline's lowest point at each angle about the
   head's axis, tucked up under the shell, hanging straight down to the length the photo shows
   (``hair_below``: how far below the chin the hair hangs beside the neck; :data:`CUT_LENGTH`
-  when the photo cuts it off), flaring out a little; each column's UVs run from its hairline
-  texels up the scalp toward the crown in the same UV island (and back), on the painted hair
-  only, so the curtain shows the painted hair's strands running down it.
+  when the photo cuts it off), flaring out a little, waving round the head and down its
+  length, its tips ragged (a fixed pattern); each column's UVs run from its hairline texels
+  up the scalp toward the crown in the same UV island, stretched over its length, on the
+  painted hair only, so the curtain shows the painted hair's strands running down it; a quad
+  whose two columns' walks lie far apart in UV reads one of them (between them lies an ear's
+  skin).
 
 Each hair vertex follows one head vertex (its root): the hair carries the head's morph
-targets that move its roots (the brows' mostly), on its roots' offsets, so it moves with the
-brows and keeps to the head at every expression weight. Units are the head's (model space,
-y up, face toward +z).
+targets that move its roots (the brows' and the jaw's), on its roots' offsets, so it moves
+with the brows and keeps to the head at every expression weight. Units are the head's (model
+space, y up, face toward +z).
 """
 
 from __future__ import annotations
