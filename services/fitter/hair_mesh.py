@@ -36,6 +36,11 @@ import scipy.sparse as sp
 from scipy.sparse import csgraph
 
 from ffhquv.mesh import MeshData, MorphTargets
+from services.fitter.facemodel.topology import (
+    boundary_loops,
+    vertex_adjacency,
+    vertex_normals,
+)
 
 # the matte's level that is hair (vertices), and the share of its neighbours that closes a
 # pinhole; the curtain's columns (degrees about the axis), its least length below the hairline
@@ -101,31 +106,15 @@ def vertex_hair(matte: np.ndarray, head: MeshData) -> np.ndarray:
     return out
 
 
-def _normals(v: np.ndarray, f: np.ndarray) -> np.ndarray:
-    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
-    n = np.zeros_like(v)
-    for k in range(3):
-        np.add.at(n, f[:, k], fn)
-    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
-
-
 def _rings_from(seeds: np.ndarray, adj: sp.csr_matrix) -> np.ndarray:
-    """Edge rings (hops over the mesh's edges, ``adj``: :func:`_adjacency`) from the nearest
-    of the ``seeds`` vertex ids; ``inf`` where none reaches."""
+    """Edge rings (hops over the mesh's edges, ``adj``: ``topology.vertex_adjacency``) from
+    the nearest of the ``seeds`` vertex ids; ``inf`` where none reaches."""
     return csgraph.dijkstra(adj, indices=np.asarray(seeds), unweighted=True, min_only=True)
 
 
 def _uv_islands(uv_faces: np.ndarray, n_uv: int) -> np.ndarray:
     """``int [n_uv]`` the UV island (connected over ``uv_faces``) of each UV vertex."""
-    return csgraph.connected_components(_adjacency(uv_faces, n_uv), directed=False)[1]
-
-
-def _adjacency(faces: np.ndarray, n: int) -> sp.csr_matrix:
-    """The ``[n, n]`` vertex adjacency of ``faces``' edges (1 where an edge joins two)."""
-    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    a = sp.coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n)).tocsr()
-    a = ((a + a.T) > 0).astype(np.float64)
-    return a.tocsr()
+    return csgraph.connected_components(vertex_adjacency(uv_faces, n_uv), directed=False)[1]
 
 
 def _close_holes(on: np.ndarray, adj: sp.csr_matrix, rounds: int = 2) -> np.ndarray:
@@ -137,31 +126,6 @@ def _close_holes(on: np.ndarray, adj: sp.csr_matrix, rounds: int = 2) -> np.ndar
     for _ in range(rounds):
         on |= (adj @ on.astype(np.float64)) / deg >= HOLE_SHARE
     return on
-
-
-def _outer_chain(sf: np.ndarray, v: np.ndarray) -> list[int]:
-    """The shell's outer edge as a closed vertex path (its longest boundary loop), in order;
-    the vertex ids of ``v``."""
-    e = np.concatenate([sf[:, [0, 1]], sf[:, [1, 2]], sf[:, [2, 0]]])
-    key = np.sort(e, 1)
-    _, inv, cnt = np.unique(key, axis=0, return_inverse=True, return_counts=True)
-    edges = e[cnt[inv.ravel()] == 1]
-    nxt: dict[int, list[int]] = {}
-    for a, b in edges:
-        nxt.setdefault(int(a), []).append(int(b))
-    seen: set[int] = set()
-    best: list[int] = []
-    for start in nxt:
-        if start in seen:
-            continue
-        path, x = [], start
-        while x not in seen and x in nxt:
-            seen.add(x)
-            path.append(x)
-            x = nxt[x][0]
-        if len(path) > len(best):
-            best = path
-    return best
 
 
 def hair_mesh(head: MeshData, matte: np.ndarray, info: dict, landmarks: np.ndarray,
@@ -187,7 +151,7 @@ def hair_mesh(head: MeshData, matte: np.ndarray, info: dict, landmarks: np.ndarr
     f = head.faces
     n = len(v)
     matte = padded_matte(matte, covered)
-    adj = _adjacency(f, n)
+    adj = vertex_adjacency(f, n)
     on = _close_holes(vertex_hair(matte, head) > HAIR_LEVEL, adj)
     keep = on[f].all(1)
     if keep.sum() < 40:
@@ -195,10 +159,11 @@ def hair_mesh(head: MeshData, matte: np.ndarray, info: dict, landmarks: np.ndarr
     sf, suf = f[keep], head.uv_faces[keep]
     hf = float(np.linalg.norm(landmarks[27] - landmarks[8]))
     thick = hf * max(float(info.get("hair_volume") or 0.0), MIN_THICKNESS)
-    nrm = _normals(v, f)
+    nrm = vertex_normals(v, f)
 
     # the curtain hangs from the run of the shell's outer edge behind the ears
-    chain = _outer_chain(sf, v)
+    loops = boundary_loops(sf)  # longest first: the shell's outer edge
+    chain = [int(x) for x in loops[0]] if loops else []
     below = float(info.get("hair_below") or 0.0)
     if info.get("hair_cut"):
         below = max(below, CUT_LENGTH)
@@ -209,7 +174,7 @@ def hair_mesh(head: MeshData, matte: np.ndarray, info: dict, landmarks: np.ndarr
     edge_v = np.unique(chain) if chain else np.zeros(0, np.int64)
     free = np.setdiff1d(edge_v, run)
     sub = np.unique(sf)
-    rings = (_rings_from(free, _adjacency(sf, n)) if len(free) else np.full(n, np.inf))
+    rings = (_rings_from(free, vertex_adjacency(sf, n)) if len(free) else np.full(n, np.inf))
     t = thick * np.clip((rings + 0.5) / TAPER_RINGS, 0.15, 1.0)
     # the shell's vertices: the head's hair vertices, lifted
     idx = np.full(n, -1)

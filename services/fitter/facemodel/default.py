@@ -169,6 +169,7 @@ def _build(progress: bool, keep_extras: bool, landmarker: Landmarker | None
         dilate,
         mirror_map,
         order_ring,
+        vertex_normals,
     )
 
     t_start = time.time()
@@ -275,7 +276,7 @@ def _build(progress: bool, keep_extras: bool, landmarker: Landmarker | None
     t = step("landmarks", t)
 
     # ---- masks
-    nrm = _vertex_normals_np(mean, tri)
+    nrm = vertex_normals(mean, tri)
     brow_v = _near_polyline(mean, nrm, [lmk_pos[17:22], lmk_pos[22:27]], 0.07)
     margin_v = dilate(np.isin(np.arange(n_v), np.concatenate([ring_l, ring_r])), tri, 1)
     skin = ~(mouth_v | lips_v | brow_v | margin_v)
@@ -396,14 +397,6 @@ def _kabsch(src: np.ndarray, dst: np.ndarray, w: np.ndarray) -> np.ndarray:
     dd = np.sign(np.linalg.det(u @ vt))
     u[:, -1] *= dd
     return u @ vt
-
-
-def _vertex_normals_np(v: np.ndarray, tri: np.ndarray) -> np.ndarray:
-    fn = np.cross(v[tri[:, 1]] - v[tri[:, 0]], v[tri[:, 2]] - v[tri[:, 0]])
-    n = np.zeros_like(v)
-    for i in range(3):
-        np.add.at(n, tri[:, i], fn)
-    return n / np.linalg.norm(n, axis=1, keepdims=True).clip(1e-12)
 
 
 def _near_polyline(v: np.ndarray, nrm: np.ndarray, lines: list[np.ndarray], radius: float

@@ -50,6 +50,16 @@ def boundary_loops(tri: np.ndarray) -> list[np.ndarray]:
     return sorted(loops, key=len, reverse=True)
 
 
+def vertex_normals(v: np.ndarray, tri: np.ndarray) -> np.ndarray:
+    """``[N, 3]`` area-weighted unit vertex normals of ``v`` ``[N, 3]`` (numpy; outward for
+    counter-clockwise ``tri``)."""
+    fn = np.cross(v[tri[:, 1]] - v[tri[:, 0]], v[tri[:, 2]] - v[tri[:, 0]])
+    n = np.zeros_like(v)
+    for i in range(3):
+        np.add.at(n, tri[:, i], fn)
+    return n / np.linalg.norm(n, axis=1, keepdims=True).clip(1e-12)
+
+
 def vertex_adjacency(tri: np.ndarray, n: int) -> sp.csr_matrix:
     """``[n, n]`` symmetric 0/1 adjacency of the mesh edges."""
     i = np.concatenate([tri[:, 0], tri[:, 1], tri[:, 2]])
