@@ -212,6 +212,10 @@ def export(
     check_texture(eye_texture, "eye texture")
     extra = dict(extra_files or {})
     uc = resolve_units(units, metres_per_unit)
+    # the hair as the head opens (its morph targets at the fitted weights), for the
+    # expression OBJ and the previews
+    posed_hair = (hair.posed() if hair is not None and fmts & {"obj", "preview", "turntable"}
+                  else None)
     frame = "y up, face toward +z"
 
     res = ExportResult()
@@ -244,7 +248,7 @@ def export(
         if hair is not None:
             obj_files[HAIR_OBJ_NEUTRAL] = obj(hair, "hair, neutral expression", HEAD_MTL,
                                               HEAD_MATERIAL)
-            obj_files[HAIR_OBJ_EXPRESSION] = obj(hair.posed(), "hair, fitted expression",
+            obj_files[HAIR_OBJ_EXPRESSION] = obj(posed_hair, "hair, fitted expression",
                                                  HEAD_MTL, HEAD_MATERIAL)
         files.update(obj_files)
 
@@ -286,7 +290,6 @@ def export(
             res.warnings.append(f"previews skipped: the renderer is not available ({e})")
         else:
             # the head as a viewer opens the GLB / .blend: the fitted expression on
-            posed_hair = None if hair is None else hair.posed()
             views = preview.render_views(head_expression, head_texture, left_eye, right_eye,
                                          eye_texture, size=preview_size,
                                          device=preview_device, hair=posed_hair)
