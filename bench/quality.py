@@ -765,9 +765,7 @@ class QualityEvaluator:
             images[key] = view
         m["id_front_neutral"] = ident.distance(d_photo, ident.descriptor(
             turned_view(fit.mesh_neutral, fit.uv_texture, eyes, 0.0, backend=be,
-                        hair=None if fit.hair is None else fit.hair.posed(
-                            np.zeros_like(fit.hair.morphs.weights)
-                            if fit.hair.morphs is not None else None))))
+                        hair=fit.hair)))  # its own vertices: the neutral head's hair
         m["id_same_person_all"] = all(
             m[k] < ID_THRESHOLD for k in ("id_composite", *YAWS) if math.isfinite(m[k]))
         m["id_faces_missed"] = sum(not math.isfinite(m[k])
