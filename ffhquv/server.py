@@ -186,6 +186,52 @@ def tune_allocator(mmap_threshold: int = 1 << 20, arenas: int = 2) -> bool:
     return ok
 
 
+class HealthServicer(health.HealthServicer):
+    """grpc's ``HealthServicer`` that sends Watch updates outside its lock.
+
+    grpc's own (grpcio-health-checking 1.85) sends each update while holding its lock, and a
+    non-blocking send waits for the server's event thread to finish the write; that thread
+    runs a closing Watch's callback, which takes the same lock: a Watch starting (or
+    ``set``) while another Watch closes hangs the server for good, ``stop`` included (seen
+    in CI: four gateway watchers on one two-worker server). Here the watchers are copied
+    under the lock and told after it (as grpc/grpc#43403 proposes). A watcher removed in
+    between may get one update more; grpc drops a send on a finished call."""
+
+    def Watch(self, request, context, send_response_callback=None):  # noqa: N802 - grpc's name
+        if send_response_callback is None:  # a server without non-blocking streams
+            return super().Watch(request, context, send_response_callback)
+        service = request.service
+        with self._lock:
+            status = self._server_status.get(
+                service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+            self._send_response_callbacks.setdefault(service, set()).add(send_response_callback)
+            context.add_callback(self._on_close_callback(send_response_callback, service))
+        send_response_callback(health_pb2.HealthCheckResponse(status=status))
+        return None
+
+    def set(self, service: str, status: int) -> None:
+        with self._lock:
+            if self._gracefully_shutting_down:
+                return
+            self._server_status[service] = status
+            watchers = list(self._send_response_callbacks.get(service, ()))
+        for send in watchers:
+            send(health_pb2.HealthCheckResponse(status=status))
+
+    def enter_graceful_shutdown(self) -> None:
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        with self._lock:
+            if self._gracefully_shutting_down:
+                return
+            self._gracefully_shutting_down = True
+            watchers = []
+            for service in self._server_status:
+                self._server_status[service] = not_serving
+                watchers += self._send_response_callbacks.get(service, ())
+        for send in watchers:
+            send(health_pb2.HealthCheckResponse(status=not_serving))
+
+
 def build_server(
     register: Callable[[grpc.Server], Iterable[str]],
     port: int = 0,
@@ -205,7 +251,7 @@ def build_server(
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
     names = list(register(server))
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_servicer = HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in names:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -101,15 +101,16 @@ def test_remote_retries_a_full_queue_then_reports(tmp_path, astronaut_png):
     from concurrent import futures
 
     import grpc
-    from grpc_health.v1 import health, health_pb2_grpc
+    from grpc_health.v1 import health_pb2_grpc
 
+    from ffhquv.server import HealthServicer
     from gateway.backends import GrpcBackends
     from gateway.orchestrator import Orchestrator
     from gateway.server import GatewayLimits, GatewayServer
     from gateway.storage import LocalArtifactStore
 
     healthy = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), healthy)
+    health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(), healthy)
     up = f"127.0.0.1:{healthy.add_insecure_port('127.0.0.1:0')}"
     healthy.start()
     backends = GrpcBackends(detector=up, fitter=up, eyeball=up, exporter=up)

@@ -264,8 +264,7 @@ def test_stopped_gateway_keeps_its_loop_open_for_late_grpc_events(tmp_path, capl
     callback is queued and never runs, and a second gateway in the process logs no error."""
     from concurrent import futures
 
-    from grpc_health.v1 import health
-
+    from ffhquv.server import HealthServicer
     from gateway.backends import GrpcBackends
     from gateway.orchestrator import Orchestrator
     from gateway.server import GatewayLimits, GatewayServer
@@ -273,7 +272,7 @@ def test_stopped_gateway_keeps_its_loop_open_for_late_grpc_events(tmp_path, capl
 
     caplog.set_level(logging.INFO)
     healthy = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), healthy)
+    health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(), healthy)
     up = f"127.0.0.1:{healthy.add_insecure_port('127.0.0.1:0')}"
     healthy.start()
     try:
