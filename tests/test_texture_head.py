@@ -322,6 +322,61 @@ def test_photos_hair_beard_and_skin_tone(photo_fits):
             assert np.median(tex[chin] @ lw) < 0.6 * skin_lum, name
 
 
+@pytest.mark.slow
+def test_photos_eyes_keep_their_rims(photo_fits):
+    """The eyes' rims (lashes, lid margins) come from the photo, not from completion's skin:
+    the texels within 0.06 inter-ocular distances of each eye opening are darker than the face
+    skin (their lower quartile under 0.88 of the skin's median luma; 0.90-0.93 when the colour
+    test took them out and completion painted skin there: fd14 0.79, fd13 0.84-0.86, fd01
+    0.70 now)."""
+    from scipy.spatial import cKDTree
+
+    fits, fitter = photo_fits
+    m = fitter.model
+    maps = uv_maps(m, 512, fitter.backend)
+    mask = maps.mask.cpu().numpy()
+    skin = mask & maps.central_face & (maps.skin.cpu().numpy() > 0.5)
+    mean = m.mean_shape.cpu().numpy()
+    lm = m.landmarks(m.mean_shape[None])[0].cpu().numpy()
+    iod = float(np.linalg.norm(lm[36] - lm[45]))
+    pos = maps.pos_mean.cpu().numpy()[mask]
+    lw = np.array([0.299, 0.587, 0.114])
+    for name, (_, fit) in fits.items():
+        tex = fit.uv_texture.astype(np.float64) / 255
+        skin_lum = np.median(tex[skin] @ lw)
+        for ring in (fit.eye_ring_left, fit.eye_ring_right):
+            near = cKDTree(mean[ring]).query(pos)[0] < 0.06 * iod
+            rim = np.percentile(tex[mask][near] @ lw, 25) / skin_lum
+            assert near.sum() > 300 and rim < 0.88, (name, rim)
+
+
+def test_features_are_the_eyes_rims_and_the_brows_bodies():
+    """:func:`~services.fitter.texture.masks.features`: each eye grown by a rim and each
+    brow's band, mostly below its landmarks (dlib's brow points run along the brow's upper
+    edge)."""
+    import cv2
+
+    from services.fitter.texture.masks import BROW_BODY_IOD, EYE_RIM_IOD, features
+
+    lm = np.zeros((68, 2))
+    for c, a in ((70.0, 36), (150.0, 42)):  # eyes: 6 points round (c, 100), 40 x 16 px
+        t = np.linspace(np.pi, -np.pi, 6, endpoint=False)
+        lm[a:a + 6] = np.stack([c + 20 * np.cos(t), 100 + 8 * np.sin(t)], 1)
+    lm[17:22] = np.stack([np.linspace(45, 95, 5), np.full(5, 75.0)], 1)
+    lm[22:27] = np.stack([np.linspace(125, 175, 5), np.full(5, 75.0)], 1)
+    f = features(lm, (224, 224))
+    iod = float(np.linalg.norm(lm[36] - lm[45]))
+    eye = np.zeros((224, 224), np.uint8)
+    cv2.fillPoly(eye, [np.round(lm[36:42]).astype(np.int32)], 1)
+    assert f[eye > 0].all()  # (head_masks' parse labels take the eye out)
+    assert f[100, 70 + 20 + 3] and f[100 - 8 - 3, 70]  # just outside the corner, above the lid
+    assert not f[100, 70 + 20 + round(EYE_RIM_IOD * iod) + 3]
+    col = f[:, 70]  # the brow's band at x = 70: from above its landmarks to well below
+    top, bottom = 75 - BROW_BODY_IOD[0] * iod, 75 + BROW_BODY_IOD[1] * iod
+    assert col[round(top) + 1:round(bottom) - 1].all() and not col[round(top) - 2]
+    assert bottom - 75 > 2 * (75 - top)
+
+
 def test_completion_keeps_the_photos_skin_level(maps):
     """Lifting shadows and trusting the brighter mirror side make a half-shadowed face
     brighter; the completed albedo keeps the seen skin's confidence-weighted level (the
@@ -642,6 +697,16 @@ def test_head_masks_hair_strands_and_bald(detected):
             # 0.39 (the label's thin ends go with the outline erosion); 0.01 when the brows
             # were taken for strands hanging from the hair at the temples
             assert (tex[brows] > 0).mean() > 0.3, (tex[brows] > 0).mean()
+            import cv2
+
+            from services.fitter.texture.masks import features
+
+            # the eyes' rims (lashes, lid shadow: the colour test fails them) stay too
+            # (beyond the eyes' one-pixel border, which the texture leaves out)
+            eyes = cv2.dilate((a.parse_mask == 3).astype(np.uint8), np.ones((5, 5), np.uint8))
+            rims = features(a.crop_landmarks, brows.shape) & (a.parse_mask == 1) & (eyes == 0)
+            rims[: int(a.crop_landmarks[17:27, 1].max()) + 3] = False  # below the brows
+            assert rims.sum() > 100 and (tex[rims] > 0).mean() > 0.8, (tex[rims] > 0).mean()
         if name.startswith("fd14"):
             marks = dark_marks(pb.hires, 224)[0]
             lm = a.crop_landmarks

@@ -170,15 +170,10 @@ def head_masks(photo: Tensor, parse: Tensor, skin: Tensor, landmarks: Tensor,
     for i in range(photo.shape[0]):
         lm_i = landmarks[i].detach().cpu().numpy()
         par_i = parse[i].cpu().numpy()
-        frames, g_stats = eyeglass_frames(marks[i], lm_i, par_i)
         t, h, st = _head_masks_one(
             (photo[i].detach().cpu().numpy() * 255 + 0.5).astype(np.uint8),
             par_i, sk[i].cpu().numpy(), cw[i].cpu().numpy(), lm_i,
             head[i].detach().cpu().numpy(), fine[i], marks[i])
-        # eyeglass frames: out of the texture, completion fills skin there (not over the
-        # brows: a top rim on the brows would take them out with it)
-        t = t * (1 - frames * (par_i != PARSE_BROWS))
-        st["glasses"] = g_stats
         seen = st.pop("hair_seen", [])
         if st.get("has_hair") and seen:
             # the hair's own texture for the unseen scalp (hair_layer), from the sharper crop
@@ -410,6 +405,36 @@ def brow_band(lm: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         cv2.fillConvexPoly(band, cv2.convexHull(np.concatenate([b - d, b + d])
                                                 .astype(np.int32)), 1)
     return band > 0
+
+
+# the eyes' rims kept from the photo (lashes, lid margins, liner), in inter-ocular distances
+# outward from the eye contour; the brows' band below their landmarks (dlib's brow points
+# run along the brow's upper edge), in inter-ocular distances above and below them
+EYE_RIM_IOD = 0.06
+BROW_BODY_IOD = (0.04, 0.14)
+# with glasses, the rims and brows keep this far (inter-ocular distances) from the frames
+FRAME_CLEAR_IOD = 0.05
+
+
+def features(lm: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """bool ``[H, W]``: the eyes with their rims (each eye contour, 36-41 and 42-47, grown by
+    ``EYE_RIM_IOD``; the caller's parse labels take the eye itself out) and the brows' bodies
+    (each brow's landmarks swept from ``BROW_BODY_IOD[0]`` above to ``[1]`` below). Their
+    dark is lashes, liner and brow hair, not shadow: the texture takes them as the photo
+    shows them."""
+    iod = float(np.linalg.norm(lm[36] - lm[45]))
+    eyes = np.zeros(shape, np.uint8)
+    for sl in (slice(36, 42), slice(42, 48)):
+        cv2.fillPoly(eyes, [np.round(lm[sl]).astype(np.int32)], 1)
+    rims = cv2.dilate(eyes, _disc(max(1, round(EYE_RIM_IOD * iod)))) > 0
+    band = np.zeros(shape, np.uint8)
+    up, down = (np.array([0.0, -f * iod], np.float32) for f in (BROW_BODY_IOD[0],
+                                                                 -BROW_BODY_IOD[1]))
+    for sl in (slice(17, 22), slice(22, 27)):
+        b = lm[sl].astype(np.float32)
+        cv2.fillPoly(band, [np.round(np.concatenate([b + up, (b + down)[::-1]]))
+                            .astype(np.int32)], 1)
+    return rims | (band > 0)
 
 
 # natural hair hues in CIELAB (degrees in the a*b* plane): from auburn / red (about 25) to
@@ -653,6 +678,15 @@ def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray, cw: np
                                 None if stranded is None else
                                 stranded & (yy < y_brow - 0.1 * iod))
     tex = tex * (1 - strands)
+    # the eyes' rims and the brows as the photo shows them (the colour test takes them out;
+    # added after the outline's erosion, whose purpose is the silhouette), not where
+    # eyeglass frames run beside them
+    frames, glasses = (eyeglass_frames(marks, lm, parse) if marks is not None
+                       else (np.zeros((h, w), np.float32), {"has_glasses": False}))
+    feat = features(lm, (h, w)) & face
+    if glasses["has_glasses"]:
+        feat &= cv2.dilate((frames > 0).astype(np.uint8), _disc(max(1, round(FRAME_CLEAR_IOD
+                                                                              * iod)))) == 0
     # facial hair below the jaw line
     jaw = lm[2:15].astype(np.float32)
     band = np.zeros((h, w), np.uint8)
@@ -667,7 +701,10 @@ def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray, cw: np
     region = cv2.erode((tex > 0).astype(np.uint8), np.ones((5, 5), np.uint8))
     holes = cv2.dilate(np.isin(parse, (PARSE_EYES, PARSE_MOUTH)).astype(np.uint8),
                        np.ones((3, 3), np.uint8))
-    tex = tex * region * (1 - holes)
+    tex = np.maximum(tex * region, feat) * (1 - holes)
+    # eyeglass frames: out of the texture, completion fills skin there (not over the brows:
+    # a top rim on the brows would take them out with it)
+    tex = tex * (1 - frames * (parse != PARSE_BROWS))
     hair_m = hair & (cv2.erode(inside.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0)
     # presence and colour of a head of hair: hair vs skin pixels in the band above the
     # forehead, inside the fitted head, over the middle of the head (where a head of hair or a
@@ -685,7 +722,8 @@ def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray, cw: np
     n_h = float(hair_top.sum())
     n_s = float(((skinlike > 0.5) & top).sum())
     stats: dict = {"hair_px": n_h, "skin_px": n_s, "dark_px": float((dark_hair & top).sum()),
-                   "has_hair": bool(n_h > 0.002 * h * w and n_h > 0.6 * (n_h + n_s))}
+                   "has_hair": bool(n_h > 0.002 * h * w and n_h > 0.6 * (n_h + n_s)),
+                   "glasses": glasses}
     if n_h > 20:
         px = photo[hair_top].astype(np.float32) / 255
         luma = px @ LUMA
