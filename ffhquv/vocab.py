@@ -40,6 +40,8 @@ EXPORT_FORMATS: tuple[str, ...] = ("obj", "glb", "blend", "preview", "turntable"
 DEFAULT_EXPORT_FORMATS: frozenset[str] = frozenset({"obj", "glb", "blend", "preview", "zip"})
 # units of the written mesh files ("" = GLB / .blend in metres, OBJ in the face model's units)
 EXPORT_UNITS: tuple[str, ...] = ("m", "cm", "model")
+# levels of Loop subdivision of the exported head (0 = as fitted, 1 = 4x the triangles)
+SUBDIVISION_LEVELS: tuple[int, ...] = (0, 1)
 
 # ---- media types of the files the services write, by suffix ----------------------------------
 MEDIA_TYPES: dict[str, str] = {

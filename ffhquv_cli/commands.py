@@ -87,6 +87,7 @@ def _options(args: argparse.Namespace):
                 from e
         opts.face_selection = detector_pb2.FACE_SELECTION_INDEX
     opts.units = getattr(args, "units", None) or ""
+    opts.subdivision = getattr(args, "subdivision", None) or 0
     for f in filter(None, (s.strip().lower() for s in args.formats.split(","))):
         if f not in vocab.EXPORT_FORMATS:
             raise UsageError(f"unknown format {f!r}; choose from "

@@ -43,6 +43,10 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--units", choices=vocab.EXPORT_UNITS, default=None,
                    help="unit of every mesh file; default: GLB and .blend in metres, OBJ in "
                         "the face model's units (about decimetres)")
+    p.add_argument("--subdivision", type=int, choices=vocab.SUBDIVISION_LEVELS, default=0,
+                   help="levels of Loop subdivision of the exported head: 0 (default) as "
+                        "fitted, 1 = four times the triangles, smoother up close (morph "
+                        "targets and UVs subdivided with it; a larger GLB)")
     p.add_argument("--checkpoints-dir", default=None, help="the paper's checkpoints/ (optional)")
     p.add_argument("--topo-dir", default=None, help="the paper's topo_assets/ (for hifi3dpp)")
     p.add_argument("--remote", default=None, metavar="ADDR",

@@ -46,7 +46,7 @@ WORKER_RAM_GB = 2.0
 #: the options a worker gets as given to the parent (flag, attribute)
 FORWARDED = (("--preset", "preset"), ("--device", "device"), ("--face-model", "face_model"),
              ("--texture-size", "texture_size"), ("--detector", "detector"), ("--face", "face"),
-             ("--formats", "formats"), ("--units", "units"),
+             ("--formats", "formats"), ("--units", "units"), ("--subdivision", "subdivision"),
              ("--checkpoints-dir", "checkpoints_dir"), ("--topo-dir", "topo_dir"),
              ("--landmark-model", "landmark_model"), ("--batch-size", "batch_size"),
              ("--seed", "seed"))

@@ -124,6 +124,9 @@ def validate_options(opts: gateway_pb2.Options) -> None:
     if opts.units and opts.units not in vocab.EXPORT_UNITS:
         raise InvalidInput(f"unknown units {opts.units!r}; use 'm', 'cm' or 'model'",
                            field="options.units")
+    if opts.subdivision not in vocab.SUBDIVISION_LEVELS:
+        raise InvalidInput(f"subdivision must be one of {list(vocab.SUBDIVISION_LEVELS)}, got "
+                           f"{opts.subdivision}", field="options.subdivision")
     if opts.texture_size and opts.texture_size & (opts.texture_size - 1):
         raise InvalidInput(f"texture_size must be a power of two, got {opts.texture_size}",
                            field="options.texture_size")
@@ -248,7 +251,8 @@ class Orchestrator:
             right_eye=eyes.right.mesh, eye_texture_png=eyes.texture_png,
             formats=list(opts.formats), extra_files=extra,
             metres_per_unit=result.metres_per_unit, units=opts.units,
-            hair=result.hair if result.HasField("hair") else None), self.deadlines.export)
+            hair=result.hair if result.HasField("hair") else None,
+            subdivision=opts.subdivision), self.deadlines.export)
         timings["export_s"] = time.perf_counter() - t
         metrics.STAGE_SECONDS.labels("export").observe(timings["export_s"])
         await report(common_pb2.STAGE_EXPORTED, 1.0, f"{len(exp.files)} files")

@@ -156,6 +156,7 @@ def export(
     units: str = "",
     preview_device: str = "cpu",
     hair: MeshData | None = None,
+    subdivision: int = 0,
 ) -> ExportResult:
     """Produce the requested output files in memory.
 
@@ -178,6 +179,9 @@ def export(
         preview_device: where the previews render ("cpu", "cuda": the GPU rasteriser).
         hair: the hair mesh (model space, neutral head; UVs into ``head_texture``; its morph
             targets, when present, some of ``head_neutral``'s, by name, in its order) or None.
+        subdivision: 0 = the head as fitted; 1 = the head after one level of Loop subdivision
+            (:mod:`services.exporter.subdivide`: 4x the triangles, its morph targets and UVs
+            subdivided with it) in every format. The eyeballs and the hair stay as they are.
     Returns:
         :class:`ExportResult`. A format that cannot be produced here (``blend`` without bpy,
         previews without the renderer) is skipped with a warning; the others are produced.
@@ -208,6 +212,15 @@ def export(
                 raise InvalidInput("hair: its morph targets must be the head's (names the head "
                                    "has, in the head's order)")
     _check_mesh(right_eye, "right_eye")
+    if subdivision not in vocab.SUBDIVISION_LEVELS:
+        raise InvalidInput(f"subdivision must be one of {list(vocab.SUBDIVISION_LEVELS)}, got "
+                           f"{subdivision}", field="subdivision")
+    if subdivision:
+        from services.exporter.subdivide import subdivided
+
+        same = head_expression is head_neutral
+        head_neutral = subdivided(head_neutral)
+        head_expression = head_neutral if same else subdivided(head_expression)
     check_texture(head_texture, "head texture")
     check_texture(eye_texture, "eye texture")
     extra = dict(extra_files or {})
@@ -343,6 +356,7 @@ def export_to_dir(
     metres_per_unit: float = DEFAULT_METRES_PER_UNIT,
     units: str = "",
     hair: MeshData | None = None,
+    subdivision: int = 0,
 ) -> ExportResult:
     """:func:`export`, then write every file into ``out_dir`` (the folder of this photo, e.g.
     ``OUT/<name>``) atomically through :class:`OutputDir`: on any error no folder is left.

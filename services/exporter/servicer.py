@@ -75,6 +75,7 @@ class ExporterServicer(exporter_pb2_grpc.ExporterServicer):
             preview_device=self.device,
             hair=(MeshData.from_request(request.hair, "hair")
                   if len(request.hair.vertices) else None),
+            subdivision=request.subdivision,
         )
         return exporter_pb2.ExportResponse(
             files=[common_pb2.NamedFile(name=n, media_type=core.media_type(n), data=d)
