@@ -118,9 +118,9 @@ def loop_operator(faces: np.ndarray, n: int) -> tuple[sp.csr_matrix, np.ndarray]
 
 
 def subdivided(mesh: MeshData) -> MeshData:
-    """``mesh`` after one level of Loop subdivision (:mod:`this module <services.exporter.
-    subdivide>`): positions and morph offsets through the same operator, UVs split at their
-    edges' midpoints, normals left to the writers (they compute smooth ones).
+    """``mesh`` after one level of Loop subdivision (the module's rules): positions and morph
+    offsets through the same operator, UVs split at their edges' midpoints, normals left to
+    the writers (they compute smooth ones).
 
     Args:
         mesh: :class:`~ffhquv.mesh.MeshData` with ``N`` vertices, ``T`` triangles, optional

@@ -427,13 +427,15 @@ def features(lm: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     for sl in (slice(36, 42), slice(42, 48)):
         cv2.fillPoly(eyes, [np.round(lm[sl]).astype(np.int32)], 1)
     rims = cv2.dilate(eyes, _disc(max(1, round(EYE_RIM_IOD * iod)))) > 0
+    # each brow a strip along its landmarks (not :func:`brow_band`'s convex hull, which
+    # reaches under an arched brow toward the lid)
+    up = np.array([0.0, -BROW_BODY_IOD[0] * iod], np.float32)  # image rows grow downward
+    down = np.array([0.0, BROW_BODY_IOD[1] * iod], np.float32)
     band = np.zeros(shape, np.uint8)
-    up, down = (np.array([0.0, -f * iod], np.float32) for f in (BROW_BODY_IOD[0],
-                                                                 -BROW_BODY_IOD[1]))
     for sl in (slice(17, 22), slice(22, 27)):
         b = lm[sl].astype(np.float32)
-        cv2.fillPoly(band, [np.round(np.concatenate([b + up, (b + down)[::-1]]))
-                            .astype(np.int32)], 1)
+        strip = np.concatenate([b + up, (b + down)[::-1]])
+        cv2.fillPoly(band, [np.round(strip).astype(np.int32)], 1)
     return rims | (band > 0)
 
 
