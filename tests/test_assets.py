@@ -460,6 +460,34 @@ def test_blend_shape_keys_metres_and_parented_eyes(model, model_parts, tmp_path)
 
 
 @NEEDS_BPY
+def test_blend_subdivided_head_keeps_its_shape_keys(model, model_parts, tmp_path):
+    """``subdivision=1``: the .blend's head has the subdivided vertex count, every shape key
+    on it, and a key at weight 1 moves the head as the subdivided morph target does."""
+    from services.exporter.subdivide import subdivided
+
+    out = tmp_path / "sb"
+    core.export_to_dir("sb", **model_parts, out_dir=out, formats={"blend"},
+                       metres_per_unit=model.metres_per_unit, subdivision=1)
+    sub = subdivided(model_parts["head_neutral"])
+    bpy = _bpy_reset()
+    bpy.ops.wm.open_mainfile(filepath=str(out / "sb.blend"))
+    try:
+        head = bpy.data.objects["head"]
+        assert len(head.data.vertices) == len(sub.vertices)
+        keys = head.data.shape_keys.key_blocks
+        assert [k.name for k in keys][1:] == sub.morphs.names
+        basis = np.array([v.co[:] for v in keys[0].data])
+        jaw = np.array([v.co[:] for v in keys["jawOpen"].data])
+        k = sub.morphs.names.index("jawOpen")
+        # Blender axes (x, -z, y), metres: the displacement's size is the target's
+        moved = np.linalg.norm(jaw - basis, axis=1)
+        want = np.linalg.norm(sub.morphs.offsets[k], axis=1) * model.metres_per_unit
+        np.testing.assert_allclose(np.sort(moved), np.sort(want), atol=1e-5)
+    finally:
+        _bpy_reset()
+
+
+@NEEDS_BPY
 def test_blend_hair_is_parented_with_the_heads_shape_keys(model, model_parts, tmp_path):
     out = tmp_path / "hb"
     core.export_to_dir("hb", **model_parts, out_dir=out, formats={"blend"},

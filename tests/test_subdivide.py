@@ -124,6 +124,9 @@ def test_export_subdivided_head(tmp_path):
     assert report["issues"]["numErrors"] == 0, report["issues"]
     with pytest.raises(InvalidInput, match="subdivision"):
         core.export("s", **parts, formats={"glb"}, subdivision=2)
+    core.export_to_dir("s", **parts, out_dir=tmp_path / "d", formats={"obj"}, subdivision=1)
+    written = (tmp_path / "d" / core.HEAD_OBJ_NEUTRAL).read_text()
+    assert sum(line.startswith("v ") for line in written.splitlines()) == len(sub.vertices)
 
     server = build_server(register, port=0)
     try:

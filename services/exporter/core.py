@@ -366,7 +366,8 @@ def export_to_dir(
     """
     res = export(name, head_neutral, head_expression, head_texture, left_eye, right_eye,
                  eye_texture, formats, extra_files, preview_size=preview_size,
-                 metres_per_unit=metres_per_unit, units=units, hair=hair)
+                 metres_per_unit=metres_per_unit, units=units, hair=hair,
+                 subdivision=subdivision)
     with OutputDir(out_dir, replace=replace) as od:
         for fname, data in res.files.items():
             od.write_bytes(fname, data)
