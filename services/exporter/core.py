@@ -215,14 +215,14 @@ def export(
     if subdivision not in vocab.SUBDIVISION_LEVELS:
         raise InvalidInput(f"subdivision must be one of {list(vocab.SUBDIVISION_LEVELS)}, got "
                            f"{subdivision}", field="subdivision")
-    if subdivision:
+    check_texture(head_texture, "head texture")
+    check_texture(eye_texture, "eye texture")
+    if subdivision:  # once every input is checked
         from services.exporter.subdivide import subdivided
 
         same = head_expression is head_neutral
         head_neutral = subdivided(head_neutral)
         head_expression = head_neutral if same else subdivided(head_expression)
-    check_texture(head_texture, "head texture")
-    check_texture(eye_texture, "eye texture")
     extra = dict(extra_files or {})
     uc = resolve_units(units, metres_per_unit)
     # the hair as the head opens (its morph targets at the fitted weights), for the
