@@ -12,6 +12,7 @@ through this module (``tests/test_config.py`` checks both).
 | ``FFHQUV_LOG_FORMAT`` | ``json`` for services, ``text`` for the CLI | log line format |
 | ``FFHQUV_LOG_LEVEL`` | ``INFO`` (``WARNING`` for ``ffhquv fit``) | log level |
 | ``FFHQUV_CUDA_GRAPHS`` | ``1`` | ``0`` / ``false`` / ``no`` / ``off``: eager steps on CUDA |
+| ``FFHQUV_CUDA_WAIT`` | ``block`` | how threads wait for the GPU: ``block``, ``spin``, ``auto`` |
 | ``FFHQUV_FITTER_CONCURRENCY`` | ``1`` | batched fits at a time per device (fitter service) |
 | ``FFHQUV_FITTER_MAX_BATCH`` | ``1`` on CPU, ``8`` on CUDA | photos per batched fit |
 | ``FFHQUV_FITTER_MAX_DELAY_MS`` | ``20`` | longest wait of a request for batch-mates |
@@ -90,6 +91,7 @@ VARIABLES: dict[str, str] = {
     "FFHQUV_LOG_FORMAT": "log line format: json or text",
     "FFHQUV_LOG_LEVEL": "log level",
     "FFHQUV_CUDA_GRAPHS": "0 turns off the CUDA-graph replay of the fitting steps",
+    "FFHQUV_CUDA_WAIT": "block / spin / auto: how a thread waits for the GPU (ffhquv.cuda)",
     "FFHQUV_FITTER_CONCURRENCY": "batched fits at a time per device in the fitter service",
     "FFHQUV_FITTER_MAX_BATCH": "photos per batched fit (default 1 on CPU, 8 on CUDA)",
     "FFHQUV_FITTER_MAX_DELAY_MS": "longest wait of a fit request for batch-mates",
@@ -146,6 +148,11 @@ def log_level(default: str = "INFO") -> str:
 def cuda_graphs() -> bool:
     """False when ``FFHQUV_CUDA_GRAPHS`` is ``0`` / ``false`` / ``no`` / ``off`` (default on)."""
     return os.environ.get("FFHQUV_CUDA_GRAPHS", "1").strip().lower() not in _FALSE
+
+
+def cuda_wait() -> str:
+    """``FFHQUV_CUDA_WAIT``: ``block`` (default), ``spin`` or ``auto`` (:mod:`ffhquv.cuda`)."""
+    return (env("FFHQUV_CUDA_WAIT") or "block").strip().lower()
 
 
 def fitter_concurrency() -> int:

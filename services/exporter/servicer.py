@@ -36,9 +36,14 @@ def preview_device(device: str | None) -> str:
     import torch
 
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu":
+            return device
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"exporter: device {device!r} asked for, but torch sees no CUDA device")
+    from ffhquv.cuda import configure_waits
+
+    configure_waits()  # before the context: waiting threads free their cores
     return device
 
 

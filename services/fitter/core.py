@@ -44,6 +44,7 @@ import torch.nn.functional as F
 import ffhquv
 from ffhquv import vocab
 from ffhquv.aligned import AlignedFace
+from ffhquv.cuda import configure_waits
 from ffhquv.errors import Cancelled, InvalidInput, PreconditionFailed
 from ffhquv.imaging import LUMA
 from ffhquv.mesh import MeshData
@@ -174,7 +175,7 @@ def resolve_device(device: str | None) -> torch.device:
     """
     d = (device or "auto").lower()
     if d == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        d = "cuda" if torch.cuda.is_available() else "cpu"
     if d == "cpu":
         return torch.device("cpu")
     if d.startswith("cuda"):
@@ -182,6 +183,7 @@ def resolve_device(device: str | None) -> torch.device:
             raise PreconditionFailed(
                 "device 'cuda' was requested but CUDA is not available on this server "
                 f"(torch {torch.__version__}); use device 'cpu' or 'auto'")
+        configure_waits()  # before the context: waiting threads free their cores
         return torch.device(d)
     raise InvalidInput(f"unknown device {device!r}; expected 'cpu', 'cuda' or 'auto'")
 
