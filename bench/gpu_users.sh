@@ -30,10 +30,13 @@
 #                    $P/pycache (with BYTECODE=1 on this and later calls: the cold rows as on a
 #                    machine where pip compiled at install)
 #          warm      bench/users.py warm alone (users' first step, for a short session)
+#          altcli    the cli part from the tree in alt/ (as altwarm)
 #          serve     bench/users.py serve (SERVE_SECONDS per many-clients row, default 120;
 #                    SERVE_FITTERS="1 2 4" one run per FFHQUV_FITTER_REPLICAS, SERVE_CLIENTS,
 #                    SERVE_MAX_CONCURRENT the gateway's limit)
 #          profile   bench/fit.py --cprofile: the fitter's host CPU seconds by function
+#          cudawait  bench/cudawait.py: CPU burnt by a waiting thread, spin / auto / block
+#          spyfolder py-spy of `ffhquv fit` on a folder (SPY_COUNT, SPY_ARGS; carry pyspy/)
 #          profilefirst  bench/fit.py --cprofile-first: a new process's first fit by function
 #          recovery  bench/recovery.py (kill -9 of each child under load), --device cuda when
 #                    the script has that flag
@@ -185,6 +188,15 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
       step altwarm 150 env PYTHONPATH="$S/alt:$P/site:$P/frm" python3 "$S/alt/bench/users.py" \
         warm --photos "$S/photos/faces-dev" --device cuda --count 6 --json "$out/altwarm.json"
       ;;
+    altcli)
+      # the cli rows (CLI_COLD, CLI_BATCHES, CLI_COUNT) from the tree in .tp/alt, to compare
+      need "$sp68" "$S/cache" "$S/photos/faces-dev" "$S/alt" || { rc=1; continue; }
+      cp -r "$S/stubs/." "$S/alt/ffhquv/"
+      step altcli "${CLI_LIMIT:-400}" env PYTHONPATH="$S/alt:$P/site:$P/frm" \
+        python3 "$S/alt/bench/users.py" cli --photos "$S/photos/faces-dev" --device cuda \
+        --cold-runs "${CLI_COLD:-2}" --batch-sizes "${CLI_BATCHES-8}" \
+        --count "${CLI_COUNT:-64}" --json "$out/altcli.json"
+      ;;
     serve)
       need "$sp68" "$S/cache" "$S/photos/faces-dev" || { rc=1; continue; }
       # SERVE_FITTERS="1 4": one run per fitter replica count (default: serve all's own)
@@ -205,6 +217,24 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
       step profile 240 python3 bench/fit.py --presets standard --device cuda --threads 4 \
         --batch 1,8 --repeat 3 --photo "$(ls "$S"/photos/faces-dev/fd05* | head -1)" \
         --cprofile "$out/cprofile.txt" --json "$out/fit.json"
+      ;;
+    cudawait)
+      # host CPU burnt while a thread waits for the GPU, per FFHQUV_CUDA_WAIT mode
+      step cudawait 120 python3 bench/cudawait.py --json "$out/cudawait.json"
+      ;;
+    spyfolder)
+      # where the host CPU of `ffhquv fit` on a folder of SPY_COUNT photos goes, every worker
+      # process sampled by py-spy (active samples only: CPU seconds), summed by function
+      need "$sp68" "$S/cache" "$S/photos/faces-dev" || { rc=1; continue; }
+      command -v py-spy > /dev/null || { echo "spyfolder: carry pyspy/"; rc=1; continue; }
+      rm -rf /tmp/spyf && mkdir -p /tmp/spyf/in
+      python3 -c "import sys; sys.path.insert(0, '.'); from pathlib import Path; from bench.users import folder_of, photos_in
+folder_of(photos_in('$S/photos/faces-dev'), ${SPY_COUNT:-64}, Path('/tmp/spyf/in'))"
+      step spyfolder 300 /usr/bin/time -v py-spy record --subprocesses --threads -r 50 -f raw \
+        -o "$out/spyfolder.txt" -- python3 -m ffhquv_cli fit /tmp/spyf/in -o /tmp/spyf/out \
+        --device cuda --overwrite ${SPY_ARGS:-}
+      python3 bench/stacks.py "$out/spyfolder.txt" --rate 50 --top 80 > "$out/spyfolder_summary.txt"
+      ls /tmp/spyf/out | head -3; ls /tmp/spyf/out | wc -l
       ;;
     profilefirst)
       # where a new process's first fit goes (wall clock, cProfile): cold start
