@@ -200,3 +200,28 @@ def test_atlas_builds_when_its_cache_cannot_be_written(model, tmp_path, monkeypa
     maps = uv_maps(model, 64, get_backend("cpu"))
     assert maps.size == 64 and bool(maps.mask.any())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["atlas"]
+
+
+def test_device_path_equals_the_host_path(maps, monkeypatch):
+    """The low-pass family's torch path (taken where the atlas lives on a GPU: sparse CSR
+    products, a dense Cholesky solve) gives the host path's results (scipy, splu) to float32
+    rounding: run here on the CPU by pointing the dispatch at it. The whole completion too."""
+    import services.fitter.texture.lowpass as lp
+
+    albedo, weight = _photo_like(maps, seed=3)
+    prior = np.array([0.6, 0.5, 0.4])
+    host = [lp.mesh_lowpass(maps, albedo, weight, sigma=S / 24),
+            lp.mesh_lowpass(maps, albedo, weight, sigma=S / 32, prior=prior, reach=S / 6)]
+    host_sym = symmetrize_lowfreq(albedo, maps, sigma=S / 16)
+    host_done = complete_texture(albedo, weight, maps).texture
+    monkeypatch.setattr(lp, "ops_device", lambda m: torch.device("cpu"))
+    dev = [lp.mesh_lowpass(maps, albedo, weight, sigma=S / 24),
+           lp.mesh_lowpass(maps, albedo, weight, sigma=S / 32, prior=prior, reach=S / 6)]
+    for (t_h, x_h), (t_d, x_d) in zip(host, dev, strict=True):
+        assert t_d.dtype == np.float32 and t_d.shape == t_h.shape and x_d.shape == x_h.shape
+        np.testing.assert_allclose(x_d, x_h, atol=2e-5)
+        np.testing.assert_allclose(t_d, t_h, atol=2e-5)
+    np.testing.assert_allclose(symmetrize_lowfreq(albedo, maps, sigma=S / 16), host_sym,
+                               atol=5e-5)
+    done = complete_texture(albedo, weight, maps).texture
+    assert np.abs(done - host_done).max() < 1e-3

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -222,15 +224,42 @@ def screened_smooth(lap: sp.csr_matrix, data: np.ndarray, weight: np.ndarray, le
     Returns:
         ``[N, C]`` float64.
     """
+    return screened_solve(screened_factor(lap, weight, length, reach), data, prior)
+
+
+@dataclass
+class ScreenedFactor:
+    """The factorised system of :func:`screened_smooth` for one weight, length and reach
+    (reused for every right-hand side with that weight: :func:`screened_solve`).
+
+    Attributes:
+        lu: scipy's ``SuperLU`` of ``diag(w + eps) + length^2 L``.
+        w: ``float64 [N]`` the clipped weights. eps: the screening weight.
+    """
+
+    lu: object
+    w: np.ndarray
+    eps: float
+
+
+def screened_factor(lap: sp.csr_matrix, weight: np.ndarray, length: float,
+                    reach: float | None = None) -> ScreenedFactor:
+    """Factorise :func:`screened_smooth`'s system (``lap [N, N]``, ``weight [N]``)."""
     from scipy.sparse.linalg import splu
 
-    n = data.shape[0]
     w = np.clip(weight.astype(np.float64), 0, None)
+    eps = (length / (reach if reach is not None else 4.0 * length)) ** 2
+    a = (sp.diags(w + eps) + length**2 * lap).tocsc()
+    return ScreenedFactor(lu=splu(a), w=w, eps=eps)
+
+
+def screened_solve(f: ScreenedFactor, data: np.ndarray, prior: np.ndarray | None = None
+                   ) -> np.ndarray:
+    """:func:`screened_smooth` of ``data [N, C]`` with a factorised system -> float64."""
+    n, w = data.shape[0], f.w
     d = data.astype(np.float64).reshape(n, -1)
     if prior is None:
         prior = (d * w[:, None]).sum(0) / max(w.sum(), 1e-9) if w.sum() > 0 else d.mean(0)
     p = np.asarray(prior, np.float64).reshape(1, -1)
-    eps = (length / (reach if reach is not None else 4.0 * length)) ** 2
-    a = (sp.diags(w + eps) + length**2 * lap).tocsc()
-    rhs = w[:, None] * d + eps * p
-    return splu(a).solve(rhs).reshape(data.shape)
+    rhs = w[:, None] * d + f.eps * p
+    return f.lu.solve(rhs).reshape(data.shape)

@@ -5,16 +5,111 @@ offsets) is computed on the mesh, not in the atlas (:func:`mesh_lowpass`): the a
 the head into islands, and a blur in UV would print each cut as a colour step on the head.
 The low frequencies are made left/right symmetric (:func:`symmetrize_lowfreq`), so one-sided
 light that the SH model missed does not survive in the texture.
+
+Where the atlas lives on a GPU (``maps.mask.is_cuda``: the fitter's device) the texel <->
+vertex products, over every texel of the atlas, run there as torch sparse CSR products
+(:class:`DeviceOps`), taking and returning numpy arrays as on the host; the surface solve,
+on the mesh's few thousand vertices, stays on the host (scipy's ``splu``, a few milliseconds).
+The symmetrisation's system depends on the atlas alone: it is factorised once per atlas and
+scale (:func:`_mask_system`). Both paths agree to float32 rounding
+(``tests/test_texture_seams.py``).
 """
 
 from __future__ import annotations
 
 import math
+import threading
+import warnings
+from dataclasses import dataclass
 
 import numpy as np
+import torch
+from torch import Tensor
 
-from services.fitter.facemodel.topology import screened_smooth
+from services.fitter.facemodel.topology import (
+    ScreenedFactor,
+    screened_factor,
+    screened_smooth,
+    screened_solve,
+)
 from services.fitter.texture.atlas import UVMaps
+
+
+@dataclass
+class DeviceOps:
+    """One atlas's texel <-> vertex products on a torch device (built once per atlas and
+    device, :func:`device_ops`).
+
+    Attributes:
+        to_texel: ``[S * S, N]`` sparse CSR float32; to_vertex: ``[N, S * S]`` its transpose.
+        mask: ``[S * S]`` float32 (1 on covered texels).
+    """
+
+    to_texel: Tensor
+    to_vertex: Tensor
+    mask: Tensor
+
+
+_OPS: dict[tuple[int, str], DeviceOps] = {}
+_SYSTEMS: dict[tuple[int, float], tuple[np.ndarray, ScreenedFactor]] = {}
+_LOCK = threading.Lock()
+
+
+def _csr(m, device: torch.device) -> Tensor:
+    m = m.tocsr()
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": products are all we use
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(m.indptr.astype(np.int64)),
+            torch.from_numpy(m.indices.astype(np.int64)),
+            torch.from_numpy(m.data.astype(np.float32)), size=m.shape,
+            check_invariants=False).to(device)
+
+
+def device_ops(maps: UVMaps, device: torch.device) -> DeviceOps:
+    """The cached :class:`DeviceOps` of ``maps`` on ``device``."""
+    key = (id(maps), str(device))
+    with _LOCK:
+        ops = _OPS.get(key)
+        if ops is None:
+            ops = _OPS[key] = DeviceOps(
+                to_texel=_csr(maps.to_texel, device), to_vertex=_csr(maps.to_vertex, device),
+                mask=maps.mask.reshape(-1).to(device, torch.float32))
+    return ops
+
+
+def ops_device(maps: UVMaps) -> torch.device | None:
+    """Where this atlas's texel <-> vertex products run: its GPU, or None for the host."""
+    return maps.mask.device if maps.mask.is_cuda else None
+
+
+def _length(maps: UVMaps, sigma: float) -> float:
+    # 1 / (1 + l^2 k^2) and exp(-sigma^2 k^2 / 2) agree to second order for l = sigma / sqrt 2
+    return sigma * maps.texel_len / math.sqrt(2.0)
+
+
+def _mask_system(maps: UVMaps, sigma: float) -> tuple[np.ndarray, ScreenedFactor]:
+    """``(den [N] float32, factor)`` of :func:`mesh_lowpass` weighted by the atlas's mask at
+    ``sigma``: the texel weight gathered on each vertex and the factorised surface system,
+    which depend on the atlas and the scale only (cached)."""
+    key = (id(maps), float(sigma))
+    with _LOCK:
+        hit = _SYSTEMS.get(key)
+    if hit is None:
+        w = maps.mask.cpu().numpy().astype(np.float32).reshape(-1)
+        den = maps.to_vertex @ w
+        foot = maps.footprint
+        wv = np.where(foot > 1e-9, den / np.maximum(foot, 1e-9), 0.0)
+        hit = (den, screened_factor(maps.laplacian, wv, _length(maps, sigma)))
+        with _LOCK:
+            _SYSTEMS[key] = hit
+    return hit
+
+
+def _up(a: np.ndarray, dev: torch.device, s: int) -> Tensor:
+    """``[S, S, ...]`` numpy -> ``[S * S, ...]`` float32 on ``dev``."""
+    return torch.from_numpy(np.ascontiguousarray(a, np.float32).reshape(s * s, *a.shape[2:])
+                            ).to(dev)
 
 
 def to_vertices(maps: UVMaps, img: np.ndarray, weight: np.ndarray
@@ -62,11 +157,22 @@ def mesh_lowpass(maps: UVMaps, img: np.ndarray, weight: np.ndarray, sigma: float
     Returns:
         ``(texels float32 [S, S, C], vertex values [N, C])``.
     """
-    vals, wv = to_vertices(maps, img, weight)
-    # 1 / (1 + l^2 k^2) and exp(-sigma^2 k^2 / 2) agree to second order for l = sigma / sqrt 2
-    length = sigma * maps.texel_len / math.sqrt(2.0)
-    x = screened_smooth(maps.laplacian, vals, wv, length, prior=prior,
+    dev = ops_device(maps)
+    if dev is not None:
+        s, ops = maps.size, device_ops(maps, dev)
+        w_t = _up(weight, dev, s)
+        num = ops.to_vertex @ (_up(img, dev, s).reshape(s * s, -1) * w_t[:, None])
+        den = (ops.to_vertex @ w_t[:, None])[:, 0].cpu().numpy()
+        foot = maps.footprint
+        vals = num.cpu().numpy() / np.maximum(den, 1e-9)[:, None]
+        wv = np.where(foot > 1e-9, den / np.maximum(foot, 1e-9), 0.0)
+    else:
+        vals, wv = to_vertices(maps, img, weight)
+    x = screened_smooth(maps.laplacian, vals, wv, _length(maps, sigma), prior=prior,
                         reach=None if reach is None else reach * maps.texel_len)
+    if dev is not None:
+        t = ops.to_texel @ torch.from_numpy(x.astype(np.float32)).to(dev)
+        return t.reshape(s, s, -1).cpu().numpy(), x
     return to_texels(maps, x), x
 
 
@@ -82,12 +188,28 @@ def symmetrize_lowfreq(tex: np.ndarray, maps: UVMaps, sigma: float) -> np.ndarra
         ``float32 [S, S, 3]`` with left/right-symmetric shading-scale brightness, continuous
         across the atlas's seams.
     """
-    mask = maps.mask.cpu().numpy().astype(np.float32)
     # on the vertices (seam-free, see mesh_lowpass): add half the mirror's difference; a
     # second pass removes what the first left (the low-pass of a per-vertex correction read
-    # back from the texels is not exactly that correction)
+    # back from the texels is not exactly that correction). The weight is the atlas's mask:
+    # its system is the atlas's (_mask_system), only the data changes
+    s, n = maps.size, maps.laplacian.shape[0]
+    den, system = _mask_system(maps, sigma)
+    dev = ops_device(maps)
+    if dev is not None:
+        ops = device_ops(maps, dev)
+        t = _up(tex, dev, s)
+        for _ in range(2):
+            num = (ops.to_vertex @ (t * ops.mask[:, None])).cpu().numpy()
+            low_v = screened_solve(system, num / np.maximum(den, 1e-9)[:, None])
+            corr = 0.5 * (low_v[maps.vertex_mirror] - low_v)
+            t = t + (ops.to_texel @ torch.from_numpy(corr.astype(np.float32)).to(dev)
+                     ) * ops.mask[:, None]
+        return t.reshape(tex.shape).cpu().numpy()
+    mask = maps.mask.cpu().numpy().astype(np.float32)
     for _ in range(2):
-        _, low_v = mesh_lowpass(maps, tex, mask, sigma)
+        num = maps.to_vertex @ (np.asarray(tex, np.float32).reshape(s * s, -1)
+                                * mask.reshape(-1)[:, None])
+        low_v = screened_solve(system, num / np.maximum(den, 1e-9)[:, None]).reshape(n, -1)
         corr = 0.5 * (low_v[maps.vertex_mirror] - low_v)
         tex = tex + to_texels(maps, corr) * mask[..., None]
     return tex
