@@ -11,7 +11,9 @@ joined by Laplacian-pyramid blending. The low frequencies are then made left/rig
 
 from __future__ import annotations
 
+import hashlib
 import math
+import threading
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -385,16 +387,42 @@ def complete_texture(albedo: np.ndarray, weight: np.ndarray, maps: UVMaps,
 
 def pad_outside(tex: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Fill the texels outside the atlas from their nearest covered texel (bilinear and
-    mip-mapped lookups at island borders read them)."""
+    mip-mapped lookups at island borders read them).
+
+    Args:
+        tex: ``[S, S, C]``; mask: ``bool [S, S]`` covered texels (an atlas's ``maps.mask``:
+            its nearest-texel index is computed once per mask, :func:`_nearest_covered`).
+    """
     if mask.all() or not mask.any():
         return tex
-    _, lab = cv2.distanceTransformWithLabels((~mask).astype(np.uint8), cv2.DIST_L2, 5,
-                                             labelType=cv2.DIST_LABEL_PIXEL)
-    ys, xs = np.nonzero(mask)
-    src = np.zeros(int(lab.max()) + 1, np.int64)
-    src[lab[ys, xs]] = ys * mask.shape[1] + xs
     flat = tex.reshape(-1, tex.shape[-1])
-    return flat[src[lab.reshape(-1)]].reshape(tex.shape)
+    return flat[_nearest_covered(mask)].reshape(tex.shape)
+
+
+_NEAREST: dict[tuple, np.ndarray] = {}
+_NEAREST_LOCK = threading.Lock()
+
+
+def _nearest_covered(mask: np.ndarray) -> np.ndarray:
+    """``int64 [S * S]``: for each texel the flat index of its nearest covered texel (itself
+    where covered); cached by the mask's bits (an atlas has one mask: a distance transform of
+    1024 x 1024 texels saved twice a photo)."""
+    key = (mask.shape, hashlib.blake2b(np.packbits(mask).tobytes(), digest_size=16).digest())
+    with _NEAREST_LOCK:
+        src = _NEAREST.get(key)
+    if src is None:
+        _, lab = cv2.distanceTransformWithLabels((~mask).astype(np.uint8), cv2.DIST_L2, 5,
+                                                 labelType=cv2.DIST_LABEL_PIXEL)
+        ys, xs = np.nonzero(mask)
+        first = np.zeros(int(lab.max()) + 1, np.int64)
+        first[lab[ys, xs]] = ys * mask.shape[1] + xs
+        src = first[lab.reshape(-1)]
+        src.setflags(write=False)
+        with _NEAREST_LOCK:
+            if len(_NEAREST) >= 8:
+                _NEAREST.clear()
+            _NEAREST[key] = src
+    return src
 
 
 def coverage(weight: np.ndarray, maps: UVMaps, threshold: float = 0.1) -> float:
