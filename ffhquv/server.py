@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ffhquv import metrics, tracing
+from ffhquv.allocator import tune_allocator  # noqa: F401  (re-exported for the services)
 from ffhquv.errors import FfhquvError, status_of
 
 log = logging.getLogger(__name__)
@@ -150,40 +151,6 @@ class RunningServer:
 
     def wait(self) -> None:
         self.server.wait_for_termination()
-
-
-# glibc's mallopt parameters (malloc.h)
-_M_MMAP_THRESHOLD = -3
-_M_ARENA_MAX = -8
-
-
-def tune_allocator(mmap_threshold: int = 1 << 20, arenas: int = 2) -> bool:
-    """Keep a long-running service's resident memory flat (glibc only; elsewhere a no-op that
-    returns False).
-
-    A service that passes multi-megabyte buffers between gRPC's threads and its own (aligned
-    crops, textures, 16 MB export responses) makes glibc raise its mmap threshold after the
-    first large free and then serve later large buffers from per-thread heap arenas, which
-    fragment: the ``serve all`` soak saw the gateway's RSS climb by ~1.7 MB a request. A fixed
-    ``mmap_threshold`` (bytes) returns every buffer at least that large to the system when it
-    is freed, and at most ``arenas`` heap arenas bound the fragmentation of the rest. Called
-    once at start by the CPU services and the gateway (not the fitter, whose many large
-    tensors would then each cost fresh zeroed pages)."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
-    try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):  # no libc, or one without mallopt (not glibc)
-        return False
-    ok = bool(mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)))
-    ok = bool(mallopt(_M_ARENA_MAX, int(arenas))) and ok
-    log.debug("allocator tuned", extra={"mmap_threshold": mmap_threshold, "arenas": arenas,
-                                         "ok": ok})
-    return ok
 
 
 class HealthServicer(health.HealthServicer):

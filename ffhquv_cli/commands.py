@@ -763,7 +763,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.service != "fitter":
         from ffhquv.server import tune_allocator
 
-        tune_allocator()  # flat RSS under load (the fitter keeps glibc's defaults)
+        tune_allocator()  # flat RSS under load (the fitter keeps large freed arrays)
     if args.service in ("detector", "fitter", "eyeball", "exporter"):
         return _serve_service(args)
     if args.service == "gateway":
