@@ -225,3 +225,28 @@ def test_device_path_equals_the_host_path(maps, monkeypatch):
                                atol=5e-5)
     done = complete_texture(albedo, weight, maps).texture
     assert np.abs(done - host_done).max() < 1e-3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="needs a CUDA GPU (run through the device tool)")
+def test_gpu_path_equals_the_host_path(maps):
+    """On a real GPU (an atlas whose tensors live there), the low-pass family gives the host
+    path's results to float32 rounding."""
+    import dataclasses
+
+    import services.fitter.texture.lowpass as lp
+
+    gmaps = dataclasses.replace(maps, mask=maps.mask.cuda())
+    assert lp.ops_device(gmaps) is not None
+    albedo, weight = _photo_like(maps, seed=5)
+    for kw in ({"sigma": S / 24}, {"sigma": S / 32, "prior": np.array([0.6, 0.5, 0.4]),
+                                   "reach": S / 6}):
+        t_h, x_h = lp.mesh_lowpass(maps, albedo, weight, **kw)
+        t_d, x_d = lp.mesh_lowpass(gmaps, albedo, weight, **kw)
+        np.testing.assert_allclose(x_d, x_h, atol=2e-5)
+        np.testing.assert_allclose(t_d, t_h, atol=2e-5)
+    np.testing.assert_allclose(symmetrize_lowfreq(albedo, gmaps, sigma=S / 16),
+                               symmetrize_lowfreq(albedo, maps, sigma=S / 16), atol=5e-5)
+    off = (albedo - 0.5) * weight[..., None]
+    np.testing.assert_allclose(lp.spread_offsets(off, weight, gmaps),
+                               lp.spread_offsets(off, weight, maps), atol=5e-5)
