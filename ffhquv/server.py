@@ -147,6 +147,9 @@ class RunningServer:
     def stop(self, grace: float = 5.0) -> None:
         """Mark NOT_SERVING, then finish in-flight calls for up to ``grace`` seconds."""
         self.health.enter_graceful_shutdown()
+        flush = getattr(self.health, "flush", None)
+        if flush is not None:  # watchers hear NOT_SERVING before their streams end
+            flush(timeout=min(1.0, grace))
         self.server.stop(grace).wait()
 
     def wait(self) -> None:
@@ -154,15 +157,63 @@ class RunningServer:
 
 
 class HealthServicer(health.HealthServicer):
-    """grpc's ``HealthServicer`` that sends Watch updates outside its lock.
+    """grpc's ``HealthServicer`` whose Watch updates are sent by a thread of its own, never
+    by the caller of ``set`` nor under its lock.
 
     grpc's own (grpcio-health-checking 1.85) sends each update while holding its lock, and a
     non-blocking send waits for the server's event thread to finish the write; that thread
     runs a closing Watch's callback, which takes the same lock: a Watch starting (or
     ``set``) while another Watch closes hangs the server for good, ``stop`` included (seen
-    in CI: four gateway watchers on one two-worker server). Here the watchers are copied
-    under the lock and told after it (as grpc/grpc#43403 proposes). A watcher removed in
-    between may get one update more; grpc drops a send on a finished call."""
+    in CI: four gateway watchers on one two-worker server). Sending after the lock (as
+    grpc/grpc#43403 proposes) still left the caller of ``set`` waiting on each write, and a
+    write to a Watch cancelled at that moment was seen never to complete (the fresh-clone run
+    of 2026-12-03: ``set`` waited for good). Here every send (a Watch's first status, each
+    update, the close) is queued under the lock, so the watchers see the statuses in order,
+    and a daemon thread sends them; :meth:`flush` waits until the queue is empty. A watcher
+    removed in between may get one update more; grpc drops a send on a finished call."""
+
+    #: the sender thread ends after this many idle seconds (a new one starts with the next send)
+    IDLE_S = 5.0
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._outbox: list[tuple[Callable, object]] = []
+        self._outbox_cv = threading.Condition()
+        self._sending = 0  # queued and not yet sent
+        self._sender: threading.Thread | None = None
+
+    def _post(self, send: Callable, response) -> None:
+        """Queue one send (callers hold ``self._lock``: the order of the statuses)."""
+        with self._outbox_cv:
+            self._outbox.append((send, response))
+            self._sending += 1
+            if self._sender is None:
+                self._sender = threading.Thread(target=self._send_loop, name="health-send",
+                                                 daemon=True)
+                self._sender.start()
+            self._outbox_cv.notify_all()
+
+    def _send_loop(self) -> None:
+        while True:
+            with self._outbox_cv:
+                if not self._outbox and not self._outbox_cv.wait_for(
+                        lambda: self._outbox, timeout=self.IDLE_S):
+                    self._sender = None
+                    return
+                send, response = self._outbox.pop(0)
+            try:
+                send(response)
+            except Exception:  # noqa: BLE001 - one watcher's failure is not the others'
+                log.debug("health update not sent", exc_info=True)
+            finally:
+                with self._outbox_cv:
+                    self._sending -= 1
+                    self._outbox_cv.notify_all()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued update was sent; False when ``timeout`` passed first."""
+        with self._outbox_cv:
+            return self._outbox_cv.wait_for(lambda: self._sending == 0, timeout=timeout)
 
     def Watch(self, request, context, send_response_callback=None):  # noqa: N802 - grpc's name
         if send_response_callback is None:  # a server without non-blocking streams
@@ -173,17 +224,24 @@ class HealthServicer(health.HealthServicer):
                 service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
             self._send_response_callbacks.setdefault(service, set()).add(send_response_callback)
             context.add_callback(self._on_close_callback(send_response_callback, service))
-        send_response_callback(health_pb2.HealthCheckResponse(status=status))
+            self._post(send_response_callback, health_pb2.HealthCheckResponse(status=status))
         return None
+
+    def _on_close_callback(self, send_response_callback, service):
+        def callback():
+            with self._lock:
+                self._send_response_callbacks[service].discard(send_response_callback)
+                self._post(send_response_callback, None)
+
+        return callback
 
     def set(self, service: str, status: int) -> None:
         with self._lock:
             if self._gracefully_shutting_down:
                 return
             self._server_status[service] = status
-            watchers = list(self._send_response_callbacks.get(service, ()))
-        for send in watchers:
-            send(health_pb2.HealthCheckResponse(status=status))
+            for send in self._send_response_callbacks.get(service, ()):
+                self._post(send, health_pb2.HealthCheckResponse(status=status))
 
     def enter_graceful_shutdown(self) -> None:
         not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -191,12 +249,10 @@ class HealthServicer(health.HealthServicer):
             if self._gracefully_shutting_down:
                 return
             self._gracefully_shutting_down = True
-            watchers = []
             for service in self._server_status:
                 self._server_status[service] = not_serving
-                watchers += self._send_response_callbacks.get(service, ())
-        for send in watchers:
-            send(health_pb2.HealthCheckResponse(status=not_serving))
+                for send in self._send_response_callbacks.get(service, ()):
+                    self._post(send, health_pb2.HealthCheckResponse(status=not_serving))
 
 
 def build_server(

@@ -1,7 +1,9 @@
-"""The services' health servicer (``ffhquv.server.HealthServicer``) tells its watchers outside
-its lock: grpc's own sends while holding it, and a send waits for the server's event thread,
-which may be waiting for that lock to close another Watch (a hang that CI met once, in
-``test_stopped_gateway_keeps_its_loop_open_for_late_grpc_events``)."""
+"""The services' health servicer (``ffhquv.server.HealthServicer``) tells its watchers from a
+thread of its own, outside its lock: grpc's own sends while holding it, and a send waits for
+the server's event thread, which may be waiting for that lock to close another Watch (a hang
+that CI met once, in ``test_stopped_gateway_keeps_its_loop_open_for_late_grpc_events``); and
+a caller of ``set`` waited for good on a write to a Watch cancelled at that moment (this
+file's churn test, once in a fresh clone)."""
 
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ def test_watchers_are_told_outside_the_lock():
     servicer.set("", SERVING)  # ignored after the shutdown began
     for callback in context.callbacks:  # the stream closes
         callback()
+    assert servicer.flush(timeout=30)
     assert told == [(SERVING, False), (NOT_SERVING, False), (NOT_SERVING, False), (None, False)]
     assert other == [(health_pb2.HealthCheckResponse.SERVICE_UNKNOWN, False),
                      (SERVING, False), (NOT_SERVING, False)]
@@ -69,3 +72,26 @@ def test_server_with_churning_watches_stops():
             for call in calls:
                 call.cancel()
     assert server.stop(None).wait(timeout=60)
+
+
+def test_set_never_waits_for_a_watcher():
+    """A watcher whose write does not complete holds neither ``set`` nor the other watchers'
+    order: the caller returns at once, the statuses arrive in order once it is released."""
+    import threading
+
+    servicer = HealthServicer()
+    release = threading.Event()
+    got: list[int | None] = []
+
+    def stuck(response) -> None:
+        release.wait(timeout=30)
+        got.append(None if response is None else response.status)
+
+    servicer.Watch(health_pb2.HealthCheckRequest(), _Context(), stuck)
+    for status in (NOT_SERVING, SERVING, NOT_SERVING):
+        servicer.set("", status)  # returns although the first write is still waiting
+    assert not servicer.flush(timeout=0.05)
+    release.set()
+    assert servicer.flush(timeout=30)
+    assert got == [SERVING, NOT_SERVING, SERVING,  # the first: the status when it began
+                   NOT_SERVING]
