@@ -10,8 +10,8 @@ Where the atlas lives on a GPU (``maps.mask.is_cuda``: the fitter's device) the 
 vertex products, over every texel of the atlas, run there as torch sparse CSR products
 (:class:`DeviceOps`), taking and returning numpy arrays as on the host; the surface solve,
 on the mesh's few thousand vertices, stays on the host (scipy's ``splu``, a few milliseconds).
-The symmetrisation's system depends on the atlas alone: it is factorised once per atlas and
-scale (:func:`_mask_system`). Both paths agree to float32 rounding
+The symmetrisation's system depends on the atlas alone: factorised once for its two passes
+(:func:`_mask_system`). Both paths agree to float32 rounding
 (``tests/test_texture_seams.py``).
 """
 
@@ -50,8 +50,6 @@ class DeviceOps:
     mask: Tensor
 
 
-_OPS: dict[tuple[int, str], DeviceOps] = {}
-_SYSTEMS: dict[tuple[int, float], tuple[np.ndarray, ScreenedFactor]] = {}
 _LOCK = threading.Lock()
 
 
@@ -66,13 +64,22 @@ def _csr(m, device: torch.device) -> Tensor:
             check_invariants=False).to(device)
 
 
+def _cache(maps: UVMaps) -> dict:
+    """This atlas's own cache of derived operators (lives and dies with ``maps``)."""
+    c = maps.__dict__.get("_lowpass_cache")
+    if c is None:
+        c = maps.__dict__.setdefault("_lowpass_cache", {})
+    return c
+
+
 def device_ops(maps: UVMaps, device: torch.device) -> DeviceOps:
     """The cached :class:`DeviceOps` of ``maps`` on ``device``."""
-    key = (id(maps), str(device))
+    key = ("ops", str(device))
     with _LOCK:
-        ops = _OPS.get(key)
+        cache = _cache(maps)
+        ops = cache.get(key)
         if ops is None:
-            ops = _OPS[key] = DeviceOps(
+            ops = cache[key] = DeviceOps(
                 to_texel=_csr(maps.to_texel, device), to_vertex=_csr(maps.to_vertex, device),
                 mask=maps.mask.reshape(-1).to(device, torch.float32))
     return ops
@@ -90,20 +97,22 @@ def _length(maps: UVMaps, sigma: float) -> float:
 
 def _mask_system(maps: UVMaps, sigma: float) -> tuple[np.ndarray, ScreenedFactor]:
     """``(den [N] float32, factor)`` of :func:`mesh_lowpass` weighted by the atlas's mask at
-    ``sigma``: the texel weight gathered on each vertex and the factorised surface system,
-    which depend on the atlas and the scale only (cached)."""
-    key = (id(maps), float(sigma))
+    ``sigma``: the texel weight gathered on each vertex (cached with the atlas) and the
+    factorised surface system (made per call, for the two passes of
+    :func:`symmetrize_lowfreq`: scipy's ``SuperLU`` kept from one call to the next left a
+    process unable to flush stdout at exit, "TypeError: an integer is required", exit 120)."""
+    key = ("mask_weight", float(sigma))
     with _LOCK:
-        hit = _SYSTEMS.get(key)
+        hit = _cache(maps).get(key)
     if hit is None:
         w = maps.mask.cpu().numpy().astype(np.float32).reshape(-1)
         den = maps.to_vertex @ w
         foot = maps.footprint
-        wv = np.where(foot > 1e-9, den / np.maximum(foot, 1e-9), 0.0)
-        hit = (den, screened_factor(maps.laplacian, wv, _length(maps, sigma)))
+        hit = (den, np.where(foot > 1e-9, den / np.maximum(foot, 1e-9), 0.0))
         with _LOCK:
-            _SYSTEMS[key] = hit
-    return hit
+            _cache(maps)[key] = hit
+    den, wv = hit
+    return den, screened_factor(maps.laplacian, wv, _length(maps, sigma))
 
 
 def _up(a: np.ndarray, dev: torch.device, s: int) -> Tensor:
