@@ -21,7 +21,7 @@ import math
 import os
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -82,6 +82,9 @@ class UVMaps:
             the pole of the hair strands' directions.
         iod: the mean shape's inter-ocular distance (outer eye corners, landmarks 36 / 45) in
             model units: photo pixels measured in it map onto the head.
+        derived: what the texture code derives from these maps once and keeps with them
+            (the low-pass's device operators and mask weights, ``pad_outside``'s index),
+            keyed by its user.
     """
 
     size: int
@@ -104,6 +107,7 @@ class UVMaps:
     hair_zone_long: np.ndarray
     head_centre: np.ndarray
     iod: float = 1.0
+    derived: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 _UV_CACHE: dict[tuple, UVMaps] = {}

@@ -11,9 +11,7 @@ joined by Laplacian-pyramid blending. The low frequencies are then made left/rig
 
 from __future__ import annotations
 
-import hashlib
 import math
-import threading
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -352,7 +350,7 @@ def complete_texture(albedo: np.ndarray, weight: np.ndarray, maps: UVMaps,
     template, _ = mesh_lowpass(maps, comb, sw * bright, sigma=s / 24, prior=skin_color,
                                reach=s / 4)
     template = skin_hue(template, skin_color)
-    template = pad_outside(template, mask)
+    template = pad_outside(template, maps)
     # texels near a seam take the template: the photo detail on one side of a seam has no
     # counterpart on the other
     fade = maps.seam_fade
@@ -385,44 +383,29 @@ def complete_texture(albedo: np.ndarray, weight: np.ndarray, maps: UVMaps,
                             skin_color=np.asarray(skin_color, np.float32))
 
 
-def pad_outside(tex: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def pad_outside(tex: np.ndarray, maps: UVMaps) -> np.ndarray:
     """Fill the texels outside the atlas from their nearest covered texel (bilinear and
     mip-mapped lookups at island borders read them).
 
     Args:
-        tex: ``[S, S, C]``; mask: ``bool [S, S]`` covered texels (an atlas's ``maps.mask``:
-            its nearest-texel index is computed once per mask, :func:`_nearest_covered`).
+        tex: ``[S, S, C]``; maps: its atlas (the nearest covered texel of every texel is
+            found once per atlas and kept in ``maps.derived``).
     """
-    if mask.all() or not mask.any():
-        return tex
-    flat = tex.reshape(-1, tex.shape[-1])
-    return flat[_nearest_covered(mask)].reshape(tex.shape)
-
-
-_NEAREST: dict[tuple, np.ndarray] = {}
-_NEAREST_LOCK = threading.Lock()
-
-
-def _nearest_covered(mask: np.ndarray) -> np.ndarray:
-    """``int64 [S * S]``: for each texel the flat index of its nearest covered texel (itself
-    where covered); cached by the mask's bits (an atlas has one mask: a distance transform of
-    1024 x 1024 texels saved twice a photo)."""
-    key = (mask.shape, hashlib.blake2b(np.packbits(mask).tobytes(), digest_size=16).digest())
-    with _NEAREST_LOCK:
-        src = _NEAREST.get(key)
+    src = maps.derived.get("pad_outside")
     if src is None:
-        _, lab = cv2.distanceTransformWithLabels((~mask).astype(np.uint8), cv2.DIST_L2, 5,
-                                                 labelType=cv2.DIST_LABEL_PIXEL)
-        ys, xs = np.nonzero(mask)
-        first = np.zeros(int(lab.max()) + 1, np.int64)
-        first[lab[ys, xs]] = ys * mask.shape[1] + xs
-        src = first[lab.reshape(-1)]
+        mask = maps.mask.cpu().numpy()
+        if mask.all() or not mask.any():
+            src = np.arange(mask.size)
+        else:
+            _, lab = cv2.distanceTransformWithLabels((~mask).astype(np.uint8), cv2.DIST_L2, 5,
+                                                     labelType=cv2.DIST_LABEL_PIXEL)
+            ys, xs = np.nonzero(mask)
+            first = np.zeros(int(lab.max()) + 1, np.int64)
+            first[lab[ys, xs]] = ys * mask.shape[1] + xs
+            src = first[lab.reshape(-1)]
         src.setflags(write=False)
-        with _NEAREST_LOCK:
-            if len(_NEAREST) >= 8:
-                _NEAREST.clear()
-            _NEAREST[key] = src
-    return src
+        maps.derived["pad_outside"] = src
+    return tex.reshape(-1, tex.shape[-1])[src].reshape(tex.shape)
 
 
 def coverage(weight: np.ndarray, maps: UVMaps, threshold: float = 0.1) -> float:

@@ -64,22 +64,13 @@ def _csr(m, device: torch.device) -> Tensor:
             check_invariants=False).to(device)
 
 
-def _cache(maps: UVMaps) -> dict:
-    """This atlas's own cache of derived operators (lives and dies with ``maps``)."""
-    c = maps.__dict__.get("_lowpass_cache")
-    if c is None:
-        c = maps.__dict__.setdefault("_lowpass_cache", {})
-    return c
-
-
 def device_ops(maps: UVMaps, device: torch.device) -> DeviceOps:
     """The cached :class:`DeviceOps` of ``maps`` on ``device``."""
-    key = ("ops", str(device))
+    key = ("lowpass_ops", str(device))
     with _LOCK:
-        cache = _cache(maps)
-        ops = cache.get(key)
+        ops = maps.derived.get(key)
         if ops is None:
-            ops = cache[key] = DeviceOps(
+            ops = maps.derived[key] = DeviceOps(
                 to_texel=_csr(maps.to_texel, device), to_vertex=_csr(maps.to_vertex, device),
                 mask=maps.mask.reshape(-1).to(device, torch.float32))
     return ops
@@ -97,22 +88,30 @@ def _length(maps: UVMaps, sigma: float) -> float:
 
 def _mask_system(maps: UVMaps, sigma: float) -> tuple[np.ndarray, ScreenedFactor]:
     """``(den [N] float32, factor)`` of :func:`mesh_lowpass` weighted by the atlas's mask at
-    ``sigma``: the texel weight gathered on each vertex (cached with the atlas) and the
+    ``sigma``: the texel weight gathered on each vertex (kept in ``maps.derived``) and the
     factorised surface system (made per call, for the two passes of
     :func:`symmetrize_lowfreq`: scipy's ``SuperLU`` kept from one call to the next left a
     process unable to flush stdout at exit, "TypeError: an integer is required", exit 120)."""
-    key = ("mask_weight", float(sigma))
+    key = ("lowpass_mask_weight", float(sigma))
     with _LOCK:
-        hit = _cache(maps).get(key)
-    if hit is None:
-        w = maps.mask.cpu().numpy().astype(np.float32).reshape(-1)
-        den = maps.to_vertex @ w
-        foot = maps.footprint
-        hit = (den, np.where(foot > 1e-9, den / np.maximum(foot, 1e-9), 0.0))
+        den = maps.derived.get(key)
+    if den is None:
+        den = maps.to_vertex @ maps.mask.cpu().numpy().astype(np.float32).reshape(-1)
         with _LOCK:
-            _cache(maps)[key] = hit
-    den, wv = hit
-    return den, screened_factor(maps.laplacian, wv, _length(maps, sigma))
+            maps.derived[key] = den
+    return den, screened_factor(maps.laplacian, _vertex_weight(maps, den), _length(maps, sigma))
+
+
+def _vertex_weight(maps: UVMaps, den: np.ndarray) -> np.ndarray:
+    """``[N]`` mean texel weight around each vertex from the gathered weight ``den [N]`` (0
+    for vertices that cover no texel)."""
+    foot = maps.footprint
+    return np.where(foot > 1e-9, den / np.maximum(foot, 1e-9), 0.0)
+
+
+def _mean(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """``num [N, C] / den [N]``: the weighted mean of the gathered texels."""
+    return num / np.maximum(den, 1e-9)[:, None]
 
 
 def _up(a: np.ndarray, dev: torch.device, s: int) -> Tensor:
@@ -136,9 +135,7 @@ def to_vertices(maps: UVMaps, img: np.ndarray, weight: np.ndarray
     w = np.asarray(weight, np.float32).reshape(s * s)
     num = maps.to_vertex @ (np.asarray(img, np.float32).reshape(s * s, -1) * w[:, None])
     den = maps.to_vertex @ w
-    foot = maps.footprint
-    vals = num / np.maximum(den, 1e-9)[:, None]
-    return vals, np.where(foot > 1e-9, den / np.maximum(foot, 1e-9), 0.0)
+    return _mean(num, den), _vertex_weight(maps, den)
 
 
 def to_texels(maps: UVMaps, values: np.ndarray) -> np.ndarray:
@@ -172,9 +169,7 @@ def mesh_lowpass(maps: UVMaps, img: np.ndarray, weight: np.ndarray, sigma: float
         w_t = _up(weight, dev, s)
         num = ops.to_vertex @ (_up(img, dev, s).reshape(s * s, -1) * w_t[:, None])
         den = (ops.to_vertex @ w_t[:, None])[:, 0].cpu().numpy()
-        foot = maps.footprint
-        vals = num.cpu().numpy() / np.maximum(den, 1e-9)[:, None]
-        wv = np.where(foot > 1e-9, den / np.maximum(foot, 1e-9), 0.0)
+        vals, wv = _mean(num.cpu().numpy(), den), _vertex_weight(maps, den)
     else:
         vals, wv = to_vertices(maps, img, weight)
     x = screened_smooth(maps.laplacian, vals, wv, _length(maps, sigma), prior=prior,
@@ -209,7 +204,7 @@ def symmetrize_lowfreq(tex: np.ndarray, maps: UVMaps, sigma: float) -> np.ndarra
         t = _up(tex, dev, s)
         for _ in range(2):
             num = (ops.to_vertex @ (t * ops.mask[:, None])).cpu().numpy()
-            low_v = screened_solve(system, num / np.maximum(den, 1e-9)[:, None])
+            low_v = screened_solve(system, _mean(num, den))
             corr = 0.5 * (low_v[maps.vertex_mirror] - low_v)
             t = t + (ops.to_texel @ torch.from_numpy(corr.astype(np.float32)).to(dev)
                      ) * ops.mask[:, None]
@@ -218,7 +213,7 @@ def symmetrize_lowfreq(tex: np.ndarray, maps: UVMaps, sigma: float) -> np.ndarra
     for _ in range(2):
         num = maps.to_vertex @ (np.asarray(tex, np.float32).reshape(s * s, -1)
                                 * mask.reshape(-1)[:, None])
-        low_v = screened_solve(system, num / np.maximum(den, 1e-9)[:, None]).reshape(n, -1)
+        low_v = screened_solve(system, _mean(num, den)).reshape(n, -1)
         corr = 0.5 * (low_v[maps.vertex_mirror] - low_v)
         tex = tex + to_texels(maps, corr) * mask[..., None]
     return tex

@@ -93,7 +93,7 @@ class UnwrapTextureSource:
             tex = (done.texture * (1 - m) + hair.color * m).astype(np.float32)
             # texels outside the islands again from their nearest covered texel (bilinear and
             # mip-mapped lookups at island borders read them: no skin-coloured seam lines)
-            done.texture = pad_outside(tex, maps.mask.cpu().numpy())
+            done.texture = pad_outside(tex, maps)
             done.hair = hair.info
             done.hair_matte = hair.matte
             return done
