@@ -12,7 +12,12 @@ from PIL import Image
 
 from ffhquv.errors import InvalidInput, NoFace, PreconditionFailed
 from services.detector import align
-from services.detector.core import SHAPE_PREDICTOR_FILE, Detector, models_directory
+from services.detector.core import (
+    SHAPE_PREDICTOR_FILE,
+    Detector,
+    hog_detector,
+    models_directory,
+)
 from services.detector.masks import ParseLabel
 from tests.conftest import REF_PHOTOS
 from tests.test_detector_decode import encode
@@ -143,6 +148,21 @@ def test_concurrent_calls_agree(detector, astronaut_rgb, astronaut_res):
     assert not errors and len(out) == 4
     for lm in out:
         np.testing.assert_array_equal(lm, astronaut_res.faces[0].landmarks)
+
+
+def test_hog_copies_find_what_dlib_finds(two_faces):
+    """Each thread's unpickled HOG detector is its own object and finds the same boxes with
+    the same scores as dlib's freshly built one."""
+    a, b = hog_detector(), hog_detector()
+    assert a is not b
+    img = np.ascontiguousarray(two_faces)
+    want = dlib.get_frontal_face_detector().run(img, 1, 0.0)
+    for det in (a, b):
+        rects, scores, idx = det.run(img, 1, 0.0)
+        assert [(r.left(), r.top(), r.right(), r.bottom()) for r in rects] == \
+            [(r.left(), r.top(), r.right(), r.bottom()) for r in want[0]]
+        assert list(scores) == list(want[1]) and list(idx) == list(want[2])
+    assert len(want[0]) == 2
 
 
 # ----------------------------------------------------------------------------- reference photos
