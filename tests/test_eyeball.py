@@ -336,3 +336,23 @@ def test_warm_builds_the_texture_layers_a_request_uses():
     warm = texture.eyeball_texture((90, 120, 160), 128)
     assert texture._eyeball_layers.cache_info().misses == misses
     np.testing.assert_array_equal(cold, warm)
+
+
+def test_texture_layers_kept_on_disk(tmp_path, monkeypatch):
+    """A new process loads the layers the first one drew (same texture to the bit); a
+    damaged file is drawn again and replaced; nothing temporary is left."""
+    from services.eyeball import texture
+
+    monkeypatch.setenv("FFHQUV_CACHE_DIR", str(tmp_path))
+    texture._eyeball_layers.cache_clear()
+    drawn = texture.eyeball_texture((90, 120, 160), 96)
+    (path,) = (tmp_path / "eyeball").glob("layers-*.npz")
+    texture._eyeball_layers.cache_clear()  # as a new process
+    loaded = texture.eyeball_texture((90, 120, 160), 96)
+    np.testing.assert_array_equal(drawn, loaded)
+    assert not texture._eyeball_layers(96, texture.DEFAULT_SEED)[0].flags.writeable
+    path.write_bytes(b"not an npz")
+    texture._eyeball_layers.cache_clear()
+    np.testing.assert_array_equal(texture.eyeball_texture((90, 120, 160), 96), drawn)
+    assert sorted(p.name for p in (tmp_path / "eyeball").iterdir()) == [path.name]
+    texture._eyeball_layers.cache_clear()

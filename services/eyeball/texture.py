@@ -8,13 +8,20 @@ and shows the direction with ``sin(theta / 2) = 2 * |(u, v) - 0.5|``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
+import logging
 import math
+import os
+import threading
+from pathlib import Path
 
 import cv2
 import numpy as np
 
 from ffhquv import vocab
+from ffhquv.config import cache_dir
 from services.eyeball.iris import (  # noqa: F401  (re-exported: the iris colour API)
     DEFAULT_IRIS_RGB,
     LEFT_EYE,
@@ -30,6 +37,8 @@ from services.eyeball.mesh import LIMBUS_ANGLE, PUPIL_FRACTION
 VEIN_RGB = np.array([182.0, 70.0, 66.0])
 BACK_RGB = np.array([196.0, 140.0, 130.0])
 DEFAULT_SEED = 7  # of the veins and iris fibres
+
+log = logging.getLogger(__name__)
 
 
 def _smoothstep(e0: float, e1: float, x: np.ndarray) -> np.ndarray:
@@ -74,7 +83,66 @@ def warm(size: int = vocab.TEXTURE_SIZE_DEFAULT) -> None:
 @functools.lru_cache(maxsize=4)
 def _eyeball_layers(s: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``(A, B)``, each read-only ``float32 [S, S, 3]``: the eyeball texture before rounding is
-    ``iris_rgb * A + B``."""
+    ``iris_rgb * A + B``. Kept on disk under ``<FFHQUV_CACHE_DIR>/eyeball/`` (keyed by the
+    code that draws them, the size and the seed): drawing them costs each new process about
+    1.5 s (2.6 s on a busy host, each of a folder's workers), loading them milliseconds."""
+    path = cache_dir() / "eyeball" / f"layers-{_layers_key(s, seed)}.npz"
+    layers = _load_layers(path, s)
+    if layers is None:
+        layers = _draw_layers(s, seed)
+        _save_layers(path, layers)
+    for x in layers:
+        x.flags.writeable = False
+    return layers
+
+
+def _layers_key(s: int, seed: int) -> str:
+    """What the layers are drawn from: this module's source, the eye geometry's and the iris
+    colours' (:mod:`services.eyeball.mesh`, :mod:`services.eyeball.iris`), numpy's major
+    version (its random streams), the size and the seed."""
+    from services.eyeball import iris, mesh
+
+    h = hashlib.sha256()
+    for f in (__file__, mesh.__file__, iris.__file__):
+        h.update(Path(f).read_bytes())
+    h.update(f"{np.__version__.split('.')[0]}|{s}|{seed}".encode())
+    return h.hexdigest()[:32]
+
+
+def _load_layers(path: Path, s: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The layers saved at ``path``, or None when absent or unreadable (drawn again)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as z:
+            a, b = z["a"], z["b"]
+        if a.shape != (s, s, 3) or b.shape != (s, s, 3):
+            raise ValueError(f"layer shapes {a.shape}, {b.shape}")
+    except (OSError, ValueError, KeyError, EOFError) as e:
+        log.warning("eyeball layer cache unreadable, drawing again",
+                    extra={"path": str(path), "error": str(e)})
+        return None
+    return a.astype(np.float32, copy=False), b.astype(np.float32, copy=False)
+
+
+def _save_layers(path: Path, layers: tuple[np.ndarray, np.ndarray]) -> None:
+    """Write the layers to ``path`` (a temporary sibling moved into place); a cache that
+    cannot be written is logged and skipped."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            np.savez(f, a=layers[0], b=layers[1])
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        log.info("eyeball layer cache not written (drawn again by each new process)",
+                 extra={"path": str(path), "error": str(e)})
+
+
+def _draw_layers(s: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The layers of :func:`_eyeball_layers`, drawn (writable arrays)."""
     rng = np.random.default_rng(seed)
     jj, ii = np.meshgrid(np.arange(s), np.arange(s))
     du = (jj + 0.5) / s - 0.5
@@ -142,7 +210,5 @@ def _eyeball_layers(s: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     pupil = _smoothstep(PUPIL_FRACTION + 0.02, PUPIL_FRACTION - 0.02, rho)[..., None]
     a = np.broadcast_to(a * (1 - pupil), (s, s, 3)).astype(np.float32)
     b = (b * (1 - pupil) + np.array([8.0, 7.0, 7.0]) * pupil).astype(np.float32)
-    a.flags.writeable = False
-    b.flags.writeable = False
-    return a, b
+    return np.ascontiguousarray(a), b
 
