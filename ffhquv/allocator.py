@@ -7,6 +7,9 @@ no-ops that return False).
   so the next was mapped and zero-filled page by page again: on cpu2 10 of 55 CPU seconds of
   three warm photos went to page faults. With the threshold fixed at 32 MiB (glibc's maximum)
   the freed arrays are reused from the heap (6 s, 10 % less wall time, ~0.3 GB more resident).
+  Fixing it also fixes the trim threshold (glibc keeps it at twice the mmap threshold only while
+  it adjusts both), which then stayed at 128 KiB: each thread's arena gave its freed top back
+  and faulted it in again; it is set to twice the mmap threshold, as glibc would.
 - :func:`tune_allocator`, the CPU services and the gateway (``ffhquv serve``, after the
   above): their multi-megabyte buffers pass between gRPC's threads and their own, and
   per-thread heap arenas fragmented (the ``serve all`` soak saw the gateway's RSS climb ~1.7 MB
@@ -25,6 +28,7 @@ import os
 log = logging.getLogger(__name__)
 
 # glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
 
@@ -41,11 +45,15 @@ def _mallopt():
 
 def keep_large_freed(mmap_threshold: int = 32 << 20) -> bool:
     """Serve freed blocks below ``mmap_threshold`` bytes (glibc's most: 32 MiB) from the heap
-    again instead of unmapping them; nothing when the environment sets ``MALLOC_*``."""
+    again instead of unmapping them, and keep up to twice that free at the top of an arena
+    (the trim threshold); nothing when the environment sets ``MALLOC_*``."""
     if any(k.startswith("MALLOC_") for k in os.environ):
         return False
     mallopt = _mallopt()
-    return bool(mallopt is not None and mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)))
+    if mallopt is None:
+        return False
+    ok = bool(mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)))
+    return bool(mallopt(_M_TRIM_THRESHOLD, 2 * int(mmap_threshold))) and ok
 
 
 def tune_allocator(mmap_threshold: int = 1 << 20, arenas: int = 2) -> bool:
