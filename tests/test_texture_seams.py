@@ -189,6 +189,49 @@ def test_atlas_disk_cache_gives_the_built_maps(model, tmp_path, monkeypatch):
         assert "pos_mean" in z.files
 
 
+def test_atlas_derived_arrays_kept_beside_it(model, tmp_path, monkeypatch):
+    """What the texture code derives from an atlas alone (the hair's strand noise) is made
+    once: a new process reads it from beside the atlas; other code is another file; maps
+    outside the disk cache keep it in memory only."""
+    from services.fitter.texture import atlas, hair
+
+    monkeypatch.setenv("FFHQUV_CACHE_DIR", str(tmp_path))
+    be, size = get_backend("cpu"), 64
+    monkeypatch.setattr(atlas, "_UV_CACHE", {})
+    first = uv_maps(model, size, be)
+    strands = hair._atlas_strands(first)
+    want = hair.strand_noise(first.pos_mean.cpu().numpy(), first.head_centre)
+    np.testing.assert_array_equal(strands, want)
+    assert not strands.flags.writeable and hair._atlas_strands(first) is strands
+    (saved,) = (tmp_path / "atlas").glob(f"{first.disk_key}-hair-strands-*.npz")
+    monkeypatch.setattr(atlas, "_UV_CACHE", {})  # as a new process
+
+    def no_build():
+        raise AssertionError("built again")
+
+    second = uv_maps(model, size, be)
+    assert second is not first and second.disk_key == first.disk_key
+    (read,) = atlas.derived_arrays(second, "hair-strands", no_build, (hair.__file__,))
+    np.testing.assert_array_equal(read, want)
+    built = []
+    atlas.derived_arrays(second, "x", lambda: built.append(1) or (want,), (atlas.__file__,))
+    atlas.derived_arrays(second, "x", no_build, (atlas.__file__,))  # memory
+    assert built == [1] and len(list((tmp_path / "atlas").glob("*-x-*.npz"))) == 1
+    saved.write_bytes(b"damaged")
+    third = atlas.UVMaps(**{f: getattr(second, f) for f in (
+        "size", "mask", "pos_mean", "skin", "face", "mirror", "has_mirror", "to_texel",
+        "to_vertex", "footprint", "laplacian", "vertex_mirror", "texel_len", "seam_fade",
+        "forehead", "central_face", "hair_zone", "hair_zone_long", "head_centre", "iod")})
+    assert third.disk_key == ""
+    np.testing.assert_array_equal(hair._atlas_strands(third), want)  # memory only
+    assert saved.read_bytes() == b"damaged"
+    second.derived.clear()
+    np.testing.assert_array_equal(hair._atlas_strands(second), want)  # built, file replaced
+    with np.load(saved) as z:
+        np.testing.assert_array_equal(z["a0"], want)
+    assert not list((tmp_path / "atlas").glob(".*.tmp"))
+
+
 def test_atlas_builds_when_its_cache_cannot_be_written(model, tmp_path, monkeypatch):
     """A cache folder that cannot take the atlas (a read-only image in k8s; here ``atlas`` is
     a file) costs the build, not the fit."""

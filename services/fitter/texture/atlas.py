@@ -83,8 +83,10 @@ class UVMaps:
         iod: the mean shape's inter-ocular distance (outer eye corners, landmarks 36 / 45) in
             model units: photo pixels measured in it map onto the head.
         derived: what the texture code derives from these maps once and keeps with them
-            (the low-pass's device operators and mask weights, ``pad_outside``'s index),
-            keyed by its user.
+            (the low-pass's device operators and mask weights, ``pad_outside``'s index, the
+            hair's head angles and strand noise: :func:`derived_arrays`), keyed by its user.
+        disk_key: the key of these maps in the disk cache (:func:`_disk_key`); ``""`` for
+            maps made elsewhere (then :func:`derived_arrays` keeps its arrays in memory only).
     """
 
     size: int
@@ -108,6 +110,7 @@ class UVMaps:
     head_centre: np.ndarray
     iod: float = 1.0
     derived: dict = field(default_factory=dict, repr=False, compare=False)
+    disk_key: str = field(default="", repr=False, compare=False)
 
 
 _UV_CACHE: dict[tuple, UVMaps] = {}
@@ -130,11 +133,13 @@ def uv_maps(model: FaceModel, size: int, backend) -> UVMaps:
     from ffhquv.render.raster import get_backend
 
     backend = backend or get_backend(model.device)
-    path = cache_dir() / "atlas" / f"{_disk_key(model, size, backend)}.npz"
+    disk_key = _disk_key(model, size, backend)
+    path = cache_dir() / "atlas" / f"{disk_key}.npz"
     maps = _load_maps(path, model, size)
     if maps is None:
         maps = _build_maps(model, size, backend)
-        _save_maps(path, maps)
+        _save_arrays(path, _maps_arrays(maps))
+    maps.disk_key = disk_key
     with _UV_LOCK:
         _UV_CACHE[key] = maps
     return maps
@@ -165,15 +170,69 @@ def _disk_key(model: FaceModel, size: int, backend) -> str:
     return h.hexdigest()[:32]
 
 
-def _save_maps(path: Path, maps: UVMaps) -> None:
-    """Write ``maps`` to ``path`` (a temporary sibling moved into place); a cache that cannot
-    be written is logged and skipped."""
+def _maps_arrays(maps: UVMaps) -> dict[str, np.ndarray]:
+    """What of ``maps`` is saved (the rest is derived again on load)."""
     arrays = {k: getattr(maps, k).detach().cpu().numpy() for k in _SAVED_TENSORS}
     arrays.update({k: np.asarray(getattr(maps, k)) for k in _SAVED_ARRAYS})
     t = maps.to_texel
     arrays.update(texel_data=t.data, texel_indices=t.indices, texel_indptr=t.indptr,
                   texel_shape=np.asarray(t.shape), texel_len=np.float64(maps.texel_len),
                   iod=np.float64(maps.iod))
+    return arrays
+
+
+def derived_arrays(maps: UVMaps, name: str, build, code: tuple[str, ...] = ()
+                   ) -> tuple[np.ndarray, ...]:
+    """``build()``'s arrays, made once per atlas (they depend on the model and the size, not on
+    a photo): from ``maps.derived``, else from the disk cache beside the atlas (keyed by the
+    atlas, ``name`` and the source files ``code`` that build them), else built and saved.
+
+    Args:
+        maps: the atlas; ``maps.disk_key == ""`` keeps the arrays in memory only.
+        name: what they are (a file-name part, unique among the atlas's users).
+        build: ``() -> tuple[np.ndarray, ...]``.
+        code: paths of the modules whose source decides the arrays (e.g. ``__file__``).
+    Returns:
+        The arrays, read-only.
+    """
+    hit = maps.derived.get(("arrays", name))
+    if hit is not None:
+        return hit
+    arrays = None
+    path = None
+    if maps.disk_key:
+        h = hashlib.sha256()
+        for f in code:
+            h.update(Path(f).read_bytes())
+        path = cache_dir() / "atlas" / f"{maps.disk_key}-{name}-{h.hexdigest()[:16]}.npz"
+        arrays = _load_arrays(path)
+    if arrays is None:
+        arrays = tuple(np.asarray(a) for a in build())
+        if path is not None:
+            _save_arrays(path, {f"a{i}": a for i, a in enumerate(arrays)})
+    for a in arrays:
+        a.flags.writeable = False
+    maps.derived[("arrays", name)] = arrays
+    return arrays
+
+
+def _load_arrays(path: Path) -> tuple[np.ndarray, ...] | None:
+    """The arrays of :func:`derived_arrays` saved at ``path``; None when absent or unreadable
+    (built again and the file replaced)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as z:
+            return tuple(z[f"a{i}"] for i in range(len(z.files)))
+    except (OSError, ValueError, KeyError, EOFError) as e:
+        log.warning("atlas cache unreadable, building again",
+                    extra={"path": str(path), "error": str(e)})
+        return None
+
+
+def _save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` to ``path`` (a temporary sibling moved into place); a cache that
+    cannot be written is logged and skipped."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from ffhquv.imaging import LUMA
-from services.fitter.texture.atlas import UVMaps
+from services.fitter.texture.atlas import UVMaps, derived_arrays
 from services.fitter.texture.lowpass import mesh_lowpass
 
 HAIR_RATIO = (0.7, 0.85)
@@ -223,13 +222,14 @@ def hair_swatch(hires: np.ndarray, hair: np.ndarray, iod_px: float, seed: int = 
 def _head_angles(maps: UVMaps) -> tuple[np.ndarray, np.ndarray, float]:
     """``(around, down, radius)`` of every texel of ``maps`` (:func:`head_angles` from
     ``maps.head_centre``) and the scalp's median distance from the centre; made once per
-    atlas."""
-    def build() -> tuple[np.ndarray, np.ndarray, float]:
+    atlas (:func:`~services.fitter.texture.atlas.derived_arrays`)."""
+    def build() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         around, down, r = head_angles(maps.pos_mean.cpu().numpy(), maps.head_centre)
         scalp = maps.hair_zone > 0.5
-        return around, down, float(np.median(r[scalp] if scalp.any() else r))
+        return around, down, np.float64(np.median(r[scalp] if scalp.any() else r))
 
-    return _per_atlas("angles", maps, build)
+    around, down, radius = derived_arrays(maps, "hair-angles", build, (__file__,))
+    return around, down, float(radius)
 
 
 def swatch_on_head(swatch: np.ndarray, maps: UVMaps) -> np.ndarray:
@@ -246,29 +246,11 @@ def swatch_on_head(swatch: np.ndarray, maps: UVMaps) -> np.ndarray:
     return cv2.remap(swatch, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP)
 
 
-_PER_ATLAS: dict[tuple[str, int], tuple[UVMaps, object]] = {}
-_PER_ATLAS_LOCK = threading.Lock()
-
-
-def _per_atlas(name: str, maps: UVMaps, build):
-    """``build()``'s result, made once per atlas (it depends on the model and the size, not
-    on the photo) and kept under ``name``."""
-    key = (name, id(maps))
-    with _PER_ATLAS_LOCK:
-        hit = _PER_ATLAS.get(key)
-        if hit is not None and hit[0] is maps:
-            return hit[1]
-    value = build()
-    with _PER_ATLAS_LOCK:
-        _PER_ATLAS[key] = (maps, value)
-    return value
-
-
 def _atlas_strands(maps: UVMaps) -> np.ndarray:
     """:func:`strand_noise` at every texel of ``maps`` (``float32 [S, S]``), made once per
-    atlas."""
-    return _per_atlas("strands", maps,
-                      lambda: strand_noise(maps.pos_mean.cpu().numpy(), maps.head_centre))
+    atlas and kept on disk beside it (about 1.1 s to make, each new process)."""
+    return derived_arrays(maps, "hair-strands", lambda: (
+        strand_noise(maps.pos_mean.cpu().numpy(), maps.head_centre),), (__file__,))[0]
 
 
 def hair_info(stats: dict) -> dict:
