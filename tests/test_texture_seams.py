@@ -247,9 +247,11 @@ def test_atlas_builds_when_its_cache_cannot_be_written(model, tmp_path, monkeypa
 
 def test_device_path_equals_the_host_path(maps, monkeypatch):
     """The low-pass family's torch path (taken where the atlas lives on a GPU: sparse CSR
-    products, a dense Cholesky solve) gives the host path's results (scipy, splu) to float32
-    rounding: run here on the CPU by pointing the dispatch at it. The whole completion too."""
+    products) gives the host path's results (scipy) to float32 rounding: run here on the CPU
+    by pointing the dispatch at it. The whole completion too, its image filters as the GPU
+    runs them (operator matrices, ``imageops.FORCE_MATRICES``)."""
     import services.fitter.texture.lowpass as lp
+    from services.fitter.texture import imageops
 
     albedo, weight = _photo_like(maps, seed=3)
     prior = np.array([0.6, 0.5, 0.4])
@@ -266,8 +268,16 @@ def test_device_path_equals_the_host_path(maps, monkeypatch):
         np.testing.assert_allclose(t_d, t_h, atol=2e-5)
     np.testing.assert_allclose(symmetrize_lowfreq(albedo, maps, sigma=S / 16), host_sym,
                                atol=5e-5)
-    done = complete_texture(albedo, weight, maps).texture
-    assert np.abs(done - host_done).max() < 1e-3
+    skin = (weight * (maps.skin.numpy() > 0.5)).astype(np.float32)
+    host_skin = complete_texture(albedo, weight, maps, skin=skin)
+    monkeypatch.setattr(imageops, "FORCE_MATRICES", True)
+    done = complete_texture(torch.from_numpy(albedo), torch.from_numpy(weight), maps)
+    assert isinstance(done.texture, np.ndarray) and done.texture.dtype == np.float32
+    assert np.abs(done.texture - host_done).max() < 1e-4
+    done = complete_texture(torch.from_numpy(albedo), torch.from_numpy(weight), maps,
+                            skin=torch.from_numpy(skin))
+    for f in ("texture", "observed", "combined", "skin_color"):
+        assert np.abs(getattr(done, f) - getattr(host_skin, f)).max() < 1e-4, f
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(),
@@ -293,3 +303,10 @@ def test_gpu_path_equals_the_host_path(maps):
     off = (albedo - 0.5) * weight[..., None]
     np.testing.assert_allclose(lp.spread_offsets(off, weight, gmaps),
                                lp.spread_offsets(off, weight, maps), atol=5e-5)
+    # the whole completion on the GPU (its filters as matmuls), from tensors there
+    skin = (weight * (maps.skin.numpy() > 0.5)).astype(np.float32)
+    on_gpu = complete_texture(torch.from_numpy(albedo).cuda(), torch.from_numpy(weight).cuda(),
+                              gmaps, skin=torch.from_numpy(skin).cuda())
+    on_host = complete_texture(albedo, weight, maps, skin=skin)
+    for f in ("texture", "observed", "combined", "skin_color"):
+        assert np.abs(getattr(on_gpu, f) - getattr(on_host, f)).max() < 1e-3, f

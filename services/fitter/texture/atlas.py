@@ -113,6 +113,51 @@ class UVMaps:
     disk_key: str = field(default="", repr=False, compare=False)
 
 
+@dataclass
+class AtlasTensors:
+    """The per-texel maps of a :class:`UVMaps` that the texture completion reads, as tensors
+    on one device (:func:`atlas_tensors`).
+
+    Attributes:
+        mask: ``float32 [S, S]``, 1 on covered texels; skin: ``float32 [S, S]``;
+        seam_fade: ``float32 [S, S]``; forehead, central_face: ``bool [S, S]``;
+        mirror: ``int64 [S * S]``; has_mirror: ``bool [S * S]``.
+    """
+
+    mask: Tensor
+    skin: Tensor
+    seam_fade: Tensor
+    forehead: Tensor
+    central_face: Tensor
+    mirror: Tensor
+    has_mirror: Tensor
+
+
+_TENSORS_LOCK = threading.Lock()
+
+
+def atlas_tensors(maps: UVMaps, device: torch.device | str) -> AtlasTensors:
+    """The :class:`AtlasTensors` of ``maps`` on ``device``, made once (kept in
+    ``maps.derived``)."""
+    dev = torch.device(device)
+    key = ("tensors", str(dev))
+    with _TENSORS_LOCK:
+        hit = maps.derived.get(key)
+        if hit is None:
+            def put(x, dtype):
+                return torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x,
+                                       dtype=dtype).to(dev)
+
+            hit = maps.derived[key] = AtlasTensors(
+                mask=put(maps.mask, torch.float32), skin=put(maps.skin, torch.float32),
+                seam_fade=put(maps.seam_fade, torch.float32),
+                forehead=put(maps.forehead, torch.bool),
+                central_face=put(maps.central_face, torch.bool),
+                mirror=put(maps.mirror, torch.int64).reshape(-1),
+                has_mirror=put(maps.has_mirror, torch.bool).reshape(-1))
+    return hit
+
+
 _UV_CACHE: dict[tuple, UVMaps] = {}
 _UV_LOCK = threading.Lock()
 

@@ -7,6 +7,12 @@ discounted, continued over the head on the surface and relaxing to its median co
 median seen skin's hue: :func:`skin_hue`),
 joined by Laplacian-pyramid blending. The low frequencies are then made left/right symmetric
 (:func:`~services.fitter.texture.lowpass.symmetrize_lowfreq`).
+
+One implementation in torch for the host and the GPU: :func:`complete_texture` runs where the
+atlas lives (the fitter's device), its image filters are OpenCV's on the host and the same
+filters as matmuls on a GPU (:mod:`~services.fitter.texture.imageops`). The functions here
+take torch tensors, or numpy arrays (computed on the host, returned as numpy:
+:func:`numpy_io`).
 """
 
 from __future__ import annotations
@@ -18,21 +24,33 @@ from typing import TypeVar
 import cv2
 import numpy as np
 import torch
+from torch import Tensor
 
 from ffhquv.imaging import LUMA
-from services.fitter.texture.atlas import UVMaps
+from services.fitter.texture.atlas import UVMaps, atlas_tensors
 from services.fitter.texture.hair import hair_weight
+from services.fitter.texture.imageops import (
+    Interp,
+    distance_inside,
+    erode3,
+    gaussian_blur,
+    numpy_io,
+    pyr_down,
+    pyr_up,
+    resize,
+)
 from services.fitter.texture.lowpass import mesh_lowpass, symmetrize_lowfreq
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
 
-def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
-    return cv2.GaussianBlur(img, (0, 0), sigmaX=sigma, sigmaY=sigma,
-                            borderType=cv2.BORDER_REFLECT)
+def _luma(rgb: Tensor) -> Tensor:
+    """Rec. 601 luma of ``[..., 3]``."""
+    return rgb @ torch.as_tensor(LUMA, device=rgb.device)
 
 
-def normalized_blur(img: np.ndarray, w: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+@numpy_io
+def normalized_blur(img: Tensor, w: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
     """Weighted Gaussian smoothing that ignores weight-0 texels.
 
     Args:
@@ -43,22 +61,23 @@ def normalized_blur(img: np.ndarray, w: np.ndarray, sigma: float) -> tuple[np.nd
     # downsample first: large sigmas on 1024 maps are slow
     s = img.shape[0]
     f = max(1, int(sigma // 4))
+    x = img * w[..., None]
     if f > 1:
-        small = cv2.resize(img * w[..., None], (s // f, s // f), interpolation=cv2.INTER_AREA)
-        ws = cv2.resize(w, (s // f, s // f), interpolation=cv2.INTER_AREA)
-        num = _blur(small, sigma / f)
-        den = _blur(ws, sigma / f)
-        num = cv2.resize(num, (s, s), interpolation=cv2.INTER_LINEAR)
-        den = cv2.resize(den, (s, s), interpolation=cv2.INTER_LINEAR)
+        small = (s // f, s // f)
+        num = resize(gaussian_blur(resize(x, small, Interp.AREA), sigma / f), (s, s),
+                     Interp.LINEAR)
+        den = resize(gaussian_blur(resize(w, small, Interp.AREA), sigma / f), (s, s),
+                     Interp.LINEAR)
     else:
-        num = _blur(img * w[..., None], sigma)
-        den = _blur(w, sigma)
-    if num.ndim == 2:
+        num = gaussian_blur(x, sigma)
+        den = gaussian_blur(w, sigma)
+    if num.dim() == 2:
         num = num[..., None]
-    return num / np.maximum(den, 1e-6)[..., None], den
+    return num / den.clamp(min=1e-6)[..., None], den
 
 
-def laplacian_blend(a: np.ndarray, b: np.ndarray, mask: np.ndarray, levels: int = 6) -> np.ndarray:
+@numpy_io
+def laplacian_blend(a: Tensor, b: Tensor, mask: Tensor, levels: int = 6) -> Tensor:
     """Laplacian-pyramid blend ``mask * a + (1 - mask) * b`` (Burt & Adelson).
 
     Args:
@@ -68,16 +87,16 @@ def laplacian_blend(a: np.ndarray, b: np.ndarray, mask: np.ndarray, levels: int 
     """
     ga, gb, gm = [a], [b], [mask]
     for _ in range(levels):
-        ga.append(cv2.pyrDown(ga[-1]))
-        gb.append(cv2.pyrDown(gb[-1]))
-        gm.append(cv2.pyrDown(gm[-1]))
+        ga.append(pyr_down(ga[-1]))
+        gb.append(pyr_down(gb[-1]))
+        gm.append(pyr_down(gm[-1]))
     out = gm[-1][..., None] * ga[-1] + (1 - gm[-1][..., None]) * gb[-1]
     for lv in range(levels - 1, -1, -1):
-        size = (ga[lv].shape[1], ga[lv].shape[0])
-        la = ga[lv] - cv2.pyrUp(ga[lv + 1], dstsize=size)
-        lb = gb[lv] - cv2.pyrUp(gb[lv + 1], dstsize=size)
+        size = (ga[lv].shape[0], ga[lv].shape[1])
+        la = ga[lv] - pyr_up(ga[lv + 1], size)
+        lb = gb[lv] - pyr_up(gb[lv + 1], size)
         m = gm[lv][..., None]
-        out = cv2.pyrUp(out, dstsize=size) + m * la + (1 - m) * lb
+        out = pyr_up(out, size) + m * la + (1 - m) * lb
     return out
 
 
@@ -104,8 +123,9 @@ class CompletedTexture:
     hair_matte: np.ndarray | None = None
 
 
-def flatten_shading(albedo: np.ndarray, skin: np.ndarray, maps: UVMaps,
-                    strength: float = 0.6) -> np.ndarray:
+@numpy_io
+def flatten_shading(albedo: Tensor, skin: Tensor, maps: UVMaps,
+                    strength: float = 0.6) -> Tensor:
     """Lift the photo's shadows and creases out of the skin albedo.
 
     The SH light explains the broad shading of the fitted shape; what remains in the
@@ -124,23 +144,24 @@ def flatten_shading(albedo: np.ndarray, skin: np.ndarray, maps: UVMaps,
         ``float32 [S, S, 3]``.
     """
     s = maps.size
-    lum = albedo @ LUMA
-    w = np.clip(skin, 0, 1).astype(np.float32)
+    lum = _luma(albedo)
+    w = skin.clamp(0, 1).to(torch.float32)
     mid, den_mid = normalized_blur(lum[..., None], w, sigma=max(1.0, s / 512))
     broad, den = normalized_blur(lum[..., None], w, sigma=max(1.0, s / 32))
     local, _ = normalized_blur(lum[..., None], w, sigma=max(1.0, s / 128))
-    ratio = mid[..., 0] / np.maximum(broad[..., 0], 1e-3)
-    gain = np.clip(np.minimum(ratio, 1.0), 1e-3, 1.0) ** -strength
+    ratio = mid[..., 0] / broad[..., 0].clamp(min=1e-3)
+    gain = ratio.clamp(max=1.0).clamp(1e-3, 1.0) ** -strength
     # thin dark marks (strand remnants, creases: darker than their S / 128 surroundings) are
     # lifted all the way to them
-    thin = mid[..., 0] / np.maximum(local[..., 0], 1e-3)
-    gain = gain * np.clip(np.minimum(thin, 1.0), 1e-3, 1.0) ** -(1 - strength)
-    trust = np.clip(2 * w, 0, 1) * np.clip(den / 0.3, 0, 1) * np.clip(den_mid / 0.3, 0, 1)
-    gain = 1 + trust * (np.minimum(gain, 2.0) - 1)
-    return (albedo * gain[..., None]).astype(np.float32)
+    thin = mid[..., 0] / local[..., 0].clamp(min=1e-3)
+    gain = gain * thin.clamp(max=1.0).clamp(1e-3, 1.0) ** -(1 - strength)
+    trust = (2 * w).clamp(0, 1) * (den / 0.3).clamp(0, 1) * (den_mid / 0.3).clamp(0, 1)
+    gain = 1 + trust * (gain.clamp(max=2.0) - 1)
+    return (albedo * gain[..., None]).to(torch.float32)
 
 
-def skin_level(albedo: np.ndarray, skin: np.ndarray) -> float:
+@numpy_io
+def skin_level(albedo: Tensor, skin: Tensor) -> float:
     """The skin's luma as the photo shows it: the median of the Rec. 601 luma of ``albedo``
     over the skin texels, each weighted by its confidence (which falls with the view angle as
     a texel's area in the photo does; an unweighted median over-counts the cheeks' sides,
@@ -149,14 +170,15 @@ def skin_level(albedo: np.ndarray, skin: np.ndarray) -> float:
     Args:
         albedo: ``float32 [S, S, 3]``; skin: ``float32 [S, S]`` confidence in [0, 1].
     """
-    w = np.clip(skin, 0, 1)
+    w = skin.clamp(0, 1)
     sel = w > 0.05
-    if not sel.any():
+    if not bool(sel.any()):
         return float("nan")
-    lum = albedo[sel] @ LUMA
-    order = np.argsort(lum)
-    cum = np.cumsum(w[sel][order])
-    return float(lum[order][np.searchsorted(cum, 0.5 * cum[-1])])
+    lum = _luma(albedo[sel])
+    order = torch.argsort(lum)
+    cum = torch.cumsum(w[sel][order].to(torch.float64), 0)
+    i = int(torch.searchsorted(cum, 0.5 * cum[-1:]))
+    return float(lum[order][min(i, len(lum) - 1)])
 
 
 #: the low-frequency luma ratio to the mirror texel below which a texel counts as shadowed
@@ -166,8 +188,8 @@ SHADOW_RATIO = (0.65, 0.9)
 SHADOW_LIFT_MAX = 2.0
 
 
-def lift_to_mirror(albedo: np.ndarray, weight: np.ndarray, share: np.ndarray,
-                   maps: UVMaps) -> np.ndarray:
+@numpy_io
+def lift_to_mirror(albedo: Tensor, weight: Tensor, share: Tensor, maps: UVMaps) -> Tensor:
     """Shadows only darken: where a seen skin texel is clearly darker at low frequency than
     its seen mirror texel (a cast or attached shadow the SH light cannot explain, one side of
     a side-lit face), its low frequencies are lifted toward the mirror's; its own detail
@@ -183,20 +205,20 @@ def lift_to_mirror(albedo: np.ndarray, weight: np.ndarray, share: np.ndarray,
         ``float32 [S, S, 3]``.
     """
     s = maps.size
-    mirror = maps.mirror.cpu().numpy()
-    has_m = maps.has_mirror.cpu().numpy().reshape(-1)
+    at = atlas_tensors(maps, albedo.device)
     low, _ = normalized_blur(albedo, weight, sigma=max(1.0, s / 128))
     lum = low.mean(-1).reshape(-1)
+    lum_m = lum[at.mirror]
     wf = weight.reshape(-1)
     lo, hi = SHADOW_RATIO
-    shadowed = 1 - np.clip((lum / np.maximum(lum[mirror], 1e-3) - lo) / (hi - lo), 0, 1)
-    use = has_m & (wf[mirror] > 0.3) & (wf > 0) & (share.reshape(-1) > 0.5)
-    gain = 1 + np.where(use, shadowed, 0.0) * (
-        np.clip(lum[mirror] / np.maximum(lum, 1e-3), 1.0, SHADOW_LIFT_MAX) - 1)
-    gain, _ = normalized_blur(gain.reshape(s, s, 1).astype(np.float32),
-                              np.maximum(weight, 1e-3).astype(np.float32),
+    shadowed = 1 - ((lum / lum_m.clamp(min=1e-3) - lo) / (hi - lo)).clamp(0, 1)
+    use = at.has_mirror & (wf[at.mirror] > 0.3) & (wf > 0) & (share.reshape(-1) > 0.5)
+    gain = 1 + torch.where(use, shadowed, 0.0) * (
+        (lum_m / lum.clamp(min=1e-3)).clamp(1.0, SHADOW_LIFT_MAX) - 1)
+    gain, _ = normalized_blur(gain.reshape(s, s, 1).to(torch.float32),
+                              weight.clamp(min=1e-3).to(torch.float32),
                               sigma=max(1.0, s / 128))
-    return (albedo * gain).astype(np.float32)
+    return (albedo * gain).to(torch.float32)
 
 
 #: :func:`match_mirror`: the scale (texels of a 1024 map) of the surroundings whose colour a
@@ -205,7 +227,8 @@ MATCH_SIGMA = 24.0
 MATCH_GAIN = (0.5, 2.0)
 
 
-def match_mirror(albedo: np.ndarray, weight: np.ndarray, maps: UVMaps) -> np.ndarray:
+@numpy_io
+def match_mirror(albedo: Tensor, weight: Tensor, maps: UVMaps) -> Tensor:
     """The mirror texels' colours, matched to what surrounds each texel on its own side.
 
     A hole in what the photo showed (a strand over the forehead, a mark under an eye) is
@@ -225,17 +248,18 @@ def match_mirror(albedo: np.ndarray, weight: np.ndarray, maps: UVMaps) -> np.nda
         ``maps.mirror`` indexes).
     """
     s = maps.size
-    mirror = maps.mirror.cpu().numpy()
+    mirror = atlas_tensors(maps, albedo.device).mirror
     low, den = normalized_blur(albedo, weight, sigma=max(1.0, MATCH_SIGMA * s / 1024))
     low, den = low.reshape(-1, 3), den.reshape(-1)
     lo, hi = MATCH_GAIN
-    gain = np.clip(low / np.maximum(low[mirror], 1e-3), lo, hi)
-    trust = np.clip(den / 0.15, 0, 1)[:, None] * np.clip(den[mirror] / 0.15, 0, 1)[:, None]
+    gain = (low / low[mirror].clamp(min=1e-3)).clamp(lo, hi)
+    trust = (den / 0.15).clamp(0, 1)[:, None] * (den[mirror] / 0.15).clamp(0, 1)[:, None]
     gain = 1 + trust * (gain - 1)
-    return (albedo.reshape(-1, 3)[mirror] * gain).astype(np.float32)
+    return (albedo.reshape(-1, 3)[mirror] * gain).to(torch.float32)
 
 
-def skin_hue(template: np.ndarray, skin_color: np.ndarray) -> np.ndarray:
+@numpy_io
+def skin_hue(template: Tensor, skin_color: Tensor) -> Tensor:
     """The skin template with the person's skin hue: its brightness kept, its chromaticity
     (RGB over luma) the median seen skin's. The few seen texels around unseen skin (the
     underside of the jaw and the neck in shadow, lit by the sky; a collar's edge) carried
@@ -246,9 +270,9 @@ def skin_hue(template: np.ndarray, skin_color: np.ndarray) -> np.ndarray:
     Returns:
         ``float32 [S, S, 3]``.
     """
-    sc = np.asarray(skin_color, np.float32)
-    chroma = sc / max(float(sc @ LUMA), 1e-3)
-    return ((template @ LUMA)[..., None] * chroma).astype(np.float32)
+    sc = torch.as_tensor(skin_color, dtype=torch.float32, device=template.device)
+    chroma = sc / max(float(_luma(sc)), 1e-3)
+    return (_luma(template)[..., None] * chroma).to(torch.float32)
 
 
 #: the skin template's weight of a texel rises from 0.05 at ``SHADOW_LEVEL[0]`` of the median
@@ -284,10 +308,13 @@ def fit_range(rgb: ArrayT) -> ArrayT:
     return (rgb * gain).clamp(1.0 / 255, 1.0)
 
 
-def complete_texture(albedo: np.ndarray, weight: np.ndarray, maps: UVMaps,
+def complete_texture(albedo: ArrayT, weight: ArrayT, maps: UVMaps,
                      symmetric_lowfreq: bool = True,
-                     skin: np.ndarray | None = None) -> CompletedTexture:
+                     skin: ArrayT | None = None) -> CompletedTexture:
     """Fill the unseen texels of one unwrap: mirror, then skin template, pyramid-blended.
+
+    Computed where the atlas lives (``maps.mask.device``: the fitter's device); the inputs go
+    there first if they are elsewhere (numpy arrays, a host copy).
 
     Args:
         albedo: ``float32 [S, S, 3]`` unwrapped albedo (anything where ``weight == 0``).
@@ -297,74 +324,78 @@ def complete_texture(albedo: np.ndarray, weight: np.ndarray, maps: UVMaps,
         skin: optional ``float32 [S, S]`` confidence of the colour-consistent skin: its
             shadows and creases are lifted first (:func:`flatten_shading`).
     Returns:
-        :class:`CompletedTexture` (no zero / untouched texel anywhere in the atlas).
+        :class:`CompletedTexture` (no zero / untouched texel anywhere in the atlas), numpy.
     """
+    dev = maps.mask.device
+
+    def put(x):
+        return torch.as_tensor(x).to(dev, torch.float32)
+
+    albedo, weight = put(albedo), put(weight)
+    skin = None if skin is None else put(skin)
     s = maps.size
-    mask = maps.mask.cpu().numpy()
-    mirror = maps.mirror.cpu().numpy()
-    has_m = maps.has_mirror.cpu().numpy().reshape(-1)
-    skin_uv = maps.skin.cpu().numpy()
-    w = (weight * mask).astype(np.float32)
-    a = albedo.astype(np.float32)
+    at = atlas_tensors(maps, dev)
+    mask = at.mask
+    w = weight * mask
+    a = albedo
     if skin is not None:
         a = flatten_shading(a, skin * mask, maps)
     # the share of each texel's weight that the photo called skin (1 without a skin mask)
-    share = (np.ones_like(w) if skin is None
-             else np.clip(skin * mask / np.maximum(w, 1e-6), 0, 1).astype(np.float32))
+    share = (torch.ones_like(w) if skin is None
+             else (skin * mask / w.clamp(min=1e-6)).clamp(0, 1))
     w = w * hair_weight(a, w, maps)
     a = lift_to_mirror(a, w, share, maps)
     # (a) mirror
     wf, af = w.reshape(-1), a.reshape(-1, 3)
-    wm = np.where(has_m, wf[mirror], 0.0)
+    wm = torch.where(at.has_mirror, wf[at.mirror], 0.0)
     am = match_mirror(a, w, maps)
     w_tot = wf + (1 - wf) * wm
-    comb = (wf[:, None] * af + ((1 - wf) * wm)[:, None] * am) / np.maximum(w_tot, 1e-6)[:, None]
-    comb = comb.reshape(s, s, 3).astype(np.float32)
-    w_tot = w_tot.reshape(s, s).astype(np.float32)
+    comb = (wf[:, None] * af + ((1 - wf) * wm)[:, None] * am) / w_tot.clamp(min=1e-6)[:, None]
+    comb = comb.reshape(s, s, 3)
+    w_tot = w_tot.reshape(s, s)
     # thin gaps (mask borders around brows, lips, eyes) from their neighbours, push-pull like
     for sigma in (s / 512, s / 128):
         local, den = normalized_blur(comb, w_tot, sigma=max(sigma, 1.0))
-        sup = np.clip(den / 0.4, 0, 1) * mask
+        sup = (den / 0.4).clamp(0, 1) * mask
         comb = (w_tot[..., None] * comb + (1 - w_tot[..., None]) * sup[..., None] * local)
-        comb = comb / np.maximum(w_tot + (1 - w_tot) * sup, 1e-6)[..., None]
-        w_tot = np.maximum(w_tot, 0.9 * sup).astype(np.float32)
+        comb = comb / (w_tot + (1 - w_tot) * sup).clamp(min=1e-6)[..., None]
+        w_tot = torch.maximum(w_tot, 0.9 * sup)
     # (b) skin template: mean visible skin albedo + its low-frequency variation
-    sw = w_tot * (skin_uv > 0.5)
-    if sw.sum() < 1:
+    sw = w_tot * (at.skin > 0.5)
+    if float(sw.sum()) < 1:
         sw = w_tot
     good = sw > 0.5
-    if good.sum() >= 20:
-        skin_color = np.median(comb[good], axis=0)  # robust to brows, lips, stray hair
-    elif sw.sum() >= 1:
+    if int(good.sum()) >= 20:  # the median: robust to brows, lips, stray hair
+        skin_color = torch.quantile(comb[good], 0.5, dim=0)
+    elif float(sw.sum()) >= 1:
         skin_color = (comb * sw[..., None]).sum((0, 1)) / sw.sum()
     else:
-        skin_color = np.array([0.78, 0.6, 0.5], np.float32)
+        skin_color = torch.tensor([0.78, 0.6, 0.5], device=dev)
     # on the surface, so that it is continuous across the atlas's seams; it continues the
     # seen skin's colour smoothly over the head and relaxes to the median skin colour. Its
     # colour, not its shadows: the shadow under the jaw (or clothing, or hair at the face's
     # edge) continued over the unseen neck as a dark band; texels darker than SHADOW_LEVEL
     # of the median skin count little
-    lvl = max(float(np.asarray(skin_color, np.float32) @ LUMA), 1e-3)
+    lvl = max(float(_luma(skin_color)), 1e-3)
     lo, hi = SHADOW_LEVEL
-    bright = np.clip(((comb @ LUMA) / lvl - lo) / (hi - lo), 0.05, 1.0)
-    template, _ = mesh_lowpass(maps, comb, sw * bright, sigma=s / 24, prior=skin_color,
-                               reach=s / 4)
+    bright = ((_luma(comb) / lvl - lo) / (hi - lo)).clamp(0.05, 1.0)
+    template, _ = mesh_lowpass(maps, comb, sw * bright, sigma=s / 24,
+                               prior=skin_color.cpu().numpy(), reach=s / 4)
     template = skin_hue(template, skin_color)
     template = pad_outside(template, maps)
     # texels near a seam take the template: the photo detail on one side of a seam has no
     # counterpart on the other
-    fade = maps.seam_fade
-    w_tot = (w_tot * fade).astype(np.float32)
-    w = (w * fade).astype(np.float32)
+    fade = at.seam_fade
+    w_tot = w_tot * fade
+    w = w * fade
     # where nothing (or only a thin band) was seen keep the template; soft, slightly eroded mask
-    m = np.clip((w_tot - 0.05) / 0.45, 0, 1).astype(np.float32)
-    m = cv2.erode(m, np.ones((3, 3), np.uint8))
+    m = erode3(((w_tot - 0.05) / 0.45).clamp(0, 1))
     # the photo's detail fades in over S / 128 texels from where it ends (hair line, jaw,
     # silhouette), not at once: a detail edge there reads as a drawn outline
-    inside = cv2.distanceTransform((m > 0.5).astype(np.uint8), cv2.DIST_L2, 5)
-    m = np.minimum(m, np.clip(inside / max(s / 128, 1.0), 0, 1)).astype(np.float32)
-    m = _blur(m, max(1.0, s / 512))
-    filled = np.where(w_tot[..., None] > 1e-3, comb, template).astype(np.float32)
+    inside = distance_inside(m > 0.5)
+    m = torch.minimum(m, (inside / max(s / 128, 1.0)).clamp(0, 1))
+    m = gaussian_blur(m, max(1.0, s / 512))
+    filled = torch.where(w_tot[..., None] > 1e-3, comb, template)
     levels = int(math.log2(s)) - 3
     tex = laplacian_blend(filled, template, m, levels=max(levels, 1))
     # the coarse pyramid bands reach across the gaps between islands: pin the seams
@@ -379,17 +410,22 @@ def complete_texture(albedo: np.ndarray, weight: np.ndarray, maps: UVMaps,
         if math.isfinite(before) and math.isfinite(after) and after > 1e-3:
             tex = tex * float(np.clip(before / after, 1 / LEVEL_MAX, LEVEL_MAX))
     tex = fit_range(tex)
-    return CompletedTexture(texture=tex.astype(np.float32), observed=w, combined=w_tot,
-                            skin_color=np.asarray(skin_color, np.float32))
+
+    def host(x: Tensor) -> np.ndarray:
+        return np.ascontiguousarray(x.detach().cpu().numpy(), np.float32)
+
+    return CompletedTexture(texture=host(tex), observed=host(w), combined=host(w_tot),
+                            skin_color=host(skin_color))
 
 
-def pad_outside(tex: np.ndarray, maps: UVMaps) -> np.ndarray:
+def pad_outside(tex: ArrayT, maps: UVMaps) -> ArrayT:
     """Fill the texels outside the atlas from their nearest covered texel (bilinear and
     mip-mapped lookups at island borders read them).
 
     Args:
-        tex: ``[S, S, C]``; maps: its atlas (the nearest covered texel of every texel is
-            found once per atlas and kept in ``maps.derived``).
+        tex: ``[S, S, C]``, numpy or a tensor (the result is of its type and device); maps:
+            its atlas (the nearest covered texel of every texel is found once per atlas and
+            kept in ``maps.derived``).
     """
     src = maps.derived.get("pad_outside")
     if src is None:
@@ -405,6 +441,12 @@ def pad_outside(tex: np.ndarray, maps: UVMaps) -> np.ndarray:
             src = first[lab.reshape(-1)]
         src.setflags(write=False)
         maps.derived["pad_outside"] = src
+    if isinstance(tex, Tensor):
+        key = ("pad_outside", str(tex.device))
+        idx = maps.derived.get(key)
+        if idx is None:
+            idx = maps.derived[key] = torch.from_numpy(src.copy()).to(tex.device)
+        return tex.reshape(-1, tex.shape[-1])[idx].reshape(tex.shape)
     return tex.reshape(-1, tex.shape[-1])[src].reshape(tex.shape)
 
 

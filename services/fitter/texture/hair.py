@@ -8,15 +8,19 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
+from torch import Tensor
 
 from ffhquv.imaging import LUMA
-from services.fitter.texture.atlas import UVMaps, derived_arrays
+from services.fitter.texture.atlas import UVMaps, atlas_tensors, derived_arrays
+from services.fitter.texture.imageops import numpy_io
 from services.fitter.texture.lowpass import mesh_lowpass
 
 HAIR_RATIO = (0.7, 0.85)
 
 
-def hair_weight(albedo: np.ndarray, weight: np.ndarray, maps: UVMaps) -> np.ndarray:
+@numpy_io
+def hair_weight(albedo: Tensor, weight: Tensor, maps: UVMaps) -> Tensor:
     """Down-weight hair over the forehead and temples: skin texels there whose de-shaded
     luma is well below that of the central face's skin.
 
@@ -33,15 +37,16 @@ def hair_weight(albedo: np.ndarray, weight: np.ndarray, maps: UVMaps) -> np.ndar
         ``float32 [S, S]`` in [0, 1]: 0 below ``HAIR_RATIO[0]`` of the skin luma, 1 above
         ``HAIR_RATIO[1]``, 1 outside the forehead.
     """
-    lum = albedo @ LUMA
-    skin = maps.skin.cpu().numpy() > 0.5
-    ref = skin & maps.central_face & (weight > 0.5)
-    if ref.sum() < 50:
-        return np.ones_like(weight)
-    ratio = lum / max(float(np.median(lum[ref])), 1e-3)
+    at = atlas_tensors(maps, albedo.device)
+    lum = albedo @ torch.as_tensor(LUMA, device=albedo.device)
+    skin = at.skin > 0.5
+    ref = skin & at.central_face & (weight > 0.5)
+    if int(ref.sum()) < 50:
+        return torch.ones_like(weight)
+    ratio = lum / max(float(torch.quantile(lum[ref], 0.5)), 1e-3)
     lo, hi = HAIR_RATIO
-    w = np.clip((ratio - lo) / (hi - lo), 0, 1)
-    return np.where(skin & maps.forehead, w, 1.0).astype(np.float32)
+    w = ((ratio - lo) / (hi - lo)).clamp(0, 1)
+    return torch.where(skin & at.forehead, w, 1.0).to(torch.float32)
 
 
 @dataclass

@@ -8,7 +8,9 @@ light that the SH model missed does not survive in the texture.
 
 Where the atlas lives on a GPU (``maps.mask.is_cuda``: the fitter's device) the texel <->
 vertex products, over every texel of the atlas, run there as torch sparse CSR products
-(:class:`DeviceOps`), taking and returning numpy arrays as on the host; the surface solve,
+(:class:`DeviceOps`), taking and returning numpy arrays as on the host, or tensors on that GPU
+(the completion's, :mod:`~services.fitter.texture.completion`: they stay there; CPU tensors
+take the host path without a copy); the surface solve,
 on the mesh's few thousand vertices, stays on the host (scipy's ``splu``, a few milliseconds).
 The symmetrisation's system depends on the atlas alone: factorised once for its two passes
 (:func:`_mask_system`). Both paths agree to float32 rounding
@@ -81,6 +83,14 @@ def ops_device(maps: UVMaps) -> torch.device | None:
     return maps.mask.device if maps.mask.is_cuda else None
 
 
+def _where(maps: UVMaps, x) -> torch.device | None:
+    """Where the products on ``x`` run: a GPU tensor's device, else the atlas's
+    (:func:`ops_device`; None: the host, numpy)."""
+    if isinstance(x, Tensor) and x.is_cuda:
+        return x.device
+    return ops_device(maps)
+
+
 def _length(maps: UVMaps, sigma: float) -> float:
     # 1 / (1 + l^2 k^2) and exp(-sigma^2 k^2 / 2) agree to second order for l = sigma / sqrt 2
     return sigma * maps.texel_len / math.sqrt(2.0)
@@ -114,10 +124,17 @@ def _mean(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return num / np.maximum(den, 1e-9)[:, None]
 
 
-def _up(a: np.ndarray, dev: torch.device, s: int) -> Tensor:
-    """``[S, S, ...]`` numpy -> ``[S * S, ...]`` float32 on ``dev``."""
+def _up(a: np.ndarray | Tensor, dev: torch.device, s: int) -> Tensor:
+    """``[S, S, ...]`` numpy or tensor -> ``[S * S, ...]`` float32 on ``dev``."""
+    if isinstance(a, Tensor):
+        return a.to(dev, torch.float32).reshape(s * s, *a.shape[2:])
     return torch.from_numpy(np.ascontiguousarray(a, np.float32).reshape(s * s, *a.shape[2:])
                             ).to(dev)
+
+
+def _host(a):
+    """A CPU tensor's numpy view (no copy); anything else as it is."""
+    return a.detach().numpy() if isinstance(a, Tensor) else a
 
 
 def to_vertices(maps: UVMaps, img: np.ndarray, weight: np.ndarray
@@ -157,13 +174,21 @@ def mesh_lowpass(maps: UVMaps, img: np.ndarray, weight: np.ndarray, sigma: float
 
     Args:
         maps: UV maps of size S.
-        img: ``[S, S, C]``; weight: ``[S, S]`` confidence (0 = no data).
+        img: ``[S, S, C]``; weight: ``[S, S]`` confidence (0 = no data); numpy arrays, or
+            tensors (on the atlas's GPU: computed there; CPU tensors: as numpy).
         sigma: smoothing scale in texels of this atlas (converted with ``maps.texel_len``).
         prior: ``[C]`` value far from any data; reach: how far (texels) data carries.
     Returns:
-        ``(texels float32 [S, S, C], vertex values [N, C])``.
+        ``(texels float32 [S, S, C], vertex values [N, C])``; the texels a tensor on
+        ``img``'s device when ``img`` is a tensor.
     """
-    dev = ops_device(maps)
+    dev = _where(maps, img)
+    if dev is None and isinstance(img, Tensor):
+        t, x = mesh_lowpass(maps, _host(img), _host(weight), sigma, prior=_host(prior),
+                            reach=reach)
+        return torch.from_numpy(t), x
+    if isinstance(prior, Tensor):
+        prior = prior.detach().cpu().numpy()
     if dev is not None:
         s, ops = maps.size, device_ops(maps, dev)
         w_t = _up(weight, dev, s)
@@ -175,8 +200,8 @@ def mesh_lowpass(maps: UVMaps, img: np.ndarray, weight: np.ndarray, sigma: float
     x = screened_smooth(maps.laplacian, vals, wv, _length(maps, sigma), prior=prior,
                         reach=None if reach is None else reach * maps.texel_len)
     if dev is not None:
-        t = ops.to_texel @ torch.from_numpy(x.astype(np.float32)).to(dev)
-        return t.reshape(s, s, -1).cpu().numpy(), x
+        t = (ops.to_texel @ torch.from_numpy(x.astype(np.float32)).to(dev)).reshape(s, s, -1)
+        return (t if isinstance(img, Tensor) else t.cpu().numpy()), x
     return to_texels(maps, x), x
 
 
@@ -184,21 +209,24 @@ def symmetrize_lowfreq(tex: np.ndarray, maps: UVMaps, sigma: float) -> np.ndarra
     """Replace the low frequencies of ``tex`` by the mean of theirs and their mirror's.
 
     Args:
-        tex: ``float32 [S, S, 3]``.
+        tex: ``float32 [S, S, 3]``, numpy or a tensor (as :func:`mesh_lowpass`).
         maps: UV maps of size S.
         sigma: scale (texels of this atlas, smoothed on the surface: :func:`mesh_lowpass`)
             separating low from high frequencies.
     Returns:
         ``float32 [S, S, 3]`` with left/right-symmetric shading-scale brightness, continuous
-        across the atlas's seams.
+        across the atlas's seams (of ``tex``'s type and device).
     """
+    dev = _where(maps, tex)
+    if dev is None and isinstance(tex, Tensor):
+        return torch.from_numpy(np.ascontiguousarray(
+            symmetrize_lowfreq(_host(tex), maps, sigma), np.float32))
     # on the vertices (seam-free, see mesh_lowpass): add half the mirror's difference; a
     # second pass removes what the first left (the low-pass of a per-vertex correction read
     # back from the texels is not exactly that correction). The weight is the atlas's mask:
     # its system is the atlas's (_mask_system), only the data changes
     s, n = maps.size, maps.laplacian.shape[0]
     den, system = _mask_system(maps, sigma)
-    dev = ops_device(maps)
     if dev is not None:
         ops = device_ops(maps, dev)
         t = _up(tex, dev, s)
@@ -208,7 +236,8 @@ def symmetrize_lowfreq(tex: np.ndarray, maps: UVMaps, sigma: float) -> np.ndarra
             corr = 0.5 * (low_v[maps.vertex_mirror] - low_v)
             t = t + (ops.to_texel @ torch.from_numpy(corr.astype(np.float32)).to(dev)
                      ) * ops.mask[:, None]
-        return t.reshape(tex.shape).cpu().numpy()
+        t = t.reshape(tex.shape)
+        return t if isinstance(tex, Tensor) else t.cpu().numpy()
     mask = maps.mask.cpu().numpy().astype(np.float32)
     for _ in range(2):
         num = maps.to_vertex @ (np.asarray(tex, np.float32).reshape(s * s, -1)

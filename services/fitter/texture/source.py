@@ -74,18 +74,20 @@ class UnwrapTextureSource:
             [head.texture, head.hair] + ([] if head.skin is None else [head.skin]), -1)
         un = unwrap(model, coeffs, crop_hires, masks, maps, self.backend, self.cam,
                     self.depth_size)
-        alb = un.albedo.detach().cpu().numpy()
-        wt = un.weight.detach().cpu().numpy()
+        # the completion runs where the atlas is (the fitter's device): it takes the unwrap
+        # as it is; the hair layer is numpy on the host
+        alb, wt = un.albedo.detach(), un.weight.detach()
         if head is None:
             return per_photo(lambda i: complete_texture(alb[i], wt[i], maps), alb.shape[0])
+        wt_np = wt.cpu().numpy()
         col = un.color.detach().cpu().numpy()
         w_hair = un.weights[..., 1].detach().cpu().numpy()
-        w_skin = None if head.skin is None else un.weights[..., 2].detach().cpu().numpy()
+        w_skin = None if head.skin is None else un.weights[..., 2].detach()
 
         def one(i: int) -> CompletedTexture:
             done = complete_texture(alb[i], wt[i], maps,
                                     skin=None if w_skin is None else w_skin[i])
-            hair = hair_layer(col[i], w_hair[i], wt[i], maps, head.hair_stats[i])
+            hair = hair_layer(col[i], w_hair[i], wt_np[i], maps, head.hair_stats[i])
             if hair is None:
                 done.hair = hair_info(head.hair_stats[i])
                 return done
