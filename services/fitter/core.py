@@ -701,19 +701,17 @@ class DefaultStages:
             off = mirror_offsets(s3.offsets.upsampled(tex_size) * gate_up, own[:, 0], maps)
             gate_eff = mirror_offsets(gate_up.expand(-1, -1, -1, 3).contiguous(), own[:, 0],
                                       maps)[..., 0]
-            off_np, gate_np = off.cpu().numpy(), gate_eff.cpu().numpy()
-            base_np = base_full.cpu().numpy()
-
         # the offsets' broad changes continue past the gate (no edge where it ends); then
         # stage 3 may have baked one-sided shading back into the texels: make the low
-        # frequencies left/right symmetric again, as in stage 2
-        def finish(i: int) -> np.ndarray:
-            # above 1 kept: photo_level rescales, then fit_range rolls the highlights off
-            t = np.maximum(base_np[i] + spread_offsets(off_np[i], gate_np[i], maps), 1.0 / 255)
-            return symmetrize_lowfreq(t, maps, sigma=tex_size / 16)
+        # frequencies left/right symmetric again, as in stage 2 (on the fitter's device)
+        def finish(i: int) -> torch.Tensor:
+            with torch.no_grad():
+                # above 1 kept: photo_level rescales, then fit_range rolls the highlights off
+                t = (base_full[i] + spread_offsets(off[i], gate_eff[i], maps)).clamp(
+                    min=1.0 / 255)
+                return symmetrize_lowfreq(t, maps, sigma=tex_size / 16)
 
-        final = torch.tensor(np.stack(per_photo(finish, len(off_np))),
-                             device=dev).clamp(min=1.0 / 255)
+        final = torch.stack(per_photo(finish, off.shape[0])).to(dev).clamp(min=1.0 / 255)
         final, scale = photo_level(ctx, photos, s3.coeffs, final)
         ctx.progress("stage3", 1.0, "done")
         return StagesResult(textures=textures, final=final, coeffs=s3.coeffs, losses=s3.losses,

@@ -34,7 +34,8 @@ from services.fitter.facemodel.topology import (
     screened_smooth,
     screened_solve,
 )
-from services.fitter.texture.atlas import UVMaps
+from services.fitter.texture.atlas import UVMaps, atlas_tensors
+from services.fitter.texture.imageops import numpy_io
 
 
 @dataclass
@@ -201,7 +202,7 @@ def mesh_lowpass(maps: UVMaps, img: np.ndarray, weight: np.ndarray, sigma: float
                         reach=None if reach is None else reach * maps.texel_len)
     if dev is not None:
         t = (ops.to_texel @ torch.from_numpy(x.astype(np.float32)).to(dev)).reshape(s, s, -1)
-        return (t if isinstance(img, Tensor) else t.cpu().numpy()), x
+        return (t.to(img.device) if isinstance(img, Tensor) else t.cpu().numpy()), x
     return to_texels(maps, x), x
 
 
@@ -237,7 +238,7 @@ def symmetrize_lowfreq(tex: np.ndarray, maps: UVMaps, sigma: float) -> np.ndarra
             t = t + (ops.to_texel @ torch.from_numpy(corr.astype(np.float32)).to(dev)
                      ) * ops.mask[:, None]
         t = t.reshape(tex.shape)
-        return t if isinstance(tex, Tensor) else t.cpu().numpy()
+        return t.to(tex.device) if isinstance(tex, Tensor) else t.cpu().numpy()
     mask = maps.mask.cpu().numpy().astype(np.float32)
     for _ in range(2):
         num = maps.to_vertex @ (np.asarray(tex, np.float32).reshape(s * s, -1)
@@ -248,7 +249,8 @@ def symmetrize_lowfreq(tex: np.ndarray, maps: UVMaps, sigma: float) -> np.ndarra
     return tex
 
 
-def spread_offsets(offsets: np.ndarray, gate: np.ndarray, maps: UVMaps) -> np.ndarray:
+@numpy_io
+def spread_offsets(offsets: Tensor, gate: Tensor, maps: UVMaps) -> Tensor:
     """Stage-3 texel offsets, with their low frequencies carried smoothly past the gate.
 
     Stage 3 changes the texels the photo showed (``offsets`` already multiplied by the
@@ -258,16 +260,19 @@ def spread_offsets(offsets: np.ndarray, gate: np.ndarray, maps: UVMaps) -> np.nd
     only the detail stops at the gate. At the seams only the seam-free low part is kept.
 
     Args:
-        offsets: ``float32 [S, S, 3]`` gated offsets; gate: ``float32 [S, S]`` in [0, 1].
+        offsets: ``float32 [S, S, 3]`` gated offsets; gate: ``float32 [S, S]`` in [0, 1]
+            (tensors, on the atlas's GPU or the host, or numpy).
         maps: UV maps of size S.
     Returns:
-        ``float32 [S, S, 3]`` offsets to add to the stage-2 texture.
+        ``float32 [S, S, 3]`` offsets to add to the stage-2 texture (of ``offsets``'s type
+        and device).
     """
     s = maps.size
-    g = np.clip(gate, 0, 1).astype(np.float32)
-    raw = offsets / np.maximum(g, 1e-3)[..., None]
+    at = atlas_tensors(maps, offsets.device)
+    g = gate.clamp(0, 1).to(torch.float32)
+    raw = offsets / g.clamp(min=1e-3)[..., None]
     low, _ = mesh_lowpass(maps, raw, g, sigma=s / 24, prior=np.zeros(offsets.shape[-1]),
                           reach=s / 8)
-    fade = maps.seam_fade[..., None]
+    fade = at.seam_fade[..., None]
     out = fade * offsets + (1 - fade * g[..., None]) * low
-    return (out * maps.mask.cpu().numpy()[..., None]).astype(np.float32)
+    return (out * at.mask[..., None]).to(torch.float32)
