@@ -29,6 +29,7 @@ __all__ = [
     "OutputDir",
     "atomic_write_bytes",
     "check_relative_name",
+    "morph_normal_deltas",
     "mtl_text",
     "obj_text",
     "read_obj",
@@ -154,6 +155,21 @@ def vertex_normals(mesh: MeshData) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def _weld_groups(v0: np.ndarray, weld: float) -> tuple[np.ndarray, int]:
+    """``(group [N], count)``: vertices of ``v0 [N, 3]`` closer than ``weld`` times the
+    bounding-box diagonal share a group."""
+    diag = float(np.linalg.norm(v0.max(0) - v0.min(0))) if len(v0) else 0.0
+    q = np.round((v0 - v0.min(0)) / max(diag * weld, 1e-30)).astype(np.int64)
+    _, group = np.unique(q, axis=0, return_inverse=True)
+    group = group.reshape(-1)
+    return group, (int(group.max()) + 1 if len(group) else 0)
+
+
+def _unit(n: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(n, axis=-1, keepdims=True)
+    return np.where(norm > 1e-30, n / np.maximum(norm, 1e-30), np.array([0.0, 0.0, 1.0]))
+
+
 def smooth_normals(vertices: np.ndarray, faces: np.ndarray, *, weld: float = 1e-6
                    ) -> np.ndarray:
     """Area-weighted unit vertex normals that are equal on coincident vertices.
@@ -162,8 +178,9 @@ def smooth_normals(vertices: np.ndarray, faces: np.ndarray, *, weld: float = 1e-
     average over all their faces, so no crease shows where UV islands meet.
 
     Args:
-        vertices: ``[N, 3]``, or ``[K, N, 3]`` for K poses of one mesh (a neutral head and its
-            morph targets: one pass for all, welded where the first pose's vertices coincide).
+        vertices: ``[N, 3]``, or ``[K, N, 3]`` for K poses of one mesh (one pass for all,
+            welded where the first pose's vertices coincide; for a head's morph targets
+            :func:`morph_normal_deltas` is cheaper).
         faces: ``[T, 3]`` counter-clockwise seen from outside.
         weld: positions closer than ``weld`` times the bounding-box diagonal count as one.
     Returns:
@@ -174,21 +191,59 @@ def smooth_normals(vertices: np.ndarray, faces: np.ndarray, *, weld: float = 1e-
     f = np.asarray(faces, np.int64)
     k = vb.shape[0]
     fn = np.cross(vb[:, f[:, 1]] - vb[:, f[:, 0]], vb[:, f[:, 2]] - vb[:, f[:, 0]])  # [K, T, 3]
-    v0 = vb[0]
-    diag = float(np.linalg.norm(v0.max(0) - v0.min(0))) if len(v0) else 0.0
-    q = np.round((v0 - v0.min(0)) / max(diag * weld, 1e-30)).astype(np.int64)
-    _, group = np.unique(q, axis=0, return_inverse=True)
-    group = group.reshape(-1)
-    g = int(group.max()) + 1 if len(group) else 0
+    group, g = _weld_groups(vb[0], weld)
     # each face's normal onto its three corners' groups, all poses in one bincount per axis
     slot = (np.arange(k)[:, None, None] * g + group[f][None]).reshape(-1)  # [K * T * 3]
     n = np.stack([np.bincount(slot, weights=np.broadcast_to(
         fn[:, :, None, c], (k, len(f), 3)).reshape(-1), minlength=k * g) for c in range(3)],
         -1).reshape(k, g, 3)[:, group]
-    norm = np.linalg.norm(n, axis=-1, keepdims=True)
-    out = np.where(norm > 1e-30, n / np.maximum(norm, 1e-30), np.array([0.0, 0.0, 1.0]))
-    out = out.astype(np.float32)
+    out = _unit(n).astype(np.float32)
     return out if v.ndim == 3 else out[0]
+
+
+def morph_normal_deltas(vertices: np.ndarray, offsets: np.ndarray, faces: np.ndarray, *,
+                        weld: float = 1e-6) -> np.ndarray:
+    """How each morph target changes the :func:`smooth_normals` of a mesh.
+
+    ``smooth_normals(vertices + offsets[k]) - smooth_normals(vertices)`` for every target k,
+    computed on the faces the target moves only (a face-rig target moves a part of the head;
+    elsewhere the change is exactly 0): the welded sums of the neutral pose are kept and each
+    target adds its faces' change to the few groups they touch.
+
+    Args:
+        vertices: ``[N, 3]`` the neutral pose; offsets: ``[K, N, 3]``; faces: ``[T, 3]``.
+        weld: as :func:`smooth_normals` (groups of the neutral pose).
+    Returns:
+        ``float32 [K, N, 3]``, each the difference of the two float32 unit normals.
+    """
+    v = np.asarray(vertices, np.float64)
+    off = np.asarray(offsets, np.float64)
+    f = np.asarray(faces, np.int64)
+    out = np.zeros(off.shape, np.float32)
+    if not len(f) or not len(off):
+        return out
+    group, g = _weld_groups(v, weld)
+    corners = group[f].reshape(-1)  # [T * 3]
+    fn0 = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    acc0 = np.stack([np.bincount(corners, weights=np.repeat(fn0[:, c], 3), minlength=g)
+                     for c in range(3)], -1)  # [G, 3] the neutral pose's sums
+    n0 = _unit(acc0).astype(np.float32)
+    pos = np.full(g, -1, np.int64)
+    for k in range(len(off)):
+        moved = np.any(off[k] != 0, axis=1)
+        tf = np.nonzero(moved[f].any(1))[0]
+        if not len(tf):
+            continue
+        p = v[f[tf]] + off[k][f[tf]]  # [t, 3 corners, 3]
+        d = np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]) - fn0[tf]
+        touched, inv = np.unique(group[f[tf]].reshape(-1), return_inverse=True)
+        acc = acc0[touched] + np.stack([np.bincount(inv.reshape(-1), weights=np.repeat(
+            d[:, c], 3), minlength=len(touched)) for c in range(3)], -1)
+        pos[touched] = np.arange(len(touched))
+        verts = np.nonzero(pos[group] >= 0)[0]
+        out[k, verts] = (_unit(acc).astype(np.float32) - n0[touched])[pos[group[verts]]]
+        pos[touched] = -1
+    return out
 
 
 def mtl_text(material: str, texture_name: str, *, specular: float = 0.0,

@@ -20,7 +20,7 @@ from ffhquv.errors import InvalidInput
 from ffhquv.mesh import MeshData, MorphTargets
 from services.exporter import core
 from services.exporter.blend import bpy_available
-from services.exporter.obj import read_obj, smooth_normals
+from services.exporter.obj import morph_normal_deltas, read_obj, smooth_normals
 from services.eyeball.mesh import eyeball_mesh
 from services.eyeball.texture import eyeball_texture
 
@@ -139,6 +139,27 @@ def test_smooth_normals_of_many_poses_in_one_pass():
         np.testing.assert_array_equal(got[i], smooth_normals(poses[i], m.faces))
     # the rotated pose's normals are the rotated normals
     np.testing.assert_allclose(got[2], got[0] @ rot.T, atol=1e-5)
+
+
+def test_morph_normal_deltas_are_the_poses_normals_less_the_neutral():
+    """Each morph target's change of the normals, computed on the faces it moves, is the
+    difference of the two poses' smooth normals (welded where the neutral pose's vertices
+    coincide, as a stack of poses is) to float64 rounding (the exporter drops changes below
+    1e-7); untouched vertices exactly 0."""
+    m = _split_sphere()
+    rng = np.random.default_rng(4)
+    offsets = np.zeros((4, *m.vertices.shape))
+    offsets[0, :5] = rng.normal(0, 0.05, (5, 3))  # a few vertices
+    offsets[1] = m.vertices * 0.2  # everything
+    offsets[3, m.vertices[:, 2] > 0.5] = [0.0, 0.1, 0.0]  # a cap, seam vertices included
+    got = morph_normal_deltas(m.vertices, offsets, m.faces)
+    assert got.shape == offsets.shape and got.dtype == np.float32
+    n0 = smooth_normals(m.vertices, m.faces)
+    for k in range(len(offsets)):
+        pair = smooth_normals(np.stack([m.vertices, m.vertices + offsets[k]]), m.faces)
+        np.testing.assert_array_equal(pair[0], n0)
+        np.testing.assert_allclose(got[k], pair[1] - n0, atol=1e-12, rtol=0)
+    assert not got[2].any() and got[3].any()
 
 
 def test_obj_has_normals_smoothing_and_units(parts, tmp_path):

@@ -27,7 +27,7 @@ import pygltflib as gl
 
 from ffhquv.imaging import png_bytes
 from ffhquv.mesh import MeshData
-from services.exporter.obj import check_texture, smooth_normals
+from services.exporter.obj import check_texture, morph_normal_deltas, smooth_normals
 
 
 @dataclass
@@ -139,13 +139,10 @@ class _Builder:
         targets, names, weights = [], None, None
         if mesh.morphs is not None and len(mesh.morphs.names):
             mt = mesh.morphs
-            base = mesh.vertices.astype(np.float64)
-            # the neutral pose and every target's in one pass
-            poses = np.concatenate([base[None], base[None] + np.asarray(mt.offsets)], 0)
-            nrm_all = smooth_normals(poses, mesh.faces)
-            n0 = nrm_all[0]
-            for off, n_t in zip(mt.offsets, nrm_all[1:], strict=True):
-                dn = (n_t - n0)[src]
+            # each target's change of the normals, on the faces it moves
+            deltas = morph_normal_deltas(mesh.vertices, mt.offsets, mesh.faces)
+            for off, d_t in zip(mt.offsets, deltas, strict=True):
+                dn = d_t[src]
                 dn[np.abs(dn) < 1e-7] = 0.0  # float noise away from the target's region
                 targets.append(gl.Attributes(
                     POSITION=self.accessor(off[src].astype(f32), gl.VEC3, gl.ARRAY_BUFFER,
