@@ -288,7 +288,9 @@ async def _fit_local(args, todo: list[tuple[Path, str]], out: Path, rep: FitRepo
     from gateway.orchestrator import Orchestrator
 
     opts = _options(args)
-    batch = fit_batch_size(args.batch_size, args.device)
+    # no batch larger than the photos there are: the batcher would wait (max_delay_s) for
+    # batch-mates that never come (one photo on CUDA: a second of its cold start)
+    batch = min(fit_batch_size(args.batch_size, args.device), max(1, len(todo)))
     # photos in flight: enough to fill the next batch while one is fitted
     window = max(2, 2 * batch + 2)
     backends = LocalBackends(device=args.device, checkpoints_dir=args.checkpoints_dir,

@@ -165,6 +165,36 @@ def test_hog_copies_find_what_dlib_finds(two_faces):
     assert len(want[0]) == 2
 
 
+def test_hog_detector_kept_on_disk(two_faces, tmp_path, monkeypatch):
+    """A new process reads dlib's frontal face detector from the cache instead of building
+    it (0.23 s of a cold start): same faces, same scores; a damaged file is built again."""
+    from services.detector import core
+
+    monkeypatch.setenv("FFHQUV_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(core, "_HOG_STATE", None)
+    img = np.ascontiguousarray(two_faces)
+    want = dlib.get_frontal_face_detector().run(img, 1, 0.0)
+    core.hog_detector()
+    (path,) = (tmp_path / "dlib").glob("frontal_face_detector-*.svm")
+    assert not list((tmp_path / "dlib").glob(".*.tmp"))
+
+    def no_build():
+        raise AssertionError("built again")
+
+    monkeypatch.setattr(core, "_HOG_STATE", None)  # as a new process
+    monkeypatch.setattr(core.dlib, "get_frontal_face_detector", no_build)
+    rects, scores, idx = core.hog_detector().run(img, 1, 0.0)
+    assert [(r.left(), r.top(), r.right(), r.bottom()) for r in rects] == \
+        [(r.left(), r.top(), r.right(), r.bottom()) for r in want[0]]
+    assert list(scores) == list(want[1]) and list(idx) == list(want[2])
+    monkeypatch.undo()
+    monkeypatch.setenv("FFHQUV_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(core, "_HOG_STATE", None)
+    path.write_bytes(b"damaged")
+    assert len(core.hog_detector().run(img, 1, 0.0)[0]) == 2
+    assert path.stat().st_size > 1000  # replaced by a good one
+
+
 # ----------------------------------------------------------------------------- reference photos
 
 @pytest.mark.reference_data

@@ -155,6 +155,31 @@ def test_cli_batch_size_default():
     assert fit_batch_size(5, "cpu") == 5
 
 
+@pytest.mark.parametrize(("photos", "want"), [(1, (1, 0.0)), (3, (3, 1.0)), (12, (8, 1.0))])
+def test_cli_batch_no_larger_than_its_photos(tmp_path, monkeypatch, photos, want):
+    """``ffhquv fit`` never asks for a batch larger than its photos: the batcher would wait
+    ``max_delay_s`` for batch-mates that cannot come (one cold photo on CUDA: a second)."""
+    import gateway.backends
+    from ffhquv_cli.main import main
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def record(self, *args, max_batch=None, max_delay_s=None, **kwargs):
+        seen.update(max_batch=max_batch, max_delay_s=max_delay_s)
+        raise Stop
+
+    monkeypatch.setattr(gateway.backends.LocalBackends, "__init__", record)
+    for i in range(photos):
+        (tmp_path / f"p{i}.png").write_bytes(b"not read before the backends start")
+    with pytest.raises(Stop):
+        main(["fit", str(tmp_path), "-o", str(tmp_path / "out"), "--batch-size", "8",
+              "--workers", "1"])
+    assert (seen["max_batch"], seen["max_delay_s"]) == want
+
+
 def test_close_stops_the_workers():
     """close() ends the worker threads before it returns: a worker that ran torch work and
     outlives the interpreter can abort ``ffhquv fit`` in C++ teardown (seen: exit code -6,

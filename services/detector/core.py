@@ -27,7 +27,10 @@ loaded once) are guarded by locks.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
+import os
 import pickle
 import threading
 from pathlib import Path
@@ -36,6 +39,7 @@ import cv2
 import dlib
 import numpy as np
 
+from ffhquv.config import cache_dir
 from ffhquv.errors import (
     BackendUnavailable,
     InvalidInput,
@@ -57,6 +61,8 @@ CNN_FILE = "mmod_human_face_detector.dat"
 BACKENDS = ("hog", "cnn")
 UNWRAP_SIZES = (512, 1024)
 
+log = logging.getLogger(__name__)
+
 _HOG_STATE: bytes | None = None  # dlib's frontal face detector, pickled once per process
 _HOG_LOCK = threading.Lock()
 
@@ -66,14 +72,38 @@ def hog_detector() -> dlib.fhog_object_detector:
 
     ``dlib.get_frontal_face_detector()`` decodes its model each time (about 0.23 s, 0.6 s on a
     busy host: most of a folder's detection time when each photo's thread built one); the
-    process builds it once and each call unpickles a copy (about 1 ms) that finds the same
-    faces with the same scores."""
+    process makes it once (:func:`_frontal_face_detector`) and each call unpickles a copy
+    (about 1 ms) that finds the same faces with the same scores."""
     global _HOG_STATE
     with _HOG_LOCK:
         if _HOG_STATE is None:
-            _HOG_STATE = pickle.dumps(dlib.get_frontal_face_detector())
+            _HOG_STATE = pickle.dumps(_frontal_face_detector())
         state = _HOG_STATE
     return pickle.loads(state)
+
+
+def _frontal_face_detector() -> dlib.fhog_object_detector:
+    """dlib's frontal face detector, read from the cache (``<FFHQUV_CACHE_DIR>/dlib/``, dlib's
+    own file format, about 1 ms: the first step of a cold ``ffhquv fit``), else built and
+    saved there; a file that cannot be read or written is built again / skipped."""
+    path = cache_dir() / "dlib" / f"frontal_face_detector-{dlib.__version__}.svm"
+    if path.is_file():
+        try:
+            return dlib.fhog_object_detector(str(path))
+        except RuntimeError as e:
+            log.warning("HOG detector cache unreadable, building again",
+                        extra={"path": str(path), "error": str(e)})
+    det = dlib.get_frontal_face_detector()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        det.save(str(tmp))
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        log.info("HOG detector cache not written", extra={"path": str(path), "error": str(e)})
+    return det
 
 
 def models_directory() -> Path:
