@@ -27,10 +27,8 @@ loaded once) are guarded by locks.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import logging
-import os
 import pickle
 import threading
 from pathlib import Path
@@ -40,6 +38,7 @@ import dlib
 import numpy as np
 
 from ffhquv.config import cache_dir
+from ffhquv.diskcache import write_atomically
 from ffhquv.errors import (
     BackendUnavailable,
     InvalidInput,
@@ -94,15 +93,7 @@ def _frontal_face_detector() -> dlib.fhog_object_detector:
             log.warning("HOG detector cache unreadable, building again",
                         extra={"path": str(path), "error": str(e)})
     det = dlib.get_frontal_face_detector()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        det.save(str(tmp))
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        log.info("HOG detector cache not written", extra={"path": str(path), "error": str(e)})
+    write_atomically(path, lambda tmp: det.save(str(tmp)), "HOG detector")
     return det
 
 

@@ -8,13 +8,10 @@ and shows the direction with ``sin(theta / 2) = 2 * |(u, v) - 0.5|``.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import logging
 import math
-import os
-import threading
 from pathlib import Path
 
 import cv2
@@ -22,6 +19,7 @@ import numpy as np
 
 from ffhquv import vocab
 from ffhquv.config import cache_dir
+from ffhquv.diskcache import load_arrays, save_arrays
 from services.eyeball.iris import (  # noqa: F401  (re-exported: the iris colour API)
     DEFAULT_IRIS_RGB,
     LEFT_EYE,
@@ -90,7 +88,7 @@ def _eyeball_layers(s: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     layers = _load_layers(path, s)
     if layers is None:
         layers = _draw_layers(s, seed)
-        _save_layers(path, layers)
+        save_arrays(path, {"a": layers[0], "b": layers[1]}, "eyeball layer")
     for x in layers:
         x.flags.writeable = False
     return layers
@@ -111,34 +109,15 @@ def _layers_key(s: int, seed: int) -> str:
 
 def _load_layers(path: Path, s: int) -> tuple[np.ndarray, np.ndarray] | None:
     """The layers saved at ``path``, or None when absent or unreadable (drawn again)."""
-    if not path.is_file():
+    z = load_arrays(path, "eyeball layer")
+    if z is None:
         return None
-    try:
-        with np.load(path) as z:
-            a, b = z["a"], z["b"]
-        if a.shape != (s, s, 3) or b.shape != (s, s, 3):
-            raise ValueError(f"layer shapes {a.shape}, {b.shape}")
-    except (OSError, ValueError, KeyError, EOFError) as e:
-        log.warning("eyeball layer cache unreadable, drawing again",
-                    extra={"path": str(path), "error": str(e)})
+    a, b = z.get("a"), z.get("b")
+    if a is None or b is None or a.shape != (s, s, 3) or b.shape != (s, s, 3):
+        log.warning("eyeball layer cache of another shape, drawing again",
+                    extra={"path": str(path)})
         return None
     return a.astype(np.float32, copy=False), b.astype(np.float32, copy=False)
-
-
-def _save_layers(path: Path, layers: tuple[np.ndarray, np.ndarray]) -> None:
-    """Write the layers to ``path`` (a temporary sibling moved into place); a cache that
-    cannot be written is logged and skipped."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            np.savez(f, a=layers[0], b=layers[1])
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        log.info("eyeball layer cache not written (drawn again by each new process)",
-                 extra={"path": str(path), "error": str(e)})
 
 
 def _draw_layers(s: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -14,11 +14,9 @@ Texture arrays follow the project convention: ``[S, S, 3]`` with row 0 = ``v = 1
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import math
-import os
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -33,6 +31,7 @@ from scipy.spatial import cKDTree
 from torch import Tensor
 
 from ffhquv.config import cache_dir
+from ffhquv.diskcache import load_arrays, save_arrays
 from services.fitter.facemodel import topology
 from services.fitter.facemodel.base import FaceModel
 from services.fitter.facemodel.topology import edge_laplacian, uv_seams
@@ -183,7 +182,7 @@ def uv_maps(model: FaceModel, size: int, backend) -> UVMaps:
     maps = _load_maps(path, model, size)
     if maps is None:
         maps = _build_maps(model, size, backend)
-        _save_arrays(path, _maps_arrays(maps))
+        save_arrays(path, _maps_arrays(maps), "atlas")
     maps.disk_key = disk_key
     with _UV_LOCK:
         _UV_CACHE[key] = maps
@@ -250,62 +249,32 @@ def derived_arrays(maps: UVMaps, name: str, build, code: tuple[str, ...] = ()
         for f in code:
             h.update(Path(f).read_bytes())
         path = cache_dir() / "atlas" / f"{maps.disk_key}-{name}-{h.hexdigest()[:16]}.npz"
-        arrays = _load_arrays(path)
+        z = load_arrays(path, "atlas")
+        arrays = None if z is None else tuple(z[f"a{i}"] for i in range(len(z)))
     if arrays is None:
         arrays = tuple(np.asarray(a) for a in build())
         if path is not None:
-            _save_arrays(path, {f"a{i}": a for i, a in enumerate(arrays)})
+            save_arrays(path, {f"a{i}": a for i, a in enumerate(arrays)}, "atlas")
     for a in arrays:
         a.flags.writeable = False
     maps.derived[("arrays", name)] = arrays
     return arrays
 
 
-def _load_arrays(path: Path) -> tuple[np.ndarray, ...] | None:
-    """The arrays of :func:`derived_arrays` saved at ``path``; None when absent or unreadable
-    (built again and the file replaced)."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path) as z:
-            return tuple(z[f"a{i}"] for i in range(len(z.files)))
-    except (OSError, ValueError, KeyError, EOFError) as e:
-        log.warning("atlas cache unreadable, building again",
-                    extra={"path": str(path), "error": str(e)})
-        return None
-
-
-def _save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` to ``path`` (a temporary sibling moved into place); a cache that
-    cannot be written is logged and skipped."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        log.info("atlas cache not written (built again by each new process)",
-                 extra={"path": str(path), "error": str(e)})
-
-
 def _load_maps(path: Path, model: FaceModel, size: int) -> UVMaps | None:
     """The maps saved at ``path``, or None when there are none or they cannot be read (then
     they are built again and the file replaced)."""
-    if not path.is_file():
+    a = load_arrays(path, "atlas")
+    if a is None:
         return None
     try:
-        with np.load(path) as z:
-            a = {k: z[k] for k in z.files}
         dev = model.device
         to_texel = sp.csr_matrix((a["texel_data"], a["texel_indices"], a["texel_indptr"]),
                                  shape=tuple(int(x) for x in a["texel_shape"]))
         if to_texel.shape != (size * size, model.n_vertices):
             raise ValueError(f"to_texel shape {to_texel.shape}")
         tensors = {k: torch.from_numpy(a[k]).to(dev) for k in _SAVED_TENSORS}
-    except (OSError, ValueError, KeyError, EOFError) as e:
+    except (ValueError, KeyError) as e:
         log.warning("atlas cache unreadable, building again",
                     extra={"path": str(path), "error": str(e)})
         return None
