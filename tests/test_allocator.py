@@ -34,9 +34,8 @@ def test_large_freed_arrays_kept_unless_the_user_set_malloc(monkeypatch):
 _FAULTS = """
 import os, resource, sys, threading
 import numpy as np
-if sys.argv[1] == "keep":
-    from ffhquv.allocator import keep_large_freed
-    assert keep_large_freed()
+from ffhquv.allocator import keep_large_freed
+assert keep_large_freed()
 def work():
     for i in range(30):
         a = np.ones((1024, 1024, 3), np.float32) * i  # 12 MB, freed at once
@@ -53,13 +52,13 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc")
 def test_threads_reuse_freed_arrays_instead_of_faulting_them_in():
-    """Threads' freed 12 MB arrays come back from their arenas: glibc's defaults fault each
-    one in page by page again (and with only the mmap threshold fixed, the trim threshold left
-    at 128 KiB, the arenas still gave their tops back)."""
+    """Threads' freed 12 MB arrays come back from their arenas instead of being faulted in
+    page by page again: 4 threads x 30 rounds x 4 arrays of 12 MB would fault about 1.2
+    million pages afresh; with the mmap threshold alone fixed (the trim threshold left at 128
+    KiB) it was ~120 k on cpu2, with both ~6 k. (glibc's own defaults vary from run to run,
+    6 k to 66 k, with its dynamic thresholds: not a reference.)"""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    faults = {}
-    for mode in ("default", "keep"):
-        out = subprocess.run([sys.executable, "-c", _FAULTS, mode], env=env, check=True,
-                             capture_output=True, text=True, cwd=ROOT)
-        faults[mode] = int(out.stdout.split()[-1])
-    assert faults["keep"] * 4 < faults["default"], faults
+    out = subprocess.run([sys.executable, "-c", _FAULTS], env=env, check=True,
+                         capture_output=True, text=True, cwd=ROOT)
+    faults = int(out.stdout.split()[-1])
+    assert faults < 40_000, faults
