@@ -66,3 +66,47 @@ def test_fitter_stage_modules_do_not_import_each_other():
                 bad += [f"{path.relative_to(ROOT)} imports {m}" for m in mods
                         if m in stages and not m.endswith(name)]
     assert not bad
+
+
+def _environment_writes(folder: Path, root: Path = ROOT) -> list[str]:
+    """``os.environ[...] = ...``, ``os.environ.setdefault / update / pop / clear``,
+    ``os.putenv`` / ``os.unsetenv`` and ``del os.environ[...]`` under ``folder``."""
+    def is_environ(n: ast.AST) -> bool:
+        return isinstance(n, ast.Attribute) and n.attr == "environ"
+
+    found = []
+    for path in sorted(folder.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            hit = (
+                isinstance(node, ast.Assign | ast.AugAssign | ast.Delete)
+                and any(isinstance(t, ast.Subscript) and is_environ(t.value)
+                        for t in (node.targets if isinstance(node, ast.Assign | ast.Delete)
+                                  else [node.target]))
+            ) or (
+                isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and ((node.func.attr in ("setdefault", "update", "pop", "clear", "popitem")
+                      and is_environ(node.func.value))
+                     or node.func.attr in ("putenv", "unsetenv"))
+            )
+            if hit:
+                found.append(f"{path.relative_to(root).as_posix()} line {node.lineno}")
+    return found
+
+
+@pytest.mark.parametrize("folder", ["services", "gateway", "ffhquv"])
+def test_services_never_write_the_environment(folder):
+    """The services, the gateway and the base package never change the process environment:
+    they run on threads, and a setenv while another thread's native code reads it (getenv in
+    dlib, OpenCV, OpenMP) can crash the process in libc (a fresh install's first `ffhquv fit`
+    did: the face model's build set ANNY_CACHE_DIR on the fitter's warm-up thread). Settings go
+    to the library (e.g. ``anny.paths.set_anny_cache_path``) or to a child's own environment;
+    the command line sets what it must at start, before any thread."""
+    assert _environment_writes(ROOT / folder) == []
+
+
+def test_the_environment_rule_sees_writes(tmp_path):
+    (tmp_path / "m.py").write_text(
+        "import os\nos.environ['A'] = '1'\nos.environ.setdefault('B', '2')\nos.putenv('C', '3')\n"
+        "x = os.environ.get('D')\nenv = dict(os.environ)\nenv['E'] = '4'\n")
+    assert _environment_writes(tmp_path, tmp_path) == ["m.py line 2", "m.py line 3",
+                                                       "m.py line 4"]

@@ -114,7 +114,6 @@ def anny_root() -> Path:
 def load_anny_head() -> AnnyHead:
     """Build (first time ~30 s, then cached under ``<cache>/anny``) and read the anny head."""
     import logging
-    import os
     import warnings
 
     import yaml
@@ -123,7 +122,9 @@ def load_anny_head() -> AnnyHead:
     from ffhquv.config import cache_dir
 
     cache = cache_dir() / "anny"
-    os.environ.setdefault("ANNY_CACHE_DIR", str(cache))
+    # the cache path is set on anny's module, never in the environment: this runs on the
+    # fitter's warm-up thread, and a setenv while another thread's native code calls getenv
+    # (dlib, OpenCV, OpenMP) crashed a fresh install's first `ffhquv fit` (SIGSEGV in libc)
     logging.getLogger("anny").setLevel(logging.WARNING)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
