@@ -12,11 +12,6 @@ from services.fitter.texture import imageops
 from services.fitter.texture.imageops import Interp
 
 
-@pytest.fixture
-def matrices(monkeypatch):
-    monkeypatch.setattr(imageops, "FORCE_MATRICES", True)
-
-
 def _img(shape, seed=0):
     return np.random.default_rng(seed).random(shape).astype(np.float32)
 
@@ -78,3 +73,11 @@ def test_gpu_filters_equal_opencv():
     small = cv2.resize(a, (42, 42), interpolation=cv2.INTER_AREA)
     np.testing.assert_allclose(imageops.resize(x, (42, 42), Interp.AREA).cpu().numpy(), small,
                                atol=2e-6)
+
+
+def test_median_is_numpys():
+    rng = np.random.default_rng(3)
+    for shape in ((7, 3), (8, 3), (1, 3), (10,)):
+        a = rng.random(shape).astype(np.float32)
+        np.testing.assert_array_equal(imageops.median(torch.from_numpy(a), 0).numpy(),
+                                      np.median(a, axis=0))

@@ -34,6 +34,7 @@ from services.fitter.texture.imageops import (
     distance_inside,
     erode3,
     gaussian_blur,
+    median,
     numpy_io,
     pyr_down,
     pyr_up,
@@ -366,7 +367,7 @@ def complete_texture(albedo: ArrayT, weight: ArrayT, maps: UVMaps,
         sw = w_tot
     good = sw > 0.5
     if int(good.sum()) >= 20:  # the median: robust to brows, lips, stray hair
-        skin_color = torch.quantile(comb[good], 0.5, dim=0)
+        skin_color = median(comb[good], dim=0)
     elif float(sw.sum()) >= 1:
         skin_color = (comb * sw[..., None]).sum((0, 1)) / sw.sum()
     else:

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ffhquv.imaging import LUMA
 from services.fitter.texture.atlas import UVMaps, atlas_tensors, derived_arrays
-from services.fitter.texture.imageops import numpy_io
+from services.fitter.texture.imageops import median, numpy_io
 from services.fitter.texture.lowpass import mesh_lowpass
 
 HAIR_RATIO = (0.7, 0.85)
@@ -43,7 +43,7 @@ def hair_weight(albedo: Tensor, weight: Tensor, maps: UVMaps) -> Tensor:
     ref = skin & at.central_face & (weight > 0.5)
     if int(ref.sum()) < 50:
         return torch.ones_like(weight)
-    ratio = lum / max(float(torch.quantile(lum[ref], 0.5)), 1e-3)
+    ratio = lum / max(float(median(lum[ref])), 1e-3)
     lo, hi = HAIR_RATIO
     w = ((ratio - lo) / (hi - lo)).clamp(0, 1)
     return torch.where(skin & at.forehead, w, 1.0).to(torch.float32)

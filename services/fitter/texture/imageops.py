@@ -186,6 +186,16 @@ def distance_inside(mask: Tensor) -> Tensor:
     return torch.from_numpy(d).to(mask.device)
 
 
+def median(x: Tensor, dim: int = 0) -> Tensor:
+    """``np.median(x, axis=dim)`` of a float tensor: the middle value, or the mean of the two
+    middle ones for an even count (``torch.median`` takes the lower one; ``torch.quantile``
+    refuses more than 2 ** 24 elements, a 4096 atlas's skin)."""
+    n = x.shape[dim]
+    s = x.sort(dim).values
+    hi = s.select(dim, n // 2)
+    return hi if n % 2 else (s.select(dim, n // 2 - 1) + hi) / 2
+
+
 def numpy_io(fn):
     """Let a torch function of the texture code take numpy arrays too: numpy arguments become
     CPU tensors (no copy) and, when any argument was numpy, tensor results come back as numpy
