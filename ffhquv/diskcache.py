@@ -2,7 +2,7 @@
 what a new process would otherwise build again (the UV atlas and what derives from it, the
 eyeball texture's layers, dlib's face detector).
 
-A cache file is written whole or not at all (a temporary sibling moved into place: processes
+A cache file is written whole or not at all (:func:`ffhquv.objfile.atomic_write`: processes
 that start together may write the same file), and a cache that cannot be written (a read-only
 image in k8s) or read (a damaged file: built again and replaced) costs the build, never the
 request. Keys, formats and what to build stay with their users.
@@ -10,35 +10,30 @@ request. Keys, formats and what to build stay with their users.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from ffhquv.objfile import atomic_write
+
 log = logging.getLogger(__name__)
 
 
 def write_atomically(path: Path, write: Callable[[Path], None], what: str) -> bool:
-    """Write the cache file ``path``: ``write(tmp)`` fills a temporary sibling, which is then
-    moved into place. Returns False (logged, nothing left behind) when it cannot be written.
+    """:func:`ffhquv.objfile.atomic_write` of the cache file ``path`` (its folder made first);
+    False (logged, nothing left behind) when it cannot be written.
 
     Args:
-        path: the file; its folder is made. write: writes the whole file at the path given.
+        path: the file. write: writes the whole file at the path given.
         what: what the file holds, for the log.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write(tmp)
-        os.replace(tmp, path)
+        atomic_write(path, write)
         return True
     except (OSError, RuntimeError) as e:  # RuntimeError: dlib's own writers
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         log.info(f"{what} cache not written (built again by each new process)",
                  extra={"path": str(path), "error": str(e)})
         return False

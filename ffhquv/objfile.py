@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -27,6 +28,7 @@ from ffhquv.mesh import MeshData
 
 __all__ = [
     "OutputDir",
+    "atomic_write",
     "atomic_write_bytes",
     "check_relative_name",
     "morph_normal_deltas",
@@ -62,16 +64,18 @@ def check_relative_name(name: str, *, allow_subdir: bool = False) -> str:
     return name
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary sibling and ``os.replace``.
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Write the file ``path`` whole or not at all: ``write(tmp)`` fills a temporary sibling
+    (mode 0644) that ``os.replace`` then moves into place; on any error the sibling is removed
+    and the error raised, ``path`` untouched.
 
     The parent folder must exist. Returns the path.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        write(Path(tmp))
         os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except BaseException:
@@ -79,6 +83,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """:func:`atomic_write` of ``data``."""
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def _rows(fmt: str, arr: np.ndarray) -> str:

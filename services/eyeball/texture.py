@@ -189,5 +189,5 @@ def _draw_layers(s: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     pupil = _smoothstep(PUPIL_FRACTION + 0.02, PUPIL_FRACTION - 0.02, rho)[..., None]
     a = np.broadcast_to(a * (1 - pupil), (s, s, 3)).astype(np.float32)
     b = (b * (1 - pupil) + np.array([8.0, 7.0, 7.0]) * pupil).astype(np.float32)
-    return np.ascontiguousarray(a), b
+    return a, b
 

@@ -144,8 +144,7 @@ def atlas_tensors(maps: UVMaps, device: torch.device | str) -> AtlasTensors:
         hit = maps.derived.get(key)
         if hit is None:
             def put(x, dtype):
-                return torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x,
-                                       dtype=dtype).to(dev)
+                return torch.as_tensor(x, dtype=dtype).to(dev)
 
             hit = maps.derived[key] = AtlasTensors(
                 mask=put(maps.mask, torch.float32), skin=put(maps.skin, torch.float32),

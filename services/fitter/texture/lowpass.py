@@ -75,7 +75,7 @@ def device_ops(maps: UVMaps, device: torch.device) -> DeviceOps:
         if ops is None:
             ops = maps.derived[key] = DeviceOps(
                 to_texel=_csr(maps.to_texel, device), to_vertex=_csr(maps.to_vertex, device),
-                mask=maps.mask.reshape(-1).to(device, torch.float32))
+                mask=atlas_tensors(maps, device).mask.reshape(-1))
     return ops
 
 
