@@ -59,6 +59,7 @@ from services.fitter.pipeline import (
     Stage2Result,
     StagePlan,
     StagesResult,
+    per_photo,
     timed,
 )
 from services.fitter.presets import Preset, get_preset
@@ -75,7 +76,6 @@ from services.fitter.texture import (
     coverage,
     fit_range,
     head_masks,
-    per_photo,
     photo_face_mask,
     spread_offsets,
     symmetrize_lowfreq,

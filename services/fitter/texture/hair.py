@@ -176,39 +176,7 @@ def hair_swatch(hires: np.ndarray, hair: np.ndarray, iod_px: float, seed: int = 
     ys, xs = np.nonzero(cover[: side - PATCH + 1, : side - PATCH + 1] >= SWATCH_COVER)
     if len(ys) < SWATCH_MIN_PATCHES * PATCH:  # a handful of distinct places, not one blob
         return None
-    rng = np.random.default_rng(seed)
-    ramp = np.sin(np.linspace(0, np.pi, PATCH, dtype=np.float32)) ** 2 + 1e-3
-    win = ramp[:, None] * ramp[None, :]
-    acc = np.zeros((SWATCH, SWATCH), np.float32)
-    wsum = np.zeros((SWATCH, SWATCH), np.float32)
-    idx = np.arange(PATCH)
-    step = PATCH // 2
-    # each patch turned so that its strands run down the swatch's rows (down the meridians
-    # on the head): straight hair stays straight strands however it fell in the photo;
-    # curls have no direction to turn
-    pad = PATCH
-    padded = cv2.copyMakeBorder(detail, pad, pad, pad, pad, cv2.BORDER_REFLECT)
-    gx_, gy_ = cv2.Sobel(detail, cv2.CV_32F, 1, 0), cv2.Sobel(detail, cv2.CV_32F, 0, 1)
-    box = (PATCH, PATCH)
-    jxx = cv2.boxFilter(gx_ * gx_, -1, box, anchor=(0, 0), borderType=cv2.BORDER_CONSTANT)
-    jyy = cv2.boxFilter(gy_ * gy_, -1, box, anchor=(0, 0), borderType=cv2.BORDER_CONSTANT)
-    jxy = cv2.boxFilter(gx_ * gy_, -1, box, anchor=(0, 0), borderType=cv2.BORDER_CONSTANT)
-    coh = np.sqrt((jxx - jyy) ** 2 + 4 * jxy ** 2) / np.maximum(jxx + jyy, 1e-9)
-    coherence = float(np.median(coh[ys, xs]))
-    for gy in range(0, SWATCH, step):
-        for gx in range(0, SWATCH, step):
-            k = int(rng.integers(len(ys)))
-            y0, x0 = int(ys[k]), int(xs[k])
-            # the gradients' main direction, across the strands (degrees from the x axis)
-            across = 0.5 * math.degrees(math.atan2(2 * jxy[y0, x0], jxx[y0, x0] - jyy[y0, x0]))
-            c = (x0 + pad + PATCH / 2 - 0.5, y0 + pad + PATCH / 2 - 0.5)
-            rot = cv2.getRotationMatrix2D(c, across, 1.0)  # gradients to the x axis
-            rot[:, 2] += [PATCH / 2 - 0.5 - c[0], PATCH / 2 - 0.5 - c[1]]
-            patch = cv2.warpAffine(padded, rot, (PATCH, PATCH), flags=cv2.INTER_LINEAR)
-            rows, cols = (gy + idx) % SWATCH, (gx + idx) % SWATCH
-            acc[np.ix_(rows, cols)] += patch * win
-            wsum[np.ix_(rows, cols)] += win
-    out = acc / wsum
+    coherence, out = _quilt(detail, ys, xs, np.random.default_rng(seed))
     # straight hair (its patches' gradients share one direction): drawn out along the strands,
     # which the cross-faded patches had broken into pieces; curls (no shared direction) keep
     # their shape
@@ -222,6 +190,68 @@ def hair_swatch(hires: np.ndarray, hair: np.ndarray, iod_px: float, seed: int = 
     seen = float(np.std(detail[inner > 0]))
     target = float(np.clip(seen, *SWATCH_STD))
     return (out * (target / max(float(np.std(out)), 1e-6))).astype(np.float32)
+
+
+def _quilt(detail: np.ndarray, ys: np.ndarray, xs: np.ndarray, rng: np.random.Generator
+           ) -> tuple[float, np.ndarray]:
+    """:func:`hair_swatch`'s quilt: ``PATCH``-pixel patches of ``detail`` (top-left corners
+    drawn from ``ys, xs``, one per half-overlapping place of the toroidal ``SWATCH`` grid, row
+    by row), each turned so that its gradients run along the x axis (strands down the rows),
+    cross-faded by a ``sin^2`` window.
+
+    All patches are cut by one ``cv2.remap`` (bilinear, zero outside, as ``cv2.warpAffine``
+    of each patch; the sample points equal to ~1/32 pixel, OpenCV's fixed-point step) and
+    summed by ``np.bincount``.
+
+    Args:
+        detail: ``float32 [H, W]`` log-luma detail; ys, xs: ``int [K]`` patch corners.
+        rng: draws the patch of each place.
+    Returns:
+        ``(coherence, float32 [SWATCH, SWATCH])``: the median structure-tensor coherence of
+        the places a patch can come from (1 = strands share one direction, 0 = none), and
+        the quilt.
+    """
+    box = (PATCH, PATCH)
+    gx_, gy_ = cv2.Sobel(detail, cv2.CV_32F, 1, 0), cv2.Sobel(detail, cv2.CV_32F, 0, 1)
+    jxx = cv2.boxFilter(gx_ * gx_, -1, box, anchor=(0, 0), borderType=cv2.BORDER_CONSTANT)
+    jyy = cv2.boxFilter(gy_ * gy_, -1, box, anchor=(0, 0), borderType=cv2.BORDER_CONSTANT)
+    jxy = cv2.boxFilter(gx_ * gy_, -1, box, anchor=(0, 0), borderType=cv2.BORDER_CONSTANT)
+    coh = np.sqrt((jxx - jyy) ** 2 + 4 * jxy ** 2) / np.maximum(jxx + jyy, 1e-9)
+    coherence = float(np.median(coh[ys, xs]))
+    step = PATCH // 2
+    places = np.arange(0, SWATCH, step)
+    n = len(places) ** 2
+    k = rng.integers(len(ys), size=n)
+    y0, x0 = ys[k].astype(np.float64), xs[k].astype(np.float64)
+    # the gradients' main direction at each patch, across the strands (radians from x); the
+    # patch is that turned to the x axis about its centre: destination pixel (u, v) samples
+    # the source at centre + R(-across) ((u, v) - PATCH / 2 + 0.5), R(t) the rotation by t
+    # in image axes (y down), as cv2.getRotationMatrix2D(centre, degrees(across)) inverted
+    jy, jx = ys[k], xs[k]
+    across = 0.5 * np.arctan2(2.0 * jxy[jy, jx], jxx[jy, jx] - jyy[jy, jx]).astype(np.float64)
+    c, s_ = np.cos(across), np.sin(across)
+    pad = PATCH
+    cx, cy = x0 + pad + PATCH / 2 - 0.5, y0 + pad + PATCH / 2 - 0.5
+    d = np.arange(PATCH, dtype=np.float64) - (PATCH / 2 - 0.5)
+    du, dv = d[None, None, :], d[None, :, None]
+    mx = cx[:, None, None] + c[:, None, None] * du - s_[:, None, None] * dv
+    my = cy[:, None, None] + s_[:, None, None] * du + c[:, None, None] * dv
+    padded = cv2.copyMakeBorder(detail, pad, pad, pad, pad, cv2.BORDER_REFLECT)
+    patches = cv2.remap(padded, mx.reshape(n * PATCH, PATCH).astype(np.float32),
+                        my.reshape(n * PATCH, PATCH).astype(np.float32), cv2.INTER_LINEAR,
+                        borderMode=cv2.BORDER_CONSTANT, borderValue=0).reshape(n, PATCH, PATCH)
+    ramp = np.sin(np.linspace(0, np.pi, PATCH, dtype=np.float32)) ** 2 + 1e-3
+    win = ramp[:, None] * ramp[None, :]
+    # where each patch's pixels land on the torus (places row by row, as k was drawn)
+    gy, gx = np.meshgrid(places, places, indexing="ij")
+    idx = np.arange(PATCH)
+    rows = (gy.reshape(-1, 1, 1) + idx[None, :, None]) % SWATCH
+    cols = (gx.reshape(-1, 1, 1) + idx[None, None, :]) % SWATCH
+    flat = (rows * SWATCH + cols).ravel()
+    acc = np.bincount(flat, weights=(patches * win).ravel(), minlength=SWATCH * SWATCH)
+    wsum = np.bincount(flat, weights=np.broadcast_to(win, (n, PATCH, PATCH)).ravel(),
+                       minlength=SWATCH * SWATCH)
+    return coherence, (acc / wsum).astype(np.float32).reshape(SWATCH, SWATCH)
 
 
 def _head_angles(maps: UVMaps) -> tuple[np.ndarray, np.ndarray, float]:

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ffhquv.imaging import LUMA
 from ffhquv.vocab import ParseLabel
+from services.fitter.pipeline import per_photo
 from services.fitter.texture.hair import hair_swatch
 
 # ParseLabel values of the detector's parse mask, as plain ints (compared with tensors)
@@ -163,52 +164,60 @@ def head_masks(photo: Tensor, parse: Tensor, skin: Tensor, landmarks: Tensor,
     lab = parse.long()
     sk = skin.float() / 255.0
     cw = skin_colour_weight(photo, (lab == PARSE_SKIN) & (sk > 0.8), landmarks)
-    tex, hair, stats = [], [], []
-    fine = strand_energy(photo if hires is None else hires, photo.shape[1])
-    marks = dark_marks(photo if hires is None else hires, photo.shape[1])
-    keep = []
-    for i in range(photo.shape[0]):
-        lm_i = landmarks[i].detach().cpu().numpy()
-        par_i = parse[i].cpu().numpy()
-        t, h, st = _head_masks_one(
-            (photo[i].detach().cpu().numpy() * 255 + 0.5).astype(np.uint8),
-            par_i, sk[i].cpu().numpy(), cw[i].cpu().numpy(), lm_i,
-            head[i].detach().cpu().numpy(), fine[i], marks[i])
+    # one transfer each to the host; the photos' host work then runs on per_photo's threads
+    # (OpenCV's GrabCut and filters release the GIL)
+    src = (photo if hires is None else hires).detach().cpu().numpy()
+    photo_u8 = (photo.detach().cpu().numpy() * 255 + 0.5).astype(np.uint8)
+    lm_np, par_np = landmarks.detach().cpu().numpy(), parse.cpu().numpy()
+    sk_np, cw_np, head_np = sk.cpu().numpy(), cw.cpu().numpy(), head.detach().cpu().numpy()
+    size = photo.shape[1]
+
+    def one(i: int) -> tuple[np.ndarray, np.ndarray, dict, np.ndarray]:
+        lm_i, par_i = lm_np[i], par_np[i]
+        t, h, st = _head_masks_one(photo_u8[i], par_i, sk_np[i], cw_np[i], lm_i, head_np[i],
+                                   strand_energy(src[i: i + 1], size)[0],
+                                   dark_marks(src[i: i + 1], size)[0])
         seen = st.pop("hair_seen", [])
         if st.get("has_hair") and seen:
             # the hair's own texture for the unseen scalp (hair_layer), from the sharper crop
-            src = (photo if hires is None else hires)[i].detach().cpu().numpy()
             iod_i = float(np.linalg.norm(lm_i[36] - lm_i[45]))
             for mask in seen:  # the first that shows enough hair
-                st["hair_swatch"] = hair_swatch(src, mask, iod_i)
+                st["hair_swatch"] = hair_swatch(src[i], mask, iod_i)
                 if st["hair_swatch"] is not None:
                     break
         # ... nor are the brows (bushy brows reach beyond their label: not creases to lift)
-        keep.append(((t > 0) | (par_i != PARSE_SKIN)) & ~brow_band(lm_i, par_i.shape))
-        tex.append(t)
-        hair.append(h)
-        stats.append(st)
+        keep = ((t > 0) | (par_i != PARSE_SKIN)) & ~brow_band(lm_i, par_i.shape)
+        return t, h, st, keep
+
+    tex, hair, stats, keep = zip(*per_photo(one, photo.shape[0]), strict=True)
     dev = photo.device
     skin_face = (lab == PARSE_SKIN).float() * ((sk - 0.5) / 0.3).clamp(0, 1) * cw
     # what the texture leaves out (strands, strand edges, frames) is not skin to flatten either
     skin_face = skin_face * torch.tensor(np.stack(keep), device=dev).float()
     return HeadMasks(texture=torch.tensor(np.stack(tex), device=dev)[..., None],
-                     hair=torch.tensor(np.stack(hair), device=dev)[..., None], hair_stats=stats,
+                     hair=torch.tensor(np.stack(hair), device=dev)[..., None],
+                     hair_stats=list(stats),
                      skin=skin_face[..., None])
 
 
-def strand_energy(img: Tensor, size: int) -> np.ndarray:
+def _host(img: Tensor | np.ndarray) -> np.ndarray:
+    """``img`` as a host array (a tensor's copy on the CPU, an array as it is)."""
+    return img.detach().cpu().numpy() if isinstance(img, Tensor) else np.asarray(img)
+
+
+def strand_energy(img: Tensor | np.ndarray, size: int) -> np.ndarray:
     """Fine-detail energy (hair strands, not smooth skin) per pixel of a ``size`` raster.
 
     Args:
-        img: ``float [B, S, S, 3]`` in [0, 1] (S >= size; 448 is enough for strands).
+        img: ``float [B, S, S, 3]`` in [0, 1], tensor or array (S >= size; 448 is enough for
+            strands).
         size: output side.
     Returns:
         ``float32 [B, size, size]``: local mean of ``|luma - blur(luma, 1 px)|`` at up to 448
         pixels, blurred over 2 px and resampled to ``size``.
     """
     out = []
-    for im in img.detach().cpu().numpy():
+    for im in _host(img):
         side = min(im.shape[0], 448)
         if im.shape[0] != side:
             im = cv2.resize(im, (side, side), interpolation=cv2.INTER_AREA)
@@ -228,11 +237,12 @@ STRAND_CONTRAST = 0.3
 FRAME_CONTRAST = 0.4
 
 
-def dark_marks(img: Tensor, size: int) -> np.ndarray:
+def dark_marks(img: Tensor | np.ndarray, size: int) -> np.ndarray:
     """Relative darkness of thin structures (hair strands, eyeglass frames) per pixel.
 
     Args:
-        img: ``float [B, S, S, 3]`` in [0, 1] (the hi-res crops; resampled to 448).
+        img: ``float [B, S, S, 3]`` in [0, 1], tensor or array (the hi-res crops; resampled
+            to 448).
         size: side of the photo raster the masks are made at (224).
     Returns:
         ``float32 [B, 448, 448]`` in [0, 1]: ``1 - luma / closing(luma)`` with a disc of
@@ -242,7 +252,7 @@ def dark_marks(img: Tensor, size: int) -> np.ndarray:
     side = MARK_SIDE
     r = max(2, int(round(MARK_RADIUS_IOD * 0.4 * side)))
     out = []
-    for im in img.detach().cpu().numpy():
+    for im in _host(img):
         if im.shape[0] != side:
             im = cv2.resize(im, (side, side), interpolation=cv2.INTER_AREA)
         luma = im.astype(np.float32) @ LUMA

@@ -1,4 +1,4 @@
-"""Where the stage-2 texture comes from, and the per-photo host work.
+"""Where the stage-2 texture comes from.
 
 Paper mode (StyleGAN2 texture decoder, latent search in W / W+) plugs in through
 :class:`TextureSource`: a source that decodes a latent instead of unwrapping; stage 3 only
@@ -8,10 +8,7 @@ unwraps the photo (:mod:`.unwrap`) and completes it (:mod:`.completion`).
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -19,25 +16,12 @@ from torch import Tensor
 
 from ffhquv.render.camera import Camera
 from services.fitter.facemodel.base import FaceModel
+from services.fitter.pipeline import per_photo
 from services.fitter.texture.atlas import uv_maps
 from services.fitter.texture.completion import CompletedTexture, complete_texture, pad_outside
 from services.fitter.texture.hair import hair_info, hair_layer
 from services.fitter.texture.masks import HeadMasks
 from services.fitter.texture.unwrap import unwrap
-
-T = TypeVar("T")
-
-
-def per_photo(fn: Callable[[int], T], n: int) -> list[T]:
-    """``[fn(0), ..., fn(n - 1)]``, on a thread pool when ``n > 1``.
-
-    The per-photo texture work is numpy / OpenCV on the host (they release the GIL): in a GPU
-    batch it would otherwise run one photo after the other while the GPU waits.
-    """
-    if n <= 1:
-        return [fn(i) for i in range(n)]
-    with ThreadPoolExecutor(max_workers=min(n, os.cpu_count() or 1, 8)) as pool:
-        return list(pool.map(fn, range(n)))
 
 
 class TextureSource(Protocol):
