@@ -231,9 +231,11 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
       python3 -c "import sys; sys.path.insert(0, '.'); from pathlib import Path; from bench.users import folder_of, photos_in
 folder_of(photos_in('$S/photos/faces-dev'), ${SPY_COUNT:-64}, Path('/tmp/spyf/in'))"
       step spyfolder 300 /usr/bin/time -v py-spy record --subprocesses --threads -r 50 -f raw \
-        -o "$out/spyfolder.txt" -- python3 -m ffhquv_cli fit /tmp/spyf/in -o /tmp/spyf/out \
+        -o /tmp/spyf/spyfolder.txt -- python3 -m ffhquv_cli fit /tmp/spyf/in -o /tmp/spyf/out \
         --device cuda --overwrite ${SPY_ARGS:-}
-      python3 bench/stacks.py "$out/spyfolder.txt" --rate 50 --top 80 > "$out/spyfolder_summary.txt"
+      # the recording stays on that machine (tens of MB); its summary comes back
+      python3 bench/stacks.py /tmp/spyf/spyfolder.txt --rate 50 --top 80 \
+        > "$out/spyfolder_summary.txt"
       ls /tmp/spyf/out | head -3; ls /tmp/spyf/out | wc -l
       ;;
     profilefirst)
