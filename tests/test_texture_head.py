@@ -849,3 +849,44 @@ def test_photos_hair_as_geometry(photo_fits):
     tex = fit.uv_texture.astype(np.float32) / 255
     far = np.abs(_sample(tex, mid) - np.asarray(fit.report["hair"]["hair_rgb"])).max(-1)
     assert np.mean(far < 0.3) > 0.97, np.percentile(far, [50, 90, 99])
+
+
+def test_head_masks_of_a_batch_are_each_photos_own(astronaut_rgb, astronaut_jpg_bytes):
+    """The photos of a batch get their head masks on per_photo's threads (GrabCut, strand
+    energy, dark marks, hair swatch): each exactly as that photo alone, whatever ran beside it
+    (OpenCV's random state is per thread and seeded per photo)."""
+    import io
+
+    from PIL import Image
+
+    from ffhquv.render.renderer import MeshRenderer
+    from services.detector.core import Detector
+    from services.fitter.core import DefaultStages, FitterCore, _photo_batch
+    from services.fitter.pipeline import FitContext
+    from services.fitter.presets import get_preset
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(astronaut_rgb[:, ::-1])).save(buf, format="PNG")
+    det = Detector()
+    faces = [det.detect(astronaut_jpg_bytes, unwrap_size=512).aligned,
+             det.detect(buf.getvalue(), unwrap_size=512).aligned]
+    fitter = FitterCore("default", device="cpu", threads=2)
+    ctx = FitContext(model=fitter.model, cam=fitter.camera, backend=fitter.backend,
+                     renderer=MeshRenderer(fitter.camera, fitter.backend),
+                     preset=get_preset("fast"), tex_size=256, progress=lambda *a: None,
+                     cancel=None)
+    pb = _photo_batch(faces, fitter.device)
+    torch.manual_seed(0)
+    _, c = fitter._stage1(ctx, pb)
+    with torch.no_grad():
+        both = DefaultStages._head_masks(ctx, pb, c)
+        for i in range(2):
+            alone = DefaultStages._head_masks(ctx, _photo_batch(faces[i: i + 1], fitter.device),
+                                              {k: v[i: i + 1] for k, v in c.items()})
+            for part in ("texture", "hair", "skin"):
+                assert torch.equal(getattr(both, part)[i], getattr(alone, part)[0]), (i, part)
+            a, b = alone.hair_stats[0], both.hair_stats[i]
+            assert a.keys() == b.keys()
+            for k in a:
+                assert np.array_equal(np.asarray(a[k]), np.asarray(b[k])), (i, k)
+    assert not torch.equal(both.texture[0], both.texture[1])  # two photos, not one twice
