@@ -31,6 +31,7 @@
 #                    machine where pip compiled at install)
 #          warm      bench/users.py warm alone (users' first step, for a short session)
 #          altcli    the cli part from the tree in alt/ (as altwarm)
+#          altserve  the serve part (one run) from the tree in alt/
 #          serve     bench/users.py serve (SERVE_SECONDS per many-clients row, default 120;
 #                    SERVE_FITTERS="1 2 4" one run per FFHQUV_FITTER_REPLICAS, SERVE_CLIENTS,
 #                    SERVE_MAX_CONCURRENT the gateway's limit)
@@ -209,6 +210,16 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
           --max-concurrent "${SERVE_MAX_CONCURRENT:-0}" \
           --seconds "${SERVE_SECONDS:-120}" --json "$out/serve$sfx.json"
       done
+      ;;
+    altserve)
+      # the serve rows (SERVE_SECONDS, SERVE_CLIENTS, one run) from the tree in .tp/alt
+      need "$sp68" "$S/cache" "$S/photos/faces-dev" "$S/alt" || { rc=1; continue; }
+      cp -r "$S/stubs/." "$S/alt/ffhquv/"
+      step altserve "${SERVE_LIMIT:-$((${SERVE_SECONDS:-120} + 240))}" \
+        env PYTHONPATH="$S/alt:$P/site:$P/frm" python3 "$S/alt/bench/users.py" serve \
+        --photos "$S/photos/faces-dev" --device cuda --clients "${SERVE_CLIENTS:-1,32}" \
+        --seconds-single 40 --max-concurrent "${SERVE_MAX_CONCURRENT:-0}" \
+        --seconds "${SERVE_SECONDS:-120}" --json "$out/altserve.json"
       ;;
     profile)
       # where a fitter process's host CPU goes (bench/fit.py --cprofile; 4 threads as one of
