@@ -59,7 +59,6 @@ from services.fitter.pipeline import (
     Stage2Result,
     StagePlan,
     StagesResult,
-    per_photo,
     timed,
 )
 from services.fitter.presets import Preset, get_preset
@@ -76,6 +75,7 @@ from services.fitter.texture import (
     coverage,
     fit_range,
     head_masks,
+    per_photo,
     photo_face_mask,
     spread_offsets,
     symmetrize_lowfreq,

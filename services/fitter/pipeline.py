@@ -8,8 +8,6 @@ reads:
 - :class:`PhotoBatch`: the B aligned photos as tensors on the fit device.
 - :class:`Stage2Result` / :class:`StagesResult`: the texture after stage 2, and everything
   stages 2 and 3 hand to the outputs (textures, final texture, coefficients, losses).
-- :func:`per_photo`: a stage's per-photo host work (numpy / OpenCV), the photos of a batch on
-  a thread pool.
 
 The default path (:mod:`services.fitter.core`) and paper mode
 (:mod:`services.fitter.paper_mode`) both run their stages 2 and 3 as a
@@ -18,14 +16,12 @@ The default path (:mod:`services.fitter.core`) and paper mode
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol
 
 from torch import Tensor
 
@@ -37,7 +33,6 @@ if TYPE_CHECKING:
     from services.fitter.texture import CompletedTexture
 
 Progress = Callable[[str, float, str], None]
-T = TypeVar("T")
 
 
 @dataclass
@@ -153,15 +148,3 @@ def timed(ctx: FitContext, name: str) -> Iterator[None]:
     t0 = time.perf_counter()
     yield
     ctx.times[name] = time.perf_counter() - t0
-
-
-def per_photo(fn: Callable[[int], T], n: int) -> list[T]:
-    """``[fn(0), ..., fn(n - 1)]``, on a thread pool when ``n > 1``.
-
-    The per-photo texture work is numpy / OpenCV on the host (they release the GIL): in a GPU
-    batch it would otherwise run one photo after the other while the GPU waits.
-    """
-    if n <= 1:
-        return [fn(i) for i in range(n)]
-    with ThreadPoolExecutor(max_workers=min(n, os.cpu_count() or 1, 8)) as pool:
-        return list(pool.map(fn, range(n)))

@@ -16,6 +16,7 @@ One concept per file:
   head by :func:`swatch_on_head`, else :func:`strand_noise`).
 - :mod:`.source`: where the stage-2 texture comes from (:class:`TextureSource`,
   :class:`UnwrapTextureSource`).
+- :mod:`.pool`: the per-photo thread pool of a batch's host work (:func:`per_photo`).
 
 Texture arrays follow the project convention: ``[S, S, 3]`` with row 0 = ``v = 1``.
 """
@@ -61,6 +62,7 @@ from services.fitter.texture.masks import (
     photo_face_mask,
     skin_colour_weight,
 )
+from services.fitter.texture.pool import per_photo
 from services.fitter.texture.source import TextureSource, UnwrapTextureSource
 from services.fitter.texture.unwrap import COS_MIN, UnwrapResult, unwrap
 
@@ -73,6 +75,6 @@ __all__ = [
     "TextureSource", "UVMaps", "UnwrapResult", "UnwrapTextureSource", "complete_texture",
     "coverage", "fit_range", "flatten_shading", "hair_weight", "laplacian_blend", "mesh_lowpass",
     "normalized_blur",
-    "photo_face_mask", "seam_step", "seam_texel_pairs", "skin_colour_weight",
+    "per_photo", "photo_face_mask", "seam_step", "seam_texel_pairs", "skin_colour_weight",
     "spread_offsets", "symmetrize_lowfreq", "to_texels", "to_vertices", "unwrap", "uv_maps",
 ]

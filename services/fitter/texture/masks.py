@@ -17,8 +17,8 @@ from torch import Tensor
 
 from ffhquv.imaging import LUMA
 from ffhquv.vocab import ParseLabel
-from services.fitter.pipeline import per_photo
 from services.fitter.texture.hair import hair_swatch
+from services.fitter.texture.pool import per_photo
 
 # ParseLabel values of the detector's parse mask, as plain ints (compared with tensors)
 PARSE_BG, PARSE_SKIN, PARSE_BROWS, PARSE_EYES, PARSE_NOSE, PARSE_LIPS, PARSE_MOUTH = (

@@ -16,11 +16,11 @@ from torch import Tensor
 
 from ffhquv.render.camera import Camera
 from services.fitter.facemodel.base import FaceModel
-from services.fitter.pipeline import per_photo
 from services.fitter.texture.atlas import uv_maps
 from services.fitter.texture.completion import CompletedTexture, complete_texture, pad_outside
 from services.fitter.texture.hair import hair_info, hair_layer
 from services.fitter.texture.masks import HeadMasks
+from services.fitter.texture.pool import per_photo
 from services.fitter.texture.unwrap import unwrap
 
 
