@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
-import math
 import os
 import random
 import shutil
@@ -18,15 +16,15 @@ import time
 from pathlib import Path
 
 from ffhquv import vocab
+from ffhquv_cli.machine import cuda_available, threads_env
+from ffhquv_cli.reporting import EXIT_USAGE, OUTPUT_MARKERS, FitReporter
 
 log = logging.getLogger("ffhquv")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-OUTPUT_MARKERS = ("report.json", "stage3_uv.png", "stage3_mesh_id.obj")
 
 
 # -- fit ---------------------------------------------------------------------------------
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 RETRYABLE = ("RESOURCE_EXHAUSTED", "UNAVAILABLE")
 
 
@@ -116,143 +114,6 @@ def write_output_dir(final: Path, files: dict[str, bytes], overwrite: bool) -> N
     with OutputDir(final, overwrite=overwrite) as tmp:
         for name, data in files.items():
             (Path(tmp) / name).write_bytes(data)
-
-
-STAGES = {1: "queued", 2: "detected", 3: "stage 1", 4: "stage 2", 5: "stage 3", 6: "eyeballs",
-          7: "exported", 8: "done"}
-
-
-class _Bar:
-    """A tqdm bar per photo, driven by progress events (on a terminal)."""
-
-    WEIGHTS = {1: 0.0, 2: 0.05, 3: 0.15, 4: 0.3, 5: 0.9, 6: 0.93, 7: 1.0, 8: 1.0}
-    PREV = {3: 0.05, 4: 0.15, 5: 0.3}
-
-    def __init__(self, name: str, position: int = 0):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=100, desc=name, position=position, leave=True,
-                        bar_format="{desc:<24} {percentage:3.0f}%|{bar}| {postfix}",
-                        file=sys.stderr, disable=None)
-
-    def update(self, p) -> None:
-        lo = self.PREV.get(p.stage, self.WEIGHTS.get(p.stage, 0.0))
-        hi = self.WEIGHTS.get(p.stage, lo)
-        frac = lo + (hi - lo) * max(0.0, min(1.0, p.fraction))
-        target = int(100 * frac)
-        if target > self.bar.n:
-            self.bar.update(target - self.bar.n)
-        self.bar.set_postfix_str(f"{STAGES.get(p.stage, '')} {p.message}"[:60])
-
-    def close(self, ok: bool) -> None:
-        if ok and self.bar.n < 100:
-            self.bar.update(100 - self.bar.n)
-        self.bar.close()
-
-
-class _Lines:
-    """Progress without a terminal (CI, job runners, redirected stderr): one plain line on
-    stderr per stage of a photo, ``<name>: <stage> (<message>) [<seconds> s]``."""
-
-    def __init__(self, name: str):
-        self.name = name
-        self.stage: int | None = None
-        self.t0 = time.monotonic()
-
-    def update(self, p) -> None:
-        if p.stage == self.stage:
-            return
-        self.stage = p.stage
-        note = f" ({p.message})" if p.message else ""
-        print(f"{self.name}: {STAGES.get(p.stage, str(p.stage))}{note} "
-              f"[{time.monotonic() - self.t0:.1f} s]", file=sys.stderr, flush=True)
-
-    def close(self, ok: bool) -> None:
-        return None
-
-
-def _finite(v: float) -> float | None:
-    return float(v) if math.isfinite(v) else None
-
-
-class FitReporter:
-    """What ``ffhquv fit`` tells its caller, the same for local and ``--remote`` runs.
-
-    stderr: progress (a bar on a terminal, else one line per stage per photo), one result
-    line per photo, a summary line. stdout with ``--json``: one JSON object per photo
-    (``input``, ``name``, ``status`` ok|failed|skipped, ``output``, ``files``, ``metrics``,
-    ``timings`` in seconds, ``warnings``, ``error`` {code, reason, message, field}).
-    """
-
-    def __init__(self, json_lines: bool = False, tty: bool | None = None,
-                 results: bool = True):
-        self.json = json_lines
-        self.tty = sys.stderr.isatty() if tty is None else tty
-        #: False in a ``--workers`` worker: its parent prints the result and summary lines
-        #: (from the worker's ``--json`` records); the worker prints progress only
-        self.results = results
-        self.counts = {"ok": 0, "failed": 0, "skipped": 0}
-        self.t0 = time.monotonic()
-
-    def progress(self, name: str):
-        return _Bar(name) if self.tty else _Lines(name)
-
-    def _emit(self, record: dict) -> None:
-        self.counts[record["status"]] += 1
-        if self.json:
-            sys.stdout.write(json.dumps(record, sort_keys=True) + "\n")
-            sys.stdout.flush()
-
-    def record(self, rec: dict) -> None:
-        """Report one photo's record (the ``--json`` object): its result line on stderr, then
-        the record itself on stdout with ``--json``."""
-        if self.results:
-            if rec["status"] == "ok":
-                m, t = rec["metrics"], rec["timings"]
-                lm, psnr = m.get("landmark_error_iod"), m.get("psnr_masked")
-                print(f"{rec['input']} -> {rec['output']}/  landmark error "
-                      f"{'n/a' if lm is None else f'{lm:.3f}'} IOD, PSNR "
-                      f"{'n/a' if psnr is None else f'{psnr:.1f}'} dB, "
-                      f"{t.get('total_s') or 0:.1f} s", file=sys.stderr, flush=True)
-                for w in rec["warnings"]:
-                    print(f"  note: {w}", file=sys.stderr)
-            elif rec["status"] == "failed":
-                print(f"{rec['input']}: {rec['error']['code']}: {rec['error']['message']}",
-                      file=sys.stderr, flush=True)
-            else:
-                print(f"{rec['input']}: {rec['output']} exists; skipped (use --overwrite to "
-                      "replace)", file=sys.stderr, flush=True)
-        self._emit(rec)
-
-    def ok(self, photo: Path, name: str, final: Path, metrics: dict[str, float],
-           warnings: list[str], files: list[str]) -> None:
-        m = {k: _finite(v) for k, v in metrics.items()}
-        self.record({"input": str(photo), "name": name, "status": "ok", "output": str(final),
-                     "files": sorted(files),
-                     "metrics": {k: v for k, v in m.items() if not k.endswith("_s")},
-                     "timings": {k: v for k, v in m.items() if k.endswith("_s")},
-                     "warnings": list(warnings), "error": None})
-
-    def failed(self, photo: Path, name: str, code: str, message: str, reason: str = "",
-               field: str = "") -> None:
-        self.record({"input": str(photo), "name": name, "status": "failed", "output": None,
-                     "files": [], "metrics": {}, "timings": {}, "warnings": [],
-                     "error": {"code": code, "reason": reason or code, "message": message,
-                               "field": field or None}})
-
-    def skipped(self, photo: Path, name: str, final: Path) -> None:
-        self.record({"input": str(photo), "name": name, "status": "skipped",
-                     "output": str(final), "files": [], "metrics": {}, "timings": {},
-                     "warnings": [], "error": None})
-
-    def summary(self) -> int:
-        """Print the summary line; returns the exit code (1 when a photo failed)."""
-        c = self.counts
-        if self.results:
-            print(f"ffhquv fit: {sum(c.values())} photo(s): {c['ok']} ok, {c['failed']} "
-                  f"failed, {c['skipped']} skipped in {time.monotonic() - self.t0:.1f} s",
-                  file=sys.stderr, flush=True)
-        return EXIT_FAILED if c["failed"] else EXIT_OK
 
 
 def fit_batch_size(requested: int, device: str) -> int:
@@ -706,7 +567,7 @@ def fitter_replicas(device: str) -> int:
     n = config.fitter_replicas()
     if n is not None:
         return n
-    if device == "cpu" or (device == "auto" and not _cuda_available()):
+    if device == "cpu" or (device == "auto" and not cuda_available()):
         return 1
     return max(1, min(4, (os.cpu_count() or 1) // 4))
 
@@ -722,11 +583,6 @@ def serve_all_max_concurrent(n_fit: int) -> int:
     return max(16, 8 * n_fit)
 
 
-# the thread pools a ``serve all`` child sizes to its share of the cores: torch's intra-op
-# (OpenMP) threads and OpenCV's (by default one per core in every process)
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENCV_FOR_THREADS_NUM")
-
-
 def service_threads(name: str, n_fit: int) -> int:
     """torch / OpenMP and OpenCV threads of one ``serve all`` child: the fitters share the
     cores, and the CPU services' replicas share a third of them each (their parallelism is
@@ -738,22 +594,10 @@ def service_threads(name: str, n_fit: int) -> int:
     return max(1, cores // (3 * cpu_service_replicas()))
 
 
-def threads_env(threads: int) -> dict[str, str]:
-    """The environment that sizes a child process's thread pools (:data:`THREAD_VARS`) to
-    ``threads``; a variable the user set is left to the user."""
-    return {v: str(threads) for v in THREAD_VARS if not os.environ.get(v)}
-
-
 def thread_env(name: str, n_fit: int) -> dict[str, str]:
     """The environment of a ``serve all`` child: :func:`threads_env` of
     :func:`service_threads`."""
     return threads_env(service_threads(name, n_fit))
-
-
-def _cuda_available() -> bool:
-    """An NVIDIA driver is loaded (the fitter children resolve "auto" with torch; the
-    gateway process does not import it)."""
-    return Path("/proc/driver/nvidia/version").exists()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

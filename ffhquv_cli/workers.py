@@ -32,7 +32,8 @@ import threading
 import time
 from pathlib import Path
 
-from ffhquv_cli.commands import OUTPUT_MARKERS, FitReporter, threads_env
+from ffhquv_cli.machine import cuda_available, threads_env
+from ffhquv_cli.reporting import OUTPUT_MARKERS, FitReporter
 
 #: GPU memory a worker may need at the default batch of 8 (CUDA context, 1024 textures,
 #: ``standard``: 2.4 GB peak in BENCHMARKS.md) with headroom: more workers than fit are not
@@ -94,13 +95,12 @@ def default_workers(cores: int, cuda: bool, ram_gb: float | None,
 def fit_workers(requested: int, device: str, n_photos: int) -> int:
     """Processes for ``n_photos`` photos: ``requested``, else :func:`default_workers` for this
     machine; never more than the photos (one photo: no parent in between)."""
-    from ffhquv_cli.commands import _cuda_available
 
     if n_photos <= 1:
         return 1
     if requested > 0:
         return min(requested, n_photos)
-    cuda = device != "cpu" and _cuda_available()
+    cuda = device != "cpu" and cuda_available()
     return min(n_photos, default_workers(os.cpu_count() or 1, cuda, _available_ram_gb(),
                                          _gpu_memory_gb() if cuda else None))
 

@@ -225,7 +225,7 @@ def test_a_killed_worker_reports_its_photos_failed_and_leaves_no_folder(tmp_path
     killed) leaves its photos reported failed with its exit code, and no temporary folder."""
     import threading
 
-    from ffhquv_cli.commands import FitReporter
+    from ffhquv_cli.reporting import FitReporter
     from ffhquv_cli.workers import _Worker
 
     out = tmp_path / "out"
@@ -276,7 +276,7 @@ def test_a_worker_that_dies_after_writing_a_folder_reports_it_done(tmp_path, cap
     (kept by a worker that died before replacing it) is not taken for this run's."""
     import threading
 
-    from ffhquv_cli.commands import FitReporter
+    from ffhquv_cli.reporting import FitReporter
     from ffhquv_cli.workers import _Worker
 
     out = tmp_path / "out"

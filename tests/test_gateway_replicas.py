@@ -79,7 +79,7 @@ def test_fitter_replicas(monkeypatch):
     assert fitter_replicas("cuda") == 2
     monkeypatch.setattr(commands.os, "cpu_count", lambda: 128)
     assert fitter_replicas("cuda") == 4
-    monkeypatch.setattr(commands, "_cuda_available", lambda: False)
+    monkeypatch.setattr(commands, "cuda_available", lambda: False)
     assert fitter_replicas("auto") == 1
     monkeypatch.setenv("FFHQUV_FITTER_REPLICAS", "3")
     assert fitter_replicas("cpu") == 3
