@@ -58,8 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--json", default=None)
     ap.add_argument("--profile", default=None,
-                    help="also profile one batch-1 fit of the first preset (torch.profiler) and "
-                         "write the top operators to this text file")
+                    help="also profile one fit of the first preset (torch.profiler, a batch of "
+                         "--profile-batch copies of the photo) and write the top operators to "
+                         "this text file")
+    ap.add_argument("--profile-batch", type=int, default=1,
+                    help="photos in --profile's fit (default 1)")
     ap.add_argument("--cprofile", default=None,
                     help="also run --repeat batch-1 fits of the first preset under cProfile "
                          "timed by the process's CPU time (all threads, charged to the Python "
@@ -129,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.json, meta, rows, face_model=core.face_model, threads=args.threads,
                texture_size=args.texture_size)
     if args.profile:
-        profile_fit(core, face, args.presets.split(",")[0], args.texture_size, args.profile)
+        profile_fit(core, face, args.presets.split(",")[0], args.texture_size, args.profile,
+                    args.profile_batch)
     if args.cprofile:
         cpu_profile(core, face, args.presets.split(",")[0], args.texture_size, args.repeat,
                     args.cprofile)
@@ -195,8 +199,9 @@ def write_stats(pr, header: str, path: str, sorts: tuple[tuple[str, int], ...]) 
     print(header + f"\nwrote {path} and its .prof")
 
 
-def profile_fit(core, face, preset: str, texture_size: int, path: str) -> None:
-    """One fit under torch.profiler: host vs device time, kernel launches, top operators."""
+def profile_fit(core, face, preset: str, texture_size: int, path: str, batch: int = 1) -> None:
+    """One fit of ``batch`` copies of ``face`` under torch.profiler: host vs device time,
+    kernel launches, top operators."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -204,7 +209,8 @@ def profile_fit(core, face, preset: str, texture_size: int, path: str) -> None:
                                      if core.device.type == "cuda" else [])
     with profile(activities=acts) as prof:
         t0 = time.perf_counter()
-        out = core.fit(face, preset=preset, texture_size=texture_size, want_intermediates=False)
+        out = core.fit_batch([face] * batch, preset=preset, texture_size=texture_size,
+                             want_intermediates=False)[0]
         if core.device.type == "cuda":
             torch.cuda.synchronize()
         wall = time.perf_counter() - t0
@@ -212,7 +218,8 @@ def profile_fit(core, face, preset: str, texture_size: int, path: str) -> None:
     launches = sum(e.count for e in ka if e.key in ("cudaLaunchKernel", "cuLaunchKernel",
                                                      "cudaLaunchKernelExC"))
     dev_us = sum(getattr(e, "self_device_time_total", 0) for e in ka)
-    lines = [f"profile of one {preset} fit on {core.device}: wall {wall:.3f} s (profiler "
+    lines = [f"profile of one {preset} fit of {batch} photo(s) on {core.device}: wall "
+             f"{wall:.3f} s (profiler "
              f"overhead included), timings {out.report['timings_s']}",
              f"kernel launches {launches}, graph replays "
              f"{sum(e.count for e in ka if e.key == 'cudaGraphLaunch')}, device time "
