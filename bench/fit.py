@@ -207,7 +207,7 @@ def profile_fit(core, face, preset: str, texture_size: int, path: str, batch: in
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA]
                                      if core.device.type == "cuda" else [])
-    with profile(activities=acts) as prof:
+    with profile(activities=acts, record_shapes=True) as prof:
         t0 = time.perf_counter()
         out = core.fit_batch([face] * batch, preset=preset, texture_size=texture_size,
                              want_intermediates=False)[0]
@@ -228,6 +228,11 @@ def profile_fit(core, face, preset: str, texture_size: int, path: str, batch: in
     if core.device.type == "cuda":
         lines += ["", ka.table(sort_by="self_device_time_total", row_limit=25,
                                max_name_column_width=60)]
+        # the operators by input shape (which matmul a slow GEMM kernel belongs to)
+        by_shape = prof.key_averages(group_by_input_shape=True)
+        lines += ["", "by input shape (CUDA time of the operator and its kernels):",
+                  by_shape.table(sort_by="device_time_total", row_limit=30,
+                                 max_name_column_width=40, max_shapes_column_width=80)]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text("\n".join(lines))
     print("\n".join(lines[:2]) + f"\nwrote {path}")
