@@ -890,3 +890,17 @@ def test_head_masks_of_a_batch_are_each_photos_own(astronaut_rgb, astronaut_jpg_
             for k in a:
                 assert np.array_equal(np.asarray(a[k]), np.asarray(b[k])), (i, k)
     assert not torch.equal(both.texture[0], both.texture[1])  # two photos, not one twice
+
+
+def test_host_array_is_one_read_only_copy(maps):
+    """The atlas's maps on the host (``host_array``): the tensor's values, made once per atlas
+    and read-only (every caller shares it: none may write into it)."""
+    from services.fitter.texture import host_array
+
+    got = host_array(maps, "mask")
+    assert got is host_array(maps, "mask")
+    np.testing.assert_array_equal(got, maps.mask.cpu().numpy())
+    assert not got.flags.writeable
+    with pytest.raises(ValueError):
+        got[0, 0] = True
+    np.testing.assert_array_equal(host_array(maps, "pos_mean"), maps.pos_mean.cpu().numpy())

@@ -21,7 +21,14 @@ One concept per file:
 Texture arrays follow the project convention: ``[S, S, 3]`` with row 0 = ``v = 1``.
 """
 
-from services.fitter.texture.atlas import UVMaps, head_zones, seam_step, seam_texel_pairs, uv_maps
+from services.fitter.texture.atlas import (
+    UVMaps,
+    head_zones,
+    host_array,
+    seam_step,
+    seam_texel_pairs,
+    uv_maps,
+)
 from services.fitter.texture.completion import (
     LEVEL_MAX,
     CompletedTexture,
@@ -68,7 +75,7 @@ from services.fitter.texture.unwrap import COS_MIN, UnwrapResult, unwrap
 
 __all__ = [
     "COS_MIN", "HAIR_RATIO", "LEVEL_MAX", "HairLayer", "HeadMasks", "hair_layer", "head_masks",
-    "head_zones",
+    "head_zones", "host_array",
     "hair_swatch", "strand_noise", "swatch_on_head", "PARSE_BG", "PARSE_BROWS", "PARSE_EYES",
     "PARSE_LIPS",
     "PARSE_MOUTH", "PARSE_NOSE", "PARSE_SKIN", "TEXTURE_LABELS", "CompletedTexture",

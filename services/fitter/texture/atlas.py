@@ -156,6 +156,19 @@ def atlas_tensors(maps: UVMaps, device: torch.device | str) -> AtlasTensors:
     return hit
 
 
+
+def host_array(maps: UVMaps, name: str) -> np.ndarray:
+    """A read-only host (numpy) copy of the tensor field ``name`` of ``maps`` (``"mask"``,
+    ``"face"``, ``"pos_mean"``, ...), made once and kept in ``maps.derived``: on a GPU each
+    ``.cpu()`` of an atlas map was a fresh pageable copy of up to 12 MB a photo."""
+    key = ("host", name)
+    with _TENSORS_LOCK:
+        hit = maps.derived.get(key)
+        if hit is None:
+            hit = np.array(getattr(maps, name).detach().cpu().numpy())
+            hit.flags.writeable = False
+            maps.derived[key] = hit
+    return hit
 _UV_CACHE: dict[tuple, UVMaps] = {}
 _UV_LOCK = threading.Lock()
 
@@ -433,7 +446,7 @@ def seam_texel_pairs(maps: UVMaps) -> tuple[np.ndarray, np.ndarray]:
         ``(a [P], b [P])`` flat texel indices.
     """
     s = maps.size
-    near = maps.mask.cpu().numpy() & (maps.seam_fade < 0.25)
+    near = host_array(maps, "mask") & (maps.seam_fade < 0.25)
     idx = np.flatnonzero(near.reshape(-1))
     pos = maps.pos_mean.reshape(-1, 3).cpu().numpy()[idx]
     rows, cols = np.divmod(idx, s)

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ffhquv.imaging import LUMA
-from services.fitter.texture.atlas import UVMaps, atlas_tensors
+from services.fitter.texture.atlas import UVMaps, atlas_tensors, host_array
 from services.fitter.texture.hair import hair_weight
 from services.fitter.texture.imageops import (
     Interp,
@@ -430,7 +430,7 @@ def pad_outside(tex: ArrayT, maps: UVMaps) -> ArrayT:
     """
     src = maps.derived.get("pad_outside")
     if src is None:
-        mask = maps.mask.cpu().numpy()
+        mask = host_array(maps, "mask")
         if mask.all() or not mask.any():
             src = np.arange(mask.size)
         else:
@@ -453,7 +453,7 @@ def pad_outside(tex: ArrayT, maps: UVMaps) -> ArrayT:
 
 def coverage(weight: np.ndarray, maps: UVMaps, threshold: float = 0.1) -> float:
     """Fraction of face-region texels seen in the photo (own view, not mirrored)."""
-    face = maps.face.cpu().numpy() > 0.5
+    face = host_array(maps, "face") > 0.5
     if face.sum() == 0:
         return 0.0
     return float((weight[face] > threshold).mean())

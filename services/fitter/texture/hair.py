@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ffhquv.imaging import LUMA
-from services.fitter.texture.atlas import UVMaps, atlas_tensors, derived_arrays
+from services.fitter.texture.atlas import UVMaps, atlas_tensors, derived_arrays, host_array
 from services.fitter.texture.imageops import median, numpy_io
 from services.fitter.texture.lowpass import mesh_lowpass
 
@@ -99,7 +99,7 @@ def hair_layer(color: np.ndarray, w_hair: np.ndarray, w_skin: np.ndarray, maps: 
         return None
     s = maps.size
     hair_rgb = np.asarray(stats["hair_rgb"], np.float32)
-    covered = maps.mask.cpu().numpy()
+    covered = host_array(maps, "mask")
     zone = maps.hair_zone * covered
     # long hair: below the short line it hangs over whatever the photo saw there (the side of
     # the neck at a grazing angle): the zone alone, with its smooth edge
@@ -259,7 +259,7 @@ def _head_angles(maps: UVMaps) -> tuple[np.ndarray, np.ndarray, float]:
     ``maps.head_centre``) and the scalp's median distance from the centre; made once per
     atlas (:func:`~services.fitter.texture.atlas.derived_arrays`)."""
     def build() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        around, down, r = head_angles(maps.pos_mean.cpu().numpy(), maps.head_centre)
+        around, down, r = head_angles(host_array(maps, "pos_mean"), maps.head_centre)
         scalp = maps.hair_zone > 0.5
         return around, down, np.float64(np.median(r[scalp] if scalp.any() else r))
 
@@ -285,7 +285,7 @@ def _atlas_strands(maps: UVMaps) -> np.ndarray:
     """:func:`strand_noise` at every texel of ``maps`` (``float32 [S, S]``), made once per
     atlas and kept on disk beside it (about 1.1 s to make, each new process)."""
     return derived_arrays(maps, "hair-strands", lambda: (
-        strand_noise(maps.pos_mean.cpu().numpy(), maps.head_centre),), (__file__,))[0]
+        strand_noise(host_array(maps, "pos_mean"), maps.head_centre),), (__file__,))[0]
 
 
 def hair_info(stats: dict) -> dict:

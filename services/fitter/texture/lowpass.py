@@ -34,7 +34,7 @@ from services.fitter.facemodel.topology import (
     screened_smooth,
     screened_solve,
 )
-from services.fitter.texture.atlas import UVMaps, atlas_tensors
+from services.fitter.texture.atlas import UVMaps, atlas_tensors, host_array
 from services.fitter.texture.imageops import numpy_io
 
 
@@ -107,7 +107,7 @@ def _mask_system(maps: UVMaps, sigma: float) -> tuple[np.ndarray, ScreenedFactor
     with _LOCK:
         den = maps.derived.get(key)
     if den is None:
-        den = maps.to_vertex @ maps.mask.cpu().numpy().astype(np.float32).reshape(-1)
+        den = maps.to_vertex @ host_array(maps, "mask").astype(np.float32).reshape(-1)
         with _LOCK:
             maps.derived[key] = den
     return den, screened_factor(maps.laplacian, _vertex_weight(maps, den), _length(maps, sigma))
@@ -239,7 +239,7 @@ def symmetrize_lowfreq(tex: np.ndarray, maps: UVMaps, sigma: float) -> np.ndarra
                      ) * ops.mask[:, None]
         t = t.reshape(tex.shape)
         return t.to(tex.device) if isinstance(tex, Tensor) else t.cpu().numpy()
-    mask = maps.mask.cpu().numpy().astype(np.float32)
+    mask = host_array(maps, "mask").astype(np.float32)
     for _ in range(2):
         num = maps.to_vertex @ (np.asarray(tex, np.float32).reshape(s * s, -1)
                                 * mask.reshape(-1)[:, None])
