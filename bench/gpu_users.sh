@@ -2,7 +2,8 @@
 # The users' benchmarks (bench/users.py, bench/png.py, bench/quality.py, bench/recovery.py) on a
 # CUDA machine without internet, in back-to-back calls of the device tool (DEVELOPERS.md, "GPU
 # machine"). Run from the repository root (the tool sends the checkout); the carried items sit
-# in the git-ignored folder .tp/ (TP=DIR to use another), any of them in any call:
+# in the git-ignored folder .tp/ (TP=DIR to use another; bench/tp_prepare.sh makes them all),
+# any of them in any call:
 #   whl/        wheels missing there (dlib-bin, grpcio, grpcio-health-checking, grpcio-reflection,
 #               grpcio-status, googleapis-common-protos, protobuf, grpcio-tools, trimesh,
 #               pygltflib + dataclasses-json, deprecated, marshmallow, diffrp-nvdiffrast)
