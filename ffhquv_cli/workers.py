@@ -95,7 +95,6 @@ def default_workers(cores: int, cuda: bool, ram_gb: float | None,
 def fit_workers(requested: int, device: str, n_photos: int) -> int:
     """Processes for ``n_photos`` photos: ``requested``, else :func:`default_workers` for this
     machine; never more than the photos (one photo: no parent in between)."""
-
     if n_photos <= 1:
         return 1
     if requested > 0:

@@ -568,7 +568,7 @@ class PaperStages:
 
     def stage2(self, ctx: FitContext, photos: PhotoBatch,
                coeffs: dict[str, Tensor]) -> Stage2Result:
-        from services.fitter.texture import CompletedTexture, uv_maps
+        from services.fitter.texture import CompletedTexture, host_array, uv_maps
 
         texgan, tex_size = self.texgan, ctx.tex_size
         b = photos.photo.shape[0]
@@ -578,7 +578,7 @@ class PaperStages:
         with torch.no_grad():
             tex2 = resize_texture(gan_texture(texgan, s2.z), tex_size)
             maps = uv_maps(ctx.model, tex_size, ctx.backend)
-        atlas = maps.mask.float().cpu().numpy()
+        atlas = host_array(maps, "mask").astype(np.float32)
         tex2_np = tex2.cpu().numpy()
         textures = [CompletedTexture(
             texture=np.clip(tex2_np[i], 1.0 / 255, 1.0).astype(np.float32),

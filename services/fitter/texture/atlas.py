@@ -156,7 +156,6 @@ def atlas_tensors(maps: UVMaps, device: torch.device | str) -> AtlasTensors:
     return hit
 
 
-
 def host_array(maps: UVMaps, name: str) -> np.ndarray:
     """A read-only host (numpy) copy of the tensor field ``name`` of ``maps`` (``"mask"``,
     ``"face"``, ``"pos_mean"``, ...), made once and kept in ``maps.derived``: on a GPU each
@@ -169,6 +168,8 @@ def host_array(maps: UVMaps, name: str) -> np.ndarray:
             hit.flags.writeable = False
             maps.derived[key] = hit
     return hit
+
+
 _UV_CACHE: dict[tuple, UVMaps] = {}
 _UV_LOCK = threading.Lock()
 
@@ -448,7 +449,7 @@ def seam_texel_pairs(maps: UVMaps) -> tuple[np.ndarray, np.ndarray]:
     s = maps.size
     near = host_array(maps, "mask") & (maps.seam_fade < 0.25)
     idx = np.flatnonzero(near.reshape(-1))
-    pos = maps.pos_mean.reshape(-1, 3).cpu().numpy()[idx]
+    pos = host_array(maps, "pos_mean").reshape(-1, 3)[idx]
     rows, cols = np.divmod(idx, s)
     pairs = cKDTree(pos).query_pairs(r=6 * maps.texel_len, output_type="ndarray")
     if len(pairs) == 0:

@@ -222,13 +222,12 @@ def _quilt(detail: np.ndarray, ys: np.ndarray, xs: np.ndarray, rng: np.random.Ge
     places = np.arange(0, SWATCH, step)
     n = len(places) ** 2
     k = rng.integers(len(ys), size=n)
-    y0, x0 = ys[k].astype(np.float64), xs[k].astype(np.float64)
+    y0, x0 = ys[k], xs[k]
     # the gradients' main direction at each patch, across the strands (radians from x); the
     # patch is that turned to the x axis about its centre: destination pixel (u, v) samples
     # the source at centre + R(-across) ((u, v) - PATCH / 2 + 0.5), R(t) the rotation by t
     # in image axes (y down), as cv2.getRotationMatrix2D(centre, degrees(across)) inverted
-    jy, jx = ys[k], xs[k]
-    across = 0.5 * np.arctan2(2.0 * jxy[jy, jx], jxx[jy, jx] - jyy[jy, jx]).astype(np.float64)
+    across = 0.5 * np.arctan2(2.0 * jxy[y0, x0], jxx[y0, x0] - jyy[y0, x0]).astype(np.float64)
     c, s_ = np.cos(across), np.sin(across)
     pad = PATCH
     cx, cy = x0 + pad + PATCH / 2 - 0.5, y0 + pad + PATCH / 2 - 0.5
