@@ -27,6 +27,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from ffhquv.render.matmul import apply_matrices
+
 
 @dataclass(frozen=True)
 class Camera:
@@ -76,12 +78,12 @@ def rigid_transform(points: Tensor, angles: Tensor, trans: Tensor) -> Tensor:
         ``[B, N, 3]`` world-space points.
     """
     rot = euler_to_rotation(angles)
-    return points @ rot.transpose(1, 2) + trans[:, None, :]
+    return apply_matrices(points, rot) + trans[:, None, :]
 
 
 def rotate_normals(normals: Tensor, angles: Tensor) -> Tensor:
     """``[B, N, 3]`` model-space normals to world space (rotation only)."""
-    return normals @ euler_to_rotation(angles).transpose(1, 2)
+    return apply_matrices(normals, euler_to_rotation(angles))
 
 
 def to_camera(world: Tensor, cam: Camera) -> Tensor:

@@ -14,6 +14,8 @@ import math
 import torch
 from torch import Tensor
 
+from ffhquv.render.matmul import apply_matrices
+
 AMBIENT = 0.8
 _A0, _A1, _A2 = math.pi, 2 * math.pi / math.sqrt(3.0), 2 * math.pi / math.sqrt(8.0)
 _C0 = 1 / math.sqrt(4 * math.pi)
@@ -69,7 +71,7 @@ def irradiance(normals: Tensor, gamma: Tensor, ambient: float = AMBIENT) -> Tens
     g[:, :, 0] = g[:, :, 0] + ambient
     basis = sh_basis(normals)  # [B, ..., 9]
     flat = basis.reshape(b, -1, 9)
-    light = flat @ g.transpose(1, 2)  # [B, P, 3]
+    light = apply_matrices(flat, g)  # [B, P, 3]
     return light.reshape(*normals.shape[:-1], 3)
 
 
