@@ -80,6 +80,7 @@ from services.fitter.texture import (
     photo_face_mask,
     spread_offsets,
     symmetrize_lowfreq,
+    to_host,
     uv_maps,
 )
 
@@ -451,8 +452,8 @@ class FitterCore:
             lm_fit = project(m.landmarks(world), cam)
             lm_neu = m.landmarks(verts_neu).cpu().numpy()
         # to 8 bits on the device (the same arithmetic as numpy's): a quarter of the bytes
-        tex_u8 = (final * 255 + 0.5).clamp(0, 255).to(torch.uint8).cpu().numpy()
-        render_u8 = (out.image.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+        tex_u8 = to_host((final * 255 + 0.5).clamp(0, 255).to(torch.uint8))
+        render_u8 = (to_host(out.image.clamp(0, 1)) * 255 + 0.5).astype(np.uint8)
         rmask = out.mask.cpu().numpy()[..., 0]
         lm_np = lm_fit.cpu().numpy()
         fmask_np = photos.mask[..., 0].cpu().numpy()

@@ -17,6 +17,7 @@ One concept per file:
 - :mod:`.source`: where the stage-2 texture comes from (:class:`TextureSource`,
   :class:`UnwrapTextureSource`).
 - :mod:`.pool`: the per-photo thread pool of a batch's host work (:func:`per_photo`).
+- :mod:`.hostcopy`: device tensors to host arrays through pinned memory (:func:`to_host`).
 
 Texture arrays follow the project convention: ``[S, S, 3]`` with row 0 = ``v = 1``.
 """
@@ -48,6 +49,7 @@ from services.fitter.texture.hair import (
     strand_noise,
     swatch_on_head,
 )
+from services.fitter.texture.hostcopy import to_host
 from services.fitter.texture.lowpass import (
     mesh_lowpass,
     spread_offsets,
@@ -83,5 +85,6 @@ __all__ = [
     "coverage", "fit_range", "flatten_shading", "hair_weight", "laplacian_blend", "mesh_lowpass",
     "normalized_blur",
     "per_photo", "photo_face_mask", "seam_step", "seam_texel_pairs", "skin_colour_weight",
-    "spread_offsets", "symmetrize_lowfreq", "to_texels", "to_vertices", "unwrap", "uv_maps",
+    "spread_offsets", "symmetrize_lowfreq", "to_host", "to_texels", "to_vertices", "unwrap",
+    "uv_maps",
 ]

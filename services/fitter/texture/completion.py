@@ -29,6 +29,7 @@ from torch import Tensor
 from ffhquv.imaging import LUMA
 from services.fitter.texture.atlas import UVMaps, atlas_tensors, host_array
 from services.fitter.texture.hair import hair_weight
+from services.fitter.texture.hostcopy import to_host
 from services.fitter.texture.imageops import (
     Interp,
     distance_inside,
@@ -412,11 +413,9 @@ def complete_texture(albedo: ArrayT, weight: ArrayT, maps: UVMaps,
             tex = tex * float(np.clip(before / after, 1 / LEVEL_MAX, LEVEL_MAX))
     tex = fit_range(tex)
 
-    def host(x: Tensor) -> np.ndarray:
-        return np.ascontiguousarray(x.detach().cpu().numpy(), np.float32)
-
-    return CompletedTexture(texture=host(tex), observed=host(w), combined=host(w_tot),
-                            skin_color=host(skin_color))
+    f32 = np.float32
+    return CompletedTexture(texture=to_host(tex, f32), observed=to_host(w, f32),
+                            combined=to_host(w_tot, f32), skin_color=to_host(skin_color, f32))
 
 
 def pad_outside(tex: ArrayT, maps: UVMaps) -> ArrayT:

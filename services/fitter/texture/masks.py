@@ -18,6 +18,7 @@ from torch import Tensor
 from ffhquv.imaging import LUMA
 from ffhquv.vocab import ParseLabel
 from services.fitter.texture.hair import hair_swatch
+from services.fitter.texture.hostcopy import to_host
 from services.fitter.texture.pool import per_photo
 
 # ParseLabel values of the detector's parse mask, as plain ints (compared with tensors)
@@ -166,10 +167,10 @@ def head_masks(photo: Tensor, parse: Tensor, skin: Tensor, landmarks: Tensor,
     cw = skin_colour_weight(photo, (lab == PARSE_SKIN) & (sk > 0.8), landmarks)
     # one transfer each to the host; the photos' host work then runs on per_photo's threads
     # (OpenCV's GrabCut and filters release the GIL)
-    src = (photo if hires is None else hires).detach().cpu().numpy()
-    photo_u8 = (photo.detach().cpu().numpy() * 255 + 0.5).astype(np.uint8)
-    lm_np, par_np = landmarks.detach().cpu().numpy(), parse.cpu().numpy()
-    sk_np, cw_np, head_np = sk.cpu().numpy(), cw.cpu().numpy(), head.detach().cpu().numpy()
+    src = to_host(photo if hires is None else hires)
+    photo_u8 = (to_host(photo) * 255 + 0.5).astype(np.uint8)
+    lm_np, par_np = to_host(landmarks), to_host(parse)
+    sk_np, cw_np, head_np = to_host(sk), to_host(cw), to_host(head)
     size = photo.shape[1]
 
     def one(i: int) -> tuple[np.ndarray, np.ndarray, dict, np.ndarray]:
@@ -202,7 +203,7 @@ def head_masks(photo: Tensor, parse: Tensor, skin: Tensor, landmarks: Tensor,
 
 def _host(img: Tensor | np.ndarray) -> np.ndarray:
     """``img`` as a host array (a tensor's copy on the CPU, an array as it is)."""
-    return img.detach().cpu().numpy() if isinstance(img, Tensor) else np.asarray(img)
+    return to_host(img) if isinstance(img, Tensor) else np.asarray(img)
 
 
 def strand_energy(img: Tensor | np.ndarray, size: int) -> np.ndarray:

@@ -19,6 +19,7 @@ from services.fitter.facemodel.base import FaceModel
 from services.fitter.texture.atlas import uv_maps
 from services.fitter.texture.completion import CompletedTexture, complete_texture, pad_outside
 from services.fitter.texture.hair import hair_info, hair_layer
+from services.fitter.texture.hostcopy import to_host
 from services.fitter.texture.masks import HeadMasks
 from services.fitter.texture.pool import per_photo
 from services.fitter.texture.unwrap import unwrap
@@ -63,9 +64,9 @@ class UnwrapTextureSource:
         alb, wt = un.albedo.detach(), un.weight.detach()
         if head is None:
             return per_photo(lambda i: complete_texture(alb[i], wt[i], maps), alb.shape[0])
-        wt_np = wt.cpu().numpy()
-        col = un.color.detach().cpu().numpy()
-        w_hair = un.weights[..., 1].detach().cpu().numpy()
+        wt_np = to_host(wt)
+        col = to_host(un.color)
+        w_hair = to_host(un.weights[..., 1])
         w_skin = None if head.skin is None else un.weights[..., 2].detach()
 
         def one(i: int) -> CompletedTexture:
