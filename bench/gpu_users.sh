@@ -37,6 +37,11 @@
 #                    SERVE_FITTERS="1 2 4" one run per FFHQUV_FITTER_REPLICAS, SERVE_CLIENTS,
 #                    SERVE_MAX_CONCURRENT the gateway's limit)
 #          profile   bench/fit.py --cprofile: the fitter's host CPU seconds by function
+#          devtests  pytest of the device-path tests (DEVTESTS overrides the selection)
+#          profilebatch  bench/fit.py --profile of PROFILE_BATCH (4) copies of fd05
+#          spyfit    py-spy --gil of bench/fit.py in batches of SPY_BATCH (carry pyspy/)
+#          fitab     bench/fit.py from this checkout and from .tp/alt (FIT_BATCHES)
+#          gemm      bench/basis_gemm.py: the basis product's formulations
 #          cudawait  bench/cudawait.py: CPU burnt by a waiting thread, spin / auto / block
 #          spyfolder py-spy of `ffhquv fit` on a folder (SPY_COUNT, SPY_ARGS; carry pyspy/)
 #          profilefirst  bench/fit.py --cprofile-first: a new process's first fit by function
@@ -229,6 +234,48 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
       step profile 240 python3 bench/fit.py --presets standard --device cuda --threads 4 \
         --batch 1,8 --repeat 3 --photo "$(ls "$S"/photos/faces-dev/fd05* | head -1)" \
         --cprofile "$out/cprofile.txt" --json "$out/fit.json"
+      ;;
+    devtests)
+      # the tests whose device path only a CUDA machine runs (DEVTESTS: other pytest args)
+      need "$sp68" "$S/cache" || { rc=1; continue; }
+      step devtests 400 python3 -m pytest -q -p no:cacheprovider ${DEVTESTS:-tests/test_texture_seams.py \
+        tests/test_texture_imageops.py tests/test_fitter_photos.py tests/test_texture_head.py \
+        -k "gpu or device or cuda or batch"}
+      ;;
+    profilebatch)
+      # torch.profiler of one fit of PROFILE_BATCH copies of fd05: device time by kernel and
+      # the operators by input shape
+      need "$sp68" "$S/cache" "$S/photos/faces-dev" || { rc=1; continue; }
+      step profilebatch 240 python3 bench/fit.py --presets standard --device cuda --threads 4 \
+        --batch 1 --photo "$(ls "$S"/photos/faces-dev/fd05* | head -1)" \
+        --profile "$out/prof_b${PROFILE_BATCH:-4}.txt" --profile-batch "${PROFILE_BATCH:-4}" ${PROFILE_ARGS:-}
+      ;;
+    spyfit)
+      # where the fitter core holds the GIL in batches of SPY_BATCH (4) photos: py-spy --gil
+      # samples only the thread holding it (a fitter process of `serve all` runs its Python
+      # on one core at a time: the GIL-held seconds a photo bound its photos/s)
+      need "$sp68" "$S/cache" "$S/photos/faces-dev" || { rc=1; continue; }
+      command -v py-spy > /dev/null || { echo "spyfit: carry pyspy/"; rc=1; continue; }
+      step spyfit 300 py-spy record --gil --threads -r 100 -f raw -o /tmp/spyfit.txt -- \
+        python3 bench/fit.py --presets standard --device cuda --threads 4 \
+        --batch "${SPY_BATCH:-4}" --repeat 4 --photo "$(ls "$S"/photos/faces-dev/fd05* | head -1)"
+      python3 bench/stacks.py /tmp/spyfit.txt --rate 100 --top 80 > "$out/spyfit_summary.txt"
+      ;;
+    fitab)
+      # the fitter core alone (bench/fit.py, fd05, FIT_BATCHES "1,4", 3 repeats) from this
+      # checkout, then from the tree in .tp/alt, in the same lease
+      need "$sp68" "$S/cache" "$S/photos/faces-dev" "$S/alt" || { rc=1; continue; }
+      cp -r "$S/stubs/." "$S/alt/ffhquv/"
+      fd05="$(ls "$S"/photos/faces-dev/fd05* | head -1)"
+      step fit 200 python3 bench/fit.py --presets standard --device cuda --threads 4 \
+        --batch "${FIT_BATCHES:-1,4}" --repeat 3 --photo "$fd05" --json "$out/fit.json"
+      step altfit 200 env PYTHONPATH="$S/alt:$P/site:$P/frm" python3 "$S/alt/bench/fit.py" \
+        --presets standard --device cuda --threads 4 --batch "${FIT_BATCHES:-1,4}" --repeat 3 \
+        --photo "$fd05" --json "$out/altfit.json"
+      ;;
+    gemm)
+      # the face model's basis product, forward + backward, per formulation and batch size
+      step gemm 120 python3 bench/basis_gemm.py --device cuda
       ;;
     cudawait)
       # host CPU burnt while a thread waits for the GPU, per FFHQUV_CUDA_WAIT mode
