@@ -21,8 +21,10 @@ def einsum(base: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return torch.einsum("nck,bk->bnc", base, c)
 
 
-def make_splitk(chunks: int):
-    class _SplitK(torch.autograd.Function):
+def formulation(coeff_grad):
+    """A basis product ``[N, 3, K] x [B, K] -> [B, N, 3]`` whose coefficient gradient is
+    ``coeff_grad(g [B, M], flat [M, K]) -> [B, K]`` (M = 3N)."""
+    class _Product(torch.autograd.Function):
         @staticmethod
         def forward(ctx, flat, c):  # flat [M, K], c [B, K]
             ctx.save_for_backward(flat)
@@ -31,58 +33,34 @@ def make_splitk(chunks: int):
         @staticmethod
         def backward(ctx, g):  # g [B, M]
             (flat,) = ctx.saved_tensors
-            m, k = flat.shape
-            b = g.shape[0]
-            s = chunks
-            pad = (-m) % s
-            if pad:
-                g = torch.nn.functional.pad(g, (0, pad))
-                flat = torch.nn.functional.pad(flat, (0, 0, 0, pad))
-            gc = g.reshape(b, s, -1).transpose(0, 1)  # [S, B, L]
-            fc = flat.reshape(s, -1, k)  # [S, L, K]
-            return None, torch.bmm(gc, fc).sum(0)
+            return None, coeff_grad(g, flat)
 
     def f(base, c):
         n, three, k = base.shape
-        return _SplitK.apply(base.reshape(n * three, k), c).reshape(c.shape[0], n, three)
+        return _Product.apply(base.reshape(n * three, k), c).reshape(c.shape[0], n, three)
     return f
 
 
-class _MulSum(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, flat, c):
-        ctx.save_for_backward(flat)
-        return c @ flat.T
-
-    @staticmethod
-    def backward(ctx, g):
-        (flat,) = ctx.saved_tensors
-        return None, (g[:, :, None] * flat[None]).sum(1)
-
-
-def mulsum(base, c):
-    n, three, k = base.shape
-    return _MulSum.apply(base.reshape(n * three, k), c).reshape(c.shape[0], n, three)
+def make_splitk(chunks: int):
+    """The reduction cut into ``chunks`` pieces, one small GEMM each, summed."""
+    def grad(g, flat):
+        m, k = flat.shape
+        b = g.shape[0]
+        pad = (-m) % chunks
+        if pad:
+            g = torch.nn.functional.pad(g, (0, pad))
+            flat = torch.nn.functional.pad(flat, (0, 0, 0, pad))
+        gc = g.reshape(b, chunks, -1).transpose(0, 1)  # [S, B, L]
+        fc = flat.reshape(chunks, -1, k)  # [S, L, K]
+        return torch.bmm(gc, fc).sum(0)
+    return formulation(grad)
 
 
-class _TMM(torch.autograd.Function):
-    """Backward as ``(flat^T @ g^T)^T``: the same product with the long side as M."""
-
-    @staticmethod
-    def forward(ctx, flat, c):
-        ctx.save_for_backward(flat)
-        return c @ flat.T
-
-    @staticmethod
-    def backward(ctx, g):
-        (flat,) = ctx.saved_tensors
-        return None, torch.mv(flat.T, g[0])[None] if g.shape[0] == 1 else (
-            flat.T @ g.T).T
-
-
-def tmm(base, c):
-    n, three, k = base.shape
-    return _TMM.apply(base.reshape(n * three, k), c).reshape(c.shape[0], n, three)
+# elementwise products and a reduction kernel, no GEMM
+mulsum = formulation(lambda g, flat: (g[:, :, None] * flat[None]).sum(1))
+# ``(flat^T @ g^T)^T``: the same product with the long side as M
+tmm = formulation(lambda g, flat: torch.mv(flat.T, g[0])[None] if g.shape[0] == 1
+                  else (flat.T @ g.T).T)
 
 
 def _time(f, base, c, w, iters: int, graph: bool) -> float:
