@@ -1,4 +1,5 @@
-"""``to_host``: a tensor's host copy (through pinned memory on CUDA), an array as it is."""
+"""``to_host``: a tensor's host copy (through pinned memory on CUDA), an array (or array-like)
+as it is."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ def test_cpu_tensors_and_arrays():
     assert to_host(t, np.float64).dtype == np.float64
     arr = np.ones((2, 2), np.uint8)
     assert to_host(arr) is arr
+    np.testing.assert_array_equal(to_host([[1, 2], [3, 4]], np.float32), [[1, 2], [3, 4]])
     grad = torch.ones(2, requires_grad=True) * 2
     np.testing.assert_array_equal(to_host(grad), [2.0, 2.0])
 

@@ -2,10 +2,10 @@
 
 A ``.cpu()`` of a CUDA tensor copies into pageable memory: the driver stages it through a
 small pinned buffer at a few GB/s, and the copy holds the GPU's copy engine and the calling
-thread meanwhile. A batch of 4 photos moved about 170 MB that way in stage 2 (unwrap colours,
-hair weights, completed textures): 169 ms of device time, 21 % of the batch's (BENCHMARKS.md,
-fourteenth and fifteenth sessions). Copied into pinned memory (torch's caching host allocator
-keeps and reuses the buffers) the same bytes move several times faster.
+thread meanwhile. A fit of 4 photos spent 145 ms of device time, 21 % of its total, in such
+copies (unwrap colours, hair weights, completed textures, masks; BENCHMARKS.md, fifteenth
+session); through pinned memory (torch's caching host allocator keeps and reuses the buffers)
+the same copies took 33 ms.
 """
 
 from __future__ import annotations
@@ -15,19 +15,19 @@ import torch
 from torch import Tensor
 
 
-def to_host(x: Tensor | np.ndarray, dtype: np.dtype | type | None = None) -> np.ndarray:
-    """A host (numpy) copy of a tensor, or an array as it is.
+def to_host(x, dtype: np.dtype | type | None = None) -> np.ndarray:
+    """A host (numpy) copy of a tensor, or an array (or array-like) as it is.
 
     Args:
-        x: a tensor on any device (detached here), or a numpy array.
+        x: a tensor on any device (detached here), or a numpy array or array-like.
         dtype: the result's numpy dtype (None: the tensor's own).
     Returns:
         A C-contiguous numpy array: a CUDA tensor's copy, in pinned memory (returned to
         torch's cache when the array is freed); a CPU tensor's own memory (as ``.numpy()``)
         unless ``dtype`` or its layout asks for a copy.
     """
-    if isinstance(x, np.ndarray):
-        a = x
+    if not isinstance(x, Tensor):
+        a = np.asarray(x)
     elif x.is_cuda:
         t = x.detach()
         buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)

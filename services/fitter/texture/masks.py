@@ -167,8 +167,9 @@ def head_masks(photo: Tensor, parse: Tensor, skin: Tensor, landmarks: Tensor,
     cw = skin_colour_weight(photo, (lab == PARSE_SKIN) & (sk > 0.8), landmarks)
     # one transfer each to the host; the photos' host work then runs on per_photo's threads
     # (OpenCV's GrabCut and filters release the GIL)
-    src = to_host(photo if hires is None else hires)
-    photo_u8 = (to_host(photo) * 255 + 0.5).astype(np.uint8)
+    photo_np = to_host(photo)
+    src = photo_np if hires is None else to_host(hires)
+    photo_u8 = (photo_np * 255 + 0.5).astype(np.uint8)
     lm_np, par_np = to_host(landmarks), to_host(parse)
     sk_np, cw_np, head_np = to_host(sk), to_host(cw), to_host(head)
     size = photo.shape[1]
@@ -201,11 +202,6 @@ def head_masks(photo: Tensor, parse: Tensor, skin: Tensor, landmarks: Tensor,
                      skin=skin_face[..., None])
 
 
-def _host(img: Tensor | np.ndarray) -> np.ndarray:
-    """``img`` as a host array (a tensor's copy on the CPU, an array as it is)."""
-    return to_host(img) if isinstance(img, Tensor) else np.asarray(img)
-
-
 def strand_energy(img: Tensor | np.ndarray, size: int) -> np.ndarray:
     """Fine-detail energy (hair strands, not smooth skin) per pixel of a ``size`` raster.
 
@@ -218,7 +214,7 @@ def strand_energy(img: Tensor | np.ndarray, size: int) -> np.ndarray:
         pixels, blurred over 2 px and resampled to ``size``.
     """
     out = []
-    for im in _host(img):
+    for im in to_host(img):
         side = min(im.shape[0], 448)
         if im.shape[0] != side:
             im = cv2.resize(im, (side, side), interpolation=cv2.INTER_AREA)
@@ -253,7 +249,7 @@ def dark_marks(img: Tensor | np.ndarray, size: int) -> np.ndarray:
     side = MARK_SIDE
     r = max(2, int(round(MARK_RADIUS_IOD * 0.4 * side)))
     out = []
-    for im in _host(img):
+    for im in to_host(img):
         if im.shape[0] != side:
             im = cv2.resize(im, (side, side), interpolation=cv2.INTER_AREA)
         luma = im.astype(np.float32) @ LUMA
