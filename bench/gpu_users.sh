@@ -101,6 +101,8 @@ need() {  # need FILE...: stop this part when a carried file is missing
   done
 }
 sp68=$M/shape_predictor_68_face_landmarks.dat
+# the photo of the fitter-core parts (profile, profilebatch, spyfit, fitab, profilefirst)
+fd05="$(ls "$S"/photos/faces-dev/fd05* 2>/dev/null | head -1)"
 cd "$ROOT" || exit 1
 
 rc=0
@@ -232,7 +234,7 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
       # serve all's four fitters on 16 cores), and the fitter core's batch sizes
       need "$sp68" "$S/cache" "$S/photos/faces-dev" || { rc=1; continue; }
       step profile 240 python3 bench/fit.py --presets standard --device cuda --threads 4 \
-        --batch 1,8 --repeat 3 --photo "$(ls "$S"/photos/faces-dev/fd05* | head -1)" \
+        --batch 1,8 --repeat 3 --photo "$fd05" \
         --cprofile "$out/cprofile.txt" --json "$out/fit.json"
       ;;
     devtests)
@@ -247,7 +249,7 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
       # the operators by input shape
       need "$sp68" "$S/cache" "$S/photos/faces-dev" || { rc=1; continue; }
       step profilebatch 240 python3 bench/fit.py --presets standard --device cuda --threads 4 \
-        --batch 1 --photo "$(ls "$S"/photos/faces-dev/fd05* | head -1)" \
+        --batch 1 --photo "$fd05" \
         --profile "$out/prof_b${PROFILE_BATCH:-4}.txt" --profile-batch "${PROFILE_BATCH:-4}" ${PROFILE_ARGS:-}
       ;;
     spyfit)
@@ -258,7 +260,7 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
       command -v py-spy > /dev/null || { echo "spyfit: carry pyspy/"; rc=1; continue; }
       step spyfit 300 py-spy record --gil --threads -r 100 -f raw -o /tmp/spyfit.txt -- \
         python3 bench/fit.py --presets standard --device cuda --threads 4 \
-        --batch "${SPY_BATCH:-4}" --repeat 4 --photo "$(ls "$S"/photos/faces-dev/fd05* | head -1)"
+        --batch "${SPY_BATCH:-4}" --repeat 4 --photo "$fd05"
       python3 bench/stacks.py /tmp/spyfit.txt --rate 100 --top 80 > "$out/spyfit_summary.txt"
       ;;
     fitab)
@@ -266,7 +268,6 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
       # checkout, then from the tree in .tp/alt, in the same lease
       need "$sp68" "$S/cache" "$S/photos/faces-dev" "$S/alt" || { rc=1; continue; }
       cp -r "$S/stubs/." "$S/alt/ffhquv/"
-      fd05="$(ls "$S"/photos/faces-dev/fd05* | head -1)"
       step fit 200 python3 bench/fit.py --presets standard --device cuda --threads 4 \
         --batch "${FIT_BATCHES:-1,4}" --repeat 3 --photo "$fd05" --json "$out/fit.json"
       step altfit 200 env PYTHONPATH="$S/alt:$P/site:$P/frm" python3 "$S/alt/bench/fit.py" \
@@ -301,7 +302,7 @@ folder_of(photos_in('$S/photos/faces-dev'), ${SPY_COUNT:-64}, Path('/tmp/spyf/in
       # where a new process's first fit goes (wall clock, cProfile): cold start
       need "$sp68" "$S/cache" "$S/photos/faces-dev" || { rc=1; continue; }
       step profilefirst 200 python3 bench/fit.py --presets standard --device cuda --threads 4 \
-        --batch 1 --photo "$(ls "$S"/photos/faces-dev/fd05* | head -1)" \
+        --batch 1 --photo "$fd05" \
         --cprofile-first "$out/cprofile_first.txt"
       ;;
     recovery)
