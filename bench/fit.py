@@ -63,9 +63,6 @@ def main(argv: list[str] | None = None) -> int:
                          "this text file")
     ap.add_argument("--profile-batch", type=int, default=1,
                     help="photos in --profile's fit (default 1)")
-    ap.add_argument("--profile-stack", action="store_true",
-                    help="--profile also records Python stacks and lists the device time of "
-                         "the operators by their calling lines")
     ap.add_argument("--cprofile", default=None,
                     help="also run --repeat batch-1 fits of the first preset under cProfile "
                          "timed by the process's CPU time (all threads, charged to the Python "
@@ -136,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                texture_size=args.texture_size)
     if args.profile:
         profile_fit(core, face, args.presets.split(",")[0], args.texture_size, args.profile,
-                    args.profile_batch, args.profile_stack)
+                    args.profile_batch)
     if args.cprofile:
         cpu_profile(core, face, args.presets.split(",")[0], args.texture_size, args.repeat,
                     args.cprofile)
@@ -202,8 +199,8 @@ def write_stats(pr, header: str, path: str, sorts: tuple[tuple[str, int], ...]) 
     print(header + f"\nwrote {path} and its .prof")
 
 
-def profile_fit(core, face, preset: str, texture_size: int, path: str, batch: int = 1,
-                stack: bool = False) -> None:
+def profile_fit(core, face, preset: str, texture_size: int, path: str,
+                batch: int = 1) -> None:
     """One fit of ``batch`` copies of ``face`` under torch.profiler: host vs device time,
     kernel launches, top operators."""
     import torch
@@ -211,7 +208,7 @@ def profile_fit(core, face, preset: str, texture_size: int, path: str, batch: in
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA]
                                      if core.device.type == "cuda" else [])
-    with profile(activities=acts, record_shapes=True, with_stack=stack) as prof:
+    with profile(activities=acts, record_shapes=True) as prof:
         t0 = time.perf_counter()
         out = core.fit_batch([face] * batch, preset=preset, texture_size=texture_size,
                              want_intermediates=False)[0]
@@ -237,11 +234,6 @@ def profile_fit(core, face, preset: str, texture_size: int, path: str, batch: in
         lines += ["", "by input shape (CUDA time of the operator and its kernels):",
                   by_shape.table(sort_by="device_time_total", row_limit=30,
                                  max_name_column_width=40, max_shapes_column_width=80)]
-        if stack:  # which lines of the project launch them (eager ops only: not graph replays)
-            by_stack = prof.key_averages(group_by_stack_n=6)
-            lines += ["", "by calling lines (CUDA time):",
-                      by_stack.table(sort_by="device_time_total", row_limit=40,
-                                     max_name_column_width=40, max_src_column_width=90)]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text("\n".join(lines))
     print("\n".join(lines[:2]) + f"\nwrote {path}")
