@@ -35,7 +35,8 @@
 #          altserve  the serve part (one run) from the tree in alt/
 #          serve     bench/users.py serve (SERVE_SECONDS per many-clients row, default 120;
 #                    SERVE_FITTERS="1 2 4" one run per FFHQUV_FITTER_REPLICAS, SERVE_CLIENTS,
-#                    SERVE_MAX_CONCURRENT the gateway's limit)
+#                    SERVE_MAX_CONCURRENT the gateway's limit; SERVE_SPY=1 py-spy of every
+#                    process during the many-clients rows, carry pyspy/)
 #          profile   bench/fit.py --cprofile: the fitter's host CPU seconds by function
 #          devtests  pytest of the device-path tests (DEVTESTS overrides the selection)
 #          profilebatch  bench/fit.py --profile of PROFILE_BATCH (4) copies of fd05
@@ -215,8 +216,12 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
         step "serve$sfx" "${SERVE_LIMIT:-$((${SERVE_SECONDS:-120} + 240))}" "${fr[@]}" \
           python3 bench/users.py serve --photos "$S/photos/faces-dev" --device cuda \
           --clients "${SERVE_CLIENTS:-1,32}" --seconds-single 40 \
-          --max-concurrent "${SERVE_MAX_CONCURRENT:-0}" \
+          --max-concurrent "${SERVE_MAX_CONCURRENT:-0}" ${SERVE_SPY:+--spy /tmp/spy$sfx} \
           --seconds "${SERVE_SECONDS:-120}" --json "$out/serve$sfx.json"
+        # SERVE_SPY=1 (carry pyspy/): every process's CPU by function; the summary comes back
+        for f in /tmp/spy$sfx/*_summary.txt; do
+          [ -f "$f" ] && cp "$f" "$out/spy${sfx}_$(basename "$f")"
+        done
       done
       ;;
     altserve)

@@ -238,6 +238,34 @@ def run_warm(args) -> list[dict]:
     return rows
 
 
+def _spy_serve(folder: str, pid: int, clients: int, secs: float) -> subprocess.Popen:
+    """py-spy on ``serve all`` and its children while the clients run (CPU samples only,
+    without pausing the processes: ``--nonblocking``), into ``FOLDER/serveN.txt``."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        ["py-spy", "record", "--pid", str(pid), "--subprocesses", "--threads", "--nonblocking",
+         "-r", str(SPY_RATE // 2), "-f", "raw", "--duration", str(max(5, int(secs) - 5)),
+         "-o", str(Path(folder) / f"serve{clients}.txt")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _spy_summary(spy: subprocess.Popen, folder: str, clients: int, photos: float) -> None:
+    """Wait for the recording; write its summary (``bench/stacks.py --every``) beside it,
+    headed by the photos finished in the recorded time (the row's rate times the recording's
+    length: CPU seconds a photo = s / photos)."""
+    from bench.stacks import summarise
+
+    try:
+        spy.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        spy.kill()
+    raw = Path(folder) / f"serve{clients}.txt"
+    if raw.exists():
+        (Path(folder) / f"serve{clients}_summary.txt").write_text(
+            f"~{photos:.0f} photos finished by {clients} clients while recorded\n"
+            + summarise(raw.read_text(), SPY_RATE // 2, 60, every=True))
+
+
 def run_serve(args) -> list[dict]:
     import grpc
 
@@ -307,6 +335,7 @@ def run_serve(args) -> list[dict]:
 
             peak = 0
             cpu0 = tree_cpu_by_service(proc.pid)
+            spy = _spy_serve(args.spy, proc.pid, n, secs) if args.spy and n > 1 else None
             with GpuSampler() as g:
                 t0 = time.perf_counter()
                 threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
@@ -317,6 +346,8 @@ def run_serve(args) -> list[dict]:
                     time.sleep(1.0)
                 wall = time.perf_counter() - t0
             cpu1 = tree_cpu_by_service(proc.pid)
+            if spy is not None:
+                _spy_summary(spy, args.spy, n, len(results) * max(5, int(secs) - 5) / wall)
             ok = np.array([dt for c, dt, _ in results if c == "OK"])
             # where the cores went: CPU seconds per finished photo, by service
             cpu = {k: (cpu1.get(k, 0.0) - cpu0.get(k, 0.0)) / max(len(ok), 1) for k in cpu1}
@@ -359,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cold-runs", type=int, default=2, help="cli: cold one-photo runs")
     ap.add_argument("--spy", default=None, metavar="DIR",
                     help="cli: record each cold run with py-spy (all threads, waits included) "
+                         "into DIR/coldN.txt; serve: each many-clients row, every process, "
+                         "CPU samples only, into DIR/serveN.txt and DIR/serveN_summary.txt; "
                          "into DIR/coldN.txt and its summary (bench/stacks.py) into "
                          "DIR/coldN_summary.txt; py-spy must be on PATH")
     ap.add_argument("--clients", default="1,32", help="serve: concurrent clients per row")
