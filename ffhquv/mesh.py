@@ -186,3 +186,42 @@ def _morphs_from_proto(targets, n_vertices: int) -> MorphTargets:
         offsets[i, idx] = off.reshape(-1, 3)
     return MorphTargets(names=[t.name for t in targets], offsets=offsets,
                         weights=np.array([t.weight for t in targets], np.float32))
+
+
+def unique_rows(a: np.ndarray, *, return_inverse: bool = False, return_counts: bool = False):
+    """``np.unique(a, axis=0, ...)`` of an integer index array, the same results ~10x faster.
+
+    Mesh index rows (edges as vertex pairs, (vertex, uv) corners, quantised positions) are
+    packed into one int64 key per row and sorted as a flat array: the order of the keys is
+    the rows' lexicographic order, so the unique rows, their order, the inverse and the counts
+    are exactly numpy's. Arrays with negative entries, or whose ranges overflow int64, take
+    numpy's own path.
+
+    Args:
+        a: ``int [N, C]``.
+        return_inverse: also return ``int64 [N]``, the unique row of each input row.
+        return_counts: also return ``int64 [U]``, how many input rows each unique row has.
+    Returns:
+        ``[U, C]`` unique rows in lexicographic order (dtype of ``a``), then the inverse and the
+        counts when asked, as a tuple when anything but the rows is returned.
+    """
+    a = np.asarray(a)
+    if a.ndim != 2 or a.dtype.kind not in "iu":
+        raise ValueError(f"unique_rows needs an integer [N, C] array, got {a.dtype} {a.shape}")
+    span = a.max(0).astype(np.float64) + 1 if len(a) else np.ones(a.shape[1])
+    if len(a) and (a.min() < 0 or float(np.prod(span)) >= 2.0**62):
+        res = np.unique(a, axis=0, return_inverse=return_inverse, return_counts=return_counts)
+        if return_inverse:
+            res = (res[0], res[1].reshape(-1), *res[2:])
+        return res
+    key = np.zeros(len(a), np.int64)
+    for c in range(a.shape[1]):
+        key = key * np.int64(span[c]) + a[:, c].astype(np.int64)
+    _, first, inverse, counts = np.unique(key, return_index=True, return_inverse=True,
+                                          return_counts=True)
+    out = [a[first]]
+    if return_inverse:
+        out.append(inverse.reshape(-1).astype(np.int64))
+    if return_counts:
+        out.append(counts.astype(np.int64))
+    return out[0] if len(out) == 1 else tuple(out)

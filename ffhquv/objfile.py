@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from ffhquv.errors import InvalidInput, PreconditionFailed
-from ffhquv.mesh import MeshData
+from ffhquv.mesh import MeshData, unique_rows
 
 __all__ = [
     "OutputDir",
@@ -169,7 +169,7 @@ def _weld_groups(v0: np.ndarray, weld: float) -> tuple[np.ndarray, int]:
     bounding-box diagonal share a group."""
     diag = float(np.linalg.norm(v0.max(0) - v0.min(0))) if len(v0) else 0.0
     q = np.round((v0 - v0.min(0)) / max(diag * weld, 1e-30)).astype(np.int64)
-    _, group = np.unique(q, axis=0, return_inverse=True)
+    _, group = unique_rows(q, return_inverse=True)
     group = group.reshape(-1)
     return group, (int(group.max()) + 1 if len(group) else 0)
 

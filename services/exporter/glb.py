@@ -26,7 +26,7 @@ import numpy as np
 import pygltflib as gl
 
 from ffhquv.imaging import png_bytes
-from ffhquv.mesh import MeshData
+from ffhquv.mesh import MeshData, unique_rows
 from services.exporter.obj import check_texture, morph_normal_deltas, smooth_normals
 
 
@@ -72,7 +72,7 @@ def split_seams(mesh: MeshData) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
         raise ValueError("split_seams needs a mesh with uvs")
     normals = smooth_normals(mesh.vertices, mesh.faces)
     pairs = np.stack([mesh.faces.ravel(), mesh.uv_faces.ravel()], -1)
-    uniq, inverse = np.unique(pairs, axis=0, return_inverse=True)
+    uniq, inverse = unique_rows(pairs, return_inverse=True)
     inverse = inverse.reshape(-1)
     return (mesh.vertices[uniq[:, 0]], mesh.uvs[uniq[:, 1]], normals[uniq[:, 0]],
             inverse.reshape(-1, 3).astype(np.uint32), uniq[:, 0])

@@ -27,14 +27,14 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from ffhquv.mesh import MeshData, MorphTargets
+from ffhquv.mesh import MeshData, MorphTargets, unique_rows
 
 
 def _edges(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(edges [E, 2] sorted pairs, face_edge [T, 3] edge ids of (ab, bc, ca), count [E])``."""
     corner = faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2)
     key = np.sort(corner, axis=1)
-    edges, inverse, count = np.unique(key, axis=0, return_inverse=True, return_counts=True)
+    edges, inverse, count = unique_rows(key, return_inverse=True, return_counts=True)
     return edges, inverse.reshape(-1, 3), count
 
 

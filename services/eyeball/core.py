@@ -33,7 +33,7 @@ import numpy as np
 
 from ffhquv import vocab
 from ffhquv.errors import InvalidInput
-from ffhquv.mesh import MeshData
+from ffhquv.mesh import MeshData, unique_rows
 from services.eyeball.iris import iris_colour
 from services.eyeball.mesh import (
     CORNEA_APEX,
@@ -192,7 +192,7 @@ def ring_is_hole_boundary(head: MeshData, ring: np.ndarray) -> bool:
     """True when most ring vertices lie on boundary edges of ``head`` (the eye opening is a
     hole, as in the default model), False for a closed socket (as in HiFi3D++)."""
     e = np.sort(head.faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1)
-    uniq, counts = np.unique(e, axis=0, return_counts=True)
+    uniq, counts = unique_rows(e, return_counts=True)
     boundary = np.unique(uniq[counts == 1])
     return bool(np.isin(ring, boundary).mean() >= 0.8)
 

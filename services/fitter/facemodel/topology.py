@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from ffhquv.mesh import unique_rows
+
 
 def half_edges(tri: np.ndarray) -> np.ndarray:
     """``[3T, 2]`` the directed edges of ``[T, 3]`` triangles: all (0, 1) corners, then all
@@ -16,7 +18,7 @@ def half_edges(tri: np.ndarray) -> np.ndarray:
 
 def unique_edges(tri: np.ndarray) -> np.ndarray:
     """``[E, 2]`` the undirected edges of ``[T, 3]`` triangles, each once, lower id first."""
-    return np.unique(np.sort(half_edges(tri), 1), axis=0)
+    return unique_rows(np.sort(half_edges(tri), 1))
 
 
 def boundary_loops(tri: np.ndarray) -> list[np.ndarray]:
@@ -30,7 +32,7 @@ def boundary_loops(tri: np.ndarray) -> list[np.ndarray]:
     """
     e = half_edges(tri)
     key = np.sort(e, 1)
-    _, inv, cnt = np.unique(key, axis=0, return_inverse=True, return_counts=True)
+    _, inv, cnt = unique_rows(key, return_inverse=True, return_counts=True)
     b = e[cnt[inv.ravel()] == 1]
     nxt: dict[int, list[int]] = {}
     for a, c in b:
@@ -180,7 +182,7 @@ def uv_seams(tri: np.ndarray, uv_tri: np.ndarray) -> np.ndarray:
     flip = e[:, 0] > e[:, 1]
     e[flip] = e[flip][:, ::-1]
     u[flip] = u[flip][:, ::-1]
-    _, inv, cnt = np.unique(e, axis=0, return_inverse=True, return_counts=True)
+    _, inv, cnt = unique_rows(e, return_inverse=True, return_counts=True)
     inv = inv.ravel()
     shared = cnt[inv] == 2
     order = np.argsort(inv[shared], kind="stable")
