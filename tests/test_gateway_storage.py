@@ -110,3 +110,23 @@ def test_bearer():
     assert check_bearer([("authorization", "Bearer s3cret")], "s3cret")
     assert not check_bearer([("authorization", "Bearer nope")], "s3cret")
     assert not check_bearer([("authorization", "Basic s3cret")], "s3cret")
+
+
+def test_retention_counts_results_of_an_earlier_process_and_survives_outside_removal(tmp_path):
+    import os
+    import shutil
+    import time
+
+    first = LocalArtifactStore(tmp_path)  # no cap: keeps all
+    for i in range(3):
+        first.put(f"old{i}", {"blob.bin": b"x" * 1000}, {})
+        os.utime(tmp_path / f"old{i}", (time.time() - 100 + i, time.time() - 100 + i))
+    store = LocalArtifactStore(tmp_path, max_bytes=3000)  # a restarted gateway: two fit
+    shutil.rmtree(tmp_path / "old1")  # removed behind the store's back
+    store.put("new", {"blob.bin": b"y" * 1000}, {})
+    kept = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
+    assert kept == ["new", "old2"]  # the oldest went first, the new result stays
+    store.put("newer", {"blob.bin": b"z" * 1000}, {})  # old2 from memory, no rescan
+    kept = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
+    assert kept == ["new", "newer"]
+    assert store.get_result("newer") is not None
