@@ -20,6 +20,19 @@ LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 PNG_LEVEL = 1
 
 
+def _png_params(level: int) -> list[int]:
+    """``cv2.imencode`` parameters: zlib ``level`` and, where OpenCV has the option (4.11+),
+    the "up" row filter for every row. libpng's default tries each of its filters on each row
+    and keeps the best: on the textures, renders and previews the services make one filter
+    gives files within 2 % of that size in about half the time (bench/png.py)."""
+    import cv2
+
+    params = [cv2.IMWRITE_PNG_COMPRESSION, int(level)]
+    if hasattr(cv2, "IMWRITE_PNG_FILTER"):
+        params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
+    return params
+
+
 def png_bytes(img: np.ndarray, compress_level: int = PNG_LEVEL) -> bytes:
     """Encode ``uint8 [H, W, 3]`` RGB, ``[H, W, 4]`` RGBA or ``[H, W]`` gray to PNG bytes.
 
@@ -38,7 +51,7 @@ def png_bytes(img: np.ndarray, compress_level: int = PNG_LEVEL) -> bytes:
         a = cv2.cvtColor(a, cv2.COLOR_RGBA2BGRA)
     elif a.ndim != 2 and not (a.ndim == 3 and a.shape[2] == 1):
         raise ValueError(f"png_bytes needs [H, W], [H, W, 3] or [H, W, 4], got {a.shape}")
-    ok, buf = cv2.imencode(".png", a, [cv2.IMWRITE_PNG_COMPRESSION, int(compress_level)])
+    ok, buf = cv2.imencode(".png", a, _png_params(compress_level))
     if not ok:
         raise ValueError(f"PNG encoding of a {a.shape} image failed")
     return buf.tobytes()
