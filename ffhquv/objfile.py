@@ -237,21 +237,22 @@ def morph_normal_deltas(vertices: np.ndarray, offsets: np.ndarray, faces: np.nda
     acc0 = np.stack([np.bincount(corners, weights=np.repeat(fn0[:, c], 3), minlength=g)
                      for c in range(3)], -1)  # [G, 3] the neutral pose's sums
     n0 = _unit(acc0).astype(np.float32)
-    pos = np.full(g, -1, np.int64)
-    for k in range(len(off)):
-        moved = np.any(off[k] != 0, axis=1)
-        tf = np.nonzero(moved[f].any(1))[0]
-        if not len(tf):
-            continue
-        p = v[f[tf]] + off[k][f[tf]]  # [t, 3 corners, 3]
-        d = np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]) - fn0[tf]
-        touched, inv = np.unique(group[f[tf]].reshape(-1), return_inverse=True)
-        acc = acc0[touched] + np.stack([np.bincount(inv.reshape(-1), weights=np.repeat(
-            d[:, c], 3), minlength=len(touched)) for c in range(3)], -1)
-        pos[touched] = np.arange(len(touched))
-        verts = np.nonzero(pos[group] >= 0)[0]
-        out[k, verts] = (_unit(acc).astype(np.float32) - n0[touched])[pos[group[verts]]]
-        pos[touched] = -1
+    k_all = len(off)
+    # every (target, face) pair the target moves, target by target, faces ascending: the
+    # sums below add their corners in the order a loop over the targets would
+    kk, tf = np.nonzero(np.any(off != 0, axis=2)[:, f].any(2))
+    if not len(tf):
+        return out
+    p = v[f[tf]] + off[kk[:, None], f[tf]]  # [M, 3 corners, 3]
+    d = np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]) - fn0[tf]
+    slot = (kk[:, None] * g + group[f[tf]]).reshape(-1)  # (target, group) of each corner
+    touched = (np.bincount(slot, minlength=k_all * g) > 0).reshape(k_all, g)
+    acc = acc0[None] + np.stack([np.bincount(slot, weights=np.repeat(d[:, c], 3),
+                                             minlength=k_all * g) for c in range(3)],
+                                -1).reshape(k_all, g, 3)
+    # groups a target does not touch keep their normal: exactly 0 there
+    diff = np.where(touched[..., None], _unit(acc).astype(np.float32) - n0[None], 0)
+    out[:] = diff[:, group]
     return out
 
 
