@@ -12,17 +12,12 @@ the queue; one cancelled while its batch runs gets :class:`~ffhquv.errors.Cancel
 One failing photo never fails its batch-mates: when a batch of several fails, each of its
 photos is fitted again alone and gets its own result or error.
 
-A batch's device work runs on a worker; its host work (each photo's metrics, previews, PNG
-encodes, OBJ text: :meth:`FitterCore.fit_batch_deferred`) on a finisher thread, so the worker
-takes the next batch and the GPU works on it meanwhile.
-
 Pure Python over :meth:`FitterCore.fit_batch`; no gRPC here (the servicer wraps it).
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -97,12 +92,7 @@ class FitBatcher:
         self.ready.set()
         self._threads = [threading.Thread(target=self._loop, name=f"{name}-batcher-{i}",
                                           daemon=True) for i in range(max(1, workers))]
-        # (jobs, host work) of batches whose device work is done; None stops a finisher
-        self._done: queue.Queue = queue.Queue()
-        self._finishers = [threading.Thread(target=self._finish_loop,
-                                            name=f"{name}-finisher-{i}", daemon=True)
-                           for i in range(max(1, workers))]
-        for t in self._threads + self._finishers:
+        for t in self._threads:
             t.start()
 
     # -- public -----------------------------------------------------------------------------
@@ -143,11 +133,6 @@ class FitBatcher:
             j.finish(error=Cancelled("fitter shutting down"))
         end = time.monotonic() + timeout
         for t in self._threads:
-            if t is not threading.current_thread():
-                t.join(max(0.0, end - time.monotonic()))
-        for _ in self._finishers:  # after the batches the workers handed over
-            self._done.put(None)
-        for t in self._finishers:
             if t is not threading.current_thread():
                 t.join(max(0.0, end - time.monotonic()))
 
@@ -231,49 +216,32 @@ class FitBatcher:
         if not live:
             return
         try:
-            done = self._start(live)
-        except Exception as e:  # noqa: BLE001 - Cancelled, or isolated
-            self._failed(live, e)
-            return
-        self._done.put((live, done))
-
-    def _finish_loop(self) -> None:
-        """Run the host work of batches whose device work is done and resolve their jobs."""
-        while True:
-            item = self._done.get()
-            if item is None:
-                return
-            live, done = item
-            try:
-                outs = done()
-            except BaseException as e:  # noqa: BLE001 - never let the finisher die
-                self._failed(live, e)
-                continue
-            for j, o in zip(live, outs, strict=True):
-                j.finish(result=o)
-
-    def _failed(self, live: list[FitJob], e: BaseException) -> None:
-        """A batch failed with ``e``: cancelled, one photo's error, or each photo fitted again
-        alone (device and host work on this thread) for its own result or error."""
-        if isinstance(e, Cancelled) or len(live) == 1 or not isinstance(e, Exception):
+            outs = self._fit(live)
+        except Cancelled as e:
             for j in live:
                 j.finish(error=e)
             return
-        log.warning("batch of %d failed (%s); fitting each photo alone", len(live), e)
-        for j in live:
-            if j.cancel.is_set():
-                j.finish(error=Cancelled("fit cancelled"))
-                continue
-            try:
-                j.finish(result=self._start([j])()[0])
-            except Exception as e1:  # noqa: BLE001 - this photo's own error
-                j.finish(error=e1)
+        except Exception as e:  # noqa: BLE001 - isolated below
+            if len(live) == 1:
+                live[0].finish(error=e)
+                return
+            log.warning("batch of %d failed (%s); fitting each photo alone", len(live), e)
+            for j in live:
+                if j.cancel.is_set():
+                    j.finish(error=Cancelled("fit cancelled"))
+                    continue
+                try:
+                    j.finish(result=self._fit([j])[0])
+                except Exception as e1:  # noqa: BLE001 - this photo's own error
+                    j.finish(error=e1)
+            return
+        for j, o in zip(live, outs, strict=True):
+            j.finish(result=o)
 
     @staticmethod
-    def _start(jobs: list[FitJob]) -> Callable[[], list]:
-        """The device work of one batched fit of ``jobs`` (same key), done now; returns its
-        host work (:meth:`FitterCore.fit_batch_deferred`). Progress goes to every live request
-        and the fit stops only when all of them are cancelled."""
+    def _fit(jobs: list[FitJob]) -> list:
+        """One batched fit of ``jobs`` (same key); progress goes to every live request and the
+        fit stops only when all of them are cancelled."""
         key, core = jobs[0].key, jobs[0].core
         all_cancelled = threading.Event()
 
@@ -289,7 +257,6 @@ class FitBatcher:
                 if j.progress is not None:
                     j.progress(stage, frac, msg)
 
-        return core.fit_batch_deferred([j.face for j in jobs], preset=key.preset,
-                                       texture_size=key.texture_size, seed=key.seed,
-                                       progress=progress, cancel=all_cancelled,
-                                       want_intermediates=key.want_intermediates)
+        return core.fit_batch([j.face for j in jobs], preset=key.preset,
+                              texture_size=key.texture_size, seed=key.seed, progress=progress,
+                              cancel=all_cancelled, want_intermediates=key.want_intermediates)

@@ -31,8 +31,7 @@ import math
 import platform
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -301,50 +300,22 @@ class FitterCore:
         Raises:
             InvalidInput: malformed faces or options. Cancelled: on ``cancel``.
         """
-        return self.fit_batch_deferred(faces, preset=preset, texture_size=texture_size,
-                                       seed=seed, progress=progress, cancel=cancel,
-                                       want_intermediates=want_intermediates)()
-
-    def fit_batch_deferred(self, faces: list[AlignedFace], *,
-                           preset: str | Preset = vocab.DEFAULT_PRESET,
-                           texture_size: int = vocab.TEXTURE_SIZE_DEFAULT, seed: int = 0,
-                           progress: ProgressFn | None = None,
-                           cancel: threading.Event | None = None,
-                           want_intermediates: bool = True) -> Callable[[], list[FitOutput]]:
-        """:meth:`fit_batch` in two parts: the device work now, holding the core's lock; the
-        returned callable does each photo's host work (metrics, previews, PNG encodes, OBJ
-        text, the hair mesh) without the lock and returns the outputs. A batcher hands it to
-        another thread and starts the next batch's device work meanwhile
-        (:class:`services.fitter.batcher.FitBatcher`). Call it once, on any thread; it raises
-        what the host work raises. Arguments and errors as :meth:`fit_batch`."""
         if not faces:
             raise InvalidInput("no faces to fit")
         for i, f in enumerate(faces):
             _validate(f, i)
         p = get_preset(preset)
         texture_size = vocab.texture_size(texture_size)
-        with self._threads():
-            with self._lock:
-                done = self._fit(faces, p, texture_size, seed, progress, cancel,
-                                 want_intermediates)
-
-        def finish() -> list[FitOutput]:
-            with self._threads():
-                return done()
-
-        return finish
-
-    @contextmanager
-    def _threads(self) -> Iterator[None]:
-        """torch's intra-op threads at the core's ``threads`` (when set) for the block."""
-        old = torch.get_num_threads()
+        old_threads = torch.get_num_threads()
         if self.threads:
             torch.set_num_threads(self.threads)
         try:
-            yield
+            with self._lock:
+                return self._fit(faces, p, texture_size, seed, progress, cancel,
+                                 want_intermediates)
         finally:
             if self.threads:
-                torch.set_num_threads(old)
+                torch.set_num_threads(old_threads)
 
     def prepare(self, preset: str | Preset = vocab.DEFAULT_PRESET,
                 texture_size: int = vocab.TEXTURE_SIZE_DEFAULT) -> float:
@@ -375,8 +346,7 @@ class FitterCore:
     # ------------------------------------------------------------------------------------------
     def _fit(self, faces: list[AlignedFace], p: Preset, tex_size: int, seed: int,
              progress: ProgressFn | None, cancel: threading.Event | None,
-             want_inter: bool) -> Callable[[], list[FitOutput]]:
-        """The device work of a fit; returns its host work (:meth:`fit_batch_deferred`)."""
+             want_inter: bool) -> list[FitOutput]:
         torch.manual_seed(seed)
         t_all = time.perf_counter()
 
@@ -404,25 +374,9 @@ class FitterCore:
             s2 = plan.stage2(ctx, photos, coeffs)
         with timed(ctx, "stage3"):
             res = plan.stage3(ctx, photos, coeffs, s2)
-        t_out = time.perf_counter()
-        finish = self._outputs(ctx, faces, photos, s1, stage1_coeffs, res, want_inter)
-        device_s = time.perf_counter() - t_all
-        device_outputs_s = time.perf_counter() - t_out
-        return lambda: self._finish(ctx, faces, finish, res, s1, seed,
-                                    (device_s, device_outputs_s))
-
-    def _finish(self, ctx: FitContext, faces: list[AlignedFace],
-                finish: Callable[[], list[FitOutput]], res: StagesResult, s1: Stage1Result,
-                seed: int, device_seconds: tuple[float, float]) -> list[FitOutput]:
-        """The host work of a fit (``finish``: each photo's outputs) and the reports; the
-        seconds count the device work (``device_seconds``: the fit's, and of that the
-        outputs') and this host work, not a wait between them."""
-        device_s, device_outputs_s = device_seconds
-        t_host = time.perf_counter()
-        outputs = finish()
-        host_s = time.perf_counter() - t_host
-        ctx.times["outputs"] = device_outputs_s + host_s
-        total = device_s + host_s
+        with timed(ctx, "outputs"):
+            outputs = self._outputs(ctx, faces, photos, s1, stage1_coeffs, res, want_inter)
+        total = time.perf_counter() - t_all
         b = len(faces)
         graph_steps = {"stage1": s1.graph_steps, "stage3": res.graph_steps}
         for i, o in enumerate(outputs):
@@ -480,10 +434,9 @@ class FitterCore:
 
     def _outputs(self, ctx: FitContext, faces: list[AlignedFace], photos: PhotoBatch,
                  s1: Stage1Result, stage1_coeffs: dict[str, torch.Tensor], res: StagesResult,
-                 want_inter: bool) -> Callable[[], list[FitOutput]]:
-        """Meshes, renders, metrics, previews and intermediates of a finished fit: the device
-        work now (on this thread), the host work returned as a callable (the report is added
-        by :meth:`_finish`)."""
+                 want_inter: bool) -> list[FitOutput]:
+        """Meshes, renders, metrics, previews and intermediates of a finished fit (the report
+        is added by :meth:`_fit`)."""
         m, cam = self.model, self.camera
         coeffs, final, textures, latents = res.coeffs, res.final, res.textures, res.latents
         maps = uv_maps(m, ctx.tex_size, ctx.backend)
@@ -553,7 +506,7 @@ class FitterCore:
                 camera=cam, face_model=self.face_model, render=render_u8[i],
                 metres_per_unit=m.metres_per_unit)
 
-        return lambda: per_photo(finish, b)
+        return per_photo(finish, b)
 
     # ------------------------------------------------------------------------------------------
     def _mesh(self, verts: torch.Tensor) -> MeshData:
