@@ -1,4 +1,5 @@
-"""How a process's host threads wait for its GPU: one setting, made before the CUDA context.
+"""How a process's host threads wait for its GPU: one setting, made before the CUDA context;
+and a CUDA MPS daemon for ``serve all``'s GPU children (:func:`start_mps`).
 
 By default CUDA lets a thread that waits for the device (a ``.cpu()``, ``.item()``, a stream
 synchronisation) spin on its core while there are more cores than CUDA contexts, which is
@@ -17,9 +18,14 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import shutil
+import subprocess
 import threading
+from dataclasses import dataclass
+from pathlib import Path
 
 from ffhquv.config import cuda_wait
+from ffhquv.errors import PreconditionFailed
 
 log = logging.getLogger(__name__)
 
@@ -80,3 +86,68 @@ def wait_mode_now() -> int | None:
 
 
 __all__ = ["configure_waits", "wait_mode_now"]
+
+
+#: the driver's MPS control program (its daemon starts the MPS server on a client's demand)
+MPS_CONTROL = "nvidia-cuda-mps-control"
+
+
+@dataclass
+class MpsDaemon:
+    """A CUDA MPS control daemon private to one folder (:func:`start_mps`).
+
+    Attributes:
+        folder: holds its pipe (``pipe/``) and log (``log/``) folders; removed by :meth:`stop`.
+        control: path of ``nvidia-cuda-mps-control``.
+    """
+
+    folder: Path
+    control: str
+
+    def env(self) -> dict[str, str]:
+        """The environment that makes a process's CUDA contexts clients of this daemon."""
+        return {"CUDA_MPS_PIPE_DIRECTORY": str(self.folder / "pipe"),
+                "CUDA_MPS_LOG_DIRECTORY": str(self.folder / "log")}
+
+    def stop(self) -> None:
+        """Ask the daemon to quit (after its clients exit) and remove its folder."""
+        try:
+            subprocess.run([self.control], input=b"quit\n", env=self.env(), timeout=30,
+                           check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            log.warning("MPS daemon did not stop: %s", e)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def start_mps(folder: str | Path) -> MpsDaemon:
+    """Start a CUDA MPS control daemon whose pipe and log folders lie in ``folder``.
+
+    Processes started with :meth:`MpsDaemon.env` share one MPS server: their kernels run on
+    the GPU at the same time instead of in turns (time slices) as separate contexts do.
+    ``serve all`` with ``FFHQUV_CUDA_MPS=on`` starts one for its fitters and exporter.
+    Only those processes use it (its pipe folder is private); a system-wide MPS daemon
+    (a Kubernetes node's, ``CUDA_MPS_PIPE_DIRECTORY`` set) is used as it is instead.
+
+    Raises:
+        PreconditionFailed: ``nvidia-cuda-mps-control`` is not on ``PATH``, or it failed.
+    """
+    control = shutil.which(MPS_CONTROL)
+    if control is None:
+        raise PreconditionFailed(
+            f"FFHQUV_CUDA_MPS=on needs {MPS_CONTROL} on PATH (the NVIDIA driver's MPS tools); "
+            "install them or set FFHQUV_CUDA_MPS=off")
+    d = MpsDaemon(folder=Path(folder), control=control)
+    for sub in ("pipe", "log"):
+        (d.folder / sub).mkdir(parents=True, exist_ok=True)
+    try:
+        r = subprocess.run([control, "-d"], env=d.env(), timeout=30, capture_output=True,
+                           check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        shutil.rmtree(d.folder, ignore_errors=True)
+        raise PreconditionFailed(f"{MPS_CONTROL} -d did not start: {e}") from e
+    if r.returncode != 0:
+        shutil.rmtree(d.folder, ignore_errors=True)
+        raise PreconditionFailed(f"{MPS_CONTROL} -d failed (exit {r.returncode}): "
+                                 f"{(r.stderr or r.stdout).decode(errors='replace').strip()}")
+    log.info("CUDA MPS daemon started", extra={"folder": str(d.folder)})
+    return d

@@ -668,8 +668,11 @@ def _serve_all(args: argparse.Namespace) -> int:
     if not (args.max_concurrent or os.environ.get("FFHQUV_MAX_CONCURRENT")):
         args.max_concurrent = serve_all_max_concurrent(n_fit)
 
+    mps = _serve_all_mps(args.device)
+    gpu_env = {} if mps is None else mps.env()
+
     def env_of(name: str) -> dict[str, str | None]:
-        return {**env, **thread_env(name, n_fit)}
+        return {**env, **thread_env(name, n_fit), **(gpu_env if name in GPU_CHILDREN else {})}
     sup = Supervisor()
     try:
         from concurrent.futures import ThreadPoolExecutor
@@ -702,7 +705,33 @@ def _serve_all(args: argparse.Namespace) -> int:
         _run_gateway_forever(_gateway(args, addrs), on_signal=sup.stop_restarts)
     finally:
         sup.stop()
+        if mps is not None:
+            mps.stop()
     return 0
+
+
+def _serve_all_mps(device: str):
+    """The CUDA MPS daemon of ``serve all``'s GPU children (:func:`ffhquv.cuda.start_mps`)
+    when ``FFHQUV_CUDA_MPS`` is on and they will use a GPU, else None (also when a daemon
+    is already configured: ``CUDA_MPS_PIPE_DIRECTORY`` set, e.g. a Kubernetes node's)."""
+    import tempfile
+
+    from ffhquv import config
+    from ffhquv.cuda import start_mps
+    from ffhquv.errors import PreconditionFailed
+
+    if not config.cuda_mps() or device == "cpu" or (device == "auto" and not cuda_available()):
+        return None
+    if os.environ.get("CUDA_MPS_PIPE_DIRECTORY"):
+        print("ffhquv serve all: using the MPS daemon of CUDA_MPS_PIPE_DIRECTORY",
+              file=sys.stderr, flush=True)
+        return None
+    try:
+        mps = start_mps(tempfile.mkdtemp(prefix="ffhquv-mps-"))
+    except PreconditionFailed as e:
+        raise SystemExit(f"ffhquv serve all: {e}") from e
+    print(f"ffhquv serve all: CUDA MPS daemon in {mps.folder}", file=sys.stderr, flush=True)
+    return mps
 
 
 # Top-level modules of the ``deploy`` extra (and the deploy package itself, which the service
