@@ -28,21 +28,6 @@ log = logging.getLogger(__name__)
 _PLUGIN = "nvdiffrast_plugin"
 
 
-def _wait_without_gil(device: torch.device) -> None:
-    """Wait for the work queued on ``device``'s current stream, the GIL released.
-
-    nvdiffrast's CUDA rasteriser reads its work counters back after its coarse pass: a
-    stream synchronise inside the call, which waits for everything queued before it (a
-    fitter's previous graph replays, other processes' kernels in their time slices) while
-    holding the GIL. Under ``serve all``'s load that was three quarters of a fitter process's
-    GIL time (py-spy ``--gil``, BENCHMARKS.md): its gRPC threads could not encode results or
-    answer meanwhile. torch's synchronise lets the GIL go, so the wait left inside the call
-    is the rasteriser's own. Not while a CUDA graph is being captured (nothing is rasterised
-    then; a synchronise would break the capture)."""
-    if device.type == "cuda" and not torch.cuda.is_current_stream_capturing():
-        torch.cuda.current_stream(device).synchronize()
-
-
 def plugin_name(gl: bool = False) -> str:
     """The JIT module name nvdiffrast builds, e.g. ``nvdiffrast_plugin_0_3_3_1_torch2_11_0_cu130``
     (diffrp-nvdiffrast versions it by package and torch release; older builds use the bare
@@ -160,9 +145,8 @@ class NvdiffrastBackend:
         if tri.dim() != 2 or tri.shape[-1] != 3:
             raise InvalidInput(f"tri must be [T, 3], got {tuple(tri.shape)}")
         res = (int(resolution[0]), int(resolution[1]))
-        pos32, tri32 = self._f32(pos), tri.int().contiguous()
-        _wait_without_gil(pos32.device)
-        rast, _ = self.dr.rasterize(self.ctx, pos32, tri32, res, grad_db=False)
+        rast, _ = self.dr.rasterize(self.ctx, self._f32(pos), tri.int().contiguous(), res,
+                                    grad_db=False)
         return rast.to(pos.dtype)
 
     def attach_rast(self, pos: Tensor, tri: Tensor, rast: Tensor) -> Tensor:
