@@ -36,3 +36,27 @@ def test_rejects_what_it_cannot_encode():
         png_bytes(np.zeros((4, 4, 3), np.float32))
     with pytest.raises(ValueError, match=r"\[H, W\]"):
         png_bytes(np.zeros((4, 4, 2), np.uint8))
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "P"])
+def test_read_png_bytes_gives_pillows_pixels(mode):
+    """8-bit PNGs of every colour type decode (OpenCV's path) to what Pillow's convert("RGB")
+    gives; a 16-bit one takes Pillow's path."""
+    img = Image.fromarray(np.ascontiguousarray(data.astronaut()[::4, ::4])).convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    np.testing.assert_array_equal(read_png_bytes(buf.getvalue()), np.asarray(img.convert("RGB")))
+    deep = io.BytesIO()
+    Image.fromarray((np.arange(64 * 64, dtype=np.uint16) * 16).reshape(64, 64)).save(deep, "PNG")
+    assert read_png_bytes(deep.getvalue()).shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize("cut", [20, 40, 200, 3000])
+def test_read_png_bytes_rejects_broken_files(cut):
+    from ffhquv.errors import InvalidInput
+
+    good = png_bytes(np.ascontiguousarray(data.astronaut()[::4, ::4]))
+    with pytest.raises(InvalidInput, match="not a readable PNG"):
+        read_png_bytes(good[:cut])
+    with pytest.raises(InvalidInput, match="not a readable PNG"):
+        read_png_bytes(b"GIF89a" + good[6:])
