@@ -39,8 +39,10 @@ def _process_label(cmd: str) -> str:
 
 
 def _thread_group(name: str) -> str:
-    """Pool threads by their pool's name (``asyncio_0`` .. ``asyncio_7`` -> ``asyncio_*``)."""
-    return re.sub(r"_\d+$", "_*", re.sub(r"-\d+( \(.*\))?$", "-*", name or "?"))
+    """Pool threads by their pool's name (``asyncio_0`` .. ``asyncio_7`` -> ``asyncio_*``;
+    ``ThreadPoolExecutor-24_3``, one of many short-lived pools -> ``ThreadPoolExecutor-*``)."""
+    g = re.sub(r"_\d+$", "_*", re.sub(r"-\d+( \(.*\))?$", "-*", name or "?"))
+    return re.sub(r"-\d+_\*$", "-*", g)
 
 
 def _key(frame: str, every: bool = False) -> str | None:
