@@ -238,12 +238,15 @@ def run_warm(args) -> list[dict]:
     return rows
 
 
-def _spy_serve(folder: str, pid: int, clients: int, secs: float) -> subprocess.Popen:
+def _spy_serve(folder: str, pid: int, clients: int, secs: float,
+               gil: bool = False) -> subprocess.Popen:
     """py-spy on ``serve all`` and its children while the clients run (CPU samples only,
-    without pausing the processes: ``--nonblocking``), into ``FOLDER/serveN.txt``."""
+    without pausing the processes: ``--nonblocking``; with ``gil`` only the thread holding
+    each process's GIL), into ``FOLDER/serveN.txt``."""
     Path(folder).mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
         ["py-spy", "record", "--pid", str(pid), "--subprocesses", "--threads", "--nonblocking",
+         *(["--gil"] if gil else []),
          "-r", str(SPY_RATE // 2), "-f", "raw", "--duration", str(max(5, int(secs) - 5)),
          "-o", str(Path(folder) / f"serve{clients}.txt")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -335,7 +338,8 @@ def run_serve(args) -> list[dict]:
 
             peak = 0
             cpu0 = tree_cpu_by_service(proc.pid)
-            spy = _spy_serve(args.spy, proc.pid, n, secs) if args.spy and n > 1 else None
+            spy = (_spy_serve(args.spy, proc.pid, n, secs, args.spy_gil)
+                   if args.spy and n > 1 else None)
             with GpuSampler() as g:
                 t0 = time.perf_counter()
                 threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
@@ -394,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
                          "CPU samples only, into DIR/serveN.txt and DIR/serveN_summary.txt; "
                          "into DIR/coldN.txt and its summary (bench/stacks.py) into "
                          "DIR/coldN_summary.txt; py-spy must be on PATH")
+    ap.add_argument("--spy-gil", action="store_true",
+                    help="serve: --spy records only the thread holding each process's GIL")
     ap.add_argument("--clients", default="1,32", help="serve: concurrent clients per row")
     ap.add_argument("--seconds", type=float, default=120.0, help="serve: time per row")
     ap.add_argument("--seconds-single", type=float, default=0.0,
