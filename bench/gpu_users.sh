@@ -33,12 +33,12 @@
 #          warm      bench/users.py warm alone (users' first step, for a short session)
 #          altcli    the cli part from the tree in alt/ (as altwarm)
 #          altserve  the serve part (one run) from the tree in alt/
-#          mpsserve  the serve part (one run) under CUDA MPS (nvidia-cuda-mps-control)
 #          serve     bench/users.py serve (SERVE_SECONDS per many-clients row, default 120;
 #                    SERVE_FITTERS="1 2 4" one run per FFHQUV_FITTER_REPLICAS, SERVE_CLIENTS,
 #                    SERVE_MAX_CONCURRENT the gateway's limit; SERVE_SPY=1 py-spy of every
 #                    process during the many-clients rows, SERVE_SPY=gil only the threads
-#                    holding a GIL, carry pyspy/)
+#                    holding a GIL, carry pyspy/; FFHQUV_CUDA_MPS=on: under serve all's own
+#                    CUDA MPS daemon)
 #          profile   bench/fit.py --cprofile: the fitter's host CPU seconds by function
 #          devtests  pytest of the device-path tests (DEVTESTS overrides the selection)
 #          profilebatch  bench/fit.py --profile of PROFILE_BATCH (4) copies of fd05
@@ -226,22 +226,6 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
           [ -f "$f" ] && cp "$f" "$out/spy${sfx}_$(basename "$f")"
         done
       done
-      ;;
-    mpsserve)
-      # the serve part (one run) with CUDA MPS: the fitters' kernels share the GPU at once
-      # instead of taking turns in time slices (needs nvidia-cuda-mps-control on the machine)
-      need "$sp68" "$S/cache" "$S/photos/faces-dev" || { rc=1; continue; }
-      command -v nvidia-cuda-mps-control > /dev/null || { echo "mpsserve: no nvidia-cuda-mps-control"; rc=1; continue; }
-      export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
-      mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-      nvidia-cuda-mps-control -d && echo "MPS control daemon started"
-      step mpsserve "${SERVE_LIMIT:-$((${SERVE_SECONDS:-120} + 240))}" \
-        python3 bench/users.py serve --photos "$S/photos/faces-dev" --device cuda \
-        --clients "${SERVE_CLIENTS:-1,32}" --seconds-single 40 \
-        --max-concurrent "${SERVE_MAX_CONCURRENT:-0}" \
-        --seconds "${SERVE_SECONDS:-120}" --json "$out/mpsserve.json"
-      echo quit | nvidia-cuda-mps-control; tail -5 "$CUDA_MPS_LOG_DIRECTORY"/control.log 2>/dev/null
-      unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
       ;;
     altserve)
       # the serve rows (SERVE_SECONDS, SERVE_CLIENTS, one run) from the tree in .tp/alt
