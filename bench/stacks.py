@@ -78,8 +78,8 @@ def summarise(raw: str, rate: float, top: int = 40, every: bool = False) -> str:
             continue
         parts = stack.split(";")
         proc = None
-        while parts and _PROCESS.match(parts[0]):  # --subprocesses: parent;...;child
-            proc = _process_label(_PROCESS.match(parts[0]).group("cmd"))
+        while parts and (pm := _PROCESS.match(parts[0])):  # --subprocesses: parent;...;child
+            proc = _process_label(pm.group("cmd"))
             parts = parts[1:]
         if not parts:
             continue

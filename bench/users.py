@@ -394,10 +394,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cold-runs", type=int, default=2, help="cli: cold one-photo runs")
     ap.add_argument("--spy", default=None, metavar="DIR",
                     help="cli: record each cold run with py-spy (all threads, waits included) "
-                         "into DIR/coldN.txt; serve: each many-clients row, every process, "
-                         "CPU samples only, into DIR/serveN.txt and DIR/serveN_summary.txt; "
                          "into DIR/coldN.txt and its summary (bench/stacks.py) into "
-                         "DIR/coldN_summary.txt; py-spy must be on PATH")
+                         "DIR/coldN_summary.txt; serve: each many-clients row, every process, "
+                         "CPU samples only, into DIR/serveN.txt and DIR/serveN_summary.txt; "
+                         "py-spy must be on PATH")
     ap.add_argument("--spy-gil", action="store_true",
                     help="serve: --spy records only the thread holding each process's GIL")
     ap.add_argument("--clients", default="1,32", help="serve: concurrent clients per row")
