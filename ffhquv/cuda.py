@@ -85,7 +85,7 @@ def wait_mode_now() -> int | None:
     return int(flags.value) if rt.cudaGetDeviceFlags(ctypes.byref(flags)) == 0 else None
 
 
-__all__ = ["configure_waits", "wait_mode_now"]
+__all__ = ["MPS_CONTROL", "MpsDaemon", "configure_waits", "start_mps", "wait_mode_now"]
 
 
 #: the driver's MPS control program (its daemon starts the MPS server on a client's demand)
