@@ -170,7 +170,6 @@ def _weld_groups(v0: np.ndarray, weld: float) -> tuple[np.ndarray, int]:
     diag = float(np.linalg.norm(v0.max(0) - v0.min(0))) if len(v0) else 0.0
     q = np.round((v0 - v0.min(0)) / max(diag * weld, 1e-30)).astype(np.int64)
     _, group = unique_rows(q, return_inverse=True)
-    group = group.reshape(-1)
     return group, (int(group.max()) + 1 if len(group) else 0)
 
 

@@ -73,7 +73,6 @@ def split_seams(mesh: MeshData) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     normals = smooth_normals(mesh.vertices, mesh.faces)
     pairs = np.stack([mesh.faces.ravel(), mesh.uv_faces.ravel()], -1)
     uniq, inverse = unique_rows(pairs, return_inverse=True)
-    inverse = inverse.reshape(-1)
     return (mesh.vertices[uniq[:, 0]], mesh.uvs[uniq[:, 1]], normals[uniq[:, 0]],
             inverse.reshape(-1, 3).astype(np.uint32), uniq[:, 0])
 

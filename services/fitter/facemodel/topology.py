@@ -33,7 +33,7 @@ def boundary_loops(tri: np.ndarray) -> list[np.ndarray]:
     e = half_edges(tri)
     key = np.sort(e, 1)
     _, inv, cnt = unique_rows(key, return_inverse=True, return_counts=True)
-    b = e[cnt[inv.ravel()] == 1]
+    b = e[cnt[inv] == 1]
     nxt: dict[int, list[int]] = {}
     for a, c in b:
         nxt.setdefault(int(a), []).append(int(c))
@@ -183,7 +183,6 @@ def uv_seams(tri: np.ndarray, uv_tri: np.ndarray) -> np.ndarray:
     e[flip] = e[flip][:, ::-1]
     u[flip] = u[flip][:, ::-1]
     _, inv, cnt = unique_rows(e, return_inverse=True, return_counts=True)
-    inv = inv.ravel()
     shared = cnt[inv] == 2
     order = np.argsort(inv[shared], kind="stable")
     uu = u[shared][order].reshape(-1, 2, 2)  # the two sides of each shared edge
