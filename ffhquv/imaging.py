@@ -57,7 +57,8 @@ def png_bytes(img: np.ndarray, compress_level: int = PNG_LEVEL) -> bytes:
     return buf.tobytes()
 
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: the eight bytes every PNG file starts with
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def read_png_bytes(data: bytes) -> np.ndarray:
@@ -70,7 +71,7 @@ def read_png_bytes(data: bytes) -> np.ndarray:
     from ffhquv.errors import InvalidInput
 
     # IHDR follows the signature: length, type, width, height, then the bit depth (byte 24)
-    if data[:8] == _PNG_SIGNATURE and len(data) > 33 and data[12:16] == b"IHDR" and data[24] == 8:
+    if data[:8] == PNG_SIGNATURE and len(data) > 33 and data[12:16] == b"IHDR" and data[24] == 8:
         import cv2
 
         a = cv2.imdecode(np.frombuffer(data, np.uint8),

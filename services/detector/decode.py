@@ -35,12 +35,12 @@ import numpy as np
 from PIL import Image, ImageFile
 
 from ffhquv.errors import InvalidInput
+from ffhquv.imaging import PNG_SIGNATURE
 
 DEFAULT_MAX_BYTES = 30 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MIN_SIDE = 64
 
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _ORIENTATION_TAG = 0x0112
 
@@ -90,7 +90,7 @@ def sniff_format(data: bytes) -> str | None:
     h = data[:32]
     if h.startswith(_JPEG_MAGIC):
         return "JPEG"
-    if h.startswith(_PNG_MAGIC):
+    if h.startswith(PNG_SIGNATURE):
         return "PNG"
     if h[:6] in (b"GIF87a", b"GIF89a"):
         return "GIF"
