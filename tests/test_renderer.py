@@ -363,3 +363,60 @@ def test_chunked_rasterisation_matches_single_pass():
     a = TorchRasterizer().rasterize(pos, tri, (48, 40))
     b = TorchRasterizer(max_candidates=300).rasterize(pos, tri, (48, 40))
     assert torch.equal(a, b)
+
+
+def test_resolve_rast_equals_rasterize_and_follows_moved_vertices():
+    """``resolve_rast`` of a rasterisation of the same positions gives its values and
+    gradients; of moved positions, the fresh rasterisation's values wherever the triangle id
+    did not change, zeros where the old one is empty, finite gradients everywhere."""
+    from ffhquv.render.raster import resolve_rast
+
+    pos, tri = random_mesh(11, b=2, v=10, t=8)
+    be = TorchRasterizer()
+    h, w = 24, 20
+    weights = torch.randn(2, h, w, 3, dtype=torch.float64)
+    p1 = pos.clone().requires_grad_(True)
+    fresh = be.rasterize(p1, tri, (h, w))
+    (fresh[..., :3] * weights).sum().backward()
+    p2 = pos.clone().requires_grad_(True)
+    again = resolve_rast(p2, tri, fresh.detach())
+    (again[..., :3] * weights).sum().backward()
+    torch.testing.assert_close(again, fresh.detach())
+    torch.testing.assert_close(p2.grad, p1.grad)
+
+    moved = pos + 0.01 * torch.randn(pos.shape, dtype=pos.dtype,
+                                     generator=torch.Generator().manual_seed(2))
+    p3 = moved.clone().requires_grad_(True)
+    stale = resolve_rast(p3, tri, fresh.detach())
+    (stale[..., :3] * weights).sum().backward()
+    now = be.rasterize(moved, tri, (h, w))
+    same = (now[..., 3] == fresh[..., 3]) & (fresh[..., 3] > 0)
+    assert same.sum() > 0.5 * (fresh[..., 3] > 0).sum()
+    torch.testing.assert_close(stale[same], now[same].detach())
+    assert torch.equal(stale[..., 3], fresh[..., 3])
+    assert float(stale[fresh[..., 3] == 0].abs().sum()) == 0
+    assert torch.isfinite(p3.grad).all() and p3.grad.abs().sum() > 0
+
+
+def test_render_recomputes_an_earlier_rasterisation():
+    """``RasterOptions(recompute_rast=True)``: rendering moved vertices with the
+    rasterisation of the old ones matches rendering them afresh inside the silhouette."""
+    from ffhquv.render.camera import Camera
+    from ffhquv.render.renderer import MeshRenderer, RasterOptions, Surface
+    from tests.test_graphs import _scene
+
+    r = MeshRenderer(Camera(), backend=TorchRasterizer("cpu"))
+    world, tri, uv, uv_tri, tex, gamma = _scene()
+    sf = Surface(uv=uv, uv_tri=uv_tri, texture=tex)
+    old = r.rasterize(world, tri, 96)
+    moved = world + torch.tensor([0.002, -0.001, 0.0])
+    fresh = r.render(moved, tri, sf, gamma=gamma, options=RasterOptions(size=96,
+                                                                        antialias=False))
+    w = moved.clone().requires_grad_(True)
+    reused = r.render(w, tri, sf, gamma=gamma, rast=old,
+                      options=RasterOptions(size=96, antialias=False, recompute_rast=True))
+    ((reused.image - 0.5) ** 2).sum().backward()
+    same = (fresh.rast[..., 3] == old[..., 3]) & (old[..., 3] > 0)
+    assert same.float().mean() > 0.2
+    torch.testing.assert_close(reused.image[same], fresh.image[same], rtol=1e-4, atol=1e-5)
+    assert torch.isfinite(w.grad).all() and w.grad.abs().sum() > 0

@@ -13,11 +13,11 @@ import torch
 
 from ffhquv.errors import InvalidInput, PreconditionFailed
 from ffhquv.render.raster.base import RasterBackend
-from ffhquv.render.raster.torch_backend import TorchRasterizer
+from ffhquv.render.raster.torch_backend import TorchRasterizer, resolve_rast
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RasterBackend", "TorchRasterizer", "get_backend"]
+__all__ = ["RasterBackend", "TorchRasterizer", "get_backend", "resolve_rast"]
 
 _CACHE: dict[tuple[str, str], RasterBackend] = {}
 
