@@ -78,3 +78,34 @@ def write_json(path: str | None, meta: dict, rows: list[dict], **extra) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps({**meta, **extra, "rows": rows}, indent=2))
     print(f"# wrote {path}")
+
+
+def preset_overrides(pairs: list[str] | None) -> dict:
+    """``["stage3_raster_every=4", ...]`` (``--set``) -> ``{field: value}`` of
+    :class:`services.fitter.presets.Preset`, each value parsed as the field's type (int,
+    float, or comma-separated ints for tuples). Raises SystemExit naming a bad pair."""
+    import dataclasses
+
+    from services.fitter.presets import Preset
+
+    types = {f.name: f.type for f in dataclasses.fields(Preset)}
+    out: dict = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in types or key == "name":
+            raise SystemExit(f"--set {pair!r}: expected FIELD=VALUE with FIELD one of "
+                             f"{sorted(k for k in types if k != 'name')}")
+        kind = str(types[key])
+        try:
+            out[key] = (tuple(int(v) for v in value.split(",")) if "tuple" in kind
+                        else int(value) if kind == "int" else float(value))
+        except ValueError as err:
+            raise SystemExit(f"--set {pair!r}: {err}") from err
+    return out
+
+
+def preset_label(name: str, overrides: dict) -> str:
+    """``standard`` or ``standard[stage3_raster_every=4]``: a row's preset with its overrides."""
+    if not overrides:
+        return name
+    return f"{name}[{','.join(f'{k}={v}' for k, v in sorted(overrides.items()))}]"

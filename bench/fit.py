@@ -24,7 +24,7 @@ from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as ffhquv_cli/__init__.py sets it
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import header, table, write_json  # noqa: E402
+from bench.common import header, preset_label, preset_overrides, table, write_json  # noqa: E402
 
 
 def load_face(photo: str | None):
@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--texture-size", type=int, default=1024)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                    help="change a preset field in every preset fitted (repeatable), e.g. "
+                         "--set stage3_raster_every=4; rows name the change")
     ap.add_argument("--profile", default=None,
                     help="also profile one fit of the first preset (torch.profiler, a batch of "
                          "--profile-batch copies of the photo) and write the top operators to "
@@ -76,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from services.fitter.core import FitterCore
+    from services.fitter.presets import get_preset
 
     torch.set_num_threads(args.threads)
     meta = header("fitter core: per-stage seconds and peak memory")
@@ -94,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         core.fit(face, preset="fast", texture_size=args.texture_size, want_intermediates=False)
     rows = []
-    for preset in args.presets.split(","):
+    overrides = preset_overrides(args.set)
+    for name in args.presets.split(","):
+        preset = get_preset(name).with_overrides(**overrides)
         for bs in [int(b) for b in args.batch.split(",")]:
             if bs > 1 and not gpu:
                 continue
@@ -114,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                 m = outs[0].metrics
                 t = outs[0].report["timings_s"]
                 row = {
-                    "preset": preset, "device": str(core.device), "batch": bs,
+                    "preset": preset_label(name, overrides), "device": str(core.device),
+                    "batch": bs,
                     "stage1_s": t["stage1"], "stage2_s": t["stage2"], "stage3_s": t["stage3"],
                     "outputs_s": t["outputs"], "total_s": wall, "per_photo_s": wall / bs,
                     "images_per_s": bs / wall,
@@ -132,8 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.json, meta, rows, face_model=core.face_model, threads=args.threads,
                texture_size=args.texture_size)
     if args.profile:
-        profile_fit(core, face, args.presets.split(",")[0], args.texture_size, args.profile,
-                    args.profile_batch)
+        first = args.presets.split(",")[0]
+        profile_fit(core, face, get_preset(first).with_overrides(**overrides),
+                    args.texture_size, args.profile, args.profile_batch,
+                    label=preset_label(first, overrides))
     if args.cprofile:
         cpu_profile(core, face, args.presets.split(",")[0], args.texture_size, args.repeat,
                     args.cprofile)
@@ -199,10 +208,11 @@ def write_stats(pr, header: str, path: str, sorts: tuple[tuple[str, int], ...]) 
     print(header + f"\nwrote {path} and its .prof")
 
 
-def profile_fit(core, face, preset: str, texture_size: int, path: str,
-                batch: int = 1) -> None:
-    """One fit of ``batch`` copies of ``face`` under torch.profiler: host vs device time,
-    kernel launches, top operators."""
+def profile_fit(core, face, preset, texture_size: int, path: str,
+                batch: int = 1, label: str | None = None) -> None:
+    """One fit of ``batch`` copies of ``face`` under torch.profiler (``preset``: a name or a
+    :class:`~services.fitter.presets.Preset`, ``label`` its name in the report): host vs
+    device time, kernel launches, top operators."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -219,7 +229,7 @@ def profile_fit(core, face, preset: str, texture_size: int, path: str,
     launches = sum(e.count for e in ka if e.key in ("cudaLaunchKernel", "cuLaunchKernel",
                                                      "cudaLaunchKernelExC"))
     dev_us = sum(getattr(e, "self_device_time_total", 0) for e in ka)
-    lines = [f"profile of one {preset} fit of {batch} photo(s) on {core.device}: wall "
+    lines = [f"profile of one {label or preset} fit of {batch} photo(s) on {core.device}: wall "
              f"{wall:.3f} s (profiler "
              f"overhead included), timings {out.report['timings_s']}",
              f"kernel launches {launches}, graph replays "

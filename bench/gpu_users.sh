@@ -22,7 +22,8 @@
 #
 #   bash bench/gpu_users.sh PART[,PART...] [OUT_DIR]
 #   PART = prep      wheels, GPU facts, imports, nvdiffrast's plugin build, bench/png.py
-#          quality   bench/quality.py on photos/faces-dev + photos/ref (sheets as sheets.tar*)
+#          quality   bench/quality.py on photos/faces-dev + photos/ref (sheets as sheets.tar*;
+#                    QUALITY_PHOTOS a faces-dev glob, QUALITY_SETS ";"-separated --set lists)
 #          users     bench/users.py warm, cli (1 photo cold, folder of 8, folders of 64)
 #          cli       bench/users.py cli alone (CLI_COLD, CLI_BATCHES: "" none, CLI_COUNT,
 #                    CLI_WORKERS: --workers values, e.g. "1,4", default the CLI's own;
@@ -43,7 +44,8 @@
 #          devtests  pytest of the device-path tests (DEVTESTS overrides the selection)
 #          profilebatch  bench/fit.py --profile of PROFILE_BATCH (4) copies of fd05
 #          spyfit    py-spy --gil of bench/fit.py in batches of SPY_BATCH (carry pyspy/)
-#          fitab     bench/fit.py from this checkout and from .tp/alt (FIT_BATCHES)
+#          fitab     bench/fit.py from this checkout and from .tp/alt (FIT_BATCHES; FIT_SETS
+#                    ";"-separated --set lists, one run each; FIT_ALT=0 skips alt)
 #          gemm      bench/basis_gemm.py: the basis product's formulations
 #          cudawait  bench/cudawait.py: CPU burnt by a waiting thread, spin / auto / block
 #          spyfolder py-spy of `ffhquv fit` on a folder (SPY_COUNT, SPY_ARGS; carry pyspy/)
@@ -142,9 +144,21 @@ EOF
       need "$sp68" "$M/dlib_face_recognition_resnet_model_v1.dat" "$S/cache" \
         "$S/photos/faces-dev" "$S/photos/ref" || { rc=1; continue; }
       rm -rf /tmp/sheets
-      step quality "${QUALITY_LIMIT:-540}" python3 bench/quality.py "$S/photos/faces-dev" \
-        "$S/photos/ref" --device cuda --preset standard --threads 8 --sheets /tmp/sheets \
-        --json "$out/q.json"
+      # QUALITY_PHOTOS: a glob of faces-dev names instead of all of them and ref/;
+      # QUALITY_SETS: ";"-separated bench/quality.py --set lists, one run each (q0.json, ...)
+      if [ -n "${QUALITY_PHOTOS:-}" ]; then qin=("$S"/photos/faces-dev/$QUALITY_PHOTOS)
+      else qin=("$S/photos/faces-dev" "$S/photos/ref"); fi
+      qi=0
+      IFS=';' read -r -a qsets <<< "${QUALITY_SETS:-}"
+      [ ${#qsets[@]} -eq 0 ] && qsets=("")
+      for qs in "${qsets[@]}"; do
+        qargs=(); for kv in $qs; do qargs+=(--set "$kv"); done
+        sheets=(--sheets /tmp/sheets); [ $qi -gt 0 ] && sheets=()
+        step "quality$qi" "${QUALITY_LIMIT:-540}" python3 bench/quality.py "${qin[@]}" \
+          --device cuda --preset standard --threads 8 "${sheets[@]}" "${qargs[@]}" \
+          --json "$out/q$qi.json"
+        qi=$((qi + 1))
+      done
       # one file back per 15 MiB (the tool returns at most 8 files): cat sheets.tar.* | tar x
       if [ -d /tmp/sheets ]; then
         tar -C /tmp -cf - sheets | split -b 15m -d - "$out/sheets.tar."
@@ -274,10 +288,21 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
     fitab)
       # the fitter core alone (bench/fit.py, fd05, FIT_BATCHES "1,4", 3 repeats) from this
       # checkout, then from the tree in .tp/alt, in the same lease
-      need "$sp68" "$S/cache" "$S/photos/faces-dev" "$S/alt" || { rc=1; continue; }
+      need "$sp68" "$S/cache" "$S/photos/faces-dev" || { rc=1; continue; }
+      # FIT_SETS: ";"-separated bench/fit.py --set lists, one run of this checkout each
+      IFS=';' read -r -a fsets <<< "${FIT_SETS:-}"
+      [ ${#fsets[@]} -eq 0 ] && fsets=("")
+      fi_=0
+      for fs in "${fsets[@]}"; do
+        fargs=(); for kv in $fs; do fargs+=(--set "$kv"); done
+        step "fit$fi_" 200 python3 bench/fit.py --presets standard --device cuda --threads 4 \
+          --batch "${FIT_BATCHES:-1,4}" --repeat 3 --photo "$fd05" "${fargs[@]}" \
+          --json "$out/fit$fi_.json"
+        fi_=$((fi_ + 1))
+      done
+      [ "${FIT_ALT:-1}" = 1 ] || continue
+      need "$S/alt" || { rc=1; continue; }
       cp -r "$S/stubs/." "$S/alt/ffhquv/"
-      step fit 200 python3 bench/fit.py --presets standard --device cuda --threads 4 \
-        --batch "${FIT_BATCHES:-1,4}" --repeat 3 --photo "$fd05" --json "$out/fit.json"
       step altfit 200 env PYTHONPATH="$S/alt:$P/site:$P/frm" python3 "$S/alt/bench/fit.py" \
         --presets standard --device cuda --threads 4 --batch "${FIT_BATCHES:-1,4}" --repeat 3 \
         --photo "$fd05" --json "$out/altfit.json"

@@ -87,7 +87,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as ffhquv_cli/__init__.py 
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import header, loadavg, table, write_json  # noqa: E402
+from bench.common import header, loadavg, preset_label, preset_overrides, table, write_json  # noqa: E402
 
 # ParseLabel skin, brows, nose, lips: the face labels the head mesh can reproduce (the
 # fitted head renders no eyeballs and no mouth interior, so eyes / mouth labels are left out)
@@ -693,15 +693,18 @@ class QualityEvaluator:
         face_model: "default" (cached default face model) or "hifi3dpp".
         threads: torch CPU threads during fits.
         texture_size: UV texture side.
+        overrides: preset fields changed (``bench.common.preset_overrides``).
     """
 
     def __init__(self, preset: str = "standard", device: str = "cpu",
                  face_model: str = "default", threads: int | None = 2,
-                 texture_size: int = 1024):
+                 texture_size: int = 1024, overrides: dict | None = None):
         from services.detector.core import Detector
         from services.fitter.core import FitterCore
+        from services.fitter.presets import get_preset
 
-        self.preset = preset
+        self.preset = preset_label(preset, overrides or {})
+        self._preset = get_preset(preset).with_overrides(**(overrides or {}))
         self.texture_size = texture_size
         self.detector = Detector()
         self.identity = FaceIdentity(self.detector)
@@ -722,7 +725,7 @@ class QualityEvaluator:
         t0 = time.perf_counter()
         det = self.detector.detect(data, unwrap_size=1024)
         a = det.aligned
-        fit = self.fitter.fit(a, preset=self.preset, texture_size=self.texture_size,
+        fit = self.fitter.fit(a, preset=self._preset, texture_size=self.texture_size,
                               want_intermediates=False)
         eyes = place_eyeballs(fit.mesh_neutral, fit.eye_ring_left, fit.eye_ring_right,
                               photo=a.crop_hires,
@@ -942,6 +945,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="write per-photo metrics and the summary")
     ap.add_argument("--plots", default=None, help="folder for distribution plots (PNG)")
     ap.add_argument("--views", default=None, help="folder for composite / turned-view PNGs")
+    ap.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                    help="change a preset field (repeatable), e.g. --set stage3_raster_every=4")
     ap.add_argument("--sheets", default=None,
                     help="folder for one contact sheet per photo (photo | front | 3/4 | profile "
                          "| back), DIR/<photo>.png")
@@ -953,7 +958,9 @@ def main(argv: list[str] | None = None) -> int:
     items = collect(args.inputs, args.astronaut)
     meta = header(f"quality: {len(items)} photo(s), preset {args.preset}, "
                   f"face model {args.face_model}")
-    ev = QualityEvaluator(args.preset, args.device, args.face_model, args.threads)
+    overrides = preset_overrides(args.set)
+    ev = QualityEvaluator(args.preset, args.device, args.face_model, args.threads,
+                          overrides=overrides)
     rows, failed = [], []
     for name, data in items:
         try:
@@ -1000,7 +1007,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# failed: {f['photo']}: {f['error']}")
     meta["loadavg_end"] = loadavg()
     print(f"# load average at the end: {', '.join(map(str, meta['loadavg_end']))}")
-    write_json(args.json, meta, rows, summary=summary, failed=failed, preset=args.preset,
+    write_json(args.json, meta, rows, summary=summary, failed=failed,
+               preset=preset_label(args.preset, overrides),
                face_model=args.face_model, threads=args.threads)
     # a photo without a detectable face is a result (listed above), not a failed run
     return 0 if rows or not items else 1

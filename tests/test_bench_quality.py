@@ -247,3 +247,16 @@ def test_skin_zones_leave_out_occluders():
             assert not regions[name][:50].any() and regions[name][60:].any()
         else:
             assert (regions[name] == every[name]).all() and regions[name][:50].any()
+
+
+def test_preset_overrides_parse_fields_by_type():
+    from bench.common import preset_label, preset_overrides
+
+    ov = preset_overrides(["stage3_raster_every=2", "stage3_lr=0.01", "tex_levels=32,64"])
+    assert ov == {"stage3_raster_every": 2, "stage3_lr": 0.01, "tex_levels": (32, 64)}
+    assert preset_label("standard", {}) == "standard"
+    assert preset_label("standard", {"stage3_raster_every": 2}) == \
+        "standard[stage3_raster_every=2]"
+    for bad in ("name=x", "nofield=1", "stage3_steps", "stage3_steps=many"):
+        with pytest.raises(SystemExit, match="--set"):
+            preset_overrides([bad])
