@@ -23,7 +23,7 @@
 #   bash bench/gpu_users.sh PART[,PART...] [OUT_DIR]
 #   PART = prep      wheels, GPU facts, imports, nvdiffrast's plugin build, bench/png.py
 #          quality   bench/quality.py on photos/faces-dev + photos/ref (sheets as sheets.tar*;
-#                    QUALITY_PHOTOS a faces-dev glob, QUALITY_SETS ";"-separated --set lists)
+#                    QUALITY_PHOTOS faces-dev globs, QUALITY_SETS ";"-separated --set lists)
 #          users     bench/users.py warm, cli (1 photo cold, folder of 8, folders of 64)
 #          cli       bench/users.py cli alone (CLI_COLD, CLI_BATCHES: "" none, CLI_COUNT,
 #                    CLI_WORKERS: --workers values, e.g. "1,4", default the CLI's own;
@@ -144,10 +144,10 @@ EOF
       need "$sp68" "$M/dlib_face_recognition_resnet_model_v1.dat" "$S/cache" \
         "$S/photos/faces-dev" "$S/photos/ref" || { rc=1; continue; }
       rm -rf /tmp/sheets
-      # QUALITY_PHOTOS: a glob of faces-dev names instead of all of them and ref/;
+      # QUALITY_PHOTOS: globs of faces-dev names (space-separated) instead of all of them and ref/;
       # QUALITY_SETS: ";"-separated bench/quality.py --set lists, one run each (q0.json, ...)
-      if [ -n "${QUALITY_PHOTOS:-}" ]; then qin=("$S"/photos/faces-dev/$QUALITY_PHOTOS)
-      else qin=("$S/photos/faces-dev" "$S/photos/ref"); fi
+      qin=(); for g in ${QUALITY_PHOTOS:-}; do qin+=("$S"/photos/faces-dev/$g); done
+      [ ${#qin[@]} -eq 0 ] && qin=("$S/photos/faces-dev" "$S/photos/ref")
       qi=0
       IFS=';' read -r -a qsets <<< "${QUALITY_SETS:-}"
       [ ${#qsets[@]} -eq 0 ] && qsets=("")
