@@ -83,7 +83,8 @@ def write_json(path: str | None, meta: dict, rows: list[dict], **extra) -> None:
 def preset_overrides(pairs: list[str] | None) -> dict:
     """``["stage3_raster_every=4", ...]`` (``--set``) -> ``{field: value}`` of
     :class:`services.fitter.presets.Preset`, each value parsed as the field's type (int,
-    float, or comma-separated ints for tuples). Raises SystemExit naming a bad pair."""
+    float, 0 / 1 for bools, or comma-separated ints for tuples). Raises SystemExit naming a
+    bad pair."""
     import dataclasses
 
     from services.fitter.presets import Preset
@@ -98,6 +99,7 @@ def preset_overrides(pairs: list[str] | None) -> dict:
         kind = str(types[key])
         try:
             out[key] = (tuple(int(v) for v in value.split(",")) if "tuple" in kind
+                        else bool(int(value)) if kind == "bool"
                         else int(value) if kind == "int" else float(value))
         except ValueError as err:
             raise SystemExit(f"--set {pair!r}: {err}") from err

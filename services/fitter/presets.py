@@ -32,6 +32,9 @@ class Preset:
             between reuse its triangle ids with barycentrics recomputed from the current
             vertices inside the graph. 1 = every step. The eager path (CPU) rasterises every
             step whatever this says.
+        stage3_raster_recompute: between rasterisations, recompute the barycentrics from the
+            current vertices (True) or reuse the last rasterisation's as they are, with
+            nvdiffrast's gradient at the current vertices (False).
         tex_opt_size: side of the texture optimised in stage 3 (finest pyramid level).
         tex_levels: sides of the Laplacian-pyramid levels of the texel offsets (each <= tex_opt).
         unwrap_depth_size: raster side of the depth render used for texel visibility.
@@ -54,6 +57,7 @@ class Preset:
     paper_stage2_steps: int = 100
     paper_stage3_steps: int = 200
     stage3_raster_every: int = 1
+    stage3_raster_recompute: bool = True
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -173,7 +173,7 @@ def fit_joint(ctx: FitContext, photos: PhotoBatch, coeffs: dict[str, Tensor], ba
                    if graph else None)
     every = max(1, int(preset.stage3_raster_every))
     raster_opts = RasterOptions(antialias=True, min_grad_area=SLIVER_AREA,
-                                recompute_rast=every > 1)
+                                recompute_rast=every > 1 and preset.stage3_raster_recompute)
 
     def geometry() -> tuple[Tensor, Tensor]:
         verts = model.shape(params["id"], params["exp"])

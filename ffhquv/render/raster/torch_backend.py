@@ -106,7 +106,10 @@ def _pixel_values(pos: Tensor, tri: Tensor, used: Tensor | None, inv: Tensor, pi
     if used is None:
         used = torch.arange(b * t, device=pos.device)
     bi, ti = used // t, used % t
-    corners = pos.reshape(b * v, 4)[bi[:, None] * v + tri[ti]]  # [U, 3, 4]
+    # index_select, not advanced indexing: its backward is an index_add, where indexing's
+    # sorts the indices first (the dense call's [B*H*W] rows: most of its device time)
+    corners = pos.reshape(b * v, 4).index_select(
+        0, (bi[:, None] * v + tri[ti]).reshape(-1)).view(-1, 3, 4)  # [U, 3, 4]
     # instances that were never drawn (w = 0, zero area) must not put inf / nan in backward
     cw = corners[..., 3]
     iw = 1.0 / torch.where(cw.detach() == 0, torch.ones_like(cw), cw)
@@ -131,7 +134,7 @@ def _pixel_values(pos: Tensor, tri: Tensor, used: Tensor | None, inv: Tensor, pi
         [qa[:, 0], qb[:, 0], qc[:, 0], qa[:, 1], qb[:, 1], qc[:, 1],
          qa.sum(1), qb.sum(1), qc.sum(1),
          (qa * zi).sum(1), (qb * zi).sum(1), (qc * zi).sum(1)], 1)  # [U, 12]
-    cf = coef[inv]
+    cf = coef.index_select(0, inv)
     p = ((pix % w) - rx.long()[inv]).to(pos.dtype)
     q = (((pix % hw) // w) - ry.long()[inv]).to(pos.dtype)
     q0 = cf[:, 0] * p + cf[:, 1] * q + cf[:, 2]
