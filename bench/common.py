@@ -81,7 +81,7 @@ def write_json(path: str | None, meta: dict, rows: list[dict], **extra) -> None:
 
 
 def preset_overrides(pairs: list[str] | None) -> dict:
-    """``["stage3_raster_every=4", ...]`` (``--set``) -> ``{field: value}`` of
+    """``["stage3_steps=50", ...]`` (``--set``) -> ``{field: value}`` of
     :class:`services.fitter.presets.Preset`, each value parsed as the field's type (int,
     float, 0 / 1 for bools, or comma-separated ints for tuples). Raises SystemExit naming a
     bad pair."""
@@ -107,7 +107,7 @@ def preset_overrides(pairs: list[str] | None) -> dict:
 
 
 def preset_label(name: str, overrides: dict) -> str:
-    """``standard`` or ``standard[stage3_raster_every=4]``: a row's preset with its overrides."""
+    """``standard`` or ``standard[stage3_steps=50]``: a row's preset with its overrides."""
     if not overrides:
         return name
     return f"{name}[{','.join(f'{k}={v}' for k, v in sorted(overrides.items()))}]"

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--set", action="append", metavar="FIELD=VALUE",
                     help="change a preset field in every preset fitted (repeatable), e.g. "
-                         "--set stage3_raster_every=4; rows name the change")
+                         "--set stage3_steps=50; rows name the change")
     ap.add_argument("--profile", default=None,
                     help="also profile one fit of the first preset (torch.profiler, a batch of "
                          "--profile-batch copies of the photo) and write the top operators to "

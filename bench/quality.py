@@ -946,7 +946,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plots", default=None, help="folder for distribution plots (PNG)")
     ap.add_argument("--views", default=None, help="folder for composite / turned-view PNGs")
     ap.add_argument("--set", action="append", metavar="FIELD=VALUE",
-                    help="change a preset field (repeatable), e.g. --set stage3_raster_every=4")
+                    help="change a preset field (repeatable), e.g. --set stage3_steps=50")
     ap.add_argument("--sheets", default=None,
                     help="folder for one contact sheet per photo (photo | front | 3/4 | profile "
                          "| back), DIR/<photo>.png")

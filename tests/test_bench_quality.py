@@ -252,11 +252,11 @@ def test_skin_zones_leave_out_occluders():
 def test_preset_overrides_parse_fields_by_type():
     from bench.common import preset_label, preset_overrides
 
-    ov = preset_overrides(["stage3_raster_every=2", "stage3_lr=0.01", "tex_levels=32,64"])
-    assert ov == {"stage3_raster_every": 2, "stage3_lr": 0.01, "tex_levels": (32, 64)}
+    ov = preset_overrides(["stage3_steps=20", "stage3_lr=0.01", "tex_levels=32,64"])
+    assert ov == {"stage3_steps": 20, "stage3_lr": 0.01, "tex_levels": (32, 64)}
     assert preset_label("standard", {}) == "standard"
-    assert preset_label("standard", {"stage3_raster_every": 2}) == \
-        "standard[stage3_raster_every=2]"
+    assert preset_label("standard", {"stage3_steps": 20}) == \
+        "standard[stage3_steps=20]"
     for bad in ("name=x", "nofield=1", "stage3_steps", "stage3_steps=many"):
         with pytest.raises(SystemExit, match="--set"):
             preset_overrides([bad])

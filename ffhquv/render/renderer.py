@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ffhquv.errors import InvalidInput
 from ffhquv.render.camera import Camera, project, to_clip
-from ffhquv.render.raster import RasterBackend, get_backend, resolve_rast
+from ffhquv.render.raster import RasterBackend, get_backend
 from ffhquv.render.sh import shade
 
 DEFAULT_ALBEDO = 0.7
@@ -104,11 +104,6 @@ class RasterOptions:
             as Blender and most viewers draw an open mesh: the inside of the neck seen through
             its opening is lit like skin, not black. Off for fitting (the photo never shows
             a back face).
-        recompute_rast: when :meth:`MeshRenderer.render` is given ``rast``, recompute its
-            pixels' barycentrics and ``z/w`` from the vertices for its triangle ids
-            (:func:`~ffhquv.render.raster.resolve_rast`, CUDA-graph safe) instead
-            of taking them as they are (``backend.attach_rast``): ``rast`` may then come from
-            earlier, nearby positions (stage 3 rasterises every few steps only).
     """
 
     size: int | None = None
@@ -116,7 +111,6 @@ class RasterOptions:
     background: Tensor | float | None = None
     min_grad_area: float = 0.0
     two_sided: bool = False
-    recompute_rast: bool = False
 
 
 def triangle_pixel_area(clip: Tensor, tri: Tensor, size: int) -> Tensor:
@@ -267,8 +261,7 @@ class MeshRenderer:
             rast: optional ``[B, S, S, 4]`` rasterisation of these same vertices made
                 beforehand (:meth:`rasterize`, e.g. without autograd, before a CUDA-graph
                 replay); it is used instead of rasterising again and gets its gradients
-                through ``backend.attach_rast``; with ``options.recompute_rast`` a
-                rasterisation of earlier positions, whose values are recomputed.
+                through ``backend.attach_rast``.
             options: raster size, antialiasing, background, sliver gradient gate
                 (:class:`RasterOptions`); None = the defaults.
         Returns:
@@ -294,8 +287,7 @@ class MeshRenderer:
         else:
             if rast.shape != (b, s, s, 4):
                 raise InvalidInput(f"rast must be [{b}, {s}, {s}, 4], got {tuple(rast.shape)}")
-            rast = (resolve_rast(clip, tri32, rast) if opt.recompute_rast
-                    else be.attach_rast(clip, tri32, rast))
+            rast = be.attach_rast(clip, tri32, rast)
         if min_grad_area > 0:
             sliver = sliver_pixels(clip, tri32, rast, min_grad_area)[..., None]
             rast = torch.where(sliver, rast.detach(), rast)

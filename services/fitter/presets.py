@@ -27,14 +27,6 @@ class Preset:
         stage3_gamma_lr: learning rate of the SH lighting coefficients.
         stage3_tex_lr: learning rate of the texel offsets (albedo units, 0..1).
         raster_size: side of the photometric raster of stage 3 (the camera is scaled to it).
-        stage3_raster_every: with CUDA graphs, stage 3 rasterises every this many steps (each
-            rasterisation waits for the GPU: nvdiffrast reads its counters back); the steps
-            between reuse its triangle ids with barycentrics recomputed from the current
-            vertices inside the graph. 1 = every step. The eager path (CPU) rasterises every
-            step whatever this says.
-        stage3_raster_recompute: between rasterisations, recompute the barycentrics from the
-            current vertices (True) or reuse the last rasterisation's as they are, with
-            nvdiffrast's gradient at the current vertices (False).
         tex_opt_size: side of the texture optimised in stage 3 (finest pyramid level).
         tex_levels: sides of the Laplacian-pyramid levels of the texel offsets (each <= tex_opt).
         unwrap_depth_size: raster side of the depth render used for texel visibility.
@@ -56,8 +48,6 @@ class Preset:
     unwrap_depth_size: int
     paper_stage2_steps: int = 100
     paper_stage3_steps: int = 200
-    stage3_raster_every: int = 1
-    stage3_raster_recompute: bool = True
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -73,19 +63,17 @@ PRESETS: dict[str, Preset] = {
         stage1_steps=150, stage1_lr=0.05, stage3_steps=30, stage3_lr=0.02,
         stage3_pose_lr=0.002, stage3_gamma_lr=0.01, stage3_tex_lr=0.01, raster_size=224,
         tex_opt_size=128, tex_levels=(32, 64, 128), unwrap_depth_size=448,
-        paper_stage2_steps=50, paper_stage3_steps=100, stage3_raster_every=4),
+        paper_stage2_steps=50, paper_stage3_steps=100),
     vocab.PRESET_STANDARD: Preset(
         name=vocab.PRESET_STANDARD,
         stage1_steps=300, stage1_lr=0.05, stage3_steps=100, stage3_lr=0.02,
         stage3_pose_lr=0.002, stage3_gamma_lr=0.01, stage3_tex_lr=0.01, raster_size=224,
-        tex_opt_size=256, tex_levels=(32, 64, 128, 256), unwrap_depth_size=512,
-        stage3_raster_every=4),
+        tex_opt_size=256, tex_levels=(32, 64, 128, 256), unwrap_depth_size=512),
     vocab.PRESET_BEST: Preset(
         name=vocab.PRESET_BEST,
         stage1_steps=500, stage1_lr=0.05, stage3_steps=200, stage3_lr=0.02,
         stage3_pose_lr=0.002, stage3_gamma_lr=0.01, stage3_tex_lr=0.01, raster_size=224,
-        tex_opt_size=512, tex_levels=(32, 64, 128, 256, 512), unwrap_depth_size=1024,
-        stage3_raster_every=4),
+        tex_opt_size=512, tex_levels=(32, 64, 128, 256, 512), unwrap_depth_size=1024),
 }
 
 

@@ -167,13 +167,9 @@ def fit_joint(ctx: FitContext, photos: PhotoBatch, coeffs: dict[str, Tensor], ba
     steps = preset.stage3_steps
     last: dict[str, Tensor] = {}
     tri32 = model.tri.to(torch.int32).contiguous()
-    # graph mode: rasterised eagerly before a replay (every preset.stage3_raster_every
-    # steps: each rasterisation drains the stream), differentiated inside the graph
+    # graph mode: rasterised eagerly before each replay, differentiated inside the graph
     static_rast = (torch.zeros(b, preset.raster_size, preset.raster_size, 4, device=dev)
                    if graph else None)
-    every = max(1, int(preset.stage3_raster_every))
-    raster_opts = RasterOptions(antialias=True, min_grad_area=SLIVER_AREA,
-                                recompute_rast=every > 1 and preset.stage3_raster_recompute)
 
     def geometry() -> tuple[Tensor, Tensor]:
         verts = model.shape(params["id"], params["exp"])
@@ -186,7 +182,8 @@ def fit_joint(ctx: FitContext, photos: PhotoBatch, coeffs: dict[str, Tensor], ba
         tex = (base_tex + off).clamp(0, 1)
         out = renderer.render(world, model.tri,
                               Surface(normals=nrm, uv=model.uv, uv_tri=model.uv_tri, texture=tex),
-                              gamma=params["gamma"], rast=rast, options=raster_opts)
+                              gamma=params["gamma"], rast=rast,
+                              options=RasterOptions(antialias=True, min_grad_area=SLIVER_AREA))
         # region of the model's skin triangles inside the face area
         skin_px = backend.interpolate(skin_attr, out.rast, tri32)
         face_cov = _face_coverage(out.rast, model.face_tri_mask)
@@ -227,7 +224,7 @@ def fit_joint(ctx: FitContext, photos: PhotoBatch, coeffs: dict[str, Tensor], ba
         ramp = 1.0 if frac < 0.6 else 0.5 * (1 + math.cos(math.pi * (frac - 0.6) / 0.4))
         for i, lr0 in enumerate(base_lrs):
             set_lr(opt, i, lr0 * max(ramp, 0.05))
-        if static_rast is not None and step % every == 0:
+        if static_rast is not None:
             with torch.no_grad():
                 static_rast.copy_(renderer.rasterize(geometry()[1], model.tri))
 

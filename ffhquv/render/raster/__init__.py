@@ -13,11 +13,11 @@ import torch
 
 from ffhquv.errors import InvalidInput, PreconditionFailed
 from ffhquv.render.raster.base import RasterBackend
-from ffhquv.render.raster.torch_backend import TorchRasterizer, resolve_rast
+from ffhquv.render.raster.torch_backend import TorchRasterizer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RasterBackend", "TorchRasterizer", "get_backend", "resolve_rast"]
+__all__ = ["RasterBackend", "TorchRasterizer", "get_backend"]
 
 _CACHE: dict[tuple[str, str], RasterBackend] = {}
 

@@ -86,104 +86,6 @@ def _ordered_key(z: Tensor, tid: Tensor) -> Tensor:
 
 
 
-def _pixel_values(pos: Tensor, tri: Tensor, used: Tensor | None, inv: Tensor, pix: Tensor,
-                  tid: Tensor, size: tuple[int, int], valid: Tensor | None = None) -> Tensor:
-    """Differentiable ``(u, v, z/w, id+1)`` ``[P, 4]`` of pixels ``pix`` (flat ``[P]`` indices
-    into ``B * H * W``, ``size = (H, W)``) for triangles ``tid`` ``[P]``.
-
-    Per triangle instance (``used``: flat ``photo * T + triangle`` indices, None = all ``B * T``;
-    ``inv [P]`` each pixel's row of ``used``), the perspective-correct barycentric numerators
-    ``b_i / w_i``, their sum and ``z/w`` are affine in the pixel position; their coefficients
-    are computed with autograd (relative to a detached integer origin near the triangle, for
-    precision), then evaluated at the pixel centres. No host synchronisation when ``used`` is
-    None (CUDA-graph safe). A pixel outside its triangle gets the planes' extrapolated values;
-    pixels where ``valid [P]`` (bool) is False get finite placeholders (no inf / nan in
-    forward or backward) for the caller to drop."""
-    b, v, _ = pos.shape
-    t = tri.shape[0]
-    h, w = size
-    hw = h * w
-    if used is None:
-        used = torch.arange(b * t, device=pos.device)
-    bi, ti = used // t, used % t
-    # index_select, not advanced indexing: its backward is an index_add, where indexing's
-    # sorts the indices first (the dense call's [B*H*W] rows: most of its device time)
-    corners = pos.reshape(b * v, 4).index_select(
-        0, (bi[:, None] * v + tri[ti]).reshape(-1)).view(-1, 3, 4)  # [U, 3, 4]
-    # instances that were never drawn (w = 0, zero area) must not put inf / nan in backward
-    cw = corners[..., 3]
-    iw = 1.0 / torch.where(cw.detach() == 0, torch.ones_like(cw), cw)
-    x = (corners[..., 0] * iw + 1.0) * (w * 0.5) - 0.5
-    y = (corners[..., 1] * iw + 1.0) * (h * 0.5) - 0.5
-    rx = x[:, 2].detach().floor()
-    ry = y[:, 2].detach().floor()
-    x = x - rx[:, None]
-    y = y - ry[:, None]
-    x0, x1, x2 = x.unbind(1)
-    y0, y1, y2 = y.unbind(1)
-    # e_i(p, q) = A_i p + B_i q + C_i: signed area of (pixel, corner i+1, corner i+2)
-    a_ = torch.stack([y1 - y2, y2 - y0, y0 - y1], 1)
-    b_ = torch.stack([x2 - x1, x0 - x2, x1 - x0], 1)
-    c_ = torch.stack([x1 * y2 - x2 * y1, x2 * y0 - x0 * y2, x0 * y1 - x1 * y0], 1)
-    area = c_.sum(1, keepdim=True)
-    area = torch.where(area.detach() == 0, torch.ones_like(area), area)
-    scale = iw / area  # 1 / (w_i * area)
-    qa, qb, qc = a_ * scale, b_ * scale, c_ * scale  # coefficients of b_i / w_i
-    zi = corners[..., 2]
-    coef = torch.stack(
-        [qa[:, 0], qb[:, 0], qc[:, 0], qa[:, 1], qb[:, 1], qc[:, 1],
-         qa.sum(1), qb.sum(1), qc.sum(1),
-         (qa * zi).sum(1), (qb * zi).sum(1), (qc * zi).sum(1)], 1)  # [U, 12]
-    cf = coef.index_select(0, inv)
-    p = ((pix % w) - rx.long()[inv]).to(pos.dtype)
-    q = (((pix % hw) // w) - ry.long()[inv]).to(pos.dtype)
-    q0 = cf[:, 0] * p + cf[:, 1] * q + cf[:, 2]
-    q1 = cf[:, 3] * p + cf[:, 4] * q + cf[:, 5]
-    qs = cf[:, 6] * p + cf[:, 7] * q + cf[:, 8]
-    # a pixel on the line through the triangle's vanishing points (possible only outside
-    # it, for a pixel of an earlier rasterisation): no inf / nan in forward or backward
-    bad = qs.detach() == 0 if valid is None else (qs.detach() == 0) | ~valid
-    qs = torch.where(bad, torch.ones_like(qs), qs)
-    zw = cf[:, 9] * p + cf[:, 10] * q + cf[:, 11]
-    return torch.stack([q0 / qs, q1 / qs, zw, (tid + 1).to(pos.dtype)], 1)
-
-
-def resolve_rast(pos: Tensor, tri: Tensor, rast: Tensor) -> Tensor:
-    """Recompute an earlier rasterisation's barycentrics and ``z/w`` from new positions.
-
-    Each covered pixel keeps its triangle id; its ``(u, v, z/w)`` become those of that
-    triangle at ``pos``, at the pixel centre, with autograd (the same values and gradients
-    :meth:`TorchRasterizer.rasterize` gives when ``rast`` is the rasterisation of ``pos``).
-    Where ``pos`` moved since ``rast`` was made, a pixel whose triangle no longer covers it
-    gets the triangle's extrapolated values (slightly outside [0, 1]); pixels that changed
-    triangle or coverage keep the old ones until the next rasterisation. Dense over all
-    ``B * H * W`` pixels, without host synchronisation: CUDA-graph safe, on any device.
-
-    Args:
-        pos: ``[B, V, 4]`` float clip coordinates.
-        tri: ``[T, 3]`` int32 / int64 triangles (those ``rast`` was made with).
-        rast: ``[B, H, W, 4]`` a rasterisation of ``tri`` (``(u, v, z/w, id + 1)``, any
-            backend).
-    Returns:
-        ``[B, H, W, 4]`` of ``pos``'s dtype, zero where ``rast`` is empty; differentiable
-        with respect to ``pos``.
-    """
-    if pos.dim() != 3 or pos.shape[-1] != 4:
-        raise InvalidInput(f"pos must be [B, V, 4] clip coordinates, got {tuple(pos.shape)}")
-    _check_rast(rast)
-    b, h, w, _ = rast.shape
-    if b != pos.shape[0]:
-        raise InvalidInput(f"rast batch {b} does not match pos batch {pos.shape[0]}")
-    t = tri.shape[0]
-    ids = rast[..., 3].detach().reshape(-1).long()  # triangle id + 1, 0 = empty
-    covered = ids > 0
-    tid = (ids - 1).clamp(0, t - 1)
-    pix = torch.arange(b * h * w, device=pos.device)
-    inst = (pix // (h * w)) * t + tid
-    vals = _pixel_values(pos, tri.long(), None, inst, pix, tid, (h, w), covered)
-    return torch.where(covered[:, None], vals, torch.zeros_like(vals)).view(b, h, w, 4)
-
-
 class _Instances(NamedTuple):
     """Per triangle instance (``n`` drawn (photo, triangle) pairs) of one rasterisation.
 
@@ -419,18 +321,57 @@ class TorchRasterizer:
 
     @staticmethod
     def _resolve(pos: Tensor, tri: Tensor, pix: Tensor, tid: Tensor, h: int, w: int) -> Tensor:
-        """Differentiable ``(u, v, z/w, id+1)`` for the winning (pixel, triangle) pairs
-        (:func:`_pixel_values`), scattered into an otherwise empty ``[B, H, W, 4]``."""
-        b = pos.shape[0]
+        """Differentiable ``(u, v, z/w, id+1)`` for the winning (pixel, triangle) pairs.
+
+        Per triangle instance, the perspective-correct barycentric numerators ``b_i / w_i``,
+        their sum and ``z/w`` are affine in the pixel position; their coefficients are computed
+        with autograd (relative to a detached integer origin near the triangle, for precision),
+        then evaluated at the pixel centres."""
+        b, v, _ = pos.shape
         t = tri.shape[0]
-        inst = (pix // (h * w)) * t + tid
+        hw = h * w
+        inst = (pix // hw) * t + tid
         # the per-instance setup is cheap (elementwise over B*T) unless few instances are hit
         if inst.numel() < b * t // 4:
             used, inv = torch.unique(inst, return_inverse=True)
         else:
-            used, inv = None, inst
-        vals = _pixel_values(pos, tri, used, inv, pix, tid, (h, w))
-        out = torch.zeros(b * h * w, 4, dtype=pos.dtype, device=pos.device)
+            used = torch.arange(b * t, device=pos.device)
+            inv = inst
+        bi, ti = used // t, used % t
+        corners = pos.reshape(b * v, 4)[bi[:, None] * v + tri[ti]]  # [U, 3, 4]
+        # instances that were never drawn (w = 0, zero area) must not put inf / nan in backward
+        cw = corners[..., 3]
+        iw = 1.0 / torch.where(cw.detach() == 0, torch.ones_like(cw), cw)
+        x = (corners[..., 0] * iw + 1.0) * (w * 0.5) - 0.5
+        y = (corners[..., 1] * iw + 1.0) * (h * 0.5) - 0.5
+        rx = x[:, 2].detach().floor()
+        ry = y[:, 2].detach().floor()
+        x = x - rx[:, None]
+        y = y - ry[:, None]
+        x0, x1, x2 = x.unbind(1)
+        y0, y1, y2 = y.unbind(1)
+        # e_i(p, q) = A_i p + B_i q + C_i: signed area of (pixel, corner i+1, corner i+2)
+        a_ = torch.stack([y1 - y2, y2 - y0, y0 - y1], 1)
+        b_ = torch.stack([x2 - x1, x0 - x2, x1 - x0], 1)
+        c_ = torch.stack([x1 * y2 - x2 * y1, x2 * y0 - x0 * y2, x0 * y1 - x1 * y0], 1)
+        area = c_.sum(1, keepdim=True)
+        area = torch.where(area.detach() == 0, torch.ones_like(area), area)
+        scale = iw / area  # 1 / (w_i * area)
+        qa, qb, qc = a_ * scale, b_ * scale, c_ * scale  # coefficients of b_i / w_i
+        zi = corners[..., 2]
+        coef = torch.stack(
+            [qa[:, 0], qb[:, 0], qc[:, 0], qa[:, 1], qb[:, 1], qc[:, 1],
+             qa.sum(1), qb.sum(1), qc.sum(1),
+             (qa * zi).sum(1), (qb * zi).sum(1), (qc * zi).sum(1)], 1)  # [U, 12]
+        cf = coef[inv]
+        p = ((pix % w) - rx.long()[inv]).to(pos.dtype)
+        q = (((pix % hw) // w) - ry.long()[inv]).to(pos.dtype)
+        q0 = cf[:, 0] * p + cf[:, 1] * q + cf[:, 2]
+        q1 = cf[:, 3] * p + cf[:, 4] * q + cf[:, 5]
+        qs = cf[:, 6] * p + cf[:, 7] * q + cf[:, 8]
+        zw = cf[:, 9] * p + cf[:, 10] * q + cf[:, 11]
+        vals = torch.stack([q0 / qs, q1 / qs, zw, (tid + 1).to(pos.dtype)], 1)
+        out = torch.zeros(b * hw, 4, dtype=pos.dtype, device=pos.device)
         return out.index_copy(0, pix, vals).view(b, h, w, 4)
 
     # ---------------------------------------------------------------------------- interpolate
