@@ -13,7 +13,7 @@ through this module (``tests/test_config.py`` checks both).
 | ``FFHQUV_LOG_LEVEL`` | ``INFO`` (``WARNING`` for ``ffhquv fit``) | log level |
 | ``FFHQUV_CUDA_GRAPHS`` | ``1`` | ``0`` / ``false`` / ``no`` / ``off``: eager steps on CUDA |
 | ``FFHQUV_CUDA_WAIT`` | ``block`` | how threads wait for the GPU: ``block``, ``spin``, ``auto`` |
-| ``FFHQUV_CUDA_MPS`` | ``off`` | ``on``: ``serve all``'s GPU children under its own MPS daemon |
+| ``FFHQUV_CUDA_MPS`` | ``auto`` | ``serve all``'s GPU children under its own MPS daemon |
 | ``FFHQUV_FITTER_CONCURRENCY`` | ``1`` | batched fits at a time per device (fitter service) |
 | ``FFHQUV_FITTER_MAX_BATCH`` | ``1`` on CPU, ``8`` on CUDA | photos per batched fit |
 | ``FFHQUV_FITTER_MAX_DELAY_MS`` | ``20`` | longest wait of a request for batch-mates |
@@ -93,7 +93,8 @@ VARIABLES: dict[str, str] = {
     "FFHQUV_LOG_LEVEL": "log level",
     "FFHQUV_CUDA_GRAPHS": "0 turns off the CUDA-graph replay of the fitting steps",
     "FFHQUV_CUDA_WAIT": "block / spin / auto: how a thread waits for the GPU (ffhquv.cuda)",
-    "FFHQUV_CUDA_MPS": "on: serve all starts a CUDA MPS daemon for its GPU children (ffhquv.cuda)",
+    "FFHQUV_CUDA_MPS": "auto / on / off: serve all's GPU children under a CUDA MPS daemon of its "
+                       "own (ffhquv.cuda)",
     "FFHQUV_FITTER_CONCURRENCY": "batched fits at a time per device in the fitter service",
     "FFHQUV_FITTER_MAX_BATCH": "photos per batched fit (default 1 on CPU, 8 on CUDA)",
     "FFHQUV_FITTER_MAX_DELAY_MS": "longest wait of a fit request for batch-mates",
@@ -157,13 +158,23 @@ def cuda_wait() -> str:
     return (env("FFHQUV_CUDA_WAIT") or "block").strip().lower()
 
 
-def cuda_mps() -> bool:
-    """``FFHQUV_CUDA_MPS``: ``on`` / ``1`` / ``true`` / ``yes`` (default off): ``serve all``
-    runs its GPU children under a CUDA MPS daemon of its own (:func:`ffhquv.cuda.start_mps`)."""
-    v = (env("FFHQUV_CUDA_MPS") or "off").strip().lower()
-    if v not in _FALSE and v not in ("on", "1", "true", "yes"):
-        raise ValueError(f"FFHQUV_CUDA_MPS={v!r}: expected on or off")
-    return v not in _FALSE
+def cuda_mps() -> str:
+    """``FFHQUV_CUDA_MPS``: ``auto`` (default), ``on`` (also ``1`` / ``true`` / ``yes``) or
+    ``off`` (also ``0`` / ``false`` / ``no``): whether ``serve all`` runs its GPU children
+    under a CUDA MPS daemon of its own (:func:`ffhquv.cuda.start_mps`); ``auto`` does when it
+    serves on a GPU and the driver's MPS tools are installed, ``on`` requires them.
+
+    Raises:
+        ValueError: another value.
+    """
+    v = (env("FFHQUV_CUDA_MPS") or "auto").strip().lower()
+    if v in _FALSE:
+        return "off"
+    if v in ("on", "1", "true", "yes"):
+        return "on"
+    if v == "auto":
+        return "auto"
+    raise ValueError(f"FFHQUV_CUDA_MPS={v!r}: expected auto, on or off")
 
 
 def fitter_concurrency() -> int:

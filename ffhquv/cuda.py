@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import shutil
+import signal
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,10 +102,12 @@ class MpsDaemon:
     Attributes:
         folder: holds its pipe (``pipe/``) and log (``log/``) folders; removed by :meth:`stop`.
         control: path of ``nvidia-cuda-mps-control``.
+        proc: the daemon, run in the foreground as a child of the process that started it.
     """
 
     folder: Path
     control: str
+    proc: subprocess.Popen | None = None
 
     def env(self) -> dict[str, str]:
         """The environment that makes a process's CUDA contexts clients of this daemon."""
@@ -110,13 +115,38 @@ class MpsDaemon:
                 "CUDA_MPS_LOG_DIRECTORY": str(self.folder / "log")}
 
     def stop(self) -> None:
-        """Ask the daemon to quit (after its clients exit) and remove its folder."""
+        """Ask the daemon to quit (after its clients exit), end it if it does not, and remove
+        its folder."""
         try:
-            subprocess.run([self.control], input=b"quit\n", env=self.env(), timeout=30,
-                           check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.run([self.control], input=b"quit\n", env={**os.environ, **self.env()},
+                           timeout=30, check=False, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
         except (OSError, subprocess.TimeoutExpired) as e:
-            log.warning("MPS daemon did not stop: %s", e)
+            log.warning("MPS daemon did not take quit: %s", e)
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                log.warning("MPS daemon still running after quit; terminating it")
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+#: seconds :func:`start_mps` waits for the daemon's control pipe
+MPS_START_TIMEOUT_S = 30.0
+
+
+def _die_with_starter() -> None:
+    """``preexec_fn`` of the daemon: SIGTERM when the thread that started it ends, so that a
+    killed ``serve all`` (even SIGKILL) leaves no daemon behind."""
+    from ffhquv.supervisor import parent_death_signal
+
+    parent_death_signal(signal.SIGTERM)
 
 
 def start_mps(folder: str | Path) -> MpsDaemon:
@@ -124,12 +154,15 @@ def start_mps(folder: str | Path) -> MpsDaemon:
 
     Processes started with :meth:`MpsDaemon.env` share one MPS server: their kernels run on
     the GPU at the same time instead of in turns (time slices) as separate contexts do.
-    ``serve all`` with ``FFHQUV_CUDA_MPS=on`` starts one for its fitters and exporter.
-    Only those processes use it (its pipe folder is private); a system-wide MPS daemon
-    (a Kubernetes node's, ``CUDA_MPS_PIPE_DIRECTORY`` set) is used as it is instead.
+    ``serve all`` starts one for its fitters and exporter (``FFHQUV_CUDA_MPS``). Only those
+    processes use it (its pipe folder is private); a system-wide MPS daemon (a Kubernetes
+    node's, ``CUDA_MPS_PIPE_DIRECTORY`` set) is used as it is instead. The daemon runs in the
+    foreground (``-f``) as a child of the calling thread, which must live as long as the
+    daemon is needed: the kernel sends it SIGTERM when that thread ends.
 
     Raises:
-        PreconditionFailed: ``nvidia-cuda-mps-control`` is not on ``PATH``, or it failed.
+        PreconditionFailed: ``nvidia-cuda-mps-control`` is not on ``PATH``, or it exited, or
+            its control pipe did not appear within :data:`MPS_START_TIMEOUT_S`.
     """
     control = shutil.which(MPS_CONTROL)
     if control is None:
@@ -139,15 +172,27 @@ def start_mps(folder: str | Path) -> MpsDaemon:
     d = MpsDaemon(folder=Path(folder), control=control)
     for sub in ("pipe", "log"):
         (d.folder / sub).mkdir(parents=True, exist_ok=True)
+    out = d.folder / "daemon.out"
     try:
-        r = subprocess.run([control, "-d"], env=d.env(), timeout=30, capture_output=True,
-                           check=False)
-    except (OSError, subprocess.TimeoutExpired) as e:
+        with open(out, "wb") as sink:
+            d.proc = subprocess.Popen([control, "-f"], env={**os.environ, **d.env()},
+                                      stdin=subprocess.DEVNULL, stdout=sink,
+                                      stderr=subprocess.STDOUT, preexec_fn=_die_with_starter)
+    except OSError as e:
         shutil.rmtree(d.folder, ignore_errors=True)
-        raise PreconditionFailed(f"{MPS_CONTROL} -d did not start: {e}") from e
-    if r.returncode != 0:
-        shutil.rmtree(d.folder, ignore_errors=True)
-        raise PreconditionFailed(f"{MPS_CONTROL} -d failed (exit {r.returncode}): "
-                                 f"{(r.stderr or r.stdout).decode(errors='replace').strip()}")
-    log.info("CUDA MPS daemon started", extra={"folder": str(d.folder)})
+        raise PreconditionFailed(f"{MPS_CONTROL} -f did not start: {e}") from e
+    deadline = time.monotonic() + MPS_START_TIMEOUT_S
+    while not (d.folder / "pipe" / "control").exists():
+        rc = d.proc.poll()
+        if rc is not None or time.monotonic() > deadline:
+            if rc is None:
+                d.proc.kill()
+                d.proc.wait()
+            text = out.read_text(errors="replace").strip() if out.exists() else ""
+            shutil.rmtree(d.folder, ignore_errors=True)
+            why = f"exit {rc}" if rc is not None else f"no control pipe after " \
+                f"{MPS_START_TIMEOUT_S:.0f} s"
+            raise PreconditionFailed(f"{MPS_CONTROL} -f failed ({why}): {text}")
+        time.sleep(0.05)
+    log.info("CUDA MPS daemon started", extra={"folder": str(d.folder), "pid": d.proc.pid})
     return d

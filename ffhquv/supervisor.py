@@ -41,18 +41,25 @@ PARENT_PID_ENV = "FFHQUV_PARENT_PID"
 _PR_SET_PDEATHSIG = 1
 
 
+def parent_death_signal(sig: int) -> bool:
+    """Ask the kernel to send this process ``sig`` when the thread that forked it ends
+    (``prctl(PR_SET_PDEATHSIG)``; Linux only). Also usable as a ``preexec_fn`` for a program
+    that cannot call it itself. Returns True when armed."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+    except (OSError, AttributeError):  # not Linux: rely on the process group
+        return False
+
+
 def die_with_parent(sig: int = signal.SIGKILL) -> bool:
     """In a child of ``serve all`` (``FFHQUV_PARENT_PID`` set): have the kernel send ``sig`` when
     the parent dies, and exit at once when it is already gone. Returns True when armed."""
     want = os.environ.get(PARENT_PID_ENV)
     if not want:
         return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
-            log.warning("prctl(PR_SET_PDEATHSIG) failed", extra={"errno": ctypes.get_errno()})
-            return False
-    except (OSError, AttributeError):  # not Linux: rely on the process group
+    if not parent_death_signal(sig):
+        log.warning("prctl(PR_SET_PDEATHSIG) failed", extra={"errno": ctypes.get_errno()})
         return False
     if os.getppid() != int(want):
         log.warning("parent already gone; exiting", extra={"parent": want})

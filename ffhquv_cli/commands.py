@@ -711,25 +711,37 @@ def _serve_all(args: argparse.Namespace) -> int:
 
 
 def _serve_all_mps(device: str):
-    """The CUDA MPS daemon of ``serve all``'s GPU children (:func:`ffhquv.cuda.start_mps`)
-    when ``FFHQUV_CUDA_MPS`` is on and they will use a GPU, else None (also when a daemon
-    is already configured: ``CUDA_MPS_PIPE_DIRECTORY`` set, e.g. a Kubernetes node's)."""
+    """The CUDA MPS daemon of ``serve all``'s GPU children (:func:`ffhquv.cuda.start_mps`), or
+    None: ``FFHQUV_CUDA_MPS`` off, no GPU to serve on, a daemon already configured
+    (``CUDA_MPS_PIPE_DIRECTORY`` set, e.g. a Kubernetes node's: used as it is), or, with
+    ``auto``, the driver's MPS tools missing or failing (said on stderr; ``on`` exits)."""
+    import shutil
     import tempfile
 
     from ffhquv import config
-    from ffhquv.cuda import start_mps
+    from ffhquv.cuda import MPS_CONTROL, start_mps
     from ffhquv.errors import PreconditionFailed
 
-    if not config.cuda_mps() or device == "cpu" or (device == "auto" and not cuda_available()):
+    mode = config.cuda_mps()
+    if mode == "off" or device == "cpu" or (device == "auto" and not cuda_available()):
         return None
     if os.environ.get("CUDA_MPS_PIPE_DIRECTORY"):
         print("ffhquv serve all: using the MPS daemon of CUDA_MPS_PIPE_DIRECTORY",
               file=sys.stderr, flush=True)
         return None
+    if mode == "auto" and shutil.which(MPS_CONTROL) is None:
+        print(f"ffhquv serve all: no {MPS_CONTROL} on PATH: the GPU children share the GPU "
+              "in time slices (FFHQUV_CUDA_MPS=off says so quietly)", file=sys.stderr,
+              flush=True)
+        return None
     try:
         mps = start_mps(tempfile.mkdtemp(prefix="ffhquv-mps-"))
     except PreconditionFailed as e:
-        raise SystemExit(f"ffhquv serve all: {e}") from e
+        if mode == "on":
+            raise SystemExit(f"ffhquv serve all: {e}") from e
+        print(f"ffhquv serve all: no CUDA MPS ({e}); the GPU children share the GPU in time "
+              "slices", file=sys.stderr, flush=True)
+        return None
     print(f"ffhquv serve all: CUDA MPS daemon in {mps.folder}", file=sys.stderr, flush=True)
     return mps
 
