@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                 if gpu:
                     torch.cuda.synchronize()
                     torch.cuda.reset_peak_memory_stats()
+                    host0 = torch.cuda.host_memory_stats()
                 tracemalloc.start()
                 t0 = time.perf_counter()
                 outs = core.fit_batch([face] * bs, preset=preset, texture_size=args.texture_size,
@@ -131,10 +132,16 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 if gpu:
                     row["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+                    # pinned host buffers allocated / freed by this fit (cudaHostAlloc /
+                    # cudaFreeHost, milliseconds each): the caching host allocator should reuse
+                    host1 = torch.cuda.host_memory_stats()
+                    for k in ("num_host_alloc", "num_host_free"):
+                        row[k] = host1.get(k, 0) - host0.get(k, 0)
                 rows.append(row)
     cols = ["preset", "device", "batch", "stage1_s", "stage2_s", "stage3_s", "outputs_s",
             "total_s", "per_photo_s", "images_per_s", "rss_peak_mb", "py_peak_mb",
-            "lmk_err_iod", "psnr"] + (["gpu_peak_mb"] if gpu else [])
+            "lmk_err_iod", "psnr"] + (["gpu_peak_mb", "num_host_alloc", "num_host_free"]
+                                      if gpu else [])
     table(rows, cols)
     write_json(args.json, meta, rows, face_model=core.face_model, threads=args.threads,
                texture_size=args.texture_size)

@@ -38,8 +38,9 @@
 #                    SERVE_FITTERS="1 2 4" one run per FFHQUV_FITTER_REPLICAS, SERVE_CLIENTS,
 #                    SERVE_MAX_CONCURRENT the gateway's limit; SERVE_SPY=1 py-spy of every
 #                    process during the many-clients rows, SERVE_SPY=gil only the threads
-#                    holding a GIL, carry pyspy/; FFHQUV_CUDA_MPS=on: under serve all's own
-#                    CUDA MPS daemon)
+#                    holding a GIL, carry pyspy/; serve all under its own CUDA MPS daemon
+#                    unless FFHQUV_CUDA_MPS=off)
+#          mpskill   serve all's MPS daemon after a SIGTERM and a SIGKILL of serve all
 #          profile   bench/fit.py --cprofile: the fitter's host CPU seconds by function
 #          devtests  pytest of the device-path tests (DEVTESTS overrides the selection)
 #          profilebatch  bench/fit.py --profile of PROFILE_BATCH (4) copies of fd05
@@ -250,6 +251,25 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
         --photos "$S/photos/faces-dev" --device cuda --clients "${SERVE_CLIENTS:-1,32}" \
         --seconds-single 40 --max-concurrent "${SERVE_MAX_CONCURRENT:-0}" \
         --seconds "${SERVE_SECONDS:-120}" --json "$out/altserve.json"
+      ;;
+    mpskill)
+      # serve all's own CUDA MPS daemon (FFHQUV_CUDA_MPS=auto) ends with serve all: stopped
+      # (SIGTERM) and killed (SIGKILL), the MPS processes left after each are listed
+      for sig in TERM KILL; do
+        rm -f /tmp/mpskill.log
+        python3 -m ffhquv_cli serve all --device cuda --port 50990 > /tmp/mpskill.log 2>&1 &
+        spid=$!
+        for _ in $(seq 180); do grep -q "ffhquv exporter on" /tmp/mpskill.log && break; sleep 1; done
+        sleep 3
+        echo "=== mpskill $sig: serve all $spid up; MPS processes:"; grep -i mps /tmp/mpskill.log
+        pgrep -a nvidia-cuda-mps
+        kill -$sig $spid; wait $spid; echo "serve all exit $?"
+        for _ in $(seq 30); do pgrep nvidia-cuda-mps > /dev/null || break; sleep 1; done
+        echo "=== mpskill $sig: MPS processes left:"; pgrep -a nvidia-cuda-mps || echo none
+        echo "ffhquv processes left:"; pgrep -af "ffhquv_cli serve" || echo none
+        ls -d /tmp/ffhquv-mps-* 2>/dev/null; cp /tmp/mpskill.log "$out/mpskill_$sig.log"
+        pkill -9 -f "ffhquv_cli serve" 2>/dev/null; sleep 1
+      done
       ;;
     profile)
       # where a fitter process's host CPU goes (bench/fit.py --cprofile; 4 threads as one of
