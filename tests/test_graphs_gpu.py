@@ -138,3 +138,24 @@ def test_concurrent_fits_on_one_gpu(synthetic, monkeypatch):
         assert out.report["cuda_graph_steps"]["stage3"] > 0
         assert abs(out.metrics["landmark_error_px"] - alone.metrics["landmark_error_px"]) < 0.1
         assert abs(out.metrics["psnr_masked"] - alone.metrics["psnr_masked"]) < 0.3
+
+
+def test_fits_reuse_their_pinned_host_buffers(synthetic, monkeypatch):
+    """A graph capture does not release torch's pinned host cache (``capturing``): from the
+    third fit on, a fit's host copies reuse the pinned buffers of the fits before it."""
+    from services.fitter.graphs import capturing  # noqa: F401  (the capture under test)
+
+    model, face = synthetic
+    monkeypatch.setenv("FFHQUV_CUDA_GRAPHS", "1")
+    core = FitterCore(model=model, device="cuda")
+    for _ in range(2):
+        core.fit(face, preset="fast", texture_size=256)
+    before = torch.cuda.host_memory_stats()
+    out = core.fit(face, preset="fast", texture_size=256)
+    after = torch.cuda.host_memory_stats()
+    print(f"\npinned host buffers of a fit: allocated "
+          f"{after['num_host_alloc'] - before['num_host_alloc']}, freed "
+          f"{after['num_host_free'] - before['num_host_free']}")
+    assert out.report["cuda_graph_steps"]["stage3"] > 0
+    assert after["num_host_free"] == before["num_host_free"]
+    assert after["num_host_alloc"] == before["num_host_alloc"]

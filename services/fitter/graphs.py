@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -144,6 +145,36 @@ def set_lr(opt: Adam, index: int, value: float) -> None:
         g["lr"] = value
 
 
+_CAPTURE_STREAMS: dict[int, torch.cuda.Stream] = {}
+
+
+@contextmanager
+def capturing(g: torch.cuda.CUDAGraph) -> Iterator[None]:
+    """Record the CUDA work of the ``with`` body into ``g``: ``torch.cuda.graph(g,
+    capture_error_mode="thread_local")`` (one side stream per device, reused by every
+    capture; the device's cached blocks released first) without its release of the pinned
+    host memory cache (``torch._C._host_emptyCache``). That release made every fit
+    allocate its pinned copy buffers again (:func:`~services.fitter.texture.hostcopy.to_host`):
+    21 ``cudaHostAlloc`` / ``cudaFreeHost`` pairs a photo alone, 34 a batch of 4, about 3 ms
+    and 1 ms each on the H200 (BENCHMARKS.md, seventeenth session).
+
+    ``thread_local``: CUDA calls of other threads (another fit on the same GPU) neither break
+    this capture nor fail because of it.
+    """
+    dev = torch.cuda.current_device()
+    stream = _CAPTURE_STREAMS.get(dev)
+    if stream is None:
+        stream = _CAPTURE_STREAMS[dev] = torch.cuda.Stream()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    with torch.cuda.stream(stream):
+        g.capture_begin(capture_error_mode="thread_local")
+        try:
+            yield
+        finally:
+            g.capture_end()
+
+
 class StepRunner:
     """Runs optimisation steps eagerly or as replays of one recorded CUDA graph.
 
@@ -209,9 +240,7 @@ class StepRunner:
         self.prepare(start)
         self.opt.zero_grad(set_to_none=True)
         try:
-            # thread_local: CUDA calls of other threads (another fit on the same GPU) neither
-            # break this capture nor fail because of it
-            with torch.cuda.graph(g, capture_error_mode="thread_local"):
+            with capturing(g):
                 static = self.body()
         except Exception as err:  # noqa: BLE001 - any capture problem: finish eagerly
             key = f"{type(err).__name__}: {err}".splitlines()[0][:300]
