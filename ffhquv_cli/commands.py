@@ -710,6 +710,32 @@ def _serve_all(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``serve all``'s MPS folders: ``<tmp>/ffhquv-mps-<pid of serve all>-<random>``
+MPS_FOLDER_PREFIX = "ffhquv-mps-"
+
+
+def remove_stale_mps_folders(tmp: Path) -> list[Path]:
+    """Remove the MPS folders of ``serve all`` processes that are gone (a killed ``serve all``
+    cannot remove its own; its daemon ended with it). Returns the removed folders."""
+    import shutil
+
+    gone = []
+    for d in tmp.glob(f"{MPS_FOLDER_PREFIX}*-*"):
+        pid = d.name[len(MPS_FOLDER_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or not d.is_dir():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # that serve all still runs
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # another user's process
+        shutil.rmtree(d, ignore_errors=True)
+        gone.append(d)
+    return gone
+
+
 def _serve_all_mps(device: str):
     """The CUDA MPS daemon of ``serve all``'s GPU children (:func:`ffhquv.cuda.start_mps`), or
     None: ``FFHQUV_CUDA_MPS`` off, no GPU to serve on, a daemon already configured
@@ -734,8 +760,9 @@ def _serve_all_mps(device: str):
               "in time slices (FFHQUV_CUDA_MPS=off says so quietly)", file=sys.stderr,
               flush=True)
         return None
+    remove_stale_mps_folders(Path(tempfile.gettempdir()))
     try:
-        mps = start_mps(tempfile.mkdtemp(prefix="ffhquv-mps-"))
+        mps = start_mps(tempfile.mkdtemp(prefix=f"{MPS_FOLDER_PREFIX}{os.getpid()}-"))
     except PreconditionFailed as e:
         if mode == "on":
             raise SystemExit(f"ffhquv serve all: {e}") from e

@@ -159,3 +159,17 @@ def test_serve_all_without_working_mps_tools(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FFHQUV_CUDA_MPS", "auto")
     assert _serve_all_mps("cuda") is None  # auto: said, and served without
     assert "not supported" in capsys.readouterr().err
+
+
+def test_folders_of_killed_serve_alls_are_removed(tmp_path):
+    from ffhquv_cli.commands import MPS_FOLDER_PREFIX, remove_stale_mps_folders
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    stale = tmp_path / f"{MPS_FOLDER_PREFIX}{dead}-abc"
+    live = tmp_path / f"{MPS_FOLDER_PREFIX}{os.getpid()}-def"
+    other = tmp_path / f"{MPS_FOLDER_PREFIX}notapid-x"
+    for d in (stale, live, other):
+        (d / "pipe").mkdir(parents=True)
+    assert remove_stale_mps_folders(tmp_path) == [stale]
+    assert not stale.exists() and live.exists() and other.exists()
