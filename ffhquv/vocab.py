@@ -36,8 +36,11 @@ DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 DEFAULT_DEVICE = "auto"
 
 # ---- export formats (what each writes: protos/ffhquv/exporter/v1/exporter.proto) ---------------
-EXPORT_FORMATS: tuple[str, ...] = ("obj", "glb", "blend", "preview", "turntable", "zip")
-DEFAULT_EXPORT_FORMATS: frozenset[str] = frozenset({"obj", "glb", "blend", "preview", "zip"})
+FORMAT_INTERMEDIATES = "intermediates"  # the fitter's stage1_* / stage2_* / stage3_coeffs.*
+EXPORT_FORMATS: tuple[str, ...] = ("obj", "glb", "blend", "preview", "turntable", "zip",
+                                   FORMAT_INTERMEDIATES)
+DEFAULT_EXPORT_FORMATS: frozenset[str] = frozenset({"obj", "glb", "blend", "preview", "zip",
+                                                    FORMAT_INTERMEDIATES})
 # units of the written mesh files ("" = GLB / .blend in metres, OBJ in the face model's units)
 EXPORT_UNITS: tuple[str, ...] = ("m", "cm", "model")
 # levels of Loop subdivision of the exported head (0 = as fitted, 1 = 4x the triangles)

@@ -38,8 +38,9 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--face", default="largest",
                    help="'largest' (default), 'only' (fail on several faces) or an index")
     p.add_argument("--formats", default="",
-                   help="comma list of obj,glb,blend,preview,turntable,zip (default: all "
-                        "available but turntable)")
+                   help="comma list of obj,glb,blend,preview,turntable,zip,intermediates "
+                        "(default: all available but turntable; without intermediates the "
+                        "fitter makes no stage1_* / stage2_* / stage3_coeffs.* files)")
     p.add_argument("--units", choices=vocab.EXPORT_UNITS, default=None,
                    help="unit of every mesh file; default: GLB and .blend in metres, OBJ in "
                         "the face model's units (about decimetres)")

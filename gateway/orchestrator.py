@@ -132,6 +132,13 @@ def validate_options(opts: gateway_pb2.Options) -> None:
                            field="options.texture_size")
 
 
+def requested_formats(opts: gateway_pb2.Options) -> frozenset[str]:
+    """The export format names a request asks for (its ``formats``; none = the default set,
+    :data:`ffhquv.vocab.DEFAULT_EXPORT_FORMATS`). Call after :func:`validate_options`."""
+    names = vocab.format_by_proto()
+    return frozenset(names[f] for f in opts.formats) or vocab.DEFAULT_EXPORT_FORMATS
+
+
 def output_stem(filename: str) -> str:
     """``photos/IMG_0001.JPG`` -> ``IMG_0001``; a safe name for output folders and files."""
     import re
@@ -203,7 +210,9 @@ class Orchestrator:
         fit_req = fitter_pb2.FitRequest(
             request_id=req.request_id, face=det.aligned, preset=opts.preset,
             face_model=opts.face_model or vocab.DEFAULT_FACE_MODEL, device=opts.device_hint,
-            texture_size=opts.texture_size or 1024, want_intermediates=True, seed=opts.seed)
+            texture_size=opts.texture_size or 1024,
+            want_intermediates=vocab.FORMAT_INTERMEDIATES in requested_formats(opts),
+            seed=opts.seed)
         result: fitter_pb2.FitResult | None = None
         async for ev in self.backends.fit(fit_req, self.deadlines.fit):
             kind = ev.WhichOneof("event")

@@ -266,6 +266,9 @@ def test_fit_folder_in_two_workers(tmp_path, astronaut_rgb):
             assert sum(ln.startswith(f"{name}: {stage}") for ln in lines) == 1, (stage, lines)
         assert (out / name / "stage3_mesh_id.obj").is_file()
         assert json.loads((out / name / "report.json").read_text())["preset"]["name"] == "fast"
+        # --formats obj without intermediates: the fitter made none
+        assert not [p.name for p in (out / name).glob("stage[12]_*")]
+        assert not list((out / name).glob("stage3_coeffs.*"))
     assert sorted(p.name for p in out.iterdir()) == ["a_astronaut", "c_mirrored"]
 
 

@@ -60,7 +60,9 @@ def test_full_result_and_artifacts(stack, astronaut_jpg_bytes, tmp_path):
     names = {a.name for a in res.artifacts}
     for required in ("stage3_mesh_id.obj", "stage3_mesh_exp.obj", "stage3_mesh.mtl",
                      "stage3_uv.png", "L_ball.obj", "R_ball.obj", "eye_ball_tex.mtl",
-                     "eye_ball_tex.png", "report.json", "preview.png"):
+                     "eye_ball_tex.png", "report.json", "preview.png",
+                     # the default formats include the fitter's intermediates
+                     "stage1_render.png", "stage2_uv.png", "stage3_coeffs.json"):
         assert required in names, f"{required} missing from {sorted(names)}"
     assert res.bundle_artifact_id.endswith(".zip")
     assert len(res.faces) == 1 and len(res.faces[0].landmarks.points) == 68

@@ -126,3 +126,14 @@ def test_media_type():
     assert vocab.media_type("a/b/stage3_uv.PNG") == "image/png"
     assert vocab.media_type("head.glb") == "model/gltf-binary"
     assert vocab.media_type("x.unknown") == "application/octet-stream"
+
+
+def test_requested_formats_default_and_explicit():
+    from ffhquv.pb import exporter_pb2, gateway_pb2
+    from gateway.orchestrator import requested_formats
+
+    assert requested_formats(gateway_pb2.Options()) == vocab.DEFAULT_EXPORT_FORMATS
+    assert vocab.FORMAT_INTERMEDIATES in vocab.DEFAULT_EXPORT_FORMATS
+    opts = gateway_pb2.Options(formats=[exporter_pb2.EXPORT_FORMAT_GLB,
+                                        exporter_pb2.EXPORT_FORMAT_INTERMEDIATES])
+    assert requested_formats(opts) == {"glb", vocab.FORMAT_INTERMEDIATES}
