@@ -22,6 +22,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -114,6 +115,21 @@ class MpsDaemon:
         return {"CUDA_MPS_PIPE_DIRECTORY": str(self.folder / "pipe"),
                 "CUDA_MPS_LOG_DIRECTORY": str(self.folder / "log")}
 
+    def probe(self, timeout: float = 60.0) -> str | None:
+        """Create a CUDA context as a client of this daemon, in a new process (the driver API
+        through ctypes, no torch): None when it works, else why not. The first client starts
+        the MPS server, so this also finds a server that cannot start (a GPU in a compute
+        mode or a container that does not allow MPS) before the GPU children would."""
+        try:
+            r = subprocess.run([sys.executable, "-c", _MPS_PROBE], env={**os.environ,
+                                                                        **self.env()},
+                               capture_output=True, text=True, timeout=timeout, check=False)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return f"the probe did not finish: {e}"
+        if r.returncode == 0:
+            return None
+        return (r.stdout + r.stderr).strip()[-500:] or f"the probe exited {r.returncode}"
+
     def stop(self) -> None:
         """Ask the daemon to quit (after its clients exit), end it if it does not, and remove
         its folder."""
@@ -136,6 +152,24 @@ class MpsDaemon:
                     self.proc.wait()
         shutil.rmtree(self.folder, ignore_errors=True)
 
+
+#: a CUDA context on device 0 through the driver API (``MpsDaemon.probe``); prints the failing
+#: call's name and CUDA error code
+_MPS_PROBE = """
+import ctypes, sys
+try:
+    cu = ctypes.CDLL("libcuda.so.1")
+except OSError as e:
+    sys.exit(f"libcuda.so.1: {e}")
+dev, ctx = ctypes.c_int(), ctypes.c_void_p()
+for name, call in (("cuInit", lambda: cu.cuInit(0)),
+                   ("cuDeviceGet", lambda: cu.cuDeviceGet(ctypes.byref(dev), 0)),
+                   ("cuCtxCreate_v2", lambda: cu.cuCtxCreate_v2(ctypes.byref(ctx), 0, dev)),
+                   ("cuCtxDestroy_v2", lambda: cu.cuCtxDestroy_v2(ctx))):
+    rc = call()
+    if rc != 0:
+        sys.exit(f"{name} failed with CUDA error {rc}")
+"""
 
 #: seconds :func:`start_mps` waits for the daemon's control pipe
 MPS_START_TIMEOUT_S = 30.0

@@ -763,6 +763,10 @@ def _serve_all_mps(device: str):
     remove_stale_mps_folders(Path(tempfile.gettempdir()))
     try:
         mps = start_mps(tempfile.mkdtemp(prefix=f"{MPS_FOLDER_PREFIX}{os.getpid()}-"))
+        why = mps.probe()
+        if why is not None:
+            mps.stop()
+            raise PreconditionFailed(f"a CUDA context under the MPS daemon failed: {why}")
     except PreconditionFailed as e:
         if mode == "on":
             raise SystemExit(f"ffhquv serve all: {e}") from e

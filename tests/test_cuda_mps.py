@@ -124,7 +124,14 @@ def test_the_daemon_ends_with_the_thread_that_started_it(tmp_path, fake_control)
     assert _wait_gone(pid), "the MPS daemon outlived the process that started it"
 
 
-def test_serve_all_chooses_by_setting_and_device(tmp_path, monkeypatch, fake_control, capsys):
+@pytest.fixture
+def probe_ok(monkeypatch):
+    """The CUDA context probe passes (this machine has no driver to run it)."""
+    monkeypatch.setattr(cuda.MpsDaemon, "probe", lambda self, timeout=60.0: None)
+
+
+def test_serve_all_chooses_by_setting_and_device(tmp_path, monkeypatch, fake_control, capsys,
+                                                 probe_ok):
     monkeypatch.delenv("CUDA_MPS_PIPE_DIRECTORY", raising=False)
     monkeypatch.delenv("FFHQUV_CUDA_MPS", raising=False)
     assert config.cuda_mps() == "auto"
@@ -173,3 +180,32 @@ def test_folders_of_killed_serve_alls_are_removed(tmp_path):
         (d / "pipe").mkdir(parents=True)
     assert remove_stale_mps_folders(tmp_path) == [stale]
     assert not stale.exists() and live.exists() and other.exists()
+
+
+def test_a_daemon_whose_clients_cannot_connect_is_not_used(tmp_path, monkeypatch, fake_control,
+                                                           capsys):
+    """The daemon starts but a CUDA context under it fails (the probe): ``auto`` stops it and
+    serves without MPS, saying why; ``on`` exits with the reason."""
+    monkeypatch.delenv("CUDA_MPS_PIPE_DIRECTORY", raising=False)
+    monkeypatch.setattr(cuda.MpsDaemon, "probe",
+                        lambda self, timeout=60.0: "cuCtxCreate_v2 failed with CUDA error 805")
+    monkeypatch.setenv("FFHQUV_CUDA_MPS", "auto")
+    assert _serve_all_mps("cuda") is None
+    assert "CUDA error 805" in capsys.readouterr().err
+    assert fake_control.read_text().splitlines()[-1] == "daemon quit"  # stopped, not left
+    monkeypatch.setenv("FFHQUV_CUDA_MPS", "on")
+    with pytest.raises(SystemExit, match="CUDA error 805"):
+        _serve_all_mps("cuda")
+
+
+def test_the_probe_says_why_without_a_driver(tmp_path, fake_control):
+    import ctypes.util
+
+    if ctypes.util.find_library("cuda"):
+        pytest.skip("this machine has a CUDA driver: the probe's failure path is not reachable")
+    d = start_mps(tmp_path / "mps")
+    try:
+        why = d.probe()
+    finally:
+        d.stop()
+    assert why is not None and "libcuda" in why
