@@ -82,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     from services.fitter.presets import get_preset
 
     torch.set_num_threads(args.threads)
+    overrides = preset_overrides(args.set)
+    # the profiles (--profile, --cprofile, --cprofile-first) fit the first preset, changed by --set
+    first_name = args.presets.split(",")[0]
+    first, first_label = (get_preset(first_name).with_overrides(**overrides),
+                          preset_label(first_name, overrides))
     meta = header("fitter core: per-stage seconds and peak memory")
     face = load_face(args.photo)
     if args.face_model == "synthetic":
@@ -93,12 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     gpu = core.device.type == "cuda"
     # warm-up: builds the UV lookups and (on GPU) the kernels
     if args.cprofile_first:  # where a new process's first fit spends its time (wall clock)
-        first_fit_profile(core, face, args.presets.split(",")[0], args.texture_size,
-                          args.cprofile_first)
+        first_fit_profile(core, face, first, args.texture_size, args.cprofile_first,
+                          label=first_label)
     else:
         core.fit(face, preset="fast", texture_size=args.texture_size, want_intermediates=False)
     rows = []
-    overrides = preset_overrides(args.set)
     for name in args.presets.split(","):
         preset = get_preset(name).with_overrides(**overrides)
         for bs in [int(b) for b in args.batch.split(",")]:
@@ -146,20 +150,20 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.json, meta, rows, face_model=core.face_model, threads=args.threads,
                texture_size=args.texture_size)
     if args.profile:
-        first = args.presets.split(",")[0]
-        profile_fit(core, face, get_preset(first).with_overrides(**overrides),
-                    args.texture_size, args.profile, args.profile_batch,
-                    label=preset_label(first, overrides))
+        profile_fit(core, face, first, args.texture_size, args.profile, args.profile_batch,
+                    label=first_label)
     if args.cprofile:
-        cpu_profile(core, face, args.presets.split(",")[0], args.texture_size, args.repeat,
-                    args.cprofile)
+        cpu_profile(core, face, first, args.texture_size, args.repeat, args.cprofile,
+                    label=first_label)
     return 0
 
 
-def cpu_profile(core, face, preset: str, texture_size: int, repeat: int, path: str) -> None:
+def cpu_profile(core, face, preset, texture_size: int, repeat: int, path: str,
+                label: str | None = None) -> None:
     """``repeat`` fits under cProfile with ``time.process_time`` as its clock: CPU seconds of
     every thread of the process (torch's and BLAS's pools, CUDA's host threads, a spinning
-    synchronise) charged to the Python function running when they were spent."""
+    synchronise) charged to the Python function running when they were spent (``preset`` and
+    ``label`` as :func:`profile_fit`'s)."""
     import cProfile
 
     import torch
@@ -174,14 +178,16 @@ def cpu_profile(core, face, preset: str, texture_size: int, repeat: int, path: s
             torch.cuda.synchronize()
     pr.disable()
     cpu, wall = time.process_time() - c0, time.perf_counter() - t0
-    write_stats(pr, f"{repeat} {preset} fits on {core.device}, {torch.get_num_threads()} "
+    write_stats(pr, f"{repeat} {label or preset} fits on {core.device}, {torch.get_num_threads()} "
                 f"threads: {cpu / repeat:.3f} CPU s and {wall / repeat:.3f} wall s a photo",
                 path, (("tottime", 45), ("cumulative", 70)))
 
 
-def first_fit_profile(core, face, preset: str, texture_size: int, path: str) -> None:
+def first_fit_profile(core, face, preset, texture_size: int, path: str,
+                      label: str | None = None) -> None:
     """The process's first fit (the warm-up) under cProfile by wall clock: where a cold
-    start goes (imports on first use, kernel loading, atlas building)."""
+    start goes (imports on first use, kernel loading, atlas building; ``preset`` and
+    ``label`` as :func:`profile_fit`'s)."""
     import cProfile
 
     import torch
@@ -193,7 +199,7 @@ def first_fit_profile(core, face, preset: str, texture_size: int, path: str) -> 
     if core.device.type == "cuda":
         torch.cuda.synchronize()
     pr.disable()
-    write_stats(pr, f"first {preset} fit in a new process on {core.device}: "
+    write_stats(pr, f"first {label or preset} fit in a new process on {core.device}: "
                 f"{time.perf_counter() - t0:.3f} s wall", path,
                 (("cumulative", 80), ("tottime", 30)))
 
