@@ -12,6 +12,7 @@ through this module (``tests/test_config.py`` checks both).
 | ``FFHQUV_LOG_FORMAT`` | ``json`` for services, ``text`` for the CLI | log line format |
 | ``FFHQUV_LOG_LEVEL`` | ``INFO`` (``WARNING`` for ``ffhquv fit``) | log level |
 | ``FFHQUV_CUDA_GRAPHS`` | ``1`` | ``0`` / ``false`` / ``no`` / ``off``: eager steps on CUDA |
+| ``FFHQUV_CUDA_GRAPH_PROGRAMS`` | ``16`` | recorded fitting steps kept per face model (LRU) |
 | ``FFHQUV_CUDA_WAIT`` | ``block`` | how threads wait for the GPU: ``block``, ``spin``, ``auto`` |
 | ``FFHQUV_CUDA_MPS`` | ``auto`` | ``serve all``'s GPU children under its own MPS daemon |
 | ``FFHQUV_FITTER_CONCURRENCY`` | ``1`` | batched fits at a time per device (fitter service) |
@@ -92,6 +93,7 @@ VARIABLES: dict[str, str] = {
     "FFHQUV_LOG_FORMAT": "log line format: json or text",
     "FFHQUV_LOG_LEVEL": "log level",
     "FFHQUV_CUDA_GRAPHS": "0 turns off the CUDA-graph replay of the fitting steps",
+    "FFHQUV_CUDA_GRAPH_PROGRAMS": "recorded fitting steps a process keeps per face model (LRU)",
     "FFHQUV_CUDA_WAIT": "block / spin / auto: how a thread waits for the GPU (ffhquv.cuda)",
     "FFHQUV_CUDA_MPS": "auto / on / off: serve all's GPU children under a CUDA MPS daemon of its "
                        "own (ffhquv.cuda)",
@@ -151,6 +153,13 @@ def log_level(default: str = "INFO") -> str:
 def cuda_graphs() -> bool:
     """False when ``FFHQUV_CUDA_GRAPHS`` is ``0`` / ``false`` / ``no`` / ``off`` (default on)."""
     return os.environ.get("FFHQUV_CUDA_GRAPHS", "1").strip().lower() not in _FALSE
+
+
+def cuda_graph_programs() -> int:
+    """``FFHQUV_CUDA_GRAPH_PROGRAMS`` (default 16): how many recorded fitting steps (one per
+    stage, setting and batch size, each with its graph's memory) a process keeps per face
+    model (:func:`services.fitter.graphs.cached_program`)."""
+    return _int("FFHQUV_CUDA_GRAPH_PROGRAMS", 16)
 
 
 def cuda_wait() -> str:

@@ -179,3 +179,65 @@ def test_face_coverage_is_a_gather():
     assert cov.shape == (1, 2, 3, 1)
     assert cov[0, 0, :, 0].tolist() == [1.0, 0.0, 1.0]
     assert cov[0, 1].sum() == 0  # empty pixels
+
+
+def test_cached_programs_are_kept_per_owner_least_recently_used_first_out(monkeypatch):
+    """``cached_program`` builds a program once per key and owner, hands the same one back,
+    drops the least recently used beyond ``FFHQUV_CUDA_GRAPH_PROGRAMS`` and forgets an
+    owner's programs with the owner."""
+    import gc
+
+    from services.fitter.graphs import cached_program, cached_programs
+
+    class Owner:  # a face model stands here: any weak-referenceable object
+        pass
+
+    monkeypatch.setenv("FFHQUV_CUDA_GRAPH_PROGRAMS", "2")
+    a, b = Owner(), Owner()
+    built: list[str] = []
+
+    def get(owner: Owner, key: str) -> object:
+        def build() -> object:
+            built.append(key)
+            return object()
+
+        return cached_program(owner, key, build)
+
+    p1 = get(a, "k1")
+    assert get(a, "k1") is p1 and built == ["k1"]
+    get(b, "k1")  # another owner: its own program
+    assert built == ["k1", "k1"]
+    get(a, "k2")
+    get(a, "k1")  # k1 used last: k2 is the oldest now
+    get(a, "k3")
+    assert cached_programs(a) == 2
+    assert get(a, "k1") is p1  # kept
+    get(a, "k2")  # dropped before: built again
+    assert built == ["k1", "k1", "k2", "k3", "k2"]
+    del b
+    gc.collect()
+    assert cached_programs(a) == 2
+
+
+def test_step_runner_eager_runs_again_from_reset_state():
+    """A runner used for a second run (a kept program on the CPU path) takes the same steps
+    from the same start once its optimiser is reset."""
+    x = torch.zeros(3, requires_grad=True)
+    opt = make_adam([{"params": [x], "lr": 0.1}], graph=False)
+    target = torch.tensor([1.0, -2.0, 0.5])
+
+    def body() -> dict[str, torch.Tensor]:
+        loss = ((x - target) ** 2).sum()
+        loss.backward()
+        opt.step()
+        return {"loss": loss.detach()}
+
+    runner = StepRunner(opt, body, graph=False)
+    runner.run(30)
+    first = x.detach().clone()
+    with torch.no_grad():
+        x.zero_()
+    opt.reset()
+    assert all(float(t.abs().sum()) == 0 for st in opt.state.values() for t in st.values())
+    runner.run(30)
+    torch.testing.assert_close(x.detach(), first, rtol=0, atol=0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -96,9 +97,10 @@ def test_fit_with_graphs_matches_eager(synthetic, monkeypatch):
           f"{eager.metrics['landmark_error_px']:.3f} / {graph.metrics['landmark_error_px']:.3f} "
           f"px, PSNR {eager.metrics['psnr_masked']:.2f} / {graph.metrics['psnr_masked']:.2f} dB")
     assert eager.report["cuda_graph_steps"] == {"stage1": 0, "stage3": 0}
+    # the second fit replays every step of the graphs the first one recorded
     steps = graph.report["cuda_graph_steps"]
-    assert steps["stage1"] == preset.stage1_steps - 3
-    assert steps["stage3"] == preset.stage3_steps - 3
+    assert steps["stage1"] == preset.stage1_steps
+    assert steps["stage3"] == preset.stage3_steps
     assert abs(graph.metrics["landmark_error_px"] - eager.metrics["landmark_error_px"]) < 0.1
     assert abs(graph.metrics["psnr_masked"] - eager.metrics["psnr_masked"]) < 0.3
 
@@ -159,3 +161,79 @@ def test_fits_reuse_their_pinned_host_buffers(synthetic, monkeypatch):
     assert out.report["cuda_graph_steps"]["stage3"] > 0
     assert after["num_host_free"] == before["num_host_free"]
     assert after["num_host_alloc"] == before["num_host_alloc"]
+
+
+def test_later_fits_replay_the_first_fits_graphs(synthetic, monkeypatch):
+    """The graphs of a fit are kept (``cached_program``): the first fit of a batch size
+    warms up and records, later fits of that size replay every step and give the first
+    fit's result; another batch size gets programs of its own; the device memory a fit
+    leaves allocated does not grow from fit to fit."""
+    from services.fitter.graphs import cached_programs
+
+    model, face = synthetic
+    monkeypatch.setenv("FFHQUV_CUDA_GRAPHS", "1")
+    preset = get_preset("fast")
+    core = FitterCore(model=model, device="cuda")
+    first = core.fit(face, preset=preset, texture_size=256)
+    assert first.report["cuda_graph_steps"] == {"stage1": preset.stage1_steps - 3,
+                                                "stage3": preset.stage3_steps - 3}
+    assert cached_programs(core.model) == 2  # stage 1 and stage 3 of batch 1
+    outs, mem = [], []
+    for _ in range(3):
+        outs.append(core.fit(face, preset=preset, texture_size=256))
+        torch.cuda.synchronize()
+        mem.append(torch.cuda.memory_allocated())
+    pair = core.fit_batch([face, face], preset=preset, texture_size=256)
+    assert cached_programs(core.model) == 4
+    again = core.fit_batch([face, face], preset=preset, texture_size=256)
+    print(f"\nkept graphs: landmark error {first.metrics['landmark_error_px']:.4f} first, "
+          f"{[round(o.metrics['landmark_error_px'], 4) for o in outs]} replayed; PSNR "
+          f"{first.metrics['psnr_masked']:.3f} / "
+          f"{[round(o.metrics['psnr_masked'], 3) for o in outs]}; allocated {mem}")
+    for o in [*outs, *pair, *again]:
+        assert o.report["cuda_graph_steps"]["stage3"] >= preset.stage3_steps - 3
+        assert abs(o.metrics["landmark_error_px"] - first.metrics["landmark_error_px"]) < 0.05
+        assert abs(o.metrics["psnr_masked"] - first.metrics["psnr_masked"]) < 0.1
+    for o in outs:
+        assert o.report["cuda_graph_steps"] == {"stage1": preset.stage1_steps,
+                                                "stage3": preset.stage3_steps}
+    assert again[0].report["cuda_graph_steps"]["stage3"] == preset.stage3_steps
+    # replays of the same graphs on the same inputs: the same numbers (up to the order of
+    # nvdiffrast's atomic additions)
+    np.testing.assert_allclose(outs[2].coefficients["id"], outs[1].coefficients["id"],
+                               rtol=1e-3, atol=1e-3)
+    assert mem[2] <= mem[1] + (1 << 20), mem
+
+
+def test_a_cancelled_fit_leaves_a_kept_program_usable(synthetic, monkeypatch):
+    """A fit cancelled half-way through stage 3 leaves its program's tensors mid-way; the
+    next fit loads its own inputs and resets the optimiser, so it equals a fit never
+    interrupted."""
+    import threading
+
+    from ffhquv.errors import Cancelled
+
+    model, face = synthetic
+    monkeypatch.setenv("FFHQUV_CUDA_GRAPHS", "1")
+    preset = get_preset("fast")
+    core = FitterCore(model=model, device="cuda")
+    core.fit(face, preset=preset, texture_size=256)
+    ref = core.fit(face, preset=preset, texture_size=256)
+    stop = threading.Event()
+
+    def progress(stage: str, frac: float, _msg: str) -> None:
+        if stage == "stage3" and 0 < frac < 1:
+            stop.set()
+
+    with pytest.raises(Cancelled):
+        core.fit(face, preset=preset, texture_size=256, progress=progress, cancel=stop)
+    out = core.fit(face, preset=preset, texture_size=256)
+    assert out.report["cuda_graph_steps"] == ref.report["cuda_graph_steps"]
+    np.testing.assert_allclose(out.coefficients["id"], ref.coefficients["id"],
+                               rtol=1e-3, atol=1e-3)
+    diff = np.abs(out.uv_texture.astype(np.int16) - ref.uv_texture.astype(np.int16))
+    print(f"\nafter a cancelled fit: texture differs by {diff.mean():.4f} levels on average "
+          f"(max {diff.max()}), landmark error {out.metrics['landmark_error_px']:.4f} / "
+          f"{ref.metrics['landmark_error_px']:.4f} px")
+    assert diff.mean() < 0.05
+    assert abs(out.metrics["landmark_error_px"] - ref.metrics["landmark_error_px"]) < 0.01

@@ -19,14 +19,24 @@ A step is split in two:
 Without CUDA, or with graphs turned off (``FFHQUV_CUDA_GRAPHS=0``), the same two functions run
 eagerly, so CPU and GPU fits share one code path. A capture that fails is logged once and the
 remaining steps run eagerly.
+
+A recorded step is kept: a stage builds its step and every tensor the step reads (parameters,
+Adam's state, the photo inputs) once per setting and batch size, and :func:`cached_program`
+keeps that program for the face model (a small LRU, ``FFHQUV_CUDA_GRAPH_PROGRAMS``). The next
+fit with the same setting copies its inputs into the program's tensors, zeroes the optimiser
+(:meth:`Adam.reset`) and replays every one of its steps: no eager warm-up steps, no capture and
+no release of the device cache a fit (BENCHMARKS.md, eighteenth session).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -41,6 +51,7 @@ Prepare = Callable[[int], None]
 OnStep = Callable[[int, dict[str, Tensor]], None]
 
 _WARNED: set[str] = set()
+T = TypeVar("T")
 
 
 def graphs_enabled(device: torch.device | str, backend=None) -> bool:
@@ -90,6 +101,14 @@ class Adam:
                                         device=p.device if capturable else "cpu"),
                     "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
                     "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Back to a new optimiser's state (moments and step counters zero), in place: a
+        recorded step keeps reading the same tensors."""
+        for st in self.state.values():
+            for t in st.values():
+                t.zero_()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Drop (or zero) the gradients of every parameter."""
@@ -178,10 +197,16 @@ def capturing(g: torch.cuda.CUDAGraph) -> Iterator[None]:
 class StepRunner:
     """Runs optimisation steps eagerly or as replays of one recorded CUDA graph.
 
+    The first :meth:`run` in graph mode runs ``warmup`` eager steps and records the step; the
+    graph is kept, and every later :meth:`run` replays all its steps. The caller puts the
+    next fit's values into the tensors ``body`` reads (``copy_``) and resets the optimiser
+    (:meth:`Adam.reset`) between runs.
+
     Args:
         optimizer: the optimizer ``body`` steps (from :func:`make_adam`, same ``graph``).
         body: forward + backward + ``optimizer.step()``; returns the loss terms.
-        prepare: eager per-step work before ``body`` (see the module docstring).
+        prepare: eager per-step work before ``body`` (see the module docstring); :meth:`run`
+            may give another one for its steps.
         graph: record and replay (CUDA only); False runs everything eagerly.
         warmup: eager steps before recording (they run on a side stream, as PyTorch's graph
             capture requires; they are real steps and count toward ``steps``).
@@ -194,25 +219,45 @@ class StepRunner:
         self.prepare = prepare or (lambda i: None)
         self.graph = graph
         self.warmup = max(int(warmup), 1)
-        self.replayed = 0  # steps that ran as graph replays (tests and logs read this)
+        self.replayed = 0  # steps that ran as graph replays, all runs (tests and logs read this)
+        self.captures = 0  # graphs recorded (1 once captured; tests read this)
+        self._g: torch.cuda.CUDAGraph | None = None
+        self._static: dict[str, Tensor] = {}
 
-    def _eager(self, i: int) -> dict[str, Tensor]:
-        self.prepare(i)
+    @property
+    def captured(self) -> bool:
+        """Whether a recorded step is kept (later runs replay every step)."""
+        return self._g is not None
+
+    def _eager(self, i: int, prepare: Prepare) -> dict[str, Tensor]:
+        prepare(i)
         self.opt.zero_grad(set_to_none=True)
         return self.body()
 
-    def _eager_steps(self, steps: range, on_step: OnStep | None, check: Callable[[], None]
-                     ) -> None:
+    def _eager_steps(self, steps: range, prepare: Prepare, on_step: OnStep | None,
+                     check: Callable[[], None]) -> None:
         for i in steps:
             check()
-            out = self._eager(i)
+            out = self._eager(i, prepare)
             if on_step is not None:
                 on_step(i, out)
 
-    def run(self, steps: int, *, on_step: OnStep | None = None,
-            cancel: threading.Event | None = None) -> int:
-        """Run ``steps`` steps; ``on_step(i, terms)`` after each (``terms`` are overwritten by
-        the next replay: copy what must be kept).
+    def _replay(self, steps: range, prepare: Prepare, on_step: OnStep | None,
+                check: Callable[[], None]) -> int:
+        for i in steps:
+            check()
+            prepare(i)
+            self._g.replay()
+            self.replayed += 1
+            if on_step is not None:
+                on_step(i, self._static)
+        return len(steps)
+
+    def run(self, steps: int, *, prepare: Prepare | None = None,
+            on_step: OnStep | None = None, cancel: threading.Event | None = None) -> int:
+        """Run ``steps`` steps; ``prepare(i)`` before each (default: the constructor's);
+        ``on_step(i, terms)`` after each (``terms`` are overwritten by the next replay: copy
+        what must be kept).
 
         Returns:
             How many of the steps ran as graph replays (0 when eager).
@@ -220,24 +265,28 @@ class StepRunner:
         Raises:
             Cancelled: when ``cancel`` is set (checked before every step).
         """
+        prep = prepare or self.prepare
+
         def check() -> None:
             if cancel is not None and cancel.is_set():
                 raise Cancelled("fit cancelled")
 
+        if self._g is not None:
+            return self._replay(range(steps), prep, on_step, check)
         if not (self.graph and steps > self.warmup and torch.cuda.is_available()):
-            self._eager_steps(range(steps), on_step, check)
+            self._eager_steps(range(steps), prep, on_step, check)
             return 0
 
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            self._eager_steps(range(self.warmup), on_step, check)
+            self._eager_steps(range(self.warmup), prep, on_step, check)
         torch.cuda.current_stream().wait_stream(side)
 
         start = self.warmup
         g = torch.cuda.CUDAGraph()
         check()
-        self.prepare(start)
+        prep(start)
         self.opt.zero_grad(set_to_none=True)
         try:
             with capturing(g):
@@ -252,14 +301,52 @@ class StepRunner:
                             exc_info=True)
             torch.cuda.synchronize()
             del g
-            self._eager_steps(range(start, steps), on_step, check)
+            self._eager_steps(range(start, steps), prep, on_step, check)
             return 0
-        for i in range(start, steps):
-            if i > start:
-                check()
-                self.prepare(i)
-            g.replay()
-            self.replayed += 1
-            if on_step is not None:
-                on_step(i, static)
-        return self.replayed
+        self._g, self._static = g, static
+        self.captures += 1
+        # the step at ``start`` was recorded, not run: replay it first
+        return self._replay(range(start, steps), lambda i: None if i == start else prep(i),
+                            on_step, check)
+
+
+#: owner (a face model) -> its programs, most recently used last
+_PROGRAMS: weakref.WeakKeyDictionary[object, OrderedDict[Hashable, object]] = (
+    weakref.WeakKeyDictionary())
+_PROGRAMS_GUARD = threading.Lock()
+
+
+def cached_program(owner: object, key: Hashable, build: Callable[[], T]) -> T:
+    """The program of ``key`` kept for ``owner``, built by ``build()`` the first time.
+
+    A program is whatever a stage builds once per setting and batch size: its step
+    (a :class:`StepRunner` whose recorded graph later fits replay) and the tensors the step
+    reads. The programs of an owner (the face model: they go with it) are a least-recently-
+    used list of at most ``FFHQUV_CUDA_GRAPH_PROGRAMS`` (default 16); an evicted program's
+    graph and its memory pool are freed with it. ``key`` must name everything the program's
+    step bakes in (sizes, loss weights, the batch size, which optional inputs are present).
+
+    The caller keeps one fit at a time on a program (the fitter's per-GPU fit lock).
+    """
+    with _PROGRAMS_GUARD:
+        progs = _PROGRAMS.get(owner)
+        if progs is None:
+            progs = _PROGRAMS[owner] = OrderedDict()
+        prog = progs.get(key)
+        if prog is not None:
+            progs.move_to_end(key)
+            return prog  # type: ignore[return-value]
+    prog = build()
+    with _PROGRAMS_GUARD:
+        progs[key] = prog
+        progs.move_to_end(key)
+        limit = max(config.cuda_graph_programs(), 1)
+        while len(progs) > limit:
+            progs.popitem(last=False)
+    return prog
+
+
+def cached_programs(owner: object) -> int:
+    """How many programs are kept for ``owner`` (tests and logs)."""
+    with _PROGRAMS_GUARD:
+        return len(_PROGRAMS.get(owner, ()))

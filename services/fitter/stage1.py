@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import cv2
 import numpy as np
@@ -29,7 +29,13 @@ from torch import Tensor
 from ffhquv.render.camera import Camera, euler_to_rotation, project, rigid_transform
 from ffhquv.render.sh import AMBIENT, sh_basis
 from services.fitter.facemodel.base import FaceModel
-from services.fitter.graphs import StepRunner, graphs_enabled, make_adam, set_lr
+from services.fitter.graphs import (
+    StepRunner,
+    cached_program,
+    graphs_enabled,
+    make_adam,
+    set_lr,
+)
 from services.fitter.landmark_bases import LandmarkBases, landmark_weights
 from services.fitter.sampling import sample_image
 
@@ -118,6 +124,60 @@ class Stage1Options:
     w_exp: float = 0.02
 
 
+class _LandmarkProgram:
+    """Stage 1's step and every tensor it reads, for one batch size and setting (kept per
+    face model on CUDA with graphs, as stage 3's, :class:`services.fitter.stage3._JointProgram`;
+    a fit loads its start and target into the tensors and replays the recorded step).
+
+    Args:
+        model: the face model.
+        cam: the fitting camera.
+        b: photos.
+        opts: the options (the prior weights are baked into the step).
+        graph: record and replay the step (CUDA).
+    """
+
+    def __init__(self, model: FaceModel, cam: Camera, b: int, opts: Stage1Options,
+                 graph: bool):
+        dev = model.device
+        lmb = LandmarkBases.of(model)
+        w = landmark_weights(dev)
+        self.wn = wn = w / w.sum()
+        self.id_c = id_c = torch.zeros(b, model.id_dim, device=dev, requires_grad=True)
+        self.exp_c = exp_c = torch.zeros(b, model.exp_dim, device=dev, requires_grad=True)
+        self.angles = angles = torch.zeros(b, 3, device=dev, requires_grad=True)
+        self.trans = trans = torch.zeros(b, 3, device=dev, requires_grad=True)
+        self.target = target = torch.zeros(b, 68, 2, device=dev)
+        # 0 during the rigid steps: the identity / expression gradients are zeroed, so Adam
+        # keeps their moments (and the coefficients) at zero until the pose has settled
+        self.free = free = torch.zeros((), device=dev)
+        self.opt = opt = make_adam([
+            {"params": [id_c, exp_c], "lr": opts.lr},
+            {"params": [angles], "lr": 0.01},
+            {"params": [trans], "lr": 0.01},
+        ], graph=graph)
+        w_id, w_exp = opts.w_id, opts.w_exp
+
+        def loss_fn() -> tuple[Tensor, Tensor]:
+            pts = lmb.landmarks(id_c, exp_c)
+            pix = project(rigid_transform(pts, angles, trans), cam)
+            sq = ((pix - target) ** 2).sum(-1)  # [B, 68]
+            lmk = (sq * wn).sum(-1)
+            prior = w_id * (id_c**2).sum(-1) + w_exp * (exp_c**2).sum(-1)
+            return lmk, prior
+
+        def body() -> dict[str, Tensor]:
+            lmk, prior = loss_fn()
+            (lmk + prior).sum().backward()
+            id_c.grad.mul_(free)
+            exp_c.grad.mul_(free)
+            opt.step()
+            return {"landmark": lmk.detach()}
+
+        self.loss_fn = loss_fn
+        self.runner = StepRunner(opt, body, graph=graph)
+
+
 def fit_landmarks(model: FaceModel, lm2d: Tensor, cam: Camera,
                   options: Stage1Options | None = None, *, progress: Progress | None = None,
                   cancel: threading.Event | None = None,
@@ -139,7 +199,7 @@ def fit_landmarks(model: FaceModel, lm2d: Tensor, cam: Camera,
         Cancelled: when ``cancel`` is set (checked every step).
     """
     opts = options or Stage1Options()
-    steps, lr, w_id, w_exp = opts.steps, opts.lr, opts.w_id, opts.w_exp
+    steps, lr = opts.steps, opts.lr
     dev = model.device
     b = lm2d.shape[0]
     lmb = LandmarkBases.of(model)
@@ -151,13 +211,23 @@ def fit_landmarks(model: FaceModel, lm2d: Tensor, cam: Camera,
         a, t = initial_pose(mean_np, lm_np[i], cam, w.cpu().numpy())
         angles0.append(a)
         trans0.append(t)
-    angles = torch.tensor(np.stack(angles0), dtype=torch.float32, device=dev).requires_grad_()
-    trans = torch.tensor(np.stack(trans0), dtype=torch.float32, device=dev).requires_grad_()
+    graph = graphs_enabled(dev)
+
+    def build() -> _LandmarkProgram:
+        return _LandmarkProgram(model, cam, b, opts, graph)
+
+    prog = (cached_program(model, ("stage1", cam, b, astuple(opts)), build) if graph
+            else build())
+    id_c, exp_c, angles, trans = prog.id_c, prog.exp_c, prog.angles, prog.trans
+    target, wn = prog.target, prog.wn
+    with torch.no_grad():
+        angles.copy_(torch.tensor(np.stack(angles0), dtype=torch.float32))
+        trans.copy_(torch.tensor(np.stack(trans0), dtype=torch.float32))
+        id_c.zero_()
+        exp_c.zero_()
+        target.copy_(lm2d.to(dev, torch.float32))
+        prog.opt.reset()
     pose_init = {"angles": angles.detach().clone(), "trans": trans.detach().clone()}
-    id_c = torch.zeros(b, model.id_dim, device=dev, requires_grad=True)
-    exp_c = torch.zeros(b, model.exp_dim, device=dev, requires_grad=True)
-    target = lm2d.to(dev, torch.float32)
-    wn = w / w.sum()
     source = ["pnp"] * b
     if init is not None:
         with torch.no_grad():
@@ -176,41 +246,15 @@ def fit_landmarks(model: FaceModel, lm2d: Tensor, cam: Camera,
             id_c.copy_(torch.where(u, ic, id_c))
             exp_c.copy_(torch.where(u, ec, exp_c))
             source = ["deep3d" if bool(x) else "pnp" for x in use.cpu()]
-    graph = graphs_enabled(dev)
-    groups = [
-        {"params": [id_c, exp_c], "lr": lr},
-        {"params": [angles], "lr": 0.01},
-        {"params": [trans], "lr": 0.01},
-    ]
-    base_lrs = [g["lr"] for g in groups]
-    opt = make_adam(groups, graph=graph)
+    base_lrs = [lr, 0.01, 0.01]
     rigid_steps = 0 if all(x == "deep3d" for x in source) else steps // 4
-    # 0 during the rigid steps: the identity / expression gradients are zeroed, so Adam keeps
-    # their moments (and the coefficients) at zero until the pose has settled
-    free = torch.zeros((), device=dev)
-
-    def loss_fn() -> tuple[Tensor, Tensor]:
-        pts = lmb.landmarks(id_c, exp_c)
-        pix = project(rigid_transform(pts, angles, trans), cam)
-        sq = ((pix - target) ** 2).sum(-1)  # [B, 68]
-        lmk = (sq * wn).sum(-1)
-        prior = w_id * (id_c**2).sum(-1) + w_exp * (exp_c**2).sum(-1)
-        return lmk, prior
 
     def prepare(step: int) -> None:
         frac = step / max(steps - 1, 1)
         scale = 0.5 * (1 + math.cos(math.pi * frac)) * 0.9 + 0.1
         for i, lr0 in enumerate(base_lrs):
-            set_lr(opt, i, lr0 * scale)
-        free.fill_(0.0 if step < rigid_steps else 1.0)
-
-    def body() -> dict[str, Tensor]:
-        lmk, prior = loss_fn()
-        (lmk + prior).sum().backward()
-        id_c.grad.mul_(free)
-        exp_c.grad.mul_(free)
-        opt.step()
-        return {"landmark": lmk.detach()}
+            set_lr(prog.opt, i, lr0 * scale)
+        prog.free.fill_(0.0 if step < rigid_steps else 1.0)
 
     def on_step(step: int, terms: dict[str, Tensor]) -> None:
         if progress is not None and (step % 25 == 0 or step == steps - 1):
@@ -218,15 +262,15 @@ def fit_landmarks(model: FaceModel, lm2d: Tensor, cam: Camera,
             progress("stage1", 0.8 * (step + 1) / steps,
                      f"landmarks step {step + 1}/{steps} loss {loss_px:.3f} px^2")
 
-    replays = StepRunner(opt, body, prepare, graph=graph).run(steps, on_step=on_step,
-                                                              cancel=cancel)
+    replays = prog.runner.run(steps, prepare=prepare, on_step=on_step, cancel=cancel)
     with torch.no_grad():
-        lmk, _ = loss_fn()
+        lmk, _ = prog.loss_fn()
         pts = lmb.landmarks(id_c, exp_c)
         pix = project(rigid_transform(pts, angles, trans), cam)
         err = (pix - target).norm(dim=-1).mean(-1)
-    coeffs = {"id": id_c.detach(), "exp": exp_c.detach(), "angles": angles.detach(),
-              "trans": trans.detach(), "gamma": torch.zeros(b, 27, device=dev)}
+    coeffs = {"id": id_c.detach().clone(), "exp": exp_c.detach().clone(),
+              "angles": angles.detach().clone(), "trans": trans.detach().clone(),
+              "gamma": torch.zeros(b, 27, device=dev)}
     return Stage1Result(coeffs, lmk.detach(), err.detach(), pose_init, source, replays)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,13 @@ from torch import Tensor
 
 from ffhquv.render.camera import project, rigid_transform, rotate_normals
 from ffhquv.render.renderer import MeshRenderer, RasterOptions, RenderOutput, Surface
-from services.fitter.graphs import StepRunner, graphs_enabled, make_adam, set_lr
+from services.fitter.graphs import (
+    StepRunner,
+    cached_program,
+    graphs_enabled,
+    make_adam,
+    set_lr,
+)
 from services.fitter.landmark_bases import LandmarkBases, landmark_weights
 from services.fitter.pipeline import FitContext, PhotoBatch
 
@@ -86,6 +92,15 @@ class TexturePyramid(torch.nn.Module):
                 (p[..., :, 1:] - p[..., :, :-1]) ** 2).mean((1, 2, 3))
         return t
 
+    @torch.no_grad()
+    def copy(self) -> TexturePyramid:
+        """A pyramid with copies of these offsets (no gradients)."""
+        sizes = tuple(p.shape[-1] for p in self.levels)
+        out = TexturePyramid(self.levels[0].shape[0], sizes, self.levels[0].device)
+        for dst, src in zip(out.levels, self.levels, strict=True):
+            dst.copy_(src)
+        return out
+
     def upsampled(self, size: int) -> Tensor:
         """``[B, size, size, 3]`` offsets at another resolution (bilinear)."""
         off = self().permute(0, 3, 1, 2)
@@ -101,6 +116,163 @@ class Stage3Result:
     render: Tensor  # [B, H, W, 3] final render at the raster size
     render_mask: Tensor  # [B, H, W, 1]
     graph_steps: int = 0  # steps that ran as CUDA-graph replays
+
+
+class _JointProgram:
+    """Stage 3's step and every tensor it reads, for one batch size and setting.
+
+    On CUDA with graphs (:func:`services.fitter.graphs.graphs_enabled`) it is kept per face
+    model (:func:`services.fitter.graphs.cached_program`, keyed by :func:`_program_key`):
+    the first fit records the step, later fits :meth:`load` their inputs into the same
+    tensors and replay it. Elsewhere a fit builds its own and runs it eagerly.
+
+    Args:
+        ctx: the fit's model, camera, backend and preset (its per-fit parts are not kept).
+        shapes: the stage-1 coefficients (their shapes), ``b`` photos.
+        mirror_size: texels of the flat mirror lookup (None: no symmetry term).
+        has_gate: whether the offsets are gated (``gate`` given to :meth:`load`).
+        wt: the loss weights.
+        graph: record and replay the step (CUDA).
+        extra_terms: paper mode's extra loss terms (never with ``graph``).
+    """
+
+    def __init__(self, ctx: FitContext, shapes: dict[str, Tensor], mirror_size: int | None,
+                 has_gate: bool, wt: Stage3Weights, graph: bool,
+                 extra_terms: Callable[[Tensor, Tensor], dict[str, Tensor]] | None):
+        model, cam, backend, preset = ctx.model, ctx.cam, ctx.backend, ctx.preset
+        dev = model.device
+        b = shapes["id"].shape[0]
+        r, s = preset.raster_size, preset.tex_opt_size
+        self.params = params = {k: torch.zeros_like(v, device=dev).requires_grad_()
+                                for k, v in shapes.items()}
+        self.gamma0 = gamma0 = torch.zeros_like(params["gamma"], requires_grad=False)
+        self.pyr = pyr = TexturePyramid(b, tuple(preset.tex_levels), dev)
+        self.lm2d = lm2d = torch.zeros(b, 68, 2, device=dev)
+        self.photo_r = photo_r = torch.zeros(b, r, r, 3, device=dev)
+        self.pmask_r = pmask_r = torch.zeros(b, r, r, 1, device=dev)
+        self.base_tex = base_tex = torch.zeros(b, s, s, 3, device=dev)
+        self.gate = gate = torch.zeros(b, s, s, 1, device=dev) if has_gate else None
+        self.mirror = mirror = (torch.zeros(mirror_size, dtype=torch.long, device=dev)
+                                if mirror_size is not None else None)
+        groups = [
+            {"params": [params["id"], params["exp"]], "lr": preset.stage3_lr},
+            {"params": [params["angles"], params["trans"]], "lr": preset.stage3_pose_lr},
+            {"params": [params["gamma"]], "lr": preset.stage3_gamma_lr},
+            {"params": list(pyr.parameters()), "lr": preset.stage3_tex_lr},
+        ]
+        self.base_lrs = [g["lr"] for g in groups]
+        self.opt = opt = make_adam(groups, graph=graph)
+        lmb = LandmarkBases.of(model)
+        wl = landmark_weights(dev)
+        wl = wl / wl.sum()
+        rcam = cam.scaled(r) if r != cam.size else cam
+        self.renderer = renderer = MeshRenderer(rcam, backend)
+        # skin vertices only, for the photometric mask (no eyes / mouth interior of the model)
+        skin_attr = model.skin_mask.float()[None, :, None].expand(b, -1, -1).contiguous()
+        band2 = torch.zeros(9, device=dev)
+        band2[4:] = 1.0
+        tri32 = model.tri.to(torch.int32).contiguous()
+        # graph mode: rasterised eagerly before each replay, differentiated inside the graph
+        self.static_rast = static_rast = (torch.zeros(b, r, r, 4, device=dev) if graph else None)
+        self.model = model
+
+        def geometry() -> tuple[Tensor, Tensor]:
+            verts = model.shape(params["id"], params["exp"])
+            return verts, rigid_transform(verts, params["angles"], params["trans"])
+
+        def evaluate(rast: Tensor | None = None) -> tuple[dict[str, Tensor], RenderOutput]:
+            verts, world = geometry()
+            nrm = rotate_normals(model.vertex_normals(verts), params["angles"])
+            off = pyr() if gate is None else pyr() * gate
+            tex = (base_tex + off).clamp(0, 1)
+            out = renderer.render(world, model.tri,
+                                  Surface(normals=nrm, uv=model.uv, uv_tri=model.uv_tri,
+                                          texture=tex),
+                                  gamma=params["gamma"], rast=rast,
+                                  options=RasterOptions(antialias=True,
+                                                        min_grad_area=SLIVER_AREA))
+            # region of the model's skin triangles inside the face area
+            skin_px = backend.interpolate(skin_attr, out.rast, tri32)
+            face_cov = _face_coverage(out.rast, model.face_tri_mask)
+            m = out.mask * (pmask_r > 0.5).float() * (skin_px > 0.5).float() * face_cov
+            if gate is not None and out.uv is not None:
+                # only pixels whose texels stage 2 saw (not shadow / hair excluded, not mirrored)
+                g_px = F.grid_sample(gate.permute(0, 3, 1, 2), out.uv.detach() * 2 - 1,
+                                     mode="bilinear", padding_mode="border",
+                                     align_corners=False)
+                m = m * (g_px.permute(0, 2, 3, 1) > 0.7).float()
+            msum = m.sum((1, 2, 3)).clamp(min=1.0)
+            photo_l = ((out.image - photo_r).abs() * m).sum((1, 2, 3)) / (3 * msum)
+            pts = lmb.landmarks(params["id"], params["exp"])
+            pix = project(rigid_transform(pts, params["angles"], params["trans"]), cam)
+            lmk = (((pix - lm2d) ** 2).sum(-1) * wl).sum(-1)
+            g = params["gamma"].view(b, 3, 9)
+            g_rgb = ((g - g.mean(1, keepdim=True)) ** 2).mean((1, 2))
+            g_b2 = ((g**2) * band2).sum((1, 2))
+            g_init = ((params["gamma"] - gamma0) ** 2).sum(-1)
+            t_l2 = (off**2).mean((1, 2, 3))
+            t_tv = pyr.tv()
+            if mirror is not None:
+                flat = off.reshape(b, -1, 3)
+                t_sym = ((flat - flat[:, mirror]) ** 2).mean((1, 2))
+            else:
+                t_sym = torch.zeros(b, device=dev)
+            terms = {
+                "landmark": wt.landmark * lmk, "photo": wt.photo * photo_l,
+                "id": wt.id * (params["id"] ** 2).sum(-1),
+                "exp": wt.exp * (params["exp"] ** 2).sum(-1),
+                "gamma": wt.gamma_rgb * g_rgb + wt.gamma_band2 * g_b2 + wt.gamma_init * g_init,
+                "tex": wt.tex_l2 * t_l2 + wt.tex_tv * t_tv + wt.tex_sym * t_sym,
+            }
+            if extra_terms is not None:
+                terms.update(extra_terms(out.image, out.mask))
+            return terms, out
+
+        def body() -> dict[str, Tensor]:
+            # nothing of this step's autograd graph may outlive it: a graph kept alive across
+            # the warm-up / capture boundary ties gradient accumulation to the wrong CUDA stream
+            terms, _ = evaluate(static_rast)
+            sum(terms.values()).sum().backward()
+            opt.step()
+            return {k: v.detach() for k, v in terms.items()}
+
+        self.geometry, self.evaluate = geometry, evaluate
+        self.runner = StepRunner(opt, body, graph=graph)
+
+    @torch.no_grad()
+    def load(self, photos: PhotoBatch, coeffs: dict[str, Tensor], base_tex: Tensor,
+             mirror: Tensor | None, gate: Tensor | None) -> None:
+        """Put a fit's inputs into the program's tensors and start from a zero pyramid and a
+        new optimiser (arguments as :func:`fit_joint`'s)."""
+        for k, v in coeffs.items():
+            self.params[k].copy_(v)
+        self.gamma0.copy_(coeffs["gamma"])
+        for p in self.pyr.levels:
+            p.zero_()
+        self.opt.reset()
+        r = self.photo_r.shape[1]
+        photo, photo_mask = photos.photo, photos.mask
+        if r != photo.shape[1]:
+            photo = F.interpolate(photo.permute(0, 3, 1, 2), size=r, mode="bilinear",
+                                  align_corners=False).permute(0, 2, 3, 1)
+            photo_mask = F.interpolate(photo_mask.permute(0, 3, 1, 2), size=r,
+                                       mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+        self.lm2d.copy_(photos.lm)
+        self.photo_r.copy_(photo)
+        self.pmask_r.copy_(photo_mask)
+        self.base_tex.copy_(base_tex)
+        if self.gate is not None:
+            self.gate.copy_(gate)
+        if self.mirror is not None:
+            self.mirror.copy_(mirror)
+
+
+def _program_key(ctx: FitContext, shapes: dict[str, Tensor], mirror: Tensor | None,
+                 gate: Tensor | None, wt: Stage3Weights) -> tuple:
+    """Everything a recorded stage-3 step bakes in (see :class:`_JointProgram`)."""
+    return ("stage3", ctx.cam, ctx.backend, ctx.preset, astuple(wt),
+            tuple((k, tuple(v.shape)) for k, v in shapes.items()),
+            None if mirror is None else mirror.numel(), gate is not None)
 
 
 def fit_joint(ctx: FitContext, photos: PhotoBatch, coeffs: dict[str, Tensor], base_tex: Tensor,
@@ -125,116 +297,34 @@ def fit_joint(ctx: FitContext, photos: PhotoBatch, coeffs: dict[str, Tensor], ba
             weighted loss terms added to the objective (paper mode's ArcFace identity and VGG
             perceptual losses, :func:`services.fitter.paper_mode.default_path_terms`).
     Returns:
-        :class:`Stage3Result`.
+        :class:`Stage3Result` (its tensors are the fit's own, not the kept program's).
     Raises:
         Cancelled: when ``cancel`` is set (checked every step).
     """
-    model, cam, backend, preset = ctx.model, ctx.cam, ctx.backend, ctx.preset
-    progress, cancel = ctx.progress, ctx.cancel
-    lm2d, photo, photo_mask = photos.lm, photos.photo, photos.mask
+    model, preset, progress = ctx.model, ctx.preset, ctx.progress
     wt = weights or Stage3Weights()
-    dev = model.device
-    b = lm2d.shape[0]
-    params = {k: v.detach().clone().requires_grad_() for k, v in coeffs.items()}
-    gamma0 = coeffs["gamma"].detach()
-    pyr = TexturePyramid(b, tuple(preset.tex_levels), dev)
+    shapes = {k: v.detach() for k, v in coeffs.items()}
     # CUDA graphs need every op of the step capturable; paper mode's networks are not vetted
-    graph = graphs_enabled(dev, backend) and extra_terms is None
-    groups = [
-        {"params": [params["id"], params["exp"]], "lr": preset.stage3_lr},
-        {"params": [params["angles"], params["trans"]], "lr": preset.stage3_pose_lr},
-        {"params": [params["gamma"]], "lr": preset.stage3_gamma_lr},
-        {"params": list(pyr.parameters()), "lr": preset.stage3_tex_lr},
-    ]
-    base_lrs = [g["lr"] for g in groups]
-    opt = make_adam(groups, graph=graph)
-    lmb = LandmarkBases.of(model)
-    wl = landmark_weights(dev)
-    wl = wl / wl.sum()
-    rcam = cam.scaled(preset.raster_size) if preset.raster_size != cam.size else cam
-    renderer = MeshRenderer(rcam, backend)
-    if preset.raster_size != photo.shape[1]:
-        photo_r = F.interpolate(photo.permute(0, 3, 1, 2), size=preset.raster_size,
-                                mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
-        pmask_r = F.interpolate(photo_mask.permute(0, 3, 1, 2), size=preset.raster_size,
-                                mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
-    else:
-        photo_r, pmask_r = photo, photo_mask
-    # skin vertices only, for the photometric mask (no eyes / mouth interior of the model)
-    skin_attr = model.skin_mask.float()[None, :, None].expand(b, -1, -1).contiguous()
-    band2 = torch.zeros(9, device=dev)
-    band2[4:] = 1.0
+    graph = graphs_enabled(model.device, ctx.backend) and extra_terms is None
+
+    def build() -> _JointProgram:
+        return _JointProgram(ctx, shapes, None if mirror is None else mirror.numel(),
+                             gate is not None, wt, graph, extra_terms)
+
+    prog = (cached_program(model, _program_key(ctx, shapes, mirror, gate, wt), build)
+            if graph else build())
+    prog.load(photos, shapes, base_tex, mirror, gate)
     steps = preset.stage3_steps
     last: dict[str, Tensor] = {}
-    tri32 = model.tri.to(torch.int32).contiguous()
-    # graph mode: rasterised eagerly before each replay, differentiated inside the graph
-    static_rast = (torch.zeros(b, preset.raster_size, preset.raster_size, 4, device=dev)
-                   if graph else None)
-
-    def geometry() -> tuple[Tensor, Tensor]:
-        verts = model.shape(params["id"], params["exp"])
-        return verts, rigid_transform(verts, params["angles"], params["trans"])
-
-    def evaluate(rast: Tensor | None = None) -> tuple[dict[str, Tensor], RenderOutput]:
-        verts, world = geometry()
-        nrm = rotate_normals(model.vertex_normals(verts), params["angles"])
-        off = pyr() if gate is None else pyr() * gate
-        tex = (base_tex + off).clamp(0, 1)
-        out = renderer.render(world, model.tri,
-                              Surface(normals=nrm, uv=model.uv, uv_tri=model.uv_tri, texture=tex),
-                              gamma=params["gamma"], rast=rast,
-                              options=RasterOptions(antialias=True, min_grad_area=SLIVER_AREA))
-        # region of the model's skin triangles inside the face area
-        skin_px = backend.interpolate(skin_attr, out.rast, tri32)
-        face_cov = _face_coverage(out.rast, model.face_tri_mask)
-        m = out.mask * (pmask_r > 0.5).float() * (skin_px > 0.5).float() * face_cov
-        if gate is not None and out.uv is not None:
-            # only pixels whose texels stage 2 saw (not shadow / hair excluded, not mirrored)
-            g_px = F.grid_sample(gate.permute(0, 3, 1, 2), out.uv.detach() * 2 - 1,
-                                 mode="bilinear", padding_mode="border", align_corners=False)
-            m = m * (g_px.permute(0, 2, 3, 1) > 0.7).float()
-        msum = m.sum((1, 2, 3)).clamp(min=1.0)
-        photo_l = ((out.image - photo_r).abs() * m).sum((1, 2, 3)) / (3 * msum)
-        pts = lmb.landmarks(params["id"], params["exp"])
-        pix = project(rigid_transform(pts, params["angles"], params["trans"]), cam)
-        lmk = (((pix - lm2d) ** 2).sum(-1) * wl).sum(-1)
-        g = params["gamma"].view(b, 3, 9)
-        g_rgb = ((g - g.mean(1, keepdim=True)) ** 2).mean((1, 2))
-        g_b2 = ((g**2) * band2).sum((1, 2))
-        g_init = ((params["gamma"] - gamma0) ** 2).sum(-1)
-        t_l2 = (off**2).mean((1, 2, 3))
-        t_tv = pyr.tv()
-        if mirror is not None:
-            flat = off.reshape(b, -1, 3)
-            t_sym = ((flat - flat[:, mirror]) ** 2).mean((1, 2))
-        else:
-            t_sym = torch.zeros(b, device=dev)
-        terms = {
-            "landmark": wt.landmark * lmk, "photo": wt.photo * photo_l,
-            "id": wt.id * (params["id"] ** 2).sum(-1), "exp": wt.exp * (params["exp"] ** 2).sum(-1),
-            "gamma": wt.gamma_rgb * g_rgb + wt.gamma_band2 * g_b2 + wt.gamma_init * g_init,
-            "tex": wt.tex_l2 * t_l2 + wt.tex_tv * t_tv + wt.tex_sym * t_sym,
-        }
-        if extra_terms is not None:
-            terms.update(extra_terms(out.image, out.mask))
-        return terms, out
 
     def prepare(step: int) -> None:
         frac = step / max(steps - 1, 1)
         ramp = 1.0 if frac < 0.6 else 0.5 * (1 + math.cos(math.pi * (frac - 0.6) / 0.4))
-        for i, lr0 in enumerate(base_lrs):
-            set_lr(opt, i, lr0 * max(ramp, 0.05))
-        if static_rast is not None:
+        for i, lr0 in enumerate(prog.base_lrs):
+            set_lr(prog.opt, i, lr0 * max(ramp, 0.05))
+        if prog.static_rast is not None:
             with torch.no_grad():
-                static_rast.copy_(renderer.rasterize(geometry()[1], model.tri))
-
-    def body() -> dict[str, Tensor]:
-        # nothing of this step's autograd graph may outlive it: a graph kept alive across the
-        # warm-up / capture boundary ties gradient accumulation to the wrong CUDA stream
-        terms, _ = evaluate(static_rast)
-        sum(terms.values()).sum().backward()
-        opt.step()
-        return {k: v.detach() for k, v in terms.items()}
+                prog.static_rast.copy_(prog.renderer.rasterize(prog.geometry()[1], model.tri))
 
     def on_step(step: int, terms: dict[str, Tensor]) -> None:
         nonlocal last
@@ -246,14 +336,13 @@ def fit_joint(ctx: FitContext, photos: PhotoBatch, coeffs: dict[str, Tensor], ba
                      f"joint step {step + 1}/{steps} photo {float(last['photo'].mean()):.4f} "
                      f"lmk {float(last['landmark'].mean()):.4f}")
 
-    replays = StepRunner(opt, body, prepare, graph=graph).run(steps, on_step=on_step,
-                                                              cancel=cancel)
+    replays = prog.runner.run(steps, prepare=prepare, on_step=on_step, cancel=ctx.cancel)
     with torch.no_grad():
-        terms, out = evaluate()
+        terms, out = prog.evaluate()
         last = {k: v.detach() for k, v in terms.items()}
     return Stage3Result(
-        coeffs={k: v.detach() for k, v in params.items()}, offsets=pyr,
-        losses={k: v.cpu().tolist() for k, v in last.items()},
+        coeffs={k: v.detach().clone() for k, v in prog.params.items()},
+        offsets=prog.pyr.copy(), losses={k: v.cpu().tolist() for k, v in last.items()},
         render=out.image.detach(), render_mask=out.mask.detach(), graph_steps=replays)
 
 
