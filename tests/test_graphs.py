@@ -189,8 +189,11 @@ def test_cached_programs_are_kept_per_owner_least_recently_used_first_out(monkey
 
     from services.fitter.graphs import cached_program, cached_programs
 
-    class Owner:  # a face model stands here: any weak-referenceable object
-        pass
+    from dataclasses import dataclass
+
+    @dataclass
+    class Owner:  # a face model stands here: a dataclass, not hashable
+        n: int = 0
 
     monkeypatch.setenv("FFHQUV_CUDA_GRAPH_PROGRAMS", "2")
     a, b = Owner(), Owner()

@@ -310,10 +310,26 @@ class StepRunner:
                             on_step, check)
 
 
-#: owner (a face model) -> its programs, most recently used last
-_PROGRAMS: weakref.WeakKeyDictionary[object, OrderedDict[Hashable, object]] = (
-    weakref.WeakKeyDictionary())
-_PROGRAMS_GUARD = threading.Lock()
+#: id(owner) -> (a weak reference to the owner, its programs most recently used last); by
+#: identity, as a face model (a dataclass) is not hashable
+_PROGRAMS: dict[int, tuple[weakref.ref, OrderedDict[Hashable, object]]] = {}
+
+
+def _forget(key: int, ref: weakref.ref) -> None:
+    with _PROGRAMS_GUARD:
+        entry = _PROGRAMS.get(key)
+        if entry is not None and entry[0] is ref:
+            del _PROGRAMS[key]
+
+
+def _programs_of(owner: object) -> OrderedDict[Hashable, object]:
+    key = id(owner)
+    entry = _PROGRAMS.get(key)
+    if entry is None or entry[0]() is not owner:
+        ref = weakref.ref(owner, lambda r, k=key: _forget(k, r))
+        entry = _PROGRAMS[key] = (ref, OrderedDict())
+    return entry[1]
+_PROGRAMS_GUARD = threading.RLock()  # _forget may run inside (a collection in a guarded block)
 
 
 def cached_program(owner: object, key: Hashable, build: Callable[[], T]) -> T:
@@ -329,9 +345,7 @@ def cached_program(owner: object, key: Hashable, build: Callable[[], T]) -> T:
     The caller keeps one fit at a time on a program (the fitter's per-GPU fit lock).
     """
     with _PROGRAMS_GUARD:
-        progs = _PROGRAMS.get(owner)
-        if progs is None:
-            progs = _PROGRAMS[owner] = OrderedDict()
+        progs = _programs_of(owner)
         prog = progs.get(key)
         if prog is not None:
             progs.move_to_end(key)
@@ -349,4 +363,5 @@ def cached_program(owner: object, key: Hashable, build: Callable[[], T]) -> T:
 def cached_programs(owner: object) -> int:
     """How many programs are kept for ``owner`` (tests and logs)."""
     with _PROGRAMS_GUARD:
-        return len(_PROGRAMS.get(owner, ()))
+        entry = _PROGRAMS.get(id(owner))
+        return len(entry[1]) if entry is not None and entry[0]() is owner else 0
