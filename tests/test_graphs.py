@@ -186,10 +186,9 @@ def test_cached_programs_are_kept_per_owner_least_recently_used_first_out(monkey
     drops the least recently used beyond ``FFHQUV_CUDA_GRAPH_PROGRAMS`` and forgets an
     owner's programs with the owner."""
     import gc
+    from dataclasses import dataclass
 
     from services.fitter.graphs import cached_program, cached_programs
-
-    from dataclasses import dataclass
 
     @dataclass
     class Owner:  # a face model stands here: a dataclass, not hashable

@@ -176,3 +176,40 @@ def test_exporter_previews_on_the_gpu_match_the_cpu():
     for a, b in zip(cpu, gpu, strict=True):
         diff = np.abs(a.astype(np.float32) - b.astype(np.float32)).mean(-1)
         assert float((diff > 24).mean()) < 0.02, float((diff > 24).mean())
+
+
+def test_nvdiffrast_rasterize_lets_other_threads_run_while_it_waits():
+    """nvdiffrast's rasterize synchronises its stream holding the GIL; the backend waits for
+    the queued work first with the GIL released, so another Python thread keeps running while
+    the GPU finishes earlier work (a fitter's gRPC and per-photo threads beside its fit)."""
+    import threading
+
+    be = get_backend("cuda", prefer="nvdiffrast")
+    v, tri, _, _ = uv_sphere(24, 48)
+    cam = Camera()
+    world = rigid_transform(v[None], torch.tensor([[0.1, 0.4, 0.0]]), torch.zeros(1, 3)).cuda()
+    from ffhquv.render.camera import to_clip
+
+    pos = to_clip(world, cam)
+    tri = tri.cuda()
+    be.rasterize(pos, tri, (224, 224))  # plugin loaded
+    torch.cuda.synchronize()
+    count = [0]
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            count[0] += 1
+
+    t = threading.Thread(target=spin)
+    t.start()
+    try:
+        torch.cuda._sleep(int(2e8))  # ~0.1 s of queued GPU work
+        before = count[0]
+        be.rasterize(pos, tri, (224, 224))
+        during = count[0] - before
+    finally:
+        stop.set()
+        t.join()
+    print(f"\nanother thread's loop ran {during} times during one rasterize call")
+    assert during > 1000

@@ -145,6 +145,13 @@ class NvdiffrastBackend:
         if tri.dim() != 2 or tri.shape[-1] != 3:
             raise InvalidInput(f"tri must be [T, 3], got {tuple(tri.shape)}")
         res = (int(resolution[0]), int(resolution[1]))
+        if not torch.cuda.is_current_stream_capturing():
+            # nvdiffrast reads its work counters back with a stream synchronisation made
+            # holding the GIL (py-spy --gil, BENCHMARKS.md sixteenth session): wait for the
+            # queued work here first, where torch lets the GIL go, so that the process's other
+            # threads (gRPC, per-photo pools) run meanwhile; nvdiffrast's own wait is then
+            # only for its rasterisation
+            torch.cuda.current_stream(pos.device).synchronize()
         rast, _ = self.dr.rasterize(self.ctx, self._f32(pos), tri.int().contiguous(), res,
                                     grad_db=False)
         return rast.to(pos.dtype)
