@@ -269,6 +269,12 @@ def _spy_summary(spy: subprocess.Popen, folder: str, clients: int, photos: float
             + summarise(raw.read_text(), SPY_RATE // 2, 60, every=True))
 
 
+#: the stages of a served photo in its result's metrics (the gateway's timings) and in its
+#: report.json (the fitter's, for the whole batch the photo was fitted in)
+GATEWAY_SPLIT = ("detect_s", "fit_s", "eyeballs_s", "export_s")
+FIT_SPLIT = ("stage1", "stage2", "stage3", "outputs")
+
+
 def run_serve(args) -> list[dict]:
     import grpc
 
@@ -294,7 +300,7 @@ def run_serve(args) -> list[dict]:
         ready_s = time.perf_counter() - t_start
         opts = gateway_pb2.Options(preset=PRESETS[args.preset], device_hint=DEVICES[args.device])
 
-        def one(stub, i: int) -> tuple[str, float, int | None]:
+        def one(stub, i: int) -> tuple[str, float, int | None, dict[str, float]]:
             data, name = photos[i % len(photos)]
             req = gateway_pb2.ReconstructRequest(image=common_pb2.Image(data=data, filename=name),
                                                  options=opts)
@@ -304,22 +310,28 @@ def run_serve(args) -> list[dict]:
                 for ev in stub.ReconstructStream(req, timeout=600):
                     if ev.WhichOneof("event") == "result":
                         result = ev.result
-                bs = None
+                t_result = time.perf_counter() - t
+                bs, split = None, {}
                 for art in result.artifacts:
                     buf = bytearray()
                     for ch in stub.GetArtifact(gateway_pb2.GetArtifactRequest(
                             artifact_id=art.id), timeout=120):
                         buf.extend(ch.data)
                     if art.name == "report.json":
-                        bs = json.loads(bytes(buf))["batch_size"]
-                return "OK", time.perf_counter() - t, bs
+                        rep = json.loads(bytes(buf))
+                        bs = rep["batch_size"]
+                        split = {k: float(rep["timings_s"].get(k, 0.0)) for k in FIT_SPLIT}
+                dt = time.perf_counter() - t
+                split.update({k: float(result.metrics.get(k, 0.0)) for k in GATEWAY_SPLIT})
+                split["download_s"] = dt - t_result
+                return "OK", dt, bs, split
             except grpc.RpcError as e:
-                return e.code().name, time.perf_counter() - t, None
+                return e.code().name, time.perf_counter() - t, None, {}
 
         with channel(address) as ch:  # one warm-up photo
             one(gateway_pb2_grpc.ReconstructionStub(ch), 0)
         for n in [int(x) for x in args.clients.split(",") if x]:
-            results: list[tuple[str, float, int | None]] = []
+            results: list[tuple[str, float, int | None, dict[str, float]]] = []
             lock = threading.Lock()
             secs = args.seconds_single if n == 1 and args.seconds_single else args.seconds
             end = time.perf_counter() + secs
@@ -352,13 +364,14 @@ def run_serve(args) -> list[dict]:
             cpu1 = tree_cpu_by_service(proc.pid)
             if spy is not None:
                 _spy_summary(spy, args.spy, n, len(results) * max(5, int(secs) - 5) / wall)
-            ok = np.array([dt for c, dt, _ in results if c == "OK"])
+            ok = np.array([dt for c, dt, _, _ in results if c == "OK"])
             # where the cores went: CPU seconds per finished photo, by service
             cpu = {k: (cpu1.get(k, 0.0) - cpu0.get(k, 0.0)) / max(len(ok), 1) for k in cpu1}
             codes: dict[str, int] = {}
-            for c, _, _ in results:
+            for c, _, _, _ in results:
                 codes[c] = codes.get(c, 0) + 1
-            sizes = [b for c, _, b in results if b]
+            sizes = [b for c, _, b, _ in results if b]
+            splits = [sp for c, _, _, sp in results if c == "OK" and sp]
             rows.append({"what": f"serve all, {n} clients, {secs:.0f} s, {fitters} fitters",
                          "clients": n, "fitters": fitters, "ok": int(len(ok)), "wall_s": wall,
                          "photos_per_s": len(ok) / wall,
@@ -369,7 +382,13 @@ def run_serve(args) -> list[dict]:
                          "ready_s": ready_s,
                          "cpu_s_per_photo": ", ".join(f"{k} {v:.2f}" for k, v in
                                                       sorted(cpu.items(), key=lambda x: -x[1])),
-                         "codes": ", ".join(f"{k}={v}" for k, v in sorted(codes.items()))})
+                         "codes": ", ".join(f"{k}={v}" for k, v in sorted(codes.items())),
+                         # medians: the gateway's stages as it saw them, the fitter's own
+                         # stages of the batch the photo was in, the artifacts' download
+                         "split_s": ", ".join(
+                             f"{k.removesuffix('_s')} {np.median([sp[k] for sp in splits]):.2f}"
+                             for k in (*GATEWAY_SPLIT, *FIT_SPLIT, "download_s")
+                             if splits and all(k in sp for sp in splits))})
             table(rows[-1:], list(rows[-1]))
     finally:
         proc.terminate()
