@@ -35,7 +35,9 @@
 #          altcli    the cli part from the tree in alt/ (as altwarm)
 #          altserve  the serve part (one run) from the tree in alt/
 #          serve     bench/users.py serve (SERVE_SECONDS per many-clients row, default 120;
-#                    SERVE_FITTERS="1 2 4" one run per FFHQUV_FITTER_REPLICAS, SERVE_CLIENTS,
+#                    SERVE_FITTERS="1 2 4" one run per FFHQUV_FITTER_REPLICAS, SERVE_GATEWAYS
+#                    the same per FFHQUV_GATEWAY_REPLICAS, SERVE_ONE_CONNECTION=1 the clients
+#                    on one shared connection, SERVE_CLIENTS,
 #                    SERVE_MAX_CONCURRENT the gateway's limit; SERVE_SPY=1 py-spy of every
 #                    process during the many-clients rows, SERVE_SPY=gil only the threads
 #                    holding a GIL, carry pyspy/; serve all under its own CUDA MPS daemon
@@ -226,13 +228,18 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
       ;;
     serve)
       need "$sp68" "$S/cache" "$S/photos/faces-dev" || { rc=1; continue; }
-      # SERVE_FITTERS="1 4": one run per fitter replica count (default: serve all's own)
+      # SERVE_FITTERS="1 4": one run per fitter replica count (default: serve all's own);
+      # SERVE_GATEWAYS="1 2": one run per gateway process count (FFHQUV_GATEWAY_REPLICAS);
+      # SERVE_ONE_CONNECTION=1: the clients share one connection (the rows before session 18)
       for r in ${SERVE_FITTERS:-default}; do
-        fr=(); sfx=""
-        [ "$r" != default ] && { fr=(env "FFHQUV_FITTER_REPLICAS=$r"); sfx="-f$r"; }
+      for gw in ${SERVE_GATEWAYS:-default}; do
+        fr=(env); sfx=""
+        [ "$r" != default ] && { fr+=("FFHQUV_FITTER_REPLICAS=$r"); sfx="-f$r"; }
+        [ "$gw" != default ] && { fr+=("FFHQUV_GATEWAY_REPLICAS=$gw"); sfx="$sfx-g$gw"; }
         step "serve$sfx" "${SERVE_LIMIT:-$((${SERVE_SECONDS:-120} + 240))}" "${fr[@]}" \
           python3 bench/users.py serve --photos "$S/photos/faces-dev" --device cuda \
           --clients "${SERVE_CLIENTS:-1,32}" --seconds-single 40 \
+          ${SERVE_ONE_CONNECTION:+--one-connection} \
           --max-concurrent "${SERVE_MAX_CONCURRENT:-0}" ${SERVE_SPY:+--spy /tmp/spy$sfx} \
           $([ "${SERVE_SPY:-}" = gil ] && echo --spy-gil) \
           --seconds "${SERVE_SECONDS:-120}" --json "$out/serve$sfx.json"
@@ -240,6 +247,7 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
         for f in /tmp/spy$sfx/*_summary.txt; do
           [ -f "$f" ] && cp "$f" "$out/spy${sfx}_$(basename "$f")"
         done
+      done
       done
       ;;
     altserve)

@@ -281,7 +281,7 @@ def run_serve(args) -> list[dict]:
     from bench.load import free_port, tree_cpu_by_service, tree_rss
     from ffhquv.pb import common_pb2, gateway_pb2, gateway_pb2_grpc
     from ffhquv.server import channel
-    from ffhquv_cli.commands import fitter_replicas, wait_healthy
+    from ffhquv_cli.commands import fitter_replicas, gateway_replicas, wait_healthy
 
     photos = [(p.read_bytes(), p.name) for p in photos_in(args.photos)]
     fitters = fitter_replicas(args.device)
@@ -337,7 +337,8 @@ def run_serve(args) -> list[dict]:
             end = time.perf_counter() + secs
 
             def client(ci: int, n=n, end=end, results=results, lock=lock) -> None:
-                with channel(address) as ch:
+                # each client its own connection, as separate users have
+                with channel(address, own_connection=not args.one_connection) as ch:
                     stub = gateway_pb2_grpc.ReconstructionStub(ch)
                     i = ci
                     while time.perf_counter() < end:
@@ -372,7 +373,10 @@ def run_serve(args) -> list[dict]:
                 codes[c] = codes.get(c, 0) + 1
             sizes = [b for c, _, b, _ in results if b]
             splits = [sp for c, _, _, sp in results if c == "OK" and sp]
-            rows.append({"what": f"serve all, {n} clients, {secs:.0f} s, {fitters} fitters",
+            gws = os.environ.get("FFHQUV_GATEWAY_REPLICAS") or str(gateway_replicas())
+            conn = ", 1 connection" if args.one_connection else ""
+            rows.append({"what": f"serve all, {n} clients, {secs:.0f} s, {fitters} fitters, "
+                                 f"{gws} gateways{conn}",
                          "clients": n, "fitters": fitters, "ok": int(len(ok)), "wall_s": wall,
                          "photos_per_s": len(ok) / wall,
                          "p50_s": float(np.percentile(ok, 50)) if len(ok) else None,
@@ -424,6 +428,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds-single", type=float, default=0.0,
                     help="serve: time of the 1-client row (0: --seconds)")
     ap.add_argument("--max-concurrent", type=int, default=0, help="serve: gateway limit")
+    ap.add_argument("--one-connection", action="store_true",
+                    help="serve: every client on one shared connection (gRPC's default within "
+                         "a process; the rows before the eighteenth session); default: a "
+                         "connection each, as separate users")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     meta = header(f"users: {args.mode}, preset {args.preset}, device {args.device}")

@@ -21,6 +21,7 @@ through this module (``tests/test_config.py`` checks both).
 | ``FFHQUV_FITTER_WARM`` | ``auto`` (on CUDA only) | ``1`` / ``0``: warm up before serving |
 | ``FFHQUV_SERVE_REPLICAS`` | one per 4 cores, 1 to 4 | ``serve all``: processes per CPU service |
 | ``FFHQUV_FITTER_REPLICAS`` | CPU 1, CUDA 1 per 4 cores (1-4) | ``serve all``: fitter processes |
+| ``FFHQUV_GATEWAY_REPLICAS`` | one per 8 cores (1-4) | ``serve all``: gateway processes |
 | ``FFHQUV_DETECTOR_ADDR`` ... ``FFHQUV_EXPORTER_ADDR`` | unset | gateway: where each service is |
 | ``FFHQUV_STORAGE_DIR`` | ``<cache>/artifacts`` | gateway artifact folder |
 | ``FFHQUV_STORAGE_MAX_BYTES`` | ``5 GiB`` | gateway artifact folder size cap |
@@ -103,6 +104,7 @@ VARIABLES: dict[str, str] = {
     "FFHQUV_FITTER_WARM": "1 / 0: warm the fitter up before serving (default: on CUDA only)",
     "FFHQUV_SERVE_REPLICAS": "serve all: processes of each CPU service",
     "FFHQUV_FITTER_REPLICAS": "serve all: fitter processes (sharing the GPU on CUDA)",
+    "FFHQUV_GATEWAY_REPLICAS": "serve all: gateway processes on the public port",
     **{f"FFHQUV_{s.upper()}_ADDR": f"gateway: address of the {s} service" for s in SERVICES},
     "FFHQUV_STORAGE_DIR": "gateway artifact folder",
     "FFHQUV_STORAGE_MAX_BYTES": "gateway artifact folder size cap",

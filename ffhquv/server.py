@@ -308,8 +308,16 @@ def serve_forever(running: RunningServer, grace: float = 10.0) -> None:
     running.stop(grace)
 
 
-def channel(address: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
-    """A client channel with the project's message-size and keepalive options."""
+def channel(address: str, credentials: grpc.ChannelCredentials | None = None, *,
+            own_connection: bool = False) -> grpc.Channel:
+    """A client channel with the project's message-size and keepalive options.
+
+    ``own_connection``: a TCP connection of its own. gRPC's channels of one process to one
+    target otherwise share a connection (its global subchannel pool), so that many clients
+    simulated by the threads of one process (``bench/``) look to the server like one: one
+    HTTP/2 connection, and one of ``serve all``'s gateway processes."""
+    opts = [*CHANNEL_OPTIONS, *([("grpc.use_local_subchannel_pool", 1)]
+                                if own_connection else [])]
     if credentials is not None:
-        return grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
-    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        return grpc.secure_channel(address, credentials, options=opts)
+    return grpc.insecure_channel(address, options=opts)

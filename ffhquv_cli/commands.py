@@ -447,7 +447,8 @@ def _gateway(args: argparse.Namespace, addrs: dict[str, str]):
                          limits=limits,
                          token=read_token(args.token, getattr(args, "token_file", None)),
                          credentials=server_credentials(cert, key, ca),
-                         metrics_port=_metrics_port(args), close_backends=backends.close)
+                         metrics_port=_metrics_port(args), close_backends=backends.close,
+                         reuse_port=bool(getattr(args, "reuse_port", False)))
 
 
 def _tls_paths(args: argparse.Namespace) -> tuple[str | None, str | None, str | None]:
@@ -457,9 +458,11 @@ def _tls_paths(args: argparse.Namespace) -> tuple[str | None, str | None, str | 
             args.tls_key or os.environ.get("FFHQUV_TLS_KEY"))
 
 
-def _run_gateway_forever(server, on_signal=None) -> None:
+def _run_gateway_forever(server, on_signal=None, port_file: str | None = None) -> None:
     async def main() -> None:
         await server.start_async()
+        if port_file:
+            Path(port_file).write_text(str(server.port))
         print(f"ffhquv gateway serving on {server.host}:{server.port}", file=sys.stderr,
               flush=True)
         stop = asyncio.Event()
@@ -547,6 +550,69 @@ def await_service(name: str, proc: subprocess.Popen, port_file: Path,
     return proc, address
 
 
+def gateway_replicas() -> int:
+    """Gateway processes of ``serve all`` (all on its public port): ``FFHQUV_GATEWAY_REPLICAS``,
+    else one per 8 cores, 1 to 4. One process's event loop and GIL carry every request's
+    orchestration and artifact downloads (about a core at 4 photos/s, BENCHMARKS.md)."""
+    env = os.environ.get("FFHQUV_GATEWAY_REPLICAS", "").strip()
+    if env:
+        return max(1, int(env))
+    return max(1, min(4, (os.cpu_count() or 1) // 8))
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse a public port another process holds (the replicas bind it with SO_REUSEPORT,
+    which would otherwise share it with a stranger that set it too)."""
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise SystemExit(f"ffhquv serve all: cannot bind {host}:{port}: {e}") from None
+
+
+def launch_gateway(args: argparse.Namespace, addrs: dict[str, str], port: int,
+                   env: dict[str, str | None]) -> tuple[subprocess.Popen, Path]:
+    """Start one more gateway process of ``serve all`` on ``port`` (shared, SO_REUSEPORT),
+    calling the services at ``addrs``, with the parent's storage, limits, token and TLS;
+    returns it and the file where it writes its port (:func:`await_service`)."""
+    port_file = Path(tempfile.mkstemp(prefix="ffhquv-gateway-", suffix=".port")[1])
+    port_file.unlink()
+    cmd = [sys.executable, "-m", "ffhquv_cli", "serve", "gateway", "--port", str(port),
+           "--host", args.host, "--reuse-port", "--metrics-port", "-1",
+           "--port-file", str(port_file),
+           "--max-queue", str(args.max_queue), "--max-concurrent", str(args.max_concurrent)]
+    if args.storage_dir:
+        cmd += ["--storage-dir", args.storage_dir]
+    ca, cert, key = _tls_paths(args)
+    token = read_token_of(args)
+    child_env = {**os.environ, **env,
+                 **{f"FFHQUV_{k.upper()}_ADDR": v for k, v in addrs.items()},
+                 "FFHQUV_TLS_CA": ca and str(Path(ca).resolve()),
+                 "FFHQUV_TLS_CERT": cert and str(Path(cert).resolve()),
+                 "FFHQUV_TLS_KEY": key and str(Path(key).resolve()),
+                 # the public token by the environment, never on a command line
+                 "FFHQUV_AUTH_TOKEN": token, "FFHQUV_AUTH_TOKEN_FILE": None}
+    proc = subprocess.Popen(cmd, env={k: v for k, v in child_env.items() if v is not None})
+    return proc, port_file
+
+
+def read_token_of(args: argparse.Namespace) -> str | None:
+    """The gateway's public bearer token as ``serve`` reads it (flag, file, environment)."""
+    from gateway.security import read_token
+
+    return read_token(args.token, getattr(args, "token_file", None))
+
+
 def cpu_service_replicas() -> int:
     """Processes per CPU service (detector, eyeball, exporter) in ``serve all``:
     ``FFHQUV_SERVE_REPLICAS``, else one per 4 cores, 1 to 4."""
@@ -620,7 +686,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise SystemExit("ffhquv serve gateway: set the addresses of "
                              + ", ".join(f"--{k}-addr / FFHQUV_{k.upper()}_ADDR"
                                          for k in missing))
-        _run_gateway_forever(_gateway(args, addrs))
+        from ffhquv.supervisor import die_with_parent
+
+        die_with_parent()  # a gateway replica of serve all goes with it
+        _run_gateway_forever(_gateway(args, addrs), port_file=args.port_file)
         return 0
     return _serve_all(args)
 
@@ -701,6 +770,7 @@ def _serve_all(args: argparse.Namespace) -> int:
             found = [a for n, (_, a) in zip(names, started, strict=True) if n == name]
             addrs[name] = found[0] if len(found) == 1 else "ipv4:" + ",".join(found)
             print(f"ffhquv {name} on {addrs[name]}", file=sys.stderr, flush=True)
+        _start_gateway_replicas(args, addrs, env, creds, sup)
         sup.start()
         _run_gateway_forever(_gateway(args, addrs), on_signal=sup.stop_restarts)
     finally:
@@ -708,6 +778,38 @@ def _serve_all(args: argparse.Namespace) -> int:
         if mps is not None:
             mps.stop()
     return 0
+
+
+def _start_gateway_replicas(args: argparse.Namespace, addrs: dict[str, str],
+                            env: dict[str, str | None], creds, sup) -> int:
+    """Start ``serve all``'s gateway processes beside the one in this process
+    (:func:`gateway_replicas`), all on the public port with SO_REUSEPORT, each admitting its
+    share of ``--max-concurrent`` / ``--max-queue``, under the supervisor. They share the
+    artifact folder (a result stored by one is read by any); a replica has no metrics port.
+    Returns how many were started."""
+    n = gateway_replicas()
+    if n <= 1:
+        return 0
+    if not args.port:
+        args.port = _free_port(args.host)
+    _check_port_free(args.host, args.port)
+    args.reuse_port = True
+    queue = args.max_queue or int(os.environ.get("FFHQUV_MAX_QUEUE", "64"))
+    args.max_concurrent = max(1, -(-args.max_concurrent // n))
+    args.max_queue = max(1, -(-queue // n))
+
+    def start(_port: int) -> tuple[subprocess.Popen, str]:
+        proc, port_file = launch_gateway(args, addrs, args.port, env)
+        sup.starting(proc)  # a stop meanwhile ends it
+        try:
+            return await_service("gateway", proc, port_file, credentials=creds)
+        finally:
+            sup.starting(proc, done=True)
+
+    for i in range(1, n):
+        sup.add(f"gateway-{i}", start, started=start(args.port))
+    print(f"ffhquv gateway: {n} processes on port {args.port}", file=sys.stderr, flush=True)
+    return n - 1
 
 
 #: ``serve all``'s MPS folders: ``<tmp>/ffhquv-mps-<pid of serve all>-<random>``

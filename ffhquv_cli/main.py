@@ -105,6 +105,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="detector: dlib 68-point shape predictor .dat (also "
                         "FFHQUV_LANDMARK_MODEL)")
     p.add_argument("--port-file", default=None, help=argparse.SUPPRESS)
+    # serve all's gateway replicas: share the public port (SO_REUSEPORT)
+    p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:

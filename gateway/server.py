@@ -329,8 +329,12 @@ class GatewayServer:
                  host: str = "127.0.0.1", limits: GatewayLimits | None = None,
                  token: str | None = None,
                  credentials: grpc.ServerCredentials | None = None,
-                 metrics_port: int | None = None, close_backends=None):
+                 metrics_port: int | None = None, close_backends=None,
+                 reuse_port: bool = False):
         self.orchestrator = orchestrator
+        # share the port with other gateway processes (SO_REUSEPORT: the kernel spreads the
+        # connections; serve all's gateway replicas); off, a taken port is an error
+        self.reuse_port = reuse_port
         self.store = store
         self.host, self.port = host, port
         self.limits = limits or GatewayLimits()
@@ -349,8 +353,10 @@ class GatewayServer:
         self._servicer: ReconstructionServicer | None = None
 
     async def start_async(self) -> int:
+        options = [(k, int(self.reuse_port) if k == "grpc.so_reuseport" else v)
+                   for k, v in SERVER_OPTIONS]
         self._server = grpc.aio.server(interceptors=[AsyncBearerAuth(self.token)],
-                                       options=SERVER_OPTIONS)
+                                       options=options)
         servicer = self._servicer = ReconstructionServicer(self.orchestrator, self.store,
                                                            self.limits)
         gateway_pb2_grpc.add_ReconstructionServicer_to_server(servicer, self._server)

@@ -168,10 +168,13 @@ class ServeAll:
                 out[cmd[cmd.index(b"serve") + 1].decode()] = int(d.name)
         return out
 
-    def channel(self) -> grpc.Channel:
+    def channel(self, own_connection: bool = False) -> grpc.Channel:
+        """A channel to the gateway; ``own_connection``: its own TCP connection (gRPC's
+        channels to one target otherwise share one: the global subchannel pool)."""
+        opts = [("grpc.use_local_subchannel_pool", 1)] if own_connection else []
         if self.credentials is not None:
-            return grpc.secure_channel(self.address, self.credentials)
-        return grpc.insecure_channel(self.address)
+            return grpc.secure_channel(self.address, self.credentials, options=opts)
+        return grpc.insecure_channel(self.address, options=opts)
 
     def stop(self) -> None:
         """SIGTERM to the whole process group, SIGKILL to what is left after a minute."""

@@ -217,3 +217,65 @@ def _proc_line(pid: int) -> str:
     except OSError:
         return "gone"
     return f"{stat} | {cmd}"
+
+
+def _sockets(pid: int) -> int:
+    n = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            n += os.readlink(fd).startswith("socket:")
+        except OSError:
+            continue
+    return n
+
+
+def test_gateway_replicas_share_the_port_and_the_results(tmp_path, astronaut_jpg_bytes):
+    """``FFHQUV_GATEWAY_REPLICAS=2``: a second gateway process on the public port (the kernel
+    spreads new connections over both), the public token in its environment only; a result
+    made through one connection is downloaded through many others (whichever replica each
+    reaches: they share the artifact folder); kill -9 of the replica: restarted, serving;
+    kill -9 of ``serve all``: the replica goes too."""
+    stack = ServeAll(tmp_path, env={"FFHQUV_GATEWAY_REPLICAS": "2",
+                                    "FFHQUV_AUTH_TOKEN": "replica-token"})
+    auth = [("authorization", "Bearer replica-token")]
+    try:
+        wait_until(lambda: "gateway" in stack.child_pids(), timeout=120)
+        gw = stack.child_pids()["gateway"]
+        cmd = open(f"/proc/{gw}/cmdline", "rb").read()
+        assert b"--reuse-port" in cmd and b"replica-token" not in cmd
+        assert b"FFHQUV_AUTH_TOKEN=replica-token" in open(f"/proc/{gw}/environ", "rb").read()
+        assert "gateway: 2 processes on port" in stack.log()
+        with stack.channel() as ch:
+            wait_until(lambda: _status(ch, GATEWAY) == "SERVING", timeout=120)
+            res = gateway_pb2_grpc.ReconstructionStub(ch).Reconstruct(
+                _request("replicas-1", astronaut_jpg_bytes), metadata=auth, timeout=900)
+        want = next(a for a in res.artifacts if a.name == "stage3_uv.png")
+        before = _sockets(gw)
+        channels = [stack.channel(own_connection=True) for _ in range(24)]
+        try:
+            for ch in channels:
+                data = b"".join(c.data for c in gateway_pb2_grpc.ReconstructionStub(
+                    ch).GetArtifact(gateway_pb2.GetArtifactRequest(artifact_id=want.id),
+                                    metadata=auth, timeout=60))
+                assert len(data) == want.size_bytes and data.startswith(b"\x89PNG")
+            # some of the 24 connections reached the replica (all to one: p = 2^-23)
+            assert _sockets(gw) > before
+        finally:
+            for ch in channels:
+                ch.close()
+
+        os.kill(gw, signal.SIGKILL)
+        wait_until(lambda: stack.child_pids().get("gateway", gw) != gw, timeout=120)
+        wait_until(lambda: "child restarted" in stack.log(), timeout=60)
+        with stack.channel() as ch:
+            # the same request id again: the stored result, from whichever replica
+            res2 = gateway_pb2_grpc.ReconstructionStub(ch).Reconstruct(
+                _request("replicas-1", astronaut_jpg_bytes), metadata=auth, timeout=60)
+            assert [a.sha256 for a in res2.artifacts] == [a.sha256 for a in res.artifacts]
+
+        replica = stack.child_pids()["gateway"]
+        os.kill(stack.proc.pid, signal.SIGKILL)
+        stack.proc.wait(timeout=10)
+        wait_until(lambda: not pid_alive(replica), timeout=60)
+    finally:
+        stack.stop()
