@@ -552,12 +552,14 @@ def await_service(name: str, proc: subprocess.Popen, port_file: Path,
 
 def gateway_replicas() -> int:
     """Gateway processes of ``serve all`` (all on its public port): ``FFHQUV_GATEWAY_REPLICAS``,
-    else one per 8 cores, 1 to 4. One process's event loop and GIL carry every request's
-    orchestration and artifact downloads (about a core at 4 photos/s, BENCHMARKS.md)."""
+    else one per 4 cores, 1 to 4. One process's event loop and GIL carry every request's
+    orchestration and artifact downloads: about a core at 4 photos/s, where 32 clients
+    waited 1.6 s for their downloads (BENCHMARKS.md, eighteenth session: 1 gateway 3.86
+    photos/s, 2 gateways 4.91, 4 gateways 5.01)."""
     env = os.environ.get("FFHQUV_GATEWAY_REPLICAS", "").strip()
     if env:
         return max(1, int(env))
-    return max(1, min(4, (os.cpu_count() or 1) // 8))
+    return max(1, min(4, (os.cpu_count() or 1) // 4))
 
 
 def _free_port(host: str) -> int:
@@ -624,10 +626,11 @@ def cpu_service_replicas() -> int:
 
 def fitter_replicas(device: str) -> int:
     """Fitter processes in ``serve all``: ``FFHQUV_FITTER_REPLICAS``, else one on the CPU and,
-    on CUDA, one per 4 cores (1 to 4) sharing the GPU: a fit's host work (texture completion,
+    on CUDA, 3 per 8 cores (1 to 6) sharing the GPU: a fit's host work (texture completion,
     solves, numpy) holds one process's GIL while the GPU waits, so replicas on one device
     overlap it (BENCHMARKS.md, serve all rows: 4 fitters on 16 cores 2.5 photos/s, 2 fitters
-    1.9, 1 fitter 0.9)."""
+    1.9, 1 fitter 0.9; eighteenth session, under MPS with 4 gateways: 4 fitters 5.0, 6 fitters
+    6.0, 8 fitters 5.9)."""
     from ffhquv import config
 
     n = config.fitter_replicas()
@@ -635,7 +638,7 @@ def fitter_replicas(device: str) -> int:
         return n
     if device == "cpu" or (device == "auto" and not cuda_available()):
         return 1
-    return max(1, min(4, (os.cpu_count() or 1) // 4))
+    return max(1, min(6, (os.cpu_count() or 1) * 3 // 8))
 
 
 #: ``serve all`` children given its ``--device``: the fitter, and the exporter for its previews

@@ -70,19 +70,33 @@ def test_replicas_from_environment(monkeypatch, env, want):
 
 
 def test_fitter_replicas(monkeypatch):
-    """One fitter on the CPU; on CUDA one per 4 cores (1 to 4); the variable wins."""
+    """One fitter on the CPU; on CUDA 3 per 8 cores (1 to 6); the variable wins."""
     monkeypatch.delenv("FFHQUV_FITTER_REPLICAS", raising=False)
     monkeypatch.setattr(commands.os, "cpu_count", lambda: 16)
     assert fitter_replicas("cpu") == 1
-    assert fitter_replicas("cuda") == 4
+    assert fitter_replicas("cuda") == 6
     monkeypatch.setattr(commands.os, "cpu_count", lambda: 8)
-    assert fitter_replicas("cuda") == 2
+    assert fitter_replicas("cuda") == 3
+    monkeypatch.setattr(commands.os, "cpu_count", lambda: 2)
+    assert fitter_replicas("cuda") == 1
     monkeypatch.setattr(commands.os, "cpu_count", lambda: 128)
-    assert fitter_replicas("cuda") == 4
+    assert fitter_replicas("cuda") == 6
     monkeypatch.setattr(commands, "cuda_available", lambda: False)
     assert fitter_replicas("auto") == 1
     monkeypatch.setenv("FFHQUV_FITTER_REPLICAS", "3")
     assert fitter_replicas("cpu") == 3
+
+
+def test_gateway_replicas(monkeypatch):
+    """``serve all``'s gateway processes: one per 4 cores (1 to 4); the variable wins."""
+    from ffhquv_cli.commands import gateway_replicas
+
+    monkeypatch.delenv("FFHQUV_GATEWAY_REPLICAS", raising=False)
+    for cores, want in ((2, 1), (8, 2), (16, 4), (128, 4)):
+        monkeypatch.setattr(commands.os, "cpu_count", lambda c=cores: c)
+        assert gateway_replicas() == want
+    monkeypatch.setenv("FFHQUV_GATEWAY_REPLICAS", "3")
+    assert gateway_replicas() == 3
 
 
 def test_service_threads_share_the_cores(monkeypatch):
