@@ -128,8 +128,10 @@ class ServeAll:
         self.port = free_port()
         self.log_path = tmp / "serve_all.log"
         self.credentials = credentials
+        # one gateway process unless a test asks for more (the default grows with the cores)
         full_env = {**os.environ, "FFHQUV_STORAGE_DIR": str(tmp / "store"),
-                    "FFHQUV_LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "2", **(env or {})}
+                    "FFHQUV_LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "2",
+                    "FFHQUV_GATEWAY_REPLICAS": "1", **(env or {})}
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "ffhquv_cli", "serve", "all", "--port", str(self.port),

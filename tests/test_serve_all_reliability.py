@@ -51,21 +51,23 @@ def _request(rid: str, image: bytes) -> gateway_pb2.ReconstructRequest:
 
 
 def test_mtls_token_file_supervision_and_orphans(tmp_path, certs, astronaut_jpg_bytes):
-    """mTLS between every part, the public token from a file; a photo end to end; direct calls
-    to a backend without the internal token or without a client certificate refused; kill -9 of
-    the exporter: NOT_SERVING and UNAVAILABLE at once, back and serving again; kill -9 of
-    ``serve all``: no child left."""
+    """mTLS between every part, the public token from a file (two gateway processes); a photo
+    end to end; direct calls to a backend without the internal token or without a client
+    certificate refused; kill -9 of the exporter: NOT_SERVING and UNAVAILABLE at once, back
+    and serving again; kill -9 of ``serve all``: no child left."""
     c = lambda n: str(certs / n)  # noqa: E731
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-from-file\n")
     client = channel_credentials(c("ca.pem"), c("client.pem"), c("client.key"))
     stack = ServeAll(tmp_path, ["--tls-cert", c("server.pem"), "--tls-key", c("server.key"),
                                 "--tls-ca", c("ca.pem"), "--token-file", str(token_file)],
-                     credentials=client)
+                     env={"FFHQUV_GATEWAY_REPLICAS": "2"}, credentials=client)
     try:
         auth = [("authorization", "Bearer s3cret-from-file")]
         pids = stack.child_pids()
-        assert set(pids) == {"detector", "fitter", "eyeball", "exporter"}, stack.log()[-3000:]
+        # the second gateway process too: mTLS and the token file's token reach it
+        assert set(pids) == {"detector", "fitter", "eyeball", "exporter", "gateway"}, \
+            stack.log()[-3000:]
         # the token is on no command line
         for pid in [stack.proc.pid, *pids.values()]:
             assert b"s3cret" not in open(f"/proc/{pid}/cmdline", "rb").read()
