@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ffhquv.render.camera import project, rigid_transform, rotate_normals
+from ffhquv.render.camera import project, rigid_transform, rotate_normals, to_clip
 from ffhquv.render.renderer import MeshRenderer, RasterOptions, RenderOutput, Surface
 from services.fitter.graphs import (
     StepRunner,
@@ -172,8 +172,14 @@ class _JointProgram:
         band2 = torch.zeros(9, device=dev)
         band2[4:] = 1.0
         tri32 = model.tri.to(torch.int32).contiguous()
-        # graph mode: rasterised eagerly before each replay, differentiated inside the graph
+        # graph mode: rasterised eagerly before each replay, differentiated inside the graph;
+        # the clip-space vertices it rasterises are computed at the end of the previous step
+        # inside the graph (by load() for the first), so a step's eager part is the
+        # rasterisation alone
         self.static_rast = static_rast = (torch.zeros(b, r, r, 4, device=dev) if graph else None)
+        self.static_clip = static_clip = (
+            torch.zeros(b, model.mean_shape.shape[0], 4, device=dev) if graph else None)
+        self.tri32 = tri32
         self.model = model
 
         def geometry() -> tuple[Tensor, Tensor]:
@@ -234,8 +240,16 @@ class _JointProgram:
             terms, _ = evaluate(static_rast)
             sum(terms.values()).sum().backward()
             opt.step()
+            if static_clip is not None:
+                with torch.no_grad():
+                    static_clip.copy_(to_clip(geometry()[1], rcam))
             return {k: v.detach() for k, v in terms.items()}
 
+        def clip_now() -> None:
+            with torch.no_grad():
+                static_clip.copy_(to_clip(geometry()[1], rcam))
+
+        self.clip_now = clip_now
         self.geometry, self.evaluate = geometry, evaluate
         self.runner = StepRunner(opt, body, graph=graph)
 
@@ -265,6 +279,14 @@ class _JointProgram:
             self.gate.copy_(gate)
         if self.mirror is not None:
             self.mirror.copy_(mirror)
+        if self.static_clip is not None:
+            self.clip_now()
+
+    def rasterize(self) -> None:
+        """Graph mode, before a step: rasterise the current vertices into the step's input."""
+        r = self.static_rast.shape[1]
+        self.static_rast.copy_(self.renderer.backend.rasterize(self.static_clip, self.tri32,
+                                                               (r, r)))
 
 
 def _program_key(ctx: FitContext, shapes: dict[str, Tensor], mirror: Tensor | None,
@@ -324,7 +346,7 @@ def fit_joint(ctx: FitContext, photos: PhotoBatch, coeffs: dict[str, Tensor], ba
             set_lr(prog.opt, i, lr0 * max(ramp, 0.05))
         if prog.static_rast is not None:
             with torch.no_grad():
-                prog.static_rast.copy_(prog.renderer.rasterize(prog.geometry()[1], model.tri))
+                prog.rasterize()
 
     def on_step(step: int, terms: dict[str, Tensor]) -> None:
         nonlocal last
