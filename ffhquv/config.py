@@ -20,7 +20,7 @@ through this module (``tests/test_config.py`` checks both).
 | ``FFHQUV_FITTER_MAX_DELAY_MS`` | ``20`` | longest wait of a request for batch-mates |
 | ``FFHQUV_FITTER_WARM`` | ``auto`` (on CUDA only) | ``1`` / ``0``: warm up before serving |
 | ``FFHQUV_SERVE_REPLICAS`` | one per 4 cores, 1 to 4 | ``serve all``: processes per CPU service |
-| ``FFHQUV_FITTER_REPLICAS`` | CPU 1, CUDA 3 per 8 cores (1-6) | ``serve all``: fitter processes |
+| ``FFHQUV_FITTER_REPLICAS`` | CPU 1, CUDA 3 per 8 cores (1-6, 8 GB each) | ``serve all``: fitters |
 | ``FFHQUV_GATEWAY_REPLICAS`` | one per 4 cores (1-4) | ``serve all``: gateway processes |
 | ``FFHQUV_DETECTOR_ADDR`` ... ``FFHQUV_EXPORTER_ADDR`` | unset | gateway: where each service is |
 | ``FFHQUV_STORAGE_DIR`` | ``<cache>/artifacts`` | gateway artifact folder |

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from ffhquv import vocab
-from ffhquv_cli.machine import cuda_available, threads_env
+from ffhquv_cli.machine import cuda_available, gpu_memory_gb, threads_env
 from ffhquv_cli.reporting import EXIT_USAGE, OUTPUT_MARKERS, FitReporter
 
 log = logging.getLogger("ffhquv")
@@ -626,7 +626,8 @@ def cpu_service_replicas() -> int:
 
 def fitter_replicas(device: str) -> int:
     """Fitter processes in ``serve all``: ``FFHQUV_FITTER_REPLICAS``, else one on the CPU and,
-    on CUDA, 3 per 8 cores (1 to 6) sharing the GPU: a fit's host work (texture completion,
+    on CUDA, 3 per 8 cores (1 to 6; at most one per :data:`FITTER_GPU_GB` of GPU memory)
+    sharing the GPU: a fit's host work (texture completion,
     solves, numpy) holds one process's GIL while the GPU waits, so replicas on one device
     overlap it (BENCHMARKS.md, serve all rows: 4 fitters on 16 cores 2.5 photos/s, 2 fitters
     1.9, 1 fitter 0.9; eighteenth session, under MPS with 4 gateways: 4 fitters 5.0, 6 fitters
@@ -638,7 +639,16 @@ def fitter_replicas(device: str) -> int:
         return n
     if device == "cpu" or (device == "auto" and not cuda_available()):
         return 1
-    return max(1, min(6, (os.cpu_count() or 1) * 3 // 8))
+    n = max(1, min(6, (os.cpu_count() or 1) * 3 // 8))
+    gpu_gb = gpu_memory_gb()
+    if gpu_gb is not None:  # each keeps its recorded steps and their memory (FITTER_GPU_GB)
+        n = max(1, min(n, int(gpu_gb // FITTER_GPU_GB)))
+    return n
+
+
+#: GPU memory a ``serve all`` fitter may come to hold: batches up to 8 and the recorded steps
+#: of each batch size kept (``FFHQUV_CUDA_GRAPH_PROGRAMS``); a smaller GPU gets fewer fitters
+FITTER_GPU_GB = 8.0
 
 
 #: ``serve all`` children given its ``--device``: the fitter, and the exporter for its previews

@@ -32,7 +32,7 @@ import threading
 import time
 from pathlib import Path
 
-from ffhquv_cli.machine import cuda_available, threads_env
+from ffhquv_cli.machine import cuda_available, gpu_memory_gb, threads_env
 from ffhquv_cli.reporting import OUTPUT_MARKERS, FitReporter
 
 #: GPU memory a worker may need at the default batch of 8 (CUDA context, 1024 textures,
@@ -51,17 +51,6 @@ FORWARDED = (("--preset", "preset"), ("--device", "device"), ("--face-model", "f
              ("--checkpoints-dir", "checkpoints_dir"), ("--topo-dir", "topo_dir"),
              ("--landmark-model", "landmark_model"), ("--batch-size", "batch_size"),
              ("--seed", "seed"))
-
-
-def _gpu_memory_gb() -> float | None:
-    """Total memory of the first NVIDIA GPU (``nvidia-smi``), None when it cannot be read."""
-    try:
-        r = subprocess.run(["nvidia-smi", "--query-gpu=memory.total",
-                            "--format=csv,noheader,nounits"], capture_output=True, text=True,
-                           timeout=10)
-        return float(r.stdout.split()[0]) / 1024 if r.returncode == 0 else None
-    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
-        return None
 
 
 def _available_ram_gb() -> float | None:
@@ -101,7 +90,7 @@ def fit_workers(requested: int, device: str, n_photos: int) -> int:
         return min(requested, n_photos)
     cuda = device != "cpu" and cuda_available()
     return min(n_photos, default_workers(os.cpu_count() or 1, cuda, _available_ram_gb(),
-                                         _gpu_memory_gb() if cuda else None))
+                                         gpu_memory_gb() if cuda else None))
 
 
 def deal(items: list, n: int) -> list[list]:

@@ -70,10 +70,18 @@ def test_replicas_from_environment(monkeypatch, env, want):
 
 
 def test_fitter_replicas(monkeypatch):
-    """One fitter on the CPU; on CUDA 3 per 8 cores (1 to 6); the variable wins."""
+    """One fitter on the CPU; on CUDA 3 per 8 cores (1 to 6), at most one per 8 GB of GPU
+    memory; the variable wins."""
     monkeypatch.delenv("FFHQUV_FITTER_REPLICAS", raising=False)
+    monkeypatch.setattr(commands, "gpu_memory_gb", lambda: 141.0)
     monkeypatch.setattr(commands.os, "cpu_count", lambda: 16)
     assert fitter_replicas("cpu") == 1
+    assert fitter_replicas("cuda") == 6
+    monkeypatch.setattr(commands, "gpu_memory_gb", lambda: 24.0)  # a smaller GPU: fewer
+    assert fitter_replicas("cuda") == 3
+    monkeypatch.setattr(commands, "gpu_memory_gb", lambda: 6.0)
+    assert fitter_replicas("cuda") == 1
+    monkeypatch.setattr(commands, "gpu_memory_gb", lambda: None)  # unknown: by the cores
     assert fitter_replicas("cuda") == 6
     monkeypatch.setattr(commands.os, "cpu_count", lambda: 8)
     assert fitter_replicas("cuda") == 3
