@@ -220,14 +220,8 @@ class StepRunner:
         self.graph = graph
         self.warmup = max(int(warmup), 1)
         self.replayed = 0  # steps that ran as graph replays, all runs (tests and logs read this)
-        self.captures = 0  # graphs recorded (1 once captured; tests read this)
-        self._g: torch.cuda.CUDAGraph | None = None
-        self._static: dict[str, Tensor] = {}
-
-    @property
-    def captured(self) -> bool:
-        """Whether a recorded step is kept (later runs replay every step)."""
-        return self._g is not None
+        self._g: torch.cuda.CUDAGraph | None = None  # the recorded step, once captured
+        self._static: dict[str, Tensor] = {}  # its outputs, overwritten by each replay
 
     def _eager(self, i: int, prepare: Prepare) -> dict[str, Tensor]:
         prepare(i)
@@ -304,7 +298,6 @@ class StepRunner:
             self._eager_steps(range(start, steps), prep, on_step, check)
             return 0
         self._g, self._static = g, static
-        self.captures += 1
         # the step at ``start`` was recorded, not run: replay it first
         return self._replay(range(start, steps), lambda i: None if i == start else prep(i),
                             on_step, check)
