@@ -70,7 +70,8 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=0,
                    help="photos fitted together (0 = 1 on CPU, up to 8 on CUDA)")
     p.add_argument("--seed", type=int, default=0,
-                   help="random seed of the fit (same seed, device and preset: same result)")
+                   help="random seed of the fit (same seed, device and preset: the same "
+                        "result up to float rounding)")
     p.add_argument("--workers", type=int, default=0,
                    help="processes that share the photos, each fitting its share in batches "
                         "(0 = one per 2 cores, 2 to 8, as host and GPU memory allow; never "

@@ -289,7 +289,9 @@ class FitterCore:
                 skin and parse masks).
             preset: "fast" | "standard" | "best" or a :class:`Preset`.
             texture_size: side of the output UV texture (power of two, 64..4096).
-            seed: random seed (the fit is deterministic for a seed on one device).
+            seed: random seed. The same seed, device and preset give the same result up to float
+                rounding: CPU threads and GPU atomic sums add in varying order (two runs on
+                cpu2: coefficients within 4e-4, texels within one 8-bit level).
             progress: ``progress(stage, fraction, message)`` with stage "stage1" / "stage2" /
                 "stage3" and the fraction of that stage in [0, 1].
             cancel: set it to stop the fit; :class:`ffhquv.errors.Cancelled` is raised at the
