@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
@@ -303,26 +302,15 @@ class StepRunner:
                             on_step, check)
 
 
-#: id(owner) -> (a weak reference to the owner, its programs most recently used last); by
-#: identity, as a face model (a dataclass) is not hashable
-_PROGRAMS: dict[int, tuple[weakref.ref, OrderedDict[Hashable, object]]] = {}
-
-
-def _forget(key: int, ref: weakref.ref) -> None:
-    with _PROGRAMS_GUARD:
-        entry = _PROGRAMS.get(key)
-        if entry is not None and entry[0] is ref:
-            del _PROGRAMS[key]
+#: the attribute of an owner that holds its programs (most recently used last): they live
+#: and go with the owner (as ``FitterCore._model_on``'s copies do); a program's step refers to
+#: its owner, so a table keyed by weak references would keep every owner alive
+_ATTR = "_step_programs"
+_PROGRAMS_GUARD = threading.Lock()
 
 
 def _programs_of(owner: object) -> OrderedDict[Hashable, object]:
-    key = id(owner)
-    entry = _PROGRAMS.get(key)
-    if entry is None or entry[0]() is not owner:
-        ref = weakref.ref(owner, lambda r, k=key: _forget(k, r))
-        entry = _PROGRAMS[key] = (ref, OrderedDict())
-    return entry[1]
-_PROGRAMS_GUARD = threading.RLock()  # _forget may run inside (a collection in a guarded block)
+    return vars(owner).setdefault(_ATTR, OrderedDict())
 
 
 def cached_program(owner: object, key: Hashable, build: Callable[[], T]) -> T:
@@ -356,5 +344,4 @@ def cached_program(owner: object, key: Hashable, build: Callable[[], T]) -> T:
 def cached_programs(owner: object) -> int:
     """How many programs are kept for ``owner`` (tests and logs)."""
     with _PROGRAMS_GUARD:
-        entry = _PROGRAMS.get(id(owner))
-        return len(entry[1]) if entry is not None and entry[0]() is owner else 0
+        return len(vars(owner).get(_ATTR, ()))

@@ -151,10 +151,13 @@ class _LandmarkProgram:
         # 0 during the rigid steps: the identity / expression gradients are zeroed, so Adam
         # keeps their moments (and the coefficients) at zero until the pose has settled
         self.free = free = torch.zeros((), device=dev)
+        # learning rates of the coefficients, the angles and the translation (each step sets
+        # them, scaled by the schedule: fit_landmarks' prepare)
+        self.base_lrs = [opts.lr, 0.01, 0.01]
         self.opt = opt = make_adam([
-            {"params": [id_c, exp_c], "lr": opts.lr},
-            {"params": [angles], "lr": 0.01},
-            {"params": [trans], "lr": 0.01},
+            {"params": [id_c, exp_c], "lr": self.base_lrs[0]},
+            {"params": [angles], "lr": self.base_lrs[1]},
+            {"params": [trans], "lr": self.base_lrs[2]},
         ], graph=graph)
         w_id, w_exp = opts.w_id, opts.w_exp
 
@@ -199,7 +202,7 @@ def fit_landmarks(model: FaceModel, lm2d: Tensor, cam: Camera,
         Cancelled: when ``cancel`` is set (checked every step).
     """
     opts = options or Stage1Options()
-    steps, lr = opts.steps, opts.lr
+    steps = opts.steps
     dev = model.device
     b = lm2d.shape[0]
     lmb = LandmarkBases.of(model)
@@ -246,13 +249,12 @@ def fit_landmarks(model: FaceModel, lm2d: Tensor, cam: Camera,
             id_c.copy_(torch.where(u, ic, id_c))
             exp_c.copy_(torch.where(u, ec, exp_c))
             source = ["deep3d" if bool(x) else "pnp" for x in use.cpu()]
-    base_lrs = [lr, 0.01, 0.01]
     rigid_steps = 0 if all(x == "deep3d" for x in source) else steps // 4
 
     def prepare(step: int) -> None:
         frac = step / max(steps - 1, 1)
         scale = 0.5 * (1 + math.cos(math.pi * frac)) * 0.9 + 0.1
-        for i, lr0 in enumerate(base_lrs):
+        for i, lr0 in enumerate(prog.base_lrs):
             set_lr(prog.opt, i, lr0 * scale)
         prog.free.fill_(0.0 if step < rigid_steps else 1.0)
 

@@ -180,7 +180,6 @@ class _JointProgram:
         self.static_clip = static_clip = (
             torch.zeros(b, model.mean_shape.shape[0], 4, device=dev) if graph else None)
         self.tri32 = tri32
-        self.model = model
 
         def geometry() -> tuple[Tensor, Tensor]:
             verts = model.shape(params["id"], params["exp"])
@@ -241,11 +240,11 @@ class _JointProgram:
             sum(terms.values()).sum().backward()
             opt.step()
             if static_clip is not None:
-                with torch.no_grad():
-                    static_clip.copy_(to_clip(geometry()[1], rcam))
+                clip_now()
             return {k: v.detach() for k, v in terms.items()}
 
         def clip_now() -> None:
+            """The current vertices in clip space into ``static_clip`` (graph mode)."""
             with torch.no_grad():
                 static_clip.copy_(to_clip(geometry()[1], rcam))
 
@@ -282,6 +281,7 @@ class _JointProgram:
         if self.static_clip is not None:
             self.clip_now()
 
+    @torch.no_grad()
     def rasterize(self) -> None:
         """Graph mode, before a step: rasterise the current vertices into the step's input."""
         r = self.static_rast.shape[1]
@@ -325,17 +325,17 @@ def fit_joint(ctx: FitContext, photos: PhotoBatch, coeffs: dict[str, Tensor], ba
     """
     model, preset, progress = ctx.model, ctx.preset, ctx.progress
     wt = weights or Stage3Weights()
-    shapes = {k: v.detach() for k, v in coeffs.items()}
+    start = {k: v.detach() for k, v in coeffs.items()}
     # CUDA graphs need every op of the step capturable; paper mode's networks are not vetted
     graph = graphs_enabled(model.device, ctx.backend) and extra_terms is None
 
     def build() -> _JointProgram:
-        return _JointProgram(ctx, shapes, None if mirror is None else mirror.numel(),
+        return _JointProgram(ctx, start, None if mirror is None else mirror.numel(),
                              gate is not None, wt, graph, extra_terms)
 
-    prog = (cached_program(model, _program_key(ctx, shapes, mirror, gate, wt), build)
+    prog = (cached_program(model, _program_key(ctx, start, mirror, gate, wt), build)
             if graph else build())
-    prog.load(photos, shapes, base_tex, mirror, gate)
+    prog.load(photos, start, base_tex, mirror, gate)
     steps = preset.stage3_steps
     last: dict[str, Tensor] = {}
 
@@ -345,8 +345,7 @@ def fit_joint(ctx: FitContext, photos: PhotoBatch, coeffs: dict[str, Tensor], ba
         for i, lr0 in enumerate(prog.base_lrs):
             set_lr(prog.opt, i, lr0 * max(ramp, 0.05))
         if prog.static_rast is not None:
-            with torch.no_grad():
-                prog.rasterize()
+            prog.rasterize()
 
     def on_step(step: int, terms: dict[str, Tensor]) -> None:
         nonlocal last
