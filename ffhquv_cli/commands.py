@@ -235,10 +235,9 @@ def _fit_remote(args, todo: list[tuple[Path, str]], out: Path, rep: FitReporter)
     from ffhquv.errors import status_details
     from ffhquv.pb import common_pb2, gateway_pb2, gateway_pb2_grpc
     from ffhquv.server import channel
-    from gateway.security import read_token
 
     opts = _options(args)
-    token = read_token(args.token, getattr(args, "token_file", None))
+    token = read_token_of(args)
     metadata = [("authorization", f"Bearer {token}")] if token else None
     with channel(args.remote) as ch:
         stub = gateway_pb2_grpc.ReconstructionStub(ch)
@@ -424,7 +423,6 @@ def _gateway(args: argparse.Namespace, addrs: dict[str, str]):
     from gateway.security import (
         channel_credentials,
         internal_token,
-        read_token,
         server_credentials,
     )
     from gateway.server import GatewayLimits, GatewayServer
@@ -437,15 +435,12 @@ def _gateway(args: argparse.Namespace, addrs: dict[str, str]):
                    or cache_dir() / "artifacts")
     store = LocalArtifactStore(storage, int(os.environ.get("FFHQUV_STORAGE_MAX_BYTES",
                                                            str(5 * 1024 ** 3))))
-    limits = GatewayLimits(
-        max_queue=args.max_queue or int(os.environ.get("FFHQUV_MAX_QUEUE", "64")),
-        # several reconstructions at once, so the fitter's batcher has photos to batch and
-        # detection / eyeballs / export of some overlap the fit of others
-        max_concurrent=args.max_concurrent or int(os.environ.get("FFHQUV_MAX_CONCURRENT",
-                                                                 "16")))
+    max_queue, max_concurrent = gateway_admission(args)
+    # several reconstructions at once, so the fitter's batcher has photos to batch and
+    # detection / eyeballs / export of some overlap the fit of others
+    limits = GatewayLimits(max_queue=max_queue, max_concurrent=max_concurrent)
     return GatewayServer(Orchestrator(backends), store, port=args.port, host=args.host,
-                         limits=limits,
-                         token=read_token(args.token, getattr(args, "token_file", None)),
+                         limits=limits, token=read_token_of(args),
                          credentials=server_credentials(cert, key, ca),
                          metrics_port=_metrics_port(args), close_backends=backends.close,
                          reuse_port=bool(getattr(args, "reuse_port", False)))
@@ -608,8 +603,18 @@ def launch_gateway(args: argparse.Namespace, addrs: dict[str, str], port: int,
     return proc, port_file
 
 
+def gateway_admission(args: argparse.Namespace) -> tuple[int, int]:
+    """The gateway's ``(max_queue, max_concurrent)``: ``--max-queue`` / ``--max-concurrent``,
+    else ``FFHQUV_MAX_QUEUE`` / ``FFHQUV_MAX_CONCURRENT`` (:mod:`ffhquv.config`)."""
+    from ffhquv import config
+
+    return (args.max_queue or config.max_queue(),
+            args.max_concurrent or config.max_concurrent())
+
+
 def read_token_of(args: argparse.Namespace) -> str | None:
-    """The gateway's public bearer token as ``serve`` reads it (flag, file, environment)."""
+    """The gateway's public bearer token from ``--token`` / ``--token-file``, else the
+    environment (``serve``'s and ``fit --remote``'s)."""
     from gateway.security import read_token
 
     return read_token(args.token, getattr(args, "token_file", None))
@@ -807,9 +812,8 @@ def _start_gateway_replicas(args: argparse.Namespace, addrs: dict[str, str],
         args.port = _free_port(args.host)
     _check_port_free(args.host, args.port)
     args.reuse_port = True
-    queue = args.max_queue or int(os.environ.get("FFHQUV_MAX_QUEUE", "64"))
-    args.max_concurrent = max(1, -(-args.max_concurrent // n))
-    args.max_queue = max(1, -(-queue // n))
+    queue, running = gateway_admission(args)
+    args.max_queue, args.max_concurrent = max(1, -(-queue // n)), max(1, -(-running // n))
 
     def start(_port: int) -> tuple[subprocess.Popen, str]:
         proc, port_file = launch_gateway(args, addrs, args.port, env)

@@ -190,3 +190,16 @@ def test_local_calls_leave_no_threads_behind():
             asyncio.run(in_own_thread(lambda: 1 / 0))
     finally:
         torch.set_num_threads(old)
+
+
+def test_gateway_admission_from_flags_else_environment(monkeypatch):
+    """The gateway's queue and running limits: the flags, else FFHQUV_MAX_QUEUE /
+    FFHQUV_MAX_CONCURRENT (what serve all splits between its gateway processes)."""
+    import argparse
+
+    from ffhquv_cli.commands import gateway_admission
+
+    monkeypatch.delenv("FFHQUV_MAX_QUEUE", raising=False)
+    monkeypatch.setenv("FFHQUV_MAX_CONCURRENT", "8")
+    assert gateway_admission(argparse.Namespace(max_queue=None, max_concurrent=None)) == (64, 8)
+    assert gateway_admission(argparse.Namespace(max_queue=10, max_concurrent=3)) == (10, 3)
