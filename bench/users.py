@@ -373,7 +373,7 @@ def run_serve(args) -> list[dict]:
                 codes[c] = codes.get(c, 0) + 1
             sizes = [b for c, _, b, _ in results if b]
             splits = [sp for c, _, _, sp in results if c == "OK" and sp]
-            gws = os.environ.get("FFHQUV_GATEWAY_REPLICAS") or str(gateway_replicas())
+            gws = gateway_replicas()  # FFHQUV_GATEWAY_REPLICAS, else serve all's default
             conn = ", 1 connection" if args.one_connection else ""
             rows.append({"what": f"serve all, {n} clients, {secs:.0f} s, {fitters} fitters, "
                                  f"{gws} gateways{conn}",
