@@ -3,8 +3,12 @@
 Pipeline of :meth:`Detector.detect`:
 
 1. :func:`services.detector.decode.decode_image` (limits, EXIF orientation, 8-bit RGB);
-2. face detection with dlib HOG (default) or the MMOD CNN on a copy whose longest side is at
-   most ``detect_max_side`` (big photos stay allowed); boxes are scaled back to the original;
+2. face detection with dlib HOG (default) or the MMOD CNN; boxes are scaled back to the
+   original. For the largest face HOG looks first at a quick copy at most ``quick_side``
+   long, without upsampling (faces down to 1/8 of the photo's longer side); when that finds
+   no face scoring ``min_score``, and always for 'only' and index selections, it scans a
+   copy at most ``detect_max_side`` long, upsampled once below ``upsample_below`` (faces
+   down to ~40 px; FFHQ-UV's own preprocessing, and ``quick_side=0``);
 3. 68 landmarks by dlib's shape predictor on the ORIGINAL oriented image, for every face;
 4. faces sorted by box area (descending), one selected ('largest', 'only' or an index);
 5. :func:`services.detector.align.align_face` (224 crop, S x S hi-res crop, affine);
@@ -160,6 +164,14 @@ def _resize_longest(img: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
 
 
 
+def _to_original(box: tuple[int, int, int, int], f: float) -> tuple[float, float, float, float]:
+    """A box on a copy scaled by ``f`` in original pixels (pixel centres at integers: a copy
+    pixel x covers original (x + .5) / f - .5)."""
+    if f == 1.0:
+        return tuple(float(v) for v in box)
+    return tuple(float((v + 0.5) / f - 0.5) for v in box)
+
+
 def partial_face_note(landmarks: np.ndarray, width: int, height: int,
                       margin: float = 0.0) -> str | None:
     """A warning when the face is cut off by the image border: some of its ``float [68, 2]``
@@ -193,7 +205,16 @@ class Detector:
         fallback_score: when no face reaches ``min_score``, the best detection scoring at
             least this is used (with a note), so a weak but real face (glasses, profile) is
             not lost while weak false positives never add to strong faces.
-        detect_max_side: HOG runs on a copy no longer than this (CNN: ``cnn_max_side``).
+        quick_side: for the ``'largest'`` selection (the default) HOG looks first at a copy
+            no longer than this, not upsampled: faces of at least 1/8 of the photo's longer
+            side (a fifth of HOG's time on a 1000 px photo). When it finds a face scoring
+            ``min_score``, those are the faces listed (smaller ones beside a big one are
+            not); else the full scan below runs. ``'only'`` and index selections always run
+            the full scan (they need every face). 0 = the full scan only, as FFHQ-UV's
+            preprocessing does (the quick look's landmarks are within ~1 % of the eye
+            distance of it, ``BENCHMARKS.md``).
+        detect_max_side: HOG's full scan runs on a copy no longer than this (CNN:
+            ``cnn_max_side``).
         cnn_upsample: upsampling of the CNN (slow on CPU: about 4x per pass).
         max_bytes, max_pixels, min_side: decoding limits (see :func:`decode_image`).
         parser: optional learned face parser (BiSeNet) for the parse mask, see
@@ -209,6 +230,7 @@ class Detector:
         upsample_below: int = 1000,
         min_score: float = 0.3,
         fallback_score: float = 0.0,
+        quick_side: int = 640,
         detect_max_side: int = 1600,
         cnn_max_side: int = 800,
         cnn_upsample: int = 0,
@@ -224,6 +246,7 @@ class Detector:
         self.upsample_below = upsample_below
         self.min_score = min_score
         self.fallback_score = min(fallback_score, min_score)
+        self.quick_side = quick_side
         self.detect_max_side = detect_max_side
         self.cnn_max_side = cnn_max_side
         self.cnn_upsample = cnn_upsample
@@ -270,46 +293,57 @@ class Detector:
 
     # ------------------------------------------------------------------ stages
 
-    def find_faces(self, rgb: np.ndarray, backend: str | None = None
+    def find_faces(self, rgb: np.ndarray, backend: str | None = None, every: bool = False
                    ) -> tuple[list[tuple[tuple[float, float, float, float], float]], list[str]]:
         """Face boxes of an oriented image.
 
         Args:
             rgb: ``uint8 [H, W, 3]`` RGB.
             backend: ``"hog"`` / ``"cnn"``; None uses the detector's default.
+            every: HOG: every face down to the full scan's size (no quick look): what
+                ``'only'`` and index selections need.
         Returns:
             ``([((left, top, right, bottom), score), ...], notes)`` in ``rgb`` pixels, dlib
             rectangle convention (right / bottom inclusive), unsorted.
         """
         backend = self._check_backend(backend or self.backend)
         notes: list[str] = []
+        if backend == "hog" and self.quick_side > 0 and not every:
+            quick, fq = _resize_longest(rgb, self.quick_side)
+            strong = [x for x in self._hog_boxes(quick, 0, fq) if x[1] >= self.min_score]
+            if strong:
+                return strong, notes
         max_side = self.detect_max_side if backend == "hog" else self.cnn_max_side
         work, f = _resize_longest(rgb, max_side)
         if f != 1.0:
             notes.append(f"faces detected on a {work.shape[1]}x{work.shape[0]} copy of the "
                          f"{rgb.shape[1]}x{rgb.shape[0]} image")
-        work = np.ascontiguousarray(work)
         if backend == "hog":
-            up = self._upsample_for(work)
-            rects, scores, _ = self._hog().run(work, up, self.fallback_score)
-            found = [((r.left(), r.top(), r.right(), r.bottom()), float(s))
-                     for r, s in zip(rects, scores, strict=True)]
+            found = self._hog_boxes(work, self._upsample_for(work), f)
         else:
+            work = np.ascontiguousarray(work)
             cnn = self._cnn_model()
             with self._cnn_lock:
                 dets = cnn(work, self.cnn_upsample)
-            found = [((d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom()),
-                      float(d.confidence)) for d in dets if d.confidence >= self.fallback_score]
+            found = [(_to_original((d.rect.left(), d.rect.top(), d.rect.right(),
+                                    d.rect.bottom()), f), float(d.confidence))
+                     for d in dets if d.confidence >= self.fallback_score]
         strong = [x for x in found if x[1] >= self.min_score]
         if not strong and found:
             best = max(found, key=lambda x: x[1])
             notes.append(f"no detection scored {self.min_score} or more; using the best weak "
                          f"one (score {best[1]:.2f})")
             strong = [best]
-        if f != 1.0:
-            # pixel centres at integers: a copy pixel x covers original (x + .5) / f - .5
-            strong = [(tuple((v + 0.5) / f - 0.5 for v in box), s) for box, s in strong]
-        return [(tuple(float(v) for v in box), s) for box, s in strong], notes
+        return strong, notes
+
+    def _hog_boxes(self, work: np.ndarray, upsample: int, f: float
+                   ) -> list[tuple[tuple[float, float, float, float], float]]:
+        """HOG's detections scoring ``fallback_score`` or more on ``work`` (a copy scaled by
+        ``f``), boxes in original pixels."""
+        rects, scores, _ = self._hog().run(np.ascontiguousarray(work), upsample,
+                                           self.fallback_score)
+        return [(_to_original((r.left(), r.top(), r.right(), r.bottom()), f), float(s))
+                for r, s in zip(rects, scores, strict=True)]
 
     def landmarks(self, rgb: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
         """``float32 [68, 2]`` landmarks of the face in ``box`` (``rgb`` pixels)."""
@@ -387,7 +421,8 @@ class Detector:
             raise image_error(e) from e
         rgb = img.rgb
         notes = list(img.notes)
-        found, det_notes = self.find_faces(rgb, backend)
+        # the largest face needs the quick look only; 'only' and an index, every face
+        found, det_notes = self.find_faces(rgb, backend, every=selection != "largest")
         notes += det_notes
         if not found:
             raise NoFace("no face detected")
