@@ -96,6 +96,38 @@ def ref_result(ref_head):
                                texture_size=512)
 
 
+def test_front_surface_z_is_the_highest_hit_along_z():
+    """Against a plain reference (each query against every triangle, barycentric
+    coordinates in xy): queries over the default head and around it (misses included)."""
+    import torch
+
+    fm = _default_model()
+    with torch.no_grad():
+        v = fm.neutral(fm.zeros()["id"])[0].cpu().numpy().astype(np.float64)
+    faces = fm.tri.cpu().numpy()
+    rng = np.random.default_rng(3)
+    lo, hi = v[:, :2].min(0), v[:, :2].max(0)
+    xy = np.concatenate([rng.uniform(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo), (600, 2)),
+                         v[rng.integers(len(v), size=200), :2] + rng.normal(0, 1e-3, (200, 2))])
+    got = core.front_surface_z(v, faces, xy)
+    a, b, c = (v[faces[:, i]] for i in range(3))
+    det = (b - a)[:, 0] * (c - a)[:, 1] - (b - a)[:, 1] * (c - a)[:, 0]
+    keep = np.abs(det) > 1e-14
+    a, b, c, det = a[keep], b[keep], c[keep], det[keep]
+    want = np.full(len(xy), np.nan)
+    for i, p in enumerate(xy):
+        d = p - a[:, :2]
+        w1 = (d[:, 0] * (c - a)[:, 1] - d[:, 1] * (c - a)[:, 0]) / det
+        w2 = ((b - a)[:, 0] * d[:, 1] - (b - a)[:, 1] * d[:, 0]) / det
+        w0 = 1 - w1 - w2
+        hit = (w0 >= -1e-9) & (w1 >= -1e-9) & (w2 >= -1e-9)
+        if hit.any():
+            want[i] = (w0 * a[:, 2] + w1 * b[:, 2] + w2 * c[:, 2])[hit].max()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert np.isfinite(want).sum() > 300 and np.isnan(want).sum() > 50
+    np.testing.assert_allclose(got[np.isfinite(want)], want[np.isfinite(want)], atol=1e-12)
+
+
 def test_eyeball_mesh_is_closed_and_uv_mapped():
     import trimesh
 
@@ -323,14 +355,34 @@ def test_grpc_place_round_trip(ref_head):
         server.stop(0)
 
 
+def _forget(texture) -> None:
+    """The texture module's in-memory caches emptied (as in a new process)."""
+    texture._eyeball_layers.cache_clear()
+    texture._iris_free.cache_clear()
+
+
+def test_texture_is_the_layers_affine_in_the_iris_colour():
+    """Only the iris's box is computed per photo; the texture is still ``rgb * A + B``
+    rounded, to the bit, at every size and colour."""
+    from services.eyeball import texture
+
+    for size in (64, 100, 256):
+        a, b = texture._eyeball_layers(size, texture.DEFAULT_SEED)
+        for rgb in ((90, 60, 40), (60, 100, 160), (255, 255, 255), (0, 0, 0)):
+            want = np.clip(a * np.float32(rgb) + b + 0.5, 0, 255).astype(np.uint8)
+            np.testing.assert_array_equal(eyeball_texture(rgb, size), want)
+        _, (y0, y1, x0, x1) = texture._iris_free(size, texture.DEFAULT_SEED)
+        assert 0 < y1 - y0 < size and 0 < x1 - x0 < size
+
+
 def test_warm_builds_the_texture_layers_a_request_uses():
     """The service warms before it serves: after ``warm(S)`` a texture of side S is built from
     the cached layers (no miss), the same as without the warm-up."""
     from services.eyeball import texture
 
-    texture._eyeball_layers.cache_clear()
+    _forget(texture)
     cold = texture.eyeball_texture((90, 120, 160), 128)
-    texture._eyeball_layers.cache_clear()
+    _forget(texture)
     EyeballServicer.warm(128)
     misses = texture._eyeball_layers.cache_info().misses
     warm = texture.eyeball_texture((90, 120, 160), 128)
@@ -344,15 +396,15 @@ def test_texture_layers_kept_on_disk(tmp_path, monkeypatch):
     from services.eyeball import texture
 
     monkeypatch.setenv("FFHQUV_CACHE_DIR", str(tmp_path))
-    texture._eyeball_layers.cache_clear()
+    _forget(texture)
     drawn = texture.eyeball_texture((90, 120, 160), 96)
     (path,) = (tmp_path / "eyeball").glob("layers-*.npz")
-    texture._eyeball_layers.cache_clear()  # as a new process
+    _forget(texture)  # as a new process
     loaded = texture.eyeball_texture((90, 120, 160), 96)
     np.testing.assert_array_equal(drawn, loaded)
     assert not texture._eyeball_layers(96, texture.DEFAULT_SEED)[0].flags.writeable
     path.write_bytes(b"not an npz")
-    texture._eyeball_layers.cache_clear()
+    _forget(texture)
     np.testing.assert_array_equal(texture.eyeball_texture((90, 120, 160), 96), drawn)
     assert sorted(p.name for p in (tmp_path / "eyeball").iterdir()) == [path.name]
-    texture._eyeball_layers.cache_clear()
+    _forget(texture)

@@ -91,9 +91,12 @@ def points_in_polygon(pts: np.ndarray, poly: np.ndarray) -> np.ndarray:
 
 
 def front_surface_z(vertices: np.ndarray, faces: np.ndarray, xy: np.ndarray,
-                    chunk: int = 4096) -> np.ndarray:
+                    grid: int = 24) -> np.ndarray:
     """The front-most surface seen from +z: for each query ``(x, y)`` the largest ``z`` where
     the vertical line through it meets a triangle.
+
+    Queries and triangles meet through a ``grid x grid`` bucketing of the queries' bounding
+    box: each triangle is tested against the queries of the cells its box covers only.
 
     Args:
         vertices: ``[N, 3]`` mesh vertices.
@@ -110,33 +113,45 @@ def front_surface_z(vertices: np.ndarray, faces: np.ndarray, xy: np.ndarray,
     tri = v[faces]  # [T, 3, 3]
     lo, hi = q.min(0), q.max(0)
     tmin, tmax = tri[:, :, :2].min(1), tri[:, :, :2].max(1)
-    sel = ((tmax >= lo) & (tmin <= hi)).all(1)
-    tri = tri[sel]
-    if len(tri) == 0:
-        return out
-    a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
-    e1, e2 = (b - a)[:, :2], (c - a)[:, :2]
+    sel = ((tmax >= lo - 1e-12) & (tmin <= hi + 1e-12)).all(1)
+    tri, tmin, tmax = tri[sel], tmin[sel], tmax[sel]
+    e1, e2 = (tri[:, 1] - tri[:, 0])[:, :2], (tri[:, 2] - tri[:, 0])[:, :2]
     det = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
     ok = np.abs(det) > 1e-14
-    a, b, c, e1, e2, det = a[ok], b[ok], c[ok], e1[ok], e2[ok], det[ok]
-    tmin, tmax = tmin[sel][ok], tmax[sel][ok]
-    for s in range(0, len(q), chunk):
-        qq = q[s:s + chunk]
-        near = ((tmin[None] <= qq[:, None] + 1e-12) & (tmax[None] >= qq[:, None] - 1e-12)).all(2)
-        qi, ti = np.nonzero(near)
-        if len(qi) == 0:
-            continue
-        d = qq[qi] - a[ti, :2]
-        w1 = (d[:, 0] * e2[ti, 1] - d[:, 1] * e2[ti, 0]) / det[ti]
-        w2 = (e1[ti, 0] * d[:, 1] - e1[ti, 1] * d[:, 0]) / det[ti]
-        w0 = 1 - w1 - w2
-        inside = (w0 >= -1e-9) & (w1 >= -1e-9) & (w2 >= -1e-9)
-        z = w0 * a[ti, 2] + w1 * b[ti, 2] + w2 * c[ti, 2]
-        zz = np.full(len(qq), -np.inf)
-        np.maximum.at(zz, qi[inside], z[inside])
-        zz[np.isinf(zz)] = np.nan
-        out[s:s + chunk] = zz
-    return out
+    tri, tmin, tmax, e1, e2, det = tri[ok], tmin[ok], tmax[ok], e1[ok], e2[ok], det[ok]
+    if len(tri) == 0:
+        return out
+    # bucket the queries; each triangle lists the cells its box covers (clipped to the grid)
+    cell = np.maximum(hi - lo, 1e-12) / grid
+    qc = np.clip(((q - lo) / cell).astype(np.int64), 0, grid - 1)
+    qcell = qc[:, 1] * grid + qc[:, 0]
+    order = np.argsort(qcell, kind="stable")
+    starts = np.searchsorted(qcell[order], np.arange(grid * grid + 1))
+    c0 = np.clip(np.floor((tmin - 1e-12 - lo) / cell).astype(np.int64), 0, grid - 1)
+    c1 = np.clip(np.floor((tmax + 1e-12 - lo) / cell).astype(np.int64), 0, grid - 1)
+    nx, ny = c1[:, 0] - c0[:, 0] + 1, c1[:, 1] - c0[:, 1] + 1
+    t_of = np.repeat(np.arange(len(tri)), nx * ny)  # one entry per (triangle, cell)
+    k = np.arange(len(t_of)) - np.repeat(np.cumsum(nx * ny) - nx * ny, nx * ny)
+    cid = (c0[t_of, 1] + k // nx[t_of]) * grid + c0[t_of, 0] + k % nx[t_of]
+    n_q = starts[cid + 1] - starts[cid]  # queries in each of those cells
+    ti = np.repeat(t_of, n_q)
+    j = np.arange(len(ti)) - np.repeat(np.cumsum(n_q) - n_q, n_q)
+    qi = order[np.repeat(starts[cid], n_q) + j]
+    inbox = ((tmin[ti] <= q[qi] + 1e-12) & (tmax[ti] >= q[qi] - 1e-12)).all(1)
+    qi, ti = qi[inbox], ti[inbox]
+    if len(qi) == 0:
+        return out
+    a = tri[ti, 0]
+    d = q[qi] - a[:, :2]
+    w1 = (d[:, 0] * e2[ti, 1] - d[:, 1] * e2[ti, 0]) / det[ti]
+    w2 = (e1[ti, 0] * d[:, 1] - e1[ti, 1] * d[:, 0]) / det[ti]
+    w0 = 1 - w1 - w2
+    inside = (w0 >= -1e-9) & (w1 >= -1e-9) & (w2 >= -1e-9)
+    z = w0 * a[:, 2] + w1 * tri[ti, 1, 2] + w2 * tri[ti, 2, 2]
+    zz = np.full(len(q), -np.inf)
+    np.maximum.at(zz, qi[inside], z[inside])
+    zz[np.isinf(zz)] = np.nan
+    return zz
 
 
 def opening_polygon(ring_points: np.ndarray) -> np.ndarray:
