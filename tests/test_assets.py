@@ -76,13 +76,31 @@ def parts():
                 left_eye=eyes[0], right_eye=eyes[1], eye_texture=eyeball_texture(size=32))
 
 
+def _view_array(g: pygltflib.GLTF2, view: int, offset: int | None, dt, count: int) -> np.ndarray:
+    bv = g.bufferViews[view]
+    size = np.dtype(dt).itemsize
+    raw = g.binary_blob()[bv.byteOffset + (offset or 0):][: count * size]
+    return np.frombuffer(raw, dt)
+
+
 def _accessor(g: pygltflib.GLTF2, i: int) -> np.ndarray:
+    """An accessor's values, ``float64 [count, n]``: plain, bufferless (zeros) or sparse (the
+    listed rows over zeros or over its buffer)."""
     a = g.accessors[i]
-    bv = g.bufferViews[a.bufferView]
     n = {"SCALAR": 1, "VEC2": 2, "VEC3": 3}[a.type]
     dt = np.uint32 if a.componentType == pygltflib.UNSIGNED_INT else np.float32
-    raw = g.binary_blob()[bv.byteOffset + (a.byteOffset or 0):][: a.count * n * 4]
-    return np.frombuffer(raw, dt).reshape(a.count, n).astype(np.float64)
+    out = (np.zeros((a.count, n)) if a.bufferView is None else
+           _view_array(g, a.bufferView, a.byteOffset, dt, a.count * n)
+           .reshape(a.count, n).astype(np.float64))
+    if a.sparse is not None:
+        sp = a.sparse
+        idt = {pygltflib.UNSIGNED_SHORT: np.uint16, pygltflib.UNSIGNED_INT: np.uint32,
+               pygltflib.UNSIGNED_BYTE: np.uint8}[sp.indices.componentType]
+        rows = _view_array(g, sp.indices.bufferView, sp.indices.byteOffset, idt, sp.count)
+        assert (np.diff(rows.astype(np.int64)) > 0).all()  # strictly increasing (the spec)
+        out[rows] = _view_array(g, sp.values.bufferView, sp.values.byteOffset, dt,
+                                sp.count * n).reshape(sp.count, n)
+    return out
 
 
 def _head_arrays(g: pygltflib.GLTF2):

@@ -15,7 +15,10 @@ to glTF's (t down from the top of the image): ``s = u``, ``t = 1 - v``.
 Morph targets: a head mesh with :class:`ffhquv.mesh.MorphTargets` (the face model's 52 ARKit
 expressions) gets one glTF morph target per entry with POSITION and NORMAL deltas, the names in
 ``mesh.extras.targetNames`` (read by three.js, Babylon.js, Blender and Unity's glTF importers)
-and the fitted weights as ``mesh.weights``; all-zero weights give the neutral head.
+and the fitted weights as ``mesh.weights``; all-zero weights give the neutral head. A target
+moves a part of the head only (a fifth of its vertices on average): its deltas are written as
+glTF sparse accessors (the moved vertices' indices and values, the rest zero), which cuts the
+default head's GLB from 7.3 to about 3 MB.
 """
 
 from __future__ import annotations
@@ -112,6 +115,33 @@ class _Builder:
         self.g.accessors.append(acc)
         return len(self.g.accessors) - 1
 
+    def delta_accessor(self, arr: np.ndarray, kind: str, rows: np.ndarray,
+                       bounds: tuple[np.ndarray, np.ndarray] | None = None) -> int:
+        """A float32 morph-target delta ``arr [K, C]`` whose rows ``rows`` (ascending) are
+        the ones not zero: glTF's sparse form (no base buffer, those rows listed with their
+        indices) when that is smaller, a plain accessor otherwise, and no buffer at all for
+        an all-zero target (read as zeros). ``bounds``: its ``(min, max)`` over every row,
+        written as the accessor's (a POSITION delta needs them)."""
+        arr = np.ascontiguousarray(arr, np.float32)
+        n, c = arr.shape
+        small = n <= 65535
+        acc = gl.Accessor(componentType=gl.FLOAT, count=int(n), type=kind, byteOffset=None)
+        if bounds is not None:
+            acc.min, acc.max = (b.astype(float).tolist() for b in bounds)
+        if len(rows) * (c * 4 + (2 if small else 4)) >= n * c * 4:
+            acc.bufferView = self._view(arr.tobytes(), gl.ARRAY_BUFFER)
+            acc.byteOffset = 0
+        elif len(rows):
+            acc.sparse = gl.Sparse(
+                count=int(len(rows)),
+                indices=gl.AccessorSparseIndices(
+                    bufferView=self._view(rows.astype(np.uint16 if small else np.uint32)
+                                          .tobytes()),
+                    componentType=gl.UNSIGNED_SHORT if small else gl.UNSIGNED_INT),
+                values=gl.AccessorSparseValues(bufferView=self._view(arr[rows].tobytes())))
+        self.g.accessors.append(acc)
+        return len(self.g.accessors) - 1
+
     def texture(self, rgb: np.ndarray, png: bytes | None = None) -> int:
         view = self._view(png if png is not None else png_bytes(rgb))
         self.g.images.append(gl.Image(bufferView=view, mimeType="image/png"))
@@ -139,14 +169,17 @@ class _Builder:
         if mesh.morphs is not None and len(mesh.morphs.names):
             mt = mesh.morphs
             # each target's change of the normals, on the faces it moves
-            deltas = morph_normal_deltas(mesh.vertices, mt.offsets, mesh.faces)
-            for off, d_t in zip(mt.offsets, deltas, strict=True):
-                dn = d_t[src]
-                dn[np.abs(dn) < 1e-7] = 0.0  # float noise away from the target's region
+            dn = morph_normal_deltas(mesh.vertices, mt.offsets, mesh.faces)[:, src]
+            dn[np.abs(dn) < 1e-7] = 0.0  # float noise away from the target's region
+            dp = mt.offsets[:, src].astype(f32)
+            moved_p, moved_n = np.any(dp != 0, axis=2), np.any(dn != 0, axis=2)
+            lo, hi = dp.min(1), dp.max(1)  # [targets, 3]
+            for k in range(len(dp)):
                 targets.append(gl.Attributes(
-                    POSITION=self.accessor(off[src].astype(f32), gl.VEC3, gl.ARRAY_BUFFER,
-                                           True),
-                    NORMAL=self.accessor(dn.astype(f32), gl.VEC3, gl.ARRAY_BUFFER)))
+                    POSITION=self.delta_accessor(dp[k], gl.VEC3, np.flatnonzero(moved_p[k]),
+                                                 (lo[k], hi[k])),
+                    NORMAL=self.delta_accessor(dn[k].astype(f32), gl.VEC3,
+                                               np.flatnonzero(moved_n[k]))))
             names = list(mt.names)
             weights = [float(w) for w in mt.weights]
         ind = self.accessor(idx.reshape(-1, 1), gl.SCALAR, gl.ELEMENT_ARRAY_BUFFER)
