@@ -355,8 +355,10 @@ class Detector:
     def largest_face_landmarks(self, rgb: np.ndarray) -> np.ndarray | None:
         """``float32 [68, 2]`` landmarks of the largest face the default backend finds in
         ``uint8 [H, W, 3]`` RGB, or None when there is none: a 68-point landmarker for renders
-        (``ffhquv build-model`` passes it to the fitter's default face-model build)."""
-        boxes, _notes = self.find_faces(rgb)
+        (``ffhquv build-model`` passes it to the fitter's default face-model build). The full
+        scan, no quick look: the built model must not depend on which landmarker is wired
+        (the build alone runs dlib the same way)."""
+        boxes, _notes = self.find_faces(rgb, every=True)
         if not boxes:
             return None
         box = max(boxes, key=lambda b: (b[0][2] - b[0][0]) * (b[0][3] - b[0][1]))[0]

@@ -822,13 +822,26 @@ def lr_asymmetry(texture: np.ndarray, maps) -> float:
         ``|mean(left) - mean(right)| / mean(both)`` over the face-region texels, split by the
         sign of x on the mean shape (0 for a left/right symmetric brightness).
     """
-    face = host_array(maps, "face") > 0.5
-    x = host_array(maps, "pos_mean")[..., 0]
-    lum = texture.astype(np.float64).mean(-1)
-    left, right = lum[face & (x < -0.05)], lum[face & (x > 0.05)]
-    if len(left) == 0 or len(right) == 0:
+    left_i, right_i = _face_halves(maps)
+    if len(left_i) == 0 or len(right_i) == 0:
         return 0.0
-    return float(abs(left.mean() - right.mean()) / max(0.5 * (left.mean() + right.mean()), 1e-6))
+    flat = texture.reshape(-1, texture.shape[-1])
+    left = flat[left_i].astype(np.float64).mean()
+    right = flat[right_i].astype(np.float64).mean()
+    return float(abs(left - right) / max(0.5 * (left + right), 1e-6))
+
+
+def _face_halves(maps) -> tuple[np.ndarray, np.ndarray]:
+    """The flat texel indices of the face region's left (x < -0.05 on the mean shape) and
+    right (x > 0.05) halves, made once per atlas (kept in ``maps.derived``)."""
+    key = "lr-asymmetry-halves"
+    hit = maps.derived.get(key)
+    if hit is None:
+        face = host_array(maps, "face") > 0.5
+        x = host_array(maps, "pos_mean")[..., 0]
+        hit = maps.derived[key] = (np.flatnonzero(face & (x < -0.05)),
+                                   np.flatnonzero(face & (x > 0.05)))
+    return hit
 
 
 def draw_landmarks(img: np.ndarray, lm: np.ndarray, color: tuple[int, int, int]) -> np.ndarray:
