@@ -73,15 +73,16 @@ def test_no_face(detector, which):
 
 def test_several_faces_and_selection(detector, two_faces):
     data = encode(two_faces)
-    # 'largest' lists what the quick look found (faces of at least 1/8 of the longer side:
-    # the big one here), an index every face
-    largest = detector.detect(data)
-    assert len(largest.faces) == 1 and largest.selected_index == 0
-    r = detector.detect(data, selection=0)
+    r = detector.detect(data)
     assert len(r.faces) == 2 and r.selected_index == 0
+    # with the quick look 'largest' lists what it found (faces of at least 1/8 of the longer
+    # side: the big one here), an index every face
+    largest = Detector(quick_side=640).detect(data)
+    assert len(largest.faces) == 1 and largest.selected_index == 0
     lm = r.faces[0].landmarks
     assert (np.linalg.norm(largest.faces[0].landmarks - lm, axis=1).mean()
             < 0.03 * np.linalg.norm(lm[36] - lm[45]))
+    assert len(Detector(quick_side=640).detect(data, selection=0).faces) == 2
     big, small = r.faces
     assert big.area > small.area
     assert (big.box[0] + big.box[2]) / 2 < 640 < (small.box[0] + small.box[2]) / 2
@@ -127,33 +128,43 @@ def test_cnn_backend(detector, astronaut_rgb, astronaut_res):
 
 
 @pytest.fixture(scope="module")
-def full_scan() -> Detector:
-    """HOG's full scan only, as FFHQ-UV's preprocessing runs it."""
-    return Detector(quick_side=0)
+def quick() -> Detector:
+    """The quick look first (``FFHQUV_DETECT_QUICK_SIDE=640``)."""
+    return Detector(quick_side=640)
 
 
-def test_big_image_detected_on_downscaled_copy(detector, full_scan, astronaut_rgb, astronaut_res):
+def test_quick_side_from_the_environment(monkeypatch):
+    monkeypatch.setenv("FFHQUV_DETECT_QUICK_SIDE", "640")
+    assert Detector().quick_side == 640
+    monkeypatch.delenv("FFHQUV_DETECT_QUICK_SIDE")
+    assert Detector().quick_side == 0  # FFHQ-UV's full scan
+    monkeypatch.setenv("FFHQUV_DETECT_QUICK_SIDE", "big")
+    with pytest.raises(ValueError, match="FFHQUV_DETECT_QUICK_SIDE must be a whole number"):
+        Detector()
+
+
+def test_big_image_detected_on_downscaled_copy(detector, quick, astronaut_rgb, astronaut_res):
     k = 2400 / 512
     big = cv2.resize(astronaut_rgb, (2400, 2400), interpolation=cv2.INTER_CUBIC)
     want = (astronaut_res.faces[0].landmarks + 0.5) * k - 0.5
-    for det in (full_scan, detector):
+    for det in (detector, quick):
         r = det.detect(encode(big, "JPEG", quality=90), unwrap_size=512)
         assert r.image_size == (2400, 2400)
-        # the full scan says it ran on a copy; the quick look is every photo's first step
+        # the full scan says it ran on a copy; the quick look is a photo's first step
         assert any("1600x1600 copy of the 2400x2400 image" in n for n in r.notes) == (
-            det is full_scan)
+            det is detector)
         assert np.abs(r.faces[0].landmarks - want).mean() < 2.0 * k
         assert np.abs(r.aligned.crop_landmarks - astronaut_res.aligned.crop_landmarks
                       ).mean() < 2.0
 
 
-def test_small_face_in_a_big_photo_found_by_the_full_scan(detector, astronaut_rgb):
+def test_small_face_in_a_big_photo_found_by_the_full_scan(quick, astronaut_rgb):
     """A face under 1/8 of the longer side: the quick look misses it, the full scan (its
     upsampling) finds it, with the same landmarks as the full scan alone."""
     small = cv2.resize(astronaut_rgb, (192, 192), interpolation=cv2.INTER_AREA)
     canvas = np.full((500, 1000, 3), 200, np.uint8)
     canvas[150:342, 400:592] = small
-    r = detector.detect(encode(canvas), unwrap_size=512)
+    r = quick.detect(encode(canvas), unwrap_size=512)
     assert len(r.faces) == 1
     direct = Detector(quick_side=0).detect(encode(canvas), unwrap_size=512)
     np.testing.assert_array_equal(r.faces[0].landmarks, direct.faces[0].landmarks)
@@ -161,7 +172,7 @@ def test_small_face_in_a_big_photo_found_by_the_full_scan(detector, astronaut_rg
     # the quick look alone (no upsampling, face ~60 px) would not have found it
     rects, scores, _ = hog_detector().run(
         np.ascontiguousarray(cv2.resize(canvas, (640, 320), interpolation=cv2.INTER_AREA)),
-        0, detector.min_score)
+        0, quick.min_score)
     assert len(rects) == 0
 
 
@@ -234,27 +245,26 @@ def test_hog_detector_kept_on_disk(two_faces, tmp_path, monkeypatch):
 
 @pytest.mark.reference_data
 @pytest.mark.parametrize("name", REF_PHOTOS)
-def test_landmarks_equal_direct_dlib(full_scan, detector, ref_dir, name):
-    """``quick_side=0``: exactly FFHQ-UV's preprocessing (dlib's HOG, upsampled once below
-    1000 px, then the shape predictor); the default quick look lands within 3 % of the eye
-    distance of it."""
+def test_landmarks_equal_direct_dlib(detector, quick, ref_dir, name):
+    """The default: exactly FFHQ-UV's preprocessing (dlib's HOG, upsampled once below 1000 px,
+    then the shape predictor); the quick look lands within 3 % of the eye distance of it."""
     data = (ref_dir / name).read_bytes()
-    r = full_scan.detect(data, unwrap_size=512)
+    r = detector.detect(data, unwrap_size=512)
     img = np.asarray(Image.open(ref_dir / name).convert("RGB"))
     hog = dlib.get_frontal_face_detector()
     sp = dlib.shape_predictor(str(models_directory() / SHAPE_PREDICTOR_FILE))
-    up = 1 if max(img.shape[:2]) <= full_scan.upsample_below else 0
-    rects, scores, _ = hog.run(img, up, full_scan.min_score)
+    up = 1 if max(img.shape[:2]) <= detector.upsample_below else 0
+    rects, scores, _ = hog.run(img, up, detector.min_score)
     assert len(rects) == len(r.faces) == 1
     rect = rects[0]
     assert r.faces[0].box == (rect.left(), rect.top(), rect.right(), rect.bottom())
     assert r.faces[0].score == pytest.approx(scores[0])
     want = np.array([[p.x, p.y] for p in sp(img, rect).parts()], np.float32)
     np.testing.assert_array_equal(r.faces[0].landmarks, want)
-    quick = detector.detect(data, unwrap_size=512)
-    assert len(quick.faces) == 1
+    q = quick.detect(data, unwrap_size=512)
+    assert len(q.faces) == 1
     iod = np.linalg.norm(want[36] - want[45])
-    assert np.linalg.norm(quick.faces[0].landmarks - want, axis=1).mean() < 0.03 * iod
+    assert np.linalg.norm(q.faces[0].landmarks - want, axis=1).mean() < 0.03 * iod
 
 
 @pytest.mark.reference_data

@@ -4,11 +4,9 @@ Pipeline of :meth:`Detector.detect`:
 
 1. :func:`services.detector.decode.decode_image` (limits, EXIF orientation, 8-bit RGB);
 2. face detection with dlib HOG (default) or the MMOD CNN; boxes are scaled back to the
-   original. For the largest face HOG looks first at a quick copy at most ``quick_side``
-   long, without upsampling (faces down to 1/8 of the photo's longer side); when that finds
-   no face scoring ``min_score``, and always for 'only' and index selections, it scans a
-   copy at most ``detect_max_side`` long, upsampled once below ``upsample_below`` (faces
-   down to ~40 px; FFHQ-UV's own preprocessing, and ``quick_side=0``);
+   original. HOG scans a copy at most ``detect_max_side`` long, upsampled once below
+   ``upsample_below`` (faces down to ~40 px; FFHQ-UV's own preprocessing); optionally
+   (``quick_side``) it first looks for the largest face on a small copy, not upsampled;
 3. 68 landmarks by dlib's shape predictor on the ORIGINAL oriented image, for every face;
 4. faces sorted by box area (descending), one selected ('largest', 'only' or an index);
 5. :func:`services.detector.align.align_face` (224 crop, S x S hi-res crop, affine);
@@ -41,7 +39,7 @@ import cv2
 import dlib
 import numpy as np
 
-from ffhquv.config import cache_dir
+from ffhquv.config import cache_dir, detect_quick_side
 from ffhquv.diskcache import write_atomically
 from ffhquv.errors import (
     BackendUnavailable,
@@ -205,14 +203,16 @@ class Detector:
         fallback_score: when no face reaches ``min_score``, the best detection scoring at
             least this is used (with a note), so a weak but real face (glasses, profile) is
             not lost while weak false positives never add to strong faces.
-        quick_side: for the ``'largest'`` selection (the default) HOG looks first at a copy
-            no longer than this, not upsampled: faces of at least 1/8 of the photo's longer
-            side (a fifth of HOG's time on a 1000 px photo). When it finds a face scoring
-            ``min_score``, those are the faces listed (smaller ones beside a big one are
-            not); else the full scan below runs. ``'only'`` and index selections always run
-            the full scan (they need every face). 0 = the full scan only, as FFHQ-UV's
-            preprocessing does (the quick look's landmarks are within ~1 % of the eye
-            distance of it, ``BENCHMARKS.md``).
+        quick_side: for the ``'largest'`` selection (the default) HOG can look first at a
+            copy no longer than this, not upsampled: faces of at least 1/8 of the photo's
+            longer side, a fifth of the full scan's time on a 1000 px photo. When it finds a
+            face scoring ``min_score``, those are the faces listed (smaller ones beside a big
+            one are not); else the full scan below runs. ``'only'`` and index selections
+            always run the full scan (they need every face). None = ``FFHQUV_DETECT_QUICK_SIDE``
+            (default 0: the full scan only, as FFHQ-UV's preprocessing does). The quick
+            look's landmarks are within ~1 % of the eye distance of the full scan's, about
+            dlib's own jitter for a box one pixel off, but the fit can tip on that: on one of
+            24 test photos the hair was lost (``BENCHMARKS.md``, nineteenth session).
         detect_max_side: HOG's full scan runs on a copy no longer than this (CNN:
             ``cnn_max_side``).
         cnn_upsample: upsampling of the CNN (slow on CPU: about 4x per pass).
@@ -230,7 +230,7 @@ class Detector:
         upsample_below: int = 1000,
         min_score: float = 0.3,
         fallback_score: float = 0.0,
-        quick_side: int = 640,
+        quick_side: int | None = None,
         detect_max_side: int = 1600,
         cnn_max_side: int = 800,
         cnn_upsample: int = 0,
@@ -246,7 +246,7 @@ class Detector:
         self.upsample_below = upsample_below
         self.min_score = min_score
         self.fallback_score = min(fallback_score, min_score)
-        self.quick_side = quick_side
+        self.quick_side = detect_quick_side() if quick_side is None else quick_side
         self.detect_max_side = detect_max_side
         self.cnn_max_side = cnn_max_side
         self.cnn_upsample = cnn_upsample
