@@ -116,7 +116,9 @@ def render_views(head: MeshData, head_texture: np.ndarray, left_eye: MeshData,
     tri = torch.from_numpy(mesh.faces).to(dev)
     uv = torch.from_numpy(mesh.uvs).to(dev)
     uvt = torch.from_numpy(mesh.uv_faces).to(dev)
-    surface = Surface(uv=uv, uv_tri=uvt, texture=torch.from_numpy(atlas).to(dev))
+    # to float once for all the views (render_preview would convert it for each)
+    tex = torch.from_numpy(atlas).to(dev).float().div_(255.0)[None]
+    surface = Surface(uv=uv, uv_tri=uvt, texture=tex)
     out = []
     with torch.no_grad():
         for yaw in yaws_deg:
