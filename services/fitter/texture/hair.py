@@ -56,8 +56,8 @@ class HairLayer:
     Attributes:
         color: ``float32 [S, S, 3]`` hair albedo (sRGB in [0, 1]).
         matte: ``float32 [S, S]`` in [0, 1], where hair covers the skin.
-        info: ``{"has_hair", "long_hair", "hair_rgb", "hair_amp", "hair_px", "skin_px"}`` for
-            the report.
+        info: ``{"has_hair", "long_hair", "hair_rgb", "hair_amp", "hair_px", "skin_px",
+            "crown_hair_share"}`` for the report.
     """
 
     color: np.ndarray
@@ -293,7 +293,7 @@ def hair_info(stats: dict) -> dict:
     painted, its volume and length (:func:`~services.fitter.texture.masks.hair_extent`), and
     ``texture``: ``"photo"`` (:func:`hair_swatch`) or ``"strands"``
     (:func:`strand_noise`). ``stats``: a ``HeadMasks.hair_stats`` entry."""
-    info = {k: stats.get(k) for k in ("hair_px", "skin_px")}
+    info = {k: stats.get(k) for k in ("hair_px", "skin_px", "crown_hair_share")}
     info["has_hair"] = bool(stats.get("has_hair")) and "hair_rgb" in stats
     if info["has_hair"]:
         # where the unseen scalp's hair texture came from: the photo's hair or strand noise
