@@ -311,12 +311,13 @@ def run_serve(args) -> list[dict]:
                     if ev.WhichOneof("event") == "result":
                         result = ev.result
                 t_result = time.perf_counter() - t
-                bs, split = None, {}
+                bs, split, got = None, {}, 0
                 for art in result.artifacts:
                     buf = bytearray()
                     for ch in stub.GetArtifact(gateway_pb2.GetArtifactRequest(
                             artifact_id=art.id), timeout=120):
                         buf.extend(ch.data)
+                    got += len(buf)
                     if art.name == "report.json":
                         rep = json.loads(bytes(buf))
                         bs = rep["batch_size"]
@@ -324,6 +325,7 @@ def run_serve(args) -> list[dict]:
                 dt = time.perf_counter() - t
                 split.update({k: float(result.metrics.get(k, 0.0)) for k in GATEWAY_SPLIT})
                 split["download_s"] = dt - t_result
+                split["download_mb"] = got / 1e6
                 return "OK", dt, bs, split
             except grpc.RpcError as e:
                 return e.code().name, time.perf_counter() - t, None, {}
@@ -387,6 +389,9 @@ def run_serve(args) -> list[dict]:
                          "cpu_s_per_photo": ", ".join(f"{k} {v:.2f}" for k, v in
                                                       sorted(cpu.items(), key=lambda x: -x[1])),
                          "codes": ", ".join(f"{k}={v}" for k, v in sorted(codes.items())),
+                         # what a client downloads a photo (every artifact), median
+                         "mb_per_photo": (float(np.median([sp["download_mb"] for sp in splits]))
+                                          if splits else None),
                          # medians: the gateway's stages as it saw them, the fitter's own
                          # stages of the batch the photo was in, the artifacts' download
                          "split_s": ", ".join(
