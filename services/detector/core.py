@@ -211,8 +211,9 @@ class Detector:
             always run the full scan (they need every face). None = ``FFHQUV_DETECT_QUICK_SIDE``
             (default 0: the full scan only, as FFHQ-UV's preprocessing does). The quick
             look's landmarks are within ~1 % of the eye distance of the full scan's, about
-            dlib's own jitter for a box one pixel off, but the fit can tip on that: on one of
-            24 test photos the hair was lost (``BENCHMARKS.md``, nineteenth session).
+            dlib's own jitter for a box one pixel off, but the fit can tip on that: of 24
+            test photos, one neck took a white collar's tone (``BENCHMARKS.md``, nineteenth
+            session).
         detect_max_side: HOG's full scan runs on a copy no longer than this (CNN:
             ``cnn_max_side``).
         cnn_upsample: upsampling of the CNN (slow on CPU: about 4x per pass).
