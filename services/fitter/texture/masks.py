@@ -329,6 +329,10 @@ def eyeglass_frames(marks: np.ndarray, lm: np.ndarray, parse: np.ndarray
 
 # hair is darker than DARK_HAIR x the luma of the face skin in its column
 DARK_HAIR = 0.5
+# below the jaw, facial hair (and the neck's shadow) is darker than this fraction of the face
+# skin's luma in its column, or streaky: on 24 photos this kept 96-100 % of what the test
+# took before, except fd18's white collar (BENCHMARKS.md, nineteenth session)
+BEARD_DARK = 0.85
 # fine-detail energy against the face skin's median above which a forehead pixel is a streak
 # of hair (strands over the forehead, :func:`_forehead_strands`)
 STREAK_RATIO = 4.0
@@ -737,7 +741,13 @@ def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray, cw: np
     band = np.zeros((h, w), np.uint8)
     cv2.fillConvexPoly(band, cv2.convexHull(
         np.concatenate([jaw, jaw + [0, 0.35 * iod]]).astype(np.int32)), 1)
-    beard = (band > 0) & (yy > y_nose) & hair
+    # ... where the head shows something darker than the face skin of its column (a beard,
+    # stubble, the neck's shadow) or strand texture (a white beard): a light collar or scarf
+    # that GrabCut kept is neither, and stays out of the neck
+    beardlike = darkrel < BEARD_DARK
+    if streaky is not None:
+        beardlike = beardlike | streaky
+    beard = (band > 0) & (yy > y_nose) & hair & beardlike
     tex = np.maximum(tex, beard.astype(np.float32))
     # the person's skin outside the face: ears, neck, forehead top, a bald scalp
     ext = fg & (parse == PARSE_BG) & ~hair & ~beard
