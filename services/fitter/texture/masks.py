@@ -331,7 +331,7 @@ def eyeglass_frames(marks: np.ndarray, lm: np.ndarray, parse: np.ndarray
 DARK_HAIR = 0.5
 # below the jaw, facial hair (and the neck's shadow) is darker than this fraction of the face
 # skin's luma in its column, or streaky: on 24 photos this kept 77-100 % of the pixels the test
-# took before (97 % or more on 17 of them; fd08 77 %, fd19 86 %), and 39 % of fd18's with the
+# took before (97 % or more on 19 of them; fd08 77 %, fd19 86 %), and 39 % of fd18's with the
 # quick look, its white collar left out (BENCHMARKS.md, nineteenth session)
 BEARD_DARK = 0.85
 # fine-detail energy against the face skin's median above which a forehead pixel is a streak
