@@ -164,9 +164,7 @@ def _resize_longest(img: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
 
 def _to_original(box: tuple[int, int, int, int], f: float) -> tuple[float, float, float, float]:
     """A box on a copy scaled by ``f`` in original pixels (pixel centres at integers: a copy
-    pixel x covers original (x + .5) / f - .5)."""
-    if f == 1.0:
-        return tuple(float(v) for v in box)
+    pixel x covers original (x + .5) / f - .5; exact for f = 1)."""
     return tuple(float((v + 0.5) / f - 0.5) for v in box)
 
 

@@ -178,8 +178,7 @@ class _Builder:
                 targets.append(gl.Attributes(
                     POSITION=self.delta_accessor(dp[k], gl.VEC3, np.flatnonzero(moved_p[k]),
                                                  (lo[k], hi[k])),
-                    NORMAL=self.delta_accessor(dn[k].astype(f32), gl.VEC3,
-                                               np.flatnonzero(moved_n[k]))))
+                    NORMAL=self.delta_accessor(dn[k], gl.VEC3, np.flatnonzero(moved_n[k]))))
             names = list(mt.names)
             weights = [float(w) for w in mt.weights]
         ind = self.accessor(idx.reshape(-1, 1), gl.SCALAR, gl.ELEMENT_ARRAY_BUFFER)

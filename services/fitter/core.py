@@ -83,6 +83,7 @@ from services.fitter.texture import (
     to_host,
     uv_maps,
 )
+from services.fitter.texture.atlas import derived_arrays
 
 if TYPE_CHECKING:
     from services.fitter.paper_mode import PaperOptions
@@ -831,17 +832,15 @@ def lr_asymmetry(texture: np.ndarray, maps) -> float:
     return float(abs(left - right) / max(0.5 * (left + right), 1e-6))
 
 
-def _face_halves(maps) -> tuple[np.ndarray, np.ndarray]:
+def _face_halves(maps) -> tuple[np.ndarray, ...]:
     """The flat texel indices of the face region's left (x < -0.05 on the mean shape) and
-    right (x > 0.05) halves, made once per atlas (kept in ``maps.derived``)."""
-    key = "lr-asymmetry-halves"
-    hit = maps.derived.get(key)
-    if hit is None:
+    right (x > 0.05) halves, made once per atlas (:func:`derived_arrays`)."""
+    def build() -> tuple[np.ndarray, np.ndarray]:
         face = host_array(maps, "face") > 0.5
         x = host_array(maps, "pos_mean")[..., 0]
-        hit = maps.derived[key] = (np.flatnonzero(face & (x < -0.05)),
-                                   np.flatnonzero(face & (x > 0.05)))
-    return hit
+        return np.flatnonzero(face & (x < -0.05)), np.flatnonzero(face & (x > 0.05))
+
+    return derived_arrays(maps, "lr-halves", build, (__file__,))
 
 
 def draw_landmarks(img: np.ndarray, lm: np.ndarray, color: tuple[int, int, int]) -> np.ndarray:
