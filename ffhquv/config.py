@@ -80,7 +80,7 @@ def detect_quick_side() -> int:
     """``FFHQUV_DETECT_QUICK_SIDE``: the longest side of the copy on which the detector looks
     for the largest face first (0, the default: FFHQ-UV's full scan only; see
     ``services.detector.core.Detector``)."""
-    raw = os.environ.get("FFHQUV_DETECT_QUICK_SIDE") or "0"
+    raw = env("FFHQUV_DETECT_QUICK_SIDE") or "0"
     try:
         side = int(raw)
     except ValueError:
@@ -217,11 +217,27 @@ def fitter_max_batch() -> int | None:
     return int(v) if v else None
 
 
+def _replicas(name: str) -> int | None:
+    v = (env(name) or "").strip()
+    return max(1, int(v)) if v else None
+
+
 def fitter_replicas() -> int | None:
     """``FFHQUV_FITTER_REPLICAS`` (at least 1), None when unset (``serve all`` picks by
     device and cores)."""
-    v = os.environ.get("FFHQUV_FITTER_REPLICAS", "").strip()
-    return max(1, int(v)) if v else None
+    return _replicas("FFHQUV_FITTER_REPLICAS")
+
+
+def serve_replicas() -> int | None:
+    """``FFHQUV_SERVE_REPLICAS`` (at least 1): ``serve all``'s processes of each CPU service,
+    None when unset (it picks by cores)."""
+    return _replicas("FFHQUV_SERVE_REPLICAS")
+
+
+def gateway_replicas() -> int | None:
+    """``FFHQUV_GATEWAY_REPLICAS`` (at least 1): ``serve all``'s gateway processes, None when
+    unset (it picks by cores)."""
+    return _replicas("FFHQUV_GATEWAY_REPLICAS")
 
 
 def fitter_max_delay_s() -> float:

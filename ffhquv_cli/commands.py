@@ -417,7 +417,7 @@ def _metrics_port(args: argparse.Namespace) -> int | None:
 
 
 def _gateway(args: argparse.Namespace, addrs: dict[str, str]):
-    from ffhquv.config import cache_dir
+    from ffhquv import config
     from gateway.backends import GrpcBackends
     from gateway.orchestrator import Orchestrator
     from gateway.security import (
@@ -431,10 +431,8 @@ def _gateway(args: argparse.Namespace, addrs: dict[str, str]):
     ca, cert, key = _tls_paths(args)
     backends = GrpcBackends(**addrs, credentials=channel_credentials(ca, cert, key),
                             token=internal_token())
-    storage = Path(args.storage_dir or os.environ.get("FFHQUV_STORAGE_DIR")
-                   or cache_dir() / "artifacts")
-    store = LocalArtifactStore(storage, int(os.environ.get("FFHQUV_STORAGE_MAX_BYTES",
-                                                           str(5 * 1024 ** 3))))
+    storage = Path(args.storage_dir) if args.storage_dir else config.storage_dir()
+    store = LocalArtifactStore(storage, config.storage_max_bytes())
     max_queue, max_concurrent = gateway_admission(args)
     # several reconstructions at once, so the fitter's batcher has photos to batch and
     # detection / eyeballs / export of some overlap the fit of others
@@ -551,10 +549,15 @@ def gateway_replicas() -> int:
     orchestration and artifact downloads: about a core at 4 photos/s, where 32 clients
     waited 1.6 s for their downloads (BENCHMARKS.md, eighteenth session: 1 gateway 3.86
     photos/s, 2 gateways 4.91, 4 gateways 5.01)."""
-    env = os.environ.get("FFHQUV_GATEWAY_REPLICAS", "").strip()
-    if env:
-        return max(1, int(env))
-    return max(1, min(4, (os.cpu_count() or 1) // 4))
+    from ffhquv import config
+
+    return _one_per_4_cores(config.gateway_replicas())
+
+
+def _one_per_4_cores(n: int | None) -> int:
+    """``n``, else one process per 4 cores, 1 to 4 (``serve all``'s CPU services and
+    gateways)."""
+    return n if n is not None else max(1, min(4, (os.cpu_count() or 1) // 4))
 
 
 def _free_port(host: str) -> int:
@@ -623,10 +626,9 @@ def read_token_of(args: argparse.Namespace) -> str | None:
 def cpu_service_replicas() -> int:
     """Processes per CPU service (detector, eyeball, exporter) in ``serve all``:
     ``FFHQUV_SERVE_REPLICAS``, else one per 4 cores, 1 to 4."""
-    env = os.environ.get("FFHQUV_SERVE_REPLICAS", "").strip()
-    if env:
-        return max(1, int(env))
-    return max(1, min(4, (os.cpu_count() or 1) // 4))
+    from ffhquv import config
+
+    return _one_per_4_cores(config.serve_replicas())
 
 
 def fitter_replicas(device: str) -> int:
