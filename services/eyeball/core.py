@@ -113,11 +113,10 @@ def front_surface_z(vertices: np.ndarray, faces: np.ndarray, xy: np.ndarray,
     tri = v[faces]  # [T, 3, 3]
     lo, hi = q.min(0), q.max(0)
     tmin, tmax = tri[:, :, :2].min(1), tri[:, :, :2].max(1)
-    sel = ((tmax >= lo - 1e-12) & (tmin <= hi + 1e-12)).all(1)
-    tri, tmin, tmax = tri[sel], tmin[sel], tmax[sel]
     e1, e2 = (tri[:, 1] - tri[:, 0])[:, :2], (tri[:, 2] - tri[:, 0])[:, :2]
     det = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
-    ok = np.abs(det) > 1e-14
+    # triangles near the queries, not degenerate seen from +z
+    ok = ((tmax >= lo - 1e-12) & (tmin <= hi + 1e-12)).all(1) & (np.abs(det) > 1e-14)
     tri, tmin, tmax, e1, e2, det = tri[ok], tmin[ok], tmax[ok], e1[ok], e2[ok], det[ok]
     if len(tri) == 0:
         return out
