@@ -246,7 +246,8 @@ def test_gateway_replicas_share_the_port_and_the_results(tmp_path, astronaut_jpg
         cmd = open(f"/proc/{gw}/cmdline", "rb").read()
         assert b"--reuse-port" in cmd and b"replica-token" not in cmd
         assert b"FFHQUV_AUTH_TOKEN=replica-token" in open(f"/proc/{gw}/environ", "rb").read()
-        assert "gateway: 2 processes on port" in stack.log()
+        # serve all says so once the replica is healthy, after its process appeared
+        wait_until(lambda: "gateway: 2 processes on port" in stack.log(), timeout=120)
         with stack.channel() as ch:
             wait_until(lambda: _status(ch, GATEWAY) == "SERVING", timeout=120)
             res = gateway_pb2_grpc.ReconstructionStub(ch).Reconstruct(
