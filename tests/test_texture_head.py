@@ -645,6 +645,15 @@ def test_eyeglass_frames_found_on_glasses_only(detected):
         if glasses:  # the frames around both eyes, never the eyes themselves
             eyes = a.parse_mask == 3
             assert frames.sum() > 150 and frames[eyes].mean() < 0.2, (name, frames.sum())
+            # ... and the whole lower rims, a thin metal one too (fd12's: 0.29 and 0.04 of
+            # the columns under the eyes before the faint pixels were joined, now 1.0)
+            lm = a.crop_landmarks
+            iod = float(np.linalg.norm(lm[36] - lm[45]))
+            for s in (36, 42):
+                e = lm[s:s + 6]
+                x0, x1 = int(np.ceil(e[:, 0].min())), int(e[:, 0].max())
+                y0, y1 = int(e[:, 1].max() + 0.05 * iod), int(e[:, 1].max() + 0.45 * iod)
+                assert frames[y0:y1, x0:x1 + 1].any(0).mean() > 0.9, (name, s)
         else:
             assert frames.sum() == 0
 

@@ -234,6 +234,11 @@ MARK_RADIUS_IOD = 0.05
 MARK_SIDE = 448
 STRAND_CONTRAST = 0.3
 FRAME_CONTRAST = 0.4
+# an eyeglass frame's fainter pixels (joined to the confident ones, :func:`eyeglass_frames`)
+# and the ellipse around each eye they are looked for in (half-axes, x the inter-ocular
+# distance)
+FRAME_FAINT = 0.15
+FRAME_ZONE_IOD = (0.7, 0.5)
 
 
 def dark_marks(img: Tensor | np.ndarray, size: int) -> np.ndarray:
@@ -280,7 +285,8 @@ def eyeglass_frames(marks: np.ndarray, lm: np.ndarray, parse: np.ndarray
     corners, below the brows) over most of its width and one rim (below the eyes or
     between them and the brows) runs across both eyes; the frames are then the thin dark
     pixels (:func:`dark_marks` > ``FRAME_CONTRAST``) in an ellipse around each eye and the
-    bridge, outside the eyes and the brows.
+    bridge, outside the eyes and the brows, with the fainter ones (> ``FRAME_FAINT``, in a
+    wider ellipse: ``FRAME_ZONE_IOD``) joined to them (a thin metal rim).
 
     Args:
         marks: ``float32 [448, 448]`` :func:`dark_marks` of the crop.
@@ -298,10 +304,12 @@ def eyeglass_frames(marks: np.ndarray, lm: np.ndarray, parse: np.ndarray
     eyes = np.zeros((side, side), np.uint8)
     for a in (36, 42):
         cv2.fillPoly(eyes, [np.round(p[a:a + 6]).astype(np.int32)], 1)
-    thin &= cv2.dilate(eyes, _disc(max(1, int(0.06 * iod)))) == 0
+    near_eyes = cv2.dilate(eyes, _disc(max(1, int(0.06 * iod))))
+    thin &= near_eyes == 0
     brows = cv2.resize((parse == PARSE_BROWS).astype(np.uint8), (side, side),
                        interpolation=cv2.INTER_NEAREST)
-    thin &= cv2.dilate(brows, _disc(max(1, int(0.03 * iod)))) == 0
+    near_brows = cv2.dilate(brows, _disc(max(1, int(0.03 * iod))))
+    thin &= near_brows == 0
     yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
     xb0, xb1 = p[39, 0] + 0.08 * iod, p[42, 0] - 0.08 * iod
     box = ((xx >= xb0) & (xx <= xb1) & (yy >= p[[21, 22], 1].mean() + 0.05 * iod)
@@ -323,7 +331,20 @@ def eyeglass_frames(marks: np.ndarray, lm: np.ndarray, parse: np.ndarray
           "has_glasses": bool(has)}
     if not has:
         return np.zeros(parse.shape, np.float32), st
-    frames = cv2.dilate((thin & zone).astype(np.uint8), _disc(max(1, int(0.03 * iod))))
+    # the whole frame, hysteresis-like: the fainter dark pixels (a thin metal rim, a lit
+    # edge) in a wider ellipse, in the pieces that hold a confident frame pixel. The
+    # confident pixels alone left the lower rims of thin metal frames, printed as the
+    # glasses' outline on the face
+    wide = box.copy()
+    for a in (36, 42):
+        c = p[a:a + 6].mean(0)
+        wide |= (((xx - c[0]) / (FRAME_ZONE_IOD[0] * iod)) ** 2
+                 + ((yy - c[1]) / (FRAME_ZONE_IOD[1] * iod)) ** 2 <= 1)
+    faint = (marks > FRAME_FAINT) & wide & (near_eyes == 0) & (brows == 0)
+    _, lab = cv2.connectedComponents(faint.astype(np.uint8), connectivity=8)
+    seeds = np.unique(lab[thin & zone & faint])
+    frame = np.isin(lab, seeds[seeds > 0]) | (thin & zone)
+    frames = cv2.dilate(frame.astype(np.uint8), _disc(max(1, int(0.03 * iod))))
     return _to_photo(frames > 0, size), st
 
 
