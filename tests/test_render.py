@@ -233,6 +233,22 @@ def test_two_sided_lights_the_inside_of_an_open_mesh():
     assert rim.sum() > 20 and torch.allclose(lit[True][rim], lit[False][rim])
 
 
+def test_scale_light_scales_the_irradiance_ambient_included():
+    """``sh.scale_light(gamma, k)`` is the same light ``k`` times as bright at every normal and
+    channel (the fitter dims a side-lit face's light by the factor its albedo is raised)."""
+    from ffhquv.render.sh import irradiance, scale_light, uniform_gamma
+
+    g = torch.Generator().manual_seed(1)
+    n = torch.nn.functional.normalize(torch.randn(2, 300, 3, generator=g), dim=-1)
+    gamma = 0.3 * torch.randn(2, 27, generator=g)
+    k = torch.tensor([1.3, 0.6])
+    got = irradiance(n, scale_light(gamma, k))
+    assert torch.allclose(got, k[:, None, None] * irradiance(n, gamma), atol=1e-5)
+    # the neutral light dimmed by 1 / k is the uniform light of irradiance 1 / k
+    half = scale_light(uniform_gamma(1.0)[None], torch.tensor([0.5]))
+    assert torch.allclose(half, uniform_gamma(0.5)[None], atol=1e-6)
+
+
 def test_uniform_gamma_is_a_uniform_white_light():
     """``sh.uniform_gamma(level)`` lights every normal, every channel, at ``level`` (the
     neutral light of the albedo convention at 1); ``gamma = 0`` is the ambient alone."""

@@ -57,6 +57,21 @@ def uniform_gamma(level: float = 1.0, ambient: float = AMBIENT) -> Tensor:
     return g.reshape(27)
 
 
+def scale_light(gamma: Tensor, k: Tensor, ambient: float = AMBIENT) -> Tensor:
+    """The SH coefficients of the same light ``k`` times as bright (its ambient included):
+    ``irradiance(n, scale_light(gamma, k)) == k * irradiance(n, gamma)``.
+
+    Args:
+        gamma: ``[B, 27]``; k: ``[B]`` positive factors.
+    Returns:
+        ``[B, 27]``.
+    """
+    b = gamma.shape[0]
+    g = gamma.reshape(b, 3, 9) * k.reshape(b, 1, 1)
+    g[:, :, 0] = g[:, :, 0] + (k.reshape(b, 1) - 1) * ambient
+    return g.reshape(b, 27)
+
+
 def irradiance(normals: Tensor, gamma: Tensor, ambient: float = AMBIENT) -> Tensor:
     """Per-point RGB shading factor.
 

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import cv2
 import numpy as np
@@ -50,6 +50,7 @@ from ffhquv.imaging import LUMA
 from ffhquv.mesh import MeshData
 from ffhquv.render.camera import Camera, project, rigid_transform, rotate_normals
 from ffhquv.render.renderer import MeshRenderer, RasterOptions, Surface
+from ffhquv.render.sh import irradiance, scale_light
 from services.fitter.facemodel.base import FaceModel
 from services.fitter.graphs import graphs_enabled
 from services.fitter.hair_mesh import hair_mesh
@@ -399,6 +400,9 @@ class FitterCore:
             # (photo_level): how far stages 2 and 3 had moved the skin's brightness
             if res.level_scale is not None:
                 o.report["texture_level_scale"] = round(float(res.level_scale[i]), 4)
+            # ... and the one that shows a face lit from one side at its lit side's brightness
+            if res.lit_scale is not None:
+                o.report["texture_lit_scale"] = round(float(res.lit_scale[i]), 4)
             if res.latents is not None:
                 o.report["texture_source"] = "texgan"
         return outputs
@@ -676,10 +680,11 @@ class DefaultStages:
         maps = uv_maps(m, tex_size, be)
         base_full = torch.tensor(np.stack([t.texture for t in textures]), device=dev)
         if p.stage3_steps <= 0:
-            final, scale = photo_level(ctx, photos, coeffs, base_full)
+            lv = photo_level(ctx, photos, coeffs, base_full)
             ctx.progress("stage3", 1.0, "done")
-            return StagesResult(textures=textures, final=final, coeffs=coeffs,
-                                level_scale=scale)
+            return StagesResult(textures=textures, final=lv.texture,
+                                coeffs={**coeffs, "gamma": lv.gamma}, level_scale=lv.scale,
+                                lit_scale=lv.lit)
         opt_maps = uv_maps(m, p.tex_opt_size, be)
         base_opt = F.interpolate(base_full.permute(0, 3, 1, 2), size=p.tex_opt_size,
                                  mode="area").permute(0, 2, 3, 1).contiguous()
@@ -718,16 +723,38 @@ class DefaultStages:
                 return symmetrize_lowfreq(t, maps, sigma=tex_size / 16)
 
         final = torch.stack(per_photo(finish, off.shape[0])).to(dev).clamp(min=1.0 / 255)
-        final, scale = photo_level(ctx, photos, s3.coeffs, final)
+        lv = photo_level(ctx, photos, s3.coeffs, final)
         ctx.progress("stage3", 1.0, "done")
-        return StagesResult(textures=textures, final=final, coeffs=s3.coeffs, losses=s3.losses,
-                            graph_steps=s3.graph_steps, level_scale=scale)
+        return StagesResult(textures=textures, final=lv.texture,
+                            coeffs={**s3.coeffs, "gamma": lv.gamma}, losses=s3.losses,
+                            graph_steps=s3.graph_steps, level_scale=lv.scale,
+                            lit_scale=lv.lit)
+
+
+#: the fitted light's irradiance over the seen skin, at its ``LIT_QUANTILE``, above which a
+#: face counts as lit from one side: its albedo is then shown (under the neutral light) at its
+#: lit side's brightness rather than its average (:func:`photo_level`). On 24 faces-dev / FFHQ
+#: photos the 80th percentile is 1.02-1.22 for frontal and soft light, 1.40 for fd11 (side-lit,
+#: its shadow side at 0.38): averaged with the shadow, its albedo came out grey and dark
+LIT_QUANTILE = 0.8
+LIT_REF = 1.1
+
+
+class PhotoLevel(NamedTuple):
+    """:func:`photo_level`'s result: ``texture`` ``float32 [B, S, S, 3]``; ``scale`` and
+    ``lit`` the B factors of the skin's level and of its lit side; ``gamma`` ``[B, 27]``."""
+
+    texture: torch.Tensor
+    scale: list[float]
+    lit: list[float]
+    gamma: torch.Tensor
 
 
 def photo_level(ctx: FitContext, photos: PhotoBatch, coeffs: dict[str, torch.Tensor],
-                texture: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+                texture: torch.Tensor) -> PhotoLevel:
     """The textures rescaled so that the head at the fitted pose and light shows the photo's
-    skin at its brightness (the neutral-light convention, ``docs/conventions.md``).
+    skin at its brightness (the neutral-light convention, ``docs/conventions.md``), and the
+    light of a face lit from one side turned down by the factor its texture is turned up.
 
     Stage 2 lifts shadows and fills a shadowed side from its brighter mirror, and stage 3
     trades light for texel brightness (its light must also explain the skin its gate keeps
@@ -737,34 +764,54 @@ def photo_level(ctx: FitContext, photos: PhotoBatch, coeffs: dict[str, torch.Ten
     over the photo's skin (``photos.skin``) that the render covers; photos with under 200
     such pixels keep their texture.
 
+    The light's scale is a convention (its mean irradiance over the seen skin is about 1);
+    where its ``LIT_QUANTILE`` exceeds ``LIT_REF`` (one side lit, the other in shadow) the
+    texture is brightened and the light dimmed by that ratio (at most ``LEVEL_MAX``): the
+    render at the fitted light stays the same, and under the neutral light the skin shows
+    the brightness of its lit side, as one sees the person's skin, not its average with the
+    shadow.
+
     Args:
         ctx: the fit's context (renderer, model); photos: the batch; coeffs: the final
             coefficients; texture: ``float32 [B, S, S, 3]``, at least 1 / 255 (may exceed 1).
     Returns:
-        ``float32 [B, S, S, 3]`` in ``[1 / 255, 1]`` (highlights rolled off with their hue
-        kept, :func:`~services.fitter.texture.completion.fit_range`) and the B factors (the report's
-        ``texture_level_scale``: how far stages 2 and 3 had moved the skin's brightness).
+        :class:`PhotoLevel`: the textures in ``[1 / 255, 1]`` (highlights rolled off with
+        their hue kept, :func:`~services.fitter.texture.completion.fit_range`), the level
+        factors (the report's ``texture_level_scale``: how far stages 2 and 3 had moved the
+        skin's brightness), the lit side's (``texture_lit_scale``, 1 for a face lit from the
+        front) and the light (``coeffs["gamma"]`` dimmed by the lit side's factor).
     """
     m = ctx.model
     with torch.no_grad():
         v = m.shape(coeffs["id"], coeffs["exp"])
+        verts = rigid_transform(v, coeffs["angles"], coeffs["trans"])
+        normals = rotate_normals(m.vertex_normals(v), coeffs["angles"])
+        b = texture.shape[0]
         out = ctx.renderer.render(
-            rigid_transform(v, coeffs["angles"], coeffs["trans"]), m.tri,
-            Surface(normals=rotate_normals(m.vertex_normals(v), coeffs["angles"]), uv=m.uv,
-                    uv_tri=m.uv_tri, texture=texture),
+            verts, m.tri, Surface(normals=normals, uv=m.uv, uv_tri=m.uv_tri, texture=texture),
             gamma=coeffs["gamma"], options=RasterOptions(antialias=False))
+        # the light's irradiance at each pixel (what the shading multiplied the albedo by)
+        irr = irradiance(out.normal, coeffs["gamma"])
         luma = torch.tensor(LUMA, device=texture.device)
         sel = (photos.skin[..., 0] > 0.5) & (out.mask[..., 0] > 0.5)
-        scale = []
-        for i in range(texture.shape[0]):
+        scale: list[float] = []
+        lit: list[float] = []
+        for i in range(b):
             if int(sel[i].sum()) < 200:
                 scale.append(1.0)
+                lit.append(1.0)
                 continue
             want = float((photos.photo[i][sel[i]] @ luma).median())
             got = float((out.image[i][sel[i]] @ luma).median())
-            scale.append(min(max(want / max(got, 1e-3), 1 / LEVEL_MAX), LEVEL_MAX))
-        k = torch.tensor(scale, device=texture.device, dtype=texture.dtype)[:, None, None, None]
-        return fit_range(texture * k), scale
+            level = min(max(want / max(got, 1e-3), 1 / LEVEL_MAX), LEVEL_MAX)
+            q = float(torch.quantile(irr[i][sel[i]] @ luma, LIT_QUANTILE))
+            lit.append(min(max(q / LIT_REF, 1.0), LEVEL_MAX))
+            scale.append(level)
+        k = torch.tensor([a * c for a, c in zip(scale, lit, strict=True)], device=texture.device,
+                         dtype=texture.dtype)[:, None, None, None]
+        gamma = scale_light(coeffs["gamma"], 1 / torch.tensor(lit, device=texture.device,
+                                                               dtype=coeffs["gamma"].dtype))
+        return PhotoLevel(fit_range(texture * k), scale, lit, gamma)
 
 
 def mirror_offsets(off: torch.Tensor, own: torch.Tensor, maps) -> torch.Tensor:

@@ -117,6 +117,8 @@ class StagesResult:
         graph_steps: stage-3 steps replayed as CUDA graphs.
         level_scale: per photo, the factor that put the final texture at the photo's skin
             level (``services.fitter.core.photo_level``); None where it was not applied.
+        lit_scale: per photo, the further factor that shows a face lit from one side at its
+            lit side's brightness (its light dimmed by as much); None where not applied.
     """
 
     textures: list[CompletedTexture]
@@ -126,6 +128,7 @@ class StagesResult:
     latents: dict[str, Any] | None = None
     graph_steps: int = 0
     level_scale: list[float] | None = None
+    lit_scale: list[float] | None = None
 
 
 class StagePlan(Protocol):
