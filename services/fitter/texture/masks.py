@@ -673,10 +673,11 @@ def crown_hair_share(band: np.ndarray, hair: np.ndarray, skin: np.ndarray) -> fl
     return n_h / (n_h + n_s) if n_h + n_s > 0 else 0.0
 
 
-# GrabCut's iterations for the head: the first does most of the work (0.18 s at 224 px on
-# cpu2, each further one 0.1 s); 2 and 4 gave the same heads on 13 photos (BENCHMARKS.md,
-# fourteenth session)
-GRABCUT_ITERS = 2
+# GrabCut's iterations for the head: the first does most of the work. 2 and 4 gave the same
+# heads on 13 photos (fourteenth session), 1 and 2 on 24 (twentieth session: at most 0.6 % of
+# a contact sheet's pixels moved, no head visibly; 26-106 instead of 40-159 ms a photo on
+# cpu2, one thread; BENCHMARKS.md)
+GRABCUT_ITERS = 1
 
 
 def _disc(r: int) -> np.ndarray:
