@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy.spatial import cKDTree
 
 from ffhquv.errors import InvalidInput
 from ffhquv.mesh import MeshData
@@ -113,6 +114,15 @@ def test_long_hair_hangs_a_curtain_to_the_measured_length(head, maps):
     low_f = low[hair.faces].any(1)
     mid_uv = hair.uvs[hair.uv_faces[low_f]].mean(1)
     assert np.percentile(_sample(padded, mid_uv), 1) >= 0.5
+    # ... all in one half of the scalp (one UV island): the two halves' hair, each read by its
+    # own side, met down the back as a seam
+    from services.fitter.hair_mesh import _uv_islands
+
+    isl = _uv_islands(mesh.uv_faces, len(mesh.uvs))
+    scalp = isl[mesh.uv_faces[(vertex_hair(padded, mesh) > 0.6)[mesh.faces].all(1)]]
+    _, near = cKDTree(mesh.uvs).query(mid_uv)
+    share = np.bincount(isl[near]).max() / len(near)
+    assert len(np.unique(scalp)) >= 2 and share > 0.98, share
     # every curtain face turned outward: seen from the back, the back sheet faces the camera
     f = hair.faces
     p = hair.vertices[f].astype(np.float64)

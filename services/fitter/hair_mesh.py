@@ -15,8 +15,9 @@ own):
   (``hair_below``: how far below the chin the hair hangs beside the neck; :data:`CUT_LENGTH`
   when the photo cuts it off), flaring out a little, waving round the head and down its
   length, its tips ragged (a fixed pattern); each column's UVs run from its hairline texels
-  up the scalp toward the crown in the same UV island, stretched over its length, on the
-  painted hair only, so the curtain shows the painted hair's strands running down it; a quad
+  up the scalp toward the crown, stretched over its length, on the painted hair only, so the
+  curtain shows the painted hair's strands running down it, all in one UV island (one half
+  of the scalp; the other half's columns at their mirror angle: no seam down the back); a quad
   whose two columns' walks lie far apart in UV reads one of them (between them lies an ear's
   skin).
 
@@ -351,8 +352,9 @@ def _curtain(shell: _Shell, run: np.ndarray, y_tip: float, base: int, nu: int):
             crown[il] = head.uvs[cand[np.argmax(v[uv_vert[cand], 1])]]
         x = int(roots[k])
         ux = corners[x].get(il)
-        if ux is None:  # the root lies in another island: its nearest hairline vertex here
-            cands = [(abs(float(a_run[j]) - float(angs[k])), int(run[j]))
+        if ux is None:  # the root lies in the other half's island: the hairline vertex of
+            # this island nearest its mirror angle (the head is left/right symmetric)
+            cands = [(abs(float(a_run[j]) + float(angs[k])), int(run[j]))
                      for j in range(len(run)) if il in corners[int(run[j])]]
             x = min(cands)[1]
             ux = corners[x][il]
@@ -371,10 +373,12 @@ def _curtain(shell: _Shell, run: np.ndarray, y_tip: float, base: int, nu: int):
         walked[(k, il)] = ids
         return ids
 
-    # each column reads the island of its side: the islands of the first and last roots,
-    # the one nearer in angle for a root that has both
-    side = [next(iter(corners[int(roots[0])])), next(iter(corners[int(roots[-1])]))]
-    island = [side[0] if angs[k] * np.sign(angs[0] or -1) > 0 else side[1] for k in range(n_cols)]
+    # every column reads one island, the first root's half of the scalp; the other half's
+    # columns read it at their mirror angle. Each half reading its own island split the
+    # curtain down the back into two differently lit and streaked halves (8 of the 24 photos'
+    # long hair); of the two islands this one's walks run along its strands on the 6 long-
+    # haired faces-dev heads looked at (the other's printed zigzag bands on fd21, fd01, fd17)
+    island = [next(iter(corners[int(roots[0])]))] * n_cols
     pairs = [(column_uv(k, island[k]), column_uv(k + 1, island[k])) for k in range(n_cols - 1)]
     # a quad reads the texels between its two columns' walks: where those lie far apart in UV
     # (roots far apart on the hairline) that is an ear or a temple, not hair: such a quad
