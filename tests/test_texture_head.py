@@ -438,6 +438,41 @@ def test_a_shadowed_cheek_keeps_its_own_detail(maps):
     assert abs(np.corrcoef(got, theirs)[0, 1]) < 0.2
 
 
+def test_unseen_skin_takes_the_seen_skins_fine_detail(maps):
+    """The skin the photo did not show (the neck, the head's sides, a bald scalp) is filled by
+    a smooth template; it takes the seen skin's fine detail (pores, freckles, stubble), a
+    square of it tiled (:func:`skin_detail`), so that it does not read as plastic beside the
+    face. Zero-mean (the level stays), the same for the same photo, none without a skin mask."""
+    import cv2
+
+    mask = maps.mask.numpy()
+    face = mask & (maps.face.numpy() > 0.5)
+    rng = np.random.default_rng(5)
+    albedo = np.clip(0.55 + 0.06 * rng.standard_normal((S, S, 1)), 0, 1).repeat(3, -1)
+    albedo = albedo.astype(np.float32)
+    weight = face.astype(np.float32)
+
+    def fine(t):  # the detail the eye sees: the texels against their 3x3 mean
+        lum = t.mean(-1)
+        return lum - cv2.blur(lum, (3, 3))
+
+    done = complete_texture(albedo, weight, maps, skin=weight.copy())
+    again = complete_texture(albedo, weight, maps, skin=weight.copy())
+    np.testing.assert_array_equal(done.texture, again.texture)
+    far = cv2.distanceTransform((~face).astype(np.uint8), cv2.DIST_L2, 3) > S / 16
+    unseen = mask & far & (maps.seam_fade > 0.99) & (cv2.erode(mask.astype(np.uint8),
+                                                              np.ones((5, 5))) > 0)
+    assert unseen.sum() > 2000
+    inner = cv2.erode(face.astype(np.uint8), np.ones((9, 9))) > 0
+    seen_sd = fine(done.texture)[inner].std()
+    got = fine(done.texture)[unseen].std()
+    assert got > 0.3 * seen_sd, (got, seen_sd)
+    plain = complete_texture(albedo, weight, maps)
+    assert fine(plain.texture)[unseen].std() < 0.1 * seen_sd
+    # zero-mean: the unseen skin's level is the template's
+    assert abs(done.texture[unseen].mean() - plain.texture[unseen].mean()) < 0.02
+
+
 def test_unseen_skin_does_not_continue_the_shadow_under_the_jaw(model, maps):
     """The unseen neck takes the person's skin tone, not the dark shadow (or clothing, or
     hair) the photo shows along the face's lower edge: dark texels count little in the skin

@@ -5,7 +5,9 @@ matched to what surrounds the texel on its own side (:func:`match_mirror`), and 
 shading-free skin-tone template (the low frequencies of the seen skin, its shadows
 discounted, continued over the head on the surface and relaxing to its median colour, in the
 median seen skin's hue: :func:`skin_hue`),
-joined by Laplacian-pyramid blending. The low frequencies are then made left/right symmetric
+joined by Laplacian-pyramid blending; the template's skin takes the seen skin's fine detail
+(:func:`skin_detail`: a square of it tiled, no tile repeating its neighbour). The low
+frequencies are then made left/right symmetric
 (:func:`~services.fitter.texture.lowpass.symmetrize_lowfreq`).
 
 One implementation in torch for the host and the GPU: :func:`complete_texture` runs where the
@@ -310,6 +312,85 @@ def fit_range(rgb: ArrayT) -> ArrayT:
     return (rgb * gain).clamp(1.0 / 255, 1.0)
 
 
+#: :func:`skin_detail`: the scale below which a texel's colour is detail (texels of a 1024
+#: map: pores, freckles, stubble; 4 was too fine to show on a head), the side of the seen
+#: skin's square that is tiled, and the least share of it seen
+DETAIL_SIGMA = 10.0
+DETAIL_PATCH = 96
+DETAIL_SEEN = 0.95
+
+
+_TILINGS: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+
+def _tiling(size: int, p: int, seed: int, device) -> tuple[Tensor, Tensor]:
+    """:func:`skin_detail`'s tiling of a ``[p, p]`` patch over ``[size, size]``: for every
+    texel the 4 patch texels (flat ids, ``int64 [4, size * size]``) of the tiles over it and
+    their ``sin^2`` window weights (``float32 [4, size * size]``, summing to 1). Tiles every
+    ``p / 2`` texels, each a fixed random flip / transpose of the patch (``seed``); made once
+    per (size, p, seed, device)."""
+    key = (size, p, seed, str(device))
+    got = _TILINGS.get(key)
+    if got is not None:
+        return got
+    h = p // 2
+    n = len(range(-h, size, h))
+    code = np.random.default_rng(seed).integers(8, size=(n, n))
+    win = np.sin(np.pi * (np.arange(p) + 0.5) / p) ** 2
+    c = np.arange(size)
+    ids, wts = [], []
+    for dy in (0, 1):
+        iy = c // h + dy
+        ly = c - (iy - 1) * h
+        for dx in (0, 1):
+            ix = c // h + dx
+            lx = c - (ix - 1) * h
+            k = code[iy[:, None], ix[None, :]]
+            yy, xx = np.broadcast_to(ly[:, None], k.shape), np.broadcast_to(lx[None, :], k.shape)
+            u, v = np.where(k & 4, xx, yy), np.where(k & 4, yy, xx)
+            u = np.where(k & 1, p - 1 - u, u)
+            v = np.where(k & 2, p - 1 - v, v)
+            ids.append((u * p + v).reshape(-1))
+            wts.append((win[ly][:, None] * win[lx][None, :]).reshape(-1))
+    got = (torch.as_tensor(np.stack(ids), dtype=torch.int64, device=device),
+           torch.as_tensor(np.stack(wts), dtype=torch.float32, device=device))
+    _TILINGS[key] = got
+    return got
+
+
+def skin_detail(comb: Tensor, w: Tensor, skin: Tensor, size: int, seed: int = 0) -> Tensor:
+    """The seen skin's fine detail (pores, freckles, stubble) continued over the whole atlas.
+
+    The high frequencies of ``comb`` (finer than ``DETAIL_SIGMA * S / 1024`` texels) in the
+    ``DETAIL_PATCH``-texel square (at ``S = 1024``) of best-seen skin, tiled over the atlas at
+    half-patch steps, each tile a fixed random flip / transpose of it, overlap-added under
+    ``sin^2`` windows (which sum to one): no two neighbours repeat, no tile edge shows. The
+    unseen skin, filled by a smooth template, read as plastic beside the photo's face.
+
+    Args:
+        comb: ``float32 [S, S, 3]`` the seen (and mirrored) albedo; w: ``float32 [S, S]`` its
+            confidence; skin: ``float32 [S, S]`` the photo's skin confidence (0 off skin);
+            size: S; seed: the tiles' flips (fixed: the same photo, the same texture).
+    Returns:
+        ``float32 [S, S, 3]`` zero-mean detail on ``comb``'s device; zeros when no square of
+        skin is seen over ``DETAIL_SEEN`` of it.
+    """
+    s = size
+    p = max(8, int(round(DETAIL_PATCH * s / 1024)) // 2 * 2)
+    step = max(1, p // 4)
+    low, _ = normalized_blur(comb, w, sigma=max(1.0, DETAIL_SIGMA * s / 1024))
+    seen = ((w > 0.9) & (skin > 0.8)).to(torch.float32)
+    share = torch.nn.functional.avg_pool2d(seen[None, None], p, stride=step)[0, 0]
+    best = int(torch.argmax(share))
+    if float(share.reshape(-1)[best]) < DETAIL_SEEN:
+        return torch.zeros_like(comb)
+    y, x = divmod(best, share.shape[1])
+    y, x = y * step, x * step
+    patch = ((comb - low) * seen[..., None])[y:y + p, x:x + p].reshape(p * p, 3)
+    ids, wts = _tiling(s, p, seed, comb.device)
+    return (patch[ids] * wts[..., None]).sum(0).reshape(s, s, 3)
+
+
 def complete_texture(albedo: ArrayT, weight: ArrayT, maps: UVMaps,
                      symmetric_lowfreq: bool = True,
                      skin: ArrayT | None = None) -> CompletedTexture:
@@ -402,6 +483,10 @@ def complete_texture(albedo: ArrayT, weight: ArrayT, maps: UVMaps,
     tex = laplacian_blend(filled, template, m, levels=max(levels, 1))
     # the coarse pyramid bands reach across the gaps between islands: pin the seams
     tex = template + fade[..., None] * (tex - template)
+    if skin is not None:
+        # the template's skin takes the seen skin's fine detail (not on the seams)
+        tex = tex + ((1 - m) * fade * mask)[..., None] * skin_detail(
+            comb, w_tot, skin * mask, s)
     if symmetric_lowfreq:
         tex = symmetrize_lowfreq(tex, maps, sigma=s / 16)
     if skin is not None:
