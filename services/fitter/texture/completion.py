@@ -320,19 +320,17 @@ DETAIL_PATCH = 96
 DETAIL_SEEN = 0.95
 
 
-_TILINGS: dict[tuple, tuple[Tensor, Tensor]] = {}
-
-
-def _tiling(size: int, p: int, seed: int, device) -> tuple[Tensor, Tensor]:
-    """:func:`skin_detail`'s tiling of a ``[p, p]`` patch over ``[size, size]``: for every
-    texel the 4 patch texels (flat ids, ``int64 [4, size * size]``) of the tiles over it and
-    their ``sin^2`` window weights (``float32 [4, size * size]``, summing to 1). Tiles every
-    ``p / 2`` texels, each a fixed random flip / transpose of the patch (``seed``); made once
-    per (size, p, seed, device)."""
-    key = (size, p, seed, str(device))
-    got = _TILINGS.get(key)
+def _tiling(maps: UVMaps, p: int, seed: int, device) -> tuple[Tensor, Tensor]:
+    """:func:`skin_detail`'s tiling of a ``[p, p]`` patch over the ``[S, S]`` atlas: for every
+    texel the 4 patch texels (flat ids, ``int64 [4, S * S]``) of the tiles over it and their
+    ``sin^2`` window weights (``float32 [4, S * S]``, summing to 1). Tiles every ``p / 2``
+    texels, each a fixed random flip / transpose of the patch (``seed``); made once per
+    (p, seed, device) and kept in ``maps.derived``."""
+    key = ("skin-detail-tiling", p, seed, str(device))
+    got = maps.derived.get(key)
     if got is not None:
         return got
+    size = maps.size
     h = p // 2
     n = len(range(-h, size, h))
     code = np.random.default_rng(seed).integers(8, size=(n, n))
@@ -354,11 +352,11 @@ def _tiling(size: int, p: int, seed: int, device) -> tuple[Tensor, Tensor]:
             wts.append((win[ly][:, None] * win[lx][None, :]).reshape(-1))
     got = (torch.as_tensor(np.stack(ids), dtype=torch.int64, device=device),
            torch.as_tensor(np.stack(wts), dtype=torch.float32, device=device))
-    _TILINGS[key] = got
+    maps.derived[key] = got
     return got
 
 
-def skin_detail(comb: Tensor, w: Tensor, skin: Tensor, size: int, seed: int = 0) -> Tensor:
+def skin_detail(comb: Tensor, w: Tensor, skin: Tensor, maps: UVMaps, seed: int = 0) -> Tensor:
     """The seen skin's fine detail (pores, freckles, stubble) continued over the whole atlas.
 
     The high frequencies of ``comb`` (finer than ``DETAIL_SIGMA * S / 1024`` texels) in the
@@ -370,12 +368,13 @@ def skin_detail(comb: Tensor, w: Tensor, skin: Tensor, size: int, seed: int = 0)
     Args:
         comb: ``float32 [S, S, 3]`` the seen (and mirrored) albedo; w: ``float32 [S, S]`` its
             confidence; skin: ``float32 [S, S]`` the photo's skin confidence (0 off skin);
-            size: S; seed: the tiles' flips (fixed: the same photo, the same texture).
+            maps: the atlas (size S); seed: the tiles' flips (fixed: the same photo, the same
+            texture).
     Returns:
         ``float32 [S, S, 3]`` zero-mean detail on ``comb``'s device; zeros when no square of
         skin is seen over ``DETAIL_SEEN`` of it.
     """
-    s = size
+    s = maps.size
     p = max(8, int(round(DETAIL_PATCH * s / 1024)) // 2 * 2)
     step = max(1, p // 4)
     low, _ = normalized_blur(comb, w, sigma=max(1.0, DETAIL_SIGMA * s / 1024))
@@ -387,7 +386,7 @@ def skin_detail(comb: Tensor, w: Tensor, skin: Tensor, size: int, seed: int = 0)
     y, x = divmod(best, share.shape[1])
     y, x = y * step, x * step
     patch = ((comb - low) * seen[..., None])[y:y + p, x:x + p].reshape(p * p, 3)
-    ids, wts = _tiling(s, p, seed, comb.device)
+    ids, wts = _tiling(maps, p, seed, comb.device)
     return (patch[ids] * wts[..., None]).sum(0).reshape(s, s, 3)
 
 
@@ -486,7 +485,7 @@ def complete_texture(albedo: ArrayT, weight: ArrayT, maps: UVMaps,
     if skin is not None:
         # the template's skin takes the seen skin's fine detail (not on the seams)
         tex = tex + ((1 - m) * fade * mask)[..., None] * skin_detail(
-            comb, w_tot, skin * mask, s)
+            comb, w_tot, skin * mask, maps)
     if symmetric_lowfreq:
         tex = symmetrize_lowfreq(tex, maps, sigma=s / 16)
     if skin is not None:
