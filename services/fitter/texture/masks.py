@@ -308,14 +308,13 @@ def eyeglass_frames(marks: np.ndarray, lm: np.ndarray, parse: np.ndarray
     thin &= near_eyes == 0
     brows = cv2.resize((parse == PARSE_BROWS).astype(np.uint8), (side, side),
                        interpolation=cv2.INTER_NEAREST)
-    near_brows = cv2.dilate(brows, _disc(max(1, int(0.03 * iod))))
-    thin &= near_brows == 0
+    thin &= cv2.dilate(brows, _disc(max(1, int(0.03 * iod)))) == 0
     yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
     xb0, xb1 = p[39, 0] + 0.08 * iod, p[42, 0] - 0.08 * iod
     box = ((xx >= xb0) & (xx <= xb1) & (yy >= p[[21, 22], 1].mean() + 0.05 * iod)
            & (yy <= p[28, 1]))
     bridge = _columns(thin & box, xb0, xb1)
-    zone, lower, upper = box.copy(), [], []
+    lower, upper = [], []
     for a in (36, 42):
         e = p[a:a + 6]
         x0, x1 = float(e[:, 0].min()), float(e[:, 0].max())
@@ -323,23 +322,28 @@ def eyeglass_frames(marks: np.ndarray, lm: np.ndarray, parse: np.ndarray
         yl, yu = e[:, 1].max() + 0.08 * iod, e[:, 1].min() - 0.05 * iod
         lower.append(_columns(thin & across & (yy >= yl) & (yy <= yl + 0.35 * iod), x0, x1))
         upper.append(_columns(thin & across & (yy <= yu) & (yy >= yu - 0.35 * iod), x0, x1))
-        c = e.mean(0)
-        zone |= ((xx - c[0]) / (0.6 * iod)) ** 2 + ((yy - c[1]) / (0.45 * iod)) ** 2 <= 1
     has = bridge >= 0.6 and max(float(np.mean(lower)), float(np.mean(upper))) >= 0.6
     st = {"bridge": round(bridge, 3), "rims": [round(float(np.mean(lower)), 3),
                                                round(float(np.mean(upper)), 3)],
           "has_glasses": bool(has)}
     if not has:
         return np.zeros(parse.shape, np.float32), st
+
+    def around_eyes(ax: float, ay: float) -> np.ndarray:
+        """The bridge's box and an ellipse of half-axes ``ax``, ``ay`` (x the inter-ocular
+        distance) round each eye's centre."""
+        out = box.copy()
+        for a in (36, 42):
+            c = p[a:a + 6].mean(0)
+            out |= ((xx - c[0]) / (ax * iod)) ** 2 + ((yy - c[1]) / (ay * iod)) ** 2 <= 1
+        return out
+
+    zone = around_eyes(0.6, 0.45)
     # the whole frame, hysteresis-like: the fainter dark pixels (a thin metal rim, a lit
     # edge) in a wider ellipse, in the pieces that hold a confident frame pixel. The
     # confident pixels alone left the lower rims of thin metal frames, printed as the
     # glasses' outline on the face
-    wide = box.copy()
-    for a in (36, 42):
-        c = p[a:a + 6].mean(0)
-        wide |= (((xx - c[0]) / (FRAME_ZONE_IOD[0] * iod)) ** 2
-                 + ((yy - c[1]) / (FRAME_ZONE_IOD[1] * iod)) ** 2 <= 1)
+    wide = around_eyes(*FRAME_ZONE_IOD)
     faint = (marks > FRAME_FAINT) & wide & (near_eyes == 0) & (brows == 0)
     _, lab = cv2.connectedComponents(faint.astype(np.uint8), connectivity=8)
     seeds = np.unique(lab[thin & zone & faint])
