@@ -17,6 +17,7 @@ from services.fitter.hair_mesh import (
     HAIR_SOLID,
     RAGGED,
     _sample,
+    _uv_islands,
     hair_mesh,
     padded_matte,
     vertex_hair,
@@ -116,8 +117,6 @@ def test_long_hair_hangs_a_curtain_to_the_measured_length(head, maps):
     assert np.percentile(_sample(padded, mid_uv), 1) >= 0.5
     # ... all in one half of the scalp (one UV island): the two halves' hair, each read by its
     # own side, met down the back as a seam
-    from services.fitter.hair_mesh import _uv_islands
-
     isl = _uv_islands(mesh.uv_faces, len(mesh.uvs))
     scalp = isl[mesh.uv_faces[(vertex_hair(padded, mesh) > 0.6)[mesh.faces].all(1)]]
     _, near = cKDTree(mesh.uvs).query(mid_uv)

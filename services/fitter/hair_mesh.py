@@ -378,8 +378,8 @@ def _curtain(shell: _Shell, run: np.ndarray, y_tip: float, base: int, nu: int):
     # curtain down the back into two differently lit and streaked halves (8 of the 24 photos'
     # long hair); of the two islands this one's walks run along its strands on the 6 long-
     # haired faces-dev heads looked at (the other's printed zigzag bands on fd21, fd01, fd17)
-    island = [next(iter(corners[int(roots[0])]))] * n_cols
-    pairs = [(column_uv(k, island[k]), column_uv(k + 1, island[k])) for k in range(n_cols - 1)]
+    one = next(iter(corners[int(roots[0])]))
+    pairs = [(column_uv(k, one), column_uv(k + 1, one)) for k in range(n_cols - 1)]
     # a quad reads the texels between its two columns' walks: where those lie far apart in UV
     # (roots far apart on the hairline) that is an ear or a temple, not hair: such a quad
     # reads one column's walk on both sides
@@ -408,7 +408,7 @@ def _curtain(shell: _Shell, run: np.ndarray, y_tip: float, base: int, nu: int):
         want += [down, down]
     # the two ends: outer and inner joined down the side, facing away from the next column
     for k, kn in ((0, 1), (n_cols - 1, n_cols - 2)):
-        ids = column_uv(k, island[min(k, n_cols - 2)])
+        ids = column_uv(k, one)
         away = outer[k, 0] - outer[kn, 0]
         for r in range(rows):
             a0, a1, b0, b1 = o_id[k, r], o_id[k, r + 1], i_id[k, r], i_id[k, r + 1]
