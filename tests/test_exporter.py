@@ -25,8 +25,10 @@ from services.exporter.obj import OutputDir, mtl_text, obj_text, read_obj, write
 from services.eyeball.mesh import eyeball_mesh
 from services.eyeball.texture import eyeball_texture
 
-OBJ_FILES = {"stage3_mesh_id.obj", "stage3_mesh_exp.obj", "stage3_mesh.mtl", "stage3_uv.png",
-             "L_ball.obj", "R_ball.obj", "eye_ball_tex.mtl", "eye_ball_tex.png"}
+OBJ_FILES_ORDER = ["stage3_mesh_id.obj", "stage3_mesh_exp.obj", "stage3_mesh.mtl",
+                   "stage3_uv.png", "L_ball.obj", "R_ball.obj", "eye_ball_tex.mtl",
+                   "eye_ball_tex.png"]
+OBJ_FILES = set(OBJ_FILES_ORDER)
 
 
 def _texture(size: int = 128) -> np.ndarray:
@@ -294,6 +296,32 @@ def test_previews_show_the_head_as_the_glb_opens(parts):
     args = (parts["head_texture"], parts["left_eye"], parts["right_eye"], parts["eye_texture"])
     assert np.array_equal(front, render_views(wide, *args, size=96)[0])
     assert not np.array_equal(front, render_views(parts["head_neutral"], *args, size=96)[0])
+
+
+def test_previews_on_their_own_thread_change_nothing(parts, monkeypatch):
+    """The previews render on a thread of their own while the OBJ and GLB are written: the
+    files and their order are those of one thread, a preview's error reaches the caller, and
+    no thread outlives the call (a thread that ran torch's CPU ops keeps an OpenMP team)."""
+    import threading
+
+    from services.exporter import preview
+
+    fmts = {"obj", "glb", "preview", "zip"}
+    res = core.export("p", **parts, formats=fmts, preview_size=64)
+    assert list(res.files) == [*OBJ_FILES_ORDER, "p.glb", *core.PREVIEW_FILES, "p.zip"]
+    # the same bytes as each part made alone
+    alone = core.export("p", **parts, formats={"preview"}, preview_size=64).files
+    for f in core.PREVIEW_FILES:
+        assert res.files[f] == alone[f]
+    assert res.files["p.glb"] == core.export("p", **parts, formats={"glb"}).files["p.glb"]
+
+    def broken(*a, **k):
+        raise RuntimeError("renderer broke")
+
+    monkeypatch.setattr(preview, "render_views", broken)
+    with pytest.raises(RuntimeError, match="renderer broke"):
+        core.export("p", **parts, formats=fmts, preview_size=64)
+    assert not [t for t in threading.enumerate() if t.name.startswith("export-previews")]
 
 
 def test_output_dir_is_atomic(tmp_path, parts):

@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -229,11 +230,75 @@ def export(
     # expression OBJ and the previews
     posed_hair = (hair.posed() if hair is not None and fmts & {"obj", "preview", "turntable"}
                   else None)
-    frame = "y up, face toward +z"
 
     res = ExportResult()
     files = res.files
+    # the previews (a render, on the GPU when there is one, and PNG encodes that let the GIL
+    # go) on a thread of their own while the OBJ and GLB are written here; the thread ends
+    # with the call (a thread that ran torch's CPU ops keeps an OpenMP team while it lives)
+    views_pool = views_job = preview_missing = None
+    if fmts & {"preview", "turntable"}:
+        try:
+            from services.exporter import preview
+        except ImportError as e:
+            preview_missing = f"previews skipped: the renderer is not available ({e})"
+        else:
+            views_pool = ThreadPoolExecutor(1, thread_name_prefix="export-previews")
+            views_job = views_pool.submit(_preview_files, preview, fmts, head_expression,
+                                          head_texture, left_eye, right_eye, eye_texture,
+                                          preview_size, preview_device, posed_hair)
+    try:
+        _write_assets(res, name, fmts, head_neutral, head_expression, head_texture, left_eye,
+                      right_eye, eye_texture, head_texture_png, eye_texture_png, uc,
+                      metres_per_unit, hair, posed_hair)
+    finally:
+        if views_pool is not None:
+            views_pool.shutdown(wait=True)
+    if preview_missing:
+        res.warnings.append(preview_missing)
+    if views_job is not None:
+        files.update(views_job.result())
+
+    for fname, data in extra.items():
+        check_relative_name(fname, allow_subdir=True)
+        if fname in files or fname == f"{name}.zip":
+            raise InvalidInput(f"extra file {fname!r} collides with an exported file")
+        files[fname] = bytes(data)
+
+    if "zip" in fmts:
+        files[f"{name}.zip"] = zip_bytes(files, folder=name)
+    return res
+
+
+def _preview_files(preview, fmts: set[str], head_expression: MeshData,
+                   head_texture: np.ndarray, left_eye: MeshData, right_eye: MeshData,
+                   eye_texture: np.ndarray, preview_size: int, preview_device: str,
+                   posed_hair: MeshData | None) -> dict[str, bytes]:
+    """The preview PNGs and the turntable GIF that ``fmts`` asks for, by file name."""
+    files: dict[str, bytes] = {}
+    # the head as a viewer opens the GLB / .blend: the fitted expression on
+    views = preview.render_views(head_expression, head_texture, left_eye, right_eye,
+                                 eye_texture, size=preview_size, device=preview_device,
+                                 hair=posed_hair)
+    if "preview" in fmts:
+        for fname, img in zip(PREVIEW_FILES, views, strict=True):
+            files[fname] = png_bytes(img)
+    if "turntable" in fmts:
+        files[TURNTABLE_FILE] = preview.turntable_gif(
+            head_expression, head_texture, left_eye, right_eye, eye_texture,
+            size=min(preview_size, 256), device=preview_device, hair=posed_hair)
+    return files
+
+
+def _write_assets(res: ExportResult, name: str, fmts: set[str], head_neutral: MeshData,
+                  head_expression: MeshData, head_texture: np.ndarray, left_eye: MeshData,
+                  right_eye: MeshData, eye_texture: np.ndarray, head_texture_png: bytes | None,
+                  eye_texture_png: bytes | None, uc, metres_per_unit: float,
+                  hair: MeshData | None, posed_hair: MeshData | None) -> None:
+    """:func:`export`'s OBJ, GLB and .blend files into ``res`` (the caller's thread)."""
+    files = res.files
     obj_files: dict[str, bytes] = {}
+    frame = "y up, face toward +z"
     # each texture is PNG-encoded once, for the OBJ files and the GLB (encoding a 1024 texture
     # is the slowest part of an export)
     textured = bool(fmts & {"obj", "blend", "glb"})
@@ -295,34 +360,6 @@ def export(
         else:
             files[f"{name}.blend"] = _blend(name, head_a, eyes_a, pivots,
                                             {HEAD_PNG: head_png, EYE_PNG: eye_png}, hair_a)
-
-    if fmts & {"preview", "turntable"}:
-        try:
-            from services.exporter import preview
-        except ImportError as e:
-            res.warnings.append(f"previews skipped: the renderer is not available ({e})")
-        else:
-            # the head as a viewer opens the GLB / .blend: the fitted expression on
-            views = preview.render_views(head_expression, head_texture, left_eye, right_eye,
-                                         eye_texture, size=preview_size,
-                                         device=preview_device, hair=posed_hair)
-            if "preview" in fmts:
-                for fname, img in zip(PREVIEW_FILES, views, strict=True):
-                    files[fname] = png_bytes(img)
-            if "turntable" in fmts:
-                files[TURNTABLE_FILE] = preview.turntable_gif(
-                    head_expression, head_texture, left_eye, right_eye, eye_texture,
-                    size=min(preview_size, 256), device=preview_device, hair=posed_hair)
-
-    for fname, data in extra.items():
-        check_relative_name(fname, allow_subdir=True)
-        if fname in files or fname == f"{name}.zip":
-            raise InvalidInput(f"extra file {fname!r} collides with an exported file")
-        files[fname] = bytes(data)
-
-    if "zip" in fmts:
-        files[f"{name}.zip"] = zip_bytes(files, folder=name)
-    return res
 
 
 def _blend(name: str, head: MeshData, eyes: list[MeshData], pivots: list[np.ndarray],
