@@ -150,6 +150,41 @@ def test_dark_hair_over_the_forehead_is_not_trusted(maps):
     assert lum[strands].mean() > 0.9 * lum[maps.forehead & ~strands & (weight > 0.5)].mean()
 
 
+def test_skin_glimpsed_through_a_fringe_is_dropped(maps):
+    """A fringe that hides the forehead but for a few small windows: the windows get no
+    weight (lit unlike the face, they printed as bright patches on the filled forehead) and
+    the completed forehead does not show them; a forehead seen whole, or in one wide piece,
+    keeps every weight."""
+    from services.fitter.texture.hair import fringe_gap_weight
+
+    albedo, weight = _photo_like(maps, seed=4)
+    t = torch.from_numpy
+    assert torch.equal(fringe_gap_weight(t(weight), maps), torch.ones_like(t(weight)))
+    fh = maps.forehead & (weight > 0.5)
+    rows, cols = np.nonzero(fh)
+    # the fringe: the forehead hidden, but for three windows a few texels wide
+    hidden = weight.copy()
+    hidden[fh] = 0.0
+    windows = np.zeros(weight.shape, bool)
+    for k in (len(rows) // 4, len(rows) // 2, 3 * len(rows) // 4):
+        windows[rows[k] - 3:rows[k] + 3, cols[k] - 3:cols[k] + 3] = True
+    windows &= fh
+    hidden[windows] = weight[windows]
+    bright = albedo.copy()
+    bright[windows] = np.clip(bright[windows] * 1.4, 0, 1)
+    g = fringe_gap_weight(t(hidden), maps).numpy()
+    assert g[windows].max() == 0.0
+    assert g[~maps.forehead].min() == 1.0
+    lum = complete_texture(bright, hidden * g, maps).texture @ np.array([0.299, 0.587, 0.114])
+    around = fh & ~windows
+    assert lum[windows].mean() < 1.03 * lum[around].mean()
+    # one wide piece (a side parting: half the forehead) is kept whole
+    half = weight.copy()
+    left = cols < np.median(cols)
+    half[rows[left], cols[left]] = 0.0
+    assert fringe_gap_weight(t(half), maps).numpy().min() == 1.0
+
+
 def test_atlas_disk_cache_gives_the_built_maps(model, tmp_path, monkeypatch):
     """A new process reads the atlas from ``<FFHQUV_CACHE_DIR>/atlas/`` instead of building it
     (most of a second of a cold ``ffhquv fit``): what it reads equals what was built, field by

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ffhquv.imaging import LUMA
 from services.fitter.texture.atlas import UVMaps, atlas_tensors, host_array
-from services.fitter.texture.hair import hair_weight
+from services.fitter.texture.hair import fringe_gap_weight, hair_weight
 from services.fitter.texture.hostcopy import to_host
 from services.fitter.texture.imageops import (
     Interp,
@@ -426,6 +426,7 @@ def complete_texture(albedo: ArrayT, weight: ArrayT, maps: UVMaps,
     share = (torch.ones_like(w) if skin is None
              else (skin * mask / w.clamp(min=1e-6)).clamp(0, 1))
     w = w * hair_weight(a, w, maps)
+    w = w * fringe_gap_weight(w, maps)
     a = lift_to_mirror(a, w, share, maps)
     # (a) mirror
     wf, af = w.reshape(-1), a.reshape(-1, 3)

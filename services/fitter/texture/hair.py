@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ffhquv.imaging import LUMA
@@ -47,6 +48,48 @@ def hair_weight(albedo: Tensor, weight: Tensor, maps: UVMaps) -> Tensor:
     lo, hi = HAIR_RATIO
     w = ((ratio - lo) / (hi - lo)).clamp(0, 1)
     return torch.where(skin & at.forehead, w, 1.0).to(torch.float32)
+
+
+# a fringe: when less than FRINGE_SEEN of the forehead zone is seen in pieces at least
+# 2 x FRINGE_GAP x S texels wide (S the atlas side; 32 texels at 1024), what is seen of it
+# is skin glimpsed between the strands: lit unlike the rest of the face and isolated, it
+# printed as bright windows on a filled forehead. On 24 faces-dev / FFHQ photos such pieces
+# cover 0 % of the zone on fd15 (bangs) and fd06 (its forehead mostly taken for strands),
+# 6-33 % on the 22 others (fd14 and fd16's fringes 9 and 8 %)
+FRINGE_GAP = 1 / 64
+FRINGE_SEEN = 0.03
+
+
+def fringe_gap_weight(weight: Tensor, maps: UVMaps) -> Tensor:
+    """Drop the skin seen between the strands of a fringe that hides the forehead.
+
+    The seen forehead (``weight > 0.5`` in ``maps.forehead``) is opened morphologically (a
+    square of side ``2 r + 1``, r = ``FRINGE_GAP`` x S). When what survives covers less than
+    ``FRINGE_SEEN`` of the zone, the seen texels that did not survive are faded out over
+    r / 2 (the completion fills them as it fills the hidden rest); otherwise nothing changes.
+    Computed on ``weight``'s device.
+
+    Args:
+        weight: ``float32 [S, S]`` own-view confidence.
+        maps: UV maps of size S.
+    Returns:
+        ``float32 [S, S]`` in [0, 1]: all ones unless a fringe hides the forehead, and
+        outside the forehead.
+    """
+    at = atlas_tensors(maps, weight.device)
+    r = max(1, round(maps.size * FRINGE_GAP))
+    seen = ((weight > 0.5) & at.forehead).to(torch.float32)[None, None]
+    k = 2 * r + 1
+    eroded = -F.max_pool2d(-seen, k, stride=1, padding=r)
+    opened = F.max_pool2d(eroded, k, stride=1, padding=r)[0, 0]
+    zone = float(at.forehead.sum())
+    if zone < 1 or float(opened.sum()) >= FRINGE_SEEN * zone:
+        return torch.ones_like(weight)
+    dropped = (seen[0, 0] > 0) & (opened < 0.5)
+    f = max(1, r // 2) * 2 + 1
+    near = F.max_pool2d(dropped.to(torch.float32)[None, None], f, stride=1, padding=f // 2)
+    soft = F.avg_pool2d(near, f, stride=1, padding=f // 2, count_include_pad=False)[0, 0]
+    return torch.where(at.forehead, 1 - soft, 1.0).to(torch.float32)
 
 
 @dataclass
