@@ -759,6 +759,11 @@ def test_head_masks_hair_strands_and_bald(detected):
             rims = features(a.crop_landmarks, brows.shape) & (a.parse_mask == 1) & (eyes == 0)
             rims[: int(a.crop_landmarks[17:27, 1].max()) + 3] = False  # below the brows
             assert rims.sum() > 100 and (tex[rims] > 0).mean() > 0.8, (tex[rims] > 0).mean()
+            # the shiny forehead is skin, not strands: 0.56 of its skin label in the texture
+            # (0.20 when the shine failed the colour test and the strand test took it)
+            fore = ((np.arange(224)[:, None] < a.crop_landmarks[17:27, 1].min() - 3)
+                    & (a.parse_mask == 1))
+            assert (tex[fore] > 0.5).mean() > 0.45, (tex[fore] > 0.5).mean()
         if name.startswith("fd14"):
             marks = dark_marks(pb.hires, 224)[0]
             lm = a.crop_landmarks
@@ -774,6 +779,49 @@ def cv2_area(m: np.ndarray, size: int = 224) -> np.ndarray:
     import cv2
 
     return cv2.resize(m.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
+
+
+def test_skin_colour_weight_takes_the_skins_shine_when_asked():
+    """A shine (brighter than the skin, its chroma the skin's scaled down: the same hue,
+    paler) fails the plain colour test and passes with ``highlights``; a pale pixel of
+    another hue, a shine's chroma at the skin's darkness and a darker one fail both."""
+    from services.fitter.texture.masks import _ycbcr, skin_colour_weight
+
+    rng = np.random.default_rng(0)
+    skin = np.array([0.80, 0.58, 0.45], np.float32)
+    img = np.clip(skin + 0.01 * rng.standard_normal((64, 64, 3)), 0, 1).astype(np.float32)
+    lm = np.zeros((68, 2), np.float32)
+    lm[36], lm[45] = (8, 20), (56, 20)
+    lm[37:45, 1] = 20
+    lm[48], lm[54] = (20, 50), (44, 50)
+    ph = torch.from_numpy(img)[None]
+    ycc = _ycbcr(ph)[0, 30, 30]
+
+    def rgb(y, cb, cr):  # the inverse of _ycbcr (BT.601, [0, 1] luma, chroma about 0)
+        r = y + 1.402 * cr
+        b = y + 1.772 * cb
+        return [r, (y - 0.299 * r - 0.114 * b) / 0.587, b]
+
+    med = _ycbcr(torch.from_numpy(skin)[None, None, None])[0, 0, 0]
+    shine = rgb(float(med[0]) + 0.15, 0.6 * float(med[1]), 0.6 * float(med[2]))
+    other = rgb(float(med[0]) + 0.15, 0.6 * float(med[2]), 0.6 * float(med[1]))  # hue swapped
+    flat = rgb(float(med[0]), 0.6 * float(med[1]), 0.6 * float(med[2]))  # pale, not brighter
+    dark = (skin * 0.3).tolist()
+    for k, c in enumerate((shine, other, flat, dark)):
+        img[2:8, 4 + 14 * k: 12 + 14 * k] = np.clip(c, 0, 1)
+    ph = torch.from_numpy(img)[None]
+    ref = torch.zeros(1, 64, 64, dtype=torch.bool)
+    ref[0, 20:50, 8:56] = True
+    ref[0, :10] = False
+    plain = skin_colour_weight(ph, ref, torch.from_numpy(lm)[None])[0]
+    shiny = skin_colour_weight(ph, ref, torch.from_numpy(lm)[None], highlights=True)[0]
+    assert abs(float(ycc[0]) - float(med[0])) < 0.05
+    assert plain[3:7, 5:11].max() == 0 and shiny[3:7, 5:11].min() == 1
+    for k in (1, 2, 3):
+        box = (slice(3, 7), slice(5 + 14 * k, 11 + 14 * k))
+        assert plain[box].max() == 0 and shiny[box].max() == 0, k
+    # the skin itself is unchanged
+    assert torch.equal(plain[20:50, 8:56], shiny[20:50, 8:56])
 
 
 def test_fit_range_keeps_the_hue_of_bright_skin(maps):

@@ -71,7 +71,8 @@ def _ycbcr(rgb: Tensor) -> Tensor:
     return torch.stack([y, 0.564 * (b - y), 0.713 * (r - y)], -1)
 
 
-def skin_colour_weight(photo: Tensor, skin: Tensor, landmarks: Tensor) -> Tensor:
+def skin_colour_weight(photo: Tensor, skin: Tensor, landmarks: Tensor,
+                       highlights: bool = False) -> Tensor:
     """Per-pixel consistency with the photo's own skin colour.
 
     A robust colour model (median and MAD in Y Cb Cr) is taken from the skin pixels of the
@@ -83,6 +84,10 @@ def skin_colour_weight(photo: Tensor, skin: Tensor, landmarks: Tensor) -> Tensor
         photo: ``[B, H, W, 3]`` in [0, 1].
         skin: ``[B, H, W]`` bool, confident skin pixels.
         landmarks: ``[B, 68, 2]`` pixels.
+        highlights: also accept a shine: a pixel brighter than the skin whose chroma is the
+            skin's scaled down to no less than ``HIGHLIGHT_CHROMA`` of it (the skin's hue,
+            less saturated; fd06's shiny forehead: 0.62 of it, the same hue) is judged by its
+            distance from that line alone.
     Returns:
         ``[B, H, W]`` float in [0, 1].
     """
@@ -106,8 +111,19 @@ def skin_colour_weight(photo: Tensor, skin: Tensor, landmarks: Tensor) -> Tensor
         d = (ycc[i] - med) / mad
         dark = (-d[..., 0]).clamp(min=0) / 5.0  # shading darkens skin: tolerate ~5x more
         dist = torch.sqrt(d[..., 1] ** 2 + d[..., 2] ** 2 + dark**2)
+        if highlights:
+            c, m = ycc[i][..., 1:], med[1:]
+            t = (c @ m) / (m @ m).clamp(min=1e-8)
+            off = (c - t[..., None] * m) / mad[1:]
+            shine = (d[..., 0] > 0) & (t >= HIGHLIGHT_CHROMA) & (t <= 1)
+            dist = torch.where(shine, torch.minimum(dist, off.norm(dim=-1)), dist)
         out[i] = ((3.0 - dist) / 1.0).clamp(0, 1)
     return out
+
+
+#: :func:`skin_colour_weight` with ``highlights``: the least share of the skin's chroma a
+#: shine keeps (a specular highlight adds white: the skin's hue, brighter and paler)
+HIGHLIGHT_CHROMA = 0.4
 
 
 @dataclass
@@ -166,7 +182,10 @@ def head_masks(photo: Tensor, parse: Tensor, skin: Tensor, landmarks: Tensor,
     """
     lab = parse.long()
     sk = skin.float() / 255.0
-    cw = skin_colour_weight(photo, (lab == PARSE_SKIN) & (sk > 0.8), landmarks)
+    ref = (lab == PARSE_SKIN) & (sk > 0.8)
+    cw = skin_colour_weight(photo, ref, landmarks)
+    # the texture also takes the skin's shine (a shiny forehead is skin, not a strand)
+    cw_tex = skin_colour_weight(photo, ref, landmarks, highlights=True)
     # one transfer each to the host; the photos' host work then runs on per_photo's threads
     # (OpenCV's GrabCut and filters release the GIL)
     photo_np = to_host(photo)
@@ -174,13 +193,14 @@ def head_masks(photo: Tensor, parse: Tensor, skin: Tensor, landmarks: Tensor,
     photo_u8 = (photo_np * 255 + 0.5).astype(np.uint8)
     lm_np, par_np = to_host(landmarks), to_host(parse)
     sk_np, cw_np, head_np = to_host(sk), to_host(cw), to_host(head)
+    cwt_np = to_host(cw_tex)
     size = photo.shape[1]
 
     def one(i: int) -> tuple[np.ndarray, np.ndarray, dict, np.ndarray]:
         lm_i, par_i = lm_np[i], par_np[i]
         t, h, st = _head_masks_one(photo_u8[i], par_i, sk_np[i], cw_np[i], lm_i, head_np[i],
                                    strand_energy(src[i: i + 1], size)[0],
-                                   dark_marks(src[i: i + 1], size)[0])
+                                   dark_marks(src[i: i + 1], size)[0], cw_tex=cwt_np[i])
         seen = st.pop("hair_seen", [])
         if st.get("has_hair") and seen:
             # the hair's own texture for the unseen scalp (hair_layer), from the sharper crop
@@ -690,13 +710,16 @@ def _disc(r: int) -> np.ndarray:
 
 def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray, cw: np.ndarray,
                     lm: np.ndarray, head: np.ndarray, fine: np.ndarray,
-                    marks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+                    marks: np.ndarray | None = None, cw_tex: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, dict]:
     """:func:`head_masks` of one photo (numpy ``[H, W]`` maps, ``uint8 [H, W, 3]`` photo,
-    ``marks``: :func:`dark_marks` at 448 or None)."""
+    ``marks``: :func:`dark_marks` at 448 or None; ``cw_tex``: the colour weight with the
+    skin's shine, for what goes into the texture; None = ``cw``)."""
     h, w = parse.shape
     iod = float(np.linalg.norm(lm[36] - lm[45]))
     face = np.isin(parse, TEXTURE_LABELS)
     skin_w = np.clip((sk - 0.5) / 0.3, 0, 1) * cw
+    skin_t = skin_w if cw_tex is None else np.clip((sk - 0.5) / 0.3, 0, 1) * cw_tex
     yy = np.arange(h, dtype=np.float32)[:, None].repeat(w, 1)
     # head vs background
     inside = head > 0.5
@@ -745,11 +768,11 @@ def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray, cw: np
     hair = cv2.morphologyEx(hair.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
     # texture: face labels, colour-tested above the nose only (beards stay)
     y_nose = float(lm[33, 1]) - 0.05 * iod
-    soft = np.where((parse == PARSE_SKIN) & (yy <= y_nose), skin_w, 1.0)
+    soft = np.where((parse == PARSE_SKIN) & (yy <= y_nose), skin_t, 1.0)
     tex = face * soft
     # strands over the forehead and their edges (anti-aliased, shadowed skin next to them)
     # stay out: what is not skin there, the thin dark marks and the streaks near hair, dilated
-    strands = _forehead_strands(parse, skin_w, hair | dark_hair, marks, lm,
+    strands = _forehead_strands(parse, skin_t, hair | dark_hair, marks, lm,
                                 yy < y_brow + 0.15 * iod,
                                 None if stranded is None else
                                 stranded & (yy < y_brow - 0.1 * iod))
@@ -778,7 +801,7 @@ def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray, cw: np
     tex = np.maximum(tex, beard.astype(np.float32))
     # the person's skin outside the face: ears, neck, forehead top, a bald scalp
     ext = fg & (parse == PARSE_BG) & ~hair & ~beard
-    tex = np.maximum(tex, ext * skin_w)
+    tex = np.maximum(tex, ext * skin_t)
     # erode along the outline (silhouette colours mix the background), not the eyes / mouth
     region = cv2.erode((tex > 0).astype(np.uint8), np.ones((5, 5), np.uint8))
     holes = cv2.dilate(np.isin(parse, (PARSE_EYES, PARSE_MOUTH)).astype(np.uint8),
