@@ -72,6 +72,11 @@ _STEPS = np.linspace(0.0, UV_REACH, 33)
 CUT_LENGTH = 1.2
 # the curtain hangs from the shell's edge this far behind the jaw's back (face heights)
 BEHIND_EARS = 0.0
+# within BACK_DEG[0] degrees of the back (0) the curtain's top rises to the skull's widest
+# point above the hairline (looked for up to WIDE_REACH face heights above it), and back to
+# the hairline's level by BACK_DEG[1] (behind the ears: an ear would poke through it)
+BACK_DEG = (40.0, 80.0)
+WIDE_REACH = 0.8
 
 
 def padded_matte(matte: np.ndarray, covered: np.ndarray | None) -> np.ndarray:
@@ -289,9 +294,22 @@ def _curtain(shell: _Shell, run: np.ndarray, y_tip: float, base: int, nu: int):
     pad = np.pad(y_edge, 2, mode="edge")
     y_edge = np.median(np.stack([pad[i:i + n_cols] for i in range(5)]), 0)
     y_top = y_edge + TUCK * hf
-    # the head's horizontal radius at each column's top: its outermost vertex nearby
     a_all = angle(v)
     r_all = np.hypot(v[:, 0] - c[0], v[:, 2] - c[2])
+    # toward the back, long hair falls from the back of the skull's widest point, not from
+    # the nape: hung from the nape's hairline, the shell narrowed into the neck above the
+    # curtain's top (from the back, a neck of hair with the curtain flaring below it)
+    y_wide = y_top.copy()
+    for k in range(n_cols):
+        near = ((np.abs(a_all - angs[k]) < 2 * COLUMN_DEG) & on & (v[:, 1] > y_top[k])
+                & (v[:, 1] < y_edge[k] + WIDE_REACH * hf))
+        if near.any():
+            y_wide[k] = max(y_top[k], float(v[near, 1][np.argmax(r_all[near])]))
+    back = np.clip((BACK_DEG[1] - np.abs(angs)) / (BACK_DEG[1] - BACK_DEG[0]), 0, 1)
+    y_top = y_top + back * (y_wide - y_top)
+    pad = np.pad(y_top, 2, mode="edge")
+    y_top = np.mean(np.stack([pad[i:i + n_cols] for i in range(5)]), 0)
+    # the head's horizontal radius at each column's top: its outermost vertex nearby
     r_top = np.empty(n_cols)
     for k in range(n_cols):
         near = (np.abs(a_all - angs[k]) < 2 * COLUMN_DEG) & (np.abs(v[:, 1] - y_top[k]) < 0.08 * hf)
