@@ -378,6 +378,14 @@ def _curtain(shell: _Shell, run: np.ndarray, y_tip: float, base: int, nu: int):
                      for j in range(len(run)) if il in corners[int(run[j])]]
             x = min(cands)[1]
             ux = corners[x][il]
+        if back[k] > 0:  # hung from above the hairline: the walk starts where it hangs (the
+            # island's hair texel nearest the top, or its mirror), as the shell shows there
+            top = c + d[k] * r_top[k]
+            top[1] = y_top[k]
+            if int(isl[ux]) == il and (v[uv_vert[ux], 0] - c[0]) * (top[0] - c[0]) < 0:
+                top[0] = 2 * c[0] - top[0]
+            cand = np.nonzero(hair_uv & (isl == il))[0]
+            ux = int(cand[np.argmin(np.linalg.norm(v[uv_vert[cand]] - top, axis=1))])
         cr = crown[il]
         line = head.uvs[ux][None] + (cr - head.uvs[ux])[None] * _STEPS[:, None]
         solid = _sample(matte, line) >= HAIR_SOLID
