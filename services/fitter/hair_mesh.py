@@ -73,11 +73,14 @@ _STEPS = np.linspace(0.0, UV_REACH, 33)
 CUT_LENGTH = 1.2
 # the curtain hangs from the shell's edge this far behind the jaw's back (face heights)
 BEHIND_EARS = 0.0
-# within BACK_DEG[0] degrees of the back (0) the curtain's top rises to the skull's widest
+# within BACK_DEG[0] degrees of the back (0) a long curtain's top rises to the skull's widest
 # point above the hairline (looked for up to WIDE_REACH face heights above it), and back to
 # the hairline's level by BACK_DEG[1] (behind the ears: an ear would poke through it)
 BACK_DEG = (40.0, 80.0)
 WIDE_REACH = 0.8
+# ... for hair falling at least LONG_FALL[1] face heights below the hairline, not at all below
+# LONG_FALL[0]
+LONG_FALL = (0.5, 0.9)
 
 
 def padded_matte(matte: np.ndarray, covered: np.ndarray | None) -> np.ndarray:
@@ -308,6 +311,10 @@ def _curtain(shell: _Shell, run: np.ndarray, y_tip: float, base: int, nu: int):
         if near.any():
             y_wide[k] = max(y_top[k], float(v[near, 1][np.argmax(r_all[near])]))
     back = np.clip((BACK_DEG[1] - np.abs(angs)) / (BACK_DEG[1] - BACK_DEG[0]), 0, 1)
+    # ... when it is long: hair that ends near the nape (curls, a bob) hung from there would
+    # be a flat flap over the back of the head
+    fall = (y_edge - np.minimum(y_tip, y_edge - MIN_HANG * hf)) / hf
+    back = back * np.clip((fall - LONG_FALL[0]) / (LONG_FALL[1] - LONG_FALL[0]), 0, 1)
     y_top = y_top + back * (y_wide - y_top)
     pad = np.pad(y_top, 2, mode="edge")
     y_top = np.mean(np.stack([pad[i:i + n_cols] for i in range(5)]), 0)
