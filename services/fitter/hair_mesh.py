@@ -11,16 +11,16 @@ own):
   the head's, so it shows exactly the painted hair.
 - **curtain** (long hair): round the back of the head, from behind one ear to behind the
   other, a closed slab whose top follows the hairline's lowest point at each angle about the
-  head's axis (toward the back, the skull's widest point above it: long hair falls from the
-  back of the head, not the nape), tucked up under the shell, hanging straight down to the
-  length the photo shows (``hair_below``: how far below the chin the hair hangs beside the
-  neck; :data:`CUT_LENGTH` when the photo cuts it off), flaring out a little, waving round
-  the head and down its length, its tips ragged (a fixed pattern); each column's UVs run
-  from its hairline texels up the scalp toward the crown, stretched over its length, on the
-  painted hair only, so the curtain shows the painted hair's strands running down it, all in
-  one UV island (one half of the scalp; the other half's columns at their mirror angle: no
-  seam down the back); a quad whose two columns' walks lie far apart in UV reads one of them
-  (between them lies an ear's skin).
+  head's axis (toward the back, for hair that falls well below it, the skull's widest point
+  above it: long hair falls from the back of the head, not the nape), tucked up under the
+  shell, hanging straight down to the length the photo shows (``hair_below``: how far below
+  the chin the hair hangs beside the neck; :data:`CUT_LENGTH` when the photo cuts it off),
+  flaring out a little, waving round the head and down its length, its tips ragged (a fixed
+  pattern); each column's UVs run from its hairline texels up the scalp toward the crown,
+  stretched over its length, on the painted hair only, so the curtain shows the painted
+  hair's strands running down it, all in one UV island (one half of the scalp; the other
+  half's columns at their mirror angle: no seam down the back); a quad whose two columns'
+  walks lie far apart in UV reads one of them (between them lies an ear's skin).
 
 Each hair vertex follows one head vertex (its root): the hair carries the head's morph
 targets that move its roots (the brows' and the jaw's), on its roots' offsets, so it moves
