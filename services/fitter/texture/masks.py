@@ -8,6 +8,7 @@ probability, a colour-consistency test against the photo's own central-face skin
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -198,9 +199,10 @@ def head_masks(photo: Tensor, parse: Tensor, skin: Tensor, landmarks: Tensor,
 
     def one(i: int) -> tuple[np.ndarray, np.ndarray, dict, np.ndarray]:
         lm_i, par_i = lm_np[i], par_np[i]
-        t, h, st = _head_masks_one(photo_u8[i], par_i, sk_np[i], cw_np[i], lm_i, head_np[i],
+        t, h, st = _head_masks_one(photo_u8[i], par_i, sk_np[i],
+                                   SkinColour(cw_np[i], cwt_np[i]), lm_i, head_np[i],
                                    strand_energy(src[i: i + 1], size)[0],
-                                   dark_marks(src[i: i + 1], size)[0], cw_tex=cwt_np[i])
+                                   dark_marks(src[i: i + 1], size)[0])
         seen = st.pop("hair_seen", [])
         if st.get("has_hair") and seen:
             # the hair's own texture for the unseen scalp (hair_layer), from the sharper crop
@@ -708,18 +710,25 @@ def _disc(r: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
 
 
-def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray, cw: np.ndarray,
-                    lm: np.ndarray, head: np.ndarray, fine: np.ndarray,
-                    marks: np.ndarray | None = None, cw_tex: np.ndarray | None = None
-                    ) -> tuple[np.ndarray, np.ndarray, dict]:
+class SkinColour(NamedTuple):
+    """:func:`skin_colour_weight` of one photo, ``float32 [H, W]`` each: ``plain`` (the hair
+    decisions) and ``shine`` (``highlights=True``: what goes into the texture)."""
+
+    plain: np.ndarray
+    shine: np.ndarray
+
+
+def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray,
+                    colour: SkinColour, lm: np.ndarray, head: np.ndarray, fine: np.ndarray,
+                    marks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """:func:`head_masks` of one photo (numpy ``[H, W]`` maps, ``uint8 [H, W, 3]`` photo,
-    ``marks``: :func:`dark_marks` at 448 or None; ``cw_tex``: the colour weight with the
-    skin's shine, for what goes into the texture; None = ``cw``)."""
+    ``marks``: :func:`dark_marks` at 448 or None)."""
     h, w = parse.shape
     iod = float(np.linalg.norm(lm[36] - lm[45]))
     face = np.isin(parse, TEXTURE_LABELS)
+    cw = colour.plain
     skin_w = np.clip((sk - 0.5) / 0.3, 0, 1) * cw
-    skin_t = skin_w if cw_tex is None else np.clip((sk - 0.5) / 0.3, 0, 1) * cw_tex
+    skin_t = np.clip((sk - 0.5) / 0.3, 0, 1) * colour.shine
     yy = np.arange(h, dtype=np.float32)[:, None].repeat(w, 1)
     # head vs background
     inside = head > 0.5
