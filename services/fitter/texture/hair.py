@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ffhquv.imaging import LUMA
 from services.fitter.texture.atlas import UVMaps, atlas_tensors, derived_arrays, host_array
-from services.fitter.texture.imageops import median, numpy_io
+from services.fitter.texture.imageops import box_mean, median, numpy_io, square_max
 from services.fitter.texture.lowpass import mesh_lowpass
 
 HAIR_RATIO = (0.7, 0.85)
@@ -79,36 +79,22 @@ def fringe_gap_weight(weight: Tensor, maps: UVMaps) -> Tensor:
     """
     at = atlas_tensors(maps, weight.device)
     r = max(1, round(maps.size * FRINGE_GAP))
-    seen = ((weight > 0.5) & at.forehead).to(torch.float32)[None, None]
+    seen = ((weight > 0.5) & at.forehead).to(torch.float32)
     # the opening on a copy at most 256 texels on a side (its gate and its pieces need no
     # finer steps; at 1024 it took 0.35-2 s on cpu2)
     q = max(1, maps.size // 256)
     rq = max(1, round(r / q))
-    small = (F.avg_pool2d(seen, q) > 0.5).to(torch.float32) if q > 1 else seen
-    opened = _square_max(-_square_max(-small, rq), rq)
+    small = (F.avg_pool2d(seen[None, None], q)[0, 0] > 0.5).to(torch.float32) if q > 1 else seen
+    opened = square_max(-square_max(-small, rq), rq)
     zone = float(at.forehead.sum())
     if zone < 1 or float(opened.sum()) * q * q >= FRINGE_SEEN * zone:
         return torch.ones_like(weight)
     if q > 1:
-        opened = F.interpolate(opened, scale_factor=q, mode="nearest")
+        opened = F.interpolate(opened[None, None], scale_factor=q, mode="nearest")[0, 0]
     dropped = (seen > 0) & (opened < 0.5)
     f = max(1, r // 2)
-    soft = _box_mean(_square_max(dropped.to(torch.float32), f), f)[0, 0]
+    soft = box_mean(square_max(dropped.to(torch.float32), f), f)
     return torch.where(at.forehead, 1 - soft, 1.0).to(torch.float32)
-
-
-def _square_max(x: Tensor, r: int) -> Tensor:
-    """The max over a ``(2 r + 1)`` square around each pixel of ``x`` ``[N, C, H, W]``, as
-    a row pass and a column pass."""
-    x = F.max_pool2d(x, (1, 2 * r + 1), stride=1, padding=(0, r))
-    return F.max_pool2d(x, (2 * r + 1, 1), stride=1, padding=(r, 0))
-
-
-def _box_mean(x: Tensor, r: int) -> Tensor:
-    """The mean over the ``(2 r + 1)`` square around each pixel of ``x`` ``[N, C, H, W]``
-    inside the image, as a row pass and a column pass."""
-    x = F.avg_pool2d(x, (1, 2 * r + 1), stride=1, padding=(0, r), count_include_pad=False)
-    return F.avg_pool2d(x, (2 * r + 1, 1), stride=1, padding=(r, 0), count_include_pad=False)
 
 
 @dataclass

@@ -177,6 +177,23 @@ def erode3(x: Tensor) -> Tensor:
     return -torch.nn.functional.max_pool2d(-x[None, None], 3, stride=1, padding=1)[0, 0]
 
 
+def square_max(x: Tensor, r: int) -> Tensor:
+    """The maximum over the ``(2 r + 1)`` square round each texel of ``float32 [H, W]`` (the
+    border does not grow), as a row pass and a column pass: ``4 r + 2`` comparisons a texel
+    instead of the square's ``(2 r + 1)^2`` (r = 16 at 1024: 2.0 s against 0.35 s on cpu2).
+    Minus it of minus ``x`` erodes."""
+    x = torch.nn.functional.max_pool2d(x[None, None], (1, 2 * r + 1), stride=1, padding=(0, r))
+    return torch.nn.functional.max_pool2d(x, (2 * r + 1, 1), stride=1, padding=(r, 0))[0, 0]
+
+
+def box_mean(x: Tensor, r: int) -> Tensor:
+    """The mean over the ``(2 r + 1)`` square round each texel of ``float32 [H, W]``, of the
+    texels inside the image, as a row pass and a column pass."""
+    pool = torch.nn.functional.avg_pool2d
+    x = pool(x[None, None], (1, 2 * r + 1), stride=1, padding=(0, r), count_include_pad=False)
+    return pool(x, (2 * r + 1, 1), stride=1, padding=(r, 0), count_include_pad=False)[0, 0]
+
+
 def distance_inside(mask: Tensor) -> Tensor:
     """``cv2.distanceTransform(mask, DIST_L2, 5)`` of bool ``[H, W]``: each true pixel's
     distance to the nearest false one (float32, on ``mask``'s device; computed by OpenCV on
