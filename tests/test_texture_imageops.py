@@ -81,3 +81,17 @@ def test_median_is_numpys():
         a = rng.random(shape).astype(np.float32)
         np.testing.assert_array_equal(imageops.median(torch.from_numpy(a), 0).numpy(),
                                       np.median(a, axis=0))
+
+
+def test_square_max_and_box_mean_are_the_squares_ones():
+    """``square_max`` is OpenCV's dilation by a ``(2 r + 1)`` square (the border does not
+    grow); ``box_mean`` the mean over the square's texels inside the image."""
+    x = _img((37, 29), seed=3)
+    for r in (1, 4):
+        k = np.ones((2 * r + 1, 2 * r + 1), np.uint8)
+        got = imageops.square_max(torch.from_numpy(x), r).numpy()
+        assert np.array_equal(got, cv2.dilate(x, k, borderType=cv2.BORDER_REPLICATE))
+        mean = imageops.box_mean(torch.from_numpy(x), r).numpy()
+        want = np.array([[x[max(0, i - r):i + r + 1, max(0, j - r):j + r + 1].mean()
+                          for j in range(x.shape[1])] for i in range(x.shape[0])])
+        assert np.abs(mean - want).max() < 1e-5
