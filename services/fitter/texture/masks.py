@@ -92,11 +92,20 @@ def skin_colour_weight(photo: Tensor, skin: Tensor, landmarks: Tensor,
     Returns:
         ``[B, H, W]`` float in [0, 1].
     """
+    plain, shiny = _skin_colour(photo, skin, landmarks, highlights)
+    return shiny if highlights else plain
+
+
+def _skin_colour(photo: Tensor, skin: Tensor, landmarks: Tensor, shine: bool
+                 ) -> tuple[Tensor, Tensor | None]:
+    """:func:`skin_colour_weight` without and (``shine``) with its highlights, from one
+    colour model per photo: ``([B, H, W], [B, H, W] or None)``."""
     b, h, w, _ = photo.shape
     ycc = _ycbcr(photo)
     yy, xx = torch.meshgrid(torch.arange(h, device=photo.device),
                             torch.arange(w, device=photo.device), indexing="ij")
     out = torch.ones(b, h, w, device=photo.device)
+    out_shine = torch.ones(b, h, w, device=photo.device) if shine else None
     for i in range(b):
         lm = landmarks[i]
         x0, x1 = float(lm[36, 0]), float(lm[45, 0])
@@ -112,14 +121,15 @@ def skin_colour_weight(photo: Tensor, skin: Tensor, landmarks: Tensor,
         d = (ycc[i] - med) / mad
         dark = (-d[..., 0]).clamp(min=0) / 5.0  # shading darkens skin: tolerate ~5x more
         dist = torch.sqrt(d[..., 1] ** 2 + d[..., 2] ** 2 + dark**2)
-        if highlights:
+        out[i] = ((3.0 - dist) / 1.0).clamp(0, 1)
+        if out_shine is not None:
             c, m = ycc[i][..., 1:], med[1:]
             t = (c @ m) / (m @ m).clamp(min=1e-8)
             off = (c - t[..., None] * m) / mad[1:]
-            shine = (d[..., 0] > 0) & (t >= HIGHLIGHT_CHROMA) & (t <= 1)
-            dist = torch.where(shine, torch.minimum(dist, off.norm(dim=-1)), dist)
-        out[i] = ((3.0 - dist) / 1.0).clamp(0, 1)
-    return out
+            lit = (d[..., 0] > 0) & (t >= HIGHLIGHT_CHROMA) & (t <= 1)
+            out_shine[i] = ((3.0 - torch.where(lit, torch.minimum(dist, off.norm(dim=-1)),
+                                               dist)) / 1.0).clamp(0, 1)
+    return out, out_shine
 
 
 #: :func:`skin_colour_weight` with ``highlights``: the least share of the skin's chroma a
@@ -184,9 +194,8 @@ def head_masks(photo: Tensor, parse: Tensor, skin: Tensor, landmarks: Tensor,
     lab = parse.long()
     sk = skin.float() / 255.0
     ref = (lab == PARSE_SKIN) & (sk > 0.8)
-    cw = skin_colour_weight(photo, ref, landmarks)
     # the texture also takes the skin's shine (a shiny forehead is skin, not a strand)
-    cw_tex = skin_colour_weight(photo, ref, landmarks, highlights=True)
+    cw, cw_tex = _skin_colour(photo, ref, landmarks, shine=True)
     # one transfer each to the host; the photos' host work then runs on per_photo's threads
     # (OpenCV's GrabCut and filters release the GIL)
     photo_np = to_host(photo)
