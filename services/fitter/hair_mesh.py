@@ -262,6 +262,13 @@ class _Shell:
     hf: float
 
 
+def _window5(x: np.ndarray) -> np.ndarray:
+    """``[5, n]``: each entry of ``x`` ``[n]`` with its two neighbours on each side (the ends
+    repeated), for a 5-wide median or mean along the curtain's columns."""
+    pad = np.pad(x, 2, mode="edge")
+    return np.stack([pad[i:i + len(x)] for i in range(5)])
+
+
 def _curtain(shell: _Shell, run: np.ndarray, y_tip: float, base: int, nu: int):
     """The curtain: a closed slab round the back of the head, its columns every
     :data:`COLUMN_DEG` of angle about the hair's vertical axis over the angles of ``run`` (the
@@ -296,8 +303,7 @@ def _curtain(shell: _Shell, run: np.ndarray, y_tip: float, base: int, nu: int):
         y_edge[k] = v[run[near], 1].min() if near.any() else np.nan
     ok = np.isfinite(y_edge)
     y_edge = np.interp(np.arange(n_cols), np.nonzero(ok)[0], y_edge[ok])
-    pad = np.pad(y_edge, 2, mode="edge")
-    y_edge = np.median(np.stack([pad[i:i + n_cols] for i in range(5)]), 0)
+    y_edge = np.median(_window5(y_edge), 0)
     y_top = y_edge + TUCK * hf
     a_all = angle(v)
     r_all = np.hypot(v[:, 0] - c[0], v[:, 2] - c[2])
@@ -316,8 +322,7 @@ def _curtain(shell: _Shell, run: np.ndarray, y_tip: float, base: int, nu: int):
     fall = (y_edge - np.minimum(y_tip, y_edge - MIN_HANG * hf)) / hf
     back = back * np.clip((fall - LONG_FALL[0]) / (LONG_FALL[1] - LONG_FALL[0]), 0, 1)
     y_top = y_top + back * (y_wide - y_top)
-    pad = np.pad(y_top, 2, mode="edge")
-    y_top = np.mean(np.stack([pad[i:i + n_cols] for i in range(5)]), 0)
+    y_top = np.mean(_window5(y_top), 0)
     # the head's horizontal radius at each column's top: its outermost vertex nearby
     r_top = np.empty(n_cols)
     for k in range(n_cols):
@@ -365,6 +370,7 @@ def _curtain(shell: _Shell, run: np.ndarray, y_tip: float, base: int, nu: int):
     uv_vert[head.uv_faces.ravel()] = head.faces.ravel()
     hair_uv = (uv_vert >= 0) & on[np.maximum(uv_vert, 0)]
     crown: dict[int, np.ndarray] = {}
+    in_island: dict[int, np.ndarray] = {}  # the island's hair UV ids
     uvs: list[np.ndarray] = []
     walked: dict[tuple[int, int], np.ndarray] = {}
 
@@ -375,7 +381,7 @@ def _curtain(shell: _Shell, run: np.ndarray, y_tip: float, base: int, nu: int):
         if (k, il) in walked:
             return walked[(k, il)]
         if il not in crown:
-            cand = np.nonzero(hair_uv & (isl == il))[0]
+            in_island[il] = cand = np.nonzero(hair_uv & (isl == il))[0]
             crown[il] = head.uvs[cand[np.argmax(v[uv_vert[cand], 1])]]
         x = int(roots[k])
         ux = corners[x].get(il)
@@ -389,9 +395,9 @@ def _curtain(shell: _Shell, run: np.ndarray, y_tip: float, base: int, nu: int):
             # island's hair texel nearest the top, or its mirror), as the shell shows there
             top = c + d[k] * r_top[k]
             top[1] = y_top[k]
-            if int(isl[ux]) == il and (v[uv_vert[ux], 0] - c[0]) * (top[0] - c[0]) < 0:
+            if (v[uv_vert[ux], 0] - c[0]) * (top[0] - c[0]) < 0:  # ux on the other side
                 top[0] = 2 * c[0] - top[0]
-            cand = np.nonzero(hair_uv & (isl == il))[0]
+            cand = in_island[il]
             ux = int(cand[np.argmin(np.linalg.norm(v[uv_vert[cand]] - top, axis=1))])
         cr = crown[il]
         line = head.uvs[ux][None] + (cr - head.uvs[ux])[None] * _STEPS[:, None]
