@@ -169,6 +169,48 @@ def test_long_hair_falls_from_the_back_of_the_skull_not_the_nape(head, maps):
     assert d[low].min() < 0.85 * d[ys > lm[30, 1]].max(), (d / d.max()).round(2)
 
 
+def test_the_curtain_reads_the_texture_strip_by_angle_and_way_down(head, maps):
+    """With the texture's curtain strip, the curtain reads it and nothing else: each column at
+    its angle about the head (the strip's columns in the order of the angles), each row at its
+    way down from the column's top (the strip's rows in order, down the curtain). Its shape
+    and the shell are those of the hair without a strip."""
+    from services.fitter.texture.atlas import spare_rect
+    from services.fitter.texture.hair import STRIP_DEG, STRIP_LENGTH_IOD, CurtainStrip
+
+    mesh, lm = head
+    matte = _matte(maps, True)
+    covered = maps.mask.cpu().numpy()
+    rect = spare_rect(maps)
+    assert rect is not None
+    r0, r1, c0, c1 = rect
+    strip = CurtainStrip(rect=rect, size=S, degrees=STRIP_DEG,
+                         length=STRIP_LENGTH_IOD * maps.iod,
+                         rgb=np.zeros((r1 - r0, c1 - c0, 3), np.float32))
+    info = {"long_hair": True, "hair_volume": 0.15, "hair_below": 0.8, "hair_cut": False}
+    walk = hair_mesh(mesh, matte, info, lm, covered)
+    hair = hair_mesh(mesh, matte, info, lm, covered, strip=strip)
+    hair.validate()
+    np.testing.assert_array_equal(hair.vertices, walk.vertices)
+    np.testing.assert_array_equal(hair.faces, walk.faces)
+    uv_t = hair.uvs[hair.uv_faces]  # [F, 3, 2]
+    col = uv_t[..., 0] * S
+    row = (1 - uv_t[..., 1]) * S
+    in_strip = ((col >= c0) & (col <= c1) & (row >= r0) & (row <= r1)).all(1)
+    # the faces whose UVs changed are the curtain's: they all read the strip, the shell's
+    # (the painted hair, as without a strip) never do
+    curtain = ~np.isclose(walk.uvs[walk.uv_faces], uv_t).all((1, 2))
+    assert curtain.sum() > 100 and np.array_equal(in_strip, curtain)
+    assert hair.vertices[hair.faces[curtain]][..., 1].min() < lm[8, 1] - 0.5 * _hf(lm)
+    # order: round the head with the angle, down the curtain with the height
+    p = hair.vertices[hair.faces[in_strip]].mean(1).astype(np.float64)
+    c = mesh.vertices[vertex_hair(padded_matte(matte, covered), mesh) > 0.6].mean(0)
+    ang = np.degrees(np.arctan2(-(p[:, 0] - c[0]), -(p[:, 2] - c[2])))
+    u_mid, v_mid = uv_t[in_strip].mean(1).T
+    assert np.corrcoef(ang, u_mid)[0, 1] > 0.95
+    for band in (np.abs(ang) < 10, np.abs(ang) > 80):  # each column from its own top
+        assert band.sum() > 20 and np.corrcoef(p[band, 1], v_mid[band])[0, 1] > 0.95
+
+
 def test_the_hair_follows_the_heads_expressions(head, maps):
     mesh, lm = head
     hair = hair_mesh(mesh, _matte(maps, True), {"long_hair": True, "hair_volume": 0.1,

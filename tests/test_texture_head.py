@@ -146,6 +146,42 @@ def test_long_hair_hangs_over_the_neck_behind_the_ears(model, maps):
     assert abs(int(left.sum()) - int(right.sum())) < 0.1 * nape.sum()
 
 
+def test_long_hair_paints_its_curtain_strip_outside_the_islands(maps):
+    """Long hair (only) gets a curtain strip for the hair mesh's curtain: in a rectangle no
+    UV island covers nor reads, of the back of the head's hair colour, its strands running
+    down (across its columns the texture changes much faster than down its rows); painted
+    into the texture, it leaves every island's texel as it was."""
+    from services.fitter.texture.atlas import SPARE_MARGIN, SPARE_MIN, spare_rect
+    from services.fitter.texture.hair import paint_curtain
+
+    mask = maps.mask.numpy()
+    pos = maps.pos_mean.numpy()
+    colour = np.full((S, S, 3), 0.3, np.float32)
+    w_hair = (mask & (pos[..., 2] > 0.0) & (maps.hair_zone > 0.5)).astype(np.float32)
+    w_skin = (mask & (pos[..., 2] > -0.2) & (maps.hair_zone < 0.1)).astype(np.float32)
+    short = hair_layer(colour, w_hair, w_skin, maps, _stats(True))
+    long = hair_layer(colour, w_hair, w_skin, maps, {**_stats(True), "long_hair": True})
+    assert short.curtain is None and long.curtain is not None
+    strip = long.curtain
+    r0, r1, c0, c1 = strip.rect
+    assert strip.rect == spare_rect(maps) and strip.rgb.shape == (r1 - r0, c1 - c0, 3)
+    assert min(r1 - r0, c1 - c0) >= SPARE_MIN * S
+    # nothing of an island within the margin (bilinear and mip-mapped lookups read past it)
+    m = round(SPARE_MARGIN * S)
+    assert not mask[max(r0 - m, 0):r1 + m, max(c0 - m, 0):c1 + m].any()
+    # the colour of the hair over the back of the head, with strands running down
+    back = (long.matte > 0.8) & (pos[..., 2] < -0.3 * np.abs(pos[..., 2]).max())
+    ref = np.median(long.color[back], 0)
+    assert np.abs(np.median(strip.rgb.reshape(-1, 3), 0) - ref).max() < 0.03
+    lum = np.log(strip.rgb @ np.array([0.299, 0.587, 0.114], np.float32))
+    assert lum.std() > 0.05 and _anisotropy(lum) > 3.0
+    tex = np.random.default_rng(0).random((S, S, 3)).astype(np.float32)
+    painted = paint_curtain(tex, strip)
+    assert np.array_equal(painted[mask], tex[mask])
+    assert np.array_equal(painted[r0:r1, c0:c1], strip.rgb)
+    assert paint_curtain(tex, None) is tex
+
+
 def _hair_photo(kind: str, angle_deg: float = 0.0) -> np.ndarray:
     """``float32 [1024, 1024, 3]``: straight strands running at ``angle_deg`` from the x axis
     (``kind="straight"``), or curls (small dark rings, no direction)."""

@@ -501,7 +501,8 @@ class FitterCore:
             hair = None
             if textures[i].hair_matte is not None:
                 hair = hair_mesh(mesh_neu, textures[i].hair_matte, textures[i].hair or {},
-                                 lm_neu[i], covered=covered)
+                                 lm_neu[i], covered=covered,
+                                 strip=textures[i].hair_curtain)
             return FitOutput(
                 hair=hair,
                 coefficients=c_np, mesh_neutral=mesh_neu, mesh_expression=mesh_exp,

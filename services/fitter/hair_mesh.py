@@ -16,11 +16,15 @@ own):
   shell, hanging straight down to the length the photo shows (``hair_below``: how far below
   the chin the hair hangs beside the neck; :data:`CUT_LENGTH` when the photo cuts it off),
   flaring out a little, waving round the head and down its length, its tips ragged (a fixed
-  pattern); each column's UVs run from its hairline texels up the scalp toward the crown,
-  stretched over its length, on the painted hair only, so the curtain shows the painted
-  hair's strands running down it, all in one UV island (one half of the scalp; the other
-  half's columns at their mirror angle: no seam down the back); a quad whose two columns'
-  walks lie far apart in UV reads one of them (between them lies an ear's skin).
+  pattern); its UVs read the texture's curtain strip
+  (:class:`~services.fitter.texture.hair.CurtainStrip`: the back of the head's hair drawn
+  down in strands, in a rectangle of the atlas no island covers), each column at its angle
+  about the head, each row at its way down from the column's top: the strands keep the
+  scalp's scale and run down the whole length. Without a strip (an atlas with no spare room)
+  each column's UVs run from its hairline texels up the scalp toward the crown, stretched
+  over its length, on the painted hair only, all in one UV island (one half of the scalp;
+  the other half's columns at their mirror angle: no seam down the back); a quad whose two
+  columns' walks lie far apart in UV reads one of them (between them lies an ear's skin).
 
 Each hair vertex follows one head vertex (its root): the hair carries the head's morph
 targets that move its roots (the brows' and the jaw's), on its roots' offsets, so it moves
@@ -43,6 +47,7 @@ from services.fitter.facemodel.topology import (
     vertex_adjacency,
     vertex_normals,
 )
+from services.fitter.texture.hair import CurtainStrip
 
 # the matte's level that is hair (vertices), and the share of its neighbours that closes a
 # pinhole; the curtain's columns (degrees about the axis), its least length below the hairline
@@ -139,7 +144,8 @@ def _close_holes(on: np.ndarray, adj: sp.csr_matrix, rounds: int = 2) -> np.ndar
 
 
 def hair_mesh(head: MeshData, matte: np.ndarray, info: dict, landmarks: np.ndarray,
-              covered: np.ndarray | None = None) -> MeshData | None:
+              covered: np.ndarray | None = None, strip: CurtainStrip | None = None
+              ) -> MeshData | None:
     """The hair of one fitted head as a mesh textured by the head texture.
 
     Args:
@@ -152,6 +158,9 @@ def hair_mesh(head: MeshData, matte: np.ndarray, info: dict, landmarks: np.ndarr
         landmarks: ``[68, 3]`` the 68 landmarks on ``head`` (model space).
         covered: ``[S, S]`` the texels inside the UV islands (``UVMaps.mask``), to read the
             matte past the islands' borders (:func:`padded_matte`); None = as it is.
+        strip: the texture's curtain strip (``CompletedTexture.hair_curtain``): the curtain
+            reads its strands there; None: it reads the scalp's hair, walked up from its
+            hairline (an atlas without spare room).
     Returns:
         :class:`MeshData` with UVs into the head texture (and those of the head's morph targets
         that move it, same names and weights), or None when the matte covers too little of the
@@ -196,7 +205,7 @@ def hair_mesh(head: MeshData, matte: np.ndarray, info: dict, landmarks: np.ndarr
     uv_faces = [suf]
     got = None if len(run) < 2 else _curtain(
         _Shell(head, v, on, sf, suf, matte, thick, hf), np.asarray(run), y_tip, len(sub),
-        len(head.uvs))
+        len(head.uvs), strip)
     if got is not None:
         cp, cr, cf, cu, cuf = got
         pos.append(cp)
@@ -269,7 +278,8 @@ def _window5(x: np.ndarray) -> np.ndarray:
     return np.stack([pad[i:i + len(x)] for i in range(5)])
 
 
-def _curtain(shell: _Shell, run: np.ndarray, y_tip: float, base: int, nu: int):
+def _curtain(shell: _Shell, run: np.ndarray, y_tip: float, base: int, nu: int,
+             strip: CurtainStrip | None = None):
     """The curtain: a closed slab round the back of the head, its columns every
     :data:`COLUMN_DEG` of angle about the hair's vertical axis over the angles of ``run`` (the
     hairline behind the ears). Its top follows the hairline's lowest point at each angle,
@@ -277,8 +287,9 @@ def _curtain(shell: _Shell, run: np.ndarray, y_tip: float, base: int, nu: int):
     smoothed, and is tucked :data:`TUCK` face heights up under the shell (no seam to show);
     it hangs straight down to ``y_tip`` (at least :data:`MIN_HANG` below the hairline),
     flaring out by :data:`CURTAIN_FLARE`; its inner sheet lies ``thick`` inside the outer.
-    Each column reads the painted hair of the hairline vertex nearest its angle (its root:
-    texture and morph offsets), walked up toward the crown of that vertex's UV island.
+    Each column follows the hairline vertex nearest its angle (its root: morph offsets) and
+    reads ``strip`` at its angle, down from its top; without a strip, the painted hair of its
+    root, walked up toward the crown of that vertex's UV island.
 
     Returns positions ``[M, 3]``, root head vertex ids ``[M]``, faces ``[F, 3]`` (ids from
     ``base``), UVs ``[U, 2]`` (ids from ``nu``) and UV faces ``[F, 3]``, every face turned
@@ -420,14 +431,19 @@ def _curtain(shell: _Shell, run: np.ndarray, y_tip: float, base: int, nu: int):
     # long hair); of the two islands this one's walks run along its strands on the 6 long-
     # haired faces-dev heads looked at (the other's printed zigzag bands on fd21, fd01, fd17)
     one = next(iter(corners[int(roots[0])]))
+    if strip is not None:  # the strip: each column at its angle, each row at its way down
+        got = strip.uv(angs[:, None], y_top[:, None] - y)
+        uvs.append(got.reshape(-1, 2))
+        for k in range(n_cols):
+            walked[(k, one)] = nu + k * (rows + 1) + np.arange(rows + 1)
     pairs = [(column_uv(k, one), column_uv(k + 1, one)) for k in range(n_cols - 1)]
     # a quad reads the texels between its two columns' walks: where those lie far apart in UV
     # (roots far apart on the hairline) that is an ear or a temple, not hair: such a quad
-    # reads one column's walk on both sides
+    # reads one column's walk on both sides (the strip's columns are all hair)
     coords = np.concatenate(uvs)
     gap = np.array([np.linalg.norm(coords[a - nu] - coords[b - nu], axis=1).max()
                     for a, b in pairs])
-    wide = gap > UV_GAP * max(float(np.median(gap)), 1e-6)
+    wide = (gap > UV_GAP * max(float(np.median(gap)), 1e-6)) & (strip is None)
     faces, uvf, want = [], [], []
     down = np.array([0.0, -1.0, 0.0])
     for ka in range(n_cols - 1):

@@ -170,6 +170,63 @@ def host_array(maps: UVMaps, name: str) -> np.ndarray:
     return hit
 
 
+# spare_rect: the free rectangle is looked for on a SPARE_GRID x SPARE_GRID grid of the atlas,
+# SPARE_MARGIN of the side away from every island (bilinear and mip-mapped lookups at the
+# islands' borders read past them), each of its sides at least SPARE_MIN of the atlas's
+SPARE_GRID = 64
+SPARE_MARGIN = 1 / 64
+SPARE_MIN = 1 / 8
+
+
+def spare_rect(maps: UVMaps) -> tuple[int, int, int, int] | None:
+    """The largest rectangle of the atlas that no UV island covers: texels that the head's
+    triangles never read, where the texture can hold what is not on the head (the long hair's
+    curtain, :class:`~services.fitter.texture.hair.CurtainStrip`).
+
+    Returns:
+        ``(r0, r1, c0, c1)``: texel rows ``r0:r1`` and columns ``c0:c1`` of ``maps``'s atlas,
+        at least ``SPARE_MARGIN * S`` texels from every covered texel, each side at least
+        ``SPARE_MIN * S``; None when the atlas has no such room. Found once per atlas (kept
+        in ``maps.derived``).
+    """
+    key = ("spare-rect",)
+    if key in maps.derived:
+        return maps.derived[key]
+    s = maps.size
+    mask = host_array(maps, "mask").astype(np.uint8)
+    k = 2 * max(1, round(SPARE_MARGIN * s)) + 1
+    near = cv2.dilate(mask, np.ones((k, k), np.uint8))
+    g = SPARE_GRID
+    cell = s / g
+    # a grid cell is free when none of its texels is near an island
+    edges = np.round(np.arange(g + 1) * cell).astype(np.int64)
+    busy = np.add.reduceat(np.add.reduceat(near.astype(np.int64), edges[:-1], 0),
+                           edges[:-1], 1) > 0
+    free = ~busy
+    least = max(1, math.ceil(SPARE_MIN * g))
+    best, area = None, 0
+    for r0 in range(g):
+        cols = np.ones(g, bool)
+        for r1 in range(r0 + 1, g + 1):
+            cols &= free[r1 - 1]
+            if not cols.any():
+                break
+            if r1 - r0 < least:
+                continue
+            # the longest run of columns free over rows r0:r1
+            padded = np.concatenate([[0], cols.astype(np.int8), [0]])
+            d = np.diff(padded)
+            starts, ends = np.nonzero(d == 1)[0], np.nonzero(d == -1)[0]
+            j = int(np.argmax(ends - starts))
+            w = int(ends[j] - starts[j])
+            if w >= least and w * (r1 - r0) > area:
+                area = w * (r1 - r0)
+                best = (r0, r1, int(starts[j]), int(ends[j]))
+    rect = None if best is None else tuple(int(edges[x]) for x in best)
+    maps.derived[key] = rect
+    return rect
+
+
 _UV_CACHE: dict[tuple, UVMaps] = {}
 _UV_LOCK = threading.Lock()
 

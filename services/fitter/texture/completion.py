@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ffhquv.imaging import LUMA
 from services.fitter.texture.atlas import UVMaps, atlas_tensors, host_array
-from services.fitter.texture.hair import fringe_gap_weight, hair_weight
+from services.fitter.texture.hair import CurtainStrip, fringe_gap_weight, hair_weight
 from services.fitter.texture.hostcopy import to_host
 from services.fitter.texture.imageops import (
     Interp,
@@ -117,6 +117,8 @@ class CompletedTexture:
             None where none was looked for.
         hair_matte: ``float32 [S, S]`` where the hair covers the scalp (``HairLayer.matte``),
             None for a bald head or where none was looked for.
+        hair_curtain: long hair's curtain strip, painted into ``texture`` outside the islands
+            (``HairLayer.curtain``), or None.
     """
 
     texture: np.ndarray
@@ -125,6 +127,7 @@ class CompletedTexture:
     skin_color: np.ndarray
     hair: dict | None = None
     hair_matte: np.ndarray | None = None
+    hair_curtain: CurtainStrip | None = None
 
 
 @numpy_io

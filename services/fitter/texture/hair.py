@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -13,7 +13,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ffhquv.imaging import LUMA
-from services.fitter.texture.atlas import UVMaps, atlas_tensors, derived_arrays, host_array
+from services.fitter.texture.atlas import (
+    UVMaps,
+    atlas_tensors,
+    derived_arrays,
+    host_array,
+    spare_rect,
+)
 from services.fitter.texture.imageops import box_mean, median, numpy_io, square_max
 from services.fitter.texture.lowpass import mesh_lowpass
 
@@ -106,11 +112,110 @@ class HairLayer:
         matte: ``float32 [S, S]`` in [0, 1], where hair covers the skin.
         info: ``{"has_hair", "long_hair", "hair_rgb", "hair_amp", "hair_px", "skin_px",
             "crown_hair_share"}`` for the report.
+        curtain: long hair's :class:`CurtainStrip` (painted into the atlas's spare room after
+            the islands' padding, :func:`paint_curtain`), else None.
     """
 
     color: np.ndarray
     matte: np.ndarray
     info: dict
+    curtain: CurtainStrip | None = None
+
+
+# the curtain's strip: the angles about the head's vertical axis across it (degrees, 0 at the
+# back, the sign of the hair mesh's columns) and its length down the curtain (inter-ocular
+# distances of the mean shape): the curtain's columns and rows read it at these, so its
+# strands keep the scalp's scale whatever the curtain's length
+STRIP_DEG = (-120.0, 120.0)
+STRIP_LENGTH_IOD = 4.0
+
+
+@dataclass(frozen=True)
+class CurtainStrip:
+    """Where long hair's curtain (:mod:`services.fitter.hair_mesh`) reads its texture: a
+    rectangle of the atlas that no island covers
+    (:func:`~services.fitter.texture.atlas.spare_rect`), painted with the hair of the back of
+    the head drawn down in strands.
+
+    Attributes:
+        rect: ``(r0, r1, c0, c1)`` its texel rows and columns in the atlas of side ``size``.
+        size: the atlas side S.
+        degrees: ``(first, last)`` the angles about the head's axis at its first and last
+            column (0 at the back; :data:`STRIP_DEG`).
+        length: model units down the curtain from its top (row ``r0``) to row ``r1 - 1``.
+        rgb: ``float32 [r1 - r0, c1 - c0, 3]`` its pixels (sRGB in [0, 1]).
+    """
+
+    rect: tuple[int, int, int, int]
+    size: int
+    degrees: tuple[float, float]
+    length: float
+    rgb: np.ndarray = field(repr=False, compare=False)
+
+    def uv(self, degrees: np.ndarray, down: np.ndarray) -> np.ndarray:
+        """UVs ``[..., 2]`` (row 0 = ``v = 1``) of the curtain's points at angles ``degrees``
+        about the head's axis and ``down`` model units below its top (broadcast together),
+        clamped to the strip's texel centres."""
+        r0, r1, c0, c1 = self.rect
+        a = np.clip((np.asarray(degrees, np.float64) - self.degrees[0])
+                    / (self.degrees[1] - self.degrees[0]), 0.0, 1.0)
+        t = np.clip(np.asarray(down, np.float64) / self.length, 0.0, 1.0)
+        col = c0 + 0.5 + a * (c1 - c0 - 1)
+        row = r0 + 0.5 + t * (r1 - r0 - 1)
+        u, v = np.broadcast_arrays(col / self.size, 1.0 - row / self.size)
+        return np.stack([u, v], -1)
+
+
+def paint_curtain(tex: np.ndarray, strip: CurtainStrip | None) -> np.ndarray:
+    """``tex`` ``[S, S, 3]`` with ``strip``'s pixels in its rectangle (a copy; ``tex`` itself
+    when there is no strip)."""
+    if strip is None:
+        return tex
+    r0, r1, c0, c1 = strip.rect
+    out = np.array(tex, copy=True)
+    out[r0:r1, c0:c1] = strip.rgb
+    return out
+
+
+def curtain_strip(hair_rgb: np.ndarray, matte: np.ndarray, maps: UVMaps,
+                  swatch: np.ndarray | None, amp: float) -> CurtainStrip | None:
+    """Long hair's :class:`CurtainStrip`: the colour of the hair painted over the back of the
+    head (the median of ``hair_rgb`` where ``matte`` is hair, behind the ears), times the
+    photo's own hair texture (``swatch``, :func:`hair_swatch`; its rows down the curtain, its
+    columns round it, at the scale :func:`swatch_on_head` lays it on the scalp) or, without
+    one, strand noise of strand contrast ``amp``. None when the atlas has no spare room
+    (:func:`~services.fitter.texture.atlas.spare_rect`) or ``matte`` no hair at the back.
+
+    Args:
+        hair_rgb: ``float32 [S, S, 3]`` the hair layer's colour; matte: ``float32 [S, S]``.
+        maps: the atlas; swatch: ``float32 [SWATCH, SWATCH]`` log-luma detail or None.
+    """
+    rect = spare_rect(maps)
+    if rect is None:
+        return None
+    around, _, radius = _head_angles(maps)
+    back = (matte > 0.8) & (np.abs(around) > np.radians(180.0 - STRIP_DEG[1] / 2))
+    if back.sum() < 20:
+        return None
+    colour = np.median(hair_rgb[back], 0).astype(np.float32)
+    r0, r1, c0, c1 = rect
+    length = STRIP_LENGTH_IOD * maps.iod
+    # the texture at the swatch's scale (SWATCH_PER_IOD pixels per inter-ocular distance, as
+    # on the scalp), round the curtain at the scalp's radius and down it; then area-resampled
+    # to the strip's texels
+    per_unit = SWATCH_PER_IOD / max(maps.iod, 1e-9)
+    wide = max(int(round(math.radians(STRIP_DEG[1] - STRIP_DEG[0]) * radius * per_unit)), 1)
+    tall = max(int(round(length * per_unit)), 1)
+    if swatch is not None:  # the photo's hair, tiled: its rows run down the curtain
+        reps = (-(-tall // swatch.shape[0]), -(-wide // swatch.shape[1]))
+        native = np.tile(swatch, reps)[:tall, :wide]
+    else:  # strands of the photo's contrast
+        native = amp * strip_noise(tall, wide)
+    detail = cv2.resize(native.astype(np.float32), (c1 - c0, r1 - r0),
+                        interpolation=cv2.INTER_AREA)
+    rgb = np.clip(colour * np.exp(detail)[..., None], 1.0 / 255, 1.0).astype(np.float32)
+    return CurtainStrip(rect=rect, size=maps.size, degrees=STRIP_DEG, length=float(length),
+                        rgb=rgb)
 
 
 def hair_layer(color: np.ndarray, w_hair: np.ndarray, w_skin: np.ndarray, maps: UVMaps,
@@ -169,8 +274,10 @@ def hair_layer(color: np.ndarray, w_hair: np.ndarray, w_skin: np.ndarray, maps: 
     synth = base * np.exp(detail)[..., None]
     own = np.clip((w_col - 0.3) / 0.5, 0, 1)[..., None]
     out = own * color + (1 - own) * synth
-    return HairLayer(color=np.clip(out, 1.0 / 255, 1.0).astype(np.float32),
-                     matte=matte.astype(np.float32), info=info)
+    color = np.clip(out, 1.0 / 255, 1.0).astype(np.float32)
+    curtain = (curtain_strip(color, matte, maps, swatch, float(stats["hair_amp"]))
+               if info.get("long_hair") else None)
+    return HairLayer(color=color, matte=matte.astype(np.float32), info=info, curtain=curtain)
 
 
 # hair_swatch: a tileable SWATCH x SWATCH texture at SWATCH_PER_IOD pixels per inter-ocular
@@ -404,3 +511,24 @@ def _value_noise(a: np.ndarray, b: np.ndarray, seed: int, ka: float, kb: float) 
     top = grid[y0, x0] * (1 - fx) + grid[y0, x1] * fx
     bot = grid[y1, x0] * (1 - fx) + grid[y1, x1] * fx
     return top * (1 - fy) + bot * fy
+
+
+# the curtain's strand noise: octaves of (wavelength across the strands, along them, in swatch
+# pixels; amplitude)
+_STRIP_OCTAVES = ((24, 160, 0.55), (12, 80, 0.35), (6, 40, 0.25), (3, 20, 0.15))
+
+
+def strip_noise(rows: int, cols: int, seed: int = 0) -> np.ndarray:
+    """Strand noise on a flat ``rows x cols`` grid of swatch pixels (:data:`SWATCH_PER_IOD` a
+    inter-ocular distance), its strands running down the rows: smooth (bicubic) value noise
+    of :data:`_STRIP_OCTAVES`. Returns ``float32 [rows, cols]``, zero mean, standard
+    deviation about 0.5 (as :func:`strand_noise`)."""
+    rng = np.random.default_rng(seed)
+    total = np.zeros((rows, cols), np.float32)
+    for across, along, amp in _STRIP_OCTAVES:
+        gr, gc = rows // along + 4, cols // across + 4
+        grid = rng.standard_normal((gr, gc)).astype(np.float32)
+        big = cv2.resize(grid, (gc * across, gr * along), interpolation=cv2.INTER_CUBIC)
+        total += amp * big[along:along + rows, across:across + cols]
+    total -= total.mean()
+    return (0.5 * total / max(float(total.std()), 1e-6)).astype(np.float32)

@@ -18,7 +18,7 @@ from ffhquv.render.camera import Camera
 from services.fitter.facemodel.base import FaceModel
 from services.fitter.texture.atlas import uv_maps
 from services.fitter.texture.completion import CompletedTexture, complete_texture, pad_outside
-from services.fitter.texture.hair import hair_info, hair_layer
+from services.fitter.texture.hair import hair_info, hair_layer, paint_curtain
 from services.fitter.texture.hostcopy import to_host
 from services.fitter.texture.masks import HeadMasks
 from services.fitter.texture.pool import per_photo
@@ -80,9 +80,10 @@ class UnwrapTextureSource:
             tex = (done.texture * (1 - m) + hair.color * m).astype(np.float32)
             # texels outside the islands again from their nearest covered texel (bilinear and
             # mip-mapped lookups at island borders read them: no skin-coloured seam lines)
-            done.texture = pad_outside(tex, maps)
+            done.texture = paint_curtain(pad_outside(tex, maps), hair.curtain)
             done.hair = hair.info
             done.hair_matte = hair.matte
+            done.hair_curtain = hair.curtain
             return done
 
         return per_photo(one, alb.shape[0])
