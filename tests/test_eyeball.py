@@ -286,6 +286,34 @@ def test_iris_colour_from_photo():
     assert iris_colour(img, small_lm)[1] == "default"
 
 
+def test_the_eyes_keep_the_photos_exposure():
+    """The eyeball texture is at the photo's exposure, as the head texture keeps the photo's
+    skin level: a dimmer photo of the same eyes gives a darker level (its lit sclera over the
+    texture's), the same blue iris; closed eyes get the default level; the texture is the
+    level times the full-exposure texture in linear RGB."""
+    from services.eyeball.iris import DEFAULT_GAIN, EXPOSURE_GAIN, eye_colours
+
+    def lin(x):
+        c = np.asarray(x, np.float64) / 255.0
+        return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+
+    img, lm = _synthetic_eyes()
+    bright = eye_colours(img, lm)
+    dim_img = np.round(255 * (0.45 * lin(img)) ** (1 / 2.4)).astype(np.uint8)  # ~0.45x light
+    dim = eye_colours(dim_img, lm)
+    assert bright.source == dim.source == "photo"
+    assert 1 / EXPOSURE_GAIN[1] - 1e-9 <= dim.level < bright.level <= 1.0
+    assert abs(dim.level / bright.level - 0.45) < 0.12, (dim.level, bright.level)
+    assert dim.iris_rgb[2] > dim.iris_rgb[0] + 40  # still blue
+    closed = eye_colours(*_synthetic_eyes(open_=False))
+    assert closed.source == "default" and closed.level == pytest.approx(1 / DEFAULT_GAIN)
+    full = eyeball_texture((60, 100, 160), 64)
+    darker = eyeball_texture((60, 100, 160), 64, level=0.3)
+    ratio = lin(darker).mean() / lin(full).mean()
+    assert abs(ratio - 0.3) < 0.01, ratio
+    assert eyeball_texture((60, 100, 160), 64, level=1.0).tobytes() == full.tobytes()
+
+
 def test_iris_colour_real_photo(astronaut_jpg_bytes, astronaut_rgb):
     try:
         from services.detector.core import Detector

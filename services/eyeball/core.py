@@ -34,7 +34,7 @@ import numpy as np
 from ffhquv import vocab
 from ffhquv.errors import InvalidInput
 from ffhquv.mesh import MeshData, unique_rows
-from services.eyeball.iris import iris_colour
+from services.eyeball.iris import eye_colours
 from services.eyeball.mesh import (
     CORNEA_APEX,
     concat_meshes,
@@ -67,6 +67,8 @@ class EyeballResult:
         iris_rgb: iris colour used (an albedo estimate, see :mod:`services.eyeball.iris`),
             sRGB 0..255.
         iris_source: ``"photo"`` or ``"default"``.
+        level: the photo's exposure of the eyes that ``texture`` is at (``EyeColours.level``:
+            the head texture keeps the photo's skin level, the eyes its sclera's).
     """
 
     left: MeshData
@@ -77,6 +79,7 @@ class EyeballResult:
     texture: np.ndarray
     iris_rgb: tuple[float, float, float]
     iris_source: str
+    level: float = 1.0
 
 
 def points_in_polygon(pts: np.ndarray, poly: np.ndarray) -> np.ndarray:
@@ -365,7 +368,8 @@ def place_eyeballs(
                            r_range)
     right, rc, rr = fit_eye(head, rp, mid, ring_is_hole_boundary(head, np.unique(right_ring)),
                             r_range)
-    rgb, source = iris_colour(photo, photo_landmarks)
-    tex = eyeball_texture(rgb, int(texture_size))
+    colours = eye_colours(photo, photo_landmarks)
+    tex = eyeball_texture(colours.iris_rgb, int(texture_size), level=colours.level)
     return EyeballResult(left=left, right=right, left_center=lc, right_center=rc,
-                         radius=(lr, rr), texture=tex, iris_rgb=rgb, iris_source=source)
+                         radius=(lr, rr), texture=tex, iris_rgb=colours.iris_rgb,
+                         iris_source=colours.source, level=colours.level)

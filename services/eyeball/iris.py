@@ -23,6 +23,11 @@ Per open eye (dlib landmarks 36-41 / 42-47, in the photo's pixels):
    brown.
 
 The two eyes' colours are averaged in Lab, weighted by their sample sizes.
+
+5. Level: the head texture keeps the photo's skin level, so the eyeball texture is put at the
+   photo's exposure too: times the photo's lit sclera over the texture's sclera (``1 / gain``
+   of the less shaded eye), in linear RGB (:class:`EyeColours`). At the texture's own level a
+   dim photo's eyes glowed white out of a dark face.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -315,28 +321,55 @@ def sample_eye(photo: np.ndarray, eye: np.ndarray) -> EyeSample | None:
                      contrast=contrast, gain=gain, sclera_lab=sclera_lab)
 
 
+class EyeColours(NamedTuple):
+    """What a photo says of the eyes' colours (:func:`eye_colours`).
+
+    Attributes:
+        iris_rgb: the iris albedo estimate, sRGB 0..255 (at the texture's exposure: its lit
+            sclera is :data:`SCLERA_RGB`).
+        source: ``"photo"`` or ``"default"``.
+        level: the photo's exposure of the eyes, a linear factor for the whole eyeball
+            texture (:func:`services.eyeball.texture.eyeball_texture`): the photo's lit sclera
+            over the texture's, in luminance, of the less shaded eye (``1 / gain``, so in
+            ``[1 / EXPOSURE_GAIN[1], 1]``); ``1 / DEFAULT_GAIN`` when no eye was sampled.
+            The head texture keeps the photo's skin level, so the eyes do too: a dim photo's
+            eyes under its white sclera would glow out of a dark face.
+    """
+
+    iris_rgb: tuple[float, float, float]
+    source: str
+    level: float
+
+
 def iris_colour(photo: np.ndarray | None, landmarks: np.ndarray | None
                 ) -> tuple[tuple[float, float, float], str]:
-    """Iris albedo colour sampled from a photo.
+    """Iris albedo colour sampled from a photo: :func:`eye_colours`' ``(iris_rgb, source)``."""
+    got = eye_colours(photo, landmarks)
+    return got.iris_rgb, got.source
+
+
+def eye_colours(photo: np.ndarray | None, landmarks: np.ndarray | None) -> EyeColours:
+    """The iris colour and the eyes' exposure, sampled from a photo.
 
     Args:
         photo: ``uint8 [H, W, 3]`` RGB, or None.
         landmarks: ``[68, 2]`` dlib landmarks in ``photo`` pixels, or None.
     Returns:
-        ``((r, g, b), source)``: sRGB 0..255 and ``"photo"``, or :data:`DEFAULT_IRIS_RGB` and
-        ``"default"`` when there is no photo, the eyes are closed (eye aspect ratio below
+        :class:`EyeColours`: from the photo, or :data:`DEFAULT_IRIS_RGB`, ``"default"`` and the
+        default level when there is no photo, the eyes are closed (eye aspect ratio below
         :data:`MIN_EYE_ASPECT`), too small (narrower than :data:`MIN_EYE_WIDTH_PX`) or no iris
         is found in either eye.
     """
+    default = EyeColours(DEFAULT_IRIS_RGB, "default", 1.0 / DEFAULT_GAIN)
     if photo is None or landmarks is None:
-        return DEFAULT_IRIS_RGB, "default"
+        return default
     lm = np.asarray(landmarks, np.float64).reshape(-1, 2)
     if lm.shape != (68, 2) or not np.isfinite(lm).all():
-        return DEFAULT_IRIS_RGB, "default"
+        return default
     samples = [s for idx in (RIGHT_EYE, LEFT_EYE) if (s := sample_eye(photo, lm[idx]))]
     if not samples:
         log.info("iris colour: no iris found, default", extra={"iris_source": "default"})
-        return DEFAULT_IRIS_RGB, "default"
+        return default
     wts = np.array([s.n for s in samples], np.float64)
     lab = (np.stack([s.lab for s in samples]) * wts[:, None]).sum(0) / wts.sum()
     rgb = lab_to_srgb(lab)
@@ -345,4 +378,5 @@ def iris_colour(photo: np.ndarray | None, landmarks: np.ndarray | None
         "iris_word": iris_word(rgb), "eyes": len(samples),
         "contrast": [round(s.contrast, 1) for s in samples],
         "gain": [round(s.gain, 2) for s in samples]})
-    return (float(rgb[0]), float(rgb[1]), float(rgb[2])), "photo"
+    return EyeColours((float(rgb[0]), float(rgb[1]), float(rgb[2])), "photo",
+                      1.0 / min(s.gain for s in samples))

@@ -28,6 +28,7 @@ from services.eyeball.iris import (  # noqa: F401  (re-exported: the iris colour
     RIGHT_EYE,
     SCLERA_RGB,
     eye_aspect_ratio,
+    eye_colours,
     iris_colour,
 )
 from services.eyeball.mesh import LIMBUS_ANGLE, PUPIL_FRACTION
@@ -55,13 +56,16 @@ def _periodic_noise(rng: np.random.Generator, n: int, x: np.ndarray) -> np.ndarr
 
 
 def eyeball_texture(iris_rgb: tuple[float, float, float] | np.ndarray = DEFAULT_IRIS_RGB,
-                    size: int = 1024, seed: int = DEFAULT_SEED) -> np.ndarray:
+                    size: int = 1024, seed: int = DEFAULT_SEED, level: float = 1.0
+                    ) -> np.ndarray:
     """Procedural eyeball texture.
 
     Args:
         iris_rgb: iris base colour, sRGB 0..255.
         size: texture side ``S`` (>= 64).
         seed: random seed of the veins and iris fibres (deterministic output).
+        level: the photo's exposure of the eyes (``EyeColours.level``): the whole texture
+            times this in linear RGB (1: the sclera is :data:`SCLERA_RGB`).
     Returns:
         ``uint8 [S, S, 3]`` RGB, row 0 = ``v = 1`` (the top of the eye).
     """
@@ -75,7 +79,21 @@ def eyeball_texture(iris_rgb: tuple[float, float, float] | np.ndarray = DEFAULT_
     out = still.copy()
     out[y0:y1, x0:x1] = np.clip(a[y0:y1, x0:x1] * base + b[y0:y1, x0:x1] + 0.5, 0, 255
                                 ).astype(np.uint8)
+    if level != 1.0:
+        out = _level_table(round(float(level), 3))[out]
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _level_table(level: float) -> np.ndarray:
+    """``uint8 [256]``: each sRGB value times ``level`` in linear RGB, rounded."""
+    c = np.arange(256, dtype=np.float64) / 255.0
+    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4) * level
+    lin = np.clip(lin, 0.0, 1.0)
+    srgb = np.where(lin <= 0.0031308, 12.92 * lin, 1.055 * lin ** (1 / 2.4) - 0.055)
+    table = np.clip(srgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    table.flags.writeable = False
+    return table
 
 
 def warm(size: int = vocab.TEXTURE_SIZE_DEFAULT) -> None:
