@@ -617,6 +617,48 @@ def test_hair_colour_blond_with_roots_casts_and_dye():
     assert got[2] > got[1] > got[0], got
 
 
+def test_long_hairs_lit_lengths_lift_its_shaded_roots():
+    """Long hair: a brunette's crown band shows her shaded roots (nearly black); her lit
+    lengths beside the cheeks are medium brown: the colour moves most of the way to them,
+    brown. Black hair whose lengths show only grey sheen, lengths lighter but too few, or
+    lengths darker than the band (a blonde's shaded underside) leave it as it was."""
+    import cv2
+
+    from services.fitter.texture.masks import LENGTHS_WEIGHT, lengths_colour
+
+    def lab_of(rgb):
+        return cv2.cvtColor(np.asarray(rgb, np.float32)[None, None], cv2.COLOR_RGB2Lab)[0, 0]
+
+    def srgb(lab):
+        return cv2.cvtColor(np.asarray(lab, np.float32)[None, None], cv2.COLOR_Lab2RGB)[0, 0]
+
+    rng = np.random.default_rng(0)
+    strips = np.zeros((80, 80), bool)
+    strips[20:60, :15] = strips[20:60, 65:] = True
+    hairlike = np.ones((80, 80), bool)
+    roots = srgb([10.0, 2.0, 3.0])
+
+    def photo(lab, share=1.0):
+        img = np.zeros((80, 80, 3), np.float32)
+        img[:] = srgb(lab)
+        img *= rng.uniform(0.92, 1.08, (80, 80, 1)).astype(np.float32)
+        keep = rng.random((80, 80)) < share
+        img[~keep] = roots
+        return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+    got = lab_of(lengths_colour(photo([28.0, 6.0, 12.0]), strips, hairlike, roots))
+    assert got[0] > 10 + 0.8 * LENGTHS_WEIGHT * 18, got  # most of the way to the lengths
+    assert np.hypot(got[1], got[2]) > 6 and got[2] > 0, got  # brown, not grey
+    for img in (photo([28.0, 0.5, 1.0]),  # grey sheen of black hair
+                photo([28.0, 6.0, 12.0], share=0.05),  # too few lengths
+                photo([6.0, 2.0, 3.0])):  # darker than the band
+        np.testing.assert_allclose(lengths_colour(img, strips, hairlike, roots), roots)
+    # only the strips count, only hair-like pixels in them
+    none = np.zeros_like(hairlike)
+    np.testing.assert_allclose(lengths_colour(photo([28.0, 6.0, 12.0]), strips, none, roots),
+                               roots)
+
+
 def test_hair_colour_black_hair_is_not_dark_red():
     """Black hair in a thin band above a warm forehead (000055, fd10: half the band's
     pixels are the warm sheen and the hairline's mixed pixels): the colour is a dark,

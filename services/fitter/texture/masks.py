@@ -584,19 +584,14 @@ LONG_HAIR_FINE = 1.5  # strand texture, times the face skin's fine detail
 LONG_HAIR_BELOW = 0.1
 
 
-def long_hair_share(photo: np.ndarray, parse: np.ndarray, fine: np.ndarray, fine_ref: float,
-                    lm: np.ndarray, hair_rgb: np.ndarray) -> float:
-    """How much hair hangs beside the cheeks: of the background-labelled pixels 0.15 to 0.55
-    inter-ocular distances (eye centre to eye centre) outside the face outline, beside the
-    ears' line, from eye height down to the jaw (landmarks 4 / 12), the share per side that is
-    within :data:`LONG_HAIR_DE` of ``hair_rgb`` with strand texture (``fine`` above
-    :data:`LONG_HAIR_FINE` times ``fine_ref``), summed over both sides (0 to 2). Short hair
-    and ears leave these strips to the ears, neck and background.
+def cheek_strips(parse: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """bool ``[H, W]``: the background-labelled pixels 0.15 to 0.55 inter-ocular distances (eye
+    centre to eye centre) outside the face outline, beside the ears' line, from eye height down
+    to the jaw (landmarks 4 / 12): where long hair hangs beside the cheeks (short hair leaves
+    them to the ears, neck and background).
 
     Args:
-        photo: ``uint8 [H, W, 3]`` RGB crop; parse: ``[H, W]`` ParseLabel map; fine: ``[H, W]``
-            :func:`strand_energy`; fine_ref: the face skin's median of it; lm: ``[68, 2]``;
-        hair_rgb: ``[3]`` :func:`hair_colour`.
+        parse: ``[H, W]`` ParseLabel map; lm: ``[68, 2]`` landmarks in its pixels.
     """
     h, w = parse.shape
     iod = float(np.linalg.norm(lm[36:42].mean(0) - lm[42:48].mean(0)))
@@ -606,13 +601,82 @@ def long_hair_share(photo: np.ndarray, parse: np.ndarray, fine: np.ndarray, fine
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     x_mid = float(lm[27:31, 0].mean())
     beside = np.abs(xx - x_mid) > float(np.abs(lm[[0, 16], 0] - x_mid).mean())
-    strip = ((dist > 0.15 * iod) & (dist < 0.55 * iod) & beside & (parse == PARSE_BG)
-             & (yy > float(lm[36:48, 1].mean())) & (yy < float(lm[[4, 12], 1].mean())))
+    return ((dist > 0.15 * iod) & (dist < 0.55 * iod) & beside & (parse == PARSE_BG)
+            & (yy > float(lm[36:48, 1].mean())) & (yy < float(lm[[4, 12], 1].mean())))
+
+
+def long_hair_share(photo: np.ndarray, parse: np.ndarray, fine: np.ndarray, fine_ref: float,
+                    lm: np.ndarray, hair_rgb: np.ndarray) -> float:
+    """How much hair hangs beside the cheeks: of each side's :func:`cheek_strips`, the share
+    that is within :data:`LONG_HAIR_DE` of ``hair_rgb`` with strand texture (``fine`` above
+    :data:`LONG_HAIR_FINE` times ``fine_ref``), summed over both sides (0 to 2).
+
+    Args:
+        photo: ``uint8 [H, W, 3]`` RGB crop; parse: ``[H, W]`` ParseLabel map; fine: ``[H, W]``
+            :func:`strand_energy`; fine_ref: the face skin's median of it; lm: ``[68, 2]``;
+        hair_rgb: ``[3]`` :func:`hair_colour`.
+    """
+    w = parse.shape[1]
+    strip = cheek_strips(parse, lm)
+    xx = np.arange(w, dtype=np.float32)[None, :]
+    x_mid = float(lm[27:31, 0].mean())
     lab = cv2.cvtColor(photo.astype(np.float32) / 255, cv2.COLOR_RGB2Lab)
     ref = cv2.cvtColor(np.asarray(hair_rgb, np.float32)[None, None], cv2.COLOR_RGB2Lab)[0, 0]
     hairy = (np.linalg.norm(lab - ref, axis=-1) < LONG_HAIR_DE) & (fine > LONG_HAIR_FINE * fine_ref)
     return float(sum((hairy & strip & side).sum() / max(int((strip & side).sum()), 1)
                      for side in (xx < x_mid, xx >= x_mid)))
+
+
+# long hair's lengths beside the cheeks: pixels of the cheek strips with strand texture, not
+# skin-like, of a hair hue (or nearly grey) and between LENGTHS_L[0] and [1] L* of the band's
+# colour; when they are LENGTHS_SHARE of the strips, lighter than the band's colour and
+# coloured (median chroma LENGTHS_CHROMA at least: brown, auburn, blond; black hair's sheen
+# is grey and lifts nothing), the hair colour moves LENGTHS_WEIGHT of the way to theirs: the
+# band over the forehead is often the shaded roots of hair whose lit lengths show its colour
+# (a brunette's crown read black)
+LENGTHS_SHARE = 0.15
+LENGTHS_CHROMA = 6.0
+LENGTHS_L = (-5.0, 35.0)
+LENGTHS_WEIGHT = 0.75
+LENGTHS_GREY = 8.0  # chroma below which any hue passes
+
+
+def lengths_colour(photo: np.ndarray, strips: np.ndarray, hairlike: np.ndarray,
+                   hair_rgb: np.ndarray) -> np.ndarray:
+    """The hair colour of long hair, lifted by its lit lengths beside the cheeks.
+
+    Args:
+        photo: ``uint8 [H, W, 3]`` RGB crop; strips: bool ``[H, W]`` :func:`cheek_strips`;
+        hairlike: bool ``[H, W]`` pixels with strand texture that are not skin-like.
+        hair_rgb: ``[3]`` :func:`hair_colour` of the band over the forehead.
+    Returns:
+        sRGB ``float32 [3]`` in [0, 1]: ``hair_rgb`` itself unless at least
+        :data:`LENGTHS_SHARE` of ``strips`` is hair of a natural hue (:data:`HAIR_HUE_DEG`
+        widened to the lightest end, or chroma under :data:`LENGTHS_GREY`) within
+        :data:`LENGTHS_L` of its lightness and their median is lighter and of chroma
+        :data:`LENGTHS_CHROMA` at least: then L* moves
+        :data:`LENGTHS_WEIGHT` of the way to their median, a* b* to their median's scaled to
+        that lightness.
+    """
+    ref = cv2.cvtColor(np.asarray(hair_rgb, np.float32)[None, None], cv2.COLOR_RGB2Lab)[0, 0]
+    lab = cv2.cvtColor(photo.astype(np.float32) / 255, cv2.COLOR_RGB2Lab)
+    px = lab[strips & hairlike]
+    n = max(int(strips.sum()), 1)
+    chroma = np.hypot(px[:, 1], px[:, 2])
+    hue = np.degrees(np.arctan2(px[:, 2], px[:, 1]))
+    ok = (((hue >= HAIR_HUE_DEG[0] - 5) & (hue <= HAIR_HUE_DEG[2] + 5)) | (chroma < LENGTHS_GREY))
+    ok &= (px[:, 0] > ref[0] + LENGTHS_L[0]) & (px[:, 0] < ref[0] + LENGTHS_L[1])
+    px = px[ok]
+    if len(px) < LENGTHS_SHARE * n:
+        return np.asarray(hair_rgb, np.float32)
+    med = np.median(px, 0)
+    if med[0] <= ref[0] or np.median(np.hypot(px[:, 1], px[:, 2])) < LENGTHS_CHROMA:
+        return np.asarray(hair_rgb, np.float32)
+    light = float(ref[0] + LENGTHS_WEIGHT * (med[0] - ref[0]))
+    ab = med[1:] * min(light / max(float(med[0]), 1e-3), 1.0)
+    out = np.array([light, ab[0], ab[1]], np.float32)
+    rgb = cv2.cvtColor(out[None, None], cv2.COLOR_Lab2RGB)[0, 0]
+    return np.clip(rgb, 0, 1).astype(np.float32)
 
 
 # hair_extent: the strips where hanging hair is looked for, beside the neck, in inter-ocular
@@ -866,6 +930,10 @@ def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray,
             share = long_hair_share(photo, parse, fine, fine_ref, lm, stats["hair_rgb"])
             stats["long_hair_share"] = share
             stats["long_hair"] = share >= LONG_HAIR_SHARE
+            if stats["long_hair"]:  # its lit lengths beside the cheeks
+                stats["hair_rgb"] = lengths_colour(
+                    photo, cheek_strips(parse, lm),
+                    (fine > LONG_HAIR_FINE * fine_ref) & (skinlike < 0.5), stats["hair_rgb"])
         spread = np.log(np.clip(luma / max(float(np.median(luma)), 1e-3), 0.05, 20))
         stats["hair_amp"] = float(np.clip(np.std(spread), 0.1, 0.22))
         # hair pixels far from the hair's colour are background or skin GrabCut let through
