@@ -146,6 +146,31 @@ def test_long_hair_hangs_over_the_neck_behind_the_ears(model, maps):
     assert abs(int(left.sum()) - int(right.sum())) < 0.1 * nape.sum()
 
 
+def test_spare_rect_is_the_largest_free_rectangle_or_none():
+    """spare_rect on synthetic atlases: a free corner gives a rectangle inside it, its
+    margin off the islands kept and its sides at least SPARE_MIN of the atlas; an atlas with
+    no room that large gives None (the curtain then walks the scalp's UVs)."""
+    from types import SimpleNamespace
+
+    from services.fitter.texture.atlas import SPARE_MARGIN, SPARE_MIN, spare_rect
+
+    s = 256
+    mask = torch.ones((s, s), dtype=torch.bool)
+    mask[160:, 64:] = False  # a free band along the bottom, from column 64 on
+    got = spare_rect(SimpleNamespace(size=s, mask=mask, derived={}))
+    assert got is not None
+    r0, r1, c0, c1 = got
+    m = round(SPARE_MARGIN * s)
+    assert r0 >= 160 + m and c0 >= 64 + m and r1 <= s and c1 <= s
+    assert (r1 - r0) * (c1 - c0) >= 0.8 * (s - 160 - m) * (s - 64 - m)  # most of the band
+    full = torch.ones((s, s), dtype=torch.bool)
+    full[:, ::16] = False  # thin free lines: no room for a strip
+    assert spare_rect(SimpleNamespace(size=s, mask=full, derived={})) is None
+    small = torch.ones((s, s), dtype=torch.bool)
+    small[:int(SPARE_MIN * s) - 1, :int(SPARE_MIN * s) - 1] = False
+    assert spare_rect(SimpleNamespace(size=s, mask=small, derived={})) is None
+
+
 def test_long_hair_paints_its_curtain_strip_outside_the_islands(maps):
     """Long hair (only) gets a curtain strip for the hair mesh's curtain: in a rectangle no
     UV island covers nor reads, of the back of the head's hair colour, its strands running
