@@ -663,13 +663,14 @@ def test_long_hairs_lit_lengths_lift_its_shaded_roots():
     hairlike = np.ones((80, 80), bool)
     roots = srgb([10.0, 2.0, 3.0])
 
-    def photo(lab, share=1.0):
+    def photo(lab, share=1.0):  # the crop in CIELAB, as _head_masks_one converts it
         img = np.zeros((80, 80, 3), np.float32)
         img[:] = srgb(lab)
         img *= rng.uniform(0.92, 1.08, (80, 80, 1)).astype(np.float32)
         keep = rng.random((80, 80)) < share
         img[~keep] = roots
-        return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+        u8 = (np.clip(img, 0, 1) * 255).astype(np.uint8)
+        return cv2.cvtColor(u8.astype(np.float32) / 255, cv2.COLOR_RGB2Lab)
 
     got = lab_of(lengths_colour(photo([28.0, 6.0, 12.0]), strips, hairlike, roots))
     assert got[0] > 10 + 0.8 * LENGTHS_WEIGHT * 18, got  # most of the way to the lengths

@@ -605,22 +605,21 @@ def cheek_strips(parse: np.ndarray, lm: np.ndarray) -> np.ndarray:
             & (yy > float(lm[36:48, 1].mean())) & (yy < float(lm[[4, 12], 1].mean())))
 
 
-def long_hair_share(photo: np.ndarray, parse: np.ndarray, fine: np.ndarray, fine_ref: float,
+def long_hair_share(lab: np.ndarray, strip: np.ndarray, fine: np.ndarray, fine_ref: float,
                     lm: np.ndarray, hair_rgb: np.ndarray) -> float:
     """How much hair hangs beside the cheeks: of each side's :func:`cheek_strips`, the share
     that is within :data:`LONG_HAIR_DE` of ``hair_rgb`` with strand texture (``fine`` above
     :data:`LONG_HAIR_FINE` times ``fine_ref``), summed over both sides (0 to 2).
 
     Args:
-        photo: ``uint8 [H, W, 3]`` RGB crop; parse: ``[H, W]`` ParseLabel map; fine: ``[H, W]``
-            :func:`strand_energy`; fine_ref: the face skin's median of it; lm: ``[68, 2]``;
+        lab: ``float32 [H, W, 3]`` the crop in CIELAB (OpenCV's, of sRGB in [0, 1]); strip:
+            bool ``[H, W]`` its :func:`cheek_strips`; fine: ``[H, W]`` :func:`strand_energy`;
+            fine_ref: the face skin's median of it; lm: ``[68, 2]``;
         hair_rgb: ``[3]`` :func:`hair_colour`.
     """
-    w = parse.shape[1]
-    strip = cheek_strips(parse, lm)
+    w = strip.shape[1]
     xx = np.arange(w, dtype=np.float32)[None, :]
     x_mid = float(lm[27:31, 0].mean())
-    lab = cv2.cvtColor(photo.astype(np.float32) / 255, cv2.COLOR_RGB2Lab)
     ref = cv2.cvtColor(np.asarray(hair_rgb, np.float32)[None, None], cv2.COLOR_RGB2Lab)[0, 0]
     hairy = (np.linalg.norm(lab - ref, axis=-1) < LONG_HAIR_DE) & (fine > LONG_HAIR_FINE * fine_ref)
     return float(sum((hairy & strip & side).sum() / max(int((strip & side).sum()), 1)
@@ -641,12 +640,13 @@ LENGTHS_WEIGHT = 0.75
 LENGTHS_GREY = 8.0  # chroma below which any hue passes
 
 
-def lengths_colour(photo: np.ndarray, strips: np.ndarray, hairlike: np.ndarray,
+def lengths_colour(lab: np.ndarray, strips: np.ndarray, hairlike: np.ndarray,
                    hair_rgb: np.ndarray) -> np.ndarray:
     """The hair colour of long hair, lifted by its lit lengths beside the cheeks.
 
     Args:
-        photo: ``uint8 [H, W, 3]`` RGB crop; strips: bool ``[H, W]`` :func:`cheek_strips`;
+        lab: ``float32 [H, W, 3]`` the crop in CIELAB (OpenCV's, of sRGB in [0, 1]); strips:
+            bool ``[H, W]`` its :func:`cheek_strips`;
         hairlike: bool ``[H, W]`` pixels with strand texture that are not skin-like.
         hair_rgb: ``[3]`` :func:`hair_colour` of the band over the forehead.
     Returns:
@@ -659,7 +659,6 @@ def lengths_colour(photo: np.ndarray, strips: np.ndarray, hairlike: np.ndarray,
         that lightness.
     """
     ref = cv2.cvtColor(np.asarray(hair_rgb, np.float32)[None, None], cv2.COLOR_RGB2Lab)[0, 0]
-    lab = cv2.cvtColor(photo.astype(np.float32) / 255, cv2.COLOR_RGB2Lab)
     px = lab[strips & hairlike]
     n = max(int(strips.sum()), 1)
     chroma = np.hypot(px[:, 1], px[:, 2])
@@ -926,14 +925,18 @@ def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray,
         colour_px = hair_top if streaky is None else hair_top | (
             streaky & fg & (parse == PARSE_BG) & (yy < y_brow) & (np.abs(xx - x_mid) < 1.4 * iod))
         stats["hair_rgb"] = hair_colour(photo, colour_px)
-        if streaky is not None:
-            share = long_hair_share(photo, parse, fine, fine_ref, lm, stats["hair_rgb"])
+        # the crop in CIELAB, for the tests against the hair's colour (with strand texture)
+        lab = (None if fine_ref is None
+               else cv2.cvtColor(photo.astype(np.float32) / 255, cv2.COLOR_RGB2Lab))
+        if lab is not None:
+            strips = cheek_strips(parse, lm)
+            share = long_hair_share(lab, strips, fine, fine_ref, lm, stats["hair_rgb"])
             stats["long_hair_share"] = share
             stats["long_hair"] = share >= LONG_HAIR_SHARE
             if stats["long_hair"]:  # its lit lengths beside the cheeks
                 stats["hair_rgb"] = lengths_colour(
-                    photo, cheek_strips(parse, lm),
-                    (fine > LONG_HAIR_FINE * fine_ref) & (skinlike < 0.5), stats["hair_rgb"])
+                    lab, strips, (fine > LONG_HAIR_FINE * fine_ref) & (skinlike < 0.5),
+                    stats["hair_rgb"])
         spread = np.log(np.clip(luma / max(float(np.median(luma)), 1e-3), 0.05, 20))
         stats["hair_amp"] = float(np.clip(np.std(spread), 0.1, 0.22))
         # hair pixels far from the hair's colour are background or skin GrabCut let through
@@ -943,8 +946,7 @@ def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray,
         # when that is too little, also what around the head has the hair's colour and strand
         # texture (a wall of that colour would come in too: second choice)
         stats["hair_seen"] = [hair & (dist < 0.3)]
-        if fine_ref is not None:
-            lab = cv2.cvtColor(photo.astype(np.float32) / 255, cv2.COLOR_RGB2Lab)
+        if lab is not None:
             ref_lab = cv2.cvtColor(np.asarray(stats["hair_rgb"], np.float32)[None, None],
                                    cv2.COLOR_RGB2Lab)[0, 0]
             hairy = ((np.linalg.norm(lab - ref_lab, axis=-1) < LONG_HAIR_DE)
