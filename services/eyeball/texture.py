@@ -27,6 +27,8 @@ from services.eyeball.iris import (  # noqa: F401  (re-exported: the iris colour
     MIN_EYE_WIDTH_PX,
     RIGHT_EYE,
     SCLERA_RGB,
+    _lin,  # sRGB 0..255 -> linear [0, 1] (and _srgb back): the level table
+    _srgb,
     eye_aspect_ratio,
     eye_colours,
     iris_colour,
@@ -87,11 +89,7 @@ def eyeball_texture(iris_rgb: tuple[float, float, float] | np.ndarray = DEFAULT_
 @functools.lru_cache(maxsize=64)
 def _level_table(level: float) -> np.ndarray:
     """``uint8 [256]``: each sRGB value times ``level`` in linear RGB, rounded."""
-    c = np.arange(256, dtype=np.float64) / 255.0
-    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4) * level
-    lin = np.clip(lin, 0.0, 1.0)
-    srgb = np.where(lin <= 0.0031308, 12.92 * lin, 1.055 * lin ** (1 / 2.4) - 0.055)
-    table = np.clip(srgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    table = np.clip(_srgb(_lin(np.arange(256)) * level) + 0.5, 0, 255).astype(np.uint8)
     table.flags.writeable = False
     return table
 
