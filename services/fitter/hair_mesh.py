@@ -369,81 +369,78 @@ def _curtain(shell: _Shell, run: np.ndarray, y_tip: float, base: int, nu: int,
     pos = np.concatenate([outer.reshape(-1, 3), inner.reshape(-1, 3)])
     o_id = base + np.arange(n_cols * (rows + 1)).reshape(n_cols, rows + 1)
     i_id = o_id + n_cols * (rows + 1)
-    # roots: the hairline vertex nearest in angle; its UV corners by island
+    # roots: the hairline vertex nearest in angle (texture and morph offsets)
     roots = run[np.argmin(np.abs(a_run[None, :] - angs[:, None]), 1)]
     root = np.concatenate([np.repeat(roots, rows + 1)] * 2)
-    isl = _uv_islands(head.uv_faces, len(head.uvs))
-    corners: dict[int, dict[int, int]] = {int(x): {} for x in run}
-    for fv, fu in zip(sf.ravel(), suf.ravel(), strict=True):
-        if int(fv) in corners:
-            corners[int(fv)].setdefault(int(isl[fu]), int(fu))
-    uv_vert = np.full(len(head.uvs), -1)
-    uv_vert[head.uv_faces.ravel()] = head.faces.ravel()
-    hair_uv = (uv_vert >= 0) & on[np.maximum(uv_vert, 0)]
-    crown: dict[int, np.ndarray] = {}
-    in_island: dict[int, np.ndarray] = {}  # the island's hair UV ids
     uvs: list[np.ndarray] = []
-    walked: dict[tuple[int, int], np.ndarray] = {}
-
-    def column_uv(k: int, il: int) -> np.ndarray:
-        """UV ids of column ``k``'s rows in island ``il``: from its root's texels up toward
-        the island's crown and back down, as far as the curtain is long against the way up
-        the scalp, on the painted hair only (matte above HAIR_SOLID: no ear or temple)."""
-        if (k, il) in walked:
-            return walked[(k, il)]
-        if il not in crown:
-            in_island[il] = cand = np.nonzero(hair_uv & (isl == il))[0]
-            crown[il] = head.uvs[cand[np.argmax(v[uv_vert[cand], 1])]]
-        x = int(roots[k])
-        ux = corners[x].get(il)
-        if ux is None:  # the root lies in the other half's island: the hairline vertex of
-            # this island nearest its mirror angle (the head is left/right symmetric)
-            cands = [(abs(float(a_run[j]) + float(angs[k])), int(run[j]))
-                     for j in range(len(run)) if il in corners[int(run[j])]]
-            x = min(cands)[1]
-            ux = corners[x][il]
-        if back[k] > 0:  # hung from above the hairline: the walk starts where it hangs (the
-            # island's hair texel nearest the top, or its mirror), as the shell shows there
-            top = c + d[k] * r_top[k]
-            top[1] = y_top[k]
-            if (v[uv_vert[ux], 0] - c[0]) * (top[0] - c[0]) < 0:  # ux on the other side
-                top[0] = 2 * c[0] - top[0]
-            cand = in_island[il]
-            ux = int(cand[np.argmin(np.linalg.norm(v[uv_vert[cand]] - top, axis=1))])
-        cr = crown[il]
-        line = head.uvs[ux][None] + (cr - head.uvs[ux])[None] * _STEPS[:, None]
-        solid = _sample(matte, line) >= HAIR_SOLID
-        lo = int(np.argmax(solid)) if solid.any() else 0
-        hi = lo + (int(np.argmin(solid[lo:])) if not solid[lo:].all() else len(solid) - lo)
-        t0, t1 = _STEPS[lo], _STEPS[max(hi - 1, lo)]
-        span = max(t1 - t0, 1e-6)
-        # the whole length over the way up (strands drawn out along the curtain; a way there
-        # and back would mirror the texture half-way down)
-        tri = t0 + span * s
-        ids = nu + sum(len(u) for u in uvs) + np.arange(rows + 1)
-        uvs.append(head.uvs[ux][None] + (cr - head.uvs[ux])[None] * tri[:, None])
-        walked[(k, il)] = ids
-        return ids
-
-    # every column reads one island, the first root's half of the scalp; the other half's
-    # columns read it at their mirror angle. Each half reading its own island split the
-    # curtain down the back into two differently lit and streaked halves (8 of the 24 photos'
-    # long hair); of the two islands this one's walks run along its strands on the 6 long-
-    # haired faces-dev heads looked at (the other's printed zigzag bands on fd21, fd01, fd17)
-    one = next(iter(corners[int(roots[0])]))
     if strip is not None:  # the strip: each column at its angle, each row at its way down
-        got = strip.uv(angs[:, None], y_top[:, None] - y)
-        uvs.append(got.reshape(-1, 2))
-        for k in range(n_cols):
-            walked[(k, one)] = nu + k * (rows + 1) + np.arange(rows + 1)
-    pairs = [(column_uv(k, one), column_uv(k + 1, one)) for k in range(n_cols - 1)]
-    # a quad reads the texels between its two columns' walks: where those lie far apart in UV
-    # (roots far apart on the hairline) that is an ear or a temple, not hair: such a quad
-    # reads one column's walk on both sides (the strip's columns are all hair)
-    coords = np.concatenate(uvs)
-    gap = np.array([np.linalg.norm(coords[a - nu] - coords[b - nu], axis=1).max()
-                    for a, b in pairs])
-    wide = (gap > UV_GAP * max(float(np.median(gap)), 1e-6)) & (strip is None)
+        uvs.append(strip.uv(angs[:, None], y_top[:, None] - y).reshape(-1, 2))
+        col_ids = [nu + k * (rows + 1) + np.arange(rows + 1) for k in range(n_cols)]
+        wide = np.zeros(n_cols - 1, bool)  # the strip's columns are all hair
+    else:  # each column walks up the scalp's painted hair from its root
+        isl = _uv_islands(head.uv_faces, len(head.uvs))
+        corners: dict[int, dict[int, int]] = {int(x): {} for x in run}
+        for fv, fu in zip(sf.ravel(), suf.ravel(), strict=True):
+            if int(fv) in corners:
+                corners[int(fv)].setdefault(int(isl[fu]), int(fu))
+        uv_vert = np.full(len(head.uvs), -1)
+        uv_vert[head.uv_faces.ravel()] = head.faces.ravel()
+        hair_uv = (uv_vert >= 0) & on[np.maximum(uv_vert, 0)]
+        crown: dict[int, np.ndarray] = {}
+        in_island: dict[int, np.ndarray] = {}  # the island's hair UV ids
+
+        def column_uv(k: int, il: int) -> np.ndarray:
+            """UV ids of column ``k``'s rows in island ``il``: from its root's texels up toward
+            the island's crown and back down, as far as the curtain is long against the way up
+            the scalp, on the painted hair only (matte above HAIR_SOLID: no ear or temple)."""
+            if il not in crown:
+                in_island[il] = cand = np.nonzero(hair_uv & (isl == il))[0]
+                crown[il] = head.uvs[cand[np.argmax(v[uv_vert[cand], 1])]]
+            x = int(roots[k])
+            ux = corners[x].get(il)
+            if ux is None:  # the root lies in the other half's island: the hairline vertex of
+                # this island nearest its mirror angle (the head is left/right symmetric)
+                cands = [(abs(float(a_run[j]) + float(angs[k])), int(run[j]))
+                         for j in range(len(run)) if il in corners[int(run[j])]]
+                x = min(cands)[1]
+                ux = corners[x][il]
+            if back[k] > 0:  # hung from above the hairline: the walk starts where it hangs (the
+                # island's hair texel nearest the top, or its mirror), as the shell shows there
+                top = c + d[k] * r_top[k]
+                top[1] = y_top[k]
+                if (v[uv_vert[ux], 0] - c[0]) * (top[0] - c[0]) < 0:  # ux on the other side
+                    top[0] = 2 * c[0] - top[0]
+                cand = in_island[il]
+                ux = int(cand[np.argmin(np.linalg.norm(v[uv_vert[cand]] - top, axis=1))])
+            cr = crown[il]
+            line = head.uvs[ux][None] + (cr - head.uvs[ux])[None] * _STEPS[:, None]
+            solid = _sample(matte, line) >= HAIR_SOLID
+            lo = int(np.argmax(solid)) if solid.any() else 0
+            hi = lo + (int(np.argmin(solid[lo:])) if not solid[lo:].all() else len(solid) - lo)
+            t0, t1 = _STEPS[lo], _STEPS[max(hi - 1, lo)]
+            span = max(t1 - t0, 1e-6)
+            # the whole length over the way up (strands drawn out along the curtain; a way there
+            # and back would mirror the texture half-way down)
+            tri = t0 + span * s
+            ids = nu + sum(len(u) for u in uvs) + np.arange(rows + 1)
+            uvs.append(head.uvs[ux][None] + (cr - head.uvs[ux])[None] * tri[:, None])
+            return ids
+
+        # every column reads one island, the first root's half of the scalp; the other half's
+        # columns read it at their mirror angle. Each half reading its own island split the
+        # curtain down the back into two differently lit and streaked halves (8 of the 24 photos'
+        # long hair); of the two islands this one's walks run along its strands on the 6 long-
+        # haired faces-dev heads looked at (the other's printed zigzag bands on fd21, fd01, fd17)
+        one = next(iter(corners[int(roots[0])]))
+        col_ids = [column_uv(k, one) for k in range(n_cols)]
+        # a quad reads the texels between its two columns' walks: where those lie far apart
+        # in UV (roots far apart on the hairline) that is an ear or a temple, not hair: such
+        # a quad reads one column's walk on both sides
+        coords = np.concatenate(uvs)
+        gap = np.array([np.linalg.norm(coords[a - nu] - coords[b - nu], axis=1).max()
+                        for a, b in zip(col_ids[:-1], col_ids[1:], strict=True)])
+        wide = gap > UV_GAP * max(float(np.median(gap)), 1e-6)
+    pairs = list(zip(col_ids[:-1], col_ids[1:], strict=True))
     faces, uvf, want = [], [], []
     down = np.array([0.0, -1.0, 0.0])
     for ka in range(n_cols - 1):
@@ -465,7 +462,7 @@ def _curtain(shell: _Shell, run: np.ndarray, y_tip: float, base: int, nu: int,
         want += [down, down]
     # the two ends: outer and inner joined down the side, facing away from the next column
     for k, kn in ((0, 1), (n_cols - 1, n_cols - 2)):
-        ids = column_uv(k, one)
+        ids = col_ids[k]
         away = outer[k, 0] - outer[kn, 0]
         for r in range(rows):
             a0, a1, b0, b1 = o_id[k, r], o_id[k, r + 1], i_id[k, r], i_id[k, r + 1]
