@@ -177,17 +177,17 @@ def paint_curtain(tex: np.ndarray, strip: CurtainStrip | None) -> np.ndarray:
     return out
 
 
-def curtain_strip(hair_rgb: np.ndarray, matte: np.ndarray, maps: UVMaps,
+def curtain_strip(color: np.ndarray, matte: np.ndarray, maps: UVMaps,
                   swatch: np.ndarray | None, amp: float) -> CurtainStrip | None:
     """Long hair's :class:`CurtainStrip`: the colour of the hair painted over the back of the
-    head (the median of ``hair_rgb`` where ``matte`` is hair, behind the ears), times the
+    head (the median of ``color`` where ``matte`` is hair, behind the ears), times the
     photo's own hair texture (``swatch``, :func:`hair_swatch`; its rows down the curtain, its
     columns round it, at the scale :func:`swatch_on_head` lays it on the scalp) or, without
     one, strand noise of strand contrast ``amp``. None when the atlas has no spare room
     (:func:`~services.fitter.texture.atlas.spare_rect`) or ``matte`` no hair at the back.
 
     Args:
-        hair_rgb: ``float32 [S, S, 3]`` the hair layer's colour; matte: ``float32 [S, S]``.
+        color: ``float32 [S, S, 3]`` the hair layer's colour; matte: ``float32 [S, S]``.
         maps: the atlas; swatch: ``float32 [SWATCH, SWATCH]`` log-luma detail or None.
     """
     rect = spare_rect(maps)
@@ -197,7 +197,7 @@ def curtain_strip(hair_rgb: np.ndarray, matte: np.ndarray, maps: UVMaps,
     back = (matte > 0.8) & (np.abs(around) > np.radians(180.0 - STRIP_DEG[1] / 2))
     if back.sum() < 20:
         return None
-    colour = np.median(hair_rgb[back], 0).astype(np.float32)
+    colour = np.median(color[back], 0).astype(np.float32)
     r0, r1, c0, c1 = rect
     length = STRIP_LENGTH_IOD * maps.iod
     # the texture at the swatch's scale (SWATCH_PER_IOD pixels per inter-ocular distance, as
