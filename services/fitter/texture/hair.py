@@ -273,11 +273,10 @@ def hair_layer(color: np.ndarray, w_hair: np.ndarray, w_skin: np.ndarray, maps: 
         detail = float(stats["hair_amp"]) * _atlas_strands(maps)
     synth = base * np.exp(detail)[..., None]
     own = np.clip((w_col - 0.3) / 0.5, 0, 1)[..., None]
-    out = own * color + (1 - own) * synth
-    color = np.clip(out, 1.0 / 255, 1.0).astype(np.float32)
-    curtain = (curtain_strip(color, matte, maps, swatch, float(stats["hair_amp"]))
+    out = np.clip(own * color + (1 - own) * synth, 1.0 / 255, 1.0).astype(np.float32)
+    curtain = (curtain_strip(out, matte, maps, swatch, float(stats["hair_amp"]))
                if info.get("long_hair") else None)
-    return HairLayer(color=color, matte=matte.astype(np.float32), info=info, curtain=curtain)
+    return HairLayer(color=out, matte=matte.astype(np.float32), info=info, curtain=curtain)
 
 
 # hair_swatch: a tileable SWATCH x SWATCH texture at SWATCH_PER_IOD pixels per inter-ocular
