@@ -868,6 +868,17 @@ def test_head_masks_hair_strands_and_bald(detected):
             fore = ((np.arange(224)[:, None] < a.crop_landmarks[17:27, 1].min() - 3)
                     & (a.parse_mask == 1))
             assert (tex[fore] > 0.5).mean() > 0.45, (tex[fore] > 0.5).mean()
+        if name.startswith("fd11"):  # the shadowed side's hair is hair, not forehead skin
+            lm = a.crop_landmarks
+            iod = float(np.linalg.norm(lm[36] - lm[45]))
+            x0, y1 = int(lm[27, 0]), int(lm[17:27, 1].min() - 0.6 * iod)
+            tex = hm.texture[0, ..., 0].numpy()[:y1, x0:]
+            hair_ = hm.hair[0, ..., 0].numpy()[:y1, x0:] > 0.5
+            taken = (tex > 0) | hair_
+            # the texture's share of what either mask takes there: 0.83 of 1549 px before
+            # the saturation test, 0.03 of 1081 px now
+            assert taken.sum() > 800 and (tex[taken] > 0.5).mean() < 0.1, (
+                taken.sum(), (tex[taken] > 0.5).mean())
         if name.startswith("fd14"):
             marks = dark_marks(pb.hires, 224)[0]
             lm = a.crop_landmarks
@@ -877,6 +888,32 @@ def test_head_masks_hair_strands_and_bald(detected):
             tex = hm.texture[0, ..., 0].numpy()
             assert fore.sum() > 30 and (tex[fore] > 0).mean() < 0.1, (fore.sum(),
                                                                        (tex[fore] > 0).mean())
+
+
+def test_unsaturated_hair_in_a_side_lights_shadow_is_told_from_the_skin():
+    """Grey hair and skin in a side light's shadow, as dark as each other: the hair (without
+    the skin's saturation) is told, the shadowed skin and the lit side are not; black hair over
+    an evenly lit dark skin (no column in shadow) is left to the darkness test."""
+    from services.fitter.texture.masks import LUMA, _neutral, _shadowed
+
+    skin = np.array([200, 150, 120], np.float32)
+    img = np.tile(skin, (64, 64, 1))
+    img[:, 32:] *= 0.4  # the right half in shadow
+    img[:16, 40:] = 0.4 * skin @ LUMA  # grey hair, as dark as the shadowed skin
+    img = img.astype(np.uint8)
+    lum = img.astype(np.float32) @ LUMA / 255
+    ref = np.zeros((64, 64), bool)
+    ref[24:, :] = True
+    col = np.array([np.median(lum[24:, x]) for x in range(64)], np.float32)
+    told = _neutral(img, lum, ref) & _shadowed(col, lum, ref)
+    assert told[2:14, 42:62].all()  # the hair (off the smoothing's reach of its edges)
+    assert not told[24:].any() and not told[:, :30].any()
+    # dark skin lit evenly: no column in shadow, the black hair is not told this way
+    even = np.tile(np.array([90, 60, 45], np.float32), (64, 64, 1))
+    even[:16] = 25
+    lum = even @ LUMA / 255
+    col = np.array([np.median(lum[24:, x]) for x in range(64)], np.float32)
+    assert not _shadowed(col, lum, ref).any()
 
 
 def cv2_area(m: np.ndarray, size: int = 224) -> np.ndarray:

@@ -179,7 +179,9 @@ def head_masks(photo: Tensor, parse: Tensor, skin: Tensor, landmarks: Tensor,
     (:func:`skin_colour_weight` and the detector's skin probability; highlights brighter than
     the skin with a skin hue count as skin) or that carry strand texture (fine detail well
     above the face skin's, measured on the high-resolution crop: white, grey and blond hair)
-    are hair.
+    are hair; so are, above the brows, pixels much darker than the face skin of their column
+    (:data:`DARK_HAIR`) and, in a side light's shadow, those without the skin's saturation
+    (:data:`NEUTRAL_HAIR`), whatever the skin model and the parse say.
 
     Args:
         photo: ``float [B, H, W, 3]`` crops in [0, 1].
@@ -385,6 +387,15 @@ def eyeglass_frames(marks: np.ndarray, lm: np.ndarray, parse: np.ndarray
 
 # hair is darker than DARK_HAIR x the luma of the face skin in its column
 DARK_HAIR = 0.5
+# ... or, darker than the face skin's median, has less than NEUTRAL_HAIR x its saturation:
+# grey, ash and black hair in a side light's shadow is about as dark as the shadowed skin
+# of its column, and shading leaves saturation as it is (on 24 photos only fd11's shadowed
+# temple moved from the texture to the hair: 1740 px of texture weight, 1290 px of hair in
+# the 224 crop; fd01 and fd18 gained 2 and 22 px of hair)
+NEUTRAL_HAIR = 0.4
+# ... in a column whose face skin is darker than SHADOW_COLUMN x the face skin's median (in
+# the shadow; black hair over dark skin is as dark as the skin and unsaturated too)
+SHADOW_COLUMN = 0.6
 # below the jaw, facial hair (and the neck's shadow) is darker than this fraction of the face
 # skin's luma in its column, or streaky: on 24 photos this kept 77-100 % of the pixels the test
 # took before (97 % or more on 19 of them; fd08 77 %, fd19 86 %), and 39 % of fd18's with the
@@ -417,6 +428,26 @@ def _column_skin_luma(lum: np.ndarray, ref: np.ndarray, lm: np.ndarray) -> np.nd
         return np.full(w, max(glob, 1e-3), np.float32)
     out = np.interp(np.arange(w), ok, out[ok]).astype(np.float32)
     return np.maximum(out, 1e-3)
+
+
+def _neutral(photo: np.ndarray, lum: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Pixels without the skin's colour, ``bool [H, W]``: darker than the median of the
+    reference skin ``ref`` (``bool [H, W]``), with less than :data:`NEUTRAL_HAIR` x its median
+    HSV saturation (of ``photo``, ``uint8 [H, W, 3]``, smoothed: JPEG noise on dark pixels).
+    None of them where ``ref`` is too small."""
+    if ref.sum() <= 50:
+        return np.zeros(lum.shape, bool)
+    sat = cv2.cvtColor(cv2.GaussianBlur(photo, (5, 5), 0), cv2.COLOR_RGB2HSV)[..., 1] / 255.0
+    return (sat < NEUTRAL_HAIR * float(np.median(sat[ref]))) & (lum < float(np.median(lum[ref])))
+
+
+def _shadowed(col_luma: np.ndarray, lum: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """The image columns in a side light's shadow, ``bool [1, W]``: those whose face skin
+    (``col_luma``, :func:`_column_skin_luma`) is darker than :data:`SHADOW_COLUMN` x the
+    median of the reference skin ``ref`` (``bool [H, W]``) in ``lum`` (``[H, W]``)."""
+    if ref.sum() <= 50:
+        return np.zeros((1, lum.shape[1]), bool)
+    return (col_luma < SHADOW_COLUMN * float(np.median(lum[ref])))[None, :]
 
 
 def _forehead_strands(parse: np.ndarray, skin_w: np.ndarray, hair: np.ndarray,
@@ -842,8 +873,13 @@ def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray,
     # darkens both) is hair whatever the skin probability and the parse say (dark hair
     # labelled skin, hair whose colour the skin model of a side-lit face tolerates)
     y_brow = float(lm[17:27, 1].mean())
-    darkrel = lum / _column_skin_luma(lum, ref, lm)[None, :]
-    dark_hair = fg & (darkrel < DARK_HAIR) & (yy < y_brow - 0.1 * iod) & (parse != PARSE_BROWS)
+    col_luma = _column_skin_luma(lum, ref, lm)
+    darkrel = lum / col_luma[None, :]
+    # ... and so is hair as dark as the skin of its column but without the skin's colour
+    # (in a side light's shadow: its luma is the shadow's, not the hair's colour to take)
+    shaded = _neutral(photo, lum, ref) & ~(darkrel < DARK_HAIR) & _shadowed(col_luma, lum, ref)
+    dark_hair = fg & ((darkrel < DARK_HAIR) | shaded) & (yy < y_brow - 0.1 * iod) \
+        & (parse != PARSE_BROWS)
     dark_hair = cv2.morphologyEx(dark_hair.astype(np.uint8), cv2.MORPH_OPEN,
                                  np.ones((2, 2), np.uint8)) > 0
     skinlike = skinlike * ~dark_hair
@@ -924,6 +960,8 @@ def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray,
         # colour test, so the band alone keeps only its darker roots and parting)
         colour_px = hair_top if streaky is None else hair_top | (
             streaky & fg & (parse == PARSE_BG) & (yy < y_brow) & (np.abs(xx - x_mid) < 1.4 * iod))
+        if (colour_px & ~shaded).sum() > 20:
+            colour_px = colour_px & ~shaded
         stats["hair_rgb"] = hair_colour(photo, colour_px)
         # the crop in CIELAB, for the tests against the hair's colour (with strand texture)
         lab = (None if fine_ref is None
