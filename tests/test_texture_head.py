@@ -381,6 +381,13 @@ def test_photos_hair_beard_and_skin_tone(photo_fits):
             chin = (mask & (np.abs(pos[..., 0]) < 0.15) & (pos[..., 1] < lm[57, 1] - 0.05)
                     & (pos[..., 1] > lm[8, 1] + 0.05) & (pos[..., 2] > 0))
             assert np.median(tex[chin] @ lw) < 0.6 * skin_lum, name
+        # a full beard continued round the jaw's unseen sides (beard_layer); none on the
+        # bald shaven head or the woman's
+        assert fit.report["hair"]["beard"] is beard, (name, fit.report["hair"])
+        if beard:
+            pos = maps.pos_mean.cpu().numpy()
+            side = (np.asarray(maps.beard_zone) > 0.9) & (np.abs(pos[..., 0]) > 0.55)
+            assert np.median(tex[side] @ lw) < 0.7 * skin_lum, name
 
 
 @pytest.mark.slow
@@ -1185,3 +1192,56 @@ def test_a_light_collar_below_the_jaw_is_not_neck_skin():
     below[int(lm[8, 1]) + 2:] = True
     bright = below & (tex > 0.5) & (lum > 1.15 * skin)
     assert bright.sum() < 20, (int(bright.sum()), skin)
+
+
+def _bearded(maps, kind: str, seed: int = 0):
+    """A completed texture of skin (faint detail) seen from the front (|x| < 0.45 of the mean
+    shape), with ``kind`` of facial hair where the photo saw it: ``"full"`` (chin and jaw
+    sides, strand texture), ``"goatee"`` (the chin only), ``"shadow"`` (the full beard's
+    place, as dark but smooth). Returns texture, observed weight and skin share."""
+    from services.fitter.texture.atlas import BeardPart
+
+    rng = np.random.default_rng(seed)
+    s = maps.size
+    x = maps.pos_mean[..., 0].numpy()
+    cov = maps.mask.numpy() > 0.5
+    tex = np.full((s, s, 3), [0.75, 0.58, 0.5], np.float32)
+    tex += rng.normal(0, 0.01, (s, s, 1)).astype(np.float32)
+    observed = (cov & (np.abs(x) < 0.45)).astype(np.float32)
+    share = observed.copy()
+    zone = np.asarray(maps.beard_zone) > 0.5
+    part = np.asarray(maps.beard_part)
+    hair = zone & (observed > 0) & (part != BeardPart.REST)
+    if kind == "goatee":
+        hair &= part == BeardPart.CHIN
+    strands = rng.normal(0, 0 if kind == "shadow" else 0.08, (s, s, 1)).astype(np.float32)
+    tex[hair] = (np.array([0.22, 0.17, 0.14], np.float32) + strands[hair]).clip(0.02, 1)
+    share[hair] = 0.0
+    return tex.clip(0, 1), observed, share
+
+
+def test_a_full_beard_continues_round_the_jaw_a_goatee_or_a_shadow_does_not(maps):
+    """The photo shows a full beard on the chin and the jaw's front: the unseen jaw sides
+    take the beard's colour and detail. A goatee (the chin only) or a smooth shadow in the
+    beard's place leave the texture as it is."""
+    from services.fitter.texture.beard import beard_layer
+
+    tex, observed, share = _bearded(maps, "full")
+    out, info = beard_layer(tex, observed, share, maps)
+    assert info.beard and info.chin > 0.9 and min(info.sides) > 0.9 and info.detail > 5, info
+    x = maps.pos_mean[..., 0].numpy()
+    unseen = (np.asarray(maps.beard_zone) > 0.9) & (observed == 0) & (np.abs(x) > 0.5)
+    assert unseen.sum() > 200
+    lum = out @ np.array([0.299, 0.587, 0.114], np.float32)
+    # dark as the beard (0.18), with its strands
+    assert np.median(lum[unseen]) < 0.3 and lum[unseen].std() > 0.02, np.median(lum[unseen])
+    # the seen texels keep the photo's colour; off the zone nothing changes
+    np.testing.assert_array_equal(out[observed > 0.5], tex[observed > 0.5])
+    off = np.asarray(maps.beard_zone) == 0
+    np.testing.assert_array_equal(out[off], tex[off])
+    info_d = info.as_dict()
+    assert info_d["beard"] is True and len(info_d["beard_sides"]) == 2
+    for kind in ("goatee", "shadow"):
+        tex, observed, share = _bearded(maps, kind)
+        out, info = beard_layer(tex, observed, share, maps)
+        assert not info.beard and out is tex, (kind, info)

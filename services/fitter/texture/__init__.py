@@ -14,6 +14,8 @@ One concept per file:
 - :mod:`.hair`: hair over the skin (:func:`hair_weight`), the head of hair painted on the scalp
   (:func:`hair_layer`; its texture from the photo's hair, :func:`hair_swatch` laid over the
   head by :func:`swatch_on_head`, else :func:`strand_noise`).
+- :mod:`.beard`: a seen full beard continued over the jaw's unseen sides
+  (:func:`beard_layer`).
 - :mod:`.source`: where the stage-2 texture comes from (:class:`TextureSource`,
   :class:`UnwrapTextureSource`).
 - :mod:`.pool`: the per-photo thread pool of a batch's host work (:func:`per_photo`).
@@ -30,6 +32,7 @@ from services.fitter.texture.atlas import (
     seam_texel_pairs,
     uv_maps,
 )
+from services.fitter.texture.beard import BeardInfo, beard_layer
 from services.fitter.texture.completion import (
     LEVEL_MAX,
     CompletedTexture,
@@ -77,7 +80,7 @@ from services.fitter.texture.unwrap import COS_MIN, UnwrapResult, unwrap
 
 __all__ = [
     "COS_MIN", "HAIR_RATIO", "LEVEL_MAX", "HairLayer", "HeadMasks", "hair_layer", "head_masks",
-    "head_zones", "host_array",
+    "head_zones", "host_array", "BeardInfo", "beard_layer",
     "hair_swatch", "strand_noise", "swatch_on_head", "PARSE_BG", "PARSE_BROWS", "PARSE_EYES",
     "PARSE_LIPS",
     "PARSE_MOUTH", "PARSE_NOSE", "PARSE_SKIN", "TEXTURE_LABELS", "CompletedTexture",

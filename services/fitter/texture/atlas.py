@@ -20,6 +20,7 @@ import math
 import sys
 import threading
 from dataclasses import dataclass, field
+from enum import IntEnum
 from pathlib import Path
 
 import cv2
@@ -72,6 +73,8 @@ class UVMaps:
             the temples (beside the outer eye corners, above the eyes), on the face side.
         central_face: ``[S, S]`` bool, texels between the outer eye corners and from the eyes
             down to the mouth corners (where hair rarely covers the skin).
+        beard_zone: ``[S, S]`` float32 in [0, 1], where a full beard grows on the mean shape
+            (:func:`beard_zone`); beard_part: ``[S, S]`` int8, its parts (:class:`BeardPart`).
         hair_zone: ``[S, S]`` float32 in [0, 1], where a head of hair grows on the mean shape
             (:func:`head_zones`): 1 on the scalp behind a typical hairline, 0 on the face,
             ears and neck, a soft band between.
@@ -104,6 +107,8 @@ class UVMaps:
     seam_fade: np.ndarray
     forehead: np.ndarray
     central_face: np.ndarray
+    beard_zone: np.ndarray
+    beard_part: np.ndarray
     hair_zone: np.ndarray
     hair_zone_long: np.ndarray
     head_centre: np.ndarray
@@ -261,7 +266,8 @@ def uv_maps(model: FaceModel, size: int, backend) -> UVMaps:
 
 # UVMaps fields kept on disk as arrays (the others are derived again on load)
 _SAVED_TENSORS = ("mask", "pos_mean", "skin", "face", "mirror", "has_mirror")
-_SAVED_ARRAYS = ("seam_fade", "forehead", "central_face", "hair_zone", "hair_zone_long",
+_SAVED_ARRAYS = ("seam_fade", "forehead", "central_face", "beard_zone", "beard_part",
+                 "hair_zone", "hair_zone_long",
                  "head_centre")
 
 
@@ -407,7 +413,9 @@ def _build_maps(model: FaceModel, size: int, backend) -> UVMaps:
                   hair_zone=np.asarray(to_texel @ zones["hair"], np.float32).reshape(size, size),
                   hair_zone_long=_long_hair_zone(flat, to_texel, vals[..., 3], zones),
                   head_centre=zones["centre"], iod=float(zones["iod"]),
-                  **_face_zones(model, pos.detach().cpu().numpy(), m.cpu().numpy()))
+                  **_face_zones(model, pos.detach().cpu().numpy(), m.cpu().numpy()),
+                  **beard_zone(model, pos.detach().cpu().numpy(), m.cpu().numpy(),
+                               (vals[..., 3] * m).cpu().numpy()))
     return maps
 
 
@@ -467,6 +475,80 @@ def _face_zones(model: FaceModel, pos: np.ndarray, covered: np.ndarray) -> dict[
                                   | ((np.abs(x) > (1 + BROW_MARGIN) * outer) & (y > eyes)))
     central = covered & front & (np.abs(x) < outer) & (y < eyes) & (y > mouth)
     return {"forehead": forehead, "central_face": central}
+
+
+class BeardPart(IntEnum):
+    """The parts of :func:`beard_zone` (``UVMaps.beard_part``)."""
+
+    NONE = 0
+    CHIN = 1  # between the mouth corners, from the lower lip to the chin's point
+    SIDE_NEG = 2  # the jaw's side toward -x, up to the sideburn
+    SIDE_POS = 3  # ... toward +x
+    REST = 4  # the moustache, the cheeks beside the mouth and the chin's underside
+
+
+# beard_zone: the upper edge (brow-to-chin heights h below the landmarks named), its softness,
+# how far it reaches under the chin, how far behind the ears' depth and over what width it
+# thins out before the ears' landmarks; the lips' margin
+# (texels at 1024: their rims are not beard)
+BEARD_TOP = 0.02
+BEARD_SOFT = 0.06
+BEARD_UNDER = 0.1
+BEARD_BACK = 0.02
+BEARD_EAR = 0.12
+BEARD_LIPS = 12
+
+
+def beard_zone(model: FaceModel, pos: np.ndarray, covered: np.ndarray, skin: np.ndarray
+               ) -> dict[str, np.ndarray]:
+    """Where a full beard grows on the mean shape, from its landmarks: ``beard_zone``
+    (``float32 [S, S]`` in [0, 1]) and ``beard_part`` (``int8 [S, S]``, :class:`BeardPart`).
+
+    Below a line from under the nose (landmark 33) across the mouth's width, rising over the
+    cheeks (half-way to the jaw's landmark 2 at the outer eye corners) to the sideburn at the
+    ear (landmark 1's height); down the chin and under it :data:`BEARD_UNDER` brow-to-chin
+    heights; ahead of the ears' depth, thinning out before them (:data:`BEARD_EAR`); on the
+    model's skin (``skin`` ``[S, S]``) at least :data:`BEARD_LIPS` texels (at 1024) from the
+    lips. ``pos``: ``[S, S, 3]`` mean-shape
+    positions of the texels (model frame: y up, face toward +z); ``covered``: ``[S, S]`` the
+    texels inside the UV islands.
+    """
+    lm = model.landmarks(model.mean_shape[None])[0].detach().cpu().numpy().astype(np.float64)
+    x, y, z = pos[..., 0], pos[..., 1], pos[..., 2]
+    size = pos.shape[0]
+    brow, chin = float(lm[17:27, 1].mean()), float(lm[8, 1])
+    h = max(brow - chin, 1e-6)
+    zc = float(lm[[0, 16], 2].mean())
+    x_ear = float(np.abs(lm[[0, 16], 0]).mean())
+    mouth = float(np.abs(lm[[48, 54], 0]).mean())
+    outer = float(np.abs(lm[[36, 45], 0]).mean())
+    nose = float(lm[33, 1]) - BEARD_TOP * h
+    top = np.interp(np.abs(x), [0.0, mouth, outer, x_ear],
+                    [nose, nose, 0.5 * (nose + float(lm[[2, 14], 1].mean())),
+                     float(lm[[1, 15], 1].mean())])
+
+    def step(t: np.ndarray) -> np.ndarray:
+        t = np.clip(t, 0.0, 1.0)
+        return t * t * (3 - 2 * t)
+
+    # off the lips (and the islands' other holes), not off the islands' borders
+    k = max(3, int(round(BEARD_LIPS * size / 1024)) * 2 + 1)
+    holes = ((covered > 0.5) & (skin <= 0.5)).astype(np.uint8)
+    on_skin = (skin > 0.5) & (cv2.dilate(holes, np.ones((k, k), np.uint8)) == 0)
+    soft = BEARD_SOFT * h
+    # thinning out toward the ears (a painted beard cut off at the face's UV island read
+    # as a patch)
+    zone = (step((top - y) / soft) * step((y - (chin - BEARD_UNDER * h)) / soft)
+            * step((z - (zc - BEARD_BACK * h)) / soft)
+            * step((x_ear - np.abs(x)) / (BEARD_EAR * h)) * on_skin).astype(np.float32)
+    part = np.where(zone > 0.5, int(BeardPart.REST), int(BeardPart.NONE)).astype(np.int8)
+    front = z > float(lm[8, 2]) - BEARD_SOFT * h  # the chin's face, not its underside
+    part[(zone > 0.5) & (np.abs(x) < mouth) & (y < float(lm[57, 1])) & (y > chin) & front] = \
+        BeardPart.CHIN
+    sides = (zone > 0.5) & (np.abs(x) > 1.2 * mouth) & (y < float(lm[[48, 54], 1].mean()))
+    part[sides & (x < 0)] = BeardPart.SIDE_NEG
+    part[sides & (x > 0)] = BeardPart.SIDE_POS
+    return {"beard_zone": zone, "beard_part": part}
 
 
 def _texel_length(v: np.ndarray, tri: np.ndarray, uv: np.ndarray, uv_tri: np.ndarray,

@@ -388,9 +388,16 @@ def skin_detail(comb: Tensor, w: Tensor, skin: Tensor, maps: UVMaps, seed: int =
         return torch.zeros_like(comb)
     y, x = divmod(best, share.shape[1])
     y, x = y * step, x * step
-    patch = ((comb - low) * seen[..., None])[y:y + p, x:x + p].reshape(p * p, 3)
-    ids, wts = _tiling(maps, p, seed, comb.device)
-    return (patch[ids] * wts[..., None]).sum(0).reshape(s, s, 3)
+    return tile_patch(((comb - low) * seen[..., None])[y:y + p, x:x + p], maps, seed)
+
+
+def tile_patch(patch: Tensor, maps: UVMaps, seed: int = 0) -> Tensor:
+    """A ``float32 [p, p, C]`` patch tiled over the ``[S, S]`` atlas (``[S, S, C]`` on its
+    device) as :func:`skin_detail` tiles the skin's: at half-patch steps, each tile a fixed
+    random flip / transpose (``seed``), overlap-added under ``sin^2`` windows."""
+    p, c, s = patch.shape[0], patch.shape[-1], maps.size
+    ids, wts = _tiling(maps, p, seed, patch.device)
+    return (patch.reshape(p * p, c)[ids] * wts[..., None]).sum(0).reshape(s, s, c)
 
 
 def complete_texture(albedo: ArrayT, weight: ArrayT, maps: UVMaps,

@@ -1,0 +1,179 @@
+"""A full beard continued where the photo does not show it.
+
+The photo shows a beard on the chin and the jaw's front. The jaw's sides toward the ears and
+the chin's underside are seen at a grazing angle or not at all, and the completion fills them
+with the person's skin: a full beard stopped half-way to the ears over a bare neck. When the
+seen part of the beard zone (``UVMaps.beard_zone``) holds a beard on the chin and on a side of
+the jaw, with a beard's strand texture, the unseen zone of that side (and under the chin)
+takes the beard's colour and its own fine detail, tiled as the skin's is
+(:func:`~services.fitter.texture.completion.skin_detail`'s tiling).
+
+A seen texel is facial hair when the photo did not call it skin (its skin share, the photo's
+colour-consistent skin over all it took) and it is darker, at low frequency, than the face
+skin. A shadow under the jaw or long hair over it passes that test too, and is told apart by
+the chin (hair hanging beside the jaw leaves it bare) and by the detail (a shadow is smooth).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from ffhquv.imaging import LUMA
+from services.fitter.texture.atlas import BeardPart, UVMaps, host_array
+from services.fitter.texture.completion import tile_patch
+
+# a texel is seen from this observed weight; facial hair when less than BEARD_SKIN of it is
+# skin and its low-passed luma is under BEARD_DARK x the face skin's
+BEARD_SEEN = 0.2
+BEARD_SKIN = 0.5
+BEARD_DARK = 0.9
+# a beard: at least BEARD_CHIN of the seen chin and BEARD_SIDE of a seen side of the jaw is
+# facial hair, its fine detail at least BEARD_DETAIL x the face skin's. On 18 photos: full
+# beards (fd07, fd14) chin 0.78-0.79, sides 0.71-1.0, detail 5.4-5.6; fd10's beard 0.42,
+# 0.93 / 0.36, 3.3; stubble, goatees, jaw shadows and hair over the jaw chin 0.23 at most,
+# detail 2.2 at most
+BEARD_CHIN = 0.35
+BEARD_SIDE = 0.5
+BEARD_DETAIL = 2.0
+# the least seen texels of a part to judge it (at 1024; scaled by the area)
+BEARD_MIN_SEEN = 2000
+# the detail: the low-pass scale and the tiled square (texels at 1024) and the least share of
+# that square that is seen facial hair
+BEARD_SIGMA = 6.0
+BEARD_PATCH = 64
+BEARD_PATCH_SEEN = 0.8
+# the photo's texels keep their own colour from this observed weight up
+BEARD_KEEP = 0.5
+
+
+@dataclass
+class BeardInfo:
+    """What :func:`beard_layer` found, for the report.
+
+    Attributes:
+        beard: whether the unseen zone was painted (on one side at least).
+        chin, sides: the facial hair's share of the seen chin and of each seen side of the
+            jaw (``-x``, ``+x``; NaN where too little is seen).
+        detail: its fine detail over the face skin's (NaN without facial hair).
+    """
+
+    beard: bool
+    chin: float
+    sides: tuple[float, float]
+    detail: float
+
+    def as_dict(self) -> dict:
+        def r(x: float) -> float | None:
+            return None if not np.isfinite(x) else round(float(x), 3)
+
+        return {"beard": self.beard, "beard_chin": r(self.chin),
+                "beard_sides": [r(x) for x in self.sides], "beard_detail": r(self.detail)}
+
+
+def _low(img: np.ndarray, w: np.ndarray, sigma: float) -> np.ndarray:
+    """``img`` (``[S, S]`` or ``[S, S, C]``) blurred under the weights ``w`` ``[S, S]``."""
+    num = cv2.GaussianBlur(img * (w if img.ndim == 2 else w[..., None]), (0, 0), sigma)
+    den = cv2.GaussianBlur(w, (0, 0), sigma)
+    return num / np.maximum(den if img.ndim == 2 else den[..., None], 1e-4)
+
+
+def _window(maps: UVMaps) -> tuple[slice, slice]:
+    """The rows and columns of the atlas that hold the beard zone's chin and sides and the
+    central face, with the low-pass's reach round them (made once per atlas)."""
+    hit = maps.derived.get("beard-window")
+    if hit is None:
+        part = np.asarray(maps.beard_part)
+        m = np.isin(part, (BeardPart.CHIN, BeardPart.SIDE_NEG, BeardPart.SIDE_POS))
+        m |= np.asarray(maps.central_face)
+        # on the chin's UV island (the zone reaches into others under the jaw)
+        _, isl = cv2.connectedComponents(host_array(maps, "mask").astype(np.uint8))
+        cy, cx = np.nonzero(part == BeardPart.CHIN)
+        if len(cy):
+            m &= isl == isl[int(np.median(cy)), int(np.median(cx))]
+        ys, xs = np.nonzero(m)
+        s, pad = maps.size, int(3 * BEARD_SIGMA * maps.size / 1024) + 1
+        if not len(ys):
+            ys = xs = np.array([0, s - 1])
+        hit = maps.derived["beard-window"] = (
+            slice(max(int(ys.min()) - pad, 0), min(int(ys.max()) + pad + 1, s)),
+            slice(max(int(xs.min()) - pad, 0), min(int(xs.max()) + pad + 1, s)))
+    return hit
+
+
+def beard_layer(texture: np.ndarray, observed: np.ndarray, share: np.ndarray,
+                maps: UVMaps) -> tuple[np.ndarray, BeardInfo]:
+    """The completed texture with a seen full beard continued over the unseen beard zone.
+
+    Args:
+        texture: ``float32 [S, S, 3]`` the completed texture (``CompletedTexture.texture``).
+        observed: ``float32 [S, S]`` the photo's weight on it (``CompletedTexture.observed``).
+        share: ``float32 [S, S]`` the share of each texel's weight that the photo called skin.
+        maps: the atlas (size S).
+    Returns:
+        The texture (``float32 [S, S, 3]``, a new array when painted, else ``texture``) and
+        :class:`BeardInfo`.
+    """
+    s = maps.size
+    area = (s / 1024) ** 2
+    sigma = BEARD_SIGMA * s / 1024
+    nan = float("nan")
+    # the tests read the chin, the jaw's sides and the central face only: their window
+    win = _window(maps)
+    zone, part = np.asarray(maps.beard_zone)[win], np.asarray(maps.beard_part)[win]
+    tex_w, obs_w, share_w = texture[win], observed[win], share[win]
+    seen = obs_w > BEARD_SEEN
+    lum = tex_w @ LUMA
+    ref = (obs_w > BEARD_KEEP) & np.asarray(maps.central_face)[win] & (share_w > 0.8)
+    if ref.sum() < 100 * area:
+        return texture, BeardInfo(False, nan, (nan, nan), nan)
+    level = float(np.median(lum[ref]))
+    low = _low(lum, seen.astype(np.float32), sigma)
+    hairy = seen & (zone > 0.5) & (share_w < BEARD_SKIN) & (low < BEARD_DARK * level)
+
+    def frac(p: BeardPart) -> float:
+        m = seen & (part == p)
+        return float(hairy[m].mean()) if m.sum() >= BEARD_MIN_SEEN * area else nan
+
+    chin = frac(BeardPart.CHIN)
+    sides = (frac(BeardPart.SIDE_NEG), frac(BeardPart.SIDE_POS))
+    fine = np.abs(lum - low)
+    det = (float(np.median(fine[hairy]) / max(float(np.median(fine[ref])), 1e-5))
+           if hairy.sum() >= 50 * area else nan)
+    on = [bool(chin >= BEARD_CHIN and det >= BEARD_DETAIL and x >= BEARD_SIDE) for x in sides]
+    info = BeardInfo(any(on), chin, sides, det)
+    if not info.beard:
+        return texture, info
+    # the beard's colour (one colour: the same on both sides of the atlas's seams)
+    base = np.median(tex_w[hairy], axis=0).astype(np.float32)
+    # its fine detail: the best-seen square of facial hair, tiled
+    p = max(8, int(round(BEARD_PATCH * s / 1024)) // 2 * 2)
+    step = max(1, p // 4)
+    share_p = cv2.blur(hairy.astype(np.float32), (p, p))[p // 2::step, p // 2::step]
+    iy, ix = np.unravel_index(int(np.argmax(share_p)), share_p.shape)
+    detail = np.zeros_like(texture)
+    if share_p[iy, ix] >= BEARD_PATCH_SEEN:
+        # its high frequencies, low-passed over the patch and the blur's reach round it
+        r = int(3 * sigma) + 1
+        y0, x0 = iy * step, ix * step
+        ya, xa = max(y0 - r, 0), max(x0 - r, 0)
+        t, h = tex_w[ya:y0 + p + r, xa:x0 + p + r], hairy[ya:y0 + p + r, xa:x0 + p + r]
+        hf = ((t - _low(t, h.astype(np.float32), sigma)) * h[..., None])[
+            y0 - ya:y0 - ya + p, x0 - xa:x0 - xa + p]
+        detail = tile_patch(torch.from_numpy(np.ascontiguousarray(hf)), maps, seed=1).numpy()
+    paint = base + detail
+    # where: the painted sides' zone (and the chin's underside), not what the photo shows well
+    where = np.zeros((s, s), np.float32)
+    x = host_array(maps, "pos_mean")[..., 0]
+    for side, ok in zip((x < 0, x >= 0), on, strict=True):
+        if ok:
+            where[side] = 1.0
+    zone = np.asarray(maps.beard_zone)
+    unseen = 1 - np.clip(observed / BEARD_KEEP, 0, 1)
+    alpha = cv2.GaussianBlur(zone * where * unseen, (0, 0), max(1.0, s / 512)) * unseen
+    alpha *= zone > 0
+    paint = np.clip(paint, 1 / 255, 1)
+    return (texture + alpha[..., None] * (paint - texture)).astype(np.float32), info
