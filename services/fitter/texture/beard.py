@@ -147,8 +147,17 @@ def beard_layer(texture: np.ndarray, observed: np.ndarray, share: np.ndarray,
     info = BeardInfo(any(on), chin, sides, det)
     if not info.beard:
         return texture, info
-    # the beard's colour (one colour: the same on both sides of the atlas's seams)
+    # the beard's colour: the darker of its seen sides' (which it continues) and the whole
+    # seen beard's (a chin beard is denser than the sides' front on one face, sparser on the
+    # next; along the jaw, where it is painted, a beard grows densest); one colour: the same
+    # on both sides of the atlas's seams
     base = np.median(tex_w[hairy], axis=0).astype(np.float32)
+    cont = hairy & np.isin(part, [p for p, ok in zip((BeardPart.SIDE_NEG, BeardPart.SIDE_POS),
+                                                      on, strict=True) if ok])
+    if cont.sum() >= 50 * area:
+        sides_rgb = np.median(tex_w[cont], axis=0).astype(np.float32)
+        if sides_rgb @ LUMA < base @ LUMA:
+            base = sides_rgb
     # its fine detail: the best-seen square of facial hair, tiled
     p = max(8, int(round(BEARD_PATCH * s / 1024)) // 2 * 2)
     step = max(1, p // 4)
