@@ -110,3 +110,36 @@ def test_the_environment_rule_sees_writes(tmp_path):
         "x = os.environ.get('D')\nenv = dict(os.environ)\nenv['E'] = '4'\n")
     assert _environment_writes(tmp_path, tmp_path) == ["m.py line 2", "m.py line 3",
                                                        "m.py line 4"]
+
+
+def _constants_set_twice(folder: Path) -> list[str]:
+    """Module-level UPPER_CASE names assigned more than once in one module."""
+    found = []
+    for path in sorted(folder.rglob("*.py")):
+        if path.name.endswith(("_pb2.py", "_pb2_grpc.py")):
+            continue
+        seen: dict[str, int] = {}
+        for node in ast.parse(path.read_text(), filename=str(path)).body:
+            targets = (node.targets if isinstance(node, ast.Assign)
+                       else [node.target] if isinstance(node, ast.AnnAssign) else [])
+            for t in targets:
+                if isinstance(t, ast.Name) and t.id.isupper():
+                    if t.id in seen:
+                        found.append(f"{folder.name}/{path.relative_to(folder).as_posix()}: {t.id} "
+                                     f"(lines {seen[t.id]} and {node.lineno})")
+                    seen.setdefault(t.id, node.lineno)
+    return found
+
+
+@pytest.mark.parametrize("folder", ["services", "ffhquv", "gateway", "ffhquv_cli"])
+def test_no_module_sets_a_constant_twice(folder):
+    """One place for each name: a constant set again further down a module silently changes
+    what the code above it reads (``hair.py``'s ``FRINGE_SEEN`` for the forehead's glimpsed
+    skin, 0.03, once became a new rule's 0.3: every photo's forehead weights moved)."""
+    assert not _constants_set_twice(ROOT / folder)
+
+
+def test_the_constant_rule_sees_a_second_assignment(tmp_path):
+    (tmp_path / "m.py").write_text("A = 1\nB: int = 2\ndef f():\n    A = 3\nA = 4\n")
+    found = _constants_set_twice(tmp_path)
+    assert len(found) == 1 and found[0].endswith("/m.py: A (lines 1 and 5)"), found

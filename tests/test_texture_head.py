@@ -115,6 +115,34 @@ def test_hair_layer_covers_the_scalp_not_the_face(maps):
     assert 0.12 < np.median(lum) < 0.4 and lum.std() > 0.01
 
 
+def test_dense_bangs_are_hair_a_few_strands_over_the_forehead_are_not(maps):
+    """The photo shows hair over most of the seen forehead (bangs): the matte covers the
+    forehead up to the hairline, in the hair's colour; hair over a third of it (strands over
+    one side, wispy bangs) leaves the forehead to the skin, as before."""
+    mask = maps.mask.numpy()
+    pos = maps.pos_mean.numpy()
+    colour = np.full((S, S, 3), 0.6, np.float32)  # the photo's own pixels: skin-like
+    seen = mask & (pos[..., 2] > 0.0)
+    fore = np.asarray(maps.forehead) & (maps.hair_zone < 0.5)
+    for share, bangs in ((1.0, True), (0.35, False)):
+        strands = fore & (pos[..., 0] < np.quantile(pos[fore][:, 0], share) + 1e-6)
+        w_hair = (seen & ((maps.hair_zone > 0.5) | strands)).astype(np.float32)
+        w_skin = (seen & (maps.hair_zone < 0.1) & ~strands).astype(np.float32)
+        got = hair_layer(colour, w_hair, w_skin, maps, _stats(True))
+        covered = got.matte[fore & seen]
+        if bangs:
+            assert np.median(covered) > 0.9, np.median(covered)
+            # the synthesised hair colour there, not the photo's skin-like pixels
+            lum = got.color[fore & seen & (got.matte > 0.9)] @ np.array([0.299, 0.587, 0.114])
+            assert np.median(lum) < 0.4, np.median(lum)
+        else:  # no bangs: the matte is the hair zone's alone
+            from services.fitter.texture.hair import _bangs
+
+            frac = w_hair / np.maximum(w_hair + w_skin, 1e-6)
+            assert not _bangs(frac, np.clip(w_hair + w_skin, 0, 1), maps.hair_zone * mask,
+                              maps).any()
+
+
 def test_long_hair_hangs_over_the_neck_behind_the_ears(model, maps):
     """Long hair covers the back of the neck below the short hairline, whatever the photo saw
     there, with a smooth edge; never the face, the ears or their hollows; short hair leaves

@@ -27,10 +27,10 @@ from services.fitter.texture.atlas import BeardPart, UVMaps, host_array
 from services.fitter.texture.completion import tile_patch
 
 # a texel is seen from this observed weight; facial hair when less than BEARD_SKIN of it is
-# skin and its low-passed luma is under BEARD_DARK x the face skin's
+# skin and its low-passed luma is under BEARD_LUMA x the face skin's
 BEARD_SEEN = 0.2
 BEARD_SKIN = 0.5
-BEARD_DARK = 0.9
+BEARD_LUMA = 0.9
 # a beard: at least BEARD_CHIN of the seen chin and BEARD_SIDE of a seen side of the jaw is
 # facial hair, its fine detail at least BEARD_DETAIL x the face skin's. On 18 photos: full
 # beards (fd07, fd14) chin 0.78-0.79, sides 0.71-1.0, detail 5.4-5.6; fd10's beard 0.42,
@@ -132,7 +132,7 @@ def beard_layer(texture: np.ndarray, observed: np.ndarray, share: np.ndarray,
         return texture, BeardInfo(False, nan, (nan, nan), nan)
     level = float(np.median(lum[ref]))
     low = _low(lum, seen.astype(np.float32), sigma)
-    hairy = seen & (zone > 0.5) & (share_w < BEARD_SKIN) & (low < BEARD_DARK * level)
+    hairy = seen & (zone > 0.5) & (share_w < BEARD_SKIN) & (low < BEARD_LUMA * level)
 
     def frac(p: BeardPart) -> float:
         m = seen & (part == p)

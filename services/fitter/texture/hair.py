@@ -218,6 +218,43 @@ def curtain_strip(color: np.ndarray, matte: np.ndarray, maps: UVMaps,
                         rgb=rgb)
 
 
+# bangs (a fringe the photo shows dense over the forehead, not :func:`fringe_gap_weight`'s
+# glimpses): the forehead's texels below the hair zone that the photo saw (BANGS_SEEN) as hair
+# (BANGS_HAIR of their weight), when they are BANGS_SHARE of its seen forehead at least. On
+# 8 captured photos: fd15's bangs 0.95, fd16's wispy ones 0.55, fd14 and fd01's strands over
+# a side 0.31-0.32, the rest 0.03 at most (painted, the wispy and the side ones read as
+# smudges and drawn lines on the forehead)
+BANGS_SEEN = 0.3
+BANGS_HAIR = 0.6
+BANGS_SHARE = 0.8
+
+
+def _bangs(frac: np.ndarray, seen: np.ndarray, zone: np.ndarray, maps: UVMaps) -> np.ndarray:
+    """``float32 [S, S]`` in [0, 1]: hair the photo shows over the forehead, below the hair
+    zone (``zone`` ``[S, S]``), where its hair fraction ``frac`` and its seen weight ``seen``
+    (``[S, S]``) say hair; 0 everywhere when it is under :data:`BANGS_SHARE` of the seen
+    forehead (stray strands are no bangs). Soft-edged over ``S / 256`` texels."""
+    s = maps.size
+    fore = np.asarray(maps.forehead) & (zone < 0.5)
+    looked = fore & (seen > BANGS_SEEN)
+    hair = looked & (frac > BANGS_HAIR)
+    if looked.sum() == 0 or hair.sum() < BANGS_SHARE * looked.sum():
+        return np.zeros((s, s), np.float32)
+    k = max(3, s // 64 | 1)  # the skin glimpsed between its strands is under it
+    solid = cv2.morphologyEx(hair.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((k, k), np.uint8))
+    # ... and so is the forehead above it, up to the hairline, which the photo sees at a
+    # grazing angle (a fringe hangs from there; the face's UV island runs up the head, row 0
+    # at v = 1)
+    solid = solid.astype(bool)
+    solid |= fore & np.maximum.accumulate(solid[::-1], axis=0)[::-1]
+    # soft-edged within the islands (the empty texels past an island's border are no edge)
+    sig = max(1.0, s / 256)
+    covered = host_array(maps, "mask").astype(np.float32)
+    soft = (cv2.GaussianBlur(solid.astype(np.float32), (0, 0), sig)
+            / np.maximum(cv2.GaussianBlur(covered, (0, 0), sig), 1e-3))
+    return (np.clip(soft, 0, 1) * fore).astype(np.float32)
+
+
 def hair_layer(color: np.ndarray, w_hair: np.ndarray, w_skin: np.ndarray, maps: UVMaps,
                stats: dict) -> HairLayer | None:
     """The hair of the scalp: where it grows, and its colour with strands.
@@ -227,9 +264,11 @@ def hair_layer(color: np.ndarray, w_hair: np.ndarray, w_skin: np.ndarray, maps: 
     hairline stays skin, a lower one stays as the zone says) and continues over the unseen
     scalp toward 1 (:func:`~services.fitter.texture.lowpass.mesh_lowpass`); long hair
     (``stats["long_hair"]``) also covers what ``maps.hair_zone_long`` adds (behind the ears,
-    the back of the neck) whatever the photo saw there. A bald head
-    (``stats["has_hair"]`` false) gets none. Hair that hangs over the face, ears or
-    shoulders is never painted: the zone is 0 there.
+    the back of the neck) whatever the photo saw there; dense bangs the photo shows over the
+    forehead (:func:`_bangs`) are hair too, in the synthesised colour (the photo's own pixels
+    there hold the skin glimpsed between the strands). A bald head (``stats["has_hair"]``
+    false) gets none. Other hair that hangs over the face, and hair over the ears or
+    shoulders, is never painted: the zone is 0 there.
 
     Colour: the seen hair's colour continued smoothly over the scalp from the photo's median
     hair colour, times the texture of the photo's own hair (``stats["hair_swatch"]``, from
@@ -263,7 +302,8 @@ def hair_layer(color: np.ndarray, w_hair: np.ndarray, w_skin: np.ndarray, maps: 
     field, _ = mesh_lowpass(maps, frac[..., None], seen, sigma=s / 96, prior=np.ones(1),
                             reach=s / 16)
     t = np.clip((field[..., 0] - 0.35) / 0.3, 0, 1)
-    matte = np.clip(zone * t * t * (3 - 2 * t) + hang, 0, 1)
+    bangs = _bangs(frac, seen, zone, maps)
+    matte = np.clip(np.maximum(zone * t * t * (3 - 2 * t), bangs) + hang, 0, 1)
     w_col = (w_hair * (np.maximum(zone, hang) > 0.05)).astype(np.float32)
     base, _ = mesh_lowpass(maps, color, w_col, sigma=s / 32, prior=hair_rgb, reach=s / 6)
     swatch = stats.get("hair_swatch")
