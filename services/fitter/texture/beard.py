@@ -24,7 +24,7 @@ import torch
 
 from ffhquv.imaging import LUMA
 from services.fitter.texture.atlas import BeardPart, UVMaps, host_array
-from services.fitter.texture.completion import tile_patch
+from services.fitter.texture.completion import normalized_blur, tile_patch
 
 # a texel is seen from this observed weight; facial hair when less than BEARD_SKIN of it is
 # skin and its low-passed luma is under BEARD_LUMA x the face skin's
@@ -75,10 +75,12 @@ class BeardInfo:
 
 
 def _low(img: np.ndarray, w: np.ndarray, sigma: float) -> np.ndarray:
-    """``img`` (``[S, S]`` or ``[S, S, C]``) blurred under the weights ``w`` ``[S, S]``."""
-    num = cv2.GaussianBlur(img * (w if img.ndim == 2 else w[..., None]), (0, 0), sigma)
-    den = cv2.GaussianBlur(w, (0, 0), sigma)
-    return num / np.maximum(den if img.ndim == 2 else den[..., None], 1e-4)
+    """``img`` (``float32 [H, W]`` or ``[H, W, C]``) under
+    :func:`~services.fitter.texture.completion.normalized_blur` with the weights ``w``
+    (bool or float ``[H, W]``), same shape."""
+    x = torch.from_numpy(np.ascontiguousarray(img if img.ndim == 3 else img[..., None]))
+    low, _ = normalized_blur(x, torch.from_numpy(w.astype(np.float32)), sigma)
+    return low.numpy() if img.ndim == 3 else low[..., 0].numpy()
 
 
 def _window(maps: UVMaps) -> tuple[slice, slice]:
@@ -131,7 +133,7 @@ def beard_layer(texture: np.ndarray, observed: np.ndarray, share: np.ndarray,
     if ref.sum() < 100 * area:
         return texture, BeardInfo(False, nan, (nan, nan), nan)
     level = float(np.median(lum[ref]))
-    low = _low(lum, seen.astype(np.float32), sigma)
+    low = _low(lum, seen, sigma)
     hairy = seen & (zone > 0.5) & (share_w < BEARD_SKIN) & (low < BEARD_LUMA * level)
 
     def frac(p: BeardPart) -> float:
@@ -170,7 +172,7 @@ def beard_layer(texture: np.ndarray, observed: np.ndarray, share: np.ndarray,
         y0, x0 = iy * step, ix * step
         ya, xa = max(y0 - r, 0), max(x0 - r, 0)
         t, h = tex_w[ya:y0 + p + r, xa:x0 + p + r], hairy[ya:y0 + p + r, xa:x0 + p + r]
-        hf = ((t - _low(t, h.astype(np.float32), sigma)) * h[..., None])[
+        hf = ((t - _low(t, h, sigma)) * h[..., None])[
             y0 - ya:y0 - ya + p, x0 - xa:x0 - xa + p]
         detail = tile_patch(torch.from_numpy(np.ascontiguousarray(hf)), maps, seed=1).numpy()
     paint = base + detail
