@@ -6,7 +6,7 @@ with the person's skin: a full beard stopped half-way to the ears over a bare ne
 seen part of the beard zone (``UVMaps.beard_zone``) holds a beard on the chin and on a side of
 the jaw, with a beard's strand texture, the unseen zone of that side (and under the chin)
 takes the beard's colour and its own fine detail, tiled as the skin's is
-(:func:`~services.fitter.texture.completion.skin_detail`'s tiling).
+(:func:`~services.fitter.texture.completion.tile_patch`).
 
 A seen texel is facial hair when the photo did not call it skin (its skin share, the photo's
 colour-consistent skin over all it took) and it is darker, at low frequency, than the face
