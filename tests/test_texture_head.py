@@ -741,6 +741,36 @@ def test_hair_colour_black_hair_is_not_dark_red():
     assert got[2] > 0.4 * got[0], got  # blue not clipped away
 
 
+def test_hair_colour_of_shaded_ginger_hair_is_its_median_black_hairs_its_darker_half():
+    """Strawberry-blonde hair of which the band over the forehead shows two fifths in shade
+    (fd20): the shade is still ginger, so the colour is the median, as light as the lit hair,
+    not a dark brown. Black hair under the same share of grey sheen keeps its darker half."""
+    import cv2
+
+    from services.fitter.texture.masks import hair_colour
+
+    def srgb(lab):
+        return cv2.cvtColor(np.asarray(lab, np.float32)[None, None], cv2.COLOR_Lab2RGB)[0, 0]
+
+    rng = np.random.default_rng(0)
+    ones = np.ones((60, 60), bool)
+
+    def photo(lit, shade):
+        img = np.zeros((60, 60, 3), np.float32)
+        img[:] = srgb(lit)
+        img[:, :24] = srgb(shade)
+        img *= rng.uniform(0.95, 1.05, (60, 60, 1)).astype(np.float32)
+        return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+    got = hair_colour(photo([45.0, 15.0, 30.0], [25.0, 9.0, 17.0]), ones)
+    lab = cv2.cvtColor(got[None, None], cv2.COLOR_RGB2Lab)[0, 0]
+    assert lab[0] > 40 and lab[2] > 20, lab  # the lit ginger (was L* 25: the shade's)
+    # black hair, three fifths grey sheen: the darker half
+    got = hair_colour(photo([30.0, 1.0, 2.0], [8.0, 1.0, 1.5]), ones)
+    lab = cv2.cvtColor(got[None, None], cv2.COLOR_RGB2Lab)[0, 0]
+    assert lab[0] < 15, lab
+
+
 def test_hair_colour_of_underexposed_black_hair_is_the_darkest_albedo():
     """Hair the photo shows near black (L* 1-3) is given the darkest hair albedo, so its
     strands can show; hair at or above it keeps its lightness."""

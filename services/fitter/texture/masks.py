@@ -551,17 +551,25 @@ HAIR_NATURAL_CHROMA = 30.0
 # the darkest hair albedo (CIELAB L*): black hair reflects a few per cent; an underexposed
 # photo's hair near L* 0 would paint a black cap on which no strand shows
 HAIR_MIN_L = 10.0
+# the chroma of the hair's darker half (CIELAB) from which its lightness is the median
+# (reached at the second value): the darker half's median is for black and dark grey hair,
+# whose grey sheen lifts the median (its darker half is grey: chroma 0-9 on 22 photos); on
+# brown, auburn and ginger hair shade makes the darker half, still coloured (fd20's strawberry
+# blonde: 25, came out a dark brown; fd08's brown 16, fd16's 12)
+HAIR_CHROMATIC = (10.0, 20.0)
 
 
 def hair_colour(photo: np.ndarray, hair: np.ndarray) -> np.ndarray:
     """The colour of the hair itself, in sRGB ``float32 [3]`` in [0, 1].
 
     In CIELAB, from the hair pixels off the mask's border (mixed with the background or the
-    skin) when enough remain: the lightness is the median of the darker half for dark hair
-    (below the sheen) and the median for light hair (a darker statistic makes blond hair look
-    like its roots), blended between L* 30 and 60; the hue the median a*, b* of the lit hair
-    body (L* between its 40th and 85th percentiles): deep shadows take the colour cast of what
-    lies around (green of foliage), highlights the colour of the sky; the chroma the body's,
+    skin) when enough remain: the lightness is the median of the darker half for dark, grey
+    hair (below the sheen) and the median for light hair (a darker statistic makes blond hair
+    look like its roots), blended between L* 30 and 60, and for hair whose darker half is
+    coloured (:data:`HAIR_CHROMATIC`: brown, auburn, ginger; shade, not sheen, made it); the
+    hue the median a*, b* of the lit hair body (L* between its 40th and 85th percentiles):
+    deep shadows take the colour cast of what lies around (green of foliage), highlights the
+    colour of the sky; the chroma the body's,
     scaled by that lightness over the body's (a darker shade is less saturated). A hue
     outside the natural range (:data:`HAIR_HUE_DEG`, by lightness) at a natural chroma is
     turned to its nearest end; strongly coloured (dyed) hair keeps its hue. No hair is darker
@@ -576,8 +584,12 @@ def hair_colour(photo: np.ndarray, hair: np.ndarray) -> np.ndarray:
     lo, mid, hi = np.percentile(px[:, 0], [40, 50, 85])
     # dark hair: the median of the darker half (its sheen and highlights, a large share of
     # the pixels on black hair, lift the median); light hair: the median
-    dark = float(np.median(px[px[:, 0] <= mid, 0]))
-    t = float(np.clip((mid - 30) / 30, 0, 1))
+    darker = px[px[:, 0] <= mid]
+    dark = float(np.median(darker[:, 0]))
+    c0, c1 = HAIR_CHROMATIC
+    coloured = float(np.hypot(*np.median(darker[:, 1:], 0)))
+    t = max(float(np.clip((mid - 30) / 30, 0, 1)),
+            float(np.clip((coloured - c0) / (c1 - c0), 0, 1)))
     light = (1 - t) * dark + t * float(mid)
     body = px[(px[:, 0] >= lo) & (px[:, 0] <= hi)]
     if not len(body):
