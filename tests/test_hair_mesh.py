@@ -143,8 +143,8 @@ def test_long_hair_falls_from_the_back_of_the_skull_not_the_nape(head, maps):
     """In profile, long hair reaches as far back below the skull's farthest point as at it:
     the curtain hangs from there. Hung from the nape's hairline, it followed the head in
     toward the neck first (a neck of hair, the curtain standing out below it like a collar).
-    Hair that ends near the nape still hangs from the hairline (from the skull it would be a
-    flat flap over the back of the head)."""
+    A bob, ending above the chin, too (from the nape it flared out below a neck of hair like
+    a ruffled collar)."""
     mesh, lm = head
     covered = maps.mask.cpu().numpy()
     hf = _hf(lm)
@@ -163,10 +163,12 @@ def test_long_hair_falls_from_the_back_of_the_skull_not_the_nape(head, maps):
     # from the chin up to the skull's farthest point, at least 0.9 as far back as that point
     # (hung from the nape: 0.79 of it over the neck, 0.84 at the chin)
     assert d[:top + 1].min() > 0.9 * d[top], (d / d[top]).round(2)
-    # a bob: the curtain's top at the hairline, under the skull's farthest point
+    # a bob: from where it ends up to the skull's farthest point, as far back as that point
     ys, d = depth(dict(info, hair_below=-0.3))
-    low = (ys > lm[8, 1] + 0.3 * hf) & (ys < lm[30, 1])
-    assert d[low].min() < 0.85 * d[ys > lm[30, 1]].max(), (d / d.max()).round(2)
+    skull = ys > lm[30, 1]
+    top = int(np.nonzero(skull)[0][np.argmax(d[skull])])
+    low = (ys > lm[8, 1] + 0.3 * hf) & (ys <= ys[top])
+    assert d[low].min() > 0.9 * d[top], (d / d[top]).round(2)
 
 
 def test_the_curtain_reads_the_texture_strip_by_angle_and_way_down(head, maps):

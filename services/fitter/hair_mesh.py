@@ -11,8 +11,8 @@ own):
   the head's, so it shows exactly the painted hair.
 - **curtain** (long hair): round the back of the head, from behind one ear to behind the
   other, a closed slab whose top follows the hairline's lowest point at each angle about the
-  head's axis (toward the back, for hair that falls well below it, the skull's widest point
-  above it: long hair falls from the back of the head, not the nape), tucked up under the
+  head's axis (toward the back, the skull's widest point above it: hair falls from the back
+  of the head, not the nape), tucked up under the
   shell, hanging straight down to the length the photo shows (``hair_below``: how far below
   the chin the hair hangs beside the neck; :data:`CUT_LENGTH` when the photo cuts it off),
   flaring out a little, waving round the head and down its length, its tips ragged (a fixed
@@ -78,14 +78,13 @@ _STEPS = np.linspace(0.0, UV_REACH, 33)
 CUT_LENGTH = 1.2
 # the curtain hangs from the shell's edge this far behind the jaw's back (face heights)
 BEHIND_EARS = 0.0
-# within BACK_DEG[0] degrees of the back (0) a long curtain's top rises to the skull's widest
+# within BACK_DEG[0] degrees of the back (0) the curtain's top rises to the skull's widest
 # point above the hairline (looked for up to WIDE_REACH face heights above it), and back to
-# the hairline's level by BACK_DEG[1] (behind the ears: an ear would poke through it)
+# the hairline's level by BACK_DEG[1] (behind the ears: an ear would poke through it). A bob
+# or short curls too: hung from the nape's hairline they followed the head in to the neck and
+# flared out below it like a ruffled collar (fd03, fd10, fd20; BENCHMARKS.md, 24th session)
 BACK_DEG = (40.0, 80.0)
 WIDE_REACH = 0.8
-# ... for hair falling at least LONG_FALL[1] face heights below the hairline, not at all below
-# LONG_FALL[0]
-LONG_FALL = (0.5, 0.9)
 
 
 def padded_matte(matte: np.ndarray, covered: np.ndarray | None) -> np.ndarray:
@@ -328,10 +327,6 @@ def _curtain(shell: _Shell, run: np.ndarray, y_tip: float, base: int, nu: int,
         if near.any():
             y_wide[k] = max(y_top[k], float(v[near, 1][np.argmax(r_all[near])]))
     back = np.clip((BACK_DEG[1] - np.abs(angs)) / (BACK_DEG[1] - BACK_DEG[0]), 0, 1)
-    # ... when it is long: hair that ends near the nape (curls, a bob) hung from there would
-    # be a flat flap over the back of the head
-    fall = (y_edge - np.minimum(y_tip, y_edge - MIN_HANG * hf)) / hf
-    back = back * np.clip((fall - LONG_FALL[0]) / (LONG_FALL[1] - LONG_FALL[0]), 0, 1)
     y_top = y_top + back * (y_wide - y_top)
     y_top = np.mean(_window5(y_top), 0)
     # the head's horizontal radius at each column's top: its outermost vertex nearby
