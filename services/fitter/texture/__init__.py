@@ -41,7 +41,6 @@ from services.fitter.texture.completion import (
     fit_range,
     flatten_shading,
     laplacian_blend,
-    normalized_blur,
 )
 from services.fitter.texture.hair import (
     HAIR_RATIO,
@@ -53,6 +52,7 @@ from services.fitter.texture.hair import (
     swatch_on_head,
 )
 from services.fitter.texture.hostcopy import to_host
+from services.fitter.texture.imageops import normalized_blur
 from services.fitter.texture.lowpass import (
     mesh_lowpass,
     spread_offsets,

@@ -24,7 +24,8 @@ import torch
 
 from ffhquv.imaging import LUMA
 from services.fitter.texture.atlas import BeardPart, UVMaps, host_array
-from services.fitter.texture.completion import normalized_blur, tile_patch
+from services.fitter.texture.completion import tile_patch
+from services.fitter.texture.imageops import normalized_blur
 
 # a texel is seen from this observed weight; facial hair when less than BEARD_SKIN of it is
 # skin and its low-passed luma is under BEARD_LUMA x the face skin's
@@ -76,7 +77,7 @@ class BeardInfo:
 
 def _low(img: np.ndarray, w: np.ndarray, sigma: float) -> np.ndarray:
     """``img`` (``float32 [H, W]`` or ``[H, W, C]``) under
-    :func:`~services.fitter.texture.completion.normalized_blur` with the weights ``w``
+    :func:`~services.fitter.texture.imageops.normalized_blur` with the weights ``w``
     (bool or float ``[H, W]``), same shape."""
     x = torch.from_numpy(np.ascontiguousarray(img if img.ndim == 3 else img[..., None]))
     low, _ = normalized_blur(x, torch.from_numpy(w.astype(np.float32)), sigma)

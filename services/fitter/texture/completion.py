@@ -33,15 +33,14 @@ from services.fitter.texture.atlas import UVMaps, atlas_tensors, host_array
 from services.fitter.texture.hair import CurtainStrip, fringe_gap_weight, hair_weight
 from services.fitter.texture.hostcopy import to_host
 from services.fitter.texture.imageops import (
-    Interp,
     distance_inside,
     erode3,
     gaussian_blur,
     median,
+    normalized_blur,
     numpy_io,
     pyr_down,
     pyr_up,
-    resize,
 )
 from services.fitter.texture.lowpass import mesh_lowpass, symmetrize_lowfreq
 
@@ -51,33 +50,6 @@ ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 def _luma(rgb: Tensor) -> Tensor:
     """Rec. 601 luma of ``[..., 3]``."""
     return rgb @ torch.as_tensor(LUMA, device=rgb.device)
-
-
-@numpy_io
-def normalized_blur(img: Tensor, w: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
-    """Weighted Gaussian smoothing that ignores weight-0 texels.
-
-    Args:
-        img: ``float32 [S, S, C]``; w: ``float32 [S, S]``.
-    Returns:
-        smoothed ``[S, S, C]`` and the smoothed weight ``[S, S]``.
-    """
-    # downsample first: large sigmas on 1024 maps are slow
-    s = img.shape[0]
-    f = max(1, int(sigma // 4))
-    x = img * w[..., None]
-    if f > 1:
-        small = (s // f, s // f)
-        num = resize(gaussian_blur(resize(x, small, Interp.AREA), sigma / f), (s, s),
-                     Interp.LINEAR)
-        den = resize(gaussian_blur(resize(w, small, Interp.AREA), sigma / f), (s, s),
-                     Interp.LINEAR)
-    else:
-        num = gaussian_blur(x, sigma)
-        den = gaussian_blur(w, sigma)
-    if num.dim() == 2:
-        num = num[..., None]
-    return num / den.clamp(min=1e-6)[..., None], den
 
 
 @numpy_io

@@ -20,7 +20,13 @@ from services.fitter.texture.atlas import (
     host_array,
     spare_rect,
 )
-from services.fitter.texture.imageops import box_mean, median, numpy_io, square_max
+from services.fitter.texture.imageops import (
+    box_mean,
+    median,
+    normalized_blur,
+    numpy_io,
+    square_max,
+)
 from services.fitter.texture.lowpass import mesh_lowpass
 
 HAIR_RATIO = (0.7, 0.85)
@@ -248,11 +254,9 @@ def _bangs(frac: np.ndarray, seen: np.ndarray, zone: np.ndarray, maps: UVMaps) -
     solid = solid.astype(bool)
     solid |= fore & np.maximum.accumulate(solid[::-1], axis=0)[::-1]
     # soft-edged within the islands (the empty texels past an island's border are no edge)
-    sig = max(1.0, s / 256)
     covered = host_array(maps, "mask").astype(np.float32)
-    soft = (cv2.GaussianBlur(solid.astype(np.float32), (0, 0), sig)
-            / np.maximum(cv2.GaussianBlur(covered, (0, 0), sig), 1e-3))
-    return (np.clip(soft, 0, 1) * fore).astype(np.float32)
+    soft, _ = normalized_blur(solid.astype(np.float32)[..., None], covered, max(1.0, s / 256))
+    return (np.clip(soft[..., 0], 0, 1) * fore).astype(np.float32)
 
 
 def hair_layer(color: np.ndarray, w_hair: np.ndarray, w_skin: np.ndarray, maps: UVMaps,

@@ -234,3 +234,31 @@ def numpy_io(fn):
         return back(out) if was_numpy else out
 
     return wrapper
+
+
+@numpy_io
+def normalized_blur(img: Tensor, w: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
+    """Weighted Gaussian smoothing that ignores weight-0 texels.
+
+    Args:
+        img: ``float32 [S, S, C]``; w: ``float32 [S, S]`` (tensors, or numpy:
+            :func:`numpy_io`).
+    Returns:
+        smoothed ``[S, S, C]`` and the smoothed weight ``[S, S]``.
+    """
+    # downsample first: large sigmas on 1024 maps are slow
+    s = img.shape[0]
+    f = max(1, int(sigma // 4))
+    x = img * w[..., None]
+    if f > 1:
+        small = (s // f, s // f)
+        num = resize(gaussian_blur(resize(x, small, Interp.AREA), sigma / f), (s, s),
+                     Interp.LINEAR)
+        den = resize(gaussian_blur(resize(w, small, Interp.AREA), sigma / f), (s, s),
+                     Interp.LINEAR)
+    else:
+        num = gaussian_blur(x, sigma)
+        den = gaussian_blur(w, sigma)
+    if num.dim() == 2:
+        num = num[..., None]
+    return num / den.clamp(min=1e-6)[..., None], den
