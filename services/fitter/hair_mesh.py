@@ -329,10 +329,12 @@ def _curtain(shell: _Shell, run: np.ndarray, y_tip: float, base: int, nu: int,
     back = np.clip((BACK_DEG[1] - np.abs(angs)) / (BACK_DEG[1] - BACK_DEG[0]), 0, 1)
     y_top = y_top + back * (y_wide - y_top)
     y_top = np.mean(_window5(y_top), 0)
-    # the head's horizontal radius at each column's top: its outermost vertex nearby
+    # the head's horizontal radius at each column's top: its outermost hair vertex nearby (an
+    # ear beside an end column is not hair: the curtain stood out over it like a flap)
     r_top = np.empty(n_cols)
     for k in range(n_cols):
-        near = (np.abs(a_all - angs[k]) < 2 * COLUMN_DEG) & (np.abs(v[:, 1] - y_top[k]) < 0.08 * hf)
+        near = (on & (np.abs(a_all - angs[k]) < 2 * COLUMN_DEG)
+                & (np.abs(v[:, 1] - y_top[k]) < 0.08 * hf))
         r_top[k] = r_all[near].max() if near.any() else np.nan
     ok = np.isfinite(r_top)
     r_top = np.interp(np.arange(n_cols), np.nonzero(ok)[0], r_top[ok])
