@@ -14,6 +14,7 @@ from ffhquv.mesh import MeshData
 from ffhquv.render.raster import get_backend
 from services.fitter.facemodel import load_face_model
 from services.fitter.hair_mesh import (
+    BACK_DEG,
     HAIR_SOLID,
     RAGGED,
     _sample,
@@ -209,7 +210,9 @@ def test_the_curtain_reads_the_texture_strip_by_angle_and_way_down(head, maps):
     ang = np.degrees(np.arctan2(-(p[:, 0] - c[0]), -(p[:, 2] - c[2])))
     u_mid, v_mid = uv_t[in_strip].mean(1).T
     assert np.corrcoef(ang, u_mid)[0, 1] > 0.95
-    for band in (np.abs(ang) < 10, np.abs(ang) > 80):  # each column from its own top
+    # each column from its own top: the back's (at the skull's widest point), the sides' (at
+    # the hairline, past BACK_DEG)
+    for band in (np.abs(ang) < 10, np.abs(ang) > BACK_DEG[1]):
         assert band.sum() > 20 and np.corrcoef(p[band, 1], v_mid[band])[0, 1] > 0.95
 
 

@@ -80,10 +80,12 @@ CUT_LENGTH = 1.2
 BEHIND_EARS = 0.0
 # within BACK_DEG[0] degrees of the back (0) the curtain's top rises to the skull's widest
 # point above the hairline (looked for up to WIDE_REACH face heights above it), and back to
-# the hairline's level by BACK_DEG[1] (behind the ears: an ear would poke through it). A bob
-# or short curls too: hung from the nape's hairline they followed the head in to the neck and
-# flared out below it like a ruffled collar (fd03, fd10, fd20; BENCHMARKS.md, 24th session)
-BACK_DEG = (40.0, 80.0)
+# the hairline's level by BACK_DEG[1] (the ears' side). A bob or short curls too: hung from
+# the nape's hairline they followed the head in to the neck and flared out below it like a
+# ruffled collar (fd03, fd10, fd20). Easing from 40 to 80 degrees the curtain's top stepped
+# down toward the sides: from behind, a narrower curtain under the head's widest outline
+# (BENCHMARKS.md, twenty-fourth session)
+BACK_DEG = (60.0, 95.0)
 WIDE_REACH = 0.8
 
 
