@@ -252,6 +252,13 @@ def _bangs(frac: np.ndarray, seen: np.ndarray, zone: np.ndarray, maps: UVMaps) -
     # grazing angle (a fringe hangs from there; the face's UV island runs up the head, row 0
     # at v = 1)
     solid = solid.astype(bool)
+    # ... and where the photo does not see the forehead (a side turned away), the bangs of the
+    # seen side, mirrored (cut where the photo stopped seeing, fd15's bangs ended in a straight
+    # edge over one temple)
+    mirror = host_array(maps, "mirror").reshape(s, s)
+    has = host_array(maps, "has_mirror").reshape(s, s)
+    unseen = fore & (seen < BANGS_SEEN) & has
+    solid |= unseen & solid.reshape(-1)[mirror] & (seen.reshape(-1)[mirror] >= BANGS_SEEN)
     solid |= fore & np.maximum.accumulate(solid[::-1], axis=0)[::-1]
     # soft-edged within the islands (the empty texels past an island's border are no edge)
     covered = host_array(maps, "mask").astype(np.float32)
