@@ -69,7 +69,8 @@ UV_REACH = 0.8
 HAIR_SOLID = 0.85
 UV_GAP = 3.0
 # the curtain's locks: radial waves (face heights) every WAVE_DEG degrees round the head, tips
-# ragged by up to RAGGED face heights
+# ragged by up to RAGGED face heights (in waves of 0.9 and 0.55 WAVE_DEG: four columns or more
+# a wave; at 0.37 and 0.23, under three, the tips were a saw's teeth)
 WAVE = 0.04
 WAVE_DEG = 30.0
 RAGGED = 0.12
@@ -354,8 +355,8 @@ def _curtain(shell: _Shell, run: np.ndarray, y_tip: float, base: int, nu: int,
             + 0.5 * np.sin(a_rad * 720.0 / WAVE_DEG + 1.3 + 3.1 * np.pi * s[None]))
     r_out = (r_top[:, None] + thick * (0.6 + 0.4 * np.minimum(s * 4, 1))[None]
              + flare[:, None] * s[None] ** 0.7 + WAVE * hf * wave * s[None] ** 0.8)
-    ragged = RAGGED * hf * (0.5 + 0.3 * np.sin(np.radians(angs) * 360.0 / (0.37 * WAVE_DEG))
-                            + 0.2 * np.sin(np.radians(angs) * 360.0 / (0.23 * WAVE_DEG) + 0.9))
+    ragged = RAGGED * hf * (0.5 + 0.3 * np.sin(np.radians(angs) * 360.0 / (0.9 * WAVE_DEG))
+                            + 0.2 * np.sin(np.radians(angs) * 360.0 / (0.55 * WAVE_DEG) + 0.9))
     tips = tips - ragged * np.clip((y_top - tips) / hf, 0, 1)
     y = y_top[:, None] + (tips - y_top)[:, None] * s[None]
     axis = np.stack([np.full_like(y, c[0]), y, np.full_like(y, c[2])], -1)
