@@ -132,6 +132,12 @@ def test_dense_bangs_are_hair_a_few_strands_over_the_forehead_are_not(maps):
         covered = got.matte[fore & seen]
         if bangs:
             assert np.median(covered) > 0.9, np.median(covered)
+            # up to the hairline, through the hair zone's soft lower edge (a band of skin
+            # showed there between the bangs and the hair)
+            edge = (np.asarray(maps.forehead) & seen & (maps.hair_zone > 0.5)
+                    & (maps.hair_zone < 0.9))
+            assert edge.sum() > 20, edge.sum()
+            assert np.percentile(got.matte[edge], 10) > 0.9, np.percentile(got.matte[edge], 10)
             # the synthesised hair colour there, not the photo's skin-like pixels
             lum = got.color[fore & seen & (got.matte > 0.9)] @ np.array([0.299, 0.587, 0.114])
             assert np.median(lum) < 0.4, np.median(lum)

@@ -259,11 +259,14 @@ def _bangs(frac: np.ndarray, seen: np.ndarray, zone: np.ndarray, maps: UVMaps) -
     has = host_array(maps, "has_mirror").reshape(s, s)
     unseen = fore & (seen < BANGS_SEEN) & has
     solid |= unseen & solid.reshape(-1)[mirror] & (seen.reshape(-1)[mirror] >= BANGS_SEEN)
-    solid |= fore & np.maximum.accumulate(solid[::-1], axis=0)[::-1]
+    # (through the hair zone's soft lower edge too: the zone's share of hair there left a
+    # band of skin between the bangs and the hairline)
+    forehead = np.asarray(maps.forehead)
+    solid |= forehead & np.maximum.accumulate(solid[::-1], axis=0)[::-1]
     # soft-edged within the islands (the empty texels past an island's border are no edge)
     covered = host_array(maps, "mask").astype(np.float32)
     soft, _ = normalized_blur(solid.astype(np.float32)[..., None], covered, max(1.0, s / 256))
-    return (np.clip(soft[..., 0], 0, 1) * fore).astype(np.float32)
+    return (np.clip(soft[..., 0], 0, 1) * forehead).astype(np.float32)
 
 
 def hair_layer(color: np.ndarray, w_hair: np.ndarray, w_skin: np.ndarray, maps: UVMaps,
