@@ -149,28 +149,6 @@ def test_dense_bangs_are_hair_a_few_strands_over_the_forehead_are_not(maps):
                               maps).any()
 
 
-def test_bangs_go_on_where_the_photo_no_longer_sees_the_forehead(maps):
-    """Bangs seen over the forehead of a head turned to one side: the side the photo does not
-    see takes the seen side's bangs, mirrored (they ended in a straight edge over one temple,
-    fd15); a side it sees as skin keeps its skin."""
-    mask = maps.mask.numpy()
-    pos = maps.pos_mean.numpy()
-    colour = np.full((S, S, 3), 0.6, np.float32)
-    fore = np.asarray(maps.forehead) & (maps.hair_zone < 0.5)
-    x = pos[..., 0]
-    cut = np.quantile(x[fore], 0.7)
-    away = fore & (x > cut)  # the outer third of one side: not seen
-    seen = mask & (pos[..., 2] > 0.0) & ~away
-    w_hair = (seen & ((maps.hair_zone > 0.5) | fore)).astype(np.float32)
-    w_skin = (seen & (maps.hair_zone < 0.1) & ~fore).astype(np.float32)
-    got = hair_layer(colour, w_hair, w_skin, maps, _stats(True))
-    assert np.median(got.matte[away]) > 0.9, np.median(got.matte[away])
-    # seen as skin there instead: no bangs painted on it
-    w_skin2 = w_skin + (mask & away & (pos[..., 2] > 0.0)).astype(np.float32)
-    got = hair_layer(colour, w_hair, w_skin2, maps, _stats(True))
-    assert np.median(got.matte[away & (pos[..., 2] > 0.0)]) < 0.1
-
-
 def test_long_hair_hangs_over_the_neck_behind_the_ears(model, maps):
     """Long hair covers the back of the neck below the short hairline, whatever the photo saw
     there, with a smooth edge; never the face, the ears or their hollows; short hair leaves

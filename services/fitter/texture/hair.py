@@ -252,13 +252,6 @@ def _bangs(frac: np.ndarray, seen: np.ndarray, zone: np.ndarray, maps: UVMaps) -
     # grazing angle (a fringe hangs from there; the face's UV island runs up the head, row 0
     # at v = 1)
     solid = solid.astype(bool)
-    # ... and where the photo does not see the forehead (a side turned away), the bangs of the
-    # seen side, mirrored (cut where the photo stopped seeing, fd15's bangs ended in a straight
-    # edge over one temple)
-    mirror = host_array(maps, "mirror").reshape(s, s)
-    has = host_array(maps, "has_mirror").reshape(s, s)
-    unseen = fore & (seen < BANGS_SEEN) & has
-    solid |= unseen & solid.reshape(-1)[mirror] & (seen.reshape(-1)[mirror] >= BANGS_SEEN)
     # (through the hair zone's soft lower edge too: the zone's share of hair there left a
     # band of skin between the bangs and the hairline)
     forehead = np.asarray(maps.forehead)
