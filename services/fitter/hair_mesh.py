@@ -88,6 +88,9 @@ BEHIND_EARS = 0.0
 # (BENCHMARKS.md, twenty-fourth session)
 BACK_DEG = (60.0, 95.0)
 WIDE_REACH = 0.8
+# ... where its slab starts at this share of the shell's thickness off the head (just under
+# the shell's surface; at 1 or more its top edge showed as a lip)
+TOP_DEPTH = 0.97
 
 
 def padded_matte(matte: np.ndarray, covered: np.ndarray | None) -> np.ndarray:
@@ -353,7 +356,12 @@ def _curtain(shell: _Shell, run: np.ndarray, y_tip: float, base: int, nu: int,
     a_rad = np.radians(angs)[:, None]
     wave = (np.sin(a_rad * 360.0 / WAVE_DEG + 2.2 * np.pi * s[None])
             + 0.5 * np.sin(a_rad * 720.0 / WAVE_DEG + 1.3 + 3.1 * np.pi * s[None]))
-    r_out = (r_top[:, None] + thick * (0.6 + 0.4 * np.minimum(s * 4, 1))[None]
+    # toward the back (hung from the skull's widest point, where the shell is vertical) the
+    # slab starts just under the shell's surface, not 0.4 of its thickness in: it came out
+    # from under the shell a fifth of a face height lower, where the shell had turned under,
+    # and a dark crease ran across the back of every long-haired head
+    r_out = (r_top[:, None] + thick * np.maximum((0.6 + 0.4 * np.minimum(s * 4, 1))[None],
+                                                 TOP_DEPTH * back[:, None])
              + flare[:, None] * s[None] ** 0.7 + WAVE * hf * wave * s[None] ** 0.8)
     ragged = RAGGED * hf * (0.5 + 0.3 * np.sin(np.radians(angs) * 360.0 / (0.9 * WAVE_DEG))
                             + 0.2 * np.sin(np.radians(angs) * 360.0 / (0.55 * WAVE_DEG) + 0.9))
