@@ -79,9 +79,9 @@ def _low(img: np.ndarray, w: np.ndarray, sigma: float) -> np.ndarray:
     """``img`` (``float32 [H, W]`` or ``[H, W, C]``) under
     :func:`~services.fitter.texture.imageops.normalized_blur` with the weights ``w``
     (bool or float ``[H, W]``), same shape."""
-    x = torch.from_numpy(np.ascontiguousarray(img if img.ndim == 3 else img[..., None]))
-    low, _ = normalized_blur(x, torch.from_numpy(w.astype(np.float32)), sigma)
-    return low.numpy() if img.ndim == 3 else low[..., 0].numpy()
+    low, _ = normalized_blur(img if img.ndim == 3 else img[..., None], w.astype(np.float32),
+                             sigma)
+    return low if img.ndim == 3 else low[..., 0]
 
 
 def _window(maps: UVMaps) -> tuple[slice, slice]:
@@ -114,7 +114,8 @@ def beard_layer(texture: np.ndarray, observed: np.ndarray, share: np.ndarray,
     Args:
         texture: ``float32 [S, S, 3]`` the completed texture (``CompletedTexture.texture``).
         observed: ``float32 [S, S]`` the photo's weight on it (``CompletedTexture.observed``).
-        share: ``float32 [S, S]`` the share of each texel's weight that the photo called skin.
+        share: ``float32 [S, S]`` the share of each texel's weight that the photo called skin
+            (``CompletedTexture.skin_share``).
         maps: the atlas (size S).
     Returns:
         The texture (``float32 [S, S, 3]``, a new array when painted, else ``texture``) and

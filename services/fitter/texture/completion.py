@@ -91,6 +91,8 @@ class CompletedTexture:
             None for a bald head or where none was looked for.
         hair_curtain: long hair's curtain strip, painted into ``texture`` outside the islands
             (``HairLayer.curtain``), or None.
+        skin_share: ``float32 [S, S]`` the share of each texel's photo weight that the photo
+            called skin (its colour-consistent skin), None without a skin mask.
     """
 
     texture: np.ndarray
@@ -100,6 +102,7 @@ class CompletedTexture:
     hair: dict | None = None
     hair_matte: np.ndarray | None = None
     hair_curtain: CurtainStrip | None = None
+    skin_share: np.ndarray | None = None
 
 
 @numpy_io
@@ -482,7 +485,8 @@ def complete_texture(albedo: ArrayT, weight: ArrayT, maps: UVMaps,
 
     f32 = np.float32
     return CompletedTexture(texture=to_host(tex, f32), observed=to_host(w, f32),
-                            combined=to_host(w_tot, f32), skin_color=to_host(skin_color, f32))
+                            combined=to_host(w_tot, f32), skin_color=to_host(skin_color, f32),
+                            skin_share=None if skin is None else to_host(share, f32))
 
 
 def pad_outside(tex: ArrayT, maps: UVMaps) -> ArrayT:

@@ -73,21 +73,21 @@ class UnwrapTextureSource:
         def one(i: int) -> CompletedTexture:
             done = complete_texture(alb[i], wt[i], maps,
                                     skin=None if w_skin is None else w_skin[i])
-            beard = None
-            if w_skin is not None:  # a seen full beard continued round the jaw
-                share = np.clip(to_host(w_skin[i]) / np.maximum(wt_np[i], 1e-6), 0, 1)
-                done.texture, beard = beard_layer(done.texture, done.observed, share, maps)
+            beard = {}
+            if done.skin_share is not None:  # a seen full beard continued round the jaw
+                done.texture, found = beard_layer(done.texture, done.observed, done.skin_share,
+                                                  maps)
+                beard = found.as_dict()
             hair = hair_layer(col[i], w_hair[i], wt_np[i], maps, head.hair_stats[i])
             if hair is None:
-                done.hair = {**hair_info(head.hair_stats[i]),
-                             **({} if beard is None else beard.as_dict())}
+                done.hair = {**hair_info(head.hair_stats[i]), **beard}
                 return done
             m = hair.matte[..., None]
             tex = (done.texture * (1 - m) + hair.color * m).astype(np.float32)
             # texels outside the islands again from their nearest covered texel (bilinear and
             # mip-mapped lookups at island borders read them: no skin-coloured seam lines)
             done.texture = paint_curtain(pad_outside(tex, maps), hair.curtain)
-            done.hair = {**hair.info, **({} if beard is None else beard.as_dict())}
+            done.hair = {**hair.info, **beard}
             done.hair_matte = hair.matte
             done.hair_curtain = hair.curtain
             return done
