@@ -976,7 +976,8 @@ def test_unsaturated_hair_in_a_side_lights_shadow_is_told_from_the_skin():
     ref = np.zeros((64, 64), bool)
     ref[24:, :] = True
     col = np.array([np.median(lum[24:, x]) for x in range(64)], np.float32)
-    told = _neutral(img, lum, ref) & _shadowed(col, lum, ref)
+    level = float(np.median(lum[ref]))
+    told = _neutral(img, lum, ref, level) & _shadowed(col, level)
     assert told[2:14, 42:62].all()  # the hair (off the smoothing's reach of its edges)
     assert not told[24:].any() and not told[:, :30].any()
     # dark skin lit evenly: no column in shadow, the black hair is not told this way
@@ -984,7 +985,7 @@ def test_unsaturated_hair_in_a_side_lights_shadow_is_told_from_the_skin():
     even[:16] = 25
     lum = even @ LUMA / 255
     col = np.array([np.median(lum[24:, x]) for x in range(64)], np.float32)
-    assert not _shadowed(col, lum, ref).any()
+    assert not _shadowed(col, float(np.median(lum[ref]))).any()
 
 
 def cv2_area(m: np.ndarray, size: int = 224) -> np.ndarray:

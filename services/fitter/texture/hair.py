@@ -241,7 +241,8 @@ def _bangs(frac: np.ndarray, seen: np.ndarray, zone: np.ndarray, maps: UVMaps) -
     (``[S, S]``) say hair; 0 everywhere when it is under :data:`BANGS_SHARE` of the seen
     forehead (stray strands are no bangs). Soft-edged over ``S / 256`` texels."""
     s = maps.size
-    fore = np.asarray(maps.forehead) & (zone < 0.5)
+    forehead = np.asarray(maps.forehead)
+    fore = forehead & (zone < 0.5)
     looked = fore & (seen > BANGS_SEEN)
     hair = looked & (frac > BANGS_HAIR)
     if looked.sum() == 0 or hair.sum() < BANGS_SHARE * looked.sum():
@@ -254,7 +255,6 @@ def _bangs(frac: np.ndarray, seen: np.ndarray, zone: np.ndarray, maps: UVMaps) -
     solid = solid.astype(bool)
     # (through the hair zone's soft lower edge too: the zone's share of hair there left a
     # band of skin between the bangs and the hairline)
-    forehead = np.asarray(maps.forehead)
     solid |= forehead & np.maximum.accumulate(solid[::-1], axis=0)[::-1]
     # soft-edged within the islands (the empty texels past an island's border are no edge)
     covered = host_array(maps, "mask").astype(np.float32)

@@ -430,24 +430,20 @@ def _column_skin_luma(lum: np.ndarray, ref: np.ndarray, lm: np.ndarray) -> np.nd
     return np.maximum(out, 1e-3)
 
 
-def _neutral(photo: np.ndarray, lum: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """Pixels without the skin's colour, ``bool [H, W]``: darker than the median of the
-    reference skin ``ref`` (``bool [H, W]``), with less than :data:`NEUTRAL_HAIR` x its median
-    HSV saturation (of ``photo``, ``uint8 [H, W, 3]``, smoothed: JPEG noise on dark pixels).
-    None of them where ``ref`` is too small."""
-    if ref.sum() <= 50:
-        return np.zeros(lum.shape, bool)
+def _neutral(photo: np.ndarray, lum: np.ndarray, ref: np.ndarray, level: float) -> np.ndarray:
+    """Pixels without the skin's colour, ``bool [H, W]``: darker than ``level`` (the median
+    luma ``lum`` of the reference skin ``ref``, ``bool [H, W]``), with less than
+    :data:`NEUTRAL_HAIR` x its median HSV saturation (of ``photo``, ``uint8 [H, W, 3]``,
+    smoothed: JPEG noise on dark pixels)."""
     sat = cv2.cvtColor(cv2.GaussianBlur(photo, (5, 5), 0), cv2.COLOR_RGB2HSV)[..., 1] / 255.0
-    return (sat < NEUTRAL_HAIR * float(np.median(sat[ref]))) & (lum < float(np.median(lum[ref])))
+    return (sat < NEUTRAL_HAIR * float(np.median(sat[ref]))) & (lum < level)
 
 
-def _shadowed(col_luma: np.ndarray, lum: np.ndarray, ref: np.ndarray) -> np.ndarray:
+def _shadowed(col_luma: np.ndarray, level: float) -> np.ndarray:
     """The image columns in a side light's shadow, ``bool [1, W]``: those whose face skin
     (``col_luma``, :func:`_column_skin_luma`) is darker than :data:`SHADOW_COLUMN` x the
-    median of the reference skin ``ref`` (``bool [H, W]``) in ``lum`` (``[H, W]``)."""
-    if ref.sum() <= 50:
-        return np.zeros((1, lum.shape[1]), bool)
-    return (col_luma < SHADOW_COLUMN * float(np.median(lum[ref])))[None, :]
+    reference skin's median luma ``level``."""
+    return (col_luma < SHADOW_COLUMN * level)[None, :]
 
 
 def _forehead_strands(parse: np.ndarray, skin_w: np.ndarray, hair: np.ndarray,
@@ -889,7 +885,12 @@ def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray,
     darkrel = lum / col_luma[None, :]
     # ... and so is hair as dark as the skin of its column but without the skin's colour
     # (in a side light's shadow: its luma is the shadow's, not the hair's colour to take)
-    shaded = _neutral(photo, lum, ref) & ~(darkrel < DARK_HAIR) & _shadowed(col_luma, lum, ref)
+    shaded = np.zeros((h, w), bool)
+    if ref.sum() > 50:
+        level = float(np.median(lum[ref]))
+        columns = _shadowed(col_luma, level)
+        if columns.any():
+            shaded = _neutral(photo, lum, ref, level) & ~(darkrel < DARK_HAIR) & columns
     dark_hair = fg & ((darkrel < DARK_HAIR) | shaded) & (yy < y_brow - 0.1 * iod) \
         & (parse != PARSE_BROWS)
     dark_hair = cv2.morphologyEx(dark_hair.astype(np.uint8), cv2.MORPH_OPEN,
