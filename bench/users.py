@@ -278,7 +278,7 @@ FIT_SPLIT = ("stage1", "stage2", "stage3", "outputs")
 def run_serve(args) -> list[dict]:
     import grpc
 
-    from bench.load import free_port, tree_cpu_by_service, tree_rss
+    from bench.load import free_port, host_cpu_ticks, tree_cpu_by_service, tree_rss
     from ffhquv.pb import common_pb2, gateway_pb2, gateway_pb2_grpc
     from ffhquv.server import channel
     from ffhquv_cli.commands import fitter_replicas, gateway_replicas, wait_healthy
@@ -353,6 +353,7 @@ def run_serve(args) -> list[dict]:
 
             peak = 0
             cpu0 = tree_cpu_by_service(proc.pid)
+            host0, me0 = host_cpu_ticks(), os.times()
             spy = (_spy_serve(args.spy, proc.pid, n, secs, args.spy_gil)
                    if args.spy and n > 1 else None)
             with GpuSampler() as g:
@@ -365,11 +366,16 @@ def run_serve(args) -> list[dict]:
                     time.sleep(1.0)
                 wall = time.perf_counter() - t0
             cpu1 = tree_cpu_by_service(proc.pid)
+            host1, me1 = host_cpu_ticks(), os.times()
             if spy is not None:
                 _spy_summary(spy, args.spy, n, len(results) * max(5, int(secs) - 5) / wall)
             ok = np.array([dt for c, dt, _, _ in results if c == "OK"])
             # where the cores went: CPU seconds per finished photo, by service
             cpu = {k: (cpu1.get(k, 0.0) - cpu0.get(k, 0.0)) / max(len(ok), 1) for k in cpu1}
+            # the clients' own process (same host), and how busy the whole host was
+            cpu["clients"] = ((me1.user + me1.system) - (me0.user + me0.system)) / max(len(ok), 1)
+            host_busy = (100.0 * (host1[0] - host0[0]) / (host1[1] - host0[1])
+                         if host1[1] > host0[1] else None)
             codes: dict[str, int] = {}
             for c, _, _, _ in results:
                 codes[c] = codes.get(c, 0) + 1
@@ -384,7 +390,8 @@ def run_serve(args) -> list[dict]:
                          "p50_s": float(np.percentile(ok, 50)) if len(ok) else None,
                          "p95_s": float(np.percentile(ok, 95)) if len(ok) else None,
                          "mean_batch": float(np.mean(sizes)) if sizes else None,
-                         "gpu_busy_pct": g.mean, "peak_rss_gb": peak / 2 ** 30,
+                         "gpu_busy_pct": g.mean, "host_busy_pct": host_busy,
+                         "peak_rss_gb": peak / 2 ** 30,
                          "ready_s": ready_s,
                          "cpu_s_per_photo": ", ".join(f"{k} {v:.2f}" for k, v in
                                                       sorted(cpu.items(), key=lambda x: -x[1])),

@@ -98,6 +98,24 @@ def test_obj_text_format(parts):
         obj_text(broken, mtllib=None, material=None)
 
 
+def test_obj_text_of_a_kept_topology_is_the_text_formatted_afresh(parts, monkeypatch):
+    """The face and texture-coordinate lines are kept per topology (``objfile``): a second
+    mesh of the same topology, and one whose faces differ, read exactly as formatted anew."""
+    from ffhquv import objfile
+
+    m = parts["left_eye"]
+    moved = MeshData(m.vertices * 1.5 + 0.25, m.faces, m.uvs, m.uv_faces)
+    flipped = MeshData(m.vertices, m.faces[:, ::-1].copy(), m.uvs * 0.5, m.uv_faces[:, ::-1])
+    kept = [obj_text(x, mtllib=None, material=None, with_normals=n)
+            for x in (m, moved, flipped, m) for n in (False, True)]
+    monkeypatch.setattr(objfile, "_topology_rows", objfile._rows)  # nothing kept
+    afresh = [obj_text(x, mtllib=None, material=None, with_normals=n)
+              for x in (m, moved, flipped, m) for n in (False, True)]
+    assert kept == afresh
+    assert kept[0] != kept[2] and kept[0] != kept[4]
+    assert len(objfile._topology_text) <= objfile.TOPOLOGY_TEXT_KEPT
+
+
 def test_obj_files_read_back_by_trimesh(tmp_path, parts):
     out = tmp_path / "000007"
     res = core.export_to_dir("000007", **parts, out_dir=out, formats={"obj"})

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+import torch
 from torch import Tensor
 
 from ffhquv.render.camera import Camera
@@ -147,7 +148,9 @@ class StagePlan(Protocol):
 
 @contextmanager
 def timed(ctx: FitContext, name: str) -> Iterator[None]:
-    """Record the seconds the block took as ``ctx.times[name]`` (when it completes)."""
+    """Record the seconds the block took as ``ctx.times[name]`` (when it completes); under
+    torch.profiler the block is a range of that name (``bench/fit.py --profile``)."""
     t0 = time.perf_counter()
-    yield
+    with torch.profiler.record_function(name):
+        yield
     ctx.times[name] = time.perf_counter() - t0
