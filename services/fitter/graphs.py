@@ -80,24 +80,33 @@ class Adam:
     Args:
         groups: dicts with ``params`` (tensors to optimise) and ``lr`` (float, or a 0-d
             device tensor when ``capturable``).
-        capturable: step counters on the device and the foreach implementation, so that a
-            step can be recorded in a CUDA graph (:class:`StepRunner`).
+        capturable: step counters on the device, so that a step can be recorded in a CUDA
+            graph (:class:`StepRunner`).
         betas, eps: as ``torch.optim.Adam``'s (its defaults).
+
+    On CUDA the step is torch's fused kernel (``fused=True``: one kernel a group where the
+    foreach implementation launched 11-15, a quarter of a stage-1 step's kernels and 60 of a
+    stage-3 step's 1 016 on the H200, BENCHMARKS.md twenty-fifth session); on the host torch's
+    default, as before.
     """
 
     def __init__(self, groups: list[dict], *, capturable: bool = False,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
         self.param_groups = [{**g, "params": list(g["params"])} for g in groups]
         self.capturable = capturable
+        self.fused = all(p.is_cuda for g in self.param_groups for p in g["params"])
         self.betas = betas
         self.eps = eps
-        scalar = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+        # the fused kernel takes float32 step counters on the device (torch.optim.Adam's own)
+        scalar = (torch.float64 if torch.get_default_dtype() == torch.float64 and not self.fused
+                  else torch.float32)
         self.state: dict[Tensor, dict[str, Tensor]] = {}
         for g in self.param_groups:
             for p in g["params"]:
                 self.state[p] = {
                     "step": torch.zeros((), dtype=scalar,
-                                        device=p.device if capturable else "cpu"),
+                                        device=p.device if capturable or self.fused
+                                        else "cpu"),
                     "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
                     "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
 
@@ -132,8 +141,9 @@ class Adam:
             st = [self.state[p] for p in ps]
             adam(ps, [p.grad for p in ps], [s["exp_avg"] for s in st],
                  [s["exp_avg_sq"] for s in st], [], [s["step"] for s in st],
-                 foreach=True if self.capturable else None, capturable=self.capturable,
-                 differentiable=False, fused=None, grad_scale=None, found_inf=None,
+                 foreach=None if self.fused else (True if self.capturable else None),
+                 capturable=self.capturable, differentiable=False,
+                 fused=True if self.fused else None, grad_scale=None, found_inf=None,
                  has_complex=any(torch.is_complex(p) for p in ps),
                  amsgrad=False, beta1=self.betas[0],
                  beta2=self.betas[1], lr=g["lr"], weight_decay=0.0, eps=self.eps,

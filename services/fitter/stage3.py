@@ -219,7 +219,8 @@ class _JointProgram:
             t_tv = pyr.tv()
             if mirror is not None:
                 flat = off.reshape(b, -1, 3)
-                t_sym = ((flat - flat[:, mirror]) ** 2).mean((1, 2))
+                # index_select: its gradient an index_add, no sort (ffhquv.render.renderer)
+                t_sym = ((flat - flat.index_select(1, mirror)) ** 2).mean((1, 2))
             else:
                 t_sym = torch.zeros(b, device=dev)
             terms = {
