@@ -243,3 +243,28 @@ def test_step_runner_eager_runs_again_from_reset_state():
     assert all(float(t.abs().sum()) == 0 for st in opt.state.values() for t in st.values())
     runner.run(30)
     torch.testing.assert_close(x.detach(), first, rtol=0, atol=0)
+
+
+def test_no_collection_during_overlapping_captures():
+    """The cyclic collector is off while any capture runs, and back on (if it was) only
+    when the last overlapping one ends (``graphs._no_collection``, used by ``capturing``)."""
+    import gc
+
+    from services.fitter.graphs import _no_collection
+
+    assert gc.isenabled()
+    a, b = _no_collection(), _no_collection()
+    a.__enter__()
+    assert not gc.isenabled()
+    b.__enter__()
+    a.__exit__(None, None, None)
+    assert not gc.isenabled()  # the other capture still runs
+    b.__exit__(None, None, None)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with _no_collection():
+            pass
+        assert not gc.isenabled()  # it was off before: it stays off
+    finally:
+        gc.enable()

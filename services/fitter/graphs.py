@@ -30,6 +30,7 @@ no release of the device cache a fit (BENCHMARKS.md, eighteenth session).
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections import OrderedDict
@@ -188,19 +189,50 @@ def capturing(g: torch.cuda.CUDAGraph) -> Iterator[None]:
 
     ``thread_local``: CUDA calls of other threads (another fit on the same GPU) neither break
     this capture nor fail because of it.
+
+    Python's cyclic garbage collector runs first (as ``torch.cuda.graph`` does) and not
+    during the capture: a collection inside it, on this thread, can free an unreachable
+    ``CUDAGraph`` of an earlier program, whose ``cudaGraphExecDestroy`` is not permitted while
+    the stream captures and invalidates the capture ("operation failed due to a previous
+    error during capture"; the stage then ran its steps eagerly: H100, twenty-fifth session).
     """
     dev = torch.cuda.current_device()
     stream = _CAPTURE_STREAMS.get(dev)
     if stream is None:
         stream = _CAPTURE_STREAMS[dev] = torch.cuda.Stream()
     torch.cuda.synchronize()
+    gc.collect()
     torch.cuda.empty_cache()
-    with torch.cuda.stream(stream):
+    with _no_collection(), torch.cuda.stream(stream):
         g.capture_begin(capture_error_mode="thread_local")
         try:
             yield
         finally:
             g.capture_end()
+
+
+_GC_LOCK = threading.Lock()
+_GC_HOLDERS = 0
+_GC_WAS_ENABLED = False
+
+
+@contextmanager
+def _no_collection() -> Iterator[None]:
+    """Python's cyclic collector off while any thread's block runs (captures of several
+    threads overlap: the last one out turns it back on, if it was on)."""
+    global _GC_HOLDERS, _GC_WAS_ENABLED
+    with _GC_LOCK:
+        if _GC_HOLDERS == 0:
+            _GC_WAS_ENABLED = gc.isenabled()
+            gc.disable()
+        _GC_HOLDERS += 1
+    try:
+        yield
+    finally:
+        with _GC_LOCK:
+            _GC_HOLDERS -= 1
+            if _GC_HOLDERS == 0 and _GC_WAS_ENABLED:
+                gc.enable()
 
 
 class StepRunner:
