@@ -363,3 +363,20 @@ def test_chunked_rasterisation_matches_single_pass():
     a = TorchRasterizer().rasterize(pos, tri, (48, 40))
     b = TorchRasterizer(max_candidates=300).rasterize(pos, tri, (48, 40))
     assert torch.equal(a, b)
+
+
+def test_take_rows_is_advanced_indexing_with_the_same_gradient_as_index_select():
+    """``take_rows`` (advanced indexing on the host, ``index_select`` on CUDA): both
+    formulations give the same values and gradients, repeated indices included."""
+    from ffhquv.render.renderer import take_rows
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 50, 3, generator=g, requires_grad=True)
+    idx = torch.randint(0, 50, (80,), generator=g)
+    w = torch.randn(2, 80, 3, generator=g)
+    (take_rows(x, idx) * w).sum().backward()
+    ga = x.grad.clone()
+    x.grad = None
+    (x.index_select(1, idx) * w).sum().backward()
+    torch.testing.assert_close(take_rows(x, idx), x.index_select(1, idx), rtol=0, atol=0)
+    torch.testing.assert_close(ga, x.grad, rtol=1e-6, atol=1e-6)

@@ -163,10 +163,18 @@ def face_normals(vertices: Tensor, tri: Tensor) -> Tensor:
     Returns:
         ``[B, T, 3]``.
     """
-    # index_select, not vertices[:, idx]: its gradient is one index_add, where advanced
-    # indexing's sorted its indices first (radix-sort kernels in every stage-3 step on a GPU)
-    v0, v1, v2 = (vertices.index_select(1, tri[:, i]) for i in range(3))
+    v0, v1, v2 = (take_rows(vertices, tri[:, i]) for i in range(3))
     return torch.cross(v1 - v0, v2 - v0, dim=-1)
+
+
+def take_rows(x: Tensor, index: Tensor) -> Tensor:
+    """``x[:, index]`` (``x [B, N, ...]``, ``index [M]`` long -> ``[B, M, ...]``) with the
+    gradient that is cheaper where ``x`` is: on CUDA ``index_select`` (its gradient one
+    ``index_add``; advanced indexing's sorts the indices first, eight radix-sort kernels in
+    every stage-3 step on the H200), elsewhere advanced indexing (on the host
+    ``index_select``'s gradient took twice as long: 2.1 against 1.1 ms for the face normals,
+    6.2 against 3.4 ms for stage 3's mirror term, cpu2). The same values either way."""
+    return x.index_select(1, index) if x.is_cuda else x[:, index]
 
 
 def vertex_normals(vertices: Tensor, tri: Tensor) -> Tensor:

@@ -27,7 +27,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ffhquv.render.camera import project, rigid_transform, rotate_normals, to_clip
-from ffhquv.render.renderer import MeshRenderer, RasterOptions, RenderOutput, Surface
+from ffhquv.render.renderer import (
+    MeshRenderer,
+    RasterOptions,
+    RenderOutput,
+    Surface,
+    take_rows,
+)
 from services.fitter.graphs import (
     StepRunner,
     cached_program,
@@ -219,8 +225,7 @@ class _JointProgram:
             t_tv = pyr.tv()
             if mirror is not None:
                 flat = off.reshape(b, -1, 3)
-                # index_select: its gradient an index_add, no sort (ffhquv.render.renderer)
-                t_sym = ((flat - flat.index_select(1, mirror)) ** 2).mean((1, 2))
+                t_sym = ((flat - take_rows(flat, mirror)) ** 2).mean((1, 2))
             else:
                 t_sym = torch.zeros(b, device=dev)
             terms = {
