@@ -14,11 +14,9 @@ repeated). Prints a table with the command, date and machine; ``--json`` writes 
 from __future__ import annotations
 
 import argparse
-import gzip
 import io
 import os
 import resource
-import shutil
 import sys
 import time
 import tracemalloc
@@ -261,13 +259,11 @@ def profile_fit(core, face, preset, texture_size: int, path: str,
                                  max_name_column_width=40, max_shapes_column_width=80)]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text("\n".join(lines))
-    # the timeline (stage ranges, kernels) for bench/trace_stages.py, gzipped beside the table
-    trace = Path(path).with_suffix(".trace.json")
+    # the timeline (stage ranges, kernels) for bench/trace_stages.py beside the table (torch
+    # gzips a path ending in .gz)
+    trace = Path(path).with_suffix(".trace.json.gz")
     prof.export_chrome_trace(str(trace))
-    with open(trace, "rb") as src, gzip.open(f"{trace}.gz", "wb", compresslevel=6) as dst:
-        shutil.copyfileobj(src, dst)
-    trace.unlink()
-    print("\n".join(lines[:2]) + f"\nwrote {path} and {trace}.gz")
+    print("\n".join(lines[:2]) + f"\nwrote {path} and {trace}")
 
 
 if __name__ == "__main__":
