@@ -15,11 +15,10 @@ Every service that writes a mesh or a texture uses this module. Conventions:
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
-import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
@@ -103,24 +102,16 @@ def _rows(fmt: str, arr: np.ndarray) -> str:
 #: and texture coordinates, so they are formatted once per process (these lines are half of
 #: a head OBJ's text time, 6.5 of 14 ms on cpu2); only the vertices and normals each time
 TOPOLOGY_TEXT_KEPT = 8
-_topology_text: OrderedDict[tuple[str, str, tuple[int, ...], bytes], str] = OrderedDict()
-_topology_lock = threading.Lock()
 
 
 def _topology_rows(fmt: str, arr: np.ndarray) -> str:
     """:func:`_rows` of a topology array (``uvs``, face corners), kept for the next mesh."""
-    key = (fmt, arr.dtype.str, arr.shape, arr.tobytes())
-    with _topology_lock:
-        text = _topology_text.get(key)
-        if text is not None:
-            _topology_text.move_to_end(key)
-            return text
-    text = _rows(fmt, arr)
-    with _topology_lock:
-        _topology_text[key] = text
-        while len(_topology_text) > TOPOLOGY_TEXT_KEPT:
-            _topology_text.popitem(last=False)
-    return text
+    return _kept_rows(fmt, arr.dtype.str, arr.shape, arr.tobytes())
+
+
+@functools.lru_cache(maxsize=TOPOLOGY_TEXT_KEPT)
+def _kept_rows(fmt: str, dtype: str, shape: tuple[int, ...], data: bytes) -> str:
+    return _rows(fmt, np.frombuffer(data, dtype).reshape(shape))
 
 
 def obj_text(mesh: MeshData, *, mtllib: str | None = None, material: str | None = None,
