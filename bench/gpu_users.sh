@@ -49,6 +49,7 @@
 #          spyfit    py-spy --gil of bench/fit.py in batches of SPY_BATCH (carry pyspy/)
 #          fitab     bench/fit.py from this checkout and from .tp/alt (FIT_BATCHES; FIT_SETS
 #                    ";"-separated --set lists, one run each; FIT_ALT=0 skips alt)
+#          compileab bench/fit.py with FFHQUV_COMPILE=0, then =1 twice (compiling, then cached)
 #          gemm      bench/basis_gemm.py: the basis product's formulations
 #          cudawait  bench/cudawait.py: CPU burnt by a waiting thread, spin / auto / block
 #          spyfolder py-spy of `ffhquv fit` on a folder (SPY_COUNT, SPY_ARGS; carry pyspy/)
@@ -334,6 +335,18 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
       step altfit 200 env PYTHONPATH="$S/alt:$P/site:$P/frm" python3 "$S/alt/bench/fit.py" \
         --presets standard --device cuda --threads 4 --batch "${FIT_BATCHES:-1,4}" --repeat 3 \
         --photo "$fd05" --json "$out/altfit.json"
+      ;;
+    compileab)
+      # the fitter core (bench/fit.py, fd05, FIT_BATCHES "1,4", 3 repeats) with
+      # FFHQUV_COMPILE=0, then =1 in two new processes: the first compiles, the second finds
+      # torch's on-disk cache (a user's second run); dynamo's graph breaks are logged
+      need "$sp68" "$S/cache" "$S/photos/faces-dev" || { rc=1; continue; }
+      for mode in off on1 on2; do
+        c=1; [ "$mode" = off ] && c=0
+        step "fit_$mode" 400 env FFHQUV_COMPILE=$c TORCH_LOGS="${COMPILE_LOGS-graph_breaks}" \
+          python3 bench/fit.py --presets standard --device cuda --threads 4 \
+          --batch "${FIT_BATCHES:-1,4}" --repeat 3 --photo "$fd05" --json "$out/fit_$mode.json"
+      done
       ;;
     gemm)
       # the face model's basis product, forward + backward, per formulation and batch size

@@ -14,7 +14,7 @@ from ffhquv.render.camera import Camera, rigid_transform
 from ffhquv.render.raster import TorchRasterizer
 from ffhquv.render.renderer import PREVIEW_GAMMA, MeshRenderer, RasterOptions, Surface
 from ffhquv.render.shapes import uv_sphere
-from services.fitter.graphs import StepRunner, graphs_enabled, make_adam, set_lr
+from services.fitter.graphs import StepRunner, compiled, graphs_enabled, make_adam, set_lr
 from services.fitter.stage3 import _face_coverage
 
 
@@ -169,6 +169,22 @@ def test_graphs_enabled(monkeypatch):
     assert graphs_enabled("cuda", Capturable())
     monkeypatch.setenv("FFHQUV_CUDA_GRAPHS", "0")
     assert not graphs_enabled("cuda", Capturable())
+
+
+def test_compiled_only_on_cuda_when_asked(monkeypatch):
+    """FFHQUV_COMPILE fuses a step's arithmetic on CUDA only; elsewhere, or off (the default),
+    the function itself runs (and torch._dynamo is not imported for it)."""
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return x + 1
+
+    monkeypatch.setenv("FFHQUV_COMPILE", "1")
+    assert compiled(f, "cpu") is f
+    monkeypatch.delenv("FFHQUV_COMPILE")
+    assert compiled(f, "cuda") is f
+    monkeypatch.setenv("FFHQUV_COMPILE", "1")
+    g = compiled(f, "cuda")  # wrapped lazily: compiling waits for the first call on the GPU
+    assert g is not f and callable(g)
 
 
 def test_face_coverage_is_a_gather():

@@ -67,6 +67,33 @@ def graphs_enabled(device: torch.device | str, backend=None) -> bool:
     return backend is None or bool(getattr(backend, "capturable", False))
 
 
+
+def compiled(fn: Callable[..., T], device: torch.device | str) -> Callable[..., T]:
+    """``fn`` through ``torch.compile`` on CUDA when ``FFHQUV_COMPILE`` is on, else ``fn``.
+
+    A step's forward and backward are hundreds of elementwise kernels of 1-2 us each, and a
+    batch's GPU time is their count, not their size (BENCHMARKS.md, twenty-fifth session):
+    Inductor fuses runs of them into one kernel each. Calls into nvdiffrast's extension end a
+    compiled region (a graph break) and run as they are. The first call of each shape compiles
+    (seconds; torch keeps the result on disk for later processes), so the first steps of a
+    program, its warm-up before the capture (:class:`StepRunner`), pay for it and the recorded
+    graph replays the fused kernels. A function dynamo cannot take runs eagerly. Importing
+    ``torch._dynamo`` costs seconds once per process: off by default.
+
+    Args:
+        fn: a pure tensor function (no host synchronisation; its shapes static per program).
+        device: where it runs; only CUDA compiles.
+    """
+    if torch.device(device).type != "cuda" or not config.compile_steps():
+        return fn
+    from torch._dynamo import config as cfg
+
+    # one entry per program (batch size, setting) and grad mode: more than torch's default 8
+    cfg.cache_size_limit = max(cfg.cache_size_limit, 64)
+    cfg.suppress_errors = True
+    return torch.compile(fn)
+
+
 class Adam:
     """``torch.optim.Adam``'s update over parameter groups, without ``torch.optim.Optimizer``.
 

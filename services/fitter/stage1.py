@@ -32,6 +32,7 @@ from services.fitter.facemodel.base import FaceModel
 from services.fitter.graphs import (
     StepRunner,
     cached_program,
+    compiled,
     graphs_enabled,
     make_adam,
     set_lr,
@@ -169,8 +170,10 @@ class _LandmarkProgram:
             prior = w_id * (id_c**2).sum(-1) + w_exp * (exp_c**2).sum(-1)
             return lmk, prior
 
+        step_loss = compiled(loss_fn, dev)
+
         def body() -> dict[str, Tensor]:
-            lmk, prior = loss_fn()
+            lmk, prior = step_loss()
             (lmk + prior).sum().backward()
             id_c.grad.mul_(free)
             exp_c.grad.mul_(free)

@@ -37,6 +37,7 @@ from ffhquv.render.renderer import (
 from services.fitter.graphs import (
     StepRunner,
     cached_program,
+    compiled,
     graphs_enabled,
     make_adam,
     set_lr,
@@ -191,29 +192,28 @@ class _JointProgram:
             verts = model.shape(params["id"], params["exp"])
             return verts, rigid_transform(verts, params["angles"], params["trans"])
 
-        def evaluate(rast: Tensor | None = None) -> tuple[dict[str, Tensor], RenderOutput]:
+        def surface() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+            """The current head: world vertices, their normals, the texture and its offsets
+            (tensor arithmetic alone, no rasteriser call: one compiled region)."""
             verts, world = geometry()
             nrm = rotate_normals(model.vertex_normals(verts), params["angles"])
             off = pyr() if gate is None else pyr() * gate
-            tex = (base_tex + off).clamp(0, 1)
-            out = renderer.render(world, model.tri,
-                                  Surface(normals=nrm, uv=model.uv, uv_tri=model.uv_tri,
-                                          texture=tex),
-                                  gamma=params["gamma"], rast=rast,
-                                  options=RasterOptions(antialias=True,
-                                                        min_grad_area=SLIVER_AREA))
+            return world, nrm, (base_tex + off).clamp(0, 1), off
+
+        def losses(image: Tensor, mask: Tensor, uv: Tensor | None, rast: Tensor,
+                   skin_px: Tensor, off: Tensor) -> dict[str, Tensor]:
+            """The weighted loss terms ``{name: [B]}`` of a render (tensor arithmetic alone)."""
             # region of the model's skin triangles inside the face area
-            skin_px = backend.interpolate(skin_attr, out.rast, tri32)
-            face_cov = _face_coverage(out.rast, model.face_tri_mask)
-            m = out.mask * (pmask_r > 0.5).float() * (skin_px > 0.5).float() * face_cov
-            if gate is not None and out.uv is not None:
+            face_cov = _face_coverage(rast, model.face_tri_mask)
+            m = mask * (pmask_r > 0.5).float() * (skin_px > 0.5).float() * face_cov
+            if gate is not None and uv is not None:
                 # only pixels whose texels stage 2 saw (not shadow / hair excluded, not mirrored)
-                g_px = F.grid_sample(gate.permute(0, 3, 1, 2), out.uv.detach() * 2 - 1,
+                g_px = F.grid_sample(gate.permute(0, 3, 1, 2), uv.detach() * 2 - 1,
                                      mode="bilinear", padding_mode="border",
                                      align_corners=False)
                 m = m * (g_px.permute(0, 2, 3, 1) > 0.7).float()
             msum = m.sum((1, 2, 3)).clamp(min=1.0)
-            photo_l = ((out.image - photo_r).abs() * m).sum((1, 2, 3)) / (3 * msum)
+            photo_l = ((image - photo_r).abs() * m).sum((1, 2, 3)) / (3 * msum)
             pts = lmb.landmarks(params["id"], params["exp"])
             pix = project(rigid_transform(pts, params["angles"], params["trans"]), cam)
             lmk = (((pix - lm2d) ** 2).sum(-1) * wl).sum(-1)
@@ -228,13 +228,32 @@ class _JointProgram:
                 t_sym = ((flat - take_rows(flat, mirror)) ** 2).mean((1, 2))
             else:
                 t_sym = torch.zeros(b, device=dev)
-            terms = {
+            return {
                 "landmark": wt.landmark * lmk, "photo": wt.photo * photo_l,
                 "id": wt.id * (params["id"] ** 2).sum(-1),
                 "exp": wt.exp * (params["exp"] ** 2).sum(-1),
                 "gamma": wt.gamma_rgb * g_rgb + wt.gamma_band2 * g_b2 + wt.gamma_init * g_init,
                 "tex": wt.tex_l2 * t_l2 + wt.tex_tv * t_tv + wt.tex_sym * t_sym,
             }
+
+        # the recorded step's arithmetic on either side of the rasteriser's calls, fused by
+        # torch.compile on CUDA when FFHQUV_COMPILE is on (graphs.compiled)
+        step_surface = compiled(surface, dev)
+        step_losses = compiled(losses, dev)
+
+        def evaluate(rast: Tensor | None = None, *, fused: bool = False
+                     ) -> tuple[dict[str, Tensor], RenderOutput]:
+            """The loss terms and the render; ``fused``: through the step's compiled parts."""
+            surf, loss = (step_surface, step_losses) if fused else (surface, losses)
+            world, nrm, tex, off = surf()
+            out = renderer.render(world, model.tri,
+                                  Surface(normals=nrm, uv=model.uv, uv_tri=model.uv_tri,
+                                          texture=tex),
+                                  gamma=params["gamma"], rast=rast,
+                                  options=RasterOptions(antialias=True,
+                                                        min_grad_area=SLIVER_AREA))
+            skin_px = backend.interpolate(skin_attr, out.rast, tri32)
+            terms = loss(out.image, out.mask, out.uv, out.rast, skin_px, off)
             if extra_terms is not None:
                 terms.update(extra_terms(out.image, out.mask))
             return terms, out
@@ -242,7 +261,7 @@ class _JointProgram:
         def body() -> dict[str, Tensor]:
             # nothing of this step's autograd graph may outlive it: a graph kept alive across
             # the warm-up / capture boundary ties gradient accumulation to the wrong CUDA stream
-            terms, _ = evaluate(static_rast)
+            terms, _ = evaluate(static_rast, fused=True)
             sum(terms.values()).sum().backward()
             opt.step()
             if static_clip is not None:
