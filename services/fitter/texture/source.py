@@ -8,6 +8,7 @@ unwraps the photo (:mod:`.unwrap`) and completes it (:mod:`.completion`).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import numpy as np
@@ -71,14 +72,20 @@ class UnwrapTextureSource:
         w_skin = None if head.skin is None else un.weights[..., 2].detach()
 
         def one(i: int) -> CompletedTexture:
-            done = complete_texture(alb[i], wt[i], maps,
-                                    skin=None if w_skin is None else w_skin[i])
-            beard = {}
-            if done.skin_share is not None:  # a seen full beard continued round the jaw
-                done.texture, found = beard_layer(done.texture, done.observed, done.skin_share,
-                                                  maps)
-                beard = found.as_dict()
-            hair = hair_layer(col[i], w_hair[i], wt_np[i], maps, head.hair_stats[i])
+            # the hair layer (numpy on the host) needs none of the completion (on the fitter's
+            # device): on a thread of its own meanwhile, so one photo waits for the longer
+            # of the two, not their sum
+            with ThreadPoolExecutor(1, thread_name_prefix="hair-layer") as side:
+                hair_job = side.submit(hair_layer, col[i], w_hair[i], wt_np[i], maps,
+                                       head.hair_stats[i])
+                done = complete_texture(alb[i], wt[i], maps,
+                                        skin=None if w_skin is None else w_skin[i])
+                beard = {}
+                if done.skin_share is not None:  # a seen full beard continued round the jaw
+                    done.texture, found = beard_layer(done.texture, done.observed,
+                                                      done.skin_share, maps)
+                    beard = found.as_dict()
+                hair = hair_job.result()
             if hair is None:
                 done.hair = {**hair_info(head.hair_stats[i]), **beard}
                 return done
