@@ -233,6 +233,34 @@ def test_two_sided_lights_the_inside_of_an_open_mesh():
     assert rim.sum() > 20 and torch.allclose(lit[True][rim], lit[False][rim])
 
 
+def test_back_albedo_paints_the_inside_not_the_outsides_texture():
+    """With ``back_albedo`` the inside of an open mesh seen through its opening takes that one
+    colour instead of the texture (a beard under the chin showed through the neck's opening
+    from behind), and the outside keeps its texture; previews draw the inside so."""
+    v, tri, uv, uv_tri = uv_sphere(24, 48)
+    centre_z = v[tri].mean(1)[:, 2]
+    keep = centre_z < 0.5
+    tri, uv_tri = tri[keep], uv_tri[keep]
+    tex = torch.zeros(1, 16, 16, 3)
+    tex[..., 1] = 1.0  # all green
+    r = MeshRenderer(Camera())
+    sf = Surface(uv=uv, uv_tri=uv_tri, texture=tex)
+    out = {}
+    for inside in (None, (1.0, 0.0, 0.0)):
+        out[inside] = r.render(v[None], tri, sf, options=RasterOptions(
+            antialias=False, two_sided=True, back_albedo=inside)).image[0]
+    s = out[None].shape[0]
+    c = slice(s // 2 - 4, s // 2 + 4)
+    assert torch.allclose(out[None][c, c], torch.tensor([0.0, 1.0, 0.0]).expand(8, 8, 3))
+    assert torch.allclose(out[(1.0, 0.0, 0.0)][c, c], torch.tensor([1.0, 0.0, 0.0]).expand(8, 8, 3))
+    # the outside (the band around the opening) keeps its texture
+    cover = out[None].sum(-1) > 0
+    yy, xx = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
+    d = ((yy - (s - 1) / 2) ** 2 + (xx - (s - 1) / 2) ** 2).sqrt()
+    rim = cover & (d > 0.95 * d[cover].max())
+    assert rim.sum() > 20 and torch.equal(out[None][rim], out[(1.0, 0.0, 0.0)][rim])
+
+
 def test_scale_light_scales_the_irradiance_ambient_included():
     """``sh.scale_light(gamma, k)`` is the same light ``k`` times as bright at every normal and
     channel (the fitter dims a side-lit face's light by the factor its albedo is raised)."""

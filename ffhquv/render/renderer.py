@@ -100,10 +100,13 @@ class RasterOptions:
         min_grad_area: pixels of triangles smaller than this on screen (px^2) pass no gradient
             to the vertices through their barycentrics (see :func:`sliver_pixels`); 0 keeps
             every pixel. Silhouette (antialiasing) gradients are not affected.
-        two_sided: light back faces as front faces (their normal turned toward the camera),
-            as Blender and most viewers draw an open mesh: the inside of the neck seen through
-            its opening is lit like skin, not black. Off for fitting (the photo never shows
-            a back face).
+        two_sided: light back faces as front faces (their normal turned toward the camera):
+            the inside of the neck seen through its opening is lit, not black. Off for
+            fitting (the photo never shows a back face).
+        back_albedo: with ``two_sided``, the colour of back faces (float, ``[3]`` or a tuple)
+            instead of the texture's: the inside of an open mesh in one plain tone, not the
+            outside's texture seen from within (a beard under the chin showed through the
+            neck's opening from behind). None: the texture.
     """
 
     size: int | None = None
@@ -111,6 +114,7 @@ class RasterOptions:
     background: Tensor | float | None = None
     min_grad_area: float = 0.0
     two_sided: bool = False
+    back_albedo: Tensor | float | None = None
 
 
 def triangle_pixel_area(clip: Tensor, tri: Tensor, size: int) -> Tensor:
@@ -309,8 +313,9 @@ class MeshRenderer:
         normals = _as_batch(normals, b, "normals", 3)
         nrm = be.interpolate(normals.contiguous(), rast, tri32)
         nrm = nrm / nrm.norm(dim=-1, keepdim=True).clamp(min=1e-8)
-        if opt.two_sided:
-            nrm = torch.where(_back_facing(vertices, tri32, rast, cam.distance), -nrm, nrm)
+        back = _back_facing(vertices, tri32, rast, cam.distance) if opt.two_sided else None
+        if back is not None:
+            nrm = torch.where(back, -nrm, nrm)
 
         uv_img = None
         if uv is not None:
@@ -333,6 +338,10 @@ class MeshRenderer:
             albedo = be.interpolate(va.contiguous(), rast, tri32)
         else:
             albedo = cover.expand(-1, -1, -1, 3) * DEFAULT_ALBEDO
+
+        if back is not None and opt.back_albedo is not None:
+            inside = torch.as_tensor(opt.back_albedo, dtype=albedo.dtype, device=albedo.device)
+            albedo = torch.where(back, inside * cover, albedo)
 
         if gamma is not None:
             if gamma.shape != (b, 27):
@@ -460,6 +469,10 @@ class PreviewOptions:
         frame: centre the (turned) mesh on the optical axis and zoom so that it fills 90% of
             the picture; False keeps the framing of ``camera``.
         backend: rasteriser; None = :func:`get_backend` for the vertices' device.
+        interior: the albedo of back faces (:attr:`RasterOptions.back_albedo`), a dark warm
+            tone: the inside of the neck seen through its opening as a plain hollow in shade,
+            not the texture of the outside seen from within (a beard under the chin showed
+            through it from behind); None: that texture.
     """
 
     yaw_deg: float = 0.0
@@ -469,6 +482,7 @@ class PreviewOptions:
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     frame: bool = True
     backend: RasterBackend | None = None
+    interior: tuple[float, float, float] | float | None = (0.32, 0.24, 0.21)
 
 
 def render_preview(vertices: Tensor, tri: Tensor, surface: Surface | None = None,
@@ -519,7 +533,7 @@ def render_preview(vertices: Tensor, tri: Tensor, surface: Surface | None = None
         r = MeshRenderer(cam, backend=opt.backend, device=v.device)
         out = r.render(v, tri, Surface(uv=sf.uv, uv_tri=sf.uv_tri, texture=tex, vertex_albedo=va),
                        gamma=g, options=RasterOptions(
-                           antialias=True, two_sided=True,
+                           antialias=True, two_sided=True, back_albedo=opt.interior,
                            background=torch.tensor(opt.background, device=v.device)))
         img = out.image[0].clamp(0, 1).cpu().numpy()
     return (img * 255 + 0.5).astype(np.uint8)
