@@ -567,7 +567,7 @@ def turned_view(head, texture: np.ndarray, eyes, yaw_deg: float, size: int = 512
     return render_preview(torch.tensor(v, dtype=torch.float32, device=dev),
                           torch.tensor(f, device=dev), surface,
                           PreviewOptions(yaw_deg=yaw_deg, size=size, background=BACKGROUND,
-                                         backend=backend))
+                                         backend=backend, interior_faces=len(head.faces)))
 
 
 def contact_sheet(photo: np.ndarray, head, texture: np.ndarray, eyes, size: int = SHEET_PX,

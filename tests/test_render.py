@@ -259,6 +259,11 @@ def test_back_albedo_paints_the_inside_not_the_outsides_texture():
     d = ((yy - (s - 1) / 2) ** 2 + (xx - (s - 1) / 2) ** 2).sqrt()
     rim = cover & (d > 0.95 * d[cover].max())
     assert rim.sum() > 20 and torch.equal(out[None][rim], out[(1.0, 0.0, 0.0)][rim])
+    # only the triangles named take it (a head's, not its hair's): none named, none changed
+    none = r.render(v[None], tri, sf, options=RasterOptions(
+        antialias=False, two_sided=True, back_albedo=(1.0, 0.0, 0.0),
+        back_albedo_faces=torch.zeros(len(tri), dtype=torch.bool))).image[0]
+    assert torch.equal(none, out[None])
 
 
 def test_scale_light_scales_the_irradiance_ambient_included():

@@ -107,6 +107,8 @@ class RasterOptions:
             instead of the texture's: the inside of an open mesh in one plain tone, not the
             outside's texture seen from within (a beard under the chin showed through the
             neck's opening from behind). None: the texture.
+        back_albedo_faces: bool ``[T]``, the triangles whose back faces take ``back_albedo``
+            (an open head's, not its hair's, whose inner sheet is hair too); None: all.
     """
 
     size: int | None = None
@@ -114,7 +116,8 @@ class RasterOptions:
     background: Tensor | float | None = None
     min_grad_area: float = 0.0
     two_sided: bool = False
-    back_albedo: Tensor | float | None = None
+    back_albedo: Tensor | tuple[float, float, float] | float | None = None
+    back_albedo_faces: Tensor | None = None
 
 
 def triangle_pixel_area(clip: Tensor, tri: Tensor, size: int) -> Tensor:
@@ -341,6 +344,9 @@ class MeshRenderer:
 
         if back is not None and opt.back_albedo is not None:
             inside = torch.as_tensor(opt.back_albedo, dtype=albedo.dtype, device=albedo.device)
+            if opt.back_albedo_faces is not None:
+                tid = (rast[..., 3].long() - 1).clamp(min=0)
+                back = back & opt.back_albedo_faces.to(rast.device)[tid][..., None]
             albedo = torch.where(back, inside * cover, albedo)
 
         if gamma is not None:
@@ -473,6 +479,8 @@ class PreviewOptions:
             tone: the inside of the neck seen through its opening as a plain hollow in shade,
             not the texture of the outside seen from within (a beard under the chin showed
             through it from behind); None: that texture.
+        interior_faces: how many leading triangles (the head's, before its hair and eyes)
+            take ``interior`` inside; None: all of them.
     """
 
     yaw_deg: float = 0.0
@@ -483,6 +491,7 @@ class PreviewOptions:
     frame: bool = True
     backend: RasterBackend | None = None
     interior: tuple[float, float, float] | float | None = (0.32, 0.24, 0.21)
+    interior_faces: int | None = None
 
 
 def render_preview(vertices: Tensor, tri: Tensor, surface: Surface | None = None,
@@ -534,6 +543,8 @@ def render_preview(vertices: Tensor, tri: Tensor, surface: Surface | None = None
         out = r.render(v, tri, Surface(uv=sf.uv, uv_tri=sf.uv_tri, texture=tex, vertex_albedo=va),
                        gamma=g, options=RasterOptions(
                            antialias=True, two_sided=True, back_albedo=opt.interior,
+                           back_albedo_faces=None if opt.interior_faces is None else
+                           torch.arange(len(tri), device=v.device) < opt.interior_faces,
                            background=torch.tensor(opt.background, device=v.device)))
         img = out.image[0].clamp(0, 1).cpu().numpy()
     return (img * 255 + 0.5).astype(np.uint8)

@@ -104,6 +104,7 @@ def render_views(head: MeshData, head_texture: np.ndarray, left_eye: MeshData,
         One ``uint8 [size, size, 3]`` RGB image per yaw (row 0 at the top).
     """
     # a preview cannot show more texels than it has pixels; small textures render much faster
+    n_head = len(head.faces)  # the head's triangles come first: its inside is a hollow
     if hair is not None:  # the same texture: one part with the head
         head = merge(head, hair)
     mesh, atlas = combine([(head, head_texture), (left_eye, eye_texture),
@@ -123,7 +124,8 @@ def render_views(head: MeshData, head_texture: np.ndarray, left_eye: MeshData,
     with torch.no_grad():
         for yaw in yaws_deg:
             out.append(render_preview(verts, tri, surface, PreviewOptions(
-                yaw_deg=float(yaw), size=size, camera=cam, background=background)))
+                yaw_deg=float(yaw), size=size, camera=cam, background=background,
+                interior_faces=n_head)))
     return out
 
 
