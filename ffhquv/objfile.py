@@ -191,6 +191,16 @@ def _weld_groups(v0: np.ndarray, weld: float) -> tuple[np.ndarray, int]:
     return group, (int(group.max()) + 1 if len(group) else 0)
 
 
+def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``np.cross`` of ``[M, 3]`` rows, written out: the same numbers in under half its time
+    on a head's 87 000 moved faces (it moves its axes and checks its shapes first)."""
+    out = np.empty_like(a)
+    out[:, 0] = a[:, 1] * b[:, 2] - a[:, 2] * b[:, 1]
+    out[:, 1] = a[:, 2] * b[:, 0] - a[:, 0] * b[:, 2]
+    out[:, 2] = a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]
+    return out
+
+
 def _unit(n: np.ndarray) -> np.ndarray:
     norm = np.linalg.norm(n, axis=-1, keepdims=True)
     return np.where(norm > 1e-30, n / np.maximum(norm, 1e-30), np.array([0.0, 0.0, 1.0]))
@@ -260,16 +270,19 @@ def morph_normal_deltas(vertices: np.ndarray, offsets: np.ndarray, faces: np.nda
     kk, tf = np.nonzero(np.any(off != 0, axis=2)[:, f].any(2))
     if not len(tf):
         return out
-    p = v[f[tf]] + off[kk[:, None], f[tf]]  # [M, 3 corners, 3]
-    d = np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]) - fn0[tf]
-    slot = (kk[:, None] * g + group[f[tf]]).reshape(-1)  # (target, group) of each corner
-    touched = (np.bincount(slot, minlength=k_all * g) > 0).reshape(k_all, g)
-    acc = acc0[None] + np.stack([np.bincount(slot, weights=np.repeat(d[:, c], 3),
-                                             minlength=k_all * g) for c in range(3)],
-                                -1).reshape(k_all, g, 3)
-    # groups a target does not touch keep their normal: exactly 0 there
-    diff = np.where(touched[..., None], _unit(acc).astype(np.float32) - n0[None], 0)
-    out[:] = diff[:, group]
+    n = len(v)
+    ft = f[tf]  # [M, 3 corners]
+    # the moved corners, one flat gather of the offsets (a two-array fancy index is slower)
+    p = v[ft] + off.reshape(-1, 3)[kk[:, None] * n + ft]  # [M, 3 corners, 3]
+    d = _cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]) - fn0[tf]
+    slot = (kk[:, None] * g + group[ft]).reshape(-1)  # (target, group) of each corner
+    # only the (target, group) slots a target touches: elsewhere the change is exactly 0
+    hit = np.flatnonzero(np.bincount(slot, minlength=k_all * g))
+    sums = np.stack([np.bincount(slot, weights=np.repeat(d[:, c], 3), minlength=k_all * g)[hit]
+                     for c in range(3)], -1)
+    diff = np.zeros((k_all * g, 3), np.float32)
+    diff[hit] = _unit(acc0[hit % g] + sums).astype(np.float32) - n0[hit % g]
+    out[:] = diff.reshape(k_all, g, 3)[:, group]
     return out
 
 
