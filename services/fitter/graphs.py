@@ -67,18 +67,19 @@ def graphs_enabled(device: torch.device | str, backend=None) -> bool:
     return backend is None or bool(getattr(backend, "capturable", False))
 
 
-
 def compiled(fn: Callable[..., T], device: torch.device | str) -> Callable[..., T]:
     """``fn`` through ``torch.compile`` on CUDA when ``FFHQUV_COMPILE`` is on, else ``fn``.
 
     A step's forward and backward are hundreds of elementwise kernels of 1-2 us each, and a
     batch's GPU time is their count, not their size (BENCHMARKS.md, twenty-fifth session):
-    Inductor fuses runs of them into one kernel each. Calls into nvdiffrast's extension end a
-    compiled region (a graph break) and run as they are. The first call of each shape compiles
-    (seconds; torch keeps the result on disk for later processes), so the first steps of a
-    program, its warm-up before the capture (:class:`StepRunner`), pay for it and the recorded
-    graph replays the fused kernels. A function dynamo cannot take runs eagerly. Importing
-    ``torch._dynamo`` costs seconds once per process: off by default.
+    Inductor fuses runs of them into one kernel each. The stages pass functions of tensor
+    arithmetic alone: nvdiffrast's extension calls break dynamo's graph (compiling stage 3's
+    whole loss gave 68 breaks and endless recompiles). The first call of each shape compiles,
+    so the first steps of a program, its warm-up before the capture (:class:`StepRunner`),
+    pay for it and the recorded graph replays the fused kernels: 80-160 s a shape in a new
+    process on an H100, 12-35 s from torch's on-disk cache, for a warm batch of 4 1.32-1.43 s
+    instead of 1.47-1.52 s (BENCHMARKS.md, twenty-sixth session). Hence off by default (a cold
+    ``ffhquv fit`` would pass 12 s). A function dynamo cannot take runs eagerly.
 
     Args:
         fn: a pure tensor function (no host synchronisation; its shapes static per program).
