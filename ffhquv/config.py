@@ -144,6 +144,7 @@ VARIABLES: dict[str, str] = {
 }
 
 _FALSE = ("0", "false", "no", "off")
+_TRUE = ("1", "true", "yes", "on")
 
 
 def env(name: str, default: str | None = None) -> str | None:
@@ -188,7 +189,7 @@ def compile_steps() -> bool:
     """``FFHQUV_COMPILE``: True for ``1`` / ``true`` / ``yes`` / ``on`` (default off): the
     fitter's optimisation steps on CUDA run their arithmetic through ``torch.compile``
     (:func:`services.fitter.graphs.compiled`)."""
-    return os.environ.get("FFHQUV_COMPILE", "0").strip().lower() in ("1", "true", "yes", "on")
+    return os.environ.get("FFHQUV_COMPILE", "0").strip().lower() in _TRUE
 
 
 def cuda_wait() -> str:
@@ -208,7 +209,7 @@ def cuda_mps() -> str:
     v = (env("FFHQUV_CUDA_MPS") or "auto").strip().lower()
     if v in _FALSE:
         return "off"
-    if v in ("on", "1", "true", "yes"):
+    if v in _TRUE:
         return "on"
     if v == "auto":
         return "auto"
