@@ -281,7 +281,8 @@ def morph_normal_deltas(vertices: np.ndarray, offsets: np.ndarray, faces: np.nda
     sums = np.stack([np.bincount(slot, weights=np.repeat(d[:, c], 3), minlength=k_all * g)[hit]
                      for c in range(3)], -1)
     diff = np.zeros((k_all * g, 3), np.float32)
-    diff[hit] = _unit(acc0[hit % g] + sums).astype(np.float32) - n0[hit % g]
+    hit_group = hit % g
+    diff[hit] = _unit(acc0[hit_group] + sums).astype(np.float32) - n0[hit_group]
     out[:] = diff.reshape(k_all, g, 3)[:, group]
     return out
 
