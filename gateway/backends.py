@@ -297,16 +297,23 @@ async def iterate_in_thread(make: Callable[[threading.Event], Iterator[Any]]) ->
     cancel = threading.Event()
     done = object()
 
+    def post(entry: tuple) -> bool:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, entry)
+            return True
+        except RuntimeError:  # the consumer stopped early and its loop has closed since
+            cancel.set()
+            return False
+
     def worker() -> None:
         try:
             for item in make(cancel):
-                loop.call_soon_threadsafe(queue.put_nowait, (item, None))
-                if cancel.is_set():
+                if not post((item, None)) or cancel.is_set():
                     break
         except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
-            loop.call_soon_threadsafe(queue.put_nowait, (done, e))
+            post((done, e))
             return
-        loop.call_soon_threadsafe(queue.put_nowait, (done, None))
+        post((done, None))
 
     thread = threading.Thread(target=worker, name="local-backend", daemon=True)
     thread.start()
