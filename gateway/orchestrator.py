@@ -1,5 +1,8 @@
 """The pipeline, written once: detect -> fit -> eyeballs -> export.
 
+The eyeballs need only the fitted shape: they start on the fit stream's geometry event and
+are placed while the fitter finishes the texture and its outputs (:class:`EarlyEyeballs`).
+
 The orchestrator talks to the four services through :class:`Backends`, whose methods take and
 return the services' protobuf messages. :class:`gateway.backends.GrpcBackends` sends them to
 remote servers (the gateway); :class:`gateway.backends.LocalBackends` calls the service cores in
@@ -8,11 +11,13 @@ this process (``ffhquv fit`` without ``--remote``). Both run the same steps belo
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from ffhquv import metrics, vocab
 from ffhquv.aligned import eye_photo
@@ -149,6 +154,49 @@ def output_stem(filename: str) -> str:
     return stem[:100]
 
 
+class EarlyEyeballs:
+    """The eyeballs placed from a fit's geometry event while the fit finishes.
+
+    :meth:`start` (re)starts the placement for the latest geometry; :meth:`result_for` gives
+    its response when that geometry is the result's shape (same vertices and eye rings), else
+    None (a fitter that sent none, or a stream restarted on another replica); :meth:`drop`
+    cancels it when the fit failed.
+    """
+
+    def __init__(self) -> None:
+        self._task: asyncio.Task | None = None
+        self._geometry: fitter_pb2.FitGeometry | None = None
+
+    def start(self, geometry: fitter_pb2.FitGeometry,
+              place: Callable[[fitter_pb2.FitGeometry], Awaitable[Any]]) -> None:
+        self._cancel()
+        self._geometry = geometry
+        self._task = asyncio.ensure_future(place(geometry))
+
+    async def result_for(self, result: fitter_pb2.FitResult) -> Any:
+        g, task = self._geometry, self._task
+        if task is None or g is None:
+            return None
+        if (g.mesh_neutral.vertices != result.mesh_neutral.vertices
+                or g.left_eye_ring != result.left_eye_ring
+                or g.right_eye_ring != result.right_eye_ring):
+            await self.drop()
+            return None
+        self._task = None
+        return await task  # its own error (bad eye ring, eyeball service down) is the request's
+
+    def _cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def drop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+
 class Orchestrator:
     def __init__(self, backends: Backends, deadlines: Deadlines | None = None):
         self.backends = backends
@@ -205,7 +253,7 @@ class Orchestrator:
         await report(common_pb2.STAGE_DETECTED, 1.0,
                      f"{len(det.faces)} face(s); using #{det.selected_index}")
 
-        # 2. fit (streams progress)
+        # 2. fit (streams progress); its geometry event starts 3. at once, beside the fit's end
         t = time.perf_counter()
         fit_req = fitter_pb2.FitRequest(
             request_id=req.request_id, face=det.aligned, preset=opts.preset,
@@ -213,30 +261,51 @@ class Orchestrator:
             texture_size=opts.texture_size or 1024,
             want_intermediates=vocab.FORMAT_INTERMEDIATES in requested_formats(opts),
             seed=opts.seed)
+        eye_img, eye_lm = eye_photo(det.aligned)
+
+        async def eyeballs(shape: fitter_pb2.FitGeometry | fitter_pb2.FitResult
+                           ) -> eyeball_pb2.PlaceResponse:
+            # 3. eyeballs: sample the iris colour from the eye region of the hi-res crop
+            t_eye = time.perf_counter()
+            resp = await self.backends.place_eyeballs(eyeball_pb2.PlaceRequest(
+                head=shape.mesh_neutral, left_eye_ring=shape.left_eye_ring,
+                right_eye_ring=shape.right_eye_ring, photo=eye_img, photo_landmarks=eye_lm,
+                texture_size=1024), self.deadlines.eyeball)
+            timings["eyeballs_s"] = time.perf_counter() - t_eye
+            return resp
+
         result: fitter_pb2.FitResult | None = None
-        async for ev in self.backends.fit(fit_req, self.deadlines.fit):
-            kind = ev.WhichOneof("event")
-            if kind == "progress":
-                if progress is not None:
-                    p = common_pb2.Progress()
-                    p.CopyFrom(ev.progress)
-                    p.elapsed_s = time.perf_counter() - t0
-                    await progress(p)
-            elif kind == "result":
-                result = ev.result
+        early = EarlyEyeballs()
+        try:
+            async for ev in self.backends.fit(fit_req, self.deadlines.fit):
+                kind = ev.WhichOneof("event")
+                if kind == "progress":
+                    if progress is not None:
+                        p = common_pb2.Progress()
+                        p.CopyFrom(ev.progress)
+                        p.elapsed_s = time.perf_counter() - t0
+                        await progress(p)
+                elif kind == "geometry":
+                    early.start(ev.geometry, eyeballs)
+                elif kind == "result":
+                    result = ev.result
+        except BaseException:
+            await early.drop()
+            raise
         if result is None:
+            await early.drop()
             raise BackendUnavailable("fitter stream ended without a result")
         timings["fit_s"] = time.perf_counter() - t
         metrics.STAGE_SECONDS.labels("fit").observe(timings["fit_s"])
 
-        # 3. eyeballs: sample the iris colour from the eye region of the hi-res crop
+        # 3. the eyeballs: those placed from the geometry event when it is the result's shape,
+        # else placed now
         t = time.perf_counter()
-        eye_img, eye_lm = eye_photo(det.aligned)
-        eyes = await self.backends.place_eyeballs(eyeball_pb2.PlaceRequest(
-            head=result.mesh_neutral, left_eye_ring=result.left_eye_ring,
-            right_eye_ring=result.right_eye_ring, photo=eye_img, photo_landmarks=eye_lm,
-            texture_size=1024), self.deadlines.eyeball)
-        timings["eyeballs_s"] = time.perf_counter() - t
+        eyes = await early.result_for(result)
+        if eyes is None:
+            eyes = await eyeballs(result)
+        # the eyeballs' own time is eyeballs_s; what the request waited for them after the fit
+        timings["eyeballs_wait_s"] = time.perf_counter() - t
         metrics.STAGE_SECONDS.labels("eyeballs").observe(timings["eyeballs_s"])
         await report(common_pb2.STAGE_EYEBALLS, 1.0,
                      f"iris colour from {eyes.iris_source or 'default'}")

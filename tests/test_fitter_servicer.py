@@ -68,6 +68,15 @@ def test_fit_round_trip(setup):
     assert list(r.left_eye_ring) == model.eye_ring_left.tolist()
     assert r.camera.focal == pytest.approx(1015.0) and r.camera.image_size == 224
     assert '"preset"' in r.report_json
+    # the shape came ahead of the result, once: the result's head without its morph targets
+    geos = [i for i, e in enumerate(events) if e.HasField("geometry")]
+    assert len(geos) == 1 and geos[0] < len(events) - 1
+    g = events[geos[0]].geometry
+    assert g.mesh_neutral.vertices == r.mesh_neutral.vertices
+    assert g.mesh_neutral.uvs == r.mesh_neutral.uvs and g.mesh_neutral.faces == r.mesh_neutral.faces
+    assert g.mesh_neutral.normals == r.mesh_neutral.normals
+    assert not g.mesh_neutral.morph_targets
+    assert g.left_eye_ring == r.left_eye_ring and g.right_eye_ring == r.right_eye_ring
 
 
 def test_fit_without_intermediates_and_describe(setup):

@@ -53,6 +53,8 @@ class FitJob:
     core: object
     progress: ProgressFn | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    # ``geometry(FitGeometry)``: this photo's shape once final, before its result
+    geometry: Callable[[object], None] | None = None
     future: Future = field(default_factory=Future)
     enqueued: float = field(default_factory=time.monotonic)
 
@@ -257,6 +259,16 @@ class FitBatcher:
                 if j.progress is not None:
                     j.progress(stage, frac, msg)
 
+        def geometry(i: int, geo) -> None:
+            j = jobs[i]
+            if j.geometry is None or j.cancel.is_set():
+                return
+            try:
+                j.geometry(geo)
+            except Exception:  # noqa: BLE001 - one listener never fails its batch-mates
+                log.exception("fit geometry listener failed")
+
         return core.fit_batch([j.face for j in jobs], preset=key.preset,
                               texture_size=key.texture_size, seed=key.seed, progress=progress,
-                              cancel=all_cancelled, want_intermediates=key.want_intermediates)
+                              cancel=all_cancelled, want_intermediates=key.want_intermediates,
+                              on_geometry=geometry)

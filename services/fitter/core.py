@@ -32,7 +32,7 @@ import platform
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -108,6 +108,25 @@ def _fit_lock(device: torch.device) -> threading.Lock:
     key = str(device if device.index is not None else torch.device("cuda", 0))
     with _GPU_LOCKS_GUARD:
         return _GPU_LOCKS.setdefault(key, threading.Lock())
+
+
+@dataclass
+class FitGeometry:
+    """A photo's fitted shape, as soon as it is final (:meth:`FitterCore.fit_batch`'s
+    ``on_geometry``): what the eyeballs need, before the texture's and the outputs' host work.
+
+    Attributes:
+        mesh_neutral: the identity-only head in model space with the model's uv / uv_faces and
+            normals, without morph targets (the same vertices as :attr:`FitOutput.mesh_neutral`).
+        eye_ring_left / eye_ring_right: ``int64 [R]`` vertex ids of the eye-socket rings.
+    """
+
+    mesh_neutral: MeshData
+    eye_ring_left: np.ndarray
+    eye_ring_right: np.ndarray
+
+
+GeometryFn = Callable[[int, FitGeometry], None]
 
 
 @dataclass
@@ -283,7 +302,7 @@ class FitterCore:
                   texture_size: int = vocab.TEXTURE_SIZE_DEFAULT, seed: int = 0,
                   progress: ProgressFn | None = None,
                   cancel: threading.Event | None = None, want_intermediates: bool = True,
-                  ) -> list[FitOutput]:
+                  on_geometry: GeometryFn | None = None) -> list[FitOutput]:
         """Fit B aligned faces in one batched optimisation.
 
         Args:
@@ -299,6 +318,9 @@ class FitterCore:
             cancel: set it to stop the fit; :class:`ffhquv.errors.Cancelled` is raised at the
                 next step.
             want_intermediates: build the stage1_* / stage2_* / stage3_* files.
+            on_geometry: ``on_geometry(i, FitGeometry)`` for each photo ``i`` once its shape is
+                final, on the fit's thread, before the outputs' host work (a caller can place
+                the eyeballs meanwhile). An exception it raises fails the fit.
         Returns:
             One :class:`FitOutput` per face, in order.
         Raises:
@@ -316,7 +338,7 @@ class FitterCore:
         try:
             with self._lock:
                 return self._fit(faces, p, texture_size, seed, progress, cancel,
-                                 want_intermediates)
+                                 want_intermediates, on_geometry)
         finally:
             if self.threads:
                 torch.set_num_threads(old_threads)
@@ -350,7 +372,7 @@ class FitterCore:
     # ------------------------------------------------------------------------------------------
     def _fit(self, faces: list[AlignedFace], p: Preset, tex_size: int, seed: int,
              progress: ProgressFn | None, cancel: threading.Event | None,
-             want_inter: bool) -> list[FitOutput]:
+             want_inter: bool, on_geometry: GeometryFn | None = None) -> list[FitOutput]:
         torch.manual_seed(seed)
         t_all = time.perf_counter()
 
@@ -362,7 +384,8 @@ class FitterCore:
 
         ctx = FitContext(model=self.model, cam=self.camera, backend=self.backend,
                          renderer=MeshRenderer(self.camera, self.backend), preset=p,
-                         tex_size=tex_size, progress=prog, cancel=cancel)
+                         tex_size=tex_size, progress=prog, cancel=cancel,
+                         on_geometry=on_geometry)
         photos = _photo_batch(faces, self.device)
         with timed(ctx, "stage1"):
             s1, coeffs = self._stage1(ctx, photos)
@@ -448,9 +471,16 @@ class FitterCore:
         coeffs, final, textures, latents = res.coeffs, res.final, res.textures, res.latents
         maps = uv_maps(m, ctx.tex_size, ctx.backend)
         b = len(faces)
+        rings = (m.eye_ring_left.cpu().numpy().astype(np.int64),
+                 m.eye_ring_right.cpu().numpy().astype(np.int64))
+        with torch.no_grad():
+            verts_neu = m.neutral(coeffs["id"])
+            meshes_neu = [self._mesh(verts_neu[i]) for i in range(b)]
+        if ctx.on_geometry is not None:  # the shapes are final: tell the caller first
+            for i in range(b):
+                ctx.on_geometry(i, FitGeometry(meshes_neu[i], *rings))
         with torch.no_grad():
             verts_exp = m.shape(coeffs["id"], coeffs["exp"])
-            verts_neu = m.neutral(coeffs["id"])
             world = rigid_transform(verts_exp, coeffs["angles"], coeffs["trans"])
             nrm = rotate_normals(m.vertex_normals(verts_exp), coeffs["angles"])
             out = ctx.renderer.render(
@@ -473,8 +503,9 @@ class FitterCore:
         for i in range(b):
             c_np = {k: v[i].detach().cpu().numpy().astype(np.float32) for k, v in coeffs.items()}
             s1r = self._stage1_render(i, stage1_coeffs) if want_inter else None
-            mesh_neu = self._mesh(verts_neu[i])
-            mesh_neu.morphs = m.morph_targets(c_np["exp"])
+            # the geometry's mesh with the morph targets added (a shallow copy: the listener
+            # keeps the one it was given)
+            mesh_neu = replace(meshes_neu[i], morphs=m.morph_targets(c_np["exp"]))
             per.append((c_np, mesh_neu, self._mesh(verts_exp[i]), s1r))
 
         covered = host_array(maps, "mask")

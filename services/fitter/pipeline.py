@@ -53,6 +53,9 @@ class FitContext:
         cancel: the fit's cancel event (stages also check it every optimisation step).
         times: seconds per stage (``stage1``, ``stage2``, ``stage3``, ``outputs``), written by
             :func:`timed`.
+        on_geometry: ``on_geometry(i, geometry)``, called on the fit's thread once per photo
+            ``i`` when its shape is final, before the outputs' host work
+            (:class:`services.fitter.core.FitGeometry`); None = nobody listens.
     """
 
     model: FaceModel
@@ -64,6 +67,7 @@ class FitContext:
     progress: Progress
     cancel: threading.Event | None = None
     times: dict[str, float] = field(default_factory=dict)
+    on_geometry: Callable[[int, Any], None] | None = None
 
 
 @dataclass

@@ -7,7 +7,9 @@ photos, default 1 on CPU and :data:`CUDA_MAX_BATCH` on CUDA; the first waits at 
 ``FFHQUV_FITTER_MAX_DELAY_MS`` for others, default 20). ``FFHQUV_FITTER_CONCURRENCY`` batches
 run at a time per device (default 1): a fit uses all the CPU threads torch is given, or a good
 part of the GPU, so running several at once only slows each down. Requests that find the
-batcher busy get a ``STAGE_QUEUED`` progress event. Batch sizes and queue waits are exported
+batcher busy get a ``STAGE_QUEUED`` progress event. Once a photo's shape is final its stream
+gets a ``geometry`` event (the neutral head and the eye rings), ahead of the result, so that
+the gateway places the eyeballs while the fit finishes. Batch sizes and queue waits are exported
 (``ffhquv_fit_batch_size``, ``ffhquv_fit_queue_seconds``).
 
 Cancellation: when the client goes away (or cancels), ``context.add_callback`` sets the fit's
@@ -33,7 +35,7 @@ from ffhquv.errors import Cancelled, InvalidInput
 from ffhquv.imaging import png_bytes
 from ffhquv.pb import common_pb2, fitter_pb2, fitter_pb2_grpc
 from services.fitter.batcher import BatchKey, FitBatcher, FitJob
-from services.fitter.core import FitOutput, FitterCore, resolve_device
+from services.fitter.core import FitGeometry, FitOutput, FitterCore, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,13 @@ def face_model_availability(topo_dir: str | None = None) -> dict[str, str]:
         out[vocab.FACE_MODEL_HIFI3DPP] = "available" if os.path.isfile(f) else (
             f"unavailable: {f} is missing")
     return out
+
+
+def geometry_to_proto(geo: FitGeometry) -> fitter_pb2.FitGeometry:
+    """A :class:`FitGeometry` as a ``FitGeometry`` message."""
+    return fitter_pb2.FitGeometry(mesh_neutral=geo.mesh_neutral.to_proto(),
+                                  left_eye_ring=[int(i) for i in geo.eye_ring_left],
+                                  right_eye_ring=[int(i) for i in geo.eye_ring_right])
 
 
 def result_to_proto(out: FitOutput, request_id: str, want_intermediates: bool,
@@ -259,8 +268,11 @@ class FitterServicer(fitter_pb2_grpc.FitterServicer):
                 stage=STAGES.get(stage, common_pb2.STAGE_UNSPECIFIED), fraction=frac,
                 message=msg, elapsed_s=elapsed())))
 
+        def geometry(geo: FitGeometry) -> None:  # the fit's thread: the message is built below
+            events.put(("geometry", geo))
+
         batcher = self.batcher(str(core.device))
-        job = FitJob(face=face, core=core, progress=progress, cancel=cancel,
+        job = FitJob(face=face, core=core, progress=progress, cancel=cancel, geometry=geometry,
                      key=BatchKey(core_id=id(core), preset=PRESETS[request.preset],
                                   texture_size=tex_size, seed=int(request.seed),
                                   want_intermediates=bool(request.want_intermediates)))
@@ -282,6 +294,9 @@ class FitterServicer(fitter_pb2_grpc.FitterServicer):
                     continue
                 if kind == "progress":
                     yield fitter_pb2.FitEvent(progress=item)
+                    continue
+                if kind == "geometry":
+                    yield fitter_pb2.FitEvent(geometry=geometry_to_proto(item))
                     continue
                 out = item.result()  # raises the request's own error (Cancelled, ...)
                 for st in ("stage1", "stage2", "stage3"):
