@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from ffhquv.errors import Cancelled, InvalidInput, PreconditionFailed
+from ffhquv.imaging import read_png_bytes
 from services.fitter.core import FitterCore
 from services.fitter.presets import get_preset
 from services.fitter.synthetic import build_synthetic_model, synthetic_face, synthetic_texture
@@ -114,6 +115,8 @@ def test_outputs_and_progress(fitted, model):
                  "stage3_coeffs.json"):
         assert name in out.intermediates and len(out.intermediates[name]) > 0
     assert b"mtllib stage2_mesh.mtl" in out.intermediates["stage2_mesh.obj"]
+    # the texture encoded once, where it was made: the same pixels
+    np.testing.assert_array_equal(read_png_bytes(out.uv_texture_png), out.uv_texture)
     rep = out.report
     assert set(rep["timings_s"]) >= {"stage1", "stage2", "stage3", "total"}
     assert rep["preset"]["name"] == "fast" and rep["device"] == "cpu"

@@ -46,7 +46,7 @@ from ffhquv import vocab
 from ffhquv.aligned import AlignedFace
 from ffhquv.cuda import configure_waits
 from ffhquv.errors import Cancelled, InvalidInput, PreconditionFailed
-from ffhquv.imaging import LUMA
+from ffhquv.imaging import LUMA, png_bytes
 from ffhquv.mesh import MeshData
 from ffhquv.render.camera import Camera, project, rigid_transform, rotate_normals
 from ffhquv.render.renderer import MeshRenderer, RasterOptions, Surface
@@ -151,6 +151,8 @@ class FitOutput:
         hair: the hair as geometry (:func:`services.fitter.hair_mesh.hair_mesh`: a shell over
             the scalp, for long hair a curtain), UVs into ``uv_texture``, its morph targets
             those of ``mesh_neutral``'s that move it; None for a bald head.
+        uv_texture_png: ``uv_texture`` as PNG bytes, encoded once where it was made (None:
+            not encoded yet).
 
     ``mesh_neutral.morphs`` holds the expression basis as named morph targets weighted by the
     fitted expression (neutral + weights . offsets = ``mesh_expression``).
@@ -171,6 +173,7 @@ class FitOutput:
     render: np.ndarray = field(repr=False, default=None)
     metres_per_unit: float = 0.1
     hair: MeshData | None = None
+    uv_texture_png: bytes | None = field(repr=False, default=None)
 
     @property
     def report_json(self) -> str:
@@ -522,13 +525,6 @@ class FitterCore:
                 metrics[f"loss_{k}"] = float(v[i])
             for k, v in ctx.times.items():
                 metrics[f"seconds_{k}"] = v / b
-            inter: dict[str, bytes] = {}
-            if s1r is not None:
-                inter = self._intermediate_files(f, s1r, c_np, textures[i])
-                if latents is not None:
-                    buf = io.BytesIO()
-                    np.savez(buf, **{k: v[i] for k, v in latents.items()})
-                    inter["stage3_latents.npz"] = buf.getvalue()
             hair = None
             if textures[i].hair_matte is not None:
                 hair = hair_mesh(mesh_neu, textures[i].hair_matte, textures[i].hair or {},
@@ -539,13 +535,33 @@ class FitterCore:
                 coefficients=c_np, mesh_neutral=mesh_neu, mesh_expression=mesh_exp,
                 uv_texture=tex_u8[i], metrics=metrics, report={},
                 preview=make_preview(f.crop, render_u8[i], rmask[i], tex_u8[i]),
-                intermediates=inter,
-                eye_ring_left=m.eye_ring_left.cpu().numpy().astype(np.int64),
-                eye_ring_right=m.eye_ring_right.cpu().numpy().astype(np.int64),
+                intermediates={},
+                eye_ring_left=rings[0], eye_ring_right=rings[1],
                 camera=cam, face_model=self.face_model, render=render_u8[i],
                 metres_per_unit=m.metres_per_unit)
 
-        return per_photo(finish, b)
+        def intermediates(i: int) -> dict[str, bytes]:
+            c_np, _, _, s1r = per[i]
+            if s1r is None:
+                return {}
+            inter = self._intermediate_files(faces[i], s1r, c_np, textures[i])
+            if latents is not None:
+                buf = io.BytesIO()
+                np.savez(buf, **{k: v[i] for k, v in latents.items()})
+                inter["stage3_latents.npz"] = buf.getvalue()
+            return inter
+
+        def texture_png(i: int) -> bytes:  # the texture encoded once, here
+            return png_bytes(tex_u8[i])
+
+        # three independent parts a photo, each on a thread of its own even for one photo
+        # (the PNG encodes let the GIL go): its outputs, its intermediate files, its texture
+        parts = (finish, intermediates, texture_png)
+        done = per_photo(lambda k: parts[k % 3](k // 3), 3 * b)
+        outputs = done[0::3]
+        for o, inter, png in zip(outputs, done[1::3], done[2::3], strict=True):
+            o.intermediates, o.uv_texture_png = inter, png
+        return outputs
 
     # ------------------------------------------------------------------------------------------
     def _mesh(self, verts: torch.Tensor) -> MeshData:
@@ -577,7 +593,6 @@ class FitterCore:
                             ) -> dict[str, bytes]:
         """The ``stage1_*`` / ``stage2_*`` / ``stage3_coeffs.npz`` files of one photo (host
         work only: safe on a worker thread)."""
-        from ffhquv.imaging import png_bytes
         from ffhquv.objfile import mtl_text, obj_text
 
         files: dict[str, bytes] = {}
