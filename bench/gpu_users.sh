@@ -309,10 +309,13 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
       # on one core at a time: the GIL-held seconds a photo bound its photos/s)
       need "$sp68" "$S/cache" "$S/photos/faces-dev" || { rc=1; continue; }
       command -v py-spy > /dev/null || { echo "spyfit: carry pyspy/"; rc=1; continue; }
-      step spyfit 300 py-spy record --gil --threads -r 100 -f raw -o /tmp/spyfit.txt -- \
-        python3 bench/fit.py --presets standard --device cuda --threads 4 \
-        --batch "${SPY_BATCH:-4}" --repeat 4 --photo "$fd05"
+      # (SPY_FLAGS="--idle": every thread's wall clock instead, waits included: a batch-1
+      # fit's critical path)
+      step spyfit 300 py-spy record ${SPY_FLAGS:---gil} --threads -r 100 -f raw \
+        -o /tmp/spyfit.txt -- python3 bench/fit.py --presets standard --device cuda \
+        --threads 4 --batch "${SPY_BATCH:-4}" --repeat 4 --photo "$fd05"
       python3 bench/stacks.py /tmp/spyfit.txt --rate 100 --top 80 > "$out/spyfit_summary.txt"
+      gzip -c /tmp/spyfit.txt > "$out/spyfit.txt.gz"
       ;;
     fitab)
       # the fitter core alone (bench/fit.py, fd05, FIT_BATCHES "1,4", 3 repeats) from this
