@@ -47,6 +47,7 @@
 #          devtests  pytest of the device-path tests (DEVTESTS overrides the selection)
 #          profilebatch  bench/fit.py --profile of PROFILE_BATCH (4) copies of fd05
 #          spyfit    py-spy --gil of bench/fit.py in batches of SPY_BATCH (carry pyspy/)
+#          split     bench/split.py: one photo's time by function (SPLIT_PHOTOS tags)
 #          fitab     bench/fit.py from this checkout and from .tp/alt (FIT_BATCHES; FIT_SETS
 #                    ";"-separated --set lists, one run each; FIT_ALT=0 skips alt)
 #          compileab bench/fit.py with FFHQUV_COMPILE=0, then =1 twice (compiling, then cached)
@@ -278,6 +279,17 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
         echo "ffhquv processes left:"; pgrep -af "ffhquv_cli serve" || echo none
         ls -d /tmp/ffhquv-mps-* 2>/dev/null; cp /tmp/mpskill.log "$out/mpskill_$sig.log"
         pkill -9 -f "ffhquv_cli serve" 2>/dev/null; sleep 1
+      done
+      ;;
+    split)
+      # one photo's time by function (bench/split.py: detect, fit, eyeballs, export in one
+      # process, batch 1), for each faces-dev photo matching SPLIT_PHOTOS ("fd05 fd13 fd17")
+      need "$sp68" "$S/cache" "$S/photos/faces-dev" || { rc=1; continue; }
+      for tag in ${SPLIT_PHOTOS:-fd05 fd13 fd17}; do
+        ph="$(ls "$S"/photos/faces-dev/"$tag"* 2>/dev/null | head -1)"
+        [ -n "$ph" ] || continue
+        step "split_$tag" 200 python3 bench/split.py --photo "$ph" --device cuda --repeat 4 \
+          --json "$out/split_$tag.json"
       done
       ;;
     profile)

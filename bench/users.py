@@ -270,8 +270,10 @@ def _spy_summary(spy: subprocess.Popen, folder: str, clients: int, photos: float
 
 
 #: the stages of a served photo in its result's metrics (the gateway's timings) and in its
-#: report.json (the fitter's, for the whole batch the photo was fitted in)
-GATEWAY_SPLIT = ("detect_s", "fit_s", "eyeballs_s", "export_s")
+#: report.json (the fitter's, for the whole batch the photo was fitted in); eyeballs_s is the
+#: eyeball call's own time, eyeballs_wait_s what the request waited for it after the fit (the
+#: eyeballs start on the fit's geometry event)
+GATEWAY_SPLIT = ("detect_s", "fit_s", "eyeballs_s", "eyeballs_wait_s", "export_s")
 FIT_SPLIT = ("stage1", "stage2", "stage3", "outputs")
 
 
