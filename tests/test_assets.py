@@ -451,6 +451,26 @@ def test_glb_with_hair_passes_khronos_validator(model, model_parts, tmp_path):
         rep["issues"]["messages"]
 
 
+def test_glb_bytes_are_pygltflibs_own(model, model_parts, monkeypatch):
+    """``glb_container`` (the JSON and the binary container written without pygltflib's copies)
+    gives the bytes of pygltflib's ``save_to_bytes``, for the default head with its 52 sparse
+    morph targets, hair and eyeballs."""
+    from services.exporter import glb
+
+    hair = _cap(model_parts["head_neutral"])
+    ours = core.export("hh", **model_parts, formats={"glb"}, hair=hair,
+                       metres_per_unit=model.metres_per_unit).files["hh.glb"]
+
+    def library(g, blob):
+        g.set_binary_blob(blob)
+        return b"".join(g.save_to_bytes())
+
+    monkeypatch.setattr(glb, "glb_container", library)
+    theirs = core.export("hh", **model_parts, formats={"glb"}, hair=hair,
+                         metres_per_unit=model.metres_per_unit).files["hh.glb"]
+    assert ours == theirs
+
+
 def test_named_coefficients(model):
     c = {"id": np.zeros(model.id_dim), "exp": np.linspace(-0.5, 1.5, model.exp_dim),
          "angles": np.zeros(3), "gamma": np.zeros(27), "trans": np.zeros(3)}

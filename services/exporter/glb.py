@@ -23,7 +23,9 @@ default head's GLB from 7.3 to about 3 MB.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import struct
+from dataclasses import dataclass, fields, is_dataclass
 
 import numpy as np
 import pygltflib as gl
@@ -212,8 +214,44 @@ class _Builder:
         while len(self.blob) % 4:
             self.blob.append(0)
         self.g.buffers = [gl.Buffer(byteLength=len(self.blob))]
-        self.g.set_binary_blob(bytes(self.blob))
-        return b"".join(self.g.save_to_bytes())
+        return glb_container(self.g, bytes(self.blob))
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _plain(obj):
+    """pygltflib's ``gltf_asdict`` of a glTF object without its deep copy of every value (the
+    objects are serialised at once and not kept)."""
+    t = type(obj)
+    if t is gl.Attributes:
+        return dict(obj.__dict__)
+    names = _FIELDS.get(t)
+    if names is None and is_dataclass(t):
+        names = _FIELDS[t] = tuple(f.name for f in fields(t))
+    if names is not None:
+        return {n: _plain(getattr(obj, n)) for n in names}
+    if t is list or t is tuple:
+        return [_plain(v) for v in obj]
+    if t is dict:
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj
+
+
+def glb_container(g: gl.GLTF2, blob: bytes) -> bytes:
+    """The binary glTF of ``g`` (its one buffer, ``blob``, 4-byte aligned, its buffer views in
+    order and aligned): the bytes of pygltflib's ``save_to_bytes`` (the same JSON, by
+    pygltflib's own rules for empty values and its encoder; tested byte for byte), without
+    its copies of the buffer views and the JSON walk that copies every value: 10 ms for the
+    head's 52 morph targets instead of 50 (cpu2)."""
+    text = json.dumps(gl.delete_empty_keys(_plain(g)), cls=gl.JsonEncoder,
+                      default=gl.json_serial, allow_nan=False, skipkeys=True,
+                      separators=(",", ":"), indent=None).encode("utf-8")
+    text += b" " * (-len(text) % 4)
+    blob += b"\0" * (-len(blob) % 4)
+    length = 12 + 8 + len(text) + 8 + len(blob)
+    return b"".join([b"glTF", struct.pack("<II", 2, length), struct.pack("<I", len(text)),
+                     b"JSON", text, struct.pack("<I", len(blob)), b"BIN\0", blob])
 
 
 def glb_bytes(parts: list[GlbPart], *, unit: str = "metres", extras: dict | None = None
