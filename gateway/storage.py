@@ -19,6 +19,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +78,14 @@ class ArtifactStore(ABC):
         """Metadata and a reader ``chunks(size) -> Iterator[bytes]``; NotFound if unknown."""
 
 
+def _write_synced(path: Path, data: bytes) -> None:
+    """``data`` into a new file at ``path``, on the disk when this returns (fsync)."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 class LocalArtifactStore(ArtifactStore):
     """Results on a local directory with a total size cap (``max_bytes``; 0 = unlimited)."""
 
@@ -109,21 +118,25 @@ class LocalArtifactStore(ArtifactStore):
             if not _SAFE_NAME.match(name):
                 raise InvalidInput(f"artifact name not allowed: {echo(name)}")
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
+
+        def write(item: tuple[str, bytes]) -> StoredArtifact:
+            name, data = item
+            _write_synced(tmp / name, data)
+            return StoredArtifact(id=f"{result_id}/{name}", name=name,
+                                  media_type=media_type(name), size_bytes=len(data),
+                                  sha256=hashlib.sha256(data).hexdigest())
+
         try:
-            arts = []
-            for name, data in sorted(files.items()):
-                (tmp / name).write_bytes(data)
-                arts.append(StoredArtifact(
-                    id=f"{result_id}/{name}", name=name, media_type=media_type(name),
-                    size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))
+            # each file written, hashed and synced on a thread of its own: the disk's journal
+            # takes the syncs together (one after the other, 27 syncs of a photo's files
+            # cost 0.15-0.4 s on cpu2's disk, together about what no sync costs)
+            with ThreadPoolExecutor(max(1, min(8, len(files)))) as pool:
+                arts = list(pool.map(write, sorted(files.items())))
             index = {"result_id": result_id, "created": time.time(), "meta": meta,
                      "artifacts": [a.__dict__ for a in arts]}
             index_text = json.dumps(index)
-            (tmp / self.INDEX).write_text(index_text)
+            _write_synced(tmp / self.INDEX, index_text.encode())
             size = sum(a.size_bytes for a in arts) + len(index_text.encode())
-            for f in tmp.iterdir():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
             with self._lock:
                 if final.exists():
                     # Idempotent retry of the same id: keep the first complete result.
