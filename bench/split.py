@@ -46,6 +46,7 @@ TIMED = [
     ("services.fitter.core", "FitterCore._outputs"),
     ("services.fitter.core", "FitterCore._stage1_render"),
     ("services.fitter.core", "FitterCore._intermediate_files"),
+    ("services.fitter.core", "FitterCore._intermediate_images"),
     ("services.fitter.core", "hair_mesh"),
     ("services.fitter.core", "_metrics"),
     ("services.fitter.core", "make_preview"),

@@ -551,16 +551,21 @@ class FitterCore:
                 inter["stage3_latents.npz"] = buf.getvalue()
             return inter
 
+        def images(i: int) -> dict[str, bytes]:
+            return {} if per[i][3] is None else self._intermediate_images(textures[i])
+
         def texture_png(i: int) -> bytes:  # the texture encoded once, here
             return png_bytes(tex_u8[i])
 
-        # three independent parts a photo, each on a thread of its own even for one photo
-        # (the PNG encodes let the GIL go): its outputs, its intermediate files, its texture
-        parts = (finish, intermediates, texture_png)
-        done = per_photo(lambda k: parts[k % 3](k // 3), 3 * b)
-        outputs = done[0::3]
-        for o, inter, png in zip(outputs, done[1::3], done[2::3], strict=True):
-            o.intermediates, o.uv_texture_png = inter, png
+        # four independent parts a photo, each on a thread of its own even for one photo
+        # (the PNG encodes let the GIL go): its outputs, its intermediate files, their two
+        # texture images, its texture
+        parts = (finish, intermediates, images, texture_png)
+        n = len(parts)
+        done = per_photo(lambda k: parts[k % n](k // n), n * b)
+        outputs = done[0::n]
+        for o, inter, imgs, png in zip(outputs, done[1::n], done[2::n], done[3::n], strict=True):
+            o.intermediates, o.uv_texture_png = {**inter, **imgs}, png
         return outputs
 
     # ------------------------------------------------------------------------------------------
@@ -591,8 +596,9 @@ class FitterCore:
     def _intermediate_files(self, face: AlignedFace, s1r: _Stage1Render,
                             c3: dict[str, np.ndarray], tex: CompletedTexture
                             ) -> dict[str, bytes]:
-        """The ``stage1_*`` / ``stage2_*`` / ``stage3_coeffs.npz`` files of one photo (host
-        work only: safe on a worker thread)."""
+        """The ``stage1_*`` / ``stage2_*`` / ``stage3_coeffs.npz`` files of one photo but its
+        two texture images (:meth:`_intermediate_images`); host work only: safe on a worker
+        thread."""
         from ffhquv.objfile import mtl_text, obj_text
 
         files: dict[str, bytes] = {}
@@ -605,9 +611,6 @@ class FitterCore:
         files["stage1_mesh.obj"] = obj_text(s1r.mesh,
                                             header="ffhq-uv stage 1 (landmark fit) mesh").encode()
         files["stage1_coeffs.json"] = json.dumps(s1r.coeffs).encode()
-        files["stage2_uv.png"] = png_bytes((tex.texture * 255 + 0.5).clip(0, 255).astype(np.uint8))
-        obs = (tex.observed[..., None] * tex.texture * 255 + 0.5).clip(0, 255).astype(np.uint8)
-        files["stage2_uv_observed.png"] = png_bytes(obs)
         files["stage2_mesh.obj"] = obj_text(s1r.mesh, mtllib="stage2_mesh.mtl",
                                             material="stage2_texture").encode()
         files["stage2_mesh.mtl"] = mtl_text("stage2_texture", "stage2_uv.png").encode()
@@ -617,6 +620,15 @@ class FitterCore:
         files["stage3_coeffs.json"] = json.dumps(self.model.named_coefficients(c3),
                                                  indent=1).encode()
         return files
+
+    @staticmethod
+    def _intermediate_images(tex: CompletedTexture) -> dict[str, bytes]:
+        """``stage2_uv.png`` and ``stage2_uv_observed.png`` of one photo (its two largest
+        intermediate files, apart from the others: a thread of their own)."""
+        obs = (tex.observed[..., None] * tex.texture * 255 + 0.5).clip(0, 255).astype(np.uint8)
+        return {"stage2_uv.png": png_bytes((tex.texture * 255 + 0.5).clip(0, 255)
+                                           .astype(np.uint8)),
+                "stage2_uv_observed.png": png_bytes(obs)}
 
     def _paper_status(self) -> dict[str, str]:
         from services.fitter.paper_mode import no_checkpoints_status
