@@ -15,6 +15,7 @@
 #   stubs/      the generated gRPC stubs (ffhquv/{common,...}/ and _protos_stamp.txt)
 #   cache/      facemodels/default-v1.npz (the built head)
 #   photos/     faces-dev/ and ref/ (real photos);  tex.png  a real 1024 texture
+#   faces/      AlignedFace .npz files (AlignedFace.save_npz) for split without dlib
 # Every call first copies what it carried to /root/persist/tp (kept while the machine stays
 # warm), installs carried wheels into /root/persist/site and unpacks dlib's models once both
 # halves are there, so later calls carry only what they add. A cold machine: start again.
@@ -77,7 +78,7 @@ step() { local name="$1" lim="$2"; shift 2; echo "=== $name: $*"; local t0=$SECO
   timeout "$lim" "$@" 2>&1 | tee "$out/$name.log"; echo "=== $name rc=${PIPESTATUS[0]} $((SECONDS - t0)) s"; }
 
 # gather what this call carried
-for x in dlib stubs cache photos tex.png alt; do
+for x in dlib stubs cache photos faces tex.png alt; do
   if [ -e "$TP/$x" ]; then cp -r "$TP/$x" "$S/" || exit 1; fi
 done
 if [ -d "$TP/whl" ] && [ "$(ls "$TP/whl")" != "$(cat "$P/site/.wheels" 2>/dev/null)" ]; then
@@ -283,7 +284,16 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
       ;;
     split)
       # one photo's time by function (bench/split.py: detect, fit, eyeballs, export in one
-      # process, batch 1), for each faces-dev photo matching SPLIT_PHOTOS ("fd05 fd13 fd17")
+      # process, batch 1), for each faces-dev photo matching SPLIT_PHOTOS ("fd05 fd13 fd17");
+      # with faces/ carried (AlignedFace .npz, AlignedFace.save_npz), those, detection
+      # skipped: no dlib model needed, one call
+      if [ -d "$S/faces" ]; then
+        for ph in "$S"/faces/*.npz; do
+          step "split_$(basename "$ph" .npz)" 200 python3 bench/split.py --photo "$ph" \
+            --device cuda --repeat 4 --json "$out/split_$(basename "$ph" .npz).json"
+        done
+        continue
+      fi
       need "$sp68" "$S/cache" "$S/photos/faces-dev" || { rc=1; continue; }
       for tag in ${SPLIT_PHOTOS:-fd05 fd13 fd17}; do
         ph="$(ls "$S"/photos/faces-dev/"$tag"* 2>/dev/null | head -1)"

@@ -105,7 +105,9 @@ def patch() -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--photo", required=True)
+    ap.add_argument("--photo", required=True,
+                    help="a photo, or an AlignedFace .npz (AlignedFace.save_npz: detection "
+                         "skipped, no dlib needed)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--preset", default="standard")
     ap.add_argument("--repeat", type=int, default=4)
@@ -118,22 +120,26 @@ def main() -> None:
 
     import torch
 
-    from ffhquv.aligned import crop_to_hires
-    from services.detector.core import Detector
+    from ffhquv.aligned import AlignedFace, crop_to_hires
     from services.exporter.core import export
     from services.eyeball.core import place_eyeballs
     from services.fitter.core import FitterCore
     from services.fitter.servicer import result_to_proto
 
-    photo = Path(args.photo).read_bytes()
-    det = Detector()
+    saved = args.photo.endswith(".npz")
+    if not saved:
+        from services.detector.core import Detector
+
+    photo = None if saved else Path(args.photo).read_bytes()
+    det = None if saved else Detector()
+    saved_face = AlignedFace.load_npz(args.photo) if saved else None
     core = FitterCore("default", device=args.device)
     gpu = core.device.type == "cuda"
     preview_device = "cuda" if gpu else "cpu"
 
     def once() -> dict[str, float]:
         t0 = time.perf_counter()
-        face = det.detect(photo).aligned
+        face = saved_face if det is None else det.detect(photo).aligned
         t1 = time.perf_counter()
         out = core.fit_batch([face], preset=args.preset, texture_size=1024,
                              want_intermediates=True)[0]
