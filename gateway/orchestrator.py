@@ -169,7 +169,8 @@ class EarlyEyeballs:
 
     def start(self, geometry: fitter_pb2.FitGeometry,
               place: Callable[[fitter_pb2.FitGeometry], Awaitable[Any]]) -> None:
-        self._cancel()
+        if self._task is not None:  # an earlier geometry's placement: superseded
+            self._task.cancel()
         self._geometry = geometry
         self._task = asyncio.ensure_future(place(geometry))
 
@@ -184,10 +185,6 @@ class EarlyEyeballs:
             return None
         self._task = None
         return await task  # its own error (bad eye ring, eyeball service down) is the request's
-
-    def _cancel(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
 
     async def drop(self) -> None:
         task, self._task = self._task, None

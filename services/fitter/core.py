@@ -541,9 +541,9 @@ class FitterCore:
                 metres_per_unit=m.metres_per_unit)
 
         def intermediates(i: int) -> dict[str, bytes]:
-            c_np, _, _, s1r = per[i]
-            if s1r is None:
+            if not want_inter:
                 return {}
+            c_np, _, _, s1r = per[i]
             inter = self._intermediate_files(faces[i], s1r, c_np, textures[i])
             if latents is not None:
                 buf = io.BytesIO()
@@ -552,7 +552,7 @@ class FitterCore:
             return inter
 
         def images(i: int) -> dict[str, bytes]:
-            return {} if per[i][3] is None else self._intermediate_images(textures[i])
+            return self._intermediate_images(textures[i]) if want_inter else {}
 
         def texture_png(i: int) -> bytes:  # the texture encoded once, here
             return png_bytes(tex_u8[i])

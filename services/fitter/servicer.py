@@ -77,8 +77,8 @@ def geometry_to_proto(geo: FitGeometry) -> fitter_pb2.FitGeometry:
                                   right_eye_ring=[int(i) for i in geo.eye_ring_right])
 
 
-def result_to_proto(out: FitOutput, request_id: str, want_intermediates: bool,
-                    texture_png: bytes | None = None) -> fitter_pb2.FitResult:
+def result_to_proto(out: FitOutput, request_id: str, want_intermediates: bool
+                    ) -> fitter_pb2.FitResult:
     """A :class:`FitOutput` as a ``FitResult`` message."""
     c = out.coefficients
     cam = out.camera
@@ -90,8 +90,7 @@ def result_to_proto(out: FitOutput, request_id: str, want_intermediates: bool,
             translation=c["trans"].tolist()),
         mesh_neutral=out.mesh_neutral.to_proto(),
         mesh_expression=out.mesh_expression.to_proto(),
-        uv_texture_png=(texture_png if texture_png is not None else out.uv_texture_png
-                        or png_bytes(out.uv_texture)),
+        uv_texture_png=out.uv_texture_png or png_bytes(out.uv_texture),
         metrics={k: float(v) for k, v in out.metrics.items()},
         report_json=out.report_json,
         preview_png=png_bytes(out.preview),
