@@ -114,6 +114,8 @@ need() {  # need FILE...: stop this part when a carried file is missing
 sp68=$M/shape_predictor_68_face_landmarks.dat
 # the photo of the fitter-core parts (profile, profilebatch, spyfit, fitab, profilefirst)
 fd05="$(ls "$S"/photos/faces-dev/fd05* 2>/dev/null | head -1)"
+# (a saved AlignedFace when faces/ came instead: no dlib model needed for those parts)
+[ -z "$fd05" ] && [ -f "$S/faces/fd05.npz" ] && fd05="$S/faces/fd05.npz"
 cd "$ROOT" || exit 1
 
 rc=0
@@ -250,6 +252,10 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
         for f in /tmp/spy$sfx/*_summary.txt; do
           [ -f "$f" ] && cp "$f" "$out/spy${sfx}_$(basename "$f")"
         done
+        # ... and the raw stacks, for splits the summary does not make
+        for f in /tmp/spy$sfx/serve*.txt; do
+          case "$f" in *_summary.txt) ;; *) [ -f "$f" ] && gzip -c "$f" > "$out/spy${sfx}_$(basename "$f").gz" ;; esac
+        done
       done
       done
       ;;
@@ -329,7 +335,7 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
       # where the fitter core holds the GIL in batches of SPY_BATCH (4) photos: py-spy --gil
       # samples only the thread holding it (a fitter process of `serve all` runs its Python
       # on one core at a time: the GIL-held seconds a photo bound its photos/s)
-      need "$sp68" "$S/cache" "$S/photos/faces-dev" || { rc=1; continue; }
+      need "$S/cache" "$fd05" || { rc=1; continue; }
       command -v py-spy > /dev/null || { echo "spyfit: carry pyspy/"; rc=1; continue; }
       # (SPY_FLAGS="--idle": every thread's wall clock instead, waits included: a batch-1
       # fit's critical path)

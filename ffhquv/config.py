@@ -216,6 +216,24 @@ def cuda_mps() -> str:
     raise ValueError(f"FFHQUV_CUDA_MPS={v!r}: expected auto, on or off")
 
 
+def fitter_warm() -> bool | None:
+    """``FFHQUV_FITTER_WARM``: True for ``1`` / ``true`` / ``yes`` / ``on``, False for ``0`` /
+    ``false`` / ``no`` / ``off``, None for ``auto`` or unset (the fitter service warms up
+    before serving on CUDA only).
+
+    Raises:
+        ValueError: another value.
+    """
+    v = (env("FFHQUV_FITTER_WARM") or "auto").strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    if v == "auto":
+        return None
+    raise ValueError(f"FFHQUV_FITTER_WARM={v!r}: expected auto, 1 or 0")
+
+
 def fitter_concurrency() -> int:
     """``FFHQUV_FITTER_CONCURRENCY``: batched fits at a time per device (default 1)."""
     return int(os.environ.get("FFHQUV_FITTER_CONCURRENCY", "1"))

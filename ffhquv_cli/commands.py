@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ffhquv import vocab
+from ffhquv import config, vocab
 from ffhquv_cli.machine import cuda_available, gpu_memory_gb, threads_env
 from ffhquv_cli.reporting import EXIT_USAGE, OUTPUT_MARKERS, FitReporter
 
@@ -318,7 +318,7 @@ def _check_landmark_model(path: str | None) -> None:
 def cmd_fit(args: argparse.Namespace) -> int:
     from ffhquv import logs
 
-    logs.setup("text", level=os.environ.get("FFHQUV_LOG_LEVEL", "WARNING"))
+    logs.setup("text", level=config.log_level("WARNING"))
     photos = collect_inputs(args.inputs)
     out = Path(args.output)
     check_output_writable(out)
@@ -356,8 +356,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 # -- serve -------------------------------------------------------------------------------
-def _addr(flag: str | None, env: str) -> str | None:
-    return flag or os.environ.get(env)
+def _addr(flag: str | None, service: str) -> str | None:
+    return flag or config.service_addr(service)
 
 
 def _serve_service(args: argparse.Namespace) -> int:
@@ -374,12 +374,12 @@ def _serve_service(args: argparse.Namespace) -> int:
 
         # warm before serving (health says SERVING only once warm); on CPU only when asked,
         # a throw-away fit there costs as much as a real one
-        warm = os.environ.get("FFHQUV_FITTER_WARM", "auto").strip().lower()
-        if warm == "auto":
+        warm = config.fitter_warm()
+        if warm is None:
             from services.fitter.core import resolve_device
 
-            warm = "1" if resolve_device(args.device).type == "cuda" else "0"
-        register = make_register(device=args.device, warm=warm in ("1", "true", "yes"))
+            warm = resolve_device(args.device).type == "cuda"
+        register = make_register(device=args.device, warm=warm)
     elif name == "eyeball":
         from services.eyeball.servicer import register
     else:
@@ -388,9 +388,8 @@ def _serve_service(args: argparse.Namespace) -> int:
         from services.exporter.servicer import register
 
         register = partial(register, device=args.device)  # the previews' renderer
-    creds = server_credentials(args.tls_cert or os.environ.get("FFHQUV_TLS_CERT"),
-                               args.tls_key or os.environ.get("FFHQUV_TLS_KEY"),
-                               args.tls_ca or os.environ.get("FFHQUV_TLS_CA"))
+    ca, cert, key = _tls_paths(args)
+    creds = server_credentials(cert, key, ca)
     # CPU services: a worker per core; the fitter's workers mostly wait in its batcher (one
     # per request of a batch, and more queued)
     cores = os.cpu_count() or 4
@@ -417,7 +416,6 @@ def _metrics_port(args: argparse.Namespace) -> int | None:
 
 
 def _gateway(args: argparse.Namespace, addrs: dict[str, str]):
-    from ffhquv import config
     from gateway.backends import GrpcBackends
     from gateway.orchestrator import Orchestrator
     from gateway.security import (
@@ -446,9 +444,8 @@ def _gateway(args: argparse.Namespace, addrs: dict[str, str]):
 
 def _tls_paths(args: argparse.Namespace) -> tuple[str | None, str | None, str | None]:
     """``(ca, cert, key)`` from the flags, else ``FFHQUV_TLS_CA/CERT/KEY``."""
-    return (args.tls_ca or os.environ.get("FFHQUV_TLS_CA"),
-            args.tls_cert or os.environ.get("FFHQUV_TLS_CERT"),
-            args.tls_key or os.environ.get("FFHQUV_TLS_KEY"))
+    cert, key, ca = config.tls_files()
+    return args.tls_ca or ca, args.tls_cert or cert, args.tls_key or key
 
 
 def _run_gateway_forever(server, on_signal=None, port_file: str | None = None) -> None:
@@ -549,8 +546,6 @@ def gateway_replicas() -> int:
     orchestration and artifact downloads: about a core at 4 photos/s, where 32 clients
     waited 1.6 s for their downloads (BENCHMARKS.md, eighteenth session: 1 gateway 3.86
     photos/s, 2 gateways 4.91, 4 gateways 5.01)."""
-    from ffhquv import config
-
     return _one_per_4_cores(config.gateway_replicas())
 
 
@@ -609,8 +604,6 @@ def launch_gateway(args: argparse.Namespace, addrs: dict[str, str], port: int,
 def gateway_admission(args: argparse.Namespace) -> tuple[int, int]:
     """The gateway's ``(max_queue, max_concurrent)``: ``--max-queue`` / ``--max-concurrent``,
     else ``FFHQUV_MAX_QUEUE`` / ``FFHQUV_MAX_CONCURRENT`` (:mod:`ffhquv.config`)."""
-    from ffhquv import config
-
     return (args.max_queue or config.max_queue(),
             args.max_concurrent or config.max_concurrent())
 
@@ -626,8 +619,6 @@ def read_token_of(args: argparse.Namespace) -> str | None:
 def cpu_service_replicas() -> int:
     """Processes per CPU service (detector, eyeball, exporter) in ``serve all``:
     ``FFHQUV_SERVE_REPLICAS``, else one per 4 cores, 1 to 4."""
-    from ffhquv import config
-
     return _one_per_4_cores(config.serve_replicas())
 
 
@@ -639,8 +630,6 @@ def fitter_replicas(device: str) -> int:
     overlap it (BENCHMARKS.md, serve all rows: 4 fitters on 16 cores 2.5 photos/s, 2 fitters
     1.9, 1 fitter 0.9; eighteenth session, under MPS with 4 gateways: 4 fitters 5.0, 6 fitters
     6.0, 8 fitters 5.9)."""
-    from ffhquv import config
-
     n = config.fitter_replicas()
     if n is not None:
         return n
@@ -699,7 +688,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.service in ("detector", "fitter", "eyeball", "exporter"):
         return _serve_service(args)
     if args.service == "gateway":
-        addrs = {k: _addr(getattr(args, f"{k}_addr"), f"FFHQUV_{k.upper()}_ADDR")
+        addrs = {k: _addr(getattr(args, f"{k}_addr"), k)
                  for k in ("detector", "fitter", "eyeball", "exporter")}
         missing = [k for k, v in addrs.items() if not v]
         if missing:
@@ -754,7 +743,7 @@ def _serve_all(args: argparse.Namespace) -> int:
     # the processes share the cores: torch's intra-op threads (the exporter's and eyeball's
     # previews, the fitter's CPU work) split between them instead of each taking every core
     # and spinning (unless the user set OMP_NUM_THREADS)
-    if not (args.max_concurrent or os.environ.get("FFHQUV_MAX_CONCURRENT")):
+    if not (args.max_concurrent or config.env("FFHQUV_MAX_CONCURRENT")):
         args.max_concurrent = serve_all_max_concurrent(n_fit)
 
     mps = _serve_all_mps(args.device)
@@ -865,7 +854,6 @@ def _serve_all_mps(device: str):
     import shutil
     import tempfile
 
-    from ffhquv import config
     from ffhquv.cuda import MPS_CONTROL, start_mps
     from ffhquv.errors import PreconditionFailed
 

@@ -19,10 +19,6 @@ NAME = re.compile(r"FFHQUV_[A-Z][A-Z0-9_]*[A-Z0-9]")
 # stale entry fails the test): switch the file to the ffhquv.config accessors and remove it.
 DIRECT_READERS: dict[str, str] = {
     "ffhquv/config.py": "the owner",
-    "ffhquv_cli/commands.py": "pending (edited on other branches): use config.log_level, "
-                          "tls_files, storage_dir, storage_max_bytes, max_queue, "
-                          "max_concurrent, auth_token, service_addr, env('FFHQUV_FITTER_WARM'), "
-                          "env('FFHQUV_SERVE_REPLICAS'); it also sets FFHQUV_LANDMARK_MODEL",
 }
 
 
@@ -82,7 +78,8 @@ def _environ_reads(tree: ast.AST) -> list[int]:
                     (f.attr in ("get", "setdefault") and is_environ(f.value))
                     or f.attr == "getenv"):
                 lines.append(node.lineno)
-        if isinstance(node, ast.Subscript) and is_environ(node.value) and is_ffhquv(node.slice):
+        if (isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load)
+                and is_environ(node.value) and is_ffhquv(node.slice)):  # writes are settings
             lines.append(node.lineno)
     return lines
 
@@ -135,3 +132,19 @@ def test_accessors_defaults_and_values(monkeypatch, tmp_path):
 def test_env_refuses_undocumented_names():
     with pytest.raises(KeyError, match="not a documented"):
         config.env("FFHQUV_NOT_A_VARIABLE")
+
+
+@pytest.mark.parametrize("value,want", [(None, None), ("auto", None), ("1", True), ("on", True),
+                                        ("0", False), ("no", False)])
+def test_fitter_warm(monkeypatch, value, want):
+    if value is None:
+        monkeypatch.delenv("FFHQUV_FITTER_WARM", raising=False)
+    else:
+        monkeypatch.setenv("FFHQUV_FITTER_WARM", value)
+    assert config.fitter_warm() is want
+
+
+def test_fitter_warm_refuses_other_values(monkeypatch):
+    monkeypatch.setenv("FFHQUV_FITTER_WARM", "maybe")
+    with pytest.raises(ValueError, match="FFHQUV_FITTER_WARM"):
+        config.fitter_warm()
