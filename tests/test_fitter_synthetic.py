@@ -133,6 +133,31 @@ def test_batch_matches_single(core, truth):
     assert outs[0].intermediates == {}
 
 
+def test_stage2_images_made_beside_stage3_are_the_same(core, truth, monkeypatch):
+    """On a GPU a fit encodes its stage-2 intermediate images while stage 3 runs
+    (EARLY_IMAGES_DEVICES); here the CPU is let do the same: the same files, the same bytes,
+    and no thread of theirs left when the fit returns or is cancelled in stage 3."""
+    import services.fitter.core as core_mod
+
+    _, _, face = truth
+    p = get_preset("fast").with_overrides(stage1_steps=40, stage3_steps=3)
+    late = core.fit(face, preset=p, texture_size=128)
+    monkeypatch.setattr(core_mod, "EARLY_IMAGES_DEVICES", frozenset({"cpu"}))
+    early = core.fit(face, preset=p, texture_size=128)
+    assert set(early.intermediates) == set(late.intermediates)
+    for name in ("stage2_uv.png", "stage2_uv_observed.png"):
+        assert early.intermediates[name] == late.intermediates[name], name
+    cancel = threading.Event()
+
+    def progress(stage, frac, msg):
+        if stage == "stage3":
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        core.fit(face, preset=p, texture_size=128, progress=progress, cancel=cancel)
+    assert not [t for t in threading.enumerate() if t.name.startswith("beside")]
+
+
 def test_cancel_raises(core, truth):
     _, _, face = truth
     cancel = threading.Event()

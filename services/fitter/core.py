@@ -24,6 +24,7 @@ the 224 aligned crop; model / world / camera frames of :mod:`ffhquv.render.camer
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -69,6 +70,7 @@ from services.fitter.texture import (
     LEVEL_MAX,
     PARSE_EYES,
     PARSE_MOUTH,
+    Beside,
     CompletedTexture,
     HeadMasks,
     TextureSource,
@@ -93,6 +95,9 @@ log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, float, str], None]
 STAGES = ("stage1", "stage2", "stage3")
+#: devices on which a fit encodes its stage-2 intermediate images while stage 3 runs (on a GPU
+#: the host waits through stage 3; on the CPU stage 3's own threads need the cores)
+EARLY_IMAGES_DEVICES = frozenset({"cuda"})
 
 # One fit at a time per GPU in a process, whichever FitterCore runs it: the cores of one device
 # share its nvdiffrast context (not thread-safe), and a CUDA-graph capture must not overlap
@@ -402,10 +407,16 @@ class FitterCore:
             plan = DefaultStages(self.texture_source, pm)
         with timed(ctx, "stage2"):
             s2 = plan.stage2(ctx, photos, coeffs)
-        with timed(ctx, "stage3"):
-            res = plan.stage3(ctx, photos, coeffs, s2)
-        with timed(ctx, "outputs"):
-            outputs = self._outputs(ctx, faces, photos, s1, stage1_coeffs, res, want_inter)
+        # the stage-2 texture is final: on a GPU its two intermediate images are encoded on
+        # the host while it waits through stage 3 (elsewhere stage 3 needs the cores)
+        early = (Beside(lambda i: self._intermediate_images(s2.textures[i]), len(faces))
+                 if want_inter and self.device.type in EARLY_IMAGES_DEVICES else None)
+        with early or contextlib.nullcontext():
+            with timed(ctx, "stage3"):
+                res = plan.stage3(ctx, photos, coeffs, s2)
+            with timed(ctx, "outputs"):
+                outputs = self._outputs(ctx, faces, photos, s1, stage1_coeffs, res, want_inter,
+                                        None if early is None else early.result)
         total = time.perf_counter() - t_all
         b = len(faces)
         graph_steps = {"stage1": s1.graph_steps, "stage3": res.graph_steps}
@@ -467,9 +478,12 @@ class FitterCore:
 
     def _outputs(self, ctx: FitContext, faces: list[AlignedFace], photos: PhotoBatch,
                  s1: Stage1Result, stage1_coeffs: dict[str, torch.Tensor], res: StagesResult,
-                 want_inter: bool) -> list[FitOutput]:
+                 want_inter: bool,
+                 images_of: Callable[[int], dict[str, bytes]] | None = None
+                 ) -> list[FitOutput]:
         """Meshes, renders, metrics, previews and intermediates of a finished fit (the report
-        is added by :meth:`_fit`)."""
+        is added by :meth:`_fit`); ``images_of(i)``: photo i's :meth:`_intermediate_images`
+        when they were made already."""
         m, cam = self.model, self.camera
         coeffs, final, textures, latents = res.coeffs, res.final, res.textures, res.latents
         maps = uv_maps(m, ctx.tex_size, ctx.backend)
@@ -552,7 +566,10 @@ class FitterCore:
             return inter
 
         def images(i: int) -> dict[str, bytes]:
-            return self._intermediate_images(textures[i]) if want_inter else {}
+            if not want_inter:
+                return {}
+            return images_of(i) if images_of is not None else self._intermediate_images(
+                textures[i])
 
         def texture_png(i: int) -> bytes:  # the texture encoded once, here
             return png_bytes(tex_u8[i])

@@ -18,7 +18,8 @@ One concept per file:
   (:func:`beard_layer`).
 - :mod:`.source`: where the stage-2 texture comes from (:class:`TextureSource`,
   :class:`UnwrapTextureSource`).
-- :mod:`.pool`: the per-photo thread pool of a batch's host work (:func:`per_photo`).
+- :mod:`.pool`: the per-photo thread pool of a batch's host work (:func:`per_photo`; work
+  started beside the caller's next step: :class:`Beside`).
 - :mod:`.hostcopy`: device tensors to host arrays through pinned memory (:func:`to_host`).
 
 Texture arrays follow the project convention: ``[S, S, 3]`` with row 0 = ``v = 1``.
@@ -74,7 +75,7 @@ from services.fitter.texture.masks import (
     photo_face_mask,
     skin_colour_weight,
 )
-from services.fitter.texture.pool import per_photo
+from services.fitter.texture.pool import Beside, per_photo
 from services.fitter.texture.source import TextureSource, UnwrapTextureSource
 from services.fitter.texture.unwrap import COS_MIN, UnwrapResult, unwrap
 
@@ -87,7 +88,8 @@ __all__ = [
     "TextureSource", "UVMaps", "UnwrapResult", "UnwrapTextureSource", "complete_texture",
     "coverage", "fit_range", "flatten_shading", "hair_weight", "laplacian_blend", "mesh_lowpass",
     "normalized_blur",
-    "per_photo", "photo_face_mask", "seam_step", "seam_texel_pairs", "skin_colour_weight",
+    "per_photo", "Beside", "photo_face_mask", "seam_step", "seam_texel_pairs",
+    "skin_colour_weight",
     "spread_offsets", "symmetrize_lowfreq", "to_host", "to_texels", "to_vertices", "unwrap",
     "uv_maps",
 ]
