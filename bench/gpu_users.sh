@@ -48,7 +48,8 @@
 #          devtests  pytest of the device-path tests (DEVTESTS overrides the selection)
 #          profilebatch  bench/fit.py --profile of PROFILE_BATCH (4) copies of fd05
 #          spyfit    py-spy --gil of bench/fit.py in batches of SPY_BATCH (carry pyspy/)
-#          split     bench/split.py: one photo's time by function (SPLIT_PHOTOS tags)
+#          split     bench/split.py: one photo's time by function (SPLIT_PHOTOS tags;
+#                    SPLIT_ARGS more arguments, e.g. "--late-images")
 #          fitab     bench/fit.py from this checkout and from .tp/alt (FIT_BATCHES; FIT_SETS
 #                    ";"-separated --set lists, one run each; FIT_ALT=0 skips alt)
 #          compileab bench/fit.py with FFHQUV_COMPILE=0, then =1 twice (compiling, then cached)
@@ -296,7 +297,7 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
       if [ -d "$S/faces" ]; then
         for ph in "$S"/faces/*.npz; do
           step "split_$(basename "$ph" .npz)" 200 python3 bench/split.py --photo "$ph" \
-            --device cuda --repeat 4 --json "$out/split_$(basename "$ph" .npz).json"
+            --device cuda --repeat 4 ${SPLIT_ARGS:-} --json "$out/split_$(basename "$ph" .npz).json"
         done
         continue
       fi
@@ -304,7 +305,7 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
       for tag in ${SPLIT_PHOTOS:-fd05 fd13 fd17}; do
         ph="$(ls "$S"/photos/faces-dev/"$tag"* 2>/dev/null | head -1)"
         [ -n "$ph" ] || continue
-        step "split_$tag" 200 python3 bench/split.py --photo "$ph" --device cuda --repeat 4 \
+        step "split_$tag" 200 python3 bench/split.py --photo "$ph" --device cuda --repeat 4 ${SPLIT_ARGS:-} \
           --json "$out/split_$tag.json"
       done
       ;;
@@ -348,7 +349,7 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
     fitab)
       # the fitter core alone (bench/fit.py, fd05, FIT_BATCHES "1,4", 3 repeats) from this
       # checkout, then from the tree in .tp/alt, in the same lease
-      need "$sp68" "$S/cache" "$S/photos/faces-dev" || { rc=1; continue; }
+      need "$S/cache" "$fd05" || { rc=1; continue; }
       # FIT_SETS: ";"-separated bench/fit.py --set lists, one run of this checkout each
       IFS=';' read -r -a fsets <<< "${FIT_SETS:-}"
       [ ${#fsets[@]} -eq 0 ] && fsets=("")

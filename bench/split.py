@@ -2,7 +2,7 @@
 photo at a time, with named functions timed by wall clock (inclusive, summed over a photo).
 
     python bench/split.py --photo PHOTO [--device cuda] [--preset standard] [--repeat 4]
-                          [--json PATH]
+                          [--late-images] [--json PATH]
 
 Runs detect -> fit (batch 1, intermediates on, as the gateway asks) -> eyeballs -> export
 (default formats) ``--repeat`` times after one warm-up, as ``bench/speed.py``'s pipeline does,
@@ -111,6 +111,9 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--preset", default="standard")
     ap.add_argument("--repeat", type=int, default=4)
+    ap.add_argument("--late-images", action="store_true",
+                    help="the stage-2 intermediate images encoded in the outputs step, after "
+                         "stage 3, even on a GPU (as before the fit made them beside stage 3)")
     ap.add_argument("--json")
     args = ap.parse_args()
     meta = header("split: one photo's time by function")
@@ -120,12 +123,15 @@ def main() -> None:
 
     import torch
 
+    import services.fitter.core as fitter_core
     from ffhquv.aligned import AlignedFace, crop_to_hires
     from services.exporter.core import export
     from services.eyeball.core import place_eyeballs
     from services.fitter.core import FitterCore
     from services.fitter.servicer import result_to_proto
 
+    if args.late_images:
+        fitter_core.EARLY_IMAGES_DEVICES = frozenset()
     saved = args.photo.endswith(".npz")
     if not saved:
         from services.detector.core import Detector
@@ -179,7 +185,7 @@ def main() -> None:
              for k, v in per_fn.items()]
     table(rows, ["what", "seconds", "calls"])
     write_json(args.json, meta, rows, photo=args.photo, device=args.device,
-               preset=args.preset)
+               preset=args.preset, late_images=args.late_images)
 
 
 if __name__ == "__main__":
