@@ -117,6 +117,7 @@ def test_outputs_and_progress(fitted, model):
     assert b"mtllib stage2_mesh.mtl" in out.intermediates["stage2_mesh.obj"]
     # the texture encoded once, where it was made: the same pixels
     np.testing.assert_array_equal(read_png_bytes(out.uv_texture_png), out.uv_texture)
+    np.testing.assert_array_equal(read_png_bytes(out.preview_png), out.preview)
     rep = out.report
     assert set(rep["timings_s"]) >= {"stage1", "stage2", "stage3", "total"}
     assert rep["preset"]["name"] == "fast" and rep["device"] == "cpu"

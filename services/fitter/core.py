@@ -158,6 +158,7 @@ class FitOutput:
             those of ``mesh_neutral``'s that move it; None for a bald head.
         uv_texture_png: ``uv_texture`` as PNG bytes, encoded once where it was made (None:
             not encoded yet).
+        preview_png: ``preview`` as PNG bytes, the same way.
 
     ``mesh_neutral.morphs`` holds the expression basis as named morph targets weighted by the
     fitted expression (neutral + weights . offsets = ``mesh_expression``).
@@ -179,6 +180,7 @@ class FitOutput:
     metres_per_unit: float = 0.1
     hair: MeshData | None = None
     uv_texture_png: bytes | None = field(repr=False, default=None)
+    preview_png: bytes | None = field(repr=False, default=None)
 
     @property
     def report_json(self) -> str:
@@ -544,11 +546,12 @@ class FitterCore:
                 hair = hair_mesh(mesh_neu, textures[i].hair_matte, textures[i].hair or {},
                                  lm_neu[i], covered=covered,
                                  strip=textures[i].hair_curtain)
+            preview = make_preview(f.crop, render_u8[i], rmask[i], tex_u8[i])
             return FitOutput(
                 hair=hair,
                 coefficients=c_np, mesh_neutral=mesh_neu, mesh_expression=mesh_exp,
                 uv_texture=tex_u8[i], metrics=metrics, report={},
-                preview=make_preview(f.crop, render_u8[i], rmask[i], tex_u8[i]),
+                preview=preview, preview_png=png_bytes(preview),
                 intermediates={},
                 eye_ring_left=rings[0], eye_ring_right=rings[1],
                 camera=cam, face_model=self.face_model, render=render_u8[i],

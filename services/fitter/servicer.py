@@ -93,7 +93,7 @@ def result_to_proto(out: FitOutput, request_id: str, want_intermediates: bool
         uv_texture_png=out.uv_texture_png or png_bytes(out.uv_texture),
         metrics={k: float(v) for k, v in out.metrics.items()},
         report_json=out.report_json,
-        preview_png=png_bytes(out.preview),
+        preview_png=out.preview_png or png_bytes(out.preview),
         left_eye_ring=[int(i) for i in out.eye_ring_left],
         right_eye_ring=[int(i) for i in out.eye_ring_right],
         camera=common_pb2.Camera(focal=cam.focal, center=cam.center,
