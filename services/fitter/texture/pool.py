@@ -14,6 +14,11 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
+def _workers(n: int) -> int:
+    """Threads for ``n`` photos' work: one a photo, at most one a core and 8."""
+    return max(1, min(n, os.cpu_count() or 1, 8))
+
+
 def per_photo(fn: Callable[[int], T], n: int) -> list[T]:
     """``[fn(0), ..., fn(n - 1)]``, on a thread pool when ``n > 1``.
 
@@ -22,7 +27,7 @@ def per_photo(fn: Callable[[int], T], n: int) -> list[T]:
     """
     if n <= 1:
         return [fn(i) for i in range(n)]
-    with ThreadPoolExecutor(max_workers=min(n, os.cpu_count() or 1, 8)) as pool:
+    with ThreadPoolExecutor(max_workers=_workers(n)) as pool:
         return list(pool.map(fn, range(n)))
 
 
@@ -33,8 +38,7 @@ class Beside(Generic[T]):
     outlives the block; work not yet started is dropped when the block ends by an error)."""
 
     def __init__(self, fn: Callable[[int], T], n: int):
-        self._pool = ThreadPoolExecutor(max_workers=max(1, min(n, os.cpu_count() or 1, 8)),
-                                        thread_name_prefix="beside")
+        self._pool = ThreadPoolExecutor(max_workers=_workers(n), thread_name_prefix="beside")
         self._jobs = [self._pool.submit(fn, i) for i in range(n)]
 
     def result(self, i: int) -> T:
