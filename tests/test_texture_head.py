@@ -284,6 +284,27 @@ def test_hair_swatch_turns_strands_down_and_keeps_curls():
     assert hair_swatch(_hair_photo("curls"), few, 60.0) is None
 
 
+def test_hair_swatch_takes_patches_partly_off_the_hair_when_it_must():
+    """Hair seen through thin gaps of something else (a non-hair row every 6 rows: too few
+    patches 85 % on hair) still gives the photo's own texture, from patches 70 % on hair
+    whose other pixels add no detail; with the first share alone it would give none (and the
+    synthetic strands would replace the photo's hair when the mask moves by a pixel)."""
+    from services.fitter.texture import hair as hair_mod
+
+    hair = np.zeros((224, 224), bool)
+    hair[10:100, 20:200] = True
+    hair[10:100:6, 20:200] = False
+    photo = _hair_photo("curls")
+    sw = hair_swatch(photo, hair, 60.0)
+    assert sw is not None and sw.shape == (256, 256)
+    assert abs(float(sw.mean())) < 1e-3 and 0.04 <= float(sw.std()) <= 0.3 + 1e-6
+    assert 0.5 < _anisotropy(sw) < 2.0  # still curls
+    first = hair_mod.SWATCH_COVERS[:1]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(hair_mod, "SWATCH_COVERS", first)
+        assert hair_swatch(photo, hair, 60.0) is None
+
+
 def test_hair_from_the_photo_covers_the_head_without_a_seam(maps):
     """The swatch laid over the head is a function of each texel's place on the head: the
     two sides of the back of the head (where the angle around wraps) match; the hair layer

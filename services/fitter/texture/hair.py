@@ -328,13 +328,17 @@ def hair_layer(color: np.ndarray, w_hair: np.ndarray, w_skin: np.ndarray, maps: 
 
 # hair_swatch: a tileable SWATCH x SWATCH texture at SWATCH_PER_IOD pixels per inter-ocular
 # distance, quilted from PATCH x PATCH patches of the seen hair (fewer than SWATCH_MIN_PATCHES
-# places for a patch: no swatch); its log-luma contrast kept within SWATCH_STD
+# places for a patch at every share of SWATCH_COVERS: no swatch); its log-luma contrast kept
+# within SWATCH_STD
 SWATCH = 256
 SWATCH_PER_IOD = 128
 PATCH = 24
 SWATCH_MIN_PATCHES = 4
 SWATCH_STD = (0.04, 0.3)
-SWATCH_COVER = 0.85
+# the share of a patch's pixels that must be hair, tried in turn: below the first, what is not
+# hair in a patch adds no detail (a hair mask that moves by a pixel with the landmarks must
+# not switch the photo's hair for the synthetic strands: fd18, glasses, long hair)
+SWATCH_COVERS = (0.85, 0.7)
 SWATCH_ALONG = 6.0  # swatch pixels: how far straight hair's patches are drawn out
 
 
@@ -345,7 +349,7 @@ def hair_swatch(hires: np.ndarray, hair: np.ndarray, iod_px: float, seed: int = 
 
     The hair pixels are taken at :data:`SWATCH_PER_IOD` pixels per inter-ocular distance;
     their log-luma detail (the hair's texture without its shading, finer than ``PATCH / 8``
-    pixels) is cut into ``PATCH``-pixel patches lying on hair (:data:`SWATCH_COVER` of their
+    pixels) is cut into ``PATCH``-pixel patches lying on hair (:data:`SWATCH_COVERS` of their
     pixels), each turned so that its strands run down the meridians, and the patches are laid
     at random on a toroidal ``SWATCH``-pixel grid, half-overlapping, cross-faded. Curls,
     waves, coils or straight strands come out as the photo shows them, at their size.
@@ -370,13 +374,20 @@ def hair_swatch(hires: np.ndarray, hair: np.ndarray, iod_px: float, seed: int = 
     m = cv2.resize(hair.astype(np.uint8), (side, side), interpolation=cv2.INTER_NEAREST)
     luma = np.maximum(img @ LUMA, 1.0 / 255)
     detail = np.log(luma) - np.log(cv2.GaussianBlur(luma, (0, 0), PATCH / 8))
-    # top-left corners of the patches lying on hair (SWATCH_COVER of their pixels at least)
+    # top-left corners of the patches lying on hair (a share SWATCH_COVERS of their pixels
+    # at least): a handful of distinct places, not one blob
     inner = cv2.erode(m, np.ones((3, 3), np.uint8))
     cover = cv2.boxFilter(inner.astype(np.float32), -1, (PATCH, PATCH), anchor=(0, 0),
                           normalize=True, borderType=cv2.BORDER_CONSTANT)
-    ys, xs = np.nonzero(cover[: side - PATCH + 1, : side - PATCH + 1] >= SWATCH_COVER)
-    if len(ys) < SWATCH_MIN_PATCHES * PATCH:  # a handful of distinct places, not one blob
+    cover = cover[: side - PATCH + 1, : side - PATCH + 1]
+    for share in SWATCH_COVERS:
+        ys, xs = np.nonzero(cover >= share)
+        if len(ys) >= SWATCH_MIN_PATCHES * PATCH:
+            break
+    else:
         return None
+    if share < SWATCH_COVERS[0]:  # patches partly off the hair: what is not hair adds no detail
+        detail = detail * (inner > 0)
     coherence, out = _quilt(detail, ys, xs, np.random.default_rng(seed))
     # straight hair (its patches' gradients share one direction): drawn out along the strands,
     # which the cross-faded patches had broken into pieces; curls (no shared direction) keep
