@@ -8,7 +8,7 @@ through this module (``tests/test_config.py`` checks both).
 | ``FFHQUV_CHECKPOINTS_DIR`` | unset | the paper's ``checkpoints/`` folder (optional) |
 | ``FFHQUV_TOPO_DIR`` | unset | the paper's ``topo_assets/`` folder (optional, for ``hifi3dpp``) |
 | ``FFHQUV_LANDMARK_MODEL`` | the copy in ``face_recognition_models`` | dlib 68-point model file |
-| ``FFHQUV_DETECT_QUICK_SIDE`` | ``0`` (off) | detector: a quick look at a copy this long first |
+| ``FFHQUV_DETECT_QUICK_SIDE`` | ``640`` | detector: quick look at a copy this long first (0: off) |
 | ``FFHQUV_REFERENCE_DIR`` | ``../shared/data/ffhq-uv-reference`` | reference data (tests) |
 | ``FFHQUV_LOG_FORMAT`` | ``json`` for services, ``text`` for the CLI | log line format |
 | ``FFHQUV_LOG_LEVEL`` | ``INFO`` (``WARNING`` for ``ffhquv fit``) | log level |
@@ -77,11 +77,17 @@ def landmark_model() -> Path | None:
     return Path(env).expanduser() if env else None
 
 
+#: the detector's quick look by default: the largest face on a copy at most 640 px long,
+#: not upsampled (2.4x less detection work than FFHQ-UV's full scan, and as good heads over
+#: 24 test photos: BENCHMARKS.md, twenty-ninth session)
+DETECT_QUICK_SIDE = 640
+
+
 def detect_quick_side() -> int:
     """``FFHQUV_DETECT_QUICK_SIDE``: the longest side of the copy on which the detector looks
-    for the largest face first (0, the default: FFHQ-UV's full scan only; see
-    ``services.detector.core.Detector``)."""
-    raw = env("FFHQUV_DETECT_QUICK_SIDE") or "0"
+    for the largest face first (:data:`DETECT_QUICK_SIDE`, the default; 0: FFHQ-UV's full
+    scan only; see ``services.detector.core.Detector``)."""
+    raw = env("FFHQUV_DETECT_QUICK_SIDE") or str(DETECT_QUICK_SIDE)
     try:
         side = int(raw)
     except ValueError:
@@ -108,7 +114,7 @@ VARIABLES: dict[str, str] = {
     "FFHQUV_TOPO_DIR": "the paper's topo_assets/ folder (for the hifi3dpp face model)",
     "FFHQUV_LANDMARK_MODEL": "dlib 68-point shape predictor file instead of the shipped one",
     "FFHQUV_DETECT_QUICK_SIDE": "detector: HOG looks for the largest face on a copy this long "
-                                "first (0: off, FFHQ-UV's full scan only)",
+                                "first (default 640; 0: off, FFHQ-UV's full scan only)",
     "FFHQUV_REFERENCE_DIR": "the developers' FFHQ-UV reference data (tests)",
     "FFHQUV_LOG_FORMAT": "log line format: json or text",
     "FFHQUV_LOG_LEVEL": "log level",

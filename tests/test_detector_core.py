@@ -25,7 +25,8 @@ from tests.test_detector_decode import encode
 
 @pytest.fixture(scope="module")
 def detector() -> Detector:
-    return Detector()
+    """FFHQ-UV's full scan (the quick look, the default, is :func:`quick`)."""
+    return Detector(quick_side=0)
 
 
 @pytest.fixture(scope="module")
@@ -129,15 +130,17 @@ def test_cnn_backend(detector, astronaut_rgb, astronaut_res):
 
 @pytest.fixture(scope="module")
 def quick() -> Detector:
-    """The quick look first (``FFHQUV_DETECT_QUICK_SIDE=640``)."""
+    """The quick look first (the default, ``FFHQUV_DETECT_QUICK_SIDE=640``)."""
     return Detector(quick_side=640)
 
 
 def test_quick_side_from_the_environment(monkeypatch):
-    monkeypatch.setenv("FFHQUV_DETECT_QUICK_SIDE", "640")
-    assert Detector().quick_side == 640
-    monkeypatch.delenv("FFHQUV_DETECT_QUICK_SIDE")
+    monkeypatch.setenv("FFHQUV_DETECT_QUICK_SIDE", "0")
     assert Detector().quick_side == 0  # FFHQ-UV's full scan
+    monkeypatch.setenv("FFHQUV_DETECT_QUICK_SIDE", "320")
+    assert Detector().quick_side == 320
+    monkeypatch.delenv("FFHQUV_DETECT_QUICK_SIDE")
+    assert Detector().quick_side == 640  # the quick look by default
     monkeypatch.setenv("FFHQUV_DETECT_QUICK_SIDE", "big")
     with pytest.raises(ValueError, match="FFHQUV_DETECT_QUICK_SIDE must be a whole number"):
         Detector()

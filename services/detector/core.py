@@ -5,7 +5,7 @@ Pipeline of :meth:`Detector.detect`:
 1. :func:`services.detector.decode.decode_image` (limits, EXIF orientation, 8-bit RGB);
 2. face detection with dlib HOG (default) or the MMOD CNN; boxes are scaled back to the
    original. HOG scans a copy at most ``detect_max_side`` long, upsampled once below
-   ``upsample_below`` (faces down to ~40 px; FFHQ-UV's own preprocessing); optionally
+   ``upsample_below`` (faces down to ~40 px; FFHQ-UV's own preprocessing); by default
    (``quick_side``) it first looks for the largest face on a small copy, not upsampled;
 3. 68 landmarks by dlib's shape predictor on the ORIGINAL oriented image, for every face;
 4. faces sorted by box area (descending), one selected ('largest', 'only' or an index);
@@ -207,11 +207,11 @@ class Detector:
             face scoring ``min_score``, those are the faces listed (smaller ones beside a big
             one are not); else the full scan below runs. ``'only'`` and index selections
             always run the full scan (they need every face). None = ``FFHQUV_DETECT_QUICK_SIDE``
-            (default 0: the full scan only, as FFHQ-UV's preprocessing does). The quick
-            look's landmarks are within ~1 % of the eye distance of the full scan's, about
-            dlib's own jitter for a box one pixel off, but the fit can tip on that: of 24
-            test photos, one neck took a white collar's tone (``BENCHMARKS.md``, nineteenth
-            session).
+            (default 640; 0: the full scan only, as FFHQ-UV's preprocessing does). The
+            quick look's landmarks are within ~1 % of the eye distance of the full scan's,
+            about dlib's own jitter for a box one pixel off; over 24 test photos the heads
+            are as good either way, a few photos' skin or hair differing as they do for any
+            such jitter (``BENCHMARKS.md``, nineteenth and twenty-ninth sessions).
         detect_max_side: HOG's full scan runs on a copy no longer than this (CNN:
             ``cnn_max_side``).
         cnn_upsample: upsampling of the CNN (slow on CPU: about 4x per pass).
