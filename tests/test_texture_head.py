@@ -675,6 +675,31 @@ def test_hair_colour_ignores_highlights_and_shadow_casts():
     assert 0.12 < got.mean() < 0.3, got
 
 
+def test_skin_shine_leaves_the_hair_colour_and_light_hair_alone():
+    """Short black hair whose band takes in a patch of lit, colourless, smooth forehead
+    skin (fd04): the patch is skin shine, out of the hair's colour; the same patch with
+    strands (light hair) stays; so does the patch when it is most of the band."""
+    import cv2
+
+    from services.fitter.texture.masks import skin_shine
+
+    rng = np.random.default_rng(0)
+    img = np.full((64, 64, 3), 0.08, np.float32)  # black hair ...
+    fine = np.full((64, 64), 3.0, np.float32)  # ... with strand texture (skin: 1)
+    img[40:, :] = [0.72, 0.70, 0.69]  # lit, colourless skin below it
+    fine[40:, :] = rng.uniform(0.5, 1.2, (24, 64))
+    lab = cv2.cvtColor(img, cv2.COLOR_RGB2Lab)
+    hair = np.ones((64, 64), bool)
+    shine = skin_shine(lab, hair, fine, 1.0)
+    assert shine[40:].all() and not shine[:40].any()
+    streaky = fine.copy()
+    streaky[40:] = 4.0  # light strands
+    assert not skin_shine(lab, hair, streaky, 1.0).any()
+    most = hair.copy()
+    most[:30] = False  # the shine would be 24 of 34 rows
+    assert not skin_shine(lab, most, fine, 1.0).any()
+
+
 def test_hair_colour_blond_with_roots_casts_and_dye():
     """Blond hair whose parting and roots (a third of the pixels) are darker and pinker stays
     blond; dark hair with an olive cast of foliage comes out brown (red >= green); strongly

@@ -613,6 +613,38 @@ def hair_colour(photo: np.ndarray, hair: np.ndarray) -> np.ndarray:
     return np.clip(rgb, 0, 1).astype(np.float32)
 
 
+# skin_shine: lit skin among the hair's pixels is SHINE_L L* or more above the median of their
+# darker half, under SHINE_CHROMA and as smooth as the face skin (fine detail under
+# LONG_HAIR_FINE times its median); light hair, blond or white, carries strands
+SHINE_L = 25.0
+SHINE_CHROMA = 12.0
+
+
+def skin_shine(lab: np.ndarray, hair: np.ndarray, fine: np.ndarray, fine_ref: float
+               ) -> np.ndarray:
+    """bool ``[H, W]``: the pixels of ``hair`` that are lit skin, not hair: bright, nearly
+    colourless and smooth (the forehead's top above the landmark face, where the skin weights
+    are 0, let through as hair: fd04's short black hair read mid grey). Nothing when more
+    than half of ``hair`` would go (a head of light, fine hair is not skin).
+
+    Args:
+        lab: ``float32 [H, W, 3]`` the crop in CIELAB (OpenCV's, of sRGB in [0, 1]);
+        hair: bool ``[H, W]`` the pixels :func:`hair_colour` is to take;
+        fine: ``[H, W]`` :func:`strand_energy`; fine_ref: the face skin's median of it.
+    """
+    light = lab[..., 0]
+    px = light[hair]
+    if not len(px):
+        return np.zeros(hair.shape, bool)
+    mid = np.median(px)
+    dark = float(np.median(px[px <= mid]))
+    shine = (hair & (light > dark + SHINE_L) & (np.hypot(lab[..., 1], lab[..., 2]) < SHINE_CHROMA)
+             & (fine < LONG_HAIR_FINE * fine_ref))
+    if shine.sum() > 0.5 * hair.sum():
+        return np.zeros(hair.shape, bool)
+    return shine
+
+
 # long hair: the share of the strips beside the cheeks (both sides summed) that is hair of the
 # head's colour with strand texture; a smooth background of the hair's colour is not hair
 LONG_HAIR_SHARE = 0.4
@@ -975,10 +1007,12 @@ def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray,
             streaky & fg & (parse == PARSE_BG) & (yy < y_brow) & (np.abs(xx - x_mid) < 1.4 * iod))
         if (colour_px & ~shaded).sum() > 20:
             colour_px = colour_px & ~shaded
-        stats["hair_rgb"] = hair_colour(photo, colour_px)
         # the crop in CIELAB, for the tests against the hair's colour (with strand texture)
         lab = (None if fine_ref is None
                else cv2.cvtColor(photo.astype(np.float32) / 255, cv2.COLOR_RGB2Lab))
+        if lab is not None:
+            colour_px = colour_px & ~skin_shine(lab, colour_px, fine, fine_ref)
+        stats["hair_rgb"] = hair_colour(photo, colour_px)
         if lab is not None:
             strips = cheek_strips(parse, lm)
             share = long_hair_share(lab, strips, fine, fine_ref, lm, stats["hair_rgb"])
