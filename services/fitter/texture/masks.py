@@ -555,7 +555,8 @@ HAIR_MIN_L = 10.0
 HAIR_CHROMATIC = (10.0, 20.0)
 
 
-def hair_colour(photo: np.ndarray, hair: np.ndarray) -> np.ndarray:
+def hair_colour(photo: np.ndarray, hair: np.ndarray, lab: np.ndarray | None = None
+                ) -> np.ndarray:
     """The colour of the hair itself, in sRGB ``float32 [3]`` in [0, 1].
 
     In CIELAB, from the hair pixels off the mask's border (mixed with the background or the
@@ -572,9 +573,11 @@ def hair_colour(photo: np.ndarray, hair: np.ndarray) -> np.ndarray:
     than :data:`HAIR_MIN_L` (an underexposed photo's black hair is lifted to it).
 
     Args:
-        photo: ``uint8 [H, W, 3]`` RGB; hair: bool ``[H, W]`` hair pixels (at least one).
+        photo: ``uint8 [H, W, 3]`` RGB; hair: bool ``[H, W]`` hair pixels (at least one);
+        lab: ``photo`` in CIELAB when the caller has it (OpenCV's, of sRGB in [0, 1]).
     """
-    lab = cv2.cvtColor(photo.astype(np.float32) / 255, cv2.COLOR_RGB2Lab)
+    if lab is None:
+        lab = cv2.cvtColor(photo.astype(np.float32) / 255, cv2.COLOR_RGB2Lab)
     core = cv2.erode(hair.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
     px = lab[core if core.sum() >= 40 else hair]
     lo, mid, hi = np.percentile(px[:, 0], [40, 50, 85])
@@ -1012,7 +1015,7 @@ def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray,
                else cv2.cvtColor(photo.astype(np.float32) / 255, cv2.COLOR_RGB2Lab))
         if lab is not None:
             colour_px = colour_px & ~skin_shine(lab, colour_px, fine, fine_ref)
-        stats["hair_rgb"] = hair_colour(photo, colour_px)
+        stats["hair_rgb"] = hair_colour(photo, colour_px, lab)
         if lab is not None:
             strips = cheek_strips(parse, lm)
             share = long_hair_share(lab, strips, fine, fine_ref, lm, stats["hair_rgb"])
