@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
+
+_PARTS_LOCK = threading.Lock()
+#: ``Mesh`` messages of the parts that meshes share, by the ids of their read-only arrays
+#: (topology, UVs, morph-target offsets: a face model's, the same for every photo), with the
+#: arrays kept so that an id is not reused; the few most recent
+_PARTS: OrderedDict[tuple, tuple[list, object]] = OrderedDict()
+_PARTS_MAX = 8
+
+
+def _shared(a: np.ndarray | None) -> bool:
+    return a is None or (isinstance(a, np.ndarray) and not a.flags.writeable)
 
 
 @dataclass
@@ -106,23 +119,60 @@ class MeshData:
                         self.faces, self.uvs, self.uv_faces)
 
     def to_proto(self):
+        """A ``common.v1.Mesh``. Morph targets list only the vertices each moves (exactly-zero
+        rows are left out). The parts made of read-only arrays (a face model's topology, UVs
+        and morph-target offsets, the same for every photo) are built once and copied."""
         from ffhquv.pb import common_pb2
 
-        m = common_pb2.Mesh(vertices=self.vertices.ravel().tolist(),
-                            faces=self.faces.ravel().tolist())
-        if self.uvs is not None:
-            m.uvs.extend(self.uvs.ravel().tolist())
-            m.uv_faces.extend(self.uv_faces.ravel().tolist())
+        m = common_pb2.Mesh()
+        parts = self._parts()
+        if parts is not None:
+            m.CopyFrom(parts)
+        else:
+            self._fill_parts(m)
+        m.vertices.extend(self.vertices.ravel().tolist())
         if self.normals is not None:
             m.normals.extend(self.normals.ravel().tolist())
         if self.morphs is not None:
-            for name, off, w in zip(self.morphs.names, self.morphs.offsets, self.morphs.weights,
-                                    strict=True):
-                # sparse: only the vertices the target moves (exactly-zero rows are left out)
+            for t, w in zip(m.morph_targets, self.morphs.weights, strict=True):
+                t.weight = float(w)
+        return m
+
+    def _fill_parts(self, m) -> None:
+        """Faces, UVs and morph targets (weights 0) into the ``Mesh`` message ``m``."""
+        m.faces.extend(self.faces.ravel().tolist())
+        if self.uvs is not None:
+            m.uvs.extend(self.uvs.ravel().tolist())
+            m.uv_faces.extend(self.uv_faces.ravel().tolist())
+        if self.morphs is not None:
+            for name, off in zip(self.morphs.names, self.morphs.offsets, strict=True):
                 idx = np.nonzero(np.any(off != 0, axis=1))[0]
                 m.morph_targets.add(name=name, indices=idx.tolist(),
-                                    offsets=off[idx].ravel().tolist(), weight=float(w))
-        return m
+                                    offsets=off[idx].ravel().tolist())
+
+    def _parts(self):
+        """The cached ``Mesh`` of :meth:`_fill_parts` when its arrays are read-only, else
+        None."""
+        from ffhquv.pb import common_pb2
+
+        off = self.morphs.offsets if self.morphs is not None else None
+        arrays = (self.faces, self.uvs, self.uv_faces, off)
+        if not all(_shared(a) for a in arrays):
+            return None
+        key = (tuple(id(a) for a in arrays),
+               tuple(self.morphs.names) if self.morphs is not None else ())
+        with _PARTS_LOCK:
+            hit = _PARTS.get(key)
+            if hit is not None:
+                _PARTS.move_to_end(key)
+                return hit[1]
+        parts = common_pb2.Mesh()
+        self._fill_parts(parts)
+        with _PARTS_LOCK:
+            _PARTS[key] = (list(arrays), parts)
+            while len(_PARTS) > _PARTS_MAX:
+                _PARTS.popitem(last=False)
+        return parts
 
     @classmethod
     def from_proto(cls, m) -> MeshData:

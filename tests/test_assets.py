@@ -303,6 +303,40 @@ def test_morph_targets_travel_in_the_mesh_message(parts):
         MeshData.from_request(dup, "head_neutral")
 
 
+def test_a_face_models_shared_parts_are_built_once_into_the_same_message(parts):
+    """Read-only topology, UVs and morph-target offsets (a face model's, the same for every
+    photo) are put into a mesh message once and copied: the bytes are those of a mesh with
+    writable copies, call after call, and changing one message leaves the next alone."""
+    import dataclasses
+
+    head = parts["head_neutral"]
+
+    def frozen(a):
+        a = np.array(a)
+        a.flags.writeable = False
+        return a
+
+    shared = dataclasses.replace(
+        head, faces=frozen(head.faces), uvs=frozen(head.uvs), uv_faces=frozen(head.uv_faces),
+        morphs=MorphTargets(head.morphs.names, frozen(head.morphs.offsets),
+                            head.morphs.weights))
+    want = head.to_proto().SerializeToString()
+    first = shared.to_proto()
+    assert first.SerializeToString() == want
+    first.morph_targets[0].indices.append(1)
+    first.faces[0] = 7
+    moved = dataclasses.replace(shared, vertices=shared.vertices + 1.0,
+                                morphs=MorphTargets(head.morphs.names, shared.morphs.offsets,
+                                                    head.morphs.weights + 0.5))
+    again = moved.to_proto()
+    assert again.faces[0] == head.faces.ravel()[0]
+    want_moved = dataclasses.replace(
+        moved, faces=np.array(head.faces), morphs=MorphTargets(
+            head.morphs.names, np.array(head.morphs.offsets), head.morphs.weights + 0.5))
+    assert again.SerializeToString() == want_moved.to_proto().SerializeToString()
+    assert shared.to_proto().SerializeToString() == want
+
+
 
 def test_grpc_export_carries_morph_targets_and_units(parts):
     """A real exporter server: the morph targets arrive inside the head mesh message, the unit

@@ -52,7 +52,7 @@ from ffhquv.mesh import MeshData
 from ffhquv.render.camera import Camera, project, rigid_transform, rotate_normals
 from ffhquv.render.renderer import MeshRenderer, RasterOptions, Surface
 from ffhquv.render.sh import irradiance, scale_light
-from services.fitter.facemodel.base import FaceModel
+from services.fitter.facemodel.base import FaceModel, host_once
 from services.fitter.graphs import graphs_enabled
 from services.fitter.hair_mesh import hair_mesh
 from services.fitter.pipeline import (
@@ -592,8 +592,11 @@ class FitterCore:
     def _mesh(self, verts: torch.Tensor) -> MeshData:
         m = self.model
         n = m.vertex_normals(verts[None])[0]
-        return MeshData(vertices=verts.detach().cpu().numpy(), faces=m.tri.cpu().numpy(),
-                        uvs=m.uv.cpu().numpy(), uv_faces=m.uv_tri.cpu().numpy(),
+        # the topology: the model's read-only host arrays, the same for every photo
+        return MeshData(vertices=verts.detach().cpu().numpy(),
+                        faces=host_once(m.tri, "host", torch.Tensor.cpu),
+                        uvs=host_once(m.uv, "host", torch.Tensor.cpu),
+                        uv_faces=host_once(m.uv_tri, "host", torch.Tensor.cpu),
                         normals=n.detach().cpu().numpy())
 
     def _stage1_render(self, i: int, c1: dict[str, torch.Tensor]) -> _Stage1Render:

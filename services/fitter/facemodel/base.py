@@ -11,6 +11,7 @@ Coefficients are scaled so that a standard normal draw is a plausible face (the 
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -19,6 +20,29 @@ import torch
 from torch import Tensor
 
 from ffhquv.render.renderer import vertex_normals
+
+_HOST_LOCK = threading.Lock()
+#: read-only host copies of model tensors, by (id of the tensor, what): ``(tensor, array)``;
+#: the tensor is kept so that its id is not reused (a model's tensors are not modified after
+#: it is built or loaded, :meth:`FaceModel.to` makes new ones)
+_HOST: dict[tuple[int, object], tuple[Tensor, np.ndarray]] = {}
+
+
+def host_once(t: Tensor, what: object, make) -> np.ndarray:
+    """``make(t)`` as a read-only numpy array, made once per tensor and ``what`` (the same
+    array every call: each ``.cpu()`` of a model tensor was a device wait and a copy a
+    photo, and a mesh's proto reuses what it has built for the same arrays,
+    :meth:`ffhquv.mesh.MeshData.to_proto`)."""
+    key = (id(t), what)
+    with _HOST_LOCK:
+        hit = _HOST.get(key)
+    if hit is not None and hit[0] is t:
+        return hit[1]
+    arr = np.array(make(t))
+    arr.flags.writeable = False
+    with _HOST_LOCK:
+        _HOST[key] = (t, arr)
+    return arr
 
 
 @dataclass
@@ -113,13 +137,18 @@ class FaceModel:
                 so a target lists only the vertices it moves.
         Returns:
             :class:`ffhquv.mesh.MorphTargets`: names, ``offsets [K_exp, N, 3]`` float32 (the
-            basis columns), ``weights [K_exp]``; ``neutral + weights . offsets`` is the
-            expression shape.
+            basis columns; read-only, the same array on every call), ``weights [K_exp]``;
+            ``neutral + weights . offsets`` is the expression shape.
         """
         from ffhquv.mesh import MorphTargets
 
-        off = self.exp_base.detach().cpu().numpy().transpose(2, 0, 1).astype(np.float32)
-        off[np.abs(off) <= tol] = 0.0
+        def make(base: Tensor) -> np.ndarray:
+            off = base.detach().cpu().numpy().transpose(2, 0, 1).astype(np.float32)
+            off[np.abs(off) <= tol] = 0.0
+            return off
+
+        # the offsets are the model's: one read-only array for every photo
+        off = host_once(self.exp_base, ("morph_offsets", float(tol)), make)
         return MorphTargets(names=self.expression_names(), offsets=off,
                             weights=np.asarray(exp_coeff, np.float32).reshape(-1))
 
