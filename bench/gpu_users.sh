@@ -54,7 +54,6 @@
 #                    ";"-separated --set lists, one run each; FIT_ALT=0 skips alt)
 #          compileab bench/fit.py with FFHQUV_COMPILE=0, then =1 twice (compiling, then cached)
 #          gemm      bench/basis_gemm.py: the basis product's formulations
-#          surface   bench/surface_solve.py: the low-pass family's surface solve, host / GPU
 #          cudawait  bench/cudawait.py: CPU burnt by a waiting thread, spin / auto / block
 #          spyfolder py-spy of `ffhquv fit` on a folder (SPY_COUNT, SPY_ARGS; carry pyspy/)
 #          profilefirst  bench/fit.py --cprofile-first: a new process's first fit by function
@@ -380,12 +379,6 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
           python3 bench/fit.py --presets standard --device cuda --threads 4 \
           --batch "${FIT_BATCHES:-1,4}" --repeat 3 --photo "$fd05" --json "$out/fit_$mode.json"
       done
-      ;;
-    surface)
-      # the texture low-pass's surface solve: scipy's splu on the host against the GPU's
-      # dense Cholesky, alone and from 4 threads at once
-      need "$S/cache" || { rc=1; continue; }
-      step surface 180 python3 bench/surface_solve.py --device cuda --json "$out/surface.json"
       ;;
     gemm)
       # the face model's basis product, forward + backward, per formulation and batch size
