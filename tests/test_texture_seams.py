@@ -304,24 +304,6 @@ def test_device_path_equals_the_host_path(maps, monkeypatch):
         np.testing.assert_allclose(t_d, t_h, atol=2e-5)
     np.testing.assert_allclose(symmetrize_lowfreq(albedo, maps, sigma=S / 16), host_sym,
                                atol=5e-5)
-    # the surface solve on the device too (a dense Cholesky factorisation, as on a GPU)
-    monkeypatch.setattr(lp, "DEVICE_SOLVE_TYPES", ("cuda", "cpu"))
-    assert lp.device_solver(maps, torch.device("cpu")) is not None
-    for i, kw in enumerate(({"sigma": S / 24},
-                            {"sigma": S / 32, "prior": prior, "reach": S / 6})):
-        t_d, x_d = lp.mesh_lowpass(maps, albedo, weight, **kw)
-        assert isinstance(t_d, np.ndarray) and t_d.dtype == np.float32
-        np.testing.assert_allclose(x_d, host[i][1], atol=2e-5)
-        np.testing.assert_allclose(t_d, host[i][0], atol=2e-5)
-        t_t, x_t = lp.mesh_lowpass(maps, torch.from_numpy(albedo), torch.from_numpy(weight),
-                                   **kw)
-        assert isinstance(t_t, torch.Tensor) and isinstance(x_t, torch.Tensor)
-        np.testing.assert_allclose(t_t.numpy(), host[i][0], atol=2e-5)
-    for _ in range(2):  # the atlas's factorisation made once, then reused
-        np.testing.assert_allclose(symmetrize_lowfreq(albedo, maps, sigma=S / 16), host_sym,
-                                   atol=5e-5)
-    assert list(lp.device_solver(maps, torch.device("cpu")).mask_factors) == [S / 16]
-    monkeypatch.setattr(lp, "DEVICE_SOLVE_TYPES", ("cuda",))
     skin = (weight * (maps.skin.numpy() > 0.5)).astype(np.float32)
     host_skin = complete_texture(albedo, weight, maps, skin=skin)
     monkeypatch.setattr(imageops, "FORCE_MATRICES", True)

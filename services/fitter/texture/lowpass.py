@@ -10,14 +10,11 @@ Where the atlas lives on a GPU (``maps.mask.is_cuda``: the fitter's device) the 
 vertex products, over every texel of the atlas, run there as torch sparse CSR products
 (:class:`DeviceOps`), taking and returning numpy arrays as on the host, or tensors on that GPU
 (the completion's, :mod:`~services.fitter.texture.completion`: they stay there; CPU tensors
-take the host path without a copy). The surface solve, on the mesh's few thousand vertices,
-runs there too for a mesh of at most :data:`DEVICE_SOLVE_MAX_VERTICES` (a dense float64
-Cholesky factorisation, :class:`DeviceSolver`: on the host scipy's ``splu`` took 10-20 ms a
-solve **holding the GIL**, six a photo, while the fitter's batch thread waited for it to
-launch the next step); the symmetrisation's system depends on the atlas alone and is
-factorised once per device. On the host (and for larger meshes) it stays scipy's ``splu``,
-factorised once for the symmetrisation's two passes (:func:`_mask_system`). Both paths agree
-to float32 rounding (``tests/test_texture_seams.py``).
+take the host path without a copy); the surface solve,
+on the mesh's few thousand vertices, stays on the host (scipy's ``splu``, a few milliseconds).
+The symmetrisation's system depends on the atlas alone: factorised once for its two passes
+(:func:`_mask_system`). Both paths agree to float32 rounding
+(``tests/test_texture_seams.py``).
 """
 
 from __future__ import annotations
@@ -80,78 +77,6 @@ def device_ops(maps: UVMaps, device: torch.device) -> DeviceOps:
                 to_texel=_csr(maps.to_texel, device), to_vertex=_csr(maps.to_vertex, device),
                 mask=atlas_tensors(maps, device).mask.reshape(-1))
     return ops
-
-
-#: the largest mesh whose surface solve runs on the atlas's GPU (:class:`DeviceSolver`): its
-#: dense ``[N, N]`` float64 system is 8 N^2 bytes (106 MB for the default head's 3 640
-#: vertices); a larger mesh (HiFi3D++'s 20 481) keeps the host's sparse factorisation
-DEVICE_SOLVE_MAX_VERTICES = 8192
-#: the device types whose atlas products take the dense solve (the tests add ``"cpu"``)
-DEVICE_SOLVE_TYPES: tuple[str, ...] = ("cuda",)
-
-
-@dataclass
-class DeviceSolver:
-    """:func:`~services.fitter.facemodel.topology.screened_smooth` on a GPU for one atlas
-    (made once per atlas and device, :func:`device_solver`).
-
-    Attributes:
-        lap: ``float64 [N, N]`` the dense edge Laplacian. footprint: ``float32 [N]``.
-        mirror: ``int64 [N]`` the left/right vertex map.
-        mask_factors: the symmetrisation's factorised systems by ``sigma``:
-            ``(den float32 [N], cholesky float64 [N, N], w float64 [N], eps)``.
-    """
-
-    lap: Tensor
-    footprint: Tensor
-    mirror: Tensor
-    mask_factors: dict
-
-
-def device_solver(maps: UVMaps, device: torch.device) -> DeviceSolver | None:
-    """The cached :class:`DeviceSolver` of ``maps`` on ``device`` (None on the host and for
-    meshes over :data:`DEVICE_SOLVE_MAX_VERTICES`)."""
-    if (device.type not in DEVICE_SOLVE_TYPES
-            or maps.laplacian.shape[0] > DEVICE_SOLVE_MAX_VERTICES):
-        return None
-    key = ("lowpass_solver", str(device))
-    with _LOCK:
-        sol = maps.derived.get(key)
-        if sol is None:
-            sol = maps.derived[key] = DeviceSolver(
-                lap=torch.from_numpy(maps.laplacian.toarray()).to(device),
-                footprint=torch.from_numpy(np.asarray(maps.footprint, np.float32)).to(device),
-                mirror=torch.from_numpy(np.asarray(maps.vertex_mirror, np.int64)).to(device),
-                mask_factors={})
-    return sol
-
-
-def _device_factor(sol: DeviceSolver, weight: Tensor, length: float, reach: float | None
-                   ) -> tuple[Tensor, Tensor, float]:
-    """``(cholesky float64 [N, N], w float64 [N], eps)`` of ``diag(w + eps) + length^2 L``
-    (``weight [N]``, as :func:`~services.fitter.facemodel.topology.screened_factor`)."""
-    w = weight.to(torch.float64).clamp(min=0)
-    eps = (length / (reach if reach is not None else 4.0 * length)) ** 2
-    a = sol.lap * length**2
-    a.diagonal().add_(w + eps)
-    # symmetric positive definite by construction (eps > 0, L positive semi-definite): no
-    # check of the factorisation's info, which would wait for the device
-    chol, _ = torch.linalg.cholesky_ex(a)
-    return chol, w, eps
-
-
-def _device_solve(chol: Tensor, w: Tensor, eps: float, data: Tensor,
-                  prior: np.ndarray | Tensor | None = None) -> Tensor:
-    """:func:`~services.fitter.facemodel.topology.screened_solve` of ``data [N, C]`` on the
-    device -> ``float64 [N, C]``."""
-    d = data.to(torch.float64).reshape(data.shape[0], -1)
-    if prior is None:
-        ws = w.sum()
-        p = torch.where(ws > 0, (d * w[:, None]).sum(0) / ws.clamp(min=1e-9), d.mean(0))
-    else:
-        p = torch.as_tensor(prior, dtype=torch.float64, device=d.device).reshape(-1)
-    rhs = w[:, None] * d + eps * p[None, :]
-    return torch.cholesky_solve(rhs, chol).reshape(data.shape)
 
 
 def ops_device(maps: UVMaps) -> torch.device | None:
@@ -255,10 +180,8 @@ def mesh_lowpass(maps: UVMaps, img: np.ndarray, weight: np.ndarray, sigma: float
         sigma: smoothing scale in texels of this atlas (converted with ``maps.texel_len``).
         prior: ``[C]`` value far from any data; reach: how far (texels) data carries.
     Returns:
-        ``(texels float32 [S, S, C], vertex values [N, C] float64)``; both tensors on
-        ``img``'s device when ``img`` is a tensor and the solve ran on the device
-        (:func:`device_solver`), else the vertex values numpy (and the texels a tensor on
-        ``img``'s device when ``img`` is a tensor).
+        ``(texels float32 [S, S, C], vertex values [N, C])``; the texels a tensor on
+        ``img``'s device when ``img`` is a tensor.
     """
     dev = _where(maps, img)
     if dev is None and isinstance(img, Tensor):
@@ -267,20 +190,6 @@ def mesh_lowpass(maps: UVMaps, img: np.ndarray, weight: np.ndarray, sigma: float
         return torch.from_numpy(t), x
     if isinstance(prior, Tensor):
         prior = prior.detach().cpu().numpy()
-    sol = device_solver(maps, dev) if dev is not None else None
-    if sol is not None:  # gather, solve and interpolate back on the device
-        s, ops = maps.size, device_ops(maps, dev)
-        w_t = _up(weight, dev, s)
-        num = ops.to_vertex @ (_up(img, dev, s).reshape(s * s, -1) * w_t[:, None])
-        den = (ops.to_vertex @ w_t[:, None])[:, 0]
-        wv = torch.where(sol.footprint > 1e-9, den / sol.footprint.clamp(min=1e-9), 0.0)
-        chol, w, eps = _device_factor(sol, wv, _length(maps, sigma),
-                                      None if reach is None else reach * maps.texel_len)
-        x = _device_solve(chol, w, eps, num / den.clamp(min=1e-9)[:, None], prior)
-        t = (ops.to_texel @ x.to(torch.float32)).reshape(s, s, -1)
-        if isinstance(img, Tensor):
-            return t.to(img.device), x
-        return t.cpu().numpy(), x.cpu().numpy()
     if dev is not None:
         s, ops = maps.size, device_ops(maps, dev)
         w_t = _up(weight, dev, s)
@@ -318,27 +227,6 @@ def symmetrize_lowfreq(tex: np.ndarray, maps: UVMaps, sigma: float) -> np.ndarra
     # back from the texels is not exactly that correction). The weight is the atlas's mask:
     # its system is the atlas's (_mask_system), only the data changes
     s, n = maps.size, maps.laplacian.shape[0]
-    sol = device_solver(maps, dev) if dev is not None else None
-    if sol is not None:  # the atlas's system, factorised once on this device
-        ops = device_ops(maps, dev)
-        with _LOCK:
-            fac = sol.mask_factors.get(float(sigma))
-        if fac is None:
-            den_t = ops.to_vertex @ ops.mask[:, None]
-            wv = torch.where(sol.footprint > 1e-9,
-                             den_t[:, 0] / sol.footprint.clamp(min=1e-9), 0.0)
-            fac = (den_t[:, 0], *_device_factor(sol, wv, _length(maps, sigma), None))
-            with _LOCK:
-                fac = sol.mask_factors.setdefault(float(sigma), fac)
-        den_t, chol, w, eps = fac
-        t = _up(tex, dev, s)
-        for _ in range(2):
-            num = ops.to_vertex @ (t * ops.mask[:, None])
-            low_v = _device_solve(chol, w, eps, num / den_t.clamp(min=1e-9)[:, None])
-            corr = 0.5 * (low_v[sol.mirror] - low_v)
-            t = t + (ops.to_texel @ corr.to(torch.float32)) * ops.mask[:, None]
-        t = t.reshape(tex.shape)
-        return t.to(tex.device) if isinstance(tex, Tensor) else t.cpu().numpy()
     den, system = _mask_system(maps, sigma)
     if dev is not None:
         ops = device_ops(maps, dev)
