@@ -500,6 +500,40 @@ def test_features_are_the_eyes_rims_and_the_brows_bodies():
     assert bottom - 75 > 2 * (75 - top)
 
 
+def test_lens_glints_are_found_on_the_sharp_crop_not_brows_liner_or_skin():
+    """:func:`~services.fitter.texture.masks.lens_glints`: behind glasses, a grey-blue line of
+    light under a brow (a lens's lit bevel, thinner than a mask pixel) and a green glint by
+    the eye are taken out of the texture mask; the brown brow above, black liner on the lid
+    and the skin are not, nor is a blue line far from the eyes."""
+    import cv2
+
+    from services.fitter.texture.masks import PARSE_SKIN, lens_glints
+
+    lm = np.zeros((68, 2))
+    for c, a in ((70.0, 36), (150.0, 42)):  # the same layout as the test above
+        t = np.linspace(np.pi, -np.pi, 6, endpoint=False)
+        lm[a:a + 6] = np.stack([c + 20 * np.cos(t), 100 + 8 * np.sin(t)], 1)
+    lm[17:22] = np.stack([np.linspace(45, 95, 5), np.full(5, 75.0)], 1)
+    lm[22:27] = np.stack([np.linspace(125, 175, 5), np.full(5, 75.0)], 1)
+    k = 4  # the sharp crop: 896 px
+    sharp = np.empty((224 * k, 224 * k, 3), np.float32)
+    sharp[:] = (0.80, 0.60, 0.48)  # skin
+    sharp[75 * k:80 * k, 45 * k:96 * k] = (0.35, 0.25, 0.20)  # a brown brow
+    sharp[84 * k:84 * k + 2, 45 * k:96 * k] = (0.70, 0.72, 0.78)  # the bevel: 2 of 4 rows
+    sharp[88 * k:89 * k, 130 * k:140 * k] = (0.40, 0.85, 0.60)  # a green glint by the eye
+    sharp[92 * k:93 * k, 60 * k:80 * k] = (0.05, 0.05, 0.07)  # black liner on the lid
+    sharp[180 * k:181 * k, 40 * k:180 * k] = (0.5, 0.6, 0.9)  # blue, far below the eyes
+    photo = (cv2.resize(sharp, (224, 224), interpolation=cv2.INTER_AREA) * 255 + 0.5
+             ).astype(np.uint8)
+    parse = np.full((224, 224), PARSE_SKIN, np.uint8)
+    g = lens_glints(sharp, photo, parse, lm)
+    assert g[84, 50:90].all() and g[88, 132:138].all()
+    assert not g[76:80, 45:96].any()  # the brow
+    assert not g[92, 62:78].any()  # the liner
+    assert not g[150:200].any() and not g[:70].any()  # far from the eyes; the forehead
+    assert g.sum() < 120
+
+
 def test_completion_keeps_the_photos_skin_level(maps):
     """Lifting shadows and trusting the brighter mirror side make a half-shadowed face
     brighter; the completed albedo keeps the seen skin's confidence-weighted level (the

@@ -214,6 +214,8 @@ def head_masks(photo: Tensor, parse: Tensor, skin: Tensor, landmarks: Tensor,
                                    SkinColour(cw_np[i], cwt_np[i]), lm_i, head_np[i],
                                    strand_energy(src[i: i + 1], size)[0],
                                    dark_marks(src[i: i + 1], size)[0])
+        if st.get("glasses", {}).get("has_glasses"):
+            t = t * ~lens_glints(src[i], photo_u8[i], par_i, lm_i)
         seen = st.pop("hair_seen", [])
         if st.get("has_hair") and seen:
             # the hair's own texture for the unseen scalp (hair_layer), from the sharper crop
@@ -515,19 +517,69 @@ BROW_BODY_IOD = (0.04, 0.14)
 FRAME_CLEAR_IOD = 0.015
 
 
+# behind glasses, round the eyes and brows (inter-ocular distances beyond the eyes' rims
+# and the brows), the lenses' glints: pixels of the sharper crop as blue as they are red, not
+# as dark as eyeliner (luma against the face skin's median), over this share of a texture
+# mask pixel
+LENS_ZONE_IOD = 0.15
+LINER_DARK = 0.45
+GLINT_SHARE = 0.2
+
+
+def lens_glints(sharp: np.ndarray, photo: np.ndarray, parse: np.ndarray, lm: np.ndarray
+                ) -> np.ndarray:
+    """bool ``[H, W]``: the texture mask's pixels that a glasses' lens glints on.
+
+    Light on a lens's bevel and coating (white, grey-blue, green) lies in thin lines just
+    under the frame's top rim and round the eyes, where the brows' and eyes' features take
+    the photo as it is: fd07's brows came out white and blue-green. The lines are thinner
+    than a pixel of the ``[H, W]`` masks, so they are found on the sharper crop: skin, brow
+    hair and lashes are redder than blue; glints are not, and are lighter than eyeliner.
+
+    Args:
+        sharp: ``float [S, S, 3]`` the crop in [0, 1] at its highest resolution (S >= H).
+        photo: ``uint8 [H, W, 3]`` the crop at the masks' size; parse: ``uint8 [H, W]``.
+        lm: ``[68, 2]`` landmarks in pixels of ``[H, W]``.
+    Returns:
+        bool ``[H, W]``: at least ``GLINT_SHARE`` of the pixel glints.
+    """
+    h, w = parse.shape
+    iod = float(np.linalg.norm(lm[36] - lm[45]))
+    zone = eye_rims(lm, (h, w)) | brow_bodies(lm, (h, w)) | (parse == PARSE_BROWS)
+    zone = cv2.dilate(zone.astype(np.uint8), _disc(max(1, round(LENS_ZONE_IOD * iod))))
+    ref = parse == PARSE_SKIN
+    lum = photo.astype(np.float32) @ LUMA / 255
+    level = float(np.median(lum[ref])) if ref.sum() > 50 else float(np.median(lum))
+    s = sharp.shape[0]
+    img = np.asarray(sharp, np.float32)
+    zone_s = cv2.resize(zone, (s, s), interpolation=cv2.INTER_NEAREST) > 0
+    glint = zone_s & (img[..., 2] >= img[..., 0]) & (img @ LUMA >= LINER_DARK * level)
+    share = cv2.resize(glint.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
+    return share >= GLINT_SHARE
+
+
 def features(lm: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """bool ``[H, W]``: the eyes with their rims (each eye contour, 36-41 and 42-47, grown by
-    ``EYE_RIM_IOD``; the caller's parse labels take the eye itself out) and the brows' bodies
-    (each brow's landmarks swept from ``BROW_BODY_IOD[0]`` above to ``[1]`` below). Their
-    dark is lashes, liner and brow hair, not shadow: the texture takes them as the photo
-    shows them."""
+    """bool ``[H, W]``: the eyes with their rims (:func:`eye_rims`) and the brows' bodies
+    (:func:`brow_bodies`). Their dark is lashes, liner and brow hair, not shadow: the texture
+    takes them as the photo shows them."""
+    return eye_rims(lm, shape) | brow_bodies(lm, shape)
+
+
+def eye_rims(lm: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """bool ``[H, W]``: each eye contour (36-41 and 42-47) grown by ``EYE_RIM_IOD`` (the
+    caller's parse labels take the eye itself out)."""
     iod = float(np.linalg.norm(lm[36] - lm[45]))
     eyes = np.zeros(shape, np.uint8)
     for sl in (slice(36, 42), slice(42, 48)):
         cv2.fillPoly(eyes, [np.round(lm[sl]).astype(np.int32)], 1)
-    rims = cv2.dilate(eyes, _disc(max(1, round(EYE_RIM_IOD * iod)))) > 0
-    # each brow a strip along its landmarks (not :func:`brow_band`'s convex hull, which
-    # reaches under an arched brow toward the lid)
+    return cv2.dilate(eyes, _disc(max(1, round(EYE_RIM_IOD * iod)))) > 0
+
+
+def brow_bodies(lm: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """bool ``[H, W]``: each brow's landmarks swept from ``BROW_BODY_IOD[0]`` above to ``[1]``
+    below (a strip along its landmarks, not :func:`brow_band`'s convex hull, which reaches
+    under an arched brow toward the lid)."""
+    iod = float(np.linalg.norm(lm[36] - lm[45]))
     up = np.array([0.0, -BROW_BODY_IOD[0] * iod], np.float32)  # image rows grow downward
     down = np.array([0.0, BROW_BODY_IOD[1] * iod], np.float32)
     band = np.zeros(shape, np.uint8)
@@ -535,7 +587,7 @@ def features(lm: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         b = lm[sl].astype(np.float32)
         strip = np.concatenate([b + up, (b + down)[::-1]])
         cv2.fillPoly(band, [np.round(strip).astype(np.int32)], 1)
-    return rims | (band > 0)
+    return band > 0
 
 
 # natural hair hues in CIELAB (degrees in the a*b* plane): from auburn / red (about 25) to
