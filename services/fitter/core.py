@@ -594,9 +594,9 @@ class FitterCore:
         n = m.vertex_normals(verts[None])[0]
         # the topology: the model's read-only host arrays, the same for every photo
         return MeshData(vertices=verts.detach().cpu().numpy(),
-                        faces=host_once(m.tri, "host", torch.Tensor.cpu),
-                        uvs=host_once(m.uv, "host", torch.Tensor.cpu),
-                        uv_faces=host_once(m.uv_tri, "host", torch.Tensor.cpu),
+                        faces=host_once(m.tri, "host", _on_host),
+                        uvs=host_once(m.uv, "host", _on_host),
+                        uv_faces=host_once(m.uv_tri, "host", _on_host),
                         normals=n.detach().cpu().numpy())
 
     def _stage1_render(self, i: int, c1: dict[str, torch.Tensor]) -> _Stage1Render:
@@ -687,6 +687,10 @@ class FitterCore:
                          "numpy": np.__version__, "python": platform.python_version()},
         }
 
+
+
+def _on_host(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().cpu()
 
 
 def _photo_batch(faces: list[AlignedFace], dev: torch.device) -> PhotoBatch:

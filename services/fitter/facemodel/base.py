@@ -12,6 +12,7 @@ Coefficients are scaled so that a standard normal draw is a plausible face (the 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -23,9 +24,11 @@ from ffhquv.render.renderer import vertex_normals
 
 _HOST_LOCK = threading.Lock()
 #: read-only host copies of model tensors, by (id of the tensor, what): ``(tensor, array)``;
-#: the tensor is kept so that its id is not reused (a model's tensors are not modified after
-#: it is built or loaded, :meth:`FaceModel.to` makes new ones)
-_HOST: dict[tuple[int, object], tuple[Tensor, np.ndarray]] = {}
+#: the tensor is kept so that its id is not reused while it is here (a model's tensors are not
+#: modified after it is built or loaded, :meth:`FaceModel.to` makes new ones); the
+#: ``_HOST_MAX`` most recent
+_HOST: OrderedDict[tuple[int, object], tuple[Tensor, np.ndarray]] = OrderedDict()
+_HOST_MAX = 32
 
 
 def host_once(t: Tensor, what: object, make) -> np.ndarray:
@@ -36,12 +39,15 @@ def host_once(t: Tensor, what: object, make) -> np.ndarray:
     key = (id(t), what)
     with _HOST_LOCK:
         hit = _HOST.get(key)
-    if hit is not None and hit[0] is t:
-        return hit[1]
+        if hit is not None and hit[0] is t:
+            _HOST.move_to_end(key)
+            return hit[1]
     arr = np.array(make(t))
     arr.flags.writeable = False
     with _HOST_LOCK:
         _HOST[key] = (t, arr)
+        while len(_HOST) > _HOST_MAX:
+            _HOST.popitem(last=False)
     return arr
 
 
