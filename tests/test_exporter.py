@@ -483,3 +483,22 @@ def test_preview_device_choice(monkeypatch):
         preview_device("cuda")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert preview_device("auto") == "cuda" and preview_device("cuda:0") == "cuda:0"
+
+
+def test_the_exporter_service_warms_before_it_serves(monkeypatch, tmp_path):
+    """``register`` exports a small square once before the server is built (the previews'
+    rasteriser and the writers' first use: ~2 s of a GPU exporter's first photo), in memory:
+    nothing is written (requests after it: ``test_grpc_export_round_trip``)."""
+    from services.exporter import servicer as exp_servicer
+
+    calls = []
+    real = exp_servicer.ExporterServicer.warm
+    monkeypatch.setattr(exp_servicer.ExporterServicer, "warm",
+                        lambda self: calls.append(real(self)) or calls[-1])
+    monkeypatch.chdir(tmp_path)
+    server = build_server(exp_servicer.register, port=0)
+    try:
+        assert len(calls) == 1 and calls[0] > 0
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        server.stop(0)

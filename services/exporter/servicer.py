@@ -56,6 +56,28 @@ class ExporterServicer(exporter_pb2_grpc.ExporterServicer):
     def Export(self, request, context: grpc.ServicerContext):  # noqa: N802 - gRPC name
         return self.handle(request)
 
+    def warm(self) -> float:
+        """Export a small textured square once, before the first request: the previews'
+        rasteriser on its device (on a GPU nvdiffrast's import, its plugin and the CUDA
+        context: ~2 s of a process's first photo, BENCHMARKS.md, thirtieth session) and the
+        writers' first use. Returns the seconds it took."""
+        import time
+
+        import numpy as np
+
+        t0 = time.perf_counter()
+        tri = np.array([[0, 1, 2], [0, 2, 3]], np.int64)
+        square = MeshData(vertices=np.array([[-1, -1, 0], [1, -1, 0], [1, 1, 0], [-1, 1, 0]],
+                                            np.float32),
+                          faces=tri, uvs=np.array([[0, 0], [1, 0], [1, 1], [0, 1]], np.float32),
+                          uv_faces=tri)
+        tex = np.full((8, 8, 3), 128, np.uint8)
+        core.export(name="warm", head_neutral=square, head_expression=None, head_texture=tex,
+                    left_eye=square, right_eye=square, eye_texture=tex,
+                    formats={"obj", "glb", "preview", "zip"}, preview_size=64,
+                    preview_device=self.device)
+        return time.perf_counter() - t0
+
     def handle(self, request) -> exporter_pb2.ExportResponse:
         """``ExportRequest`` -> ``ExportResponse`` without gRPC (the in-process gateway path);
         raises :class:`ffhquv.errors.InvalidInput` for malformed input."""
@@ -90,5 +112,7 @@ class ExporterServicer(exporter_pb2_grpc.ExporterServicer):
 
 def register(server: grpc.Server, device: str | None = "cpu") -> list[str]:
     """Add the Exporter servicer to ``server``; returns its full service name."""
-    exporter_pb2_grpc.add_ExporterServicer_to_server(ExporterServicer(device), server)
+    servicer = ExporterServicer(device)
+    servicer.warm()  # before the server reports SERVING
+    exporter_pb2_grpc.add_ExporterServicer_to_server(servicer, server)
     return [SERVICE_NAME]
