@@ -689,8 +689,8 @@ class FitterCore:
 
 
 
-def _on_host(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().cpu()
+def _on_host(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
 
 
 def _photo_batch(faces: list[AlignedFace], dev: torch.device) -> PhotoBatch:
