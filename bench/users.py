@@ -4,12 +4,14 @@
                                 [--cold-runs 3]
     python bench/users.py warm  --photos DIR [--device cuda] [--count 8]
     python bench/users.py serve --photos DIR [--device cuda] [--clients 1,32] [--seconds 120]
+                                [--warmup-photos N]
 
 ``cli``: ``ffhquv fit`` as a user runs it (a new process each time): one photo cold, then the
 whole folder with each batch size (photos/s). ``warm``: photo after photo through the in-process
 pipeline (the one ``ffhquv fit`` uses) once warm, with the per-stage split (detect, the
 fitter's stages, eyeballs, export, writing). ``serve``: ``ffhquv serve all`` with N concurrent
-clients, each ReconstructStream then downloading every artifact, for a fixed time; throughput,
+clients, each ReconstructStream then downloading every artifact, for a fixed time, after a
+warm-up round (every replica's first photo is not a warm one); throughput,
 latency percentiles, errors and the batch sizes the fitter reported. Each row samples the GPU's
 utilisation (NVML, else ``nvidia-smi``) while it runs.
 """
@@ -333,8 +335,20 @@ def run_serve(args) -> list[dict]:
             except grpc.RpcError as e:
                 return e.code().name, time.perf_counter() - t, None, {}
 
-        with channel(address) as ch:  # one warm-up photo
-            one(gateway_pb2_grpc.ReconstructionStub(ch), 0)
+        # warm-up: the issue's latency is a warm one, and every replica's first photo pays its
+        # first use (serve all runs several gateways, fitters, exporters, ...): a round of
+        # photos on as many connections at once, so that each process has served one
+        n_warm = args.warmup_photos if args.warmup_photos >= 0 else 2 * max(fitters, 1)
+
+        def warm_one(i: int) -> None:
+            with channel(address, own_connection=True) as ch:
+                one(gateway_pb2_grpc.ReconstructionStub(ch), i)
+
+        warmers = [threading.Thread(target=warm_one, args=(i,)) for i in range(n_warm)]
+        for t in warmers:
+            t.start()
+        for t in warmers:
+            t.join()
         for n in [int(x) for x in args.clients.split(",") if x]:
             results: list[tuple[str, float, int | None, dict[str, float]]] = []
             lock = threading.Lock()
@@ -443,6 +457,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="serve: --spy records only the thread holding each process's GIL")
     ap.add_argument("--clients", default="1,32", help="serve: concurrent clients per row")
     ap.add_argument("--seconds", type=float, default=120.0, help="serve: time per row")
+    ap.add_argument("--warmup-photos", type=int, default=-1,
+                    help="serve: photos sent at once before the timed rows, each on its own "
+                         "connection (default: twice the fitter replicas)")
     ap.add_argument("--seconds-single", type=float, default=0.0,
                     help="serve: time of the 1-client row (0: --seconds)")
     ap.add_argument("--max-concurrent", type=int, default=0, help="serve: gateway limit")
