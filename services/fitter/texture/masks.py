@@ -545,7 +545,7 @@ def lens_glints(sharp: np.ndarray, photo: np.ndarray, parse: np.ndarray, lm: np.
     """
     h, w = parse.shape
     iod = float(np.linalg.norm(lm[36] - lm[45]))
-    zone = eye_rims(lm, (h, w)) | brow_bodies(lm, (h, w)) | (parse == PARSE_BROWS)
+    zone = features(lm, (h, w)) | (parse == PARSE_BROWS)
     zone = cv2.dilate(zone.astype(np.uint8), _disc(max(1, round(LENS_ZONE_IOD * iod))))
     ref = parse == PARSE_SKIN
     lum = photo.astype(np.float32) @ LUMA / 255
