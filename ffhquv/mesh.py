@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 
-_PARTS_LOCK = threading.Lock()
-#: ``Mesh`` messages of the parts that meshes share, by the ids of their read-only arrays
-#: (topology, UVs, morph-target offsets: a face model's, the same for every photo), with the
-#: arrays kept so that an id is not reused; the few most recent
-_PARTS: OrderedDict[tuple, tuple[list, object]] = OrderedDict()
-_PARTS_MAX = 8
+from ffhquv.bykeep import KeptByIdentity
+
+#: ``Mesh`` messages of the parts that meshes share, by their read-only arrays (topology, UVs,
+#: morph-target offsets: a face model's, the same for every photo); the few most recent
+_PARTS: KeptByIdentity = KeptByIdentity(8)
 
 
 def _shared(a: np.ndarray | None) -> bool:
@@ -159,20 +156,13 @@ class MeshData:
         arrays = (self.faces, self.uvs, self.uv_faces, off)
         if not all(_shared(a) for a in arrays):
             return None
-        key = (tuple(id(a) for a in arrays),
-               tuple(self.morphs.names) if self.morphs is not None else ())
-        with _PARTS_LOCK:
-            hit = _PARTS.get(key)
-            if hit is not None:
-                _PARTS.move_to_end(key)
-                return hit[1]
-        parts = common_pb2.Mesh()
-        self._fill_parts(parts)
-        with _PARTS_LOCK:
-            _PARTS[key] = (list(arrays), parts)
-            while len(_PARTS) > _PARTS_MAX:
-                _PARTS.popitem(last=False)
-        return parts
+        def build():
+            parts = common_pb2.Mesh()
+            self._fill_parts(parts)
+            return parts
+
+        return _PARTS.get(arrays, tuple(self.morphs.names) if self.morphs is not None else (),
+                          build)
 
     @classmethod
     def from_proto(cls, m) -> MeshData:

@@ -11,8 +11,7 @@ Coefficients are scaled so that a standard normal draw is a plausible face (the 
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -20,35 +19,26 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ffhquv.bykeep import KeptByIdentity
 from ffhquv.render.renderer import vertex_normals
 
-_HOST_LOCK = threading.Lock()
-#: read-only host copies of model tensors, by (id of the tensor, what): ``(tensor, array)``;
-#: the tensor is kept so that its id is not reused while it is here (a model's tensors are not
-#: modified after it is built or loaded, :meth:`FaceModel.to` makes new ones); the
-#: ``_HOST_MAX`` most recent
-_HOST: OrderedDict[tuple[int, object], tuple[Tensor, np.ndarray]] = OrderedDict()
-_HOST_MAX = 32
+#: read-only host copies of model tensors, by the tensor and what was made of it (a model's
+#: tensors are not modified after it is built or loaded, :meth:`FaceModel.to` makes new ones);
+#: the 32 most recent
+_HOST: KeptByIdentity[np.ndarray] = KeptByIdentity(32)
 
 
-def host_once(t: Tensor, what: object, make) -> np.ndarray:
+def host_once(t: Tensor, what: Hashable, make) -> np.ndarray:
     """``make(t)`` as a read-only numpy array, made once per tensor and ``what`` (the same
     array every call: each ``.cpu()`` of a model tensor was a device wait and a copy a
     photo, and a mesh's proto reuses what it has built for the same arrays,
     :meth:`ffhquv.mesh.MeshData.to_proto`)."""
-    key = (id(t), what)
-    with _HOST_LOCK:
-        hit = _HOST.get(key)
-        if hit is not None and hit[0] is t:
-            _HOST.move_to_end(key)
-            return hit[1]
-    arr = np.array(make(t))
-    arr.flags.writeable = False
-    with _HOST_LOCK:
-        _HOST[key] = (t, arr)
-        while len(_HOST) > _HOST_MAX:
-            _HOST.popitem(last=False)
-    return arr
+    def build() -> np.ndarray:
+        arr = np.array(make(t))
+        arr.flags.writeable = False
+        return arr
+
+    return _HOST.get((t,), what, build)
 
 
 @dataclass
