@@ -21,6 +21,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 import numpy as np
 
@@ -237,6 +238,49 @@ def smooth_normals(vertices: np.ndarray, faces: np.ndarray, *, weld: float = 1e-
     return out if v.ndim == 3 else out[0]
 
 
+#: the morph targets' own part of :func:`morph_normal_deltas` (which faces each target moves
+#: and how it moves their edges), by the offsets' and faces' bytes: a face model's targets are
+#: the same for every head, only the neutral pose changes; the few most recent (about 10 MB
+#: each for the default head's 52 targets)
+MORPH_MOVES_KEPT = 4
+
+
+class _Moves(NamedTuple):
+    """The (target, face) pairs that a set of morph targets moves: ``target``, ``face``
+    ``[M]``, ``corners`` ``[M, 3]`` (the face's vertices), the two edges' offsets
+    ``d1 = o1 - o0``, ``d2 = o2 - o0`` and ``cross(d1, d2)``, float64 ``[M, 3]``."""
+
+    target: np.ndarray
+    face: np.ndarray
+    corners: np.ndarray
+    d1: np.ndarray
+    d2: np.ndarray
+    d12: np.ndarray
+
+
+def _moves(offsets: np.ndarray, faces: np.ndarray) -> _Moves:
+    off, f = np.ascontiguousarray(offsets), np.ascontiguousarray(faces, np.int64)
+    return _kept_moves(off.dtype.str, off.shape, off.tobytes(), f.shape, f.tobytes())
+
+
+@functools.lru_cache(maxsize=MORPH_MOVES_KEPT)
+def _kept_moves(off_dtype: str, off_shape: tuple[int, ...], off_bytes: bytes,
+                f_shape: tuple[int, ...], f_bytes: bytes) -> _Moves:
+    off = np.frombuffer(off_bytes, off_dtype).reshape(off_shape).astype(np.float64)
+    f = np.frombuffer(f_bytes, np.int64).reshape(f_shape)
+    # every (target, face) pair the target moves, target by target, faces ascending: the
+    # sums of morph_normal_deltas add their corners in the order a loop over the targets would
+    kk, tf = np.nonzero(np.any(off != 0, axis=2)[:, f].any(2))
+    ft = f[tf]
+    # the moved corners' offsets, one flat gather (a two-array fancy index is slower)
+    o = off.reshape(-1, 3)[kk[:, None] * off.shape[1] + ft]  # [M, 3 corners, 3]
+    d1, d2 = o[:, 1] - o[:, 0], o[:, 2] - o[:, 0]
+    moves = _Moves(kk, tf, ft, d1, d2, _cross(d1, d2))
+    for a in moves:
+        a.flags.writeable = False
+    return moves
+
+
 def morph_normal_deltas(vertices: np.ndarray, offsets: np.ndarray, faces: np.ndarray, *,
                         weld: float = 1e-6) -> np.ndarray:
     """How each morph target changes the :func:`smooth_normals` of a mesh.
@@ -244,7 +288,10 @@ def morph_normal_deltas(vertices: np.ndarray, offsets: np.ndarray, faces: np.nda
     ``smooth_normals(vertices + offsets[k]) - smooth_normals(vertices)`` for every target k,
     computed on the faces the target moves only (a face-rig target moves a part of the head;
     elsewhere the change is exactly 0): the welded sums of the neutral pose are kept and each
-    target adds its faces' change to the few groups they touch.
+    target adds its faces' change to the few groups they touch. A face's normal (the cross
+    product of its edges) changes by ``cross(e1, d2) + cross(d1, e2) + cross(d1, d2)`` for
+    edges ``e`` of the neutral pose and their offsets ``d``: the targets' part is worked out
+    once per set of targets and faces (:data:`MORPH_MOVES_KEPT`), only the pose's each call.
 
     Args:
         vertices: ``[N, 3]`` the neutral pose; offsets: ``[K, N, 3]``; faces: ``[T, 3]``.
@@ -253,29 +300,23 @@ def morph_normal_deltas(vertices: np.ndarray, offsets: np.ndarray, faces: np.nda
         ``float32 [K, N, 3]``, each the difference of the two float32 unit normals.
     """
     v = np.asarray(vertices, np.float64)
-    off = np.asarray(offsets, np.float64)
     f = np.asarray(faces, np.int64)
-    out = np.zeros(off.shape, np.float32)
-    if not len(f) or not len(off):
+    k_all = len(offsets)
+    out = np.zeros((k_all, len(v), 3), np.float32)
+    if not len(f) or not k_all:
         return out
     group, g = _weld_groups(v, weld)
     corners = group[f].reshape(-1)  # [T * 3]
-    fn0 = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    e1, e2 = v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]]
+    fn0 = np.cross(e1, e2)
     acc0 = np.stack([np.bincount(corners, weights=np.repeat(fn0[:, c], 3), minlength=g)
                      for c in range(3)], -1)  # [G, 3] the neutral pose's sums
     n0 = _unit(acc0).astype(np.float32)
-    k_all = len(off)
-    # every (target, face) pair the target moves, target by target, faces ascending: the
-    # sums below add their corners in the order a loop over the targets would
-    kk, tf = np.nonzero(np.any(off != 0, axis=2)[:, f].any(2))
-    if not len(tf):
+    mv = _moves(offsets, f)
+    if not len(mv.face):
         return out
-    n = len(v)
-    ft = f[tf]  # [M, 3 corners]
-    # the moved corners, one flat gather of the offsets (a two-array fancy index is slower)
-    p = v[ft] + off.reshape(-1, 3)[kk[:, None] * n + ft]  # [M, 3 corners, 3]
-    d = _cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]) - fn0[tf]
-    slot = (kk[:, None] * g + group[ft]).reshape(-1)  # (target, group) of each corner
+    d = _cross(e1[mv.face], mv.d2) + _cross(mv.d1, e2[mv.face]) + mv.d12
+    slot = (mv.target[:, None] * g + group[mv.corners]).reshape(-1)  # (target, group) a corner
     # only the (target, group) slots a target touches: elsewhere the change is exactly 0
     hit = np.flatnonzero(np.bincount(slot, minlength=k_all * g))
     sums = np.stack([np.bincount(slot, weights=np.repeat(d[:, c], 3), minlength=k_all * g)[hit]

@@ -180,6 +180,27 @@ def test_morph_normal_deltas_are_the_poses_normals_less_the_neutral():
     assert not got[2].any() and got[3].any()
 
 
+def test_morph_normal_deltas_keep_the_targets_part_not_the_pose():
+    """The targets' part (which faces each moves, how it moves their edges) is kept between
+    calls by the offsets' and faces' contents: another neutral pose with the same targets, and
+    other targets on the same faces, each give their own poses' normals (to a float32 unit
+    normal's last digit: the exporter drops changes below 1e-7)."""
+    m = _split_sphere()
+    rng = np.random.default_rng(5)
+    offsets = np.zeros((2, *m.vertices.shape), np.float32)
+    offsets[0, :7] = rng.normal(0, 0.05, (7, 3))
+    offsets[1, m.vertices[:, 1] > 0.3] = [0.05, 0.0, 0.0]
+
+    def want(v, off):
+        n0 = smooth_normals(v, m.faces)
+        return np.stack([smooth_normals(np.stack([v, v + o]), m.faces)[1] - n0 for o in off])
+
+    for v, off in ((m.vertices, offsets), (m.vertices * 1.3 + [0.1, 0, 0], offsets),
+                   (m.vertices, offsets[::-1] * 2)):
+        np.testing.assert_allclose(morph_normal_deltas(v, off, m.faces), want(v, off),
+                                   atol=1e-7, rtol=0)
+
+
 def test_obj_has_normals_smoothing_and_units(parts, tmp_path):
     res = core.export("u", **parts, formats={"obj"}, metres_per_unit=0.1)
     text = res.files["stage3_mesh_id.obj"].decode()
