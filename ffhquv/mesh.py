@@ -156,6 +156,7 @@ class MeshData:
         arrays = (self.faces, self.uvs, self.uv_faces, off)
         if not all(_shared(a) for a in arrays):
             return None
+
         def build():
             parts = common_pb2.Mesh()
             self._fill_parts(parts)

@@ -247,12 +247,12 @@ MORPH_MOVES_KEPT = 4
 
 class _Moves(NamedTuple):
     """The (target, face) pairs that a set of morph targets moves: ``target``, ``face``
-    ``[M]``, ``corners`` ``[M, 3]`` (the face's vertices), the two edges' offsets
+    ``[M]``, ``face_vertices`` ``[M, 3]``, the two edges' offsets
     ``d1 = o1 - o0``, ``d2 = o2 - o0`` and ``cross(d1, d2)``, float64 ``[M, 3]``."""
 
     target: np.ndarray
     face: np.ndarray
-    corners: np.ndarray
+    face_vertices: np.ndarray
     d1: np.ndarray
     d2: np.ndarray
     d12: np.ndarray
@@ -316,7 +316,8 @@ def morph_normal_deltas(vertices: np.ndarray, offsets: np.ndarray, faces: np.nda
     if not len(mv.face):
         return out
     d = _cross(e1[mv.face], mv.d2) + _cross(mv.d1, e2[mv.face]) + mv.d12
-    slot = (mv.target[:, None] * g + group[mv.corners]).reshape(-1)  # (target, group) a corner
+    # the (target, group) slot of each moved corner
+    slot = (mv.target[:, None] * g + group[mv.face_vertices]).reshape(-1)
     # only the (target, group) slots a target touches: elsewhere the change is exactly 0
     hit = np.flatnonzero(np.bincount(slot, minlength=k_all * g))
     sums = np.stack([np.bincount(slot, weights=np.repeat(d[:, c], 3), minlength=k_all * g)[hit]
