@@ -1,19 +1,24 @@
-"""Values made once per object: a small, thread-safe, least-recently-used table keyed by the
-identities of the objects they were made from.
+"""Values made once and kept, the least recently used going first: by the identities of the
+objects they were made from (:class:`KeptByIdentity`), or by the contents of the arrays they
+were made from (:func:`kept_by_content`).
 
 A face model's tensors and its read-only host arrays are the same objects for every photo;
 what is made from them (a host copy, a message's shared parts) is made once and found again by
 their ``id``. The table holds the objects themselves with each value, so an ``id`` is not
 reused by another object while its entry lives; the oldest entry goes once ``maxsize`` are
-held.
+held. Where the arrays arrive anew with every request (a mesh from a message: every head of a
+face model has the same faces, UVs and morph targets), their bytes are the key instead.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from typing import Generic, TypeVar
+
+import numpy as np
 
 V = TypeVar("V")
 
@@ -57,3 +62,31 @@ class KeptByIdentity(Generic[V]):
     def clear(self) -> None:
         with self._lock:
             self._kept.clear()
+
+
+def kept_by_content(maxsize: int) -> Callable[[Callable[..., V]], Callable[..., V]]:
+    """Decorator: ``fn(*args)`` made once per content of its arguments, the ``maxsize`` most
+    recent kept (:func:`functools.lru_cache`, thread-safe).
+
+    A numpy array argument counts by its dtype, shape and bytes (a copy of them is the key;
+    ``fn`` gets a read-only array of the same contents, C-contiguous); any other argument by
+    equality (it must be hashable). The decorated function has ``cache_info`` and
+    ``cache_clear``. What ``fn`` returns is shared by every later call: return read-only
+    arrays.
+    """
+    def decorate(fn: Callable[..., V]) -> Callable[..., V]:
+        @functools.lru_cache(maxsize=maxsize)
+        def cached(*key: tuple) -> V:
+            return fn(*(np.frombuffer(k[3], k[1]).reshape(k[2]) if k[0] else k[1]
+                        for k in key))
+
+        @functools.wraps(fn)
+        def wrapper(*args):
+            return cached(*((True, a.dtype.str, a.shape, np.ascontiguousarray(a).tobytes())
+                            if isinstance(a, np.ndarray) else (False, a) for a in args))
+
+        wrapper.cache_info = cached.cache_info  # type: ignore[attr-defined]
+        wrapper.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate

@@ -15,7 +15,6 @@ Every service that writes a mesh or a texture uses this module. Conventions:
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import tempfile
@@ -25,6 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ffhquv.bykeep import kept_by_content
 from ffhquv.errors import InvalidInput, PreconditionFailed
 from ffhquv.mesh import MeshData, unique_rows
 
@@ -107,12 +107,12 @@ TOPOLOGY_TEXT_KEPT = 8
 
 def _topology_rows(fmt: str, arr: np.ndarray) -> str:
     """:func:`_rows` of a topology array (``uvs``, face corners), kept for the next mesh."""
-    return _kept_rows(fmt, arr.dtype.str, arr.shape, arr.tobytes())
+    return _kept_rows(fmt, arr)
 
 
-@functools.lru_cache(maxsize=TOPOLOGY_TEXT_KEPT)
-def _kept_rows(fmt: str, dtype: str, shape: tuple[int, ...], data: bytes) -> str:
-    return _rows(fmt, np.frombuffer(data, dtype).reshape(shape))
+@kept_by_content(TOPOLOGY_TEXT_KEPT)
+def _kept_rows(fmt: str, arr: np.ndarray) -> str:
+    return _rows(fmt, arr)
 
 
 def obj_text(mesh: MeshData, *, mtllib: str | None = None, material: str | None = None,
@@ -258,16 +258,10 @@ class _Moves(NamedTuple):
     d12: np.ndarray
 
 
-def _moves(offsets: np.ndarray, faces: np.ndarray) -> _Moves:
-    off, f = np.ascontiguousarray(offsets), np.ascontiguousarray(faces, np.int64)
-    return _kept_moves(off.dtype.str, off.shape, off.tobytes(), f.shape, f.tobytes())
-
-
-@functools.lru_cache(maxsize=MORPH_MOVES_KEPT)
-def _kept_moves(off_dtype: str, off_shape: tuple[int, ...], off_bytes: bytes,
-                f_shape: tuple[int, ...], f_bytes: bytes) -> _Moves:
-    off = np.frombuffer(off_bytes, off_dtype).reshape(off_shape).astype(np.float64)
-    f = np.frombuffer(f_bytes, np.int64).reshape(f_shape)
+@kept_by_content(MORPH_MOVES_KEPT)
+def _moves(offsets: np.ndarray, f: np.ndarray) -> _Moves:
+    """:class:`_Moves` of ``offsets [K, N, 3]`` on the faces ``f [T, 3]`` (int64)."""
+    off = offsets.astype(np.float64)
     # every (target, face) pair the target moves, target by target, faces ascending: the
     # sums of morph_normal_deltas add their corners in the order a loop over the targets would
     kk, tf = np.nonzero(np.any(off != 0, axis=2)[:, f].any(2))
@@ -312,7 +306,7 @@ def morph_normal_deltas(vertices: np.ndarray, offsets: np.ndarray, faces: np.nda
     acc0 = np.stack([np.bincount(corners, weights=np.repeat(fn0[:, c], 3), minlength=g)
                      for c in range(3)], -1)  # [G, 3] the neutral pose's sums
     n0 = _unit(acc0).astype(np.float32)
-    mv = _moves(offsets, f)
+    mv = _moves(np.asarray(offsets), f)
     if not len(mv.face):
         return out
     d = _cross(e1[mv.face], mv.d2) + _cross(mv.d1, e2[mv.face]) + mv.d12

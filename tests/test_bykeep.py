@@ -1,9 +1,9 @@
-"""``ffhquv.bykeep.KeptByIdentity``: made once per object identity, least recently used out."""
+"""``ffhquv.bykeep``: values made once per object identity or array content, LRU."""
 
 import numpy as np
 import pytest
 
-from ffhquv.bykeep import KeptByIdentity
+from ffhquv.bykeep import KeptByIdentity, kept_by_content
 
 
 def test_a_value_is_made_once_per_object_and_extra_key():
@@ -51,3 +51,26 @@ def test_a_kept_object_keeps_its_identity_alive():
 def test_maxsize_must_be_positive():
     with pytest.raises(ValueError, match="maxsize"):
         KeptByIdentity(0)
+
+
+def test_kept_by_content_keys_arrays_by_their_bytes_dtype_and_shape():
+    calls = []
+
+    @kept_by_content(4)
+    def total(scale, a):
+        calls.append((scale, a.dtype.str, a.shape))
+        assert not a.flags.writeable  # the kept value may hold it
+        return float(a.sum()) * scale
+
+    a = np.arange(6, dtype=np.int64).reshape(2, 3)
+    assert total(2, a) == 30.0
+    assert total(2, a.copy()) == 30.0  # the same contents in another array: kept
+    assert total(2, np.asfortranarray(a)) == 30.0  # any memory layout of them
+    assert total(3, a) == 45.0  # another plain argument
+    assert total(2, a.reshape(3, 2)) == 30.0  # the same bytes, another shape
+    assert total(2, a.astype(np.int32)) == 30.0  # another dtype
+    assert calls == [(2, "<i8", (2, 3)), (3, "<i8", (2, 3)), (2, "<i8", (3, 2)),
+                     (2, "<i4", (2, 3))]
+    assert total.cache_info().currsize == 4
+    total.cache_clear()
+    assert total.cache_info().currsize == 0

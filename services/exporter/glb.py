@@ -23,7 +23,6 @@ default head's GLB from 7.3 to about 3 MB.
 
 from __future__ import annotations
 
-import functools
 import json
 import struct
 from dataclasses import dataclass, fields, is_dataclass
@@ -31,6 +30,7 @@ from dataclasses import dataclass, fields, is_dataclass
 import numpy as np
 import pygltflib as gl
 
+from ffhquv.bykeep import kept_by_content
 from ffhquv.imaging import png_bytes
 from ffhquv.mesh import MeshData, unique_rows
 from services.exporter.obj import check_texture, morph_normal_deltas, smooth_normals
@@ -77,9 +77,8 @@ def split_seams(mesh: MeshData) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     if mesh.uvs is None:
         raise ValueError("split_seams needs a mesh with uvs")
     normals = smooth_normals(mesh.vertices, mesh.faces)
-    f = np.ascontiguousarray(mesh.faces, np.int64)
-    uf = np.ascontiguousarray(mesh.uv_faces, np.int64)
-    uniq, idx = _corner_pairs(f.tobytes(), uf.tobytes())
+    uniq, idx = _corner_pairs(np.asarray(mesh.faces, np.int64),
+                              np.asarray(mesh.uv_faces, np.int64))
     return (mesh.vertices[uniq[:, 0]], mesh.uvs[uniq[:, 1]], normals[uniq[:, 0]], idx,
             uniq[:, 0])
 
@@ -90,11 +89,11 @@ def split_seams(mesh: MeshData) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
 SEAM_SPLITS_KEPT = 8
 
 
-@functools.lru_cache(maxsize=SEAM_SPLITS_KEPT)
-def _corner_pairs(faces: bytes, uv_faces: bytes) -> tuple[np.ndarray, np.ndarray]:
+@kept_by_content(SEAM_SPLITS_KEPT)
+def _corner_pairs(faces: np.ndarray, uv_faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(unique (vertex, uv) pairs [K, 2] int64, corner indices [T, 3] uint32)`` of int64
-    face and UV-face bytes, read-only."""
-    pairs = np.stack([np.frombuffer(faces, np.int64), np.frombuffer(uv_faces, np.int64)], -1)
+    ``faces`` and ``uv_faces`` ``[T, 3]``, read-only."""
+    pairs = np.stack([faces.ravel(), uv_faces.ravel()], -1)
     uniq, inverse = unique_rows(pairs, return_inverse=True)
     idx = inverse.reshape(-1, 3).astype(np.uint32)
     uniq.flags.writeable = idx.flags.writeable = False
