@@ -551,9 +551,13 @@ def lens_glints(sharp: np.ndarray, photo: np.ndarray, parse: np.ndarray, lm: np.
     lum = photo.astype(np.float32) @ LUMA / 255
     level = float(np.median(lum[ref])) if ref.sum() > 50 else float(np.median(lum))
     s = sharp.shape[0]
-    img = np.asarray(sharp, np.float32)
-    zone_s = cv2.resize(zone, (s, s), interpolation=cv2.INTER_NEAREST) > 0
-    glint = zone_s & (img[..., 2] >= img[..., 0]) & (img @ LUMA >= LINER_DARK * level)
+    zone_s = cv2.resize(zone, (s, s), interpolation=cv2.INTER_NEAREST)
+    # the sharp crop's colour tests inside the zone's box only (the rest of it cannot glint)
+    x, y, bw, bh = cv2.boundingRect(zone_s)
+    img = np.asarray(sharp[y:y + bh, x:x + bw], np.float32)
+    glint = np.zeros((s, s), bool)
+    glint[y:y + bh, x:x + bw] = ((zone_s[y:y + bh, x:x + bw] > 0) & (img[..., 2] >= img[..., 0])
+                                 & (img @ LUMA >= LINER_DARK * level))
     share = cv2.resize(glint.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
     return share >= GLINT_SHARE
 
