@@ -248,7 +248,8 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
           ${SERVE_ONE_CONNECTION:+--one-connection} \
           --max-concurrent "${SERVE_MAX_CONCURRENT:-0}" ${SERVE_SPY:+--spy /tmp/spy$sfx} \
           $([ "${SERVE_SPY:-}" = gil ] && echo --spy-gil) \
-          --seconds "${SERVE_SECONDS:-120}" --json "$out/serve$sfx.json"
+          --seconds "${SERVE_SECONDS:-120}" --json "$out/serve$sfx.json" \
+          --serve-log "$out/serve${sfx}_all.log"
         # SERVE_SPY=1 (carry pyspy/): every process's CPU by function; the summary comes back
         for f in /tmp/spy$sfx/*_summary.txt; do
           [ -f "$f" ] && cp "$f" "$out/spy${sfx}_$(basename "$f")"

@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -295,14 +296,19 @@ def run_serve(args) -> list[dict]:
     if args.max_concurrent:
         env["FFHQUV_MAX_CONCURRENT"] = str(args.max_concurrent)
     t_start = time.perf_counter()
+    # serve all's own log (warnings and errors: FFHQUV_LOG_LEVEL) where --serve-log says, so a
+    # start that fails or hangs on the GPU machine says why
+    log = open(args.serve_log or os.devnull, "ab")
     proc = subprocess.Popen([sys.executable, "-m", "ffhquv_cli", "serve", "all", "--port",
                              str(port), "--metrics-port", "-1", "--device", args.device],
-                            env=env, stderr=subprocess.DEVNULL)
+                            env=env, stderr=log)
     address = f"127.0.0.1:{port}"
     rows = []
+    # a timeout's SIGTERM ends this process through the finally below (serve all with it)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        wait_healthy(address, timeout=600)
-        ready_s = time.perf_counter() - t_start
+        ready_s = _await_ready(proc, address, wait_healthy, timeout=600)
+        progress(f"serve all ready in {ready_s:.1f} s")
         opts = gateway_pb2.Options(preset=PRESETS[args.preset], device_hint=DEVICES[args.device])
 
         def one(stub, i: int) -> tuple[str, float, int | None, dict[str, float]]:
@@ -349,6 +355,7 @@ def run_serve(args) -> list[dict]:
             t.start()
         for t in warmers:
             t.join()
+        progress(f"warm-up round of {n_warm} photos done at {time.perf_counter() - t_start:.1f} s")
         for n in [int(x) for x in args.clients.split(",") if x]:
             results: list[tuple[str, float, int | None, dict[str, float]]] = []
             lock = threading.Lock()
@@ -432,7 +439,30 @@ def run_serve(args) -> list[dict]:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log.close()
     return rows
+
+
+def progress(msg: str) -> None:
+    """A dated progress line on stderr (a long run's log says where it is)."""
+    print(f"# {time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
+
+
+def _await_ready(proc: subprocess.Popen, address: str, wait_healthy, timeout: float) -> float:
+    """Seconds until serve all at ``address`` answers SERVING; RuntimeError at once if it
+    exits first, TimeoutError after ``timeout`` s."""
+    t0 = time.perf_counter()
+    while True:
+        try:
+            wait_healthy(address, timeout=5)
+            return time.perf_counter() - t0
+        except TimeoutError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"serve all exited with {proc.returncode} before it was ready "
+                               "(its log: --serve-log)")
+        if time.perf_counter() - t0 > timeout:
+            raise TimeoutError(f"serve all not ready after {timeout:.0f} s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -467,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="serve: every client on one shared connection (gRPC's default within "
                          "a process; the rows before the eighteenth session); default: a "
                          "connection each, as separate users")
+    ap.add_argument("--serve-log", default=None, metavar="FILE",
+                    help="serve: serve all's stderr appended here (default: discarded)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     meta = header(f"users: {args.mode}, preset {args.preset}, device {args.device}")
