@@ -31,6 +31,7 @@ through this module (``tests/test_config.py`` checks both).
 | ``FFHQUV_AUTH_TOKEN`` / ``FFHQUV_AUTH_TOKEN_FILE`` | unset | gateway bearer token (or its file) |
 | ``FFHQUV_INTERNAL_TOKEN`` / ``FFHQUV_INTERNAL_TOKEN_FILE`` | ``serve all`` makes one | ditto |
 | ``FFHQUV_PARENT_PID`` | set by ``serve all`` | in its children: die with that parent |
+| ``FFHQUV_DRAIN_SECONDS`` | ``10`` | a server's drain of in-flight calls once told to stop |
 | ``FFHQUV_TLS_CERT`` / ``_KEY`` / ``_CA`` | unset | TLS; with a CA, mutual TLS |
 | ``FFHQUV_SERVICE`` | set by the image | which service a container image serves (Dockerfiles) |
 | ``FFHQUV_TORCH_SPEC`` | ``torch==2.13.0`` | torch requirement installed by ``./run`` |
@@ -141,6 +142,8 @@ VARIABLES: dict[str, str] = {
     "FFHQUV_INTERNAL_TOKEN": "token the backends require of their callers (serve all sets one)",
     "FFHQUV_INTERNAL_TOKEN_FILE": "file holding the internal token",
     "FFHQUV_PARENT_PID": "set by serve all in its children: die with that parent",
+    "FFHQUV_DRAIN_SECONDS": "seconds a server (and serve all's gateways) finishes in-flight "
+                            "calls after SIGTERM / Ctrl-C before it cancels them",
     "FFHQUV_TLS_CERT": "TLS certificate (PEM)",
     "FFHQUV_TLS_KEY": "TLS private key (PEM)",
     "FFHQUV_TLS_CA": "TLS CA (PEM); with it, mutual TLS between services",
@@ -277,6 +280,15 @@ def gateway_replicas() -> int | None:
 def fitter_max_delay_s() -> float:
     """``FFHQUV_FITTER_MAX_DELAY_MS`` in seconds (default 0.02)."""
     return float(os.environ.get("FFHQUV_FITTER_MAX_DELAY_MS", "20")) / 1000
+
+
+def drain_seconds() -> float:
+    """``FFHQUV_DRAIN_SECONDS``: how long a stopping server finishes its in-flight calls
+    (default 10; the k8s pods' ``terminationGracePeriodSeconds`` leave room for it)."""
+    v = float(env("FFHQUV_DRAIN_SECONDS") or 10)
+    if v < 0:
+        raise ValueError(f"FFHQUV_DRAIN_SECONDS must be 0 or more, got {v}")
+    return v
 
 
 def service_addr(service: str) -> str | None:

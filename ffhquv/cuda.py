@@ -209,9 +209,12 @@ def start_mps(folder: str | Path) -> MpsDaemon:
     out = d.folder / "daemon.out"
     try:
         with open(out, "wb") as sink:
+            # a session of its own: a terminal's Ctrl-C (to serve all's process group) must
+            # not end it while the fitters finish their calls; serve all stops it last
             d.proc = subprocess.Popen([control, "-f"], env={**os.environ, **d.env()},
                                       stdin=subprocess.DEVNULL, stdout=sink,
-                                      stderr=subprocess.STDOUT, preexec_fn=_die_with_starter)
+                                      stderr=subprocess.STDOUT, preexec_fn=_die_with_starter,
+                                      start_new_session=True)
     except OSError as e:
         shutil.rmtree(d.folder, ignore_errors=True)
         raise PreconditionFailed(f"{MPS_CONTROL} -f did not start: {e}") from e

@@ -18,7 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ffhquv import metrics, tracing
+from ffhquv import config, metrics, tracing
 from ffhquv.allocator import tune_allocator  # noqa: F401  (re-exported for the services)
 from ffhquv.errors import FfhquvError, status_of
 
@@ -294,18 +294,20 @@ def build_server(
     return RunningServer(server, bound, health_servicer, names, mport)
 
 
-def serve_forever(running: RunningServer, grace: float = 10.0) -> None:
-    """Block until SIGTERM / SIGINT, then shut down gracefully."""
+def serve_forever(running: RunningServer, grace: float | None = None,
+                  signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
+    """Block until one of ``signals``, then shut down gracefully: in-flight calls get
+    ``grace`` seconds (default ``FFHQUV_DRAIN_SECONDS``, 10)."""
     done = threading.Event()
 
     def handle(signum, _frame):
         log.info("shutting down", extra={"signal": signum})
         done.set()
 
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
+    for sig in signals:
+        signal.signal(sig, handle)
     done.wait()
-    running.stop(grace)
+    running.stop(config.drain_seconds() if grace is None else grace)
 
 
 def channel(address: str, credentials: grpc.ChannelCredentials | None = None, *,

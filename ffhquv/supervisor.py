@@ -9,6 +9,11 @@ the parent's life.
   loaded took tens of seconds on a loaded machine, during which the orphan held its port and
   memory. (``serve all``'s own orderly stop still sends SIGTERM and lets children drain.) The
   children also share ``serve all``'s process group, so one ``kill -- -PGID`` reaches them all.
+* The children stop in order: the gateways first (:meth:`Supervisor.add`'s ``stop_first``;
+  :meth:`Supervisor.begin_stop` sends them SIGTERM as soon as ``serve all`` is told to stop),
+  then, once they are gone, the services behind them, so a photo in flight finishes its later
+  stages. A terminal's Ctrl-C reaches the whole process group: the children ignore SIGINT
+  (:func:`stop_signals`) and leave the order to ``serve all``.
 * :class:`Supervisor` polls its children; a dead one is logged (``child exited``), counted
   (``ffhquv_child_restarts_total{service}``) and started again on the same port after a backoff
   that doubles per quick failure (1 s, 2 s, 4 s ... 30 s) and resets once a child stayed up for a
@@ -52,6 +57,17 @@ def parent_death_signal(sig: int) -> bool:
         return False
 
 
+def stop_signals() -> tuple[int, ...]:
+    """The signals a server process stops on: SIGTERM and SIGINT, but only SIGTERM in a child
+    of ``serve all`` (``FFHQUV_PARENT_PID`` set), which then ignores SIGINT: a terminal's
+    Ctrl-C reaches every process of the group at once, and the services must outlive the
+    gateways' drain (``serve all`` stops them in order). Call it in the main thread."""
+    if not os.environ.get(PARENT_PID_ENV):
+        return (signal.SIGTERM, signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return (signal.SIGTERM,)
+
+
 def die_with_parent(sig: int = signal.SIGKILL) -> bool:
     """In a child of ``serve all`` (``FFHQUV_PARENT_PID`` set): have the kernel send ``sig`` when
     the parent dies, and exit at once when it is already gone. Returns True when armed."""
@@ -79,6 +95,7 @@ class Child:
     started_at: float = 0.0
     failures: int = 0
     restarts: int = 0
+    stop_first: bool = False  # a gateway: stopped (and drained) before the others
     history: list[dict] = field(default_factory=list)
 
 
@@ -103,10 +120,12 @@ class Supervisor:
         self._starting: set[subprocess.Popen] = set()
 
     def add(self, name: str, start: Callable[[int], tuple[subprocess.Popen, str]],
-            started: tuple[subprocess.Popen, str] | None = None) -> str:
+            started: tuple[subprocess.Popen, str] | None = None,
+            stop_first: bool = False) -> str:
         """Supervise ``name``: ``started`` (process, address) when it already runs, else start it
-        now (port 0 = a free one); ``start(port)`` restarts it. Returns its address."""
-        child = Child(name, start)
+        now (port 0 = a free one); ``start(port)`` restarts it. ``stop_first``: a caller of the
+        others (a gateway), stopped before them. Returns its address."""
+        child = Child(name, start, stop_first=stop_first)
         child.proc, child.address = started or start(0)
         child.port = int(child.address.rsplit(":", 1)[1])
         child.started_at = time.monotonic()
@@ -182,13 +201,24 @@ class Supervisor:
         if self._stop.is_set():
             _terminate([proc], timeout=5.0)
 
-    def stop_restarts(self) -> None:
-        """No more restarts (shutdown has begun; children may already be exiting)."""
+    def begin_stop(self) -> None:
+        """No more restarts, and SIGTERM now to the children that stop first (the gateways:
+        they drain their calls while the services behind them still serve); :meth:`stop`
+        waits for them."""
         self._stop.set()
+        for p in self._procs(first=True):
+            if p.poll() is None:
+                p.terminate()
 
-    def stop(self, timeout: float = 15.0) -> None:
-        """Stop supervising, then SIGTERM every child and SIGKILL what is left after
-        ``timeout`` seconds."""
+    def _procs(self, first: bool) -> list[subprocess.Popen]:
+        with self._lock:
+            children = list(self.children.values())
+        return [c.proc for c in children if c.proc is not None and c.stop_first == first]
+
+    def stop(self, timeout: float = 15.0, drain: float = 0.0) -> None:
+        """Stop supervising, then stop the children in order: SIGTERM to the ``stop_first``
+        ones (the gateways; SIGKILL to what is left after ``drain + timeout`` seconds), then
+        to the others (SIGKILL after ``timeout``)."""
         self._stop.set()
         with self._lock:
             starting = list(self._starting)
@@ -197,8 +227,8 @@ class Supervisor:
             self._thread.join(timeout=timeout + 30)
         with self._lock:
             starting = list(self._starting)
-        _terminate([*starting, *(c.proc for c in self.children.values() if c.proc is not None)],
-                   timeout)
+        _terminate([*starting, *self._procs(first=True)], drain + timeout)
+        _terminate(self._procs(first=False), timeout)
 
 
 def _terminate(procs: list[subprocess.Popen], timeout: float = 15.0) -> None:

@@ -362,10 +362,11 @@ def _addr(flag: str | None, service: str) -> str | None:
 
 def _serve_service(args: argparse.Namespace) -> int:
     from ffhquv.server import build_server, serve_forever
-    from ffhquv.supervisor import die_with_parent
+    from ffhquv.supervisor import die_with_parent, stop_signals
     from gateway.security import BearerAuth, internal_token, server_credentials
 
     die_with_parent()
+    signals = stop_signals()  # a child of serve all: SIGTERM only (it stops them in order)
     name = args.service
     if name == "detector":
         from services.detector.servicer import register
@@ -405,7 +406,7 @@ def _serve_service(args: argparse.Namespace) -> int:
     if args.port_file:
         Path(args.port_file).write_text(str(running.port))
     print(f"ffhquv {name} serving on {args.host}:{running.port}", file=sys.stderr, flush=True)
-    serve_forever(running)
+    serve_forever(running, signals=signals)
     return 0
 
 
@@ -448,7 +449,10 @@ def _tls_paths(args: argparse.Namespace) -> tuple[str | None, str | None, str | 
     return args.tls_ca or ca, args.tls_cert or cert, args.tls_key or key
 
 
-def _run_gateway_forever(server, on_signal=None, port_file: str | None = None) -> None:
+def _run_gateway_forever(server, on_signal=None, port_file: str | None = None,
+                         signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
+    """Serve until one of ``signals`` (``on_signal()`` then), then drain the in-flight calls
+    for ``FFHQUV_DRAIN_SECONDS``."""
     async def main() -> None:
         await server.start_async()
         if port_file:
@@ -463,10 +467,10 @@ def _run_gateway_forever(server, on_signal=None, port_file: str | None = None) -
                 on_signal()
             stop.set()
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in signals:
             loop.add_signal_handler(sig, stopping)
         await stop.wait()
-        await server.stop_async(10.0)
+        await server.stop_async(config.drain_seconds())
 
     asyncio.run(main())
 
@@ -695,10 +699,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise SystemExit("ffhquv serve gateway: set the addresses of "
                              + ", ".join(f"--{k}-addr / FFHQUV_{k.upper()}_ADDR"
                                          for k in missing))
-        from ffhquv.supervisor import die_with_parent
+        from ffhquv.supervisor import die_with_parent, stop_signals
 
         die_with_parent()  # a gateway replica of serve all goes with it
-        _run_gateway_forever(_gateway(args, addrs), port_file=args.port_file)
+        _run_gateway_forever(_gateway(args, addrs), port_file=args.port_file,
+                             signals=stop_signals())
         return 0
     return _serve_all(args)
 
@@ -781,9 +786,11 @@ def _serve_all(args: argparse.Namespace) -> int:
             print(f"ffhquv {name} on {addrs[name]}", file=sys.stderr, flush=True)
         _start_gateway_replicas(args, addrs, env, creds, sup)
         sup.start()
-        _run_gateway_forever(_gateway(args, addrs), on_signal=sup.stop_restarts)
+        # told to stop: every gateway drains at once (the replicas get SIGTERM now), the
+        # services behind them are stopped only after (sup.stop)
+        _run_gateway_forever(_gateway(args, addrs), on_signal=sup.begin_stop)
     finally:
-        sup.stop()
+        sup.stop(drain=config.drain_seconds())
         if mps is not None:
             mps.stop()
     return 0
@@ -815,7 +822,7 @@ def _start_gateway_replicas(args: argparse.Namespace, addrs: dict[str, str],
             sup.starting(proc, done=True)
 
     for i in range(1, n):
-        sup.add(f"gateway-{i}", start, started=start(args.port))
+        sup.add(f"gateway-{i}", start, started=start(args.port), stop_first=True)
     print(f"ffhquv gateway: {n} processes on port {args.port}", file=sys.stderr, flush=True)
     return n - 1
 

@@ -10,6 +10,8 @@ import sys
 import textwrap
 import time
 
+import pytest
+
 from ffhquv import metrics
 from ffhquv.supervisor import Supervisor
 from tests.gateway_stack import pid_alive, wait_until
@@ -105,3 +107,74 @@ def test_stop_ends_a_child_still_starting():
         sup.stop(timeout=5)
     assert all(p.poll() is not None for p in launched)
     assert sup.children["slow"].restarts == 0
+
+
+@pytest.mark.parametrize("begin", [True, False], ids=["begin_stop, stop", "stop"])
+def test_gateways_stop_first_while_the_services_behind_them_still_serve(begin, tmp_path):
+    """``begin_stop`` sends SIGTERM to the ``stop_first`` children (the gateways) at once and
+    no other; ``stop`` stops them first too and waits for them before it stops the rest, so a
+    gateway's drain finds its services up."""
+    seen = tmp_path / "seen"
+    service = subprocess.Popen(SLEEPER)
+    gateway_code = textwrap.dedent(f"""
+        import os, signal, time
+        def bye(*_):  # a drain: is the service behind still up?
+            time.sleep(0.5)
+            try:
+                os.kill({service.pid}, 0)
+                up = "up"
+            except ProcessLookupError:
+                up = "down"
+            open({str(seen)!r}, "w").write(up)
+            os._exit(0)
+        signal.signal(signal.SIGTERM, bye)
+        print("ready", flush=True)
+        time.sleep(600)
+    """)
+    gateway = subprocess.Popen([sys.executable, "-c", gateway_code], stdout=subprocess.PIPE,
+                               text=True)
+    assert gateway.stdout.readline().strip() == "ready"  # its SIGTERM handler is in place
+    gateway.stdout.close()
+    sup = Supervisor(poll_s=0.05)
+    try:
+        sup.add("service", lambda port: (service, "127.0.0.1:40001"))
+        sup.add("gateway", lambda port: (gateway, "127.0.0.1:40002"), stop_first=True)
+        if begin:
+            sup.begin_stop()
+            wait_until(lambda: gateway.poll() is not None, timeout=60)
+            assert service.poll() is None  # begin_stop leaves the services alone
+    finally:
+        sup.stop(timeout=5, drain=30)
+    assert seen.read_text() == "up"
+    assert service.poll() is not None and gateway.poll() is not None
+
+
+def test_a_child_of_serve_all_ignores_the_terminals_ctrl_c():
+    """``stop_signals`` in a child of ``serve all``: SIGTERM only, SIGINT (a terminal's Ctrl-C
+    reaches the whole group) ignored, so ``serve all`` decides the order; SIGINT too outside."""
+    code = textwrap.dedent("""
+        import signal, sys, time
+        from ffhquv.supervisor import stop_signals
+        sigs = stop_signals()
+        for s in sigs:
+            signal.signal(s, lambda n, _: sys.exit(10 + n))
+        print(" ".join(str(int(s)) for s in sigs), flush=True)
+        time.sleep(600)
+    """)
+    for parent, want in (("1", [signal.SIGTERM]), (None, [signal.SIGTERM, signal.SIGINT])):
+        env = {k: v for k, v in os.environ.items() if k != "FFHQUV_PARENT_PID"}
+        if parent:
+            env["FFHQUV_PARENT_PID"] = parent
+        p = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                             text=True)
+        try:
+            assert [int(s) for s in p.stdout.readline().split()] == [int(s) for s in want]
+            # SIGINT then SIGTERM: the child's exit code says which one ended it (Python
+            # runs pending handlers in signal-number order: SIGINT's first, if it has one)
+            p.send_signal(signal.SIGINT)
+            p.send_signal(signal.SIGTERM)
+            assert p.wait(timeout=30) == 10 + (signal.SIGTERM if parent else signal.SIGINT)
+        finally:
+            if p.poll() is None:
+                p.kill()
+            p.stdout.close()

@@ -1,0 +1,99 @@
+"""``ffhquv serve all`` told to stop while photos are in flight: they finish.
+
+A terminal's Ctrl-C sends SIGINT to the whole process group (``serve all`` and every child at
+once); ``docker stop`` or systemd send SIGTERM to ``serve all`` alone. Either way the gateways
+drain their calls (``FFHQUV_DRAIN_SECONDS``) while the services behind them still serve, and
+only then are the services stopped: each photo admitted before the signal comes back whole,
+and no gateway sees a service go down under it. Two gateway processes (``serve all``'s
+replicas on one port), CPU, ``fast``, 512 textures. The drain is set far beyond a photo's time
+so that nothing here depends on the machine's speed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+import grpc
+import pytest
+
+from ffhquv.pb import common_pb2, gateway_pb2, gateway_pb2_grpc
+from ffhquv.server import channel
+from ffhquv_cli.commands import wait_healthy
+
+PHOTOS = 3  # in flight when the signal comes, each on a connection of its own
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("how", ["ctrl-c to the group", "sigterm to serve all"])
+def test_photos_in_flight_finish_when_serve_all_stops(how, astronaut_jpg_bytes, tmp_path):
+    port = _free_port()
+    env = {**os.environ, "FFHQUV_GATEWAY_REPLICAS": "2", "FFHQUV_DRAIN_SECONDS": "1800",
+           "FFHQUV_STORAGE_DIR": str(tmp_path / "store"), "FFHQUV_LOG_LEVEL": "WARNING"}
+    log = tmp_path / "serve_all.log"
+    with open(log, "wb") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "ffhquv_cli", "serve", "all", "--port",
+                                 str(port), "--metrics-port", "-1", "--device", "cpu"],
+                                env=env, start_new_session=True, stderr=sink)
+    address = f"127.0.0.1:{port}"
+    admitted = threading.Semaphore(0)
+    outcomes: list[tuple[str, object]] = []
+    lock = threading.Lock()
+
+    def client(i: int) -> None:
+        req = gateway_pb2.ReconstructRequest(
+            request_id=f"stop-{i}", image=common_pb2.Image(data=astronaut_jpg_bytes,
+                                                           filename="a.jpg"),
+            options=gateway_pb2.Options(preset=common_pb2.PRESET_FAST, texture_size=512))
+        first, result, code = True, None, "OK"
+        try:
+            with channel(address, own_connection=True) as ch:
+                for ev in gateway_pb2_grpc.ReconstructionStub(ch).ReconstructStream(
+                        req, timeout=1800):
+                    if first:
+                        first = False
+                        admitted.release()
+                    if ev.WhichOneof("event") == "result":
+                        result = ev.result
+        except grpc.RpcError as e:
+            code = f"{e.code().name}: {e.details()}"
+        finally:
+            if first:
+                admitted.release()  # refused before its first event: the assert says so
+        with lock:
+            outcomes.append((code, result))
+
+    try:
+        wait_healthy(address, timeout=600)
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(PHOTOS)]
+        for t in threads:
+            t.start()
+        for _ in threads:  # every photo admitted (its first event came back) ...
+            admitted.acquire(timeout=900)
+        if how.startswith("ctrl-c"):  # ... then the signal, with the photos mid-way
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(timeout=1800)
+        assert proc.wait(timeout=900) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    text = log.read_text(errors="replace")
+    assert len(outcomes) == PHOTOS
+    for code, result in outcomes:
+        assert code == "OK", f"{code}\n{text[-3000:]}"
+        assert {a.name for a in result.artifacts} >= {"stage3_uv.png", "report.json"}
+    # the services outlived every gateway's drain: none saw one go down or retried a call
+    assert "backend down" not in text and "retrying" not in text, text[-3000:]
