@@ -152,6 +152,9 @@ def test_serve_all_chooses_by_setting_and_device(tmp_path, monkeypatch, fake_con
 
 
 def test_serve_all_without_working_mps_tools(tmp_path, monkeypatch, capsys):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # its MPS folders go here
     monkeypatch.delenv("CUDA_MPS_PIPE_DIRECTORY", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))  # no tools at all
     monkeypatch.setenv("FFHQUV_CUDA_MPS", "auto")
@@ -166,6 +169,7 @@ def test_serve_all_without_working_mps_tools(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FFHQUV_CUDA_MPS", "auto")
     assert _serve_all_mps("cuda") is None  # auto: said, and served without
     assert "not supported" in capsys.readouterr().err
+    assert not list(tmp_path.glob("ffhquv-mps-*"))  # no folder left by any of the failures
 
 
 def test_folders_of_killed_serve_alls_are_removed(tmp_path):
