@@ -285,9 +285,14 @@ def fitter_max_delay_s() -> float:
 def drain_seconds() -> float:
     """``FFHQUV_DRAIN_SECONDS``: how long a stopping server finishes its in-flight calls
     (default 10; the k8s pods' ``terminationGracePeriodSeconds`` leave room for it)."""
-    v = float(env("FFHQUV_DRAIN_SECONDS") or 10)
-    if v < 0:
-        raise ValueError(f"FFHQUV_DRAIN_SECONDS must be 0 or more, got {v}")
+    raw = env("FFHQUV_DRAIN_SECONDS") or "10"
+    try:
+        v = float(raw)
+    except ValueError:
+        v = -1.0
+    if not v >= 0:  # (NaN too)
+        raise ValueError(f"FFHQUV_DRAIN_SECONDS must be a number of seconds, 0 or more, "
+                         f"got {raw!r}")
     return v
 
 

@@ -684,6 +684,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logs.setup("json")
     tracing.setup(args.service)  # on only when OTEL_TRACES_EXPORTER asks for it
+    try:
+        config.drain_seconds()  # a bad value fails the start, not the stop
+    except ValueError as e:
+        raise UsageError(str(e)) from e
     _check_landmark_model(args.landmark_model)
     if args.service != "fitter":
         from ffhquv.server import tune_allocator

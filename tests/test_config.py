@@ -148,3 +148,19 @@ def test_fitter_warm_refuses_other_values(monkeypatch):
     monkeypatch.setenv("FFHQUV_FITTER_WARM", "maybe")
     with pytest.raises(ValueError, match="FFHQUV_FITTER_WARM"):
         config.fitter_warm()
+
+
+@pytest.mark.parametrize("value,want", [(None, 10.0), ("0", 0.0), ("2.5", 2.5), ("600", 600.0)])
+def test_drain_seconds(monkeypatch, value, want):
+    if value is None:
+        monkeypatch.delenv("FFHQUV_DRAIN_SECONDS", raising=False)
+    else:
+        monkeypatch.setenv("FFHQUV_DRAIN_SECONDS", value)
+    assert config.drain_seconds() == want
+
+
+@pytest.mark.parametrize("value", ["-1", "ten", "nan"])
+def test_drain_seconds_refuses_other_values(monkeypatch, value):
+    monkeypatch.setenv("FFHQUV_DRAIN_SECONDS", value)
+    with pytest.raises(ValueError, match="FFHQUV_DRAIN_SECONDS must be a number"):
+        config.drain_seconds()
