@@ -1,7 +1,11 @@
-"""``ffhquv serve all`` under load: 8 concurrent clients x 25 requests (fast preset, CPU).
+"""``ffhquv serve all`` under load: 8 concurrent clients, each sending requests until one is
+admitted and done, up to 25 (fast preset, CPU).
 
 Only deliberate RESOURCE_EXHAUSTED refusals are allowed besides successes; health, reflection
-and Prometheus metrics answer on the running stack.
+and Prometheus metrics answer on the running stack. A client stops at its first success, so
+the stack fits at most 8 photos whatever the machine's speed (a client that kept going once
+admitted was re-admitted as soon as its own photo freed the slot: ~100 fits, 4 minutes on an
+idle CI machine and past the test's limit on a busy one).
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ def test_health_and_reflection(serve_all):
         assert "ffhquv.gateway.v1.Reconstruction" in names
 
 
-def test_eight_clients_twenty_five_requests(serve_all, astronaut_jpg_bytes):
+def test_eight_clients_until_admitted(serve_all, astronaut_jpg_bytes):
     address, mport, _ = serve_all
     opts = gateway_pb2.Options(preset=common_pb2.PRESET_FAST, texture_size=512)
     codes: dict[str, int] = {}
@@ -101,6 +105,8 @@ def test_eight_clients_twenty_five_requests(serve_all, astronaut_jpg_bytes):
                     code = e.code().name
                 with lock:
                     codes[code] = codes.get(code, 0) + 1
+                if code == "OK":
+                    return
                 if code == "RESOURCE_EXHAUSTED":
                     time.sleep(0.2)
 
@@ -110,9 +116,9 @@ def test_eight_clients_twenty_five_requests(serve_all, astronaut_jpg_bytes):
     for t in threads:
         t.join()
     drain(mport)
-    assert sum(codes.values()) == 200
     assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, codes
-    assert codes.get("OK", 0) >= 4 and codes.get("RESOURCE_EXHAUSTED", 0) >= 1, codes
+    # 8 at once against 1 running + 3 queued: the first 4 are admitted, others refused
+    assert 4 <= codes.get("OK", 0) <= 8 and codes.get("RESOURCE_EXHAUSTED", 0) >= 1, codes
 
     text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10).read()
     text = text.decode()
