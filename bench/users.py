@@ -287,7 +287,7 @@ def run_serve(args) -> list[dict]:
     from bench.load import free_port, host_cpu_ticks, tree_cpu_by_service, tree_rss
     from ffhquv.pb import common_pb2, gateway_pb2, gateway_pb2_grpc
     from ffhquv.server import channel
-    from ffhquv_cli.commands import fitter_replicas, gateway_replicas, wait_healthy
+    from ffhquv_cli.commands import fitter_replicas, gateway_replicas
 
     photos = [(p.read_bytes(), p.name) for p in photos_in(args.photos)]
     fitters = fitter_replicas(args.device)
@@ -307,7 +307,7 @@ def run_serve(args) -> list[dict]:
     # a timeout's SIGTERM ends this process through the finally below (serve all with it)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        ready_s = _await_ready(proc, address, wait_healthy, timeout=600)
+        ready_s = _await_ready(proc, address, timeout=600)
         progress(f"serve all ready in {ready_s:.1f} s")
         opts = gateway_pb2.Options(preset=PRESETS[args.preset], device_hint=DEVICES[args.device])
 
@@ -448,9 +448,11 @@ def progress(msg: str) -> None:
     print(f"# {time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
 
 
-def _await_ready(proc: subprocess.Popen, address: str, wait_healthy, timeout: float) -> float:
+def _await_ready(proc: subprocess.Popen, address: str, timeout: float) -> float:
     """Seconds until serve all at ``address`` answers SERVING; RuntimeError at once if it
     exits first, TimeoutError after ``timeout`` s."""
+    from ffhquv_cli.commands import wait_healthy
+
     t0 = time.perf_counter()
     while True:
         try:

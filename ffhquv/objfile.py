@@ -105,13 +105,9 @@ def _rows(fmt: str, arr: np.ndarray) -> str:
 TOPOLOGY_TEXT_KEPT = 8
 
 
+@kept_by_content(TOPOLOGY_TEXT_KEPT)
 def _topology_rows(fmt: str, arr: np.ndarray) -> str:
     """:func:`_rows` of a topology array (``uvs``, face corners), kept for the next mesh."""
-    return _kept_rows(fmt, arr)
-
-
-@kept_by_content(TOPOLOGY_TEXT_KEPT)
-def _kept_rows(fmt: str, arr: np.ndarray) -> str:
     return _rows(fmt, arr)
 
 

@@ -103,6 +103,7 @@ def test_obj_text_of_a_kept_topology_is_the_text_formatted_afresh(parts, monkeyp
     mesh of the same topology, and one whose faces differ, read exactly as formatted anew."""
     from ffhquv import objfile
 
+    kept_rows = objfile._topology_rows
     m = parts["left_eye"]
     moved = MeshData(m.vertices * 1.5 + 0.25, m.faces, m.uvs, m.uv_faces)
     flipped = MeshData(m.vertices, m.faces[:, ::-1].copy(), m.uvs * 0.5, m.uv_faces[:, ::-1])
@@ -113,7 +114,7 @@ def test_obj_text_of_a_kept_topology_is_the_text_formatted_afresh(parts, monkeyp
               for x in (m, moved, flipped, m) for n in (False, True)]
     assert kept == afresh
     assert kept[0] != kept[2] and kept[0] != kept[4]
-    assert objfile._kept_rows.cache_info().currsize <= objfile.TOPOLOGY_TEXT_KEPT
+    assert kept_rows.cache_info().currsize <= objfile.TOPOLOGY_TEXT_KEPT
 
 
 def test_obj_files_read_back_by_trimesh(tmp_path, parts):

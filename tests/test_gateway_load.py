@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,17 +26,12 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from ffhquv.pb import common_pb2, gateway_pb2, gateway_pb2_grpc
 from ffhquv.server import channel
 from ffhquv_cli.commands import wait_healthy
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.gateway_stack import free_port
 
 
 @pytest.fixture(scope="module")
 def serve_all(tmp_path_factory):
-    port, mport = _free_port(), _free_port()
+    port, mport = free_port(), free_port()
     env = {**os.environ, "FFHQUV_MAX_QUEUE": "3", "FFHQUV_MAX_CONCURRENT": "1",
            "FFHQUV_STORAGE_DIR": str(tmp_path_factory.mktemp("store")),
            "FFHQUV_LOG_LEVEL": "WARNING"}

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,19 +23,14 @@ import pytest
 from ffhquv.pb import common_pb2, gateway_pb2, gateway_pb2_grpc
 from ffhquv.server import channel
 from ffhquv_cli.commands import wait_healthy
+from tests.gateway_stack import free_port
 
 PHOTOS = 3  # in flight when the signal comes, each on a connection of its own
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("how", ["ctrl-c to the group", "sigterm to serve all"])
 def test_photos_in_flight_finish_when_serve_all_stops(how, astronaut_jpg_bytes, tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "FFHQUV_GATEWAY_REPLICAS": "2", "FFHQUV_DRAIN_SECONDS": "1800",
            "FFHQUV_STORAGE_DIR": str(tmp_path / "store"), "FFHQUV_LOG_LEVEL": "WARNING"}
     log = tmp_path / "serve_all.log"
