@@ -5,13 +5,17 @@ once); ``docker stop`` or systemd send SIGTERM to ``serve all`` alone. Either wa
 drain their calls (``FFHQUV_DRAIN_SECONDS``) while the services behind them still serve, and
 only then are the services stopped: each photo admitted before the signal comes back whole,
 and no gateway sees a service go down under it. Two gateway processes (``serve all``'s
-replicas on one port), CPU, ``fast``, 512 textures. The drain is set far beyond a photo's time
-so that nothing here depends on the machine's speed.
+replicas on one port), ``fast``, 512 textures. The drain is set far beyond a photo's time
+so that nothing here depends on the machine's speed. On a CUDA machine the same runs with
+``--device cuda`` too, where ``serve all`` starts its own CUDA MPS daemon (``FFHQUV_CUDA_MPS``'s
+default): a Ctrl-C must not end the daemon under the fitters (it runs in a session of its own),
+and ``serve all`` ends it when it exits.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,15 +32,23 @@ from tests.gateway_stack import free_port
 PHOTOS = 3  # in flight when the signal comes, each on a connection of its own
 
 
+def _mps_daemons() -> list[str]:
+    """Command lines of the CUDA MPS processes running now."""
+    out = subprocess.run(["pgrep", "-a", "nvidia-cuda-mps"], capture_output=True, text=True)
+    return out.stdout.splitlines()
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("how", ["ctrl-c to the group", "sigterm to serve all"])
-def test_photos_in_flight_finish_when_serve_all_stops(how, astronaut_jpg_bytes, tmp_path):
+def test_photos_in_flight_finish_when_serve_all_stops(how, device, astronaut_jpg_bytes, tmp_path):
+    mps_before = _mps_daemons() if shutil.which("pgrep") else []
     port = free_port()
     env = {**os.environ, "FFHQUV_GATEWAY_REPLICAS": "2", "FFHQUV_DRAIN_SECONDS": "1800",
            "FFHQUV_STORAGE_DIR": str(tmp_path / "store"), "FFHQUV_LOG_LEVEL": "WARNING"}
     log = tmp_path / "serve_all.log"
     with open(log, "wb") as sink:
         proc = subprocess.Popen([sys.executable, "-m", "ffhquv_cli", "serve", "all", "--port",
-                                 str(port), "--metrics-port", "-1", "--device", "cpu"],
+                                 str(port), "--metrics-port", "-1", "--device", device],
                                 env=env, start_new_session=True, stderr=sink)
     address = f"127.0.0.1:{port}"
     admitted = threading.Semaphore(0)
@@ -91,3 +103,5 @@ def test_photos_in_flight_finish_when_serve_all_stops(how, astronaut_jpg_bytes, 
         assert {a.name for a in result.artifacts} >= {"stage3_uv.png", "report.json"}
     # the services outlived every gateway's drain: none saw one go down or retried a call
     assert "backend down" not in text and "retrying" not in text, text[-3000:]
+    if device == "cuda" and shutil.which("pgrep"):  # serve all's own MPS daemon ended with it
+        assert _mps_daemons() == mps_before, text[-3000:]
