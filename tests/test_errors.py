@@ -196,7 +196,9 @@ def test_cancelled_and_deadline_exceeded_are_counted_as_such(tmp_path, detector_
                 if ev.progress.stage == common_pb2.STAGE_DETECTED:
                     break
             call.cancel()
-            _wait_for(lambda: _count("ReconstructStream", "CANCELLED") == before + 1,
+            # at least this one: the counter is the process's, and a call an earlier test's
+            # gateway cancelled as it stopped may be counted late, during this wait
+            _wait_for(lambda: _count("ReconstructStream", "CANCELLED") >= before + 1,
                       "ReconstructStream counted as CANCELLED")
             assert _count("ReconstructStream", "OK") == ok_before
 
@@ -204,7 +206,7 @@ def test_cancelled_and_deadline_exceeded_are_counted_as_such(tmp_path, detector_
             ok_before = _count("Reconstruct", "OK")
             err = _fail(stub.Reconstruct, _req(astronaut_jpg_bytes), timeout=3)
             assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            _wait_for(lambda: _count("Reconstruct", "DEADLINE_EXCEEDED") == before + 1,
+            _wait_for(lambda: _count("Reconstruct", "DEADLINE_EXCEEDED") >= before + 1,
                       "Reconstruct counted as DEADLINE_EXCEEDED")
             assert _count("Reconstruct", "OK") == ok_before
     finally:
