@@ -882,6 +882,9 @@ GLASSES = {"fd18_light_f_glasses_detection1.jpg": True,
            "fd14_light_m_fullbeard_fringe_man4.jpg": False,
            "fd13_light_m_bald_img20.jpg": False,
            "fd09_medium_m_elderly_moustache_Family2-Man2.jpg": False}
+# glasses whose black top rim runs just under the brows (dlib's brow points on it)
+TOP_RIM_ON_BROWS = {"fd18_light_f_glasses_detection1.jpg",
+                    "fd07_medium_m_glasses_goatee_FACE_2.jpg"}
 HEADS = {  # photo: has a head of hair (head_masks' test)
     "fd11_light_m_sidelit_src_man1.jpg": True,  # side-lit: hair the skin model tolerates
     "fd02_dark_f_face_paint.png": True,  # short dark hair labelled skin by the parse
@@ -930,8 +933,18 @@ def test_eyeglass_frames_found_on_glasses_only(detected):
             continue
         a = detected[name]
         marks = dark_marks(torch.tensor(a.crop_hires[None]).float() / 255, 224)[0]
-        frames, st = eyeglass_frames(marks, a.crop_landmarks, a.parse_mask)
+        frames, on_brows, st = eyeglass_frames(marks, a.crop_landmarks, a.parse_mask)
         assert st["has_glasses"] is glasses, (name, st)
+        assert not (on_brows & (frames == 0)).any()  # the top rim on the brows is frame
+        # ... found where a black top rim runs just under the brows (inside their label:
+        # fd07, fd18), not where a thin rim runs apart from them (fd12)
+        lm = a.crop_landmarks
+        cols = [on_brows[:, int(np.ceil(lm[s:s + 6, 0].min())):int(lm[s:s + 6, 0].max()) + 1]
+                .any(0).mean() for s in (36, 42)]
+        if name in TOP_RIM_ON_BROWS:
+            assert min(cols) > 0.5, (name, cols)
+        else:
+            assert max(cols) < 0.1, (name, cols)
         if glasses:  # the frames around both eyes, never the eyes themselves
             eyes = a.parse_mask == 3
             assert frames.sum() > 150 and frames[eyes].mean() < 0.2, (name, frames.sum())

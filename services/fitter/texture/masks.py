@@ -274,6 +274,21 @@ FRAME_CONTRAST = 0.4
 # distance)
 FRAME_FAINT = 0.15
 FRAME_ZONE_IOD = (0.7, 0.5)
+# a frame's top rim under the brows (dlib's brow points on it, the brows' label over it) is
+# found inside the brows' bodies only where it is this dark and joined to the frame found
+# beside them: brow hair reaches 0.4-0.6 (fd18), a black rim 0.7-1 (fd07)
+FRAME_ON_BROW = 0.6
+
+
+class Frames(NamedTuple):
+    """:func:`eyeglass_frames`' result: ``mask`` ``float32 [H, W]`` 0/1 frame pixels (all 0
+    without glasses), ``on_brows`` bool ``[H, W]`` those of them inside the brows' bodies (a
+    top rim that the brows' label covers), and ``stats`` ``{"bridge", "rims",
+    "has_glasses"}``."""
+
+    mask: np.ndarray
+    on_brows: np.ndarray
+    stats: dict
 
 
 def dark_marks(img: Tensor | np.ndarray, size: int) -> np.ndarray:
@@ -312,8 +327,7 @@ def _columns(m: np.ndarray, x0: float, x1: float) -> float:
     return float(c.mean()) if c.size else 0.0
 
 
-def eyeglass_frames(marks: np.ndarray, lm: np.ndarray, parse: np.ndarray
-                    ) -> tuple[np.ndarray, dict]:
+def eyeglass_frames(marks: np.ndarray, lm: np.ndarray, parse: np.ndarray) -> Frames:
     """Eyeglass frames in a crop: thin dark structures around the eyes, outside the eyes.
 
     Glasses are present when a dark line crosses the nose bridge (between the inner eye
@@ -321,15 +335,18 @@ def eyeglass_frames(marks: np.ndarray, lm: np.ndarray, parse: np.ndarray
     between them and the brows) runs across both eyes; the frames are then the thin dark
     pixels (:func:`dark_marks` > ``FRAME_CONTRAST``) in an ellipse around each eye and the
     bridge, outside the eyes and the brows, with the fainter ones (> ``FRAME_FAINT``, in a
-    wider ellipse: ``FRAME_ZONE_IOD``) joined to them (a thin metal rim).
+    wider ellipse: ``FRAME_ZONE_IOD``) joined to them (a thin metal rim). A top rim that
+    runs just under the brows lies inside their label and bodies (the brows' landmarks sit
+    on it): there only the darkest pixels (> ``FRAME_ON_BROW``) joined to the frame found
+    beside the brows count (left in the photo, it came out as a dark band under the brows,
+    carried to both sides by the texture's mirror fill).
 
     Args:
         marks: ``float32 [448, 448]`` :func:`dark_marks` of the crop.
         lm: ``[68, 2]`` landmarks in pixels of the ``[H, W]`` ``parse`` map.
         parse: ``uint8 [H, W]`` ParseLabel map.
     Returns:
-        ``float32 [H, W]`` 0/1 frame pixels (all 0 without glasses) and
-        ``{"bridge", "rims", "has_glasses"}``.
+        :class:`Frames` at the ``[H, W]`` of ``parse``.
     """
     size, side = parse.shape[0], marks.shape[0]
     k = side / size
@@ -362,7 +379,7 @@ def eyeglass_frames(marks: np.ndarray, lm: np.ndarray, parse: np.ndarray
                                                round(float(np.mean(upper)), 3)],
           "has_glasses": bool(has)}
     if not has:
-        return np.zeros(parse.shape, np.float32), st
+        return Frames(np.zeros(parse.shape, np.float32), np.zeros(parse.shape, bool), st)
 
     def around_eyes(ax: float, ay: float) -> np.ndarray:
         """The bridge's box and an ellipse of half-axes ``ax``, ``ay`` (x the inter-ocular
@@ -383,8 +400,15 @@ def eyeglass_frames(marks: np.ndarray, lm: np.ndarray, parse: np.ndarray
     _, lab = cv2.connectedComponents(faint.astype(np.uint8), connectivity=8)
     seeds = np.unique(lab[thin & zone & faint])
     frame = np.isin(lab, seeds[seeds > 0]) | (thin & zone)
-    frames = cv2.dilate(frame.astype(np.uint8), _disc(max(1, int(0.03 * iod))))
-    return _to_photo(frames > 0, size), st
+    # the top rim inside the brows' bodies: the darkest pixels there, joined to the frame
+    body = brow_bodies(p, (side, side))
+    cand = (marks > FRAME_ON_BROW) & body & wide
+    _, lab = cv2.connectedComponents((cand | (frame & ~body)).astype(np.uint8), connectivity=8)
+    seeds = np.unique(lab[frame & ~body])
+    on_brows = np.isin(lab, seeds[seeds > 0]) & cand
+    frames = cv2.dilate(frame.astype(np.uint8), _disc(max(1, int(0.03 * iod)))) > 0
+    on_brows = cv2.dilate(on_brows.astype(np.uint8), _disc(1)) > 0
+    return Frames(_to_photo(frames | on_brows, size), _to_photo(on_brows, size) > 0, st)
 
 
 # hair is darker than DARK_HAIR x the luma of the face skin in its column
@@ -1003,8 +1027,9 @@ def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray,
     # the eyes' rims and the brows as the photo shows them (the colour test takes them out;
     # added after the outline's erosion, whose purpose is the silhouette), not where
     # eyeglass frames run beside them
-    frames, glasses = (eyeglass_frames(marks, lm, parse) if marks is not None
-                       else (np.zeros((h, w), np.float32), {"has_glasses": False}))
+    frames, rim_on_brows, glasses = (
+        eyeglass_frames(marks, lm, parse) if marks is not None
+        else Frames(np.zeros((h, w), np.float32), np.zeros((h, w), bool), {"has_glasses": False}))
     feat = features(lm, (h, w)) & face
     if glasses["has_glasses"]:
         feat &= cv2.dilate((frames > 0).astype(np.uint8), _disc(max(1, round(FRAME_CLEAR_IOD
@@ -1030,9 +1055,10 @@ def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray,
     holes = cv2.dilate(np.isin(parse, (PARSE_EYES, PARSE_MOUTH)).astype(np.uint8),
                        np.ones((3, 3), np.uint8))
     tex = np.maximum(tex * region, feat) * (1 - holes)
-    # eyeglass frames: out of the texture, completion fills skin there (not over the brows:
-    # a top rim on the brows would take them out with it)
-    tex = tex * (1 - frames * (parse != PARSE_BROWS))
+    # eyeglass frames: out of the texture, completion fills skin there (not over the brows,
+    # whose hair a frame's dilated edge would take out with it, but for a top rim found on
+    # them)
+    tex = tex * (1 - frames * ((parse != PARSE_BROWS) | rim_on_brows))
     hair_m = hair & (cv2.erode(inside.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0)
     # presence and colour of a head of hair: hair vs skin pixels in the band above the
     # forehead, inside the fitted head, over the middle of the head (where a head of hair or a
