@@ -17,6 +17,15 @@ def _shared(a: np.ndarray | None) -> bool:
     return a is None or (isinstance(a, np.ndarray) and not a.flags.writeable)
 
 
+def _rows(a, dtype, cols: int) -> np.ndarray:
+    """``a`` as a ``[n, cols]`` array of ``dtype``: ``a`` itself when it is one already (a
+    face model's shared read-only arrays stay the same objects, which
+    :meth:`MeshData.to_proto` finds its built parts by), else a converted view or copy."""
+    if isinstance(a, np.ndarray) and a.dtype == dtype and a.ndim == 2 and a.shape[1] == cols:
+        return a
+    return np.asarray(a, dtype=dtype).reshape(-1, cols)
+
+
 @dataclass
 class MorphTargets:
     """Morph targets (blend shapes) of a mesh: ``vertices + weights . offsets`` is the mesh with
@@ -79,13 +88,13 @@ class MeshData:
     morphs: MorphTargets | None = None
 
     def __post_init__(self) -> None:
-        self.vertices = np.asarray(self.vertices, dtype=np.float32).reshape(-1, 3)
-        self.faces = np.asarray(self.faces, dtype=np.int64).reshape(-1, 3)
+        self.vertices = _rows(self.vertices, np.float32, 3)
+        self.faces = _rows(self.faces, np.int64, 3)
         if self.uvs is not None:
-            self.uvs = np.asarray(self.uvs, dtype=np.float32).reshape(-1, 2)
-            self.uv_faces = np.asarray(self.uv_faces, dtype=np.int64).reshape(-1, 3)
+            self.uvs = _rows(self.uvs, np.float32, 2)
+            self.uv_faces = _rows(self.uv_faces, np.int64, 3)
         if self.normals is not None:
-            self.normals = np.asarray(self.normals, dtype=np.float32).reshape(-1, 3)
+            self.normals = _rows(self.normals, np.float32, 3)
 
     def validate(self) -> None:
         """Raise :class:`ffhquv.errors.InvalidInput` for NaNs or out-of-range indices."""

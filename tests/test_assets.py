@@ -358,6 +358,30 @@ def test_a_face_models_shared_parts_are_built_once_into_the_same_message(parts):
     assert shared.to_proto().SerializeToString() == want
 
 
+def test_each_photos_mesh_of_the_shared_arrays_finds_their_built_parts(parts, monkeypatch):
+    """A new mesh for each photo, of the face model's read-only arrays, finds the message
+    parts the first one built: MeshData keeps those arrays as they are (it wrapped each in a
+    new view, and the parts, found by the arrays' identity, were built again every photo)."""
+    head = parts["head_neutral"]
+
+    def frozen(a):
+        a = np.array(a)
+        a.flags.writeable = False
+        return a
+
+    faces, uvs, uv_faces = frozen(head.faces), frozen(head.uvs), frozen(head.uv_faces)
+    offsets = frozen(head.morphs.offsets)
+    built = []
+    fill = MeshData._fill_parts
+    monkeypatch.setattr(MeshData, "_fill_parts", lambda self, m: (built.append(1), fill(self, m)))
+    for k in range(3):
+        mesh = MeshData(head.vertices + k, faces, uvs, uv_faces,
+                        morphs=MorphTargets(head.morphs.names, offsets, head.morphs.weights))
+        assert mesh.faces is faces and mesh.uvs is uvs and mesh.uv_faces is uv_faces
+        mesh.to_proto()
+    assert len(built) == 1
+
+
 
 def test_grpc_export_carries_morph_targets_and_units(parts):
     """A real exporter server: the morph targets arrive inside the head mesh message, the unit
