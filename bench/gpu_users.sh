@@ -324,7 +324,7 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
       need "$sp68" "$S/cache" || { rc=1; continue; }
       step devtests 400 python3 -m pytest -q -p no:cacheprovider ${DEVTESTS:-tests/test_texture_seams.py \
         tests/test_texture_imageops.py tests/test_fitter_photos.py tests/test_texture_head.py \
-        -k "gpu or device or cuda or batch"}
+        tests/test_serve_all_stop.py -k "gpu or device or cuda or batch"}
       ;;
     profilebatch)
       # torch.profiler of one fit of PROFILE_BATCH copies of fd05: device time by kernel and
