@@ -382,7 +382,6 @@ def test_each_photos_mesh_of_the_shared_arrays_finds_their_built_parts(parts, mo
     assert len(built) == 1
 
 
-
 def test_grpc_export_carries_morph_targets_and_units(parts):
     """A real exporter server: the morph targets arrive inside the head mesh message, the unit
     choice and metres per model unit as request fields; a bad unit is INVALID_ARGUMENT."""
