@@ -196,10 +196,12 @@ def start_mps(folder: str | Path) -> MpsDaemon:
 
     Raises:
         PreconditionFailed: ``nvidia-cuda-mps-control`` is not on ``PATH``, or it exited, or
-            its control pipe did not appear within :data:`MPS_START_TIMEOUT_S`.
+            its control pipe did not appear within :data:`MPS_START_TIMEOUT_S`; ``folder`` is
+            removed then, whatever the failure.
     """
     control = shutil.which(MPS_CONTROL)
     if control is None:
+        shutil.rmtree(folder, ignore_errors=True)  # (serve all made it beforehand)
         raise PreconditionFailed(
             f"FFHQUV_CUDA_MPS=on needs {MPS_CONTROL} on PATH (the NVIDIA driver's MPS tools); "
             "install them or set FFHQUV_CUDA_MPS=off")

@@ -881,15 +881,13 @@ def _serve_all_mps(device: str):
               flush=True)
         return None
     remove_stale_mps_folders(Path(tempfile.gettempdir()))
-    folder = tempfile.mkdtemp(prefix=f"{MPS_FOLDER_PREFIX}{os.getpid()}-")
     try:
-        mps = start_mps(folder)
+        mps = start_mps(tempfile.mkdtemp(prefix=f"{MPS_FOLDER_PREFIX}{os.getpid()}-"))
         why = mps.probe()
         if why is not None:
             mps.stop()
             raise PreconditionFailed(f"a CUDA context under the MPS daemon failed: {why}")
     except PreconditionFailed as e:
-        shutil.rmtree(folder, ignore_errors=True)  # (a start that failed early left it)
         if mode == "on":
             raise SystemExit(f"ffhquv serve all: {e}") from e
         print(f"ffhquv serve all: no CUDA MPS ({e}); the GPU children share the GPU in time "

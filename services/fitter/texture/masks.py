@@ -290,6 +290,11 @@ class Frames(NamedTuple):
     on_brows: np.ndarray
     stats: dict
 
+    @classmethod
+    def none(cls, shape: tuple[int, int], stats: dict) -> Frames:
+        """No frame pixels in an ``[H, W]`` crop."""
+        return cls(np.zeros(shape, np.float32), np.zeros(shape, bool), stats)
+
 
 def dark_marks(img: Tensor | np.ndarray, size: int) -> np.ndarray:
     """Relative darkness of thin structures (hair strands, eyeglass frames) per pixel.
@@ -379,7 +384,7 @@ def eyeglass_frames(marks: np.ndarray, lm: np.ndarray, parse: np.ndarray) -> Fra
                                                round(float(np.mean(upper)), 3)],
           "has_glasses": bool(has)}
     if not has:
-        return Frames(np.zeros(parse.shape, np.float32), np.zeros(parse.shape, bool), st)
+        return Frames.none(parse.shape, st)
 
     def around_eyes(ax: float, ay: float) -> np.ndarray:
         """The bridge's box and an ellipse of half-axes ``ax``, ``ay`` (x the inter-ocular
@@ -1029,7 +1034,7 @@ def _head_masks_one(photo: np.ndarray, parse: np.ndarray, sk: np.ndarray,
     # eyeglass frames run beside them
     frames, rim_on_brows, glasses = (
         eyeglass_frames(marks, lm, parse) if marks is not None
-        else Frames(np.zeros((h, w), np.float32), np.zeros((h, w), bool), {"has_glasses": False}))
+        else Frames.none((h, w), {"has_glasses": False}))
     feat = features(lm, (h, w)) & face
     if glasses["has_glasses"]:
         feat &= cv2.dilate((frames > 0).astype(np.uint8), _disc(max(1, round(FRAME_CLEAR_IOD
