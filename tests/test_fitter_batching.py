@@ -17,7 +17,7 @@ from ffhquv.pb import common_pb2, fitter_pb2
 from services.fitter.batcher import BatchKey, FitBatcher, FitJob
 from services.fitter.core import FitterCore
 from services.fitter.presets import get_preset
-from services.fitter.servicer import FitterServicer
+from services.fitter.servicer import FitterServicer, warm_batch_sizes
 from services.fitter.synthetic import build_synthetic_model, synthetic_face, synthetic_texture
 
 TEX = 128
@@ -188,3 +188,13 @@ def test_close_stops_the_workers():
     assert all(t.is_alive() for t in batcher._threads)
     batcher.close()
     assert not any(t.is_alive() for t in batcher._threads)
+
+
+def test_warm_fits_a_batch_of_two_too_when_compiling(monkeypatch):
+    """With torch.compile on, a warming fitter also fits a batch of two (the program every
+    larger batch reuses), so no request waits for a compile; without it, one photo."""
+    monkeypatch.delenv("FFHQUV_COMPILE", raising=False)
+    assert warm_batch_sizes(8) == (1,)
+    monkeypatch.setenv("FFHQUV_COMPILE", "1")
+    assert warm_batch_sizes(8) == (1, 2)
+    assert warm_batch_sizes(1) == (1,)

@@ -109,6 +109,16 @@ def result_to_proto(out: FitOutput, request_id: str, want_intermediates: bool
     return res
 
 
+def warm_batch_sizes(max_batch: int) -> tuple[int, ...]:
+    """The batch sizes a warming fitter fits a synthetic face at: 1, and with
+    ``FFHQUV_COMPILE`` on also 2 when batches of several are allowed (torch.compile
+    specialises a batch of one and compiles one program for every larger batch on the first
+    of them: 12-160 s a program, which must not fall on a request)."""
+    if config.compile_steps() and max_batch >= 2:
+        return (1, 2)
+    return (1,)
+
+
 class FitterServicer(fitter_pb2_grpc.FitterServicer):
     """See the module docstring.
 
@@ -191,7 +201,8 @@ class FitterServicer(fitter_pb2_grpc.FitterServicer):
             core = self.core(face_model, dev)
             core.prepare(preset, texture_size)
             if fit:
-                self._warm(core, preset, texture_size, batch_sizes or (1,))
+                self._warm(core, preset, texture_size,
+                           batch_sizes or warm_batch_sizes(batcher.max_batch))
         finally:
             batcher.set_ready(True)
         log.info("fitter warm", extra={"device": str(core.device), "seconds":
