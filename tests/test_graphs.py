@@ -284,3 +284,45 @@ def test_no_collection_during_overlapping_captures():
         assert not gc.isenabled()  # it was off before: it stays off
     finally:
         gc.enable()
+
+
+def test_compiled_steps_are_two_programs_for_every_batch_size():
+    """With FFHQUV_COMPILE on, each compiled step function is compiled twice, for a batch of
+    one and for every larger batch (the batch symbolic), not once per batch size (each was a
+    compile of 12-160 s on a request). Counted on the host with a counting backend and
+    graphs.compiled's own dynamo settings (a new interpreter: dynamo's caches are global)."""
+    import ast
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from torch._dynamo.testing import CompileCounter\n"
+        "import services.fitter.graphs as g, services.fitter.stage1 as s1\n"
+        "import services.fitter.stage3 as s3\n"
+        "cnt = CompileCounter()\n"
+        "def on_host(fn, device):\n"
+        "    g.configure_dynamo()\n"
+        "    return torch.compile(fn, backend=cnt)\n"
+        "s1.compiled = s3.compiled = on_host\n"
+        "from services.fitter.core import FitterCore\n"
+        "from services.fitter.synthetic import (build_synthetic_model, synthetic_face,\n"
+        "                                       synthetic_texture)\n"
+        "m = build_synthetic_model()\n"
+        "c = m.zeros(1)\n"
+        "c['gamma'][0, [0, 9, 18]] = 0.33\n"
+        "face = synthetic_face(m, c, synthetic_texture(128), hires=256)[0]\n"
+        "core = FitterCore(model=m, device='cpu', threads=1)\n"
+        "counts = []\n"
+        "for b in (1, 2, 3, 4):\n"
+        "    core.fit_batch([face] * b, preset='fast', texture_size=128,\n"
+        "                   want_intermediates=False)\n"
+        "    counts.append(cnt.frame_count)\n"
+        "print(counts)\n")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=str(root))
+    counts = ast.literal_eval(out.stdout.strip().splitlines()[-1])
+    # stage 1's loss, stage 3's surface and losses: three for a batch of one, three more at
+    # two, none after
+    assert counts == [3, 6, 6, 6], out.stdout[-500:]

@@ -217,17 +217,17 @@ class _JointProgram:
             pts = lmb.landmarks(params["id"], params["exp"])
             pix = project(rigid_transform(pts, params["angles"], params["trans"]), cam)
             lmk = (((pix - lm2d) ** 2).sum(-1) * wl).sum(-1)
-            g = params["gamma"].view(b, 3, 9)
+            g = params["gamma"].view(-1, 3, 9)
             g_rgb = ((g - g.mean(1, keepdim=True)) ** 2).mean((1, 2))
             g_b2 = ((g**2) * band2).sum((1, 2))
             g_init = ((params["gamma"] - gamma0) ** 2).sum(-1)
             t_l2 = (off**2).mean((1, 2, 3))
             t_tv = pyr.tv()
             if mirror is not None:
-                flat = off.reshape(b, -1, 3)
+                flat = off.flatten(1, 2)
                 t_sym = ((flat - take_rows(flat, mirror)) ** 2).mean((1, 2))
             else:
-                t_sym = torch.zeros(b, device=dev)
+                t_sym = off.new_zeros(off.shape[0])
             return {
                 "landmark": wt.landmark * lmk, "photo": wt.photo * photo_l,
                 "id": wt.id * (params["id"] ** 2).sum(-1),
