@@ -54,6 +54,8 @@
 #          fitab     bench/fit.py from this checkout and from .tp/alt (FIT_BATCHES; FIT_SETS
 #                    ";"-separated --set lists, one run each; FIT_ALT=0 skips alt)
 #          compileab bench/fit.py with FFHQUV_COMPILE=0, then =1 twice (compiling, then cached)
+#          compilefill  bench/fit.py with FFHQUV_COMPILE=1 once (FIT_BATCHES, default 1,2,4):
+#                    fills torch's compile caches for a following FFHQUV_COMPILE=1 serve
 #          gemm      bench/basis_gemm.py: the basis product's formulations
 #          cudawait  bench/cudawait.py: CPU burnt by a waiting thread, spin / auto / block
 #          spyfolder py-spy of `ffhquv fit` on a folder (SPY_COUNT, SPY_ARGS; carry pyspy/)
@@ -261,6 +263,17 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
         done
       done
       done
+      ;;
+    compilefill)
+      # FFHQUV_COMPILE=1's two programs a step function (a batch of one, every larger batch)
+      # compiled once into torch's on-disk caches (Inductor's and Triton's, outside the
+      # checkout: kept while the machine stays warm), so that a later
+      # `FFHQUV_COMPILE=1 ... serve` has its fitters load them while they warm up instead of
+      # six processes compiling at once (bench/fit.py's table: the compiled fits' stages)
+      need "$S/cache" "$fd05" || { rc=1; continue; }
+      step compilefill "${COMPILE_LIMIT:-420}" env FFHQUV_COMPILE=1 python3 bench/fit.py \
+        --presets standard --device cuda --threads 4 --batch "${FIT_BATCHES:-1,2,4}" \
+        --repeat 2 --photo "$fd05" --json "$out/compilefill.json"
       ;;
     altserve)
       # the serve rows (SERVE_SECONDS, SERVE_CLIENTS, one run) from the tree in .tp/alt
