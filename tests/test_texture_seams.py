@@ -374,3 +374,37 @@ def test_gpu_path_equals_the_host_path(maps):
     on_host = complete_texture(albedo, weight, maps, skin=skin)
     for f in ("texture", "observed", "combined", "skin_color"):
         assert np.abs(getattr(on_gpu, f) - getattr(on_host, f)).max() < 1e-3, f
+
+
+def test_beard_detail_is_laid_on_the_head_without_seams(maps, seam_pairs):
+    """A full beard's detail continued over the jaw is tiled by position on the head: on the
+    two sides of every cut through the beard zone it matches as neighbouring texels do
+    (tiled by texel, as the skin's detail is, each cut showed as a line across the beard)."""
+    import cv2
+
+    from services.fitter.texture.atlas import BeardPart
+    from services.fitter.texture.beard import _detail_on_head
+    from services.fitter.texture.completion import tile_patch
+
+    p = 64  # a smooth pattern: the pairs' few texels apart change it little
+    rng = np.random.default_rng(5)
+    patch = cv2.GaussianBlur(rng.standard_normal((p, p, 3)).astype(np.float32), (0, 0), 8)
+    patch /= patch.std()
+    part = np.asarray(maps.beard_part)
+    cy, cx = np.nonzero(part == BeardPart.CHIN)
+    corner = (int(np.median(cy)) - p // 2, int(np.median(cx)) - p // 2)
+    detail = _detail_on_head(patch, maps, corner).reshape(-1, 3)
+    zone = (np.asarray(maps.beard_zone) > 0.5).reshape(-1)
+    a, b = seam_pairs
+    keep = zone[a] & zone[b]
+    assert keep.sum() > 20, keep.sum()
+    a, b = a[keep], b[keep]
+    # the pairs lie a few texels either side of their cut (their points ~4.5 texels apart):
+    # against texels as far apart inside the islands
+    inner = np.flatnonzero(zone & (np.asarray(maps.seam_fade) > 0.99).reshape(-1))
+    inner = inner[np.isin(inner + 5, inner)]
+    neigh = np.abs(detail[inner] - detail[inner + 5]).mean()
+    across = np.abs(detail[a] - detail[b]).mean()
+    assert across < 1.5 * neigh, (across, neigh)
+    by_texel = tile_patch(torch.from_numpy(patch), maps, seed=1).numpy().reshape(-1, 3)
+    assert np.abs(by_texel[a] - by_texel[b]).mean() > 1.5 * across  # what it was

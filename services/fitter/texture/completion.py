@@ -299,28 +299,36 @@ DETAIL_SEEN = 0.95
 
 
 def _tiling(maps: UVMaps, p: int, seed: int, device) -> tuple[Tensor, Tensor]:
-    """:func:`skin_detail`'s tiling of a ``[p, p]`` patch over the ``[S, S]`` atlas: for every
-    texel the 4 patch texels (flat ids, ``int64 [4, S * S]``) of the tiles over it and their
-    ``sin^2`` window weights (``float32 [4, S * S]``, summing to 1). Tiles every ``p / 2``
-    texels, each a fixed random flip / transpose of the patch (``seed``); made once per
-    (p, seed, device) and kept in ``maps.derived``."""
+    """:func:`skin_detail`'s tiling of a ``[p, p]`` patch over the ``[S, S]`` atlas
+    (:func:`_tile_grid`), made once per (p, seed, device) and kept in ``maps.derived``."""
     key = ("skin-detail-tiling", p, seed, str(device))
     got = maps.derived.get(key)
     if got is not None:
         return got
-    size = maps.size
+    ids, wts = _tile_grid(maps.size, maps.size, p, seed)
+    got = (torch.as_tensor(ids, dtype=torch.int64, device=device),
+           torch.as_tensor(wts, dtype=torch.float32, device=device))
+    maps.derived[key] = got
+    return got
+
+
+def _tile_grid(rows: int, cols: int, p: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The tiling of a ``[p, p]`` patch over a ``[rows, cols]`` grid: for every grid point the
+    4 patch texels (flat ids, ``int64 [4, rows * cols]``) of the tiles over it and their
+    ``sin^2`` window weights (``float32 [4, rows * cols]``, summing to 1). Tiles every
+    ``p / 2`` points, each a fixed random flip / transpose of the patch (``seed``)."""
     h = p // 2
-    n = len(range(-h, size, h))
-    code = np.random.default_rng(seed).integers(8, size=(n, n))
+    ny, nx = len(range(-h, rows, h)), len(range(-h, cols, h))
+    code = np.random.default_rng(seed).integers(8, size=(ny, nx))
     win = np.sin(np.pi * (np.arange(p) + 0.5) / p) ** 2
-    c = np.arange(size)
+    cy, cx = np.arange(rows), np.arange(cols)
     ids, wts = [], []
     for dy in (0, 1):
-        iy = c // h + dy
-        ly = c - (iy - 1) * h
+        iy = cy // h + dy
+        ly = cy - (iy - 1) * h
         for dx in (0, 1):
-            ix = c // h + dx
-            lx = c - (ix - 1) * h
+            ix = cx // h + dx
+            lx = cx - (ix - 1) * h
             k = code[iy[:, None], ix[None, :]]
             yy, xx = np.broadcast_to(ly[:, None], k.shape), np.broadcast_to(lx[None, :], k.shape)
             u, v = np.where(k & 4, xx, yy), np.where(k & 4, yy, xx)
@@ -328,10 +336,7 @@ def _tiling(maps: UVMaps, p: int, seed: int, device) -> tuple[Tensor, Tensor]:
             v = np.where(k & 2, p - 1 - v, v)
             ids.append((u * p + v).reshape(-1))
             wts.append((win[ly][:, None] * win[lx][None, :]).reshape(-1))
-    got = (torch.as_tensor(np.stack(ids), dtype=torch.int64, device=device),
-           torch.as_tensor(np.stack(wts), dtype=torch.float32, device=device))
-    maps.derived[key] = got
-    return got
+    return np.stack(ids).astype(np.int64), np.stack(wts).astype(np.float32)
 
 
 def skin_detail(comb: Tensor, w: Tensor, skin: Tensor, maps: UVMaps, seed: int = 0) -> Tensor:
@@ -373,6 +378,16 @@ def tile_patch(patch: Tensor, maps: UVMaps, seed: int = 0) -> Tensor:
     p, c, s = patch.shape[0], patch.shape[-1], maps.size
     ids, wts = _tiling(maps, p, seed, patch.device)
     return (patch.reshape(p * p, c)[ids] * wts[..., None]).sum(0).reshape(s, s, c)
+
+
+def tile_canvas(patch: np.ndarray, rows: int, cols: int, seed: int = 0) -> np.ndarray:
+    """A ``float32 [p, p, C]`` patch tiled over a ``[rows, cols]`` canvas as
+    :func:`tile_patch` tiles the atlas (``float32 [rows, cols, C]``): for a texture laid over
+    the surface by 3D position rather than by texel (no seam at the atlas's cuts)."""
+    p, c = patch.shape[0], patch.shape[-1]
+    ids, wts = _tile_grid(rows, cols, p, seed)
+    flat = np.ascontiguousarray(patch, np.float32).reshape(p * p, c)
+    return (flat[ids] * wts[..., None]).sum(0).reshape(rows, cols, c).astype(np.float32)
 
 
 def complete_texture(albedo: ArrayT, weight: ArrayT, maps: UVMaps,

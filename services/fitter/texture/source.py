@@ -87,6 +87,8 @@ class UnwrapTextureSource:
                     beard = found.as_dict()
                 hair = hair_job.result()
             if hair is None:
+                if beard.get("beard"):  # the painted beard into the islands' borders too
+                    done.texture = pad_outside(done.texture, maps)
                 done.hair = {**hair_info(head.hair_stats[i]), **beard}
                 return done
             m = hair.matte[..., None]
