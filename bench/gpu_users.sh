@@ -265,7 +265,7 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
       done
       ;;
     compilefill)
-      # FFHQUV_COMPILE=1's two programs a step function (a batch of one, every larger batch)
+      # FFHQUV_COMPILE=1's programs of the step functions (a batch of one, every larger batch)
       # compiled once into torch's on-disk caches (Inductor's and Triton's, outside the
       # checkout: kept while the machine stays warm), so that a later
       # `FFHQUV_COMPILE=1 ... serve` has its fitters load them while they warm up instead of

@@ -74,11 +74,14 @@ def compiled(fn: Callable[..., T], device: torch.device | str) -> Callable[..., 
     batch's GPU time is their count, not their size (BENCHMARKS.md, twenty-fifth session):
     Inductor fuses runs of them into one kernel each. The stages pass functions of tensor
     arithmetic alone: nvdiffrast's extension calls break dynamo's graph (compiling stage 3's
-    whole loss gave 68 breaks and endless recompiles). Two programs a function: one for a
-    batch of one, one for every larger batch (:func:`configure_dynamo`); the first steps of
-    a step program of a new kind, its warm-up before the capture (:class:`StepRunner`),
-    pay for the compile and the recorded graph replays the fused kernels: 80-160 s a shape in a new
-    process on an H100, 12-35 s from torch's on-disk cache, for a warm batch of 4 1.32-1.43 s
+    whole loss gave 68 breaks and endless recompiles). A few programs a function, whatever the
+    batch sizes: a batch of one, then (on the second size dynamo meets) one whose size is
+    symbolic, the batch or stage 3's texture side (:func:`configure_dynamo`); the first
+    steps of a step program of a new kind, its warm-up before the capture
+    (:class:`StepRunner`), pay for the compile and the recorded graph replays the fused
+    kernels: 25-60 s a compile in a new process on an H100 (about 4 min for a first fit of a
+    batch of one and one of two, thirty-fourth session), 12-35 s a shape from torch's on-disk
+    cache, for a warm batch of 4 1.32-1.43 s
     instead of 1.47-1.52 s (BENCHMARKS.md, twenty-sixth session). Hence off by default (a cold
     ``ffhquv fit`` would pass 12 s). A function dynamo cannot take runs eagerly.
 
@@ -99,7 +102,7 @@ def configure_dynamo() -> None:
 
     # one entry per program (batch size, setting) and grad mode: more than torch's default 8
     cfg.cache_size_limit = max(cfg.cache_size_limit, 64)
-    # a batch of one is compiled for itself, every larger batch by one program whose batch is
+    # a batch of one is compiled for itself, every larger batch by a program whose batch is
     # symbolic (dynamo's automatic dynamic shapes, on the second size it meets): the texture
     # pyramid's levels are parameters, whose shapes dynamo would otherwise keep static, and
     # the functions take the batch from their tensors' shapes, never from a closed-over int
