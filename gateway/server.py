@@ -273,7 +273,9 @@ class ReconstructionServicer(gateway_pb2_grpc.ReconstructionServicer):
                     elapsed_s=time.perf_counter() - t0))
                 yield gateway_pb2.ReconstructEvent(result=result)
                 return
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
+            # GeneratorExit: cancelled while grpc sent what this generator yielded (the
+            # cancellation lands in grpc's send, and the generator is closed at its yield)
             code = _gone_code(context)
             raise
         except Exception as e:  # noqa: BLE001 - every failure ends with a detailed status
@@ -311,7 +313,7 @@ class ReconstructionServicer(gateway_pb2_grpc.ReconstructionServicer):
                 offset += len(data)
             if art.size_bytes == 0:
                 yield common_pb2.ArtifactChunk(offset=0, data=b"", total_size=0)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):  # as ReconstructStream's
             code = _gone_code(context)
             raise
         except Exception as e:  # noqa: BLE001 - every failure ends with a detailed status
