@@ -115,28 +115,37 @@ def test_adam_steps_as_torch_optim_adam():
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_a_first_fit_does_not_import_torch_dynamo():
-    """Constructing a torch.optim.Optimizer imports torch._dynamo (sympy, triton, FSDP) on
-    first use, 1-5 s of a new process: a fit must not (a new interpreter, synthetic model)."""
+# a new interpreter's synthetic face ``face`` and CPU core ``core`` (for the tests that need
+# a process of their own: what a fit imports, dynamo's global caches)
+_SYNTHETIC_CORE = (
+    "from services.fitter.core import FitterCore\n"
+    "from services.fitter.synthetic import (build_synthetic_model, synthetic_face,\n"
+    "                                       synthetic_texture)\n"
+    "m = build_synthetic_model()\n"
+    "c = m.zeros(1)\n"
+    "c['gamma'][0, [0, 9, 18]] = 0.33\n"
+    "face = synthetic_face(m, c, synthetic_texture(128), hires=256)[0]\n"
+    "core = FitterCore(model=m, device='cpu', threads=1)\n")
+
+
+def _last_line_of(code: str) -> str:
+    """The last line ``code`` prints, run by a new interpreter from the repository root."""
     import subprocess
     import sys
 
-    code = (
-        "import sys, torch\n"
-        "from services.fitter.core import FitterCore\n"
-        "from services.fitter.synthetic import (build_synthetic_model, synthetic_face,\n"
-        "                                       synthetic_texture)\n"
-        "m = build_synthetic_model()\n"
-        "c = m.zeros(1)\n"
-        "c['gamma'][0, [0, 9, 18]] = 0.33\n"
-        "face = synthetic_face(m, c, synthetic_texture(128), hires=256)[0]\n"
-        "core = FitterCore(model=m, device='cpu', threads=1)\n"
-        "core.fit(face, preset='fast', texture_size=128, want_intermediates=False)\n"
-        "print('torch._dynamo' in sys.modules)\n")
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=str(root))
-    assert out.stdout.strip().splitlines()[-1] == "False", out.stdout[-500:]
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_a_first_fit_does_not_import_torch_dynamo():
+    """Constructing a torch.optim.Optimizer imports torch._dynamo (sympy, triton, FSDP) on
+    first use, 1-5 s of a new process: a fit must not (a new interpreter, synthetic model)."""
+    code = ("import sys, torch\n" + _SYNTHETIC_CORE
+            + "core.fit(face, preset='fast', texture_size=128, want_intermediates=False)\n"
+            "print('torch._dynamo' in sys.modules)\n")
+    assert _last_line_of(code) == "False"
 
 
 def test_step_runner_cancel():
@@ -292,37 +301,23 @@ def test_compiled_steps_are_two_programs_for_every_batch_size():
     compile of 12-160 s on a request). Counted on the host with a counting backend and
     graphs.compiled's own dynamo settings (a new interpreter: dynamo's caches are global)."""
     import ast
-    import subprocess
-    import sys
 
-    code = (
-        "import torch\n"
-        "from torch._dynamo.testing import CompileCounter\n"
-        "import services.fitter.graphs as g, services.fitter.stage1 as s1\n"
-        "import services.fitter.stage3 as s3\n"
-        "cnt = CompileCounter()\n"
-        "def on_host(fn, device):\n"
-        "    g.configure_dynamo()\n"
-        "    return torch.compile(fn, backend=cnt)\n"
-        "s1.compiled = s3.compiled = on_host\n"
-        "from services.fitter.core import FitterCore\n"
-        "from services.fitter.synthetic import (build_synthetic_model, synthetic_face,\n"
-        "                                       synthetic_texture)\n"
-        "m = build_synthetic_model()\n"
-        "c = m.zeros(1)\n"
-        "c['gamma'][0, [0, 9, 18]] = 0.33\n"
-        "face = synthetic_face(m, c, synthetic_texture(128), hires=256)[0]\n"
-        "core = FitterCore(model=m, device='cpu', threads=1)\n"
-        "counts = []\n"
-        "for b in (1, 2, 3, 4):\n"
-        "    core.fit_batch([face] * b, preset='fast', texture_size=128,\n"
-        "                   want_intermediates=False)\n"
-        "    counts.append(cnt.frame_count)\n"
-        "print(counts)\n")
-    root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=str(root))
-    counts = ast.literal_eval(out.stdout.strip().splitlines()[-1])
+    code = ("import torch\n"
+            "from torch._dynamo.testing import CompileCounter\n"
+            "import services.fitter.graphs as g, services.fitter.stage1 as s1\n"
+            "import services.fitter.stage3 as s3\n"
+            "cnt = CompileCounter()\n"
+            "def on_host(fn, device):\n"
+            "    g.configure_dynamo()\n"
+            "    return torch.compile(fn, backend=cnt)\n"
+            "s1.compiled = s3.compiled = on_host\n"
+            + _SYNTHETIC_CORE +
+            "counts = []\n"
+            "for b in (1, 2, 3, 4):\n"
+            "    core.fit_batch([face] * b, preset='fast', texture_size=128,\n"
+            "                   want_intermediates=False)\n"
+            "    counts.append(cnt.frame_count)\n"
+            "print(counts)\n")
     # stage 1's loss, stage 3's surface and losses: three for a batch of one, three more at
     # two, none after
-    assert counts == [3, 6, 6, 6], out.stdout[-500:]
+    assert ast.literal_eval(_last_line_of(code)) == [3, 6, 6, 6]
