@@ -52,6 +52,24 @@ def _abort_for(exc: BaseException, context: grpc.ServicerContext) -> None:
     context.abort_with_status(status_of(exc))
 
 
+# a client resets its stream at its own clock's deadline, which the server may see up to a
+# transit time early: less than this left counts as the deadline
+DEADLINE_SLACK_S = 1.0
+
+
+def gone_code(context) -> grpc.StatusCode:
+    """The code to count for a call whose client went away before it ended (its handler
+    cancelled, or its response stream closed while grpc sent an item: ``GeneratorExit`` at
+    the generator's ``yield``): DEADLINE_EXCEEDED when the client's deadline has (about)
+    passed (:data:`DEADLINE_SLACK_S`), else CANCELLED."""
+    try:
+        left = context.time_remaining()
+    except Exception:  # noqa: BLE001 - a context without deadline support
+        left = None
+    return (grpc.StatusCode.DEADLINE_EXCEEDED if left is not None and left < DEADLINE_SLACK_S
+            else grpc.StatusCode.CANCELLED)
+
+
 class ServiceInterceptor(grpc.ServerInterceptor):
     """Maps :class:`FfhquvError` to status codes, records metrics and logs each call."""
 
@@ -111,9 +129,13 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                 gauge = metrics.INFLIGHT.labels(service, method)
                 gauge.inc()
                 exc = None
+                gone = False
                 token = tracing.REQUEST_ID.set(request_id)
                 try:
                     yield from inner_s(request, context)
+                except GeneratorExit:  # the client went away while an item was sent
+                    gone = True
+                    raise
                 except Exception as e:  # noqa: BLE001
                     exc = e
                     if context.code() is None:
@@ -121,7 +143,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                     raise
                 finally:
                     gauge.dec()
-                    record(code_of(context, exc), t0)
+                    record(gone_code(context) if gone else code_of(context, exc), t0)
                     tracing.REQUEST_ID.reset(token)
 
             return grpc.unary_stream_rpc_method_handler(

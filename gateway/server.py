@@ -35,7 +35,7 @@ from ffhquv.errors import (
     status_of,
 )
 from ffhquv.pb import common_pb2, gateway_pb2, gateway_pb2_grpc
-from ffhquv.server import SERVER_OPTIONS
+from ffhquv.server import SERVER_OPTIONS, gone_code
 from gateway.backends import BACKEND_SERVICES
 from gateway.orchestrator import Orchestrator, PipelineOutput, validate_request
 from gateway.security import AsyncBearerAuth
@@ -43,7 +43,6 @@ from gateway.storage import ArtifactStore, StoredResult, check_id
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "ffhquv.gateway.v1.Reconstruction"
-_DEADLINE_SLACK_S = 1.0
 MAX_ARTIFACT_ID = 400
 # Event loops of stopped in-thread gateways, kept open and referenced (see start_in_thread).
 _STOPPED_LOOPS: list[asyncio.AbstractEventLoop] = []
@@ -105,19 +104,6 @@ def _status(err: BaseException) -> tuple[grpc.StatusCode, str, tuple]:
         log.error("unhandled error", exc_info=err)
     st = status_of(err)
     return st.code, st.details, tuple(st.trailing_metadata)
-
-
-def _gone_code(context) -> grpc.StatusCode:
-    """The code to count for a call whose handler was cancelled: DEADLINE_EXCEEDED when the
-    client's deadline has (about) passed, else CANCELLED (the client went away). The client
-    resets the stream at its own clock's deadline, which the server may see up to a transit
-    time early: less than ``_DEADLINE_SLACK_S`` left counts as the deadline."""
-    try:
-        left = context.time_remaining()
-    except Exception:  # noqa: BLE001 - a context without deadline support
-        left = None
-    return (grpc.StatusCode.DEADLINE_EXCEEDED if left is not None and left < _DEADLINE_SLACK_S
-            else grpc.StatusCode.CANCELLED)
 
 
 class ReconstructionServicer(gateway_pb2_grpc.ReconstructionServicer):
@@ -237,7 +223,7 @@ class ReconstructionServicer(gateway_pb2_grpc.ReconstructionServicer):
         try:
             return await self._reconstruct(request, None)
         except asyncio.CancelledError:
-            code = _gone_code(context)
+            code = gone_code(context)
             raise
         except Exception as e:  # noqa: BLE001 - every failure ends with a detailed status
             code, message, trailer = _status(e)
@@ -276,7 +262,7 @@ class ReconstructionServicer(gateway_pb2_grpc.ReconstructionServicer):
         except (asyncio.CancelledError, GeneratorExit):
             # GeneratorExit: cancelled while grpc sent what this generator yielded (the
             # cancellation lands in grpc's send, and the generator is closed at its yield)
-            code = _gone_code(context)
+            code = gone_code(context)
             raise
         except Exception as e:  # noqa: BLE001 - every failure ends with a detailed status
             code, message, trailer = _status(e)
@@ -314,7 +300,7 @@ class ReconstructionServicer(gateway_pb2_grpc.ReconstructionServicer):
             if art.size_bytes == 0:
                 yield common_pb2.ArtifactChunk(offset=0, data=b"", total_size=0)
         except (asyncio.CancelledError, GeneratorExit):  # as ReconstructStream's
-            code = _gone_code(context)
+            code = gone_code(context)
             raise
         except Exception as e:  # noqa: BLE001 - every failure ends with a detailed status
             code, message, trailer = _status(e)

@@ -258,3 +258,39 @@ def test_a_stream_cancelled_while_sending_is_counted_cancelled_not_ok(tmp_path):
             assert _count("ReconstructStream", "OK") == ok_before
     finally:
         gw.stop(1.0)
+
+
+def test_a_service_stream_cancelled_while_sending_is_counted_cancelled_not_ok():
+    """The services' interceptor (``ffhquv.server``), for a server stream (the fitter's Fit):
+    a client gone while an item was sent closes the handler's generator (GeneratorExit), and
+    the call is counted CANCELLED, not OK."""
+    import grpc as g
+
+    def talk(request, context):
+        while True:
+            yield b"x" * 200_000
+
+    def register(server):
+        server.add_generic_rpc_handlers((g.method_handlers_generic_handler(
+            "test.Chatty", {"Talk": g.unary_stream_rpc_method_handler(talk)}),))
+        return ["test.Chatty"]
+
+    def count(code: str) -> float:
+        return metrics.REQUESTS.labels("Chatty", "Talk", code)._value.get()
+
+    srv = build_server(register)
+    n = 8
+    try:
+        before, ok_before = count("CANCELLED"), count("OK")
+        with channel(f"127.0.0.1:{srv.port}") as ch:
+            talk_call = ch.unary_stream("/test.Chatty/Talk")
+            for _ in range(n):
+                call = talk_call(b"", timeout=60)
+                for k, _item in enumerate(call):
+                    if k == 3:
+                        break
+                call.cancel()
+            _wait_for(lambda: count("CANCELLED") >= before + n, f"{n} Talks counted as CANCELLED")
+        assert count("OK") == ok_before
+    finally:
+        srv.stop(0)
