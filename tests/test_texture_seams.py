@@ -382,7 +382,6 @@ def test_beard_detail_is_laid_on_the_head_without_seams(maps, seam_pairs):
     (tiled by texel, as the skin's detail is, each cut showed as a line across the beard)."""
     import cv2
 
-    from services.fitter.texture.atlas import BeardPart
     from services.fitter.texture.beard import _detail_on_head
     from services.fitter.texture.completion import tile_patch
 
@@ -390,10 +389,7 @@ def test_beard_detail_is_laid_on_the_head_without_seams(maps, seam_pairs):
     rng = np.random.default_rng(5)
     patch = cv2.GaussianBlur(rng.standard_normal((p, p, 3)).astype(np.float32), (0, 0), 8)
     patch /= patch.std()
-    part = np.asarray(maps.beard_part)
-    cy, cx = np.nonzero(part == BeardPart.CHIN)
-    corner = (int(np.median(cy)) - p // 2, int(np.median(cx)) - p // 2)
-    detail = _detail_on_head(patch, maps, corner).reshape(-1, 3)
+    detail = _detail_on_head(patch, maps).reshape(-1, 3)
     zone = (np.asarray(maps.beard_zone) > 0.5).reshape(-1)
     a, b = seam_pairs
     keep = zone[a] & zone[b]

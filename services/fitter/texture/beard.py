@@ -23,7 +23,7 @@ import numpy as np
 
 from ffhquv.imaging import LUMA
 from services.fitter.texture.atlas import BeardPart, UVMaps, derived_arrays, host_array
-from services.fitter.texture.completion import tile_canvas
+from services.fitter.texture.completion import tile_canvas, tile_grid
 from services.fitter.texture.hair import head_angles
 from services.fitter.texture.imageops import normalized_blur
 
@@ -107,47 +107,55 @@ def _window(maps: UVMaps) -> tuple[slice, slice]:
     return hit
 
 
-def _zone_arcs(maps: UVMaps) -> tuple[np.ndarray, np.ndarray]:
-    """``(across, down)``, ``float32 [S, S]``: each texel's place on the head in model units,
-    the arc round the vertical axis and the arc down from the crown on the sphere of the beard
-    zone's median distance from ``maps.head_centre`` (:func:`head_angles`); made once per
-    atlas."""
+def _zone_place(maps: UVMaps) -> tuple[np.ndarray, np.ndarray]:
+    """``(col, row)``, ``float32 [S, S]``: each texel's place on the head, in texels of the
+    beard zone (the median size of the zone's texels on the head) from the zone's first: the
+    arc round the vertical axis and the arc down from the crown, on the sphere of the zone's
+    median distance from ``maps.head_centre`` (:func:`head_angles`). Made once per atlas."""
     def build() -> tuple[np.ndarray, np.ndarray]:
-        around, down, r = head_angles(host_array(maps, "pos_mean"), maps.head_centre)
+        pos = host_array(maps, "pos_mean").astype(np.float64)
+        around, down, r = head_angles(pos, maps.head_centre)
         zone = np.asarray(maps.beard_zone) > 0
-        radius = float(np.median(r[zone])) if zone.any() else 1.0
-        return (around * radius).astype(np.float32), (down * radius).astype(np.float32)
+        if not zone.any():
+            z = np.zeros(zone.shape, np.float32)
+            return z, z
+        radius = float(np.median(r[zone]))
+        # the zone's texel size: the steps to the next texel along rows and columns inside it
+        inside = zone & host_array(maps, "mask")
+        steps = np.concatenate([
+            np.linalg.norm(pos[1:] - pos[:-1], axis=-1)[inside[1:] & inside[:-1]],
+            np.linalg.norm(pos[:, 1:] - pos[:, :-1], axis=-1)[inside[:, 1:] & inside[:, :-1]]])
+        texel = float(np.median(steps)) if steps.size else 1.0
+        col, row = around * radius / texel, down * radius / texel
+        return ((col - col[zone].min()).astype(np.float32),
+                (row - row[zone].min()).astype(np.float32))
 
-    return derived_arrays(maps, "beard-arcs", build, (__file__,))
+    return derived_arrays(maps, "beard-place", build, (__file__,))
 
 
-def _detail_on_head(patch: np.ndarray, maps: UVMaps, corner: tuple[int, int]) -> np.ndarray:
-    """The beard's detail ``patch`` (``float32 [p, p, 3]``, taken at atlas texel ``corner``)
-    tiled over the beard zone by position on the head (:func:`_zone_arcs`), not by texel: the
-    atlas cuts the jaw into islands of different texel sizes, and a tiling by texel drew each
-    cut as a line across the beard (fd07, fd14). The tiles keep the patch's own scale (its
-    texels' size on the head where it was taken). Returns ``float32 [S, S, 3]``, 0 off the
-    zone."""
+def _detail_on_head(patch: np.ndarray, maps: UVMaps) -> np.ndarray:
+    """The beard's detail ``patch`` (``float32 [p, p, 3]``, texels of the face's island)
+    tiled over the beard zone by position on the head (:func:`_zone_place`), not by texel:
+    the atlas cuts the jaw into islands of different texel sizes, and a tiling by texel drew
+    each cut as a line across the beard (fd07, fd14). The tiling (:func:`tile_canvas`'s over
+    the zone's extent) is made once per atlas and patch size. Returns ``float32 [S, S, 3]``,
+    0 off the zone."""
     s, p = maps.size, patch.shape[0]
-    across, down = _zone_arcs(maps)
-    y0, x0 = corner
-    ys, xs = slice(y0, y0 + p), slice(x0, x0 + p)
-    # the patch's texel size on the head: the median step between its neighbouring texels
-    pos = host_array(maps, "pos_mean")[ys, xs].astype(np.float64)
-    steps = np.concatenate([np.linalg.norm(np.diff(pos, axis=0), axis=-1).ravel(),
-                            np.linalg.norm(np.diff(pos, axis=1), axis=-1).ravel()])
-    texel = float(np.median(steps)) if steps.size else 0.0
+    col, row = _zone_place(maps)
     zone = np.asarray(maps.beard_zone) > 0
     out = np.zeros((s, s, 3), np.float32)
-    if texel <= 0 or not zone.any():
+    if not zone.any():
         return out
-    u, v = across / texel, down / texel
-    u0, v0 = float(u[zone].min()), float(v[zone].min())
-    cols = min(int(np.ceil(float(u[zone].max()) - u0)) + 2, 4 * s)
-    rows = min(int(np.ceil(float(v[zone].max()) - v0)) + 2, 4 * s)
-    canvas = tile_canvas(patch, rows, cols, seed=1)
-    got = cv2.remap(canvas, (u - u0).astype(np.float32), (v - v0).astype(np.float32),
-                    cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    key = ("beard-tiling", p)
+    grid = maps.derived.get(key)
+    if grid is None:
+        rows = min(int(np.ceil(float(row[zone].max()))) + 2, 4 * s)
+        cols = min(int(np.ceil(float(col[zone].max()))) + 2, 4 * s)
+        grid = maps.derived[key] = (rows, cols, *tile_grid(rows, cols, p, seed=1))
+    rows, cols, ids, wts = grid
+    canvas = tile_canvas(patch, rows, cols, grid=(ids, wts))
+    got = cv2.remap(canvas, col, row, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                    borderValue=0)
     out[zone] = got[zone]
     return out
 
@@ -221,7 +229,7 @@ def beard_layer(texture: np.ndarray, observed: np.ndarray, share: np.ndarray,
         t, h = tex_w[ya:y0 + p + r, xa:x0 + p + r], hairy[ya:y0 + p + r, xa:x0 + p + r]
         hf = ((t - _low(t, h, sigma)) * h[..., None])[
             y0 - ya:y0 - ya + p, x0 - xa:x0 - xa + p]
-        detail = _detail_on_head(hf, maps, (win[0].start + y0, win[1].start + x0))
+        detail = _detail_on_head(hf, maps)
     paint = base + detail
     # where: the painted sides' zone (and the chin's underside), not what the photo shows well
     where = np.zeros((s, s), np.float32)

@@ -300,19 +300,19 @@ DETAIL_SEEN = 0.95
 
 def _tiling(maps: UVMaps, p: int, seed: int, device) -> tuple[Tensor, Tensor]:
     """:func:`skin_detail`'s tiling of a ``[p, p]`` patch over the ``[S, S]`` atlas
-    (:func:`_tile_grid`), made once per (p, seed, device) and kept in ``maps.derived``."""
+    (:func:`tile_grid`), made once per (p, seed, device) and kept in ``maps.derived``."""
     key = ("skin-detail-tiling", p, seed, str(device))
     got = maps.derived.get(key)
     if got is not None:
         return got
-    ids, wts = _tile_grid(maps.size, maps.size, p, seed)
+    ids, wts = tile_grid(maps.size, maps.size, p, seed)
     got = (torch.as_tensor(ids, dtype=torch.int64, device=device),
            torch.as_tensor(wts, dtype=torch.float32, device=device))
     maps.derived[key] = got
     return got
 
 
-def _tile_grid(rows: int, cols: int, p: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def tile_grid(rows: int, cols: int, p: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The tiling of a ``[p, p]`` patch over a ``[rows, cols]`` grid: for every grid point the
     4 patch texels (flat ids, ``int64 [4, rows * cols]``) of the tiles over it and their
     ``sin^2`` window weights (``float32 [4, rows * cols]``, summing to 1). Tiles every
@@ -380,12 +380,14 @@ def tile_patch(patch: Tensor, maps: UVMaps, seed: int = 0) -> Tensor:
     return (patch.reshape(p * p, c)[ids] * wts[..., None]).sum(0).reshape(s, s, c)
 
 
-def tile_canvas(patch: np.ndarray, rows: int, cols: int, seed: int = 0) -> np.ndarray:
+def tile_canvas(patch: np.ndarray, rows: int, cols: int, seed: int = 0,
+                grid: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """A ``float32 [p, p, C]`` patch tiled over a ``[rows, cols]`` canvas as
     :func:`tile_patch` tiles the atlas (``float32 [rows, cols, C]``): for a texture laid over
-    the surface by 3D position rather than by texel (no seam at the atlas's cuts)."""
+    the surface by 3D position rather than by texel (no seam at the atlas's cuts). ``grid``:
+    this canvas's :func:`tile_grid` when the caller keeps it."""
     p, c = patch.shape[0], patch.shape[-1]
-    ids, wts = _tile_grid(rows, cols, p, seed)
+    ids, wts = grid if grid is not None else tile_grid(rows, cols, p, seed)
     flat = np.ascontiguousarray(patch, np.float32).reshape(p * p, c)
     return (flat[ids] * wts[..., None]).sum(0).reshape(rows, cols, c).astype(np.float32)
 
