@@ -137,8 +137,8 @@ def _detail_on_head(patch: np.ndarray, maps: UVMaps) -> np.ndarray:
     """The beard's detail ``patch`` (``float32 [p, p, 3]``, texels of the face's island)
     tiled over the beard zone by position on the head (:func:`_zone_place`), not by texel:
     the atlas cuts the jaw into islands of different texel sizes, and a tiling by texel drew
-    each cut as a line across the beard (fd07, fd14). The tiling (:func:`tile_canvas`'s over
-    the zone's extent) is made once per atlas and patch size. Returns ``float32 [S, S, 3]``,
+    each cut as a line across the beard (fd07, fd14). The tiling (:func:`tile_grid` over the
+    zone's extent) is made once per atlas and patch size. Returns ``float32 [S, S, 3]``,
     0 off the zone."""
     s, p = maps.size, patch.shape[0]
     col, row = _zone_place(maps)
@@ -152,8 +152,7 @@ def _detail_on_head(patch: np.ndarray, maps: UVMaps) -> np.ndarray:
         rows = min(int(np.ceil(float(row[zone].max()))) + 2, 4 * s)
         cols = min(int(np.ceil(float(col[zone].max()))) + 2, 4 * s)
         grid = maps.derived[key] = (rows, cols, *tile_grid(rows, cols, p, seed=1))
-    rows, cols, ids, wts = grid
-    canvas = tile_canvas(patch, rows, cols, grid=(ids, wts))
+    canvas = tile_canvas(patch, *grid)
     got = cv2.remap(canvas, col, row, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                     borderValue=0)
     out[zone] = got[zone]
@@ -241,10 +240,8 @@ def beard_layer(texture: np.ndarray, observed: np.ndarray, share: np.ndarray,
     unseen = 1 - np.clip(observed / BEARD_KEEP, 0, 1)
     # softened within the islands (a blur across an island's edge with the empty atlas round
     # it thinned the beard along every cut: a pale line on the jaw)
-    cover = host_array(maps, "mask").astype(np.float32)
-    soft = max(1.0, s / 512)
-    alpha = (cv2.GaussianBlur(zone * where * unseen * cover, (0, 0), soft)
-             / np.maximum(cv2.GaussianBlur(cover, (0, 0), soft), 1e-6)) * unseen
-    alpha *= (zone > 0) & (cover > 0)
+    cover = host_array(maps, "mask")
+    alpha = _low((zone * where * unseen).astype(np.float32), cover, max(1.0, s / 512)) * unseen
+    alpha *= (zone > 0) & cover
     paint = np.clip(paint, 1 / 255, 1)
     return (texture + alpha[..., None] * (paint - texture)).astype(np.float32), info

@@ -380,14 +380,13 @@ def tile_patch(patch: Tensor, maps: UVMaps, seed: int = 0) -> Tensor:
     return (patch.reshape(p * p, c)[ids] * wts[..., None]).sum(0).reshape(s, s, c)
 
 
-def tile_canvas(patch: np.ndarray, rows: int, cols: int, seed: int = 0,
-                grid: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+def tile_canvas(patch: np.ndarray, rows: int, cols: int, ids: np.ndarray,
+                wts: np.ndarray) -> np.ndarray:
     """A ``float32 [p, p, C]`` patch tiled over a ``[rows, cols]`` canvas as
-    :func:`tile_patch` tiles the atlas (``float32 [rows, cols, C]``): for a texture laid over
-    the surface by 3D position rather than by texel (no seam at the atlas's cuts). ``grid``:
-    this canvas's :func:`tile_grid` when the caller keeps it."""
+    :func:`tile_patch` tiles the atlas (``float32 [rows, cols, C]``), by that canvas's
+    :func:`tile_grid` ``(ids, wts)`` (the caller keeps it): for a texture laid over the
+    surface by 3D position rather than by texel (no seam at the atlas's cuts)."""
     p, c = patch.shape[0], patch.shape[-1]
-    ids, wts = grid if grid is not None else tile_grid(rows, cols, p, seed)
     flat = np.ascontiguousarray(patch, np.float32).reshape(p * p, c)
     return (flat[ids] * wts[..., None]).sum(0).reshape(rows, cols, c).astype(np.float32)
 
