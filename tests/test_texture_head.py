@@ -1403,3 +1403,32 @@ def test_a_full_beard_continues_round_the_jaw_a_goatee_or_a_shadow_does_not(maps
         tex, observed, share = _bearded(maps, kind)
         out, info = beard_layer(tex, observed, share, maps)
         assert not info.beard and out is tex, (kind, info)
+
+
+def _mean_shape_frame(model, maps):
+    """Texel positions ``x, y, z`` on the mean shape, the covered texels, and the landmarks'
+    chin height, brow-to-chin height ``h``, ears' depth and jaw-angle height."""
+    pos = maps.pos_mean.numpy()
+    lm = model.landmarks(model.mean_shape[None])[0].numpy()
+    chin = float(lm[8, 1])
+    h = float(lm[17:27, 1].mean()) - chin
+    return (pos[..., 0], pos[..., 1], pos[..., 2], maps.mask.numpy() > 0.5, lm, chin, h,
+            float(lm[[0, 16], 2].mean()), float(lm[[4, 12], 1].mean()))
+
+
+def test_the_beard_zone_follows_the_jaw_not_a_level_cut(model, maps):
+    """A full beard's lower edge rises from under the chin to below the jaw's angle: the
+    neck's sides under the ears are not beard (a level cut at the chin's height took them in,
+    a square patch in profile: zone 1.0 there before), the chin's underside is."""
+    x, y, z, cov, lm, chin, h, z_ear, jaw = _mean_shape_frame(model, maps)
+    zone = np.asarray(maps.beard_zone)
+    neck_side = cov & (y > chin) & (y < jaw - 0.2 * h) & (z > z_ear) & (z < z_ear + 0.15 * h)
+    under_chin = cov & (np.abs(x) < 0.1 * h) & (y < chin) & (y > chin - 0.05 * h)
+    assert neck_side.sum() > 20 and under_chin.sum() > 100
+    assert np.median(zone[neck_side]) == 0.0
+    assert np.median(zone[under_chin]) == 1.0
+    # the jaw's side above the angle stays beard
+    jaw_side = cov & (y > jaw) & (y < jaw + 0.1 * h) & (z > z_ear + 0.1 * h) & (
+        np.abs(x) > 0.3 * h)
+    assert jaw_side.sum() > 20 and np.median(zone[jaw_side]) == 1.0
+

@@ -488,12 +488,14 @@ class BeardPart(IntEnum):
 
 
 # beard_zone: the upper edge (brow-to-chin heights h below the landmarks named), its softness,
-# how far it reaches under the chin, how far behind the ears' depth and over what width it
-# thins out before the ears' landmarks; the lips' margin
+# the neckline (a line in the profile: BEARD_UNDER below the chin's point at its depth, BEARD_JAW
+# below the jaw's landmarks 4 and 12 at the ears' depth), how far behind the ears' depth and
+# over what width it thins out before the ears' landmarks; the lips' margin
 # (texels at 1024: their rims are not beard)
 BEARD_TOP = 0.02
 BEARD_SOFT = 0.06
-BEARD_UNDER = 0.1
+BEARD_UNDER = 0.5
+BEARD_JAW = 0.12
 BEARD_BACK = 0.02
 BEARD_EAR = 0.12
 BEARD_LIPS = 12
@@ -506,8 +508,10 @@ def beard_zone(model: FaceModel, pos: np.ndarray, covered: np.ndarray, skin: np.
 
     Below a line from under the nose (landmark 33) across the mouth's width, rising over the
     cheeks (half-way to the jaw's landmark 2 at the outer eye corners) to the sideburn at the
-    ear (landmark 1's height); down the chin and under it :data:`BEARD_UNDER` brow-to-chin
-    heights; ahead of the ears' depth, thinning out before them (:data:`BEARD_EAR`); on the
+    ear (landmark 1's height); down the chin and under it to a neckline that rises from
+    :data:`BEARD_UNDER` brow-to-chin heights below the chin's point (at its depth) to
+    :data:`BEARD_JAW` below the jaw's landmarks 4 and 12 (at the ears' depth); ahead of the
+    ears' depth, thinning out before them (:data:`BEARD_EAR`); on the
     model's skin (``skin`` ``[S, S]``) at least :data:`BEARD_LIPS` texels (at 1024) from the
     lips. ``pos``: ``[S, S, 3]`` mean-shape
     positions of the texels (model frame: y up, face toward +z); ``covered``: ``[S, S]`` the
@@ -536,9 +540,15 @@ def beard_zone(model: FaceModel, pos: np.ndarray, covered: np.ndarray, skin: np.
     holes = ((covered > 0.5) & (skin <= 0.5)).astype(np.uint8)
     on_skin = (skin > 0.5) & (cv2.dilate(holes, np.ones((k, k), np.uint8)) == 0)
     soft = BEARD_SOFT * h
+    # the neckline rises from under the chin to below the jaw's angle (a level cut at the
+    # chin's height took in the neck's sides under the ears: a square patch in profile)
+    z_chin = float(lm[8, 2])
+    y_under, y_jaw = chin - BEARD_UNDER * h, float(lm[[4, 12], 1].mean()) - BEARD_JAW * h
+    slope = (y_jaw - y_under) / min(zc - z_chin, -1e-6)
+    above_neck = (y - (y_under + slope * (z - z_chin))) / np.hypot(1.0, slope)
     # thinning out toward the ears (a painted beard cut off at the face's UV island read
     # as a patch)
-    zone = (step((top - y) / soft) * step((y - (chin - BEARD_UNDER * h)) / soft)
+    zone = (step((top - y) / soft) * step(above_neck / soft)
             * step((z - (zc - BEARD_BACK * h)) / soft)
             * step((x_ear - np.abs(x)) / (BEARD_EAR * h)) * on_skin).astype(np.float32)
     part = np.where(zone > 0.5, int(BeardPart.REST), int(BeardPart.NONE)).astype(np.int8)
