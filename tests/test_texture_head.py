@@ -1432,3 +1432,34 @@ def test_the_beard_zone_follows_the_jaw_not_a_level_cut(model, maps):
         np.abs(x) > 0.3 * h)
     assert jaw_side.sum() > 20 and np.median(zone[jaw_side]) == 1.0
 
+
+def test_a_seen_strip_under_the_jaw_cut_off_from_the_face_is_not_trusted(model, maps):
+    """The photo's face seen, and a thin strip of the neck under the jaw seen at a grazing
+    angle apart from it (what a beard hanging below the fitted jaw, or the shadow under it,
+    gives): the strip is cut (its dark pixels do not reach the texture), a seen ear is not;
+    seen as one piece with the face (a head tilted back) nothing is cut."""
+    from services.fitter.texture.completion import complete_texture, cut_off_under_chin
+
+    x, y, z, cov, lm, chin, h, z_ear, _ = _mean_shape_frame(model, maps)
+    front = z > float(lm[:, 2].min())
+    face = cov & front & (y > chin + 0.05 * h) & (np.abs(x) < 0.45)
+    strip = cov & (y < chin - 0.03 * h) & (y > chin - 0.12 * h) & (np.abs(x) < 0.5)
+    ear = cov & (np.abs(x) > np.abs(lm[[0, 16], 0]).mean()) & (y > chin + 0.3 * h) & (
+        z < z_ear + 0.05 * h) & (z > z_ear - 0.2 * h)
+    assert strip.sum() > 50 and ear.sum() > 50 and not (face & strip).any()
+    w = np.zeros(cov.shape, np.float32)
+    w[face], w[strip], w[ear] = 0.8, 0.2, 0.5
+    cut = cut_off_under_chin(torch.from_numpy(w), maps).numpy()
+    np.testing.assert_array_equal(cut, strip)
+    # the gap between them seen too: one piece
+    gap = cov & front & (y >= chin - 0.03 * h) & (y <= chin + 0.05 * h) & (np.abs(x) < 0.45)
+    joined = w.copy()
+    joined[gap] = 0.5
+    assert not cut_off_under_chin(torch.from_numpy(joined), maps).any()
+    # through the completion: the strip's dark pixels are not the neck's colour
+    albedo = np.zeros(cov.shape + (3,), np.float32)
+    albedo[w > 0] = [0.75, 0.58, 0.5]
+    albedo[strip] = [0.12, 0.1, 0.09]
+    out = complete_texture(albedo, w, maps, skin=(w * (~strip)).astype(np.float32)).texture
+    lum = out @ np.array([0.299, 0.587, 0.114], np.float32)
+    assert np.median(lum[strip]) > 0.8 * (np.array([0.75, 0.58, 0.5]) @ [0.299, 0.587, 0.114])

@@ -73,6 +73,8 @@ class UVMaps:
             the temples (beside the outer eye corners, above the eyes), on the face side.
         central_face: ``[S, S]`` bool, texels between the outer eye corners and from the eyes
             down to the mouth corners (where hair rarely covers the skin).
+        under_chin: ``[S, S]`` bool, covered texels below the chin's point (landmark 8): the
+            jaw's underside and the neck, which a photo sees past the jaw's silhouette if at all.
         beard_zone: ``[S, S]`` float32 in [0, 1], where a full beard grows on the mean shape
             (:func:`beard_zone`); beard_part: ``[S, S]`` int8, its parts (:class:`BeardPart`).
         hair_zone: ``[S, S]`` float32 in [0, 1], where a head of hair grows on the mean shape
@@ -107,6 +109,7 @@ class UVMaps:
     seam_fade: np.ndarray
     forehead: np.ndarray
     central_face: np.ndarray
+    under_chin: np.ndarray
     beard_zone: np.ndarray
     beard_part: np.ndarray
     hair_zone: np.ndarray
@@ -266,7 +269,8 @@ def uv_maps(model: FaceModel, size: int, backend) -> UVMaps:
 
 # UVMaps fields kept on disk as arrays (the others are derived again on load)
 _SAVED_TENSORS = ("mask", "pos_mean", "skin", "face", "mirror", "has_mirror")
-_SAVED_ARRAYS = ("seam_fade", "forehead", "central_face", "beard_zone", "beard_part",
+_SAVED_ARRAYS = ("seam_fade", "forehead", "central_face", "under_chin", "beard_zone",
+                 "beard_part",
                  "hair_zone", "hair_zone_long",
                  "head_centre")
 
@@ -460,7 +464,8 @@ BROW_MARGIN = 0.3
 
 
 def _face_zones(model: FaceModel, pos: np.ndarray, covered: np.ndarray) -> dict[str, np.ndarray]:
-    """``forehead`` and ``central_face`` texel masks from the mean shape's landmarks."""
+    """``forehead``, ``central_face`` and ``under_chin`` texel masks from the mean shape's
+    landmarks."""
     lm = model.landmarks(model.mean_shape[None])[0].detach().cpu().numpy()
     x, y, z = pos[..., 0], pos[..., 1], pos[..., 2]
     front = z > float(lm[:, 2].min())  # the face side of the head, not the back of the skull
@@ -474,7 +479,8 @@ def _face_zones(model: FaceModel, pos: np.ndarray, covered: np.ndarray) -> dict[
     forehead = covered & front & ((y > brows + over)
                                   | ((np.abs(x) > (1 + BROW_MARGIN) * outer) & (y > eyes)))
     central = covered & front & (np.abs(x) < outer) & (y < eyes) & (y > mouth)
-    return {"forehead": forehead, "central_face": central}
+    return {"forehead": forehead, "central_face": central,
+            "under_chin": covered & (y < float(lm[8, 1]))}
 
 
 class BeardPart(IntEnum):

@@ -25,11 +25,20 @@ from typing import TypeVar
 
 import cv2
 import numpy as np
+import scipy.sparse as sp
 import torch
+from scipy.sparse.csgraph import connected_components
 from torch import Tensor
 
 from ffhquv.imaging import LUMA
-from services.fitter.texture.atlas import UVMaps, atlas_tensors, host_array
+from services.fitter.texture import atlas as _atlas
+from services.fitter.texture.atlas import (
+    UVMaps,
+    atlas_tensors,
+    derived_arrays,
+    host_array,
+    seam_texel_pairs,
+)
 from services.fitter.texture.hair import CurtainStrip, fringe_gap_weight, hair_weight
 from services.fitter.texture.hostcopy import to_host
 from services.fitter.texture.imageops import (
@@ -391,6 +400,52 @@ def tile_canvas(patch: np.ndarray, rows: int, cols: int, ids: np.ndarray,
     return (flat[ids] * wts[..., None]).sum(0).reshape(rows, cols, c).astype(np.float32)
 
 
+# a texel belongs to a seen piece from this observed weight up
+PIECE_MIN = 0.02
+
+
+def cut_off_under_chin(weight: Tensor, maps: UVMaps) -> Tensor:
+    """The seen texels under the chin that the face's seen region does not reach.
+
+    A frontal photo sees the jaw's underside and the neck, if at all, at grazing angles past
+    the jaw's silhouette: a thin piece there, cut off from the face's seen region by the
+    unseen underside, holds the pixels of the jaw's edge in the photo (a beard hanging below
+    the fitted jaw, the shadow under it) and read as a dark streak under the jaw. Seen pieces
+    (``weight > PIECE_MIN``, 8-connected in the atlas and joined across its seams by
+    :func:`~services.fitter.texture.atlas.seam_texel_pairs`) other than the largest, with
+    most of their texels in ``UVMaps.under_chin``, are such pieces; a head tilted back, whose
+    underside the photo sees, joins them to the face's piece.
+
+    Args:
+        weight: ``float32 [S, S]`` observed weight; maps: its atlas.
+    Returns:
+        ``bool [S, S]`` on ``weight``'s device.
+    """
+    under = np.asarray(maps.under_chin, bool)
+    seen = to_host(weight > PIECE_MIN)
+    out = torch.zeros(seen.shape, dtype=torch.bool, device=weight.device)
+    if not (seen & under).any():
+        return out
+    n, lab = cv2.connectedComponents(seen.view(np.uint8), connectivity=8)
+    a, b = derived_arrays(maps, "seam_pairs", lambda: seam_texel_pairs(maps),
+                          (_atlas.__file__,))
+    la, lb = lab.reshape(-1)[a], lab.reshape(-1)[b]
+    both = (la > 0) & (lb > 0)
+    _, piece = connected_components(
+        sp.coo_matrix((np.ones(int(both.sum())), (la[both], lb[both])), shape=(n, n)),
+        directed=False)
+    of = piece[lab[seen]]
+    area = np.bincount(of, minlength=piece.max() + 1)
+    below = np.bincount(of, weights=under[seen], minlength=len(area))
+    drop = below > 0.5 * area
+    drop[np.argmax(area)] = False
+    if not drop.any():
+        return out
+    cut = np.zeros_like(seen)
+    cut[seen] = drop[of]
+    return torch.from_numpy(cut).to(weight.device)
+
+
 def complete_texture(albedo: ArrayT, weight: ArrayT, maps: UVMaps,
                      symmetric_lowfreq: bool = True,
                      skin: ArrayT | None = None) -> CompletedTexture:
@@ -420,6 +475,10 @@ def complete_texture(albedo: ArrayT, weight: ArrayT, maps: UVMaps,
     at = atlas_tensors(maps, dev)
     mask = at.mask
     w = weight * mask
+    cut = cut_off_under_chin(w, maps)
+    w = w.masked_fill(cut, 0.0)
+    if skin is not None:
+        skin = skin.masked_fill(cut, 0.0)
     a = albedo
     if skin is not None:
         a = flatten_shading(a, skin * mask, maps)
