@@ -285,8 +285,7 @@ def test_atlas_derived_arrays_kept_beside_it(model, tmp_path, monkeypatch):
         "size", "mask", "pos_mean", "skin", "face", "mirror", "has_mirror", "to_texel",
         "to_vertex", "footprint", "laplacian", "vertex_mirror", "texel_len", "seam_fade",
         "forehead", "central_face", "under_chin", "beard_zone", "beard_part", "hair_zone",
-        "hair_zone_long",
-        "head_centre", "iod")})
+        "hair_zone_long", "head_centre", "iod")})
     assert third.disk_key == ""
     np.testing.assert_array_equal(hair._atlas_strands(third), want)  # memory only
     assert saved.read_bytes() == b"damaged"

@@ -270,9 +270,7 @@ def uv_maps(model: FaceModel, size: int, backend) -> UVMaps:
 # UVMaps fields kept on disk as arrays (the others are derived again on load)
 _SAVED_TENSORS = ("mask", "pos_mean", "skin", "face", "mirror", "has_mirror")
 _SAVED_ARRAYS = ("seam_fade", "forehead", "central_face", "under_chin", "beard_zone",
-                 "beard_part",
-                 "hair_zone", "hair_zone_long",
-                 "head_centre")
+                 "beard_part", "hair_zone", "hair_zone_long", "head_centre")
 
 
 def _disk_key(model: FaceModel, size: int, backend) -> str:
