@@ -1130,6 +1130,47 @@ def test_skin_colour_weight_takes_the_skins_shine_when_asked():
     assert torch.equal(plain[20:50, 8:56], shiny[20:50, 8:56])
 
 
+def test_fit_range_keeps_the_detail_of_bright_skin(maps):
+    """A fair face's albedo over the knee keeps its freckles: the knee reads an atlas
+    texture's level over ``KNEE_SIGMA`` texels within the islands, not each texel's own
+    (which took a sixth of the contrast of small dark spots on skin at 0.97, more where it
+    is brighter); toward the seams it is each texel's own (both sides alike); a bright speck
+    that the detail lifts over 1 is scaled as a whole (its hue kept); a texture under the
+    knee is unchanged."""
+    import cv2
+
+    from services.fitter.texture.completion import fit_range
+
+    s = maps.size
+    skin = np.array([0.97, 0.82, 0.72], np.float32)
+    img = np.broadcast_to(skin, (s, s, 3)).copy()
+    inner = (maps.mask.numpy() > 0.5) & (np.asarray(maps.seam_fade) > 0.999)
+    inner = cv2.erode(inner.astype(np.uint8), np.ones((21, 21), np.uint8)) > 0
+    ys, xs = np.nonzero(inner)
+    pick = np.random.default_rng(3).choice(len(ys), 4, replace=False)
+    spots = np.zeros((s, s), bool)
+    for y, x in zip(ys[pick], xs[pick], strict=True):
+        spots[y, x] = True
+    img[spots] *= 0.8
+    y0, x0 = ys[pick[0]], xs[pick[0]]
+    sy, sx = ys[pick[1]] + 6, xs[pick[1]]
+    img[sy, sx] = skin * 1.15  # a speck over 1
+    out = fit_range(img, maps)
+    ring = np.zeros((s, s), bool)
+    ring[y0 - 6:y0 + 7, x0 - 6:x0 + 7] = True
+    ring &= ~spots
+    contrast = 1 - out[y0, x0, 0] / np.median(out[ring][:, 0])
+    own = 1 - fit_range(img)[y0, x0, 0] / np.median(fit_range(img)[ring][:, 0])
+    assert contrast > 0.185 and own < 0.17, (contrast, own)  # 0.20 in: 0.197 and 0.168
+    speck = out[sy, sx]
+    assert speck.max() <= 1.0 and np.abs(speck / speck[0] - skin / skin[0]).max() < 1e-5
+    # on a seam, each texel's own level
+    seam = (maps.mask.numpy() > 0.5) & (np.asarray(maps.seam_fade) == 0)
+    np.testing.assert_allclose(out[seam], fit_range(img)[seam], atol=1e-6)
+    dim = (img * 0.8).astype(np.float32)
+    np.testing.assert_array_equal(fit_range(dim, maps), dim)
+
+
 def test_fit_range_keeps_the_hue_of_bright_skin(maps):
     """Over-bright albedo (a bright photo divided by its light, shadows lifted) comes back
     into [1/255, 1] with each texel's channel ratios kept, not clipped channel by channel

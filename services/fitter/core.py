@@ -897,7 +897,8 @@ def photo_level(ctx: FitContext, photos: PhotoBatch, coeffs: dict[str, torch.Ten
                          dtype=texture.dtype)[:, None, None, None]
         gamma = scale_light(coeffs["gamma"], 1 / torch.tensor(lit, device=texture.device,
                                                                dtype=coeffs["gamma"].dtype))
-        return PhotoLevel(fit_range(texture * k), scale, lit, gamma)
+        maps = uv_maps(ctx.model, texture.shape[-2], ctx.backend)
+        return PhotoLevel(fit_range(texture * k, maps), scale, lit, gamma)
 
 
 def mirror_offsets(off: torch.Tensor, own: torch.Tensor, maps) -> torch.Tensor:
