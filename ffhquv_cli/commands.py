@@ -450,9 +450,11 @@ def _tls_paths(args: argparse.Namespace) -> tuple[str | None, str | None, str | 
 
 
 def _run_gateway_forever(server, on_signal=None, port_file: str | None = None,
-                         signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
+                         signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT),
+                         told: EarlyStop | None = None) -> None:
     """Serve until one of ``signals`` (``on_signal()`` then), then drain the in-flight calls
-    for ``FFHQUV_DRAIN_SECONDS``."""
+    for ``FFHQUV_DRAIN_SECONDS``. ``told``: a stop signal caught before this loop handles
+    them (:class:`EarlyStop`) stops it as soon as it serves."""
     async def main() -> None:
         await server.start_async()
         if port_file:
@@ -469,10 +471,32 @@ def _run_gateway_forever(server, on_signal=None, port_file: str | None = None,
 
         for sig in signals:
             loop.add_signal_handler(sig, stopping)
+        if told is not None and told.caught:
+            stopping()
         await stop.wait()
         await server.stop_async(config.drain_seconds())
 
     asyncio.run(main())
+
+
+class EarlyStop:
+    """SIGTERM caught from :meth:`catch` until the gateway's loop takes it over
+    (:func:`_run_gateway_forever`'s ``told``).
+
+    ``serve all``'s gateway replicas serve its port before its own gateway's loop handles
+    the signals: a SIGTERM in between (a caller saw the port answer and stopped it) killed
+    ``serve all`` outright, its children unstopped and its exit status -15. The handler only
+    notes the signal (no lock, no I/O in a signal handler); the loop then stops in order.
+    SIGINT keeps Python's own handling (Ctrl-C interrupts a start that hangs)."""
+
+    def __init__(self) -> None:
+        self.caught = False
+
+    def catch(self) -> None:
+        def note(_signum, _frame) -> None:
+            self.caught = True
+
+        signal.signal(signal.SIGTERM, note)
 
 
 def wait_healthy(address: str, timeout: float = 120.0, credentials=None) -> None:
@@ -788,11 +812,14 @@ def _serve_all(args: argparse.Namespace) -> int:
             found = [a for n, (_, a) in zip(names, started, strict=True) if n == name]
             addrs[name] = found[0] if len(found) == 1 else "ipv4:" + ",".join(found)
             print(f"ffhquv {name} on {addrs[name]}", file=sys.stderr, flush=True)
+        # from here on the port may answer (the replicas): a SIGTERM is an orderly stop
+        told = EarlyStop()
+        told.catch()
         _start_gateway_replicas(args, addrs, env, creds, sup)
         sup.start()
         # told to stop: every gateway drains at once (the replicas get SIGTERM now), the
         # services behind them are stopped only after (sup.stop)
-        _run_gateway_forever(_gateway(args, addrs), on_signal=sup.begin_stop)
+        _run_gateway_forever(_gateway(args, addrs), on_signal=sup.begin_stop, told=told)
     finally:
         sup.stop(drain=config.drain_seconds())
         if mps is not None:

@@ -106,3 +106,43 @@ def test_photos_in_flight_finish_when_serve_all_stops(how, device, astronaut_jpg
     assert "backend down" not in text and "retrying" not in text, text[-3000:]
     if look_for_mps:  # serve all's own MPS daemon ended with it
         assert _mps_daemons() == mps_before, text[-3000:]
+
+
+_EARLY = """
+import os, signal, sys
+from ffhquv_cli.commands import EarlyStop, _run_gateway_forever
+
+class Server:
+    host, port = "127.0.0.1", 0
+
+    async def start_async(self):
+        print("started", flush=True)
+
+    async def stop_async(self, grace):
+        print("stopped", flush=True)
+
+told = EarlyStop()
+if sys.argv[1] == "catch":
+    told.catch()
+os.kill(os.getpid(), signal.SIGTERM)  # before the gateway's loop handles it
+calls = []
+_run_gateway_forever(Server(), on_signal=lambda: calls.append(1), told=told)
+print("begin_stop", len(calls), flush=True)
+"""
+
+
+@pytest.mark.parametrize("catch", [True, False])
+def test_a_sigterm_before_the_gateway_loop_handles_it_stops_in_order(catch):
+    """``serve all``'s replicas serve its port before its own gateway's loop handles the
+    signals: a SIGTERM then (seen once in the suite above: exit status -15, the children not
+    stopped in order) is noted (:class:`EarlyStop`) and the loop, once it serves, stops at
+    once and in order (the supervisor's ``begin_stop`` called, the gateway drained). Without
+    the note the process dies of the signal (the control)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", _EARLY, "catch" if catch else "no"], cwd=root,
+                       capture_output=True, text=True, timeout=120)
+    if catch:
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == ["started", "stopped", "begin_stop", "1"], r.stdout
+    else:
+        assert r.returncode == -signal.SIGTERM and "started" not in r.stdout
