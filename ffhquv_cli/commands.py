@@ -480,14 +480,16 @@ def _run_gateway_forever(server, on_signal=None, port_file: str | None = None,
 
 
 class EarlyStop:
-    """SIGTERM caught from :meth:`catch` until the gateway's loop takes it over
+    """SIGTERM and SIGINT caught from :meth:`catch` until the gateway's loop takes them over
     (:func:`_run_gateway_forever`'s ``told``).
 
     ``serve all``'s gateway replicas serve its port before its own gateway's loop handles
-    the signals: a SIGTERM in between (a caller saw the port answer and stopped it) killed
-    ``serve all`` outright, its children unstopped and its exit status -15. The handler only
-    notes the signal (no lock, no I/O in a signal handler); the loop then stops in order.
-    SIGINT keeps Python's own handling (Ctrl-C interrupts a start that hangs)."""
+    the signals: a signal in between (a caller saw the port answer and stopped it) ended
+    ``serve all`` at once, its children not stopped in order (SIGTERM: exit status -15;
+    Ctrl-C: KeyboardInterrupt, 130). Seen in a fresh clone's suite, where that window holds
+    the first import of the gateway's modules. The handler only notes the signal (no lock,
+    no I/O in a signal handler); the loop then stops in order. Caught only for that window:
+    the replicas' start, which has its own time limit, and the gateway's construction."""
 
     def __init__(self) -> None:
         self.caught = False
@@ -496,7 +498,8 @@ class EarlyStop:
         def note(_signum, _frame) -> None:
             self.caught = True
 
-        signal.signal(signal.SIGTERM, note)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, note)
 
 
 def wait_healthy(address: str, timeout: float = 120.0, credentials=None) -> None:
@@ -812,7 +815,9 @@ def _serve_all(args: argparse.Namespace) -> int:
             found = [a for n, (_, a) in zip(names, started, strict=True) if n == name]
             addrs[name] = found[0] if len(found) == 1 else "ipv4:" + ",".join(found)
             print(f"ffhquv {name} on {addrs[name]}", file=sys.stderr, flush=True)
-        # from here on the port may answer (the replicas): a SIGTERM is an orderly stop
+        # from here on the port may answer (the replicas): a stop signal is an orderly stop;
+        # the gateway's modules imported first (the window short)
+        import gateway.server  # noqa: F401
         told = EarlyStop()
         told.catch()
         _start_gateway_replicas(args, addrs, env, creds, sup)
