@@ -597,19 +597,24 @@ def seam_texel_pairs(maps: UVMaps) -> tuple[np.ndarray, np.ndarray]:
     other on the mean-shape head but at least ``S / 40`` texels apart in the atlas.
 
     Returns:
-        ``(a [P], b [P])`` flat texel indices.
+        ``(a [P], b [P])`` flat texel indices, read-only, found once per atlas
+        (:func:`derived_arrays`).
     """
-    s = maps.size
-    near = host_array(maps, "mask") & (maps.seam_fade < 0.25)
-    idx = np.flatnonzero(near.reshape(-1))
-    pos = host_array(maps, "pos_mean").reshape(-1, 3)[idx]
-    rows, cols = np.divmod(idx, s)
-    pairs = cKDTree(pos).query_pairs(r=6 * maps.texel_len, output_type="ndarray")
-    if len(pairs) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    apart = np.hypot(rows[pairs[:, 0]] - rows[pairs[:, 1]], cols[pairs[:, 0]] - cols[pairs[:, 1]])
-    pairs = pairs[apart >= max(s / 40, 3)]
-    return idx[pairs[:, 0]], idx[pairs[:, 1]]
+    def build() -> tuple[np.ndarray, np.ndarray]:
+        s = maps.size
+        near = host_array(maps, "mask") & (maps.seam_fade < 0.25)
+        idx = np.flatnonzero(near.reshape(-1))
+        pos = host_array(maps, "pos_mean").reshape(-1, 3)[idx]
+        rows, cols = np.divmod(idx, s)
+        pairs = cKDTree(pos).query_pairs(r=6 * maps.texel_len, output_type="ndarray")
+        if len(pairs) == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        apart = np.hypot(rows[pairs[:, 0]] - rows[pairs[:, 1]],
+                         cols[pairs[:, 0]] - cols[pairs[:, 1]])
+        pairs = pairs[apart >= max(s / 40, 3)]
+        return idx[pairs[:, 0]], idx[pairs[:, 1]]
+
+    return derived_arrays(maps, "seam-pairs", build, (__file__,))
 
 
 def seam_step(texture: np.ndarray, maps: UVMaps) -> float:

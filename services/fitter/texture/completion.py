@@ -31,11 +31,9 @@ from scipy.sparse.csgraph import connected_components
 from torch import Tensor
 
 from ffhquv.imaging import LUMA
-from services.fitter.texture import atlas as _atlas
 from services.fitter.texture.atlas import (
     UVMaps,
     atlas_tensors,
-    derived_arrays,
     host_array,
     seam_texel_pairs,
 )
@@ -451,8 +449,7 @@ def cut_off_under_chin(weight: Tensor, maps: UVMaps) -> Tensor:
     if not (seen & under).any():
         return out
     n, lab = cv2.connectedComponents(seen.view(np.uint8), connectivity=8)
-    a, b = derived_arrays(maps, "seam_pairs", lambda: seam_texel_pairs(maps),
-                          (_atlas.__file__,))
+    a, b = seam_texel_pairs(maps)
     la, lb = lab.reshape(-1)[a], lab.reshape(-1)[b]
     both = (la > 0) & (lb > 0)
     _, piece = connected_components(
