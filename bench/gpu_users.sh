@@ -240,6 +240,8 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
       # SERVE_FITTERS="1 4": one run per fitter replica count (default: serve all's own);
       # SERVE_GATEWAYS="1 2": one run per gateway process count (FFHQUV_GATEWAY_REPLICAS);
       # SERVE_ONE_CONNECTION=1: the clients share one connection (the rows before session 18)
+      # SERVE_REMOTE_FOLDER=64: then `ffhquv fit --remote` of a folder of 64 against the same
+      # serve all (SERVE_IN_FLIGHT its --in-flight); SERVE_CLIENTS=0: no client rows
       for r in ${SERVE_FITTERS:-default}; do
       for gw in ${SERVE_GATEWAYS:-default}; do
         fr=(env); sfx=""
@@ -252,6 +254,7 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
           --max-concurrent "${SERVE_MAX_CONCURRENT:-0}" ${SERVE_SPY:+--spy /tmp/spy$sfx} \
           $([ "${SERVE_SPY:-}" = gil ] && echo --spy-gil) \
           --seconds "${SERVE_SECONDS:-120}" --json "$out/serve$sfx.json" \
+          --remote-folder "${SERVE_REMOTE_FOLDER:-0}" --in-flight "${SERVE_IN_FLIGHT:-0}" \
           --serve-log "$out/serve${sfx}_all.log"
         # SERVE_SPY=1 (carry pyspy/): every process's CPU by function; the summary comes back
         for f in /tmp/spy$sfx/*_summary.txt; do

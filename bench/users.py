@@ -4,7 +4,7 @@
                                 [--cold-runs 3]
     python bench/users.py warm  --photos DIR [--device cuda] [--count 8]
     python bench/users.py serve --photos DIR [--device cuda] [--clients 1,32] [--seconds 120]
-                                [--warmup-photos N]
+                                [--warmup-photos N] [--remote-folder 64]
 
 ``cli``: ``ffhquv fit`` as a user runs it (a new process each time): one photo cold, then the
 whole folder with each batch size (photos/s). ``warm``: photo after photo through the in-process
@@ -12,7 +12,8 @@ pipeline (the one ``ffhquv fit`` uses) once warm, with the per-stage split (dete
 fitter's stages, eyeballs, export, writing). ``serve``: ``ffhquv serve all`` with N concurrent
 clients, each ReconstructStream then downloading every artifact, for a fixed time, after a
 warm-up round (every replica's first photo is not a warm one); throughput,
-latency percentiles, errors and the batch sizes the fitter reported. Each row samples the GPU's
+latency percentiles, errors and the batch sizes the fitter reported; with ``--remote-folder``
+then ``ffhquv fit --remote`` of a folder against the same server. Each row samples the GPU's
 utilisation (NVML, else ``nvidia-smi``) while it runs.
 """
 
@@ -356,7 +357,7 @@ def run_serve(args) -> list[dict]:
         for t in warmers:
             t.join()
         progress(f"warm-up round of {n_warm} photos done at {time.perf_counter() - t_start:.1f} s")
-        for n in [int(x) for x in args.clients.split(",") if x]:
+        for n in [int(x) for x in args.clients.split(",") if x and int(x) > 0]:
             results: list[tuple[str, float, int | None, dict[str, float]]] = []
             lock = threading.Lock()
             secs = args.seconds_single if n == 1 and args.seconds_single else args.seconds
@@ -433,6 +434,9 @@ def run_serve(args) -> list[dict]:
                          # by ~0.1 s between runs: compare the distributions)
                          LATENCIES: [round(float(x), 4) for x in ok]})
             table(rows[-1:], [c for c in rows[-1] if c != LATENCIES])
+        if args.remote_folder:
+            rows.append(_remote_folder(args, address, fitters))
+            table(rows[-1:], list(rows[-1]))
     finally:
         proc.terminate()
         try:
@@ -441,6 +445,33 @@ def run_serve(args) -> list[dict]:
             proc.kill()
         log.close()
     return rows
+
+
+def _remote_folder(args, address: str, fitters: int) -> dict:
+    """``ffhquv fit --remote`` of a folder of ``--remote-folder`` photos against the running
+    ``serve all``, as a user with a server runs it: a new CLI process (its start included),
+    every output written into its folders."""
+    env = {**os.environ, "FFHQUV_LOG_LEVEL": "WARNING", "TQDM_DISABLE": "1"}
+    with tempfile.TemporaryDirectory() as tmp:
+        src = folder_of(photos_in(args.photos), args.remote_folder, Path(tmp) / "in")
+        out = Path(tmp) / "out"
+        cmd = [sys.executable, "-m", "ffhquv_cli", "fit", str(src), "-o", str(out),
+               "--remote", address, "--preset", args.preset]
+        if args.in_flight:
+            cmd += ["--in-flight", str(args.in_flight)]
+        with GpuSampler() as g:
+            t = time.perf_counter()
+            p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            wall = time.perf_counter() - t
+        if p.returncode:
+            print(p.stderr[-2000:], file=sys.stderr)
+        reps = _reports(out)
+        return {"what": f"ffhquv fit --remote (serve all), folder of {args.remote_folder}, "
+                        f"--in-flight {args.in_flight or 'default'}, {fitters} fitters",
+                "photos": len(reps), "wall_s": wall, "photos_per_s": len(reps) / wall,
+                "files_per_photo": (sum(len(list(d.iterdir())) for d in out.iterdir())
+                                    / max(len(reps), 1)) if out.is_dir() else 0,
+                "gpu_busy_pct": g.mean, "rc": p.returncode}
 
 
 def progress(msg: str) -> None:
@@ -487,7 +518,8 @@ def main(argv: list[str] | None = None) -> int:
                          "py-spy must be on PATH")
     ap.add_argument("--spy-gil", action="store_true",
                     help="serve: --spy records only the thread holding each process's GIL")
-    ap.add_argument("--clients", default="1,32", help="serve: concurrent clients per row")
+    ap.add_argument("--clients", default="1,32",
+                    help="serve: concurrent clients per row (0: none)")
     ap.add_argument("--seconds", type=float, default=120.0, help="serve: time per row")
     ap.add_argument("--warmup-photos", type=int, default=-1,
                     help="serve: photos sent at once before the timed rows, each on its own "
@@ -499,6 +531,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="serve: every client on one shared connection (gRPC's default within "
                          "a process; the rows before the eighteenth session); default: a "
                          "connection each, as separate users")
+    ap.add_argument("--remote-folder", type=int, default=0, metavar="N",
+                    help="serve: after the client rows, `ffhquv fit --remote` of a folder of N "
+                         "photos against the same serve all (a new CLI process, timed whole)")
+    ap.add_argument("--in-flight", type=int, default=0,
+                    help="serve: --remote-folder's --in-flight (0: the CLI's default)")
     ap.add_argument("--serve-log", default=None, metavar="FILE",
                     help="serve: serve all's stderr appended here (default: discarded)")
     ap.add_argument("--json", default=None)

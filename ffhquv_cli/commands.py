@@ -228,7 +228,12 @@ def retry_delay(err, attempt: int, base: float = 0.5, cap: float = 30.0) -> floa
 
 
 def _fit_remote(args, todo: list[tuple[Path, str]], out: Path, rep: FitReporter) -> int:
+    """The photos through a gateway, ``args.in_flight`` of them at once (threads over one
+    channel): the gateway admits them, the fitter batches what arrives together, and one
+    photo's failure or retries do not hold up the others. Results are reported as they end."""
+    import threading
     import uuid
+    from concurrent.futures import ThreadPoolExecutor
 
     import grpc
 
@@ -239,70 +244,89 @@ def _fit_remote(args, todo: list[tuple[Path, str]], out: Path, rep: FitReporter)
     opts = _options(args)
     token = read_token_of(args)
     metadata = [("authorization", f"Bearer {token}")] if token else None
+    stopping = threading.Event()  # Ctrl-C: the photos still running are not reported
+
+    def one(stub, photo: Path, stem: str) -> None:
+        if stopping.is_set():
+            return
+        final = out / stem
+        bar = rep.progress(stem)
+        # One id for every attempt: the gateway joins or returns the same run.
+        req = gateway_pb2.ReconstructRequest(
+            request_id=f"{stem}-{uuid.uuid4().hex[:12]}",
+            image=common_pb2.Image(data=photo.read_bytes(), filename=photo.name),
+            options=opts)
+
+        def once():
+            result = None
+            for ev in stub.ReconstructStream(req, metadata=metadata):
+                if ev.WhichOneof("event") == "progress":
+                    bar.update(ev.progress)
+                else:
+                    result = ev.result
+            if result is None:
+                raise RuntimeError("gateway stream ended without a result")
+            files = {}
+            for art in result.artifacts:
+                buf = bytearray()
+                for chunk in stub.GetArtifact(
+                        gateway_pb2.GetArtifactRequest(artifact_id=art.id), metadata=metadata):
+                    buf.extend(chunk.data)
+                files[art.name] = bytes(buf)
+            return result, files
+
+        end = time.monotonic() + args.retry_deadline
+        attempt = 0
+        try:
+            while True:
+                try:
+                    result, files = once()
+                    break
+                except grpc.RpcError as e:
+                    delay = retry_delay(e, attempt)
+                    if stopping.is_set() or delay is None or time.monotonic() + delay > end:
+                        raise
+                    rep.note(f"{photo}: {e.code().name} ({e.details()}); retrying in "
+                             f"{delay:.1f} s")
+                    if stopping.wait(delay):
+                        return
+                    attempt += 1
+            write_output_dir(final, files, args.overwrite)
+        except grpc.RpcError as e:
+            bar.close(False)
+            if stopping.is_set():
+                return
+            d = status_details(e)
+            field = d.field_violations[0][0] if d.field_violations else ""
+            rep.failed(photo, stem, e.code().name, e.details() or "", d.reason, field)
+            return
+        except OSError as e:
+            bar.close(False)
+            rep.failed(photo, stem, "OUTPUT_WRITE_FAILED",
+                       f"cannot write {final}: {e.strerror or e}")
+            return
+        except RuntimeError as e:  # a stream that ended without a result
+            bar.close(False)
+            rep.failed(photo, stem, "INTERNAL", str(e))
+            return
+        bar.close(True)
+        rep.ok(photo, stem, final, dict(result.metrics), list(result.warnings), list(files))
+
     with channel(args.remote) as ch:
         stub = gateway_pb2_grpc.ReconstructionStub(ch)
-        for photo, stem in todo:
-            final = out / stem
-            bar = rep.progress(stem)
-            # One id for every attempt: the gateway joins or returns the same run.
-            req = gateway_pb2.ReconstructRequest(
-                request_id=f"{stem}-{uuid.uuid4().hex[:12]}",
-                image=common_pb2.Image(data=photo.read_bytes(), filename=photo.name),
-                options=opts)
-
-            def once(req=req, bar=bar):
-                result = None
-                for ev in stub.ReconstructStream(req, metadata=metadata):
-                    if ev.WhichOneof("event") == "progress":
-                        bar.update(ev.progress)
-                    else:
-                        result = ev.result
-                if result is None:
-                    raise RuntimeError("gateway stream ended without a result")
-                files = {}
-                for art in result.artifacts:
-                    buf = bytearray()
-                    for chunk in stub.GetArtifact(
-                            gateway_pb2.GetArtifactRequest(artifact_id=art.id),
-                            metadata=metadata):
-                        buf.extend(chunk.data)
-                    files[art.name] = bytes(buf)
-                return result, files
-
-            end = time.monotonic() + args.retry_deadline
-            attempt = 0
-            try:
-                while True:
-                    try:
-                        result, files = once()
-                        break
-                    except grpc.RpcError as e:
-                        delay = retry_delay(e, attempt)
-                        if delay is None or time.monotonic() + delay > end:
-                            raise
-                        print(f"{photo}: {e.code().name} ({e.details()}); retrying in "
-                              f"{delay:.1f} s", file=sys.stderr, flush=True)
-                        time.sleep(delay)
-                        attempt += 1
-                write_output_dir(final, files, args.overwrite)
-            except grpc.RpcError as e:
-                bar.close(False)
-                d = status_details(e)
-                field = d.field_violations[0][0] if d.field_violations else ""
-                rep.failed(photo, stem, e.code().name, e.details() or "", d.reason, field)
-                continue
-            except OSError as e:
-                bar.close(False)
-                rep.failed(photo, stem, "OUTPUT_WRITE_FAILED",
-                           f"cannot write {final}: {e.strerror or e}")
-                continue
-            except RuntimeError as e:  # a stream that ended without a result
-                bar.close(False)
-                rep.failed(photo, stem, "INTERNAL", str(e))
-                continue
-            bar.close(True)
-            rep.ok(photo, stem, final, dict(result.metrics), list(result.warnings),
-                   list(files))
+        pool = ThreadPoolExecutor(max_workers=min(args.in_flight, len(todo)),
+                                  thread_name_prefix="ffhquv-remote")
+        jobs = [pool.submit(one, stub, photo, stem) for photo, stem in todo]
+        try:
+            for job in jobs:
+                job.result()
+        except BaseException:
+            # Ctrl-C (or a bug): nothing more is sent, what runs is dropped with the channel;
+            # a photo's folder is written whole or not at all (write_output_dir)
+            stopping.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
     return rep.summary()
 
 
@@ -327,7 +351,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
                          "FFHQUV_LANDMARK_MODEL on the detector service")
     if args.remote and args.workers > 1:
         raise UsageError("--workers applies to local fits; with --remote the gateway spreads "
-                         "the photos over its services")
+                         "the photos over its services (--in-flight: how many at once)")
+    if args.in_flight < 1:
+        raise UsageError(f"--in-flight must be 1 or more, got {args.in_flight}")
     if args.workers < 0:
         raise UsageError(f"--workers must be 0 (the default) or more, got {args.workers}")
     _check_landmark_model(args.landmark_model)

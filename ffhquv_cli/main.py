@@ -20,6 +20,11 @@ from ffhquv import vocab
 EPILOG = ("exit codes: 0 all photos done (or skipped), 1 some photos failed, 2 usage error "
           "(bad arguments, missing input, unwritable output folder), 130 interrupted")
 
+#: ``ffhquv fit --remote``: photos in flight at once by default. The serve benchmark's 32
+#: clients are what keep one ``serve all`` on a GPU at its peak (BENCHMARKS.md); a gateway
+#: replica admits 16 running and 64 queued, so one CLI alone is never refused
+REMOTE_IN_FLIGHT = 32
+
 SERVICES = ("detector", "fitter", "eyeball", "exporter", "gateway", "all")
 
 
@@ -56,6 +61,9 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
                    help="--remote: keep retrying RESOURCE_EXHAUSTED / UNAVAILABLE (jittered "
                         "backoff, honouring the server's RetryInfo) for up to S seconds per "
                         "photo (default 600)")
+    p.add_argument("--in-flight", type=int, default=REMOTE_IN_FLIGHT, metavar="N",
+                   help="--remote: photos sent at once (default %(default)s, what keeps one "
+                        "`serve all` on a GPU busy; the gateway queues what it cannot start)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object per photo on stdout (input, output, files, "
                         "metrics, timings, warnings, error)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,6 +16,10 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 #: files whose presence (and age) says a photo's output folder is complete
 OUTPUT_MARKERS = ("report.json", "stage3_uv.png", "stage3_mesh_id.obj")
 
+
+#: one writer at a time: ``--remote`` reports from a thread per photo in flight, and a
+#: result line or a ``--json`` record is never split by another's
+_WRITE = threading.Lock()
 
 STAGES = {1: "queued", 2: "detected", 3: "stage 1", 4: "stage 2", 5: "stage 3", 6: "eyeballs",
           7: "exported", 8: "done"}
@@ -62,8 +67,9 @@ class _Lines:
             return
         self.stage = p.stage
         note = f" ({p.message})" if p.message else ""
-        print(f"{self.name}: {STAGES.get(p.stage, str(p.stage))}{note} "
-              f"[{time.monotonic() - self.t0:.1f} s]", file=sys.stderr, flush=True)
+        with _WRITE:
+            print(f"{self.name}: {STAGES.get(p.stage, str(p.stage))}{note} "
+                  f"[{time.monotonic() - self.t0:.1f} s]", file=sys.stderr, flush=True)
 
     def close(self, ok: bool) -> None:
         return None
@@ -101,9 +107,18 @@ class FitReporter:
             sys.stdout.write(json.dumps(record, sort_keys=True) + "\n")
             sys.stdout.flush()
 
+    def note(self, line: str) -> None:
+        """One line on stderr (a retry, a warning), never split by another photo's."""
+        with _WRITE:
+            print(line, file=sys.stderr, flush=True)
+
     def record(self, rec: dict) -> None:
         """Report one photo's record (the ``--json`` object): its result line on stderr, then
-        the record itself on stdout with ``--json``."""
+        the record itself on stdout with ``--json``. Safe from several threads."""
+        with _WRITE:
+            self._record(rec)
+
+    def _record(self, rec: dict) -> None:
         if self.results:
             if rec["status"] == "ok":
                 m, t = rec["metrics"], rec["timings"]

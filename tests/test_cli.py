@@ -134,6 +134,77 @@ def test_remote_retries_a_full_queue_then_reports(tmp_path, astronaut_png):
     assert not (tmp_path / "out" / "astronaut").exists()
 
 
+class _HoldingGateway:
+    """A real gRPC server of the gateway's Reconstruction service that holds each
+    ReconstructStream until ``together`` of them are open at once (a barrier, not a clock),
+    then refuses the photo with FAILED_PRECONDITION; it records the most open at once."""
+
+    def __init__(self, together: int):
+        import threading
+        from concurrent import futures
+
+        import grpc
+
+        from ffhquv.pb import gateway_pb2_grpc
+
+        self.lock, self.open, self.peak, self.seen = threading.Lock(), 0, 0, []
+        self.barrier = threading.Barrier(together, timeout=120) if together > 1 else None
+        outer = self
+
+        class Servicer(gateway_pb2_grpc.ReconstructionServicer):
+            def ReconstructStream(self, request, context):
+                with outer.lock:
+                    outer.open += 1
+                    outer.peak = max(outer.peak, outer.open)
+                    outer.seen.append(request.image.filename)
+                try:
+                    if outer.barrier is not None:
+                        outer.barrier.wait()
+                finally:
+                    with outer.lock:
+                        outer.open -= 1
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"held {request.image.filename}")
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        gateway_pb2_grpc.add_ReconstructionServicer_to_server(Servicer(), self.server)
+        self.address = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
+        self.server.start()
+
+
+@pytest.mark.parametrize("in_flight", [1, 3])
+def test_remote_sends_a_folder_in_flight_together(tmp_path, astronaut_png, in_flight):
+    """``--remote`` keeps ``--in-flight`` photos open at the gateway at once (a photo at a time
+    left one ``serve all`` on a GPU at a tenth of its rate): with 3 the gateway holds each
+    photo until all three are open (a barrier: one at a time would break it), with 1 it never
+    sees two. Each photo's failure is reported on its own, nothing is written."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a", "b", "c"):
+        (photos / f"{name}.png").write_bytes(astronaut_png.read_bytes())
+    gw = _HoldingGateway(together=in_flight)
+    try:
+        r = ffhquv("fit", str(photos), "-o", str(tmp_path / "out"), "--remote", gw.address,
+                   "--in-flight", str(in_flight), "--json", timeout=300)
+    finally:
+        gw.server.stop(None)
+    assert r.returncode == 1, r.stderr
+    assert sorted(gw.seen) == ["a.png", "b.png", "c.png"] and gw.peak == in_flight
+    recs = [json.loads(line) for line in r.stdout.splitlines()]
+    assert sorted(x["name"] for x in recs) == ["a", "b", "c"]
+    for x in recs:
+        assert x["status"] == "failed" and x["error"]["code"] == "FAILED_PRECONDITION"
+        assert x["error"]["message"] == f"held {x['name']}.png"
+    assert "ffhquv fit: 3 photo(s): 0 ok, 3 failed, 0 skipped" in r.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_remote_in_flight_must_be_positive(tmp_path, astronaut_png):
+    r = ffhquv("fit", str(astronaut_png), "-o", str(tmp_path / "o"), "--remote",
+               "127.0.0.1:1", "--in-flight", "0", timeout=120)
+    assert r.returncode == 2 and "--in-flight must be 1 or more, got 0" in r.stderr, r.stderr
+
+
 @pytest.mark.slow
 def test_fit_folder_with_a_bad_file_then_clear(tmp_path, astronaut_rgb):
     photos = tmp_path / "photos"
