@@ -708,6 +708,27 @@ FITTER_GPU_GB = 8.0
 GPU_CHILDREN = ("fitter", "exporter")
 
 
+def serve_all_compile_env(device: str) -> dict[str, str]:
+    """The fitters' ``FFHQUV_COMPILE`` in ``serve all`` on CUDA when the user set none: on.
+    A server pays the compile once at its start (ready after 26-45 s with torch's on-disk
+    caches filled, 70 s without, against 10 s) and holds more host memory (the process tree's
+    RSS 75-77 GB against 29 GB on a 16-core H100 host) for fused steps every photo after: 32
+    clients 10.3 photos/s against 8.85 (the fitter's host CPU 0.69 s a photo against 0.78),
+    one client p50 1.10 s against 1.22 (BENCHMARKS.md, thirty-sixth session). ``ffhquv fit``
+    and ``serve fitter`` keep it off unless asked (a new process's first photo would wait for
+    the compile); ``FFHQUV_COMPILE=0`` turns it off here too."""
+    if config.env("FFHQUV_COMPILE") is not None:
+        return {}
+    if device == "cpu" or (device == "auto" and not cuda_available()):
+        return {}
+    out = {"FFHQUV_COMPILE": "1"}
+    if not os.environ.get("TORCHINDUCTOR_COMPILE_THREADS"):
+        # each fitter compiles in its own process, the six side by side: no pool of compile
+        # workers per fitter (Inductor's default, one per core, kept for the process's life)
+        out["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
+    return out
+
+
 def serve_all_max_concurrent(n_fit: int) -> int:
     """The gateway's running reconstructions in ``serve all`` unless set: 16, or 8 per fitter
     process when there are more (each fitter batches what arrives; BENCHMARKS.md's serve rows
@@ -810,9 +831,11 @@ def _serve_all(args: argparse.Namespace) -> int:
 
     mps = _serve_all_mps(args.device)
     gpu_env = {} if mps is None else mps.env()
+    fit_env = serve_all_compile_env(args.device)
 
     def env_of(name: str) -> dict[str, str | None]:
-        return {**env, **thread_env(name, n_fit), **(gpu_env if name in GPU_CHILDREN else {})}
+        return {**env, **thread_env(name, n_fit), **(gpu_env if name in GPU_CHILDREN else {}),
+                **(fit_env if name == "fitter" else {})}
     sup = Supervisor()
     try:
         from concurrent.futures import ThreadPoolExecutor

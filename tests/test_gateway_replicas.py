@@ -14,6 +14,7 @@ from ffhquv_cli import commands
 from ffhquv_cli.commands import (
     cpu_service_replicas,
     fitter_replicas,
+    serve_all_compile_env,
     serve_all_max_concurrent,
     service_threads,
     thread_env,
@@ -143,6 +144,27 @@ def test_the_command_line_keeps_numpy_blas_to_one_thread():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True).stdout.split()
     assert out[0] == "3"
+
+
+def test_serve_all_compiles_its_cuda_fitters_unless_told(monkeypatch):
+    """serve all's fitters on CUDA fuse their steps (FFHQUV_COMPILE=1: a server pays the
+    compile once at its start), each compiling in its own process (no pool of compile workers
+    unless the user sized one); not on the CPU, not when the user set the variable either way
+    (0 turns it off)."""
+    monkeypatch.delenv("FFHQUV_COMPILE", raising=False)
+    monkeypatch.delenv("TORCHINDUCTOR_COMPILE_THREADS", raising=False)
+    monkeypatch.setattr(commands, "cuda_available", lambda: True)
+    on = {"FFHQUV_COMPILE": "1", "TORCHINDUCTOR_COMPILE_THREADS": "1"}
+    assert serve_all_compile_env("cuda") == on
+    assert serve_all_compile_env("auto") == on
+    monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "8")  # the user's pool stays
+    assert serve_all_compile_env("cuda") == {"FFHQUV_COMPILE": "1"}
+    assert serve_all_compile_env("cpu") == {}
+    monkeypatch.setattr(commands, "cuda_available", lambda: False)
+    assert serve_all_compile_env("auto") == {}
+    for told in ("0", "1"):
+        monkeypatch.setenv("FFHQUV_COMPILE", told)
+        assert serve_all_compile_env("cuda") == {}
 
 
 def test_serve_all_runs_enough_at_once_for_its_fitters():
