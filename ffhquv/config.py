@@ -14,7 +14,7 @@ through this module (``tests/test_config.py`` checks both).
 | ``FFHQUV_LOG_LEVEL`` | ``INFO`` (``WARNING`` for ``ffhquv fit``) | log level |
 | ``FFHQUV_CUDA_GRAPHS`` | ``1`` | ``0`` / ``false`` / ``no`` / ``off``: eager steps on CUDA |
 | ``FFHQUV_CUDA_GRAPH_PROGRAMS`` | ``16`` | recorded fitting steps kept per face model (LRU) |
-| ``FFHQUV_COMPILE`` | ``0`` | ``1``: fitting steps through ``torch.compile`` (CUDA) |
+| ``FFHQUV_COMPILE`` | ``0`` (``1``: ``serve all``'s CUDA fitters) | steps via ``torch.compile`` |
 | ``FFHQUV_CUDA_WAIT`` | ``block`` | how threads wait for the GPU: ``block``, ``spin``, ``auto`` |
 | ``FFHQUV_CUDA_MPS`` | ``auto`` | ``serve all``'s GPU children under its own MPS daemon |
 | ``FFHQUV_FITTER_CONCURRENCY`` | ``1`` | batched fits at a time per device (fitter service) |
@@ -121,7 +121,8 @@ VARIABLES: dict[str, str] = {
     "FFHQUV_LOG_LEVEL": "log level",
     "FFHQUV_CUDA_GRAPHS": "0 turns off the CUDA-graph replay of the fitting steps",
     "FFHQUV_CUDA_GRAPH_PROGRAMS": "recorded fitting steps a process keeps per face model (LRU)",
-    "FFHQUV_COMPILE": "1: the fitting steps' arithmetic fused by torch.compile on CUDA (default 0)",
+    "FFHQUV_COMPILE": "1: the fitting steps' arithmetic fused by torch.compile on CUDA (default 0; "
+                      "serve all's CUDA fitters: 1)",
     "FFHQUV_CUDA_WAIT": "block / spin / auto: how a thread waits for the GPU (ffhquv.cuda)",
     "FFHQUV_CUDA_MPS": "auto / on / off: serve all's GPU children under a CUDA MPS daemon of its "
                        "own (ffhquv.cuda)",
@@ -195,7 +196,8 @@ def cuda_graph_programs() -> int:
 
 
 def compile_steps() -> bool:
-    """``FFHQUV_COMPILE``: True for ``1`` / ``true`` / ``yes`` / ``on`` (default off): the
+    """``FFHQUV_COMPILE``: True for ``1`` / ``true`` / ``yes`` / ``on`` (default off; ``serve
+    all`` sets it for its CUDA fitters: ``ffhquv_cli.commands.serve_all_compile_env``): the
     fitter's optimisation steps on CUDA run their arithmetic through ``torch.compile``
     (:func:`services.fitter.graphs.compiled`)."""
     return os.environ.get("FFHQUV_COMPILE", "0").strip().lower() in _TRUE

@@ -83,7 +83,9 @@ def compiled(fn: Callable[..., T], device: torch.device | str) -> Callable[..., 
     batch of one and one of two, thirty-fourth session), 12-35 s a shape from torch's on-disk
     cache, for a warm batch of 4 1.32-1.43 s
     instead of 1.47-1.52 s (BENCHMARKS.md, twenty-sixth session). Hence off by default (a cold
-    ``ffhquv fit`` would pass 12 s). A function dynamo cannot take runs eagerly.
+    ``ffhquv fit`` would pass 12 s) and on in ``serve all``'s CUDA fitters, which compile once
+    while they warm up (thirty-sixth session: 32 clients 10.3 photos/s against 8.85). A
+    function dynamo cannot take runs eagerly.
 
     Args:
         fn: a pure tensor function (no host synchronisation; the batch from its tensors'
