@@ -712,7 +712,9 @@ def serve_all_compile_env(device: str) -> dict[str, str]:
     """The fitters' ``FFHQUV_COMPILE`` in ``serve all`` on CUDA when the user set none: on.
     A server pays the compile once at its start (ready after 26-45 s with torch's on-disk
     caches filled, 70 s without, against 10 s) and holds more host memory (the process tree's
-    RSS 75-77 GB against 29 GB on a 16-core H100 host) for fused steps every photo after: 32
+    RSS 75-77 GB against 29 GB on a 16-core H100 host; by its growth Inductor's compile
+    workers, a pool per fitter that ``TORCHINDUCTOR_COMPILE_THREADS`` sizes) for fused steps
+    every photo after: 32
     clients 10.3 photos/s against 8.85 (the fitter's host CPU 0.69 s a photo against 0.78),
     one client p50 1.10 s against 1.22 (BENCHMARKS.md, thirty-sixth session). ``ffhquv fit``
     and ``serve fitter`` keep it off unless asked (a new process's first photo would wait for
@@ -721,12 +723,7 @@ def serve_all_compile_env(device: str) -> dict[str, str]:
         return {}
     if device == "cpu" or (device == "auto" and not cuda_available()):
         return {}
-    out = {"FFHQUV_COMPILE": "1"}
-    if not os.environ.get("TORCHINDUCTOR_COMPILE_THREADS"):
-        # each fitter compiles in its own process, the six side by side: no pool of compile
-        # workers per fitter (Inductor's default, one per core, kept for the process's life)
-        out["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
-    return out
+    return {"FFHQUV_COMPILE": "1"}
 
 
 def serve_all_max_concurrent(n_fit: int) -> int:

@@ -148,17 +148,12 @@ def test_the_command_line_keeps_numpy_blas_to_one_thread():
 
 def test_serve_all_compiles_its_cuda_fitters_unless_told(monkeypatch):
     """serve all's fitters on CUDA fuse their steps (FFHQUV_COMPILE=1: a server pays the
-    compile once at its start), each compiling in its own process (no pool of compile workers
-    unless the user sized one); not on the CPU, not when the user set the variable either way
+    compile once at its start); not on the CPU, not when the user set the variable either way
     (0 turns it off)."""
     monkeypatch.delenv("FFHQUV_COMPILE", raising=False)
-    monkeypatch.delenv("TORCHINDUCTOR_COMPILE_THREADS", raising=False)
     monkeypatch.setattr(commands, "cuda_available", lambda: True)
-    on = {"FFHQUV_COMPILE": "1", "TORCHINDUCTOR_COMPILE_THREADS": "1"}
-    assert serve_all_compile_env("cuda") == on
-    assert serve_all_compile_env("auto") == on
-    monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "8")  # the user's pool stays
     assert serve_all_compile_env("cuda") == {"FFHQUV_COMPILE": "1"}
+    assert serve_all_compile_env("auto") == {"FFHQUV_COMPILE": "1"}
     assert serve_all_compile_env("cpu") == {}
     monkeypatch.setattr(commands, "cuda_available", lambda: False)
     assert serve_all_compile_env("auto") == {}
