@@ -714,9 +714,9 @@ def serve_all_compile_env(device: str) -> dict[str, str]:
     caches filled, 70 s without, against 10 s) and holds more host memory (the process tree's
     RSS 75-77 GB against 29 GB on a 16-core H100 host; by its growth Inductor's compile
     workers, a pool per fitter that ``TORCHINDUCTOR_COMPILE_THREADS`` sizes) for fused steps
-    every photo after: 32
-    clients 10.3 photos/s against 8.85 (the fitter's host CPU 0.69 s a photo against 0.78),
-    one client p50 1.10 s against 1.22 (BENCHMARKS.md, thirty-sixth session). ``ffhquv fit``
+    every photo after: 32 clients 10.3 photos/s against 8.85 (the fitter's host CPU 0.69 s a
+    photo against 0.78), one client p50 1.10 s against 1.22 (BENCHMARKS.md, thirty-sixth
+    session). ``ffhquv fit``
     and ``serve fitter`` keep it off unless asked (a new process's first photo would wait for
     the compile); ``FFHQUV_COMPILE=0`` turns it off here too."""
     if config.env("FFHQUV_COMPILE") is not None:
