@@ -43,7 +43,8 @@
 #                    process during the many-clients rows, SERVE_SPY=gil only the threads
 #                    holding a GIL, carry pyspy/; serve all under its own CUDA MPS daemon
 #                    unless FFHQUV_CUDA_MPS=off; serve all's own log comes back as
-#                    serve_all.log; SERVE_LIMIT the step's limit, default SERVE_SECONDS + 240)
+#                    serve_all.log; SERVE_LIMIT the step's limit, default SERVE_SECONDS + 240;
+#                    SERVE_REMOTE_FOLDER=64 then `ffhquv fit --remote` of a folder of 64, timed)
 #          mpskill   serve all's MPS daemon after a SIGTERM and a SIGKILL of serve all
 #          profile   bench/fit.py --cprofile: the fitter's host CPU seconds by function
 #          devtests  pytest of the device-path tests (DEVTESTS overrides the selection)
