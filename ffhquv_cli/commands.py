@@ -107,6 +107,11 @@ def _unique_stems(photos: list[Path]) -> list[str]:
     return stems
 
 
+#: ``ffhquv fit``'s own error code (beside the gRPC status names) for a photo it could not read
+#: (gone or unreadable since the inputs were listed); ``OUTPUT_WRITE_FAILED`` for its folder
+INPUT_READ_FAILED = "INPUT_READ_FAILED"
+
+
 def write_output_dir(final: Path, files: dict[str, bytes], overwrite: bool) -> None:
     """Write one photo's files so that ``final`` appears complete or not at all."""
     from services.exporter.obj import OutputDir
@@ -171,11 +176,16 @@ async def _fit_local(args, todo: list[tuple[Path, str]], out: Path, rep: FitRepo
     async def one(photo: Path, stem: str) -> None:
         final = out / stem
         async with slots:
+            try:
+                data = await asyncio.to_thread(photo.read_bytes)
+            except OSError as e:
+                rep.failed(photo, stem, INPUT_READ_FAILED, f"cannot read {photo}: "
+                           f"{e.strerror or e}")
+                return
             bar = rep.progress(stem)
             try:
                 req = gateway_pb2.ReconstructRequest(
-                    request_id=stem, image=common_pb2.Image(
-                        data=await asyncio.to_thread(photo.read_bytes), filename=photo.name),
+                    request_id=stem, image=common_pb2.Image(data=data, filename=photo.name),
                     options=opts)
 
                 async def progress(p, bar=bar):
@@ -250,12 +260,16 @@ def _fit_remote(args, todo: list[tuple[Path, str]], out: Path, rep: FitReporter)
         if stopping.is_set():
             return
         final = out / stem
+        try:
+            data = photo.read_bytes()
+        except OSError as e:  # gone or unreadable since the folder was listed
+            rep.failed(photo, stem, INPUT_READ_FAILED, f"cannot read {photo}: {e.strerror or e}")
+            return
         bar = rep.progress(stem)
         # One id for every attempt: the gateway joins or returns the same run.
         req = gateway_pb2.ReconstructRequest(
             request_id=f"{stem}-{uuid.uuid4().hex[:12]}",
-            image=common_pb2.Image(data=photo.read_bytes(), filename=photo.name),
-            options=opts)
+            image=common_pb2.Image(data=data, filename=photo.name), options=opts)
 
         def once():
             result = None

@@ -199,6 +199,30 @@ def test_remote_sends_a_folder_in_flight_together(tmp_path, astronaut_png, in_fl
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+def test_remote_photo_gone_before_it_is_sent_fails_alone(tmp_path, astronaut_png, capsys):
+    """A photo that cannot be read when its turn comes (deleted since the folder was listed)
+    is reported failed with INPUT_READ_FAILED and its path; the others are still sent."""
+    from ffhquv_cli.commands import _fit_remote
+    from ffhquv_cli.main import build_parser
+    from ffhquv_cli.reporting import FitReporter
+
+    gw = _HoldingGateway(together=1)
+    out = tmp_path / "out"
+    args = build_parser().parse_args(["fit", str(astronaut_png), "-o", str(out), "--remote",
+                                      gw.address, "--in-flight", "2"])
+    rep = FitReporter(json_lines=True, tty=False)
+    try:
+        code = _fit_remote(args, [(tmp_path / "gone.png", "gone"), (astronaut_png, "here")],
+                           out, rep)
+    finally:
+        gw.server.stop(None)
+    assert code == 1 and gw.seen == ["astronaut.png"]
+    recs = {r["name"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert recs["gone"]["error"]["code"] == "INPUT_READ_FAILED"
+    assert recs["gone"]["error"]["message"].startswith(f"cannot read {tmp_path / 'gone.png'}: ")
+    assert recs["here"]["error"]["code"] == "FAILED_PRECONDITION"
+
+
 def test_remote_in_flight_must_be_positive(tmp_path, astronaut_png):
     r = ffhquv("fit", str(astronaut_png), "-o", str(tmp_path / "o"), "--remote",
                "127.0.0.1:1", "--in-flight", "0", timeout=120)
