@@ -107,11 +107,6 @@ def _unique_stems(photos: list[Path]) -> list[str]:
     return stems
 
 
-#: ``ffhquv fit``'s own error code (beside the gRPC status names) for a photo it could not read
-#: (gone or unreadable since the inputs were listed); ``OUTPUT_WRITE_FAILED`` for its folder
-INPUT_READ_FAILED = "INPUT_READ_FAILED"
-
-
 def write_output_dir(final: Path, files: dict[str, bytes], overwrite: bool) -> None:
     """Write one photo's files so that ``final`` appears complete or not at all."""
     from services.exporter.obj import OutputDir
@@ -179,8 +174,7 @@ async def _fit_local(args, todo: list[tuple[Path, str]], out: Path, rep: FitRepo
             try:
                 data = await asyncio.to_thread(photo.read_bytes)
             except OSError as e:
-                rep.failed(photo, stem, INPUT_READ_FAILED, f"cannot read {photo}: "
-                           f"{e.strerror or e}")
+                rep.read_failed(photo, stem, e)
                 return
             bar = rep.progress(stem)
             try:
@@ -199,8 +193,7 @@ async def _fit_local(args, todo: list[tuple[Path, str]], out: Path, rep: FitRepo
                 return
             except OSError as e:
                 bar.close(False)
-                rep.failed(photo, stem, "OUTPUT_WRITE_FAILED",
-                           f"cannot write {final}: {e.strerror or e}")
+                rep.write_failed(photo, stem, final, e)
                 return
             bar.close(True)
         rep.ok(photo, stem, final, dict(res.metrics), list(res.warnings), list(res.files))
@@ -263,7 +256,7 @@ def _fit_remote(args, todo: list[tuple[Path, str]], out: Path, rep: FitReporter)
         try:
             data = photo.read_bytes()
         except OSError as e:  # gone or unreadable since the folder was listed
-            rep.failed(photo, stem, INPUT_READ_FAILED, f"cannot read {photo}: {e.strerror or e}")
+            rep.read_failed(photo, stem, e)
             return
         bar = rep.progress(stem)
         # One id for every attempt: the gateway joins or returns the same run.
@@ -316,8 +309,7 @@ def _fit_remote(args, todo: list[tuple[Path, str]], out: Path, rep: FitReporter)
             return
         except OSError as e:
             bar.close(False)
-            rep.failed(photo, stem, "OUTPUT_WRITE_FAILED",
-                       f"cannot write {final}: {e.strerror or e}")
+            rep.write_failed(photo, stem, final, e)
             return
         except RuntimeError as e:  # a stream that ended without a result
             bar.close(False)

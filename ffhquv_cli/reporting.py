@@ -13,6 +13,9 @@ from pathlib import Path
 
 #: exit codes of ``ffhquv fit``: all done (or skipped), some photos failed, usage error
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+#: ``ffhquv fit``'s own error codes (beside the gRPC status names): a photo it could not read
+#: (gone or unreadable since the inputs were listed), an output folder it could not write
+INPUT_READ_FAILED, OUTPUT_WRITE_FAILED = "INPUT_READ_FAILED", "OUTPUT_WRITE_FAILED"
 #: files whose presence (and age) says a photo's output folder is complete
 OUTPUT_MARKERS = ("report.json", "stage3_uv.png", "stage3_mesh_id.obj")
 
@@ -152,6 +155,15 @@ class FitReporter:
                      "files": [], "metrics": {}, "timings": {}, "warnings": [],
                      "error": {"code": code, "reason": reason or code, "message": message,
                                "field": field or None}})
+
+    def read_failed(self, photo: Path, name: str, err: OSError) -> None:
+        """The photo could not be read (:data:`INPUT_READ_FAILED`)."""
+        self.failed(photo, name, INPUT_READ_FAILED, f"cannot read {photo}: {err.strerror or err}")
+
+    def write_failed(self, photo: Path, name: str, final: Path, err: OSError) -> None:
+        """Its output folder could not be written (:data:`OUTPUT_WRITE_FAILED`)."""
+        self.failed(photo, name, OUTPUT_WRITE_FAILED,
+                    f"cannot write {final}: {err.strerror or err}")
 
     def skipped(self, photo: Path, name: str, final: Path) -> None:
         self.record({"input": str(photo), "name": name, "status": "skipped",
