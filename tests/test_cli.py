@@ -223,6 +223,38 @@ def test_remote_photo_gone_before_it_is_sent_fails_alone(tmp_path, astronaut_png
     assert recs["here"]["error"]["code"] == "FAILED_PRECONDITION"
 
 
+def test_remote_ctrl_c_with_photos_in_flight_stops_and_writes_nothing(tmp_path, astronaut_png):
+    """Ctrl-C while the gateway holds every photo in flight: the CLI stops (exit 130, its
+    in-flight calls cancelled with the channel) without a traceback, and no output folder or
+    partial file is left."""
+    import signal
+    import time
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a", "b", "c"):
+        (photos / f"{name}.png").write_bytes(astronaut_png.read_bytes())
+    gw = _HoldingGateway(together=4)  # never four: all three are held
+    proc = subprocess.Popen([sys.executable, "-m", "ffhquv_cli", "fit", str(photos), "-o",
+                             str(tmp_path / "out"), "--remote", gw.address, "--in-flight", "3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + 120
+        while len(gw.seen) < 3 and proc.poll() is None and time.monotonic() < end:
+            time.sleep(0.05)  # until the gateway holds all three (no clock decides the test)
+        assert len(gw.seen) == 3, gw.seen
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        gw.barrier.abort()
+        gw.server.stop(None)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_remote_in_flight_must_be_positive(tmp_path, astronaut_png):
     r = ffhquv("fit", str(astronaut_png), "-o", str(tmp_path / "o"), "--remote",
                "127.0.0.1:1", "--in-flight", "0", timeout=120)
