@@ -222,6 +222,11 @@ class FitterServicer(fitter_pb2_grpc.FitterServicer):
         c = m.zeros(1)
         c["angles"] = torch.tensor([[0.05, -0.2, 0.0]], device=m.device)
         face, _ = synthetic_face(m, c, synthetic_texture(128), hires=512)
+        if config.compile_steps():
+            # the wait a serve all on a GPU has before it serves, said where it is spent
+            log.info("fitter compiling its fitting steps (FFHQUV_COMPILE=1) for batch sizes "
+                     "%s: about a minute on a machine's first start, less from torch's cache",
+                     ", ".join(map(str, sizes)))
         for b in sizes:
             core.fit_batch([face] * b, preset=preset, texture_size=texture_size,
                            want_intermediates=False)
