@@ -242,7 +242,8 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
       # SERVE_GATEWAYS="1 2": one run per gateway process count (FFHQUV_GATEWAY_REPLICAS);
       # SERVE_ONE_CONNECTION=1: the clients share one connection (the rows before session 18)
       # SERVE_REMOTE_FOLDER=64: then `ffhquv fit --remote` of a folder of 64 against the same
-      # serve all (SERVE_IN_FLIGHT its --in-flight); SERVE_CLIENTS=0: no client rows
+      # serve all (SERVE_IN_FLIGHT its --in-flight values, e.g. 16,32,64: a run each);
+      # SERVE_CLIENTS=0: no client rows
       for r in ${SERVE_FITTERS:-default}; do
       for gw in ${SERVE_GATEWAYS:-default}; do
         fr=(env); sfx=""

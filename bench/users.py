@@ -434,8 +434,9 @@ def run_serve(args) -> list[dict]:
                          # by ~0.1 s between runs: compare the distributions)
                          LATENCIES: [round(float(x), 4) for x in ok]})
             table(rows[-1:], [c for c in rows[-1] if c != LATENCIES])
-        if args.remote_folder:
-            rows.append(_remote_folder(args, address, fitters))
+        for flight in ([int(x) for x in str(args.in_flight).split(",") if x]
+                       if args.remote_folder else []):
+            rows.append(_remote_folder(args, address, fitters, flight))
             table(rows[-1:], list(rows[-1]))
     finally:
         proc.terminate()
@@ -447,7 +448,7 @@ def run_serve(args) -> list[dict]:
     return rows
 
 
-def _remote_folder(args, address: str, fitters: int) -> dict:
+def _remote_folder(args, address: str, fitters: int, in_flight: int) -> dict:
     """``ffhquv fit --remote`` of a folder of ``--remote-folder`` photos against the running
     ``serve all``, as a user with a server runs it: a new CLI process (its start included),
     every output written into its folders."""
@@ -457,8 +458,8 @@ def _remote_folder(args, address: str, fitters: int) -> dict:
         out = Path(tmp) / "out"
         cmd = [sys.executable, "-m", "ffhquv_cli", "fit", str(src), "-o", str(out),
                "--remote", address, "--preset", args.preset]
-        if args.in_flight:
-            cmd += ["--in-flight", str(args.in_flight)]
+        if in_flight:
+            cmd += ["--in-flight", str(in_flight)]
         with GpuSampler() as g:
             t = time.perf_counter()
             p = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -467,7 +468,7 @@ def _remote_folder(args, address: str, fitters: int) -> dict:
             print(p.stderr[-2000:], file=sys.stderr)
         reps = _reports(out)
         return {"what": f"ffhquv fit --remote (serve all), folder of {args.remote_folder}, "
-                        f"--in-flight {args.in_flight or 'default'}, {fitters} fitters",
+                        f"--in-flight {in_flight or 'default'}, {fitters} fitters",
                 "photos": len(reps), "wall_s": wall, "photos_per_s": len(reps) / wall,
                 "files_per_photo": (sum(len(list(d.iterdir())) for d in out.iterdir())
                                     / max(len(reps), 1)) if out.is_dir() else 0,
@@ -534,8 +535,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--remote-folder", type=int, default=0, metavar="N",
                     help="serve: after the client rows, `ffhquv fit --remote` of a folder of N "
                          "photos against the same serve all (a new CLI process, timed whole)")
-    ap.add_argument("--in-flight", type=int, default=0,
-                    help="serve: --remote-folder's --in-flight (0: the CLI's default)")
+    ap.add_argument("--in-flight", default="0",
+                    help="serve: --remote-folder's --in-flight values, a run each (0: the "
+                         "CLI's default), e.g. 16,32,64")
     ap.add_argument("--serve-log", default=None, metavar="FILE",
                     help="serve: serve all's stderr appended here (default: discarded)")
     ap.add_argument("--json", default=None)
