@@ -338,9 +338,10 @@ c = time.perf_counter(); print(f"import torch {a - t:.2f} s, CUDA context {b - a
         --cprofile "$out/cprofile.txt" --json "$out/fit.json"
       ;;
     devtests)
-      # the tests whose device path only a CUDA machine runs (DEVTESTS: other pytest args)
+      # the tests whose device path only a CUDA machine runs (DEVTESTS: other pytest args;
+      # the compiled batch test compiles for minutes: DEVTESTS_LIMIT, default 560 s)
       need "$sp68" "$S/cache" || { rc=1; continue; }
-      step devtests 400 python3 -m pytest -q -p no:cacheprovider ${DEVTESTS:-tests/test_texture_seams.py \
+      step devtests "${DEVTESTS_LIMIT:-560}" python3 -m pytest -q -p no:cacheprovider ${DEVTESTS:-tests/test_texture_seams.py \
         tests/test_texture_imageops.py tests/test_fitter_photos.py tests/test_texture_head.py \
         tests/test_serve_all_stop.py -k "gpu or device or cuda or batch"}
       ;;

@@ -197,6 +197,48 @@ def test_gpu_batch_of_two(astronaut_rgb, astronaut_jpg_bytes):
     assert abs(single.metrics["landmark_error_px"] - outs[1].metrics["landmark_error_px"]) < 0.5
 
 
+_COMPILED_BATCH = """
+import json, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from tests.test_fitter_photos import _gpu_faces
+from skimage import data
+from services.fitter.core import FitterCore
+from tests.test_fitter_photos import _png
+rgb = data.astronaut()
+faces = _gpu_faces(rgb, _png(rgb))
+gpu = FitterCore("default", device="cuda")
+both = gpu.fit_batch(faces, preset="standard", texture_size=1024)
+alone = gpu.fit(faces[1], preset="standard", texture_size=1024)
+diff = np.abs(both[1].uv_texture.astype(int) - alone.uv_texture.astype(int))
+print(json.dumps({"lm": [both[1].metrics["landmark_error_px"], alone.metrics["landmark_error_px"]],
+                  "angles": np.abs(both[1].coefficients["angles"]
+                                   - alone.coefficients["angles"]).max().item(),
+                  "tex_mean": float(diff.mean()), "tex_p99": float(np.percentile(diff, 99))}))
+"""
+
+
+@pytest.mark.gpu
+def test_gpu_compiled_batch_equals_alone(tmp_path):
+    """With the steps compiled (FFHQUV_COMPILE=1, what serve all's CUDA fitters run), a photo
+    fitted in a batch of two gets its result alone, to the GPU's float noise (a new
+    interpreter: the compile settings and dynamo's caches are process-wide). Minutes: it
+    compiles a batch of one and the program of every larger batch."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-c", _COMPILED_BATCH, str(root)], capture_output=True,
+                       text=True, timeout=1200, cwd=root,
+                       env={**os.environ, "FFHQUV_COMPILE": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert abs(got["lm"][0] - got["lm"][1]) < 0.5, got
+    assert got["angles"] < 5e-3 and got["tex_mean"] <= 1.0 and got["tex_p99"] <= 4, got
+
+
 def _png(img: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="PNG")
