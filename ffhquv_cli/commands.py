@@ -377,6 +377,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if not todo:
         return rep.summary()
     if args.remote:
+        rep.begin(len(todo))
         return _fit_remote(args, todo, out, rep)
     if not worker:
         from ffhquv_cli.workers import fit_with_workers, fit_workers
@@ -384,6 +385,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         n = fit_workers(args.workers, args.device, len(todo))
         if n > 1:
             return fit_with_workers(args, todo, out, rep, n)
+    rep.begin(len(todo))
     return asyncio.run(_fit_local(args, todo, out, rep))
 
 

@@ -78,6 +78,48 @@ class _Lines:
         return None
 
 
+class _FolderBar:
+    """One bar for a folder on a terminal: photos done of all, the photos running and the
+    latest stage reached (several photos run at once: a bar each overwrote one another)."""
+
+    def __init__(self, total: int):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc="ffhquv fit", unit="photo", leave=True,
+                        file=sys.stderr, disable=None)
+        self.running = 0
+
+    def photo(self, name: str) -> _FolderPhoto:
+        with _WRITE:
+            self.running += 1
+        return _FolderPhoto(self, name)
+
+    def write(self, line: str) -> None:
+        self.bar.write(line, file=sys.stderr)  # above the bar, which stays at the bottom
+
+    def done(self) -> None:
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class _FolderPhoto:
+    """A photo's progress inside :class:`_FolderBar` (the bar's postfix)."""
+
+    def __init__(self, folder: _FolderBar, name: str):
+        self.folder, self.name = folder, name
+
+    def update(self, p) -> None:
+        with _WRITE:
+            self.folder.bar.set_postfix_str(
+                f"{self.folder.running} running; {self.name}: {STAGES.get(p.stage, '')}"[:60])
+
+    def close(self, ok: bool) -> None:
+        with _WRITE:
+            self.folder.running -= 1
+
+
 def _finite(v: float) -> float | None:
     return float(v) if math.isfinite(v) else None
 
@@ -85,8 +127,9 @@ def _finite(v: float) -> float | None:
 class FitReporter:
     """What ``ffhquv fit`` tells its caller, the same for local and ``--remote`` runs.
 
-    stderr: progress (a bar on a terminal, else one line per stage per photo), one result
-    line per photo, a summary line. stdout with ``--json``: one JSON object per photo
+    stderr: progress (on a terminal a bar for the photo, or one for a folder's photos, else
+    one line per stage per photo), one result line per photo, a summary line. stdout with
+    ``--json``: one JSON object per photo
     (``input``, ``name``, ``status`` ok|failed|skipped, ``output``, ``files``, ``metrics``,
     ``timings`` in seconds, ``warnings``, ``error`` {code, reason, message, field}).
     """
@@ -100,9 +143,24 @@ class FitReporter:
         self.results = results
         self.counts = {"ok": 0, "failed": 0, "skipped": 0}
         self.t0 = time.monotonic()
+        self._folder: _FolderBar | None = None
+
+    def begin(self, photos: int) -> None:
+        """The photos this process will fit: on a terminal, several get one bar for all
+        (:class:`_FolderBar`) instead of a bar each."""
+        if self.tty and self.results and photos > 1:
+            self._folder = _FolderBar(photos)
 
     def progress(self, name: str):
+        if self._folder is not None:
+            return self._folder.photo(name)
         return _Bar(name) if self.tty else _Lines(name)
+
+    def _line(self, line: str) -> None:
+        if self._folder is not None:
+            self._folder.write(line)
+        else:
+            print(line, file=sys.stderr, flush=True)
 
     def _emit(self, record: dict) -> None:
         self.counts[record["status"]] += 1
@@ -113,7 +171,7 @@ class FitReporter:
     def note(self, line: str) -> None:
         """One line on stderr (a retry, a warning), never split by another photo's."""
         with _WRITE:
-            print(line, file=sys.stderr, flush=True)
+            self._line(line)
 
     def record(self, rec: dict) -> None:
         """Report one photo's record (the ``--json`` object): its result line on stderr, then
@@ -126,19 +184,20 @@ class FitReporter:
             if rec["status"] == "ok":
                 m, t = rec["metrics"], rec["timings"]
                 lm, psnr = m.get("landmark_error_iod"), m.get("psnr_masked")
-                print(f"{rec['input']} -> {rec['output']}/  landmark error "
-                      f"{'n/a' if lm is None else f'{lm:.3f}'} IOD, PSNR "
-                      f"{'n/a' if psnr is None else f'{psnr:.1f}'} dB, "
-                      f"{t.get('total_s') or 0:.1f} s", file=sys.stderr, flush=True)
+                self._line(f"{rec['input']} -> {rec['output']}/  landmark error "
+                           f"{'n/a' if lm is None else f'{lm:.3f}'} IOD, PSNR "
+                           f"{'n/a' if psnr is None else f'{psnr:.1f}'} dB, "
+                           f"{t.get('total_s') or 0:.1f} s")
                 for w in rec["warnings"]:
-                    print(f"  note: {w}", file=sys.stderr)
+                    self._line(f"  note: {w}")
             elif rec["status"] == "failed":
-                print(f"{rec['input']}: {rec['error']['code']}: {rec['error']['message']}",
-                      file=sys.stderr, flush=True)
+                self._line(f"{rec['input']}: {rec['error']['code']}: {rec['error']['message']}")
             else:
-                print(f"{rec['input']}: {rec['output']} exists; skipped (use --overwrite to "
-                      "replace)", file=sys.stderr, flush=True)
+                self._line(f"{rec['input']}: {rec['output']} exists; skipped (use --overwrite "
+                           "to replace)")
         self._emit(rec)
+        if self._folder is not None and rec["status"] != "skipped":
+            self._folder.done()
 
     def ok(self, photo: Path, name: str, final: Path, metrics: dict[str, float],
            warnings: list[str], files: list[str]) -> None:
@@ -173,6 +232,9 @@ class FitReporter:
     def summary(self) -> int:
         """Print the summary line; returns the exit code (1 when a photo failed)."""
         c = self.counts
+        if self._folder is not None:
+            self._folder.close()
+            self._folder = None
         if self.results:
             print(f"ffhquv fit: {sum(c.values())} photo(s): {c['ok']} ok, {c['failed']} "
                   f"failed, {c['skipped']} skipped in {time.monotonic() - self.t0:.1f} s",

@@ -255,6 +255,50 @@ def test_remote_ctrl_c_with_photos_in_flight_stops_and_writes_nothing(tmp_path, 
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+def test_a_folder_on_a_terminal_gets_one_bar(tmp_path, astronaut_png):
+    """On a terminal, photos fitted at once share one bar (photos done of all) with their
+    result lines above it, instead of a bar each overwriting the others."""
+    import fcntl
+    import os
+    import pty
+    import re
+    import struct
+    import termios
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a", "b", "c"):
+        (photos / f"{name}.png").write_bytes(astronaut_png.read_bytes())
+    gw = _HoldingGateway(together=3)
+    master, slave = pty.openpty()
+    # a terminal of 40 x 120 (a new pseudo-terminal has no size: tqdm would draw nothing)
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "ffhquv_cli", "fit", str(photos), "-o",
+                                 str(tmp_path / "out"), "--remote", gw.address,
+                                 "--in-flight", "3"], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=slave)
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # the terminal's other end closed: the CLI has exited
+                break
+            if not data:
+                break
+            chunks.append(data)
+        assert proc.wait(timeout=120) == 1
+    finally:
+        os.close(master)
+        gw.server.stop(None)
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
+    assert "ffhquv fit" in text and "3/3" in text, text
+    for name in ("a", "b", "c"):
+        assert f"{name}.png: FAILED_PRECONDITION: held {name}.png" in text, text
+    assert "ffhquv fit: 3 photo(s): 0 ok, 3 failed, 0 skipped" in text
+
+
 def test_remote_in_flight_must_be_positive(tmp_path, astronaut_png):
     r = ffhquv("fit", str(astronaut_png), "-o", str(tmp_path / "o"), "--remote",
                "127.0.0.1:1", "--in-flight", "0", timeout=120)
