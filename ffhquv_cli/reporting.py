@@ -98,6 +98,8 @@ class _FolderBar:
         self.bar.write(line, file=sys.stderr)  # above the bar, which stays at the bottom
 
     def done(self) -> None:
+        self.bar.set_postfix_str(f"{self.running} running" if self.running else "",
+                                 refresh=False)
         self.bar.update(1)
 
     def close(self) -> None:
