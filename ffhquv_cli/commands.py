@@ -372,7 +372,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
         die_with_parent(signal.SIGINT)  # stops cleanly (no half-written folder) with it
         stems = read_stems(args.worker_stems, len(photos))
-    rep = FitReporter(json_lines=args.json or worker, results=not worker)
+    rep = FitReporter(json_lines=args.json or worker, results=not worker,
+                      progress=not args.no_progress)
     todo = _todo(photos, stems, out, args.overwrite, rep)
     if not todo:
         return rep.summary()
@@ -384,6 +385,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
         n = fit_workers(args.workers, args.device, len(todo))
         if n > 1:
+            rep.begin(len(todo))
             return fit_with_workers(args, todo, out, rep, n)
     rep.begin(len(todo))
     return asyncio.run(_fit_local(args, todo, out, rep))

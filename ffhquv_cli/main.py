@@ -85,6 +85,7 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
                         "(0 = one per 2 cores, 2 to 8, as host and GPU memory allow; never "
                         "more than the photos)")
     p.add_argument("--worker-stems", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--no-progress", action="store_true", help=argparse.SUPPRESS)
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:

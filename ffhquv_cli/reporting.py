@@ -122,6 +122,16 @@ class _FolderPhoto:
             self.folder.running -= 1
 
 
+class _Silent:
+    """No progress (a ``--workers`` worker under its parent's folder bar)."""
+
+    def update(self, p) -> None:
+        return None
+
+    def close(self, ok: bool) -> None:
+        return None
+
+
 def _finite(v: float) -> float | None:
     return float(v) if math.isfinite(v) else None
 
@@ -137,8 +147,10 @@ class FitReporter:
     """
 
     def __init__(self, json_lines: bool = False, tty: bool | None = None,
-                 results: bool = True):
+                 results: bool = True, progress: bool = True):
         self.json = json_lines
+        #: False in a worker whose parent shows the folder's bar: no progress of its own
+        self.show_progress = progress
         self.tty = sys.stderr.isatty() if tty is None else tty
         #: False in a ``--workers`` worker: its parent prints the result and summary lines
         #: (from the worker's ``--json`` records); the worker prints progress only
@@ -153,7 +165,14 @@ class FitReporter:
         if self.tty and self.results and photos > 1:
             self._folder = _FolderBar(photos)
 
+    @property
+    def folder_bar(self) -> bool:
+        """Whether a folder's bar is shown (lines then go above it: :meth:`note`)."""
+        return self._folder is not None
+
     def progress(self, name: str):
+        if not self.show_progress:
+            return _Silent()
         if self._folder is not None:
             return self._folder.photo(name)
         return _Bar(name) if self.tty else _Lines(name)

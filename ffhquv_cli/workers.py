@@ -99,10 +99,13 @@ def deal(items: list, n: int) -> list[list]:
 
 
 def worker_argv(args: argparse.Namespace, photos: list[Path], stems_file: Path,
-                out: Path) -> list[str]:
-    """The command line of one worker: this CLI's ``fit`` with the parent's options."""
+                out: Path, quiet: bool = False) -> list[str]:
+    """The command line of one worker: this CLI's ``fit`` with the parent's options
+    (``quiet``: no progress lines, the parent shows the folder's bar)."""
     argv = [sys.executable, "-m", "ffhquv_cli", "fit", *map(str, photos), "-o", str(out),
             "--workers", "1", "--worker-stems", str(stems_file)]
+    if quiet:
+        argv.append("--no-progress")
     for flag, attr in FORWARDED:
         v = getattr(args, attr, None)
         if v is not None:
@@ -172,8 +175,11 @@ class _Worker:
     def _stderr(self) -> None:
         for line in self.proc.stderr:
             with self.lock:  # whole lines: the workers' and the result lines never interleave
-                sys.stderr.write(line)
-                sys.stderr.flush()
+                if self.rep.folder_bar:  # above the bar (warnings, a traceback)
+                    self.rep.note(line.rstrip("\n"))
+                else:
+                    sys.stderr.write(line)
+                    sys.stderr.flush()
 
     def finish(self) -> None:
         """Wait for the worker; report its unreported photos as failed and remove what it
@@ -214,8 +220,9 @@ def fit_with_workers(args: argparse.Namespace, todo: list[tuple[Path, str]], out
             for i, hand in enumerate(hands):
                 stems_file = Path(tmp) / f"stems-{i}.json"
                 stems_file.write_text(json.dumps([s for _, s in hand]))
-                workers.append(_Worker(worker_argv(args, [p for p, _ in hand], stems_file, out),
-                                       env, hand, out, rep, lock))
+                argv = worker_argv(args, [p for p, _ in hand], stems_file, out,
+                                   quiet=rep.folder_bar)
+                workers.append(_Worker(argv, env, hand, out, rep, lock))
             for w in workers:
                 w.finish()
         except KeyboardInterrupt:

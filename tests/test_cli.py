@@ -255,9 +255,10 @@ def test_remote_ctrl_c_with_photos_in_flight_stops_and_writes_nothing(tmp_path, 
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def test_a_folder_on_a_terminal_gets_one_bar(tmp_path, astronaut_png):
-    """On a terminal, photos fitted at once share one bar (photos done of all) with their
-    result lines above it, instead of a bar each overwriting the others."""
+def _on_a_terminal(argv: list[str], timeout: float = 600) -> tuple[int, str]:
+    """Run the CLI with its stderr on a 40 x 120 pseudo-terminal (a new one has no size:
+    tqdm would draw nothing); returns its exit code and what the terminal showed, escape
+    sequences removed."""
     import fcntl
     import os
     import pty
@@ -265,21 +266,14 @@ def test_a_folder_on_a_terminal_gets_one_bar(tmp_path, astronaut_png):
     import struct
     import termios
 
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for name in ("a", "b", "c"):
-        (photos / f"{name}.png").write_bytes(astronaut_png.read_bytes())
-    gw = _HoldingGateway(together=3)
     master, slave = pty.openpty()
-    # a terminal of 40 x 120 (a new pseudo-terminal has no size: tqdm would draw nothing)
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    chunks = []
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "ffhquv_cli", "fit", str(photos), "-o",
-                                 str(tmp_path / "out"), "--remote", gw.address,
-                                 "--in-flight", "3"], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=slave)
+        proc = subprocess.Popen([sys.executable, "-m", "ffhquv_cli", *argv],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=slave)
         os.close(slave)
-        chunks = []
         while True:
             try:
                 data = os.read(master, 65536)
@@ -288,15 +282,49 @@ def test_a_folder_on_a_terminal_gets_one_bar(tmp_path, astronaut_png):
             if not data:
                 break
             chunks.append(data)
-        assert proc.wait(timeout=120) == 1
+        rc = proc.wait(timeout=timeout)
     finally:
         os.close(master)
+    return rc, re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
+
+
+def test_a_folder_on_a_terminal_gets_one_bar(tmp_path, astronaut_png):
+    """On a terminal, photos fitted at once share one bar (photos done of all) with their
+    result lines above it, instead of a bar each overwriting the others."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a", "b", "c"):
+        (photos / f"{name}.png").write_bytes(astronaut_png.read_bytes())
+    gw = _HoldingGateway(together=3)
+    try:
+        rc, text = _on_a_terminal(["fit", str(photos), "-o", str(tmp_path / "out"),
+                                   "--remote", gw.address, "--in-flight", "3"], timeout=120)
+    finally:
         gw.server.stop(None)
-    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
+    assert rc == 1
     assert "ffhquv fit" in text and "3/3" in text, text
     for name in ("a", "b", "c"):
         assert f"{name}.png: FAILED_PRECONDITION: held {name}.png" in text, text
     assert "ffhquv fit: 3 photo(s): 0 ok, 3 failed, 0 skipped" in text
+
+
+@pytest.mark.slow
+def test_worker_processes_on_a_terminal_share_the_folder_bar(tmp_path, astronaut_png):
+    """``--workers 2`` on a terminal: the parent shows the folder's bar and the results; its
+    workers print no progress of their own (their stage lines scrolled over the bar)."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a", "b"):
+        (photos / f"{name}.png").write_bytes(astronaut_png.read_bytes())
+    rc, text = _on_a_terminal(["fit", str(photos), "-o", str(tmp_path / "out"), "--workers",
+                               "2", "--preset", "fast", "--texture-size", "256", "--formats",
+                               "obj"])
+    assert rc == 0, text
+    assert "2/2" in text and "ffhquv fit: 2 photo(s): 2 ok, 0 failed, 0 skipped" in text, text
+    for name in ("a", "b"):
+        assert f"{name}.png -> {tmp_path / 'out' / name}/" in text, text
+    assert "stage 1" not in text and "detected" not in text, text
+    assert (tmp_path / "out" / "a" / "stage3_mesh_id.obj").is_file()
 
 
 def test_remote_in_flight_must_be_positive(tmp_path, astronaut_png):
