@@ -377,17 +377,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
     todo = _todo(photos, stems, out, args.overwrite, rep)
     if not todo:
         return rep.summary()
+    rep.begin(len(todo))  # a folder's bar on a terminal (not in a worker: its parent's)
     if args.remote:
-        rep.begin(len(todo))
         return _fit_remote(args, todo, out, rep)
     if not worker:
         from ffhquv_cli.workers import fit_with_workers, fit_workers
 
         n = fit_workers(args.workers, args.device, len(todo))
         if n > 1:
-            rep.begin(len(todo))
             return fit_with_workers(args, todo, out, rep, n)
-    rep.begin(len(todo))
     return asyncio.run(_fit_local(args, todo, out, rep))
 
 
@@ -726,9 +724,8 @@ def serve_all_compile_env(device: str) -> dict[str, str]:
     workers, a pool per fitter that ``TORCHINDUCTOR_COMPILE_THREADS`` sizes) for fused steps
     every photo after: 32 clients 10.3 photos/s against 8.85 (the fitter's host CPU 0.69 s a
     photo against 0.78), one client p50 1.10 s against 1.22 (BENCHMARKS.md, thirty-sixth
-    session). ``ffhquv fit``
-    and ``serve fitter`` keep it off unless asked (a new process's first photo would wait for
-    the compile); ``FFHQUV_COMPILE=0`` turns it off here too."""
+    session). ``ffhquv fit`` and ``serve fitter`` keep it off unless asked (a new process's
+    first photo would wait for the compile); ``FFHQUV_COMPILE=0`` turns it off here too."""
     if config.env("FFHQUV_COMPILE") is not None:
         return {}
     if device == "cpu" or (device == "auto" and not cuda_available()):

@@ -175,11 +175,7 @@ class _Worker:
     def _stderr(self) -> None:
         for line in self.proc.stderr:
             with self.lock:  # whole lines: the workers' and the result lines never interleave
-                if self.rep.folder_bar:  # above the bar (warnings, a traceback)
-                    self.rep.note(line.rstrip("\n"))
-                else:
-                    sys.stderr.write(line)
-                    sys.stderr.flush()
+                self.rep.note(line.rstrip("\n"))  # above the folder's bar when there is one
 
     def finish(self) -> None:
         """Wait for the worker; report its unreported photos as failed and remove what it
